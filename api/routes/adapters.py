@@ -1,0 +1,48 @@
+import uuid
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from api.deps import SessionDep, StoreDep, TenantDep
+from api.errors import NotFound, error_responses
+from api.schemas import AdapterOut
+from models.repositories import AdapterRepository
+from models.tables import Adapter
+
+router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+
+
+def _adapter(session: SessionDep, tenant_id: uuid.UUID, adapter_id: uuid.UUID) -> Adapter:
+    adapter = AdapterRepository(session).get(tenant_id, adapter_id)
+    if adapter is None:
+        raise NotFound(f"adapter {adapter_id} not found")
+    return adapter
+
+
+@router.get("/{adapter_id}", response_model=AdapterOut, responses=error_responses(401, 404, 422))
+def get_adapter(adapter_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> AdapterOut:
+    """An adapter's provenance and checksum."""
+    return AdapterOut.model_validate(_adapter(session, tenant_id, adapter_id), from_attributes=True)
+
+
+@router.get(
+    "/{adapter_id}/download",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/gzip": {}}, "description": "A tar.gz of the PEFT adapter directory."},
+        **error_responses(401, 404, 422),
+    },
+)
+def download_adapter(
+    adapter_id: uuid.UUID, session: SessionDep, store: StoreDep, tenant_id: TenantDep
+) -> StreamingResponse:
+    """The adapter as a tar.gz: adapter_config.json, adapter_model.safetensors, README.md model card."""
+    adapter = _adapter(session, tenant_id, adapter_id)
+    return StreamingResponse(
+        store.iter_chunks(adapter.object_key),
+        media_type="application/gzip",
+        headers={
+            "Content-Disposition": f'attachment; filename="lethe-adapter-{adapter.id}.tar.gz"',
+            "X-Checksum-SHA256": adapter.sha256,
+        },
+    )

@@ -1,0 +1,64 @@
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Request, UploadFile, status
+
+from api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from api.errors import PayloadTooLarge, error_responses
+from api.schemas import DatasetOut
+from api.services import datasets as service
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+async def _read_bounded(request: Request, file: UploadFile, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise PayloadTooLarge(f"file: upload is larger than the limit of {limit} bytes")
+    content = await file.read(limit + 1)
+    if len(content) > limit:
+        raise PayloadTooLarge(f"file: upload is larger than the limit of {limit} bytes")
+    return content
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetOut,
+    responses=error_responses(401, 413, 422),
+)
+async def upload_dataset(
+    request: Request,
+    session: SessionDep,
+    store: StoreDep,
+    tenant_id: TenantDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="JSONL, one row per line.")],
+    name: Annotated[str, Form(description="A name for the dataset (retain metrics are keyed by it).")],
+    kind: Annotated[str, Form(description="Row schema of the file: `choice`.")],
+) -> DatasetOut:
+    """Upload a JSONL dataset; every row is validated and a bad file stores nothing."""
+    content = await _read_bounded(request, file, settings.max_upload_bytes)
+    dataset = service.create_dataset(session, store, tenant_id, name, kind, content)
+    try:
+        session.commit()
+    except Exception:
+        store.delete(dataset.object_key)
+        raise
+    return DatasetOut.model_validate(dataset, from_attributes=True)
+
+
+@router.get("", response_model=list[DatasetOut], responses=error_responses(401))
+def list_datasets(session: SessionDep, tenant_id: TenantDep) -> list[DatasetOut]:
+    """List the tenant's datasets, newest first."""
+    return [
+        DatasetOut.model_validate(d, from_attributes=True) for d in service.list_datasets(session, tenant_id)
+    ]
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(401, 404, 422))
+def get_dataset(dataset_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> DatasetOut:
+    """One dataset of the tenant."""
+    return DatasetOut.model_validate(
+        service.get_dataset(session, tenant_id, dataset_id), from_attributes=True
+    )

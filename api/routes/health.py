@@ -1,0 +1,45 @@
+from celery import Celery
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from api.schemas import Health, Readiness
+from models.db import get_engine
+
+router = APIRouter(tags=["health"])
+
+
+def _check_catalogue(database_url: str) -> None:
+    with get_engine(database_url).connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+def _check_broker(queue: Celery) -> None:
+    with queue.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=3)
+
+
+@router.get("/healthz", response_model=Health)
+def health() -> Health:
+    """The process is up."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+def ready(request: Request) -> JSONResponse:
+    """Catalogue, broker and object store all answer."""
+    state = request.app.state
+    checks: dict[str, str] = {}
+    for name, probe in [
+        ("catalogue", lambda: _check_catalogue(state.settings.database_url)),
+        ("broker", lambda: _check_broker(state.queue)),
+        ("storage", lambda: state.store.check()),
+    ]:
+        try:
+            probe()
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = f"{type(exc).__name__}: {exc}"
+    ready = all(v == "ok" for v in checks.values())
+    body = Readiness(status="ready" if ready else "unavailable", checks=checks)
+    return JSONResponse(status_code=200 if ready else 503, content=body.model_dump())

@@ -1,0 +1,48 @@
+import uuid
+
+from fastapi import APIRouter, status
+
+from api.deps import QueueDep, SessionDep, TenantDep
+from api.errors import ServiceUnavailable, error_responses
+from api.schemas import ForgetRequestIn, JobAccepted, JobOut, JobSummary
+from api.services import forget_requests, jobs
+from models.repositories import JobEventRepository, JobRepository
+from models.tables import utcnow
+from worker.queue import enqueue_forget_job
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+
+@router.post(
+    "/forget-requests",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobAccepted,
+    responses=error_responses(401, 422, 503),
+)
+def submit_forget_request(
+    request: ForgetRequestIn, session: SessionDep, tenant_id: TenantDep, queue: QueueDep
+) -> JobAccepted:
+    """Ask for a base model to forget a dataset; returns the job to poll."""
+    job = forget_requests.submit_forget_request(session, tenant_id, request)
+    # Enqueue only after the commit, so the worker always finds the row it is sent.
+    session.commit()
+    try:
+        enqueue_forget_job(queue, str(job.id))
+    except Exception as exc:
+        JobRepository(session).finish(job.id, "failed", utcnow(), "broker_unavailable", str(exc))
+        JobEventRepository(session).append(job.id, "failed", {"code": "broker_unavailable"})
+        session.commit()
+        raise ServiceUnavailable(f"broker: could not enqueue the job ({exc})") from exc
+    return JobAccepted(job_id=job.id, status="queued")
+
+
+@router.get("/jobs", response_model=list[JobSummary], responses=error_responses(401))
+def list_jobs(session: SessionDep, tenant_id: TenantDep) -> list[JobSummary]:
+    """The tenant's jobs, newest first."""
+    return [JobSummary.model_validate(j, from_attributes=True) for j in jobs.list_jobs(session, tenant_id)]
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=error_responses(401, 404, 422))
+def get_job(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> JobOut:
+    """A job's status, stage, progress, error, adapter and metrics."""
+    return jobs.get_job(session, tenant_id, job_id)

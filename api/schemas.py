@@ -1,0 +1,121 @@
+"""Request and response bodies of the v1 API."""
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class DatasetOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    kind: str
+    rows: int
+    sha256: str
+    created_at: datetime
+
+
+class BaseModelOut(BaseModel):
+    name: str
+    source: str
+    revision: str | None
+    description: str
+
+
+class MethodOut(BaseModel):
+    name: str
+    description: str
+    params: dict[str, Any] = Field(description="JSON schema of the method's params, with defaults.")
+
+
+class FinetuneIn(BaseModel):
+    """Fine-tune the adapter on forget-train first, so the model knows the task (the seed protocol)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(ge=1, le=100)
+    learning_rate: float = Field(gt=0, le=1)
+
+
+class MethodIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="A method from GET /v1/methods.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Validated against the method's schema.")
+
+
+class ForgetRequestIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str = Field(description="A name from GET /v1/base-models.")
+    forget_dataset: uuid.UUID
+    retain_datasets: list[uuid.UUID] = Field(default_factory=list, max_length=20)
+    heldout_fraction: float = Field(
+        0.5, gt=0, lt=1, description="Share of the forget rows held out (forget_heldout): same task, unseen."
+    )
+    finetune: FinetuneIn | None = None
+    method: MethodIn
+    probe: bool = Field(True, description="Train per-layer linear probes before and after forgetting.")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class JobAccepted(BaseModel):
+    job_id: uuid.UUID
+    status: JobStatus
+
+
+class MetricOut(BaseModel):
+    stage: str = Field(description="base | finetuned | forgotten")
+    split: str = Field(description="forget_train | forget_heldout | retain:<dataset name>")
+    name: str = Field(description="accuracy | forget_gap | forget_ratio | probe_accuracy")
+    value: float
+    layer: int | None = Field(description="Layer of a probe metric (0 = embeddings); null otherwise.")
+    step: int | None = Field(None, description="Training step of a curve point; null for stage metrics.")
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobOut(BaseModel):
+    id: uuid.UUID
+    kind: str
+    status: JobStatus
+    stage: str
+    progress: float = Field(description="Progress of the current stage, 0 to 1.")
+    error: JobError | None
+    adapter_id: uuid.UUID | None
+    metrics: list[MetricOut]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobSummary(BaseModel):
+    id: uuid.UUID
+    kind: str
+    status: JobStatus
+    stage: str
+    progress: float
+    created_at: datetime
+
+
+class AdapterOut(BaseModel):
+    id: uuid.UUID
+    job_id: uuid.UUID
+    base_model: str
+    sha256: str
+    size_bytes: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str] = Field(description="catalogue, broker, storage: `ok` or the error.")

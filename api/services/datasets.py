@@ -1,0 +1,85 @@
+"""Dataset uploads: validate every row, then store the object and the catalogue row together."""
+
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session
+
+from api.errors import InvalidInput, NotFound
+from api.services.dataset_kinds import ROW_VALIDATORS, RowError
+from models.repositories import DatasetRepository
+from models.tables import Dataset
+from storage import ObjectStore
+
+
+def count_valid_rows(kind: str, content: bytes) -> int:
+    """The number of rows in a JSONL file of `kind`; InvalidInput naming the first bad line and field."""
+    validate_row = ROW_VALIDATORS.get(kind)
+    if validate_row is None:
+        raise InvalidInput(f"kind: must be one of {', '.join(sorted(ROW_VALIDATORS))}, got {kind!r}")
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"file: not UTF-8 (byte {exc.start})") from exc
+    rows = 0
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(
+                f"line {line_number}: not valid JSON ({exc.msg} at column {exc.colno})"
+            ) from exc
+        if not isinstance(row, dict):
+            raise InvalidInput(f"line {line_number}: must be a JSON object")
+        try:
+            validate_row(row)
+        except RowError as exc:
+            raise InvalidInput(f"line {line_number}: field '{exc.field}' {exc.message}") from exc
+        rows += 1
+    if rows == 0:
+        raise InvalidInput("file: contains no rows")
+    return rows
+
+
+def create_dataset(
+    session: Session, store: ObjectStore, tenant_id: uuid.UUID, name: str, kind: str, content: bytes
+) -> Dataset:
+    """Validate and store a dataset; on any failure nothing is left behind."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise InvalidInput("name: must be 1 to 200 characters")
+    rows = count_valid_rows(kind, content)
+    dataset_id = uuid.uuid4()
+    key = f"datasets/{tenant_id}/{dataset_id}.jsonl"
+    store.put(key, content, content_type="application/x-ndjson")
+    try:
+        return DatasetRepository(session).add(
+            Dataset(
+                id=dataset_id,
+                tenant_id=tenant_id,
+                name=name,
+                kind=kind,
+                rows=rows,
+                sha256=hashlib.sha256(content).hexdigest(),
+                size_bytes=len(content),
+                object_key=key,
+            )
+        )
+    except Exception:
+        store.delete(key)
+        raise
+
+
+def get_dataset(session: Session, tenant_id: uuid.UUID, dataset_id: uuid.UUID) -> Dataset:
+    dataset = DatasetRepository(session).get(tenant_id, dataset_id)
+    if dataset is None:
+        raise NotFound(f"dataset {dataset_id} not found")
+    return dataset
+
+
+def list_datasets(session: Session, tenant_id: uuid.UUID) -> Sequence[Dataset]:
+    return DatasetRepository(session).list(tenant_id)

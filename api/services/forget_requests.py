@@ -1,0 +1,75 @@
+"""Forget requests: validate against the catalogue and the method registry, then create a queued job."""
+
+import uuid
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from api.errors import InvalidInput, format_validation_errors
+from api.schemas import ForgetRequestIn
+from models.repositories import BaseLMRepository, DatasetRepository, JobEventRepository, JobRepository
+from models.tables import Dataset, Job
+from worker.engine.methods.params import METHODS
+from worker.engine.registry import UnknownNameError
+
+# Kinds a forget request can use in this version (qa and text arrive with the engine issue).
+FORGETTABLE_KINDS = {"choice"}
+
+
+def _dataset(session: Session, tenant_id: uuid.UUID, dataset_id: uuid.UUID, field: str) -> Dataset:
+    dataset = DatasetRepository(session).get(tenant_id, dataset_id)
+    if dataset is None:
+        raise InvalidInput(f"{field}: dataset {dataset_id} not found")
+    if dataset.kind not in FORGETTABLE_KINDS:
+        raise InvalidInput(f"{field}: dataset kind {dataset.kind!r} is not supported (allowed: choice)")
+    return dataset
+
+
+def _method_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    try:
+        spec = METHODS.get(name)
+    except UnknownNameError as exc:
+        raise InvalidInput(
+            f"method.name: unknown method {name!r} (allowed: {', '.join(METHODS.names())})"
+        ) from exc
+    try:
+        parsed = spec.parse(params)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("method", "params", *e["loc"])} for e in exc.errors()]
+        raise InvalidInput(format_validation_errors(errors)) from exc
+    return parsed.model_dump(mode="json")
+
+
+def heldout_size(rows: int, heldout_fraction: float) -> int:
+    """Rows held out of `rows`; the engine's split uses the same rounding."""
+    return round(rows * heldout_fraction)
+
+
+def submit_forget_request(session: Session, tenant_id: uuid.UUID, request: ForgetRequestIn) -> Job:
+    """Create the job (status queued) and its first event; the caller commits, then enqueues."""
+    base_lm = BaseLMRepository(session).get_by_name(request.base_model)
+    if base_lm is None:
+        available = ", ".join(b.name for b in BaseLMRepository(session).list())
+        raise InvalidInput(f"base_model: unknown base model {request.base_model!r} (available: {available})")
+    forget = _dataset(session, tenant_id, request.forget_dataset, "forget_dataset")
+    held_out = heldout_size(forget.rows, request.heldout_fraction)
+    if not 1 <= held_out <= forget.rows - 1:
+        raise InvalidInput(
+            f"heldout_fraction: {request.heldout_fraction} of {forget.rows} rows leaves an empty forget_train "
+            "or forget_heldout split"
+        )
+    retain = [
+        _dataset(session, tenant_id, dataset_id, f"retain_datasets[{index}]")
+        for index, dataset_id in enumerate(request.retain_datasets)
+    ]
+    if len({d.name for d in retain}) != len(retain):
+        raise InvalidInput("retain_datasets: two retain datasets share a name; metrics are keyed by name")
+    spec = request.model_dump(mode="json")
+    spec["method"]["params"] = _method_params(request.method.name, request.method.params)
+    spec["base_model_source"] = base_lm.source
+    job = JobRepository(session).add(
+        Job(tenant_id=tenant_id, kind="forget", status="queued", stage="queued", progress=0.0, spec=spec)
+    )
+    JobEventRepository(session).append(job.id, "queued", {"method": request.method.name})
+    return job

@@ -1,0 +1,49 @@
+"""Reading jobs, and failing the ones whose worker is gone."""
+
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+
+from sqlalchemy.orm import Session
+
+from api.errors import NotFound
+from api.schemas import JobError, JobOut, MetricOut
+from models.repositories import AdapterRepository, JobEventRepository, JobRepository, MetricRepository
+from models.tables import Job, utcnow
+
+
+def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobOut:
+    job = JobRepository(session).get(tenant_id, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    adapter = AdapterRepository(session).get_for_job(job.id)
+    metrics = MetricRepository(session).list_for_job(job.id)
+    return JobOut(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,  # type: ignore[arg-type]
+        stage=job.stage,
+        progress=job.progress,
+        error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+        adapter_id=adapter.id if adapter else None,
+        metrics=[
+            MetricOut(stage=m.stage, split=m.split, name=m.name, value=m.value, layer=m.layer, step=m.step)
+            for m in metrics
+        ],
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
+
+
+def list_jobs(session: Session, tenant_id: uuid.UUID) -> Sequence[Job]:
+    return JobRepository(session).list(tenant_id)
+
+
+def reap_stale_jobs(session: Session, heartbeat_timeout_s: float) -> Sequence[uuid.UUID]:
+    """Mark running jobs without a recent heartbeat as failed (worker_lost)."""
+    now = utcnow()
+    failed = JobRepository(session).fail_stale(now - timedelta(seconds=heartbeat_timeout_s), now)
+    for job_id in failed:
+        JobEventRepository(session).append(job_id, "failed", {"code": "worker_lost"})
+    return failed

@@ -1,0 +1,119 @@
+"""The `lethe` command: serve (embedded default), worker, migrate, base-models, api-keys."""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from lethe.settings import get_settings
+
+
+def _migrate(_args: argparse.Namespace) -> int:
+    from lethe.migrate import upgrade
+
+    upgrade(get_settings().database_url)
+    print("catalogue migrated to head")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+    from lethe.migrate import upgrade
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    worker = None
+    if settings.embedded_broker:
+        # The embedded default has no migrate job and no separate worker service: do both here.
+        upgrade(settings.database_url)
+        if not args.no_worker:
+            worker = subprocess.Popen([sys.executable, "-m", "lethe.cli", "worker"], env=os.environ.copy())
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from worker.tasks import celery_app
+
+    # One job at a time per process: a job already uses every core (or the whole GPU).
+    celery_app.worker_main(
+        ["worker", "--pool=solo", f"--loglevel={args.loglevel}", "--without-gossip", "--without-mingle"]
+    )
+    return 0
+
+
+def _base_models_add(args: argparse.Namespace) -> int:
+    from api.services.base_models import register_base_model
+    from models.db import session_scope
+
+    source = args.source if ":" in args.source else f"path:{Path(args.source).resolve()}"
+    with session_scope(get_settings().database_url) as session:
+        register_base_model(session, args.name, source, args.description)
+    print(f"registered base model {args.name} -> {source}")
+    return 0
+
+
+def _api_keys_create(args: argparse.Namespace) -> int:
+    from api.services.auth import create_key
+    from models.db import session_scope
+
+    with session_scope(get_settings().database_url) as session:
+        key = create_key(session, args.tenant)
+    print(key)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lethe", description="Unlearning-as-a-service for language models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the API (and, in the embedded default, a worker)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-worker", action="store_true", help="do not start the embedded worker")
+    serve.set_defaults(run=_serve)
+
+    worker = commands.add_parser("worker", help="run a Celery worker")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(run=_worker)
+
+    migrate = commands.add_parser("migrate", help="apply the catalogue migrations and exit")
+    migrate.set_defaults(run=_migrate)
+
+    base_models = commands.add_parser("base-models", help="manage base models").add_subparsers(
+        dest="action", required=True
+    )
+    add = base_models.add_parser("add", help="register a local safetensors checkpoint as a base model")
+    add.add_argument("name")
+    add.add_argument("source", help="a directory (or path:/abs/dir)")
+    add.add_argument("--description", default="")
+    add.set_defaults(run=_base_models_add)
+
+    api_keys = commands.add_parser("api-keys", help="manage API keys").add_subparsers(
+        dest="action", required=True
+    )
+    create = api_keys.add_parser("create", help="create a key for a tenant and print it once")
+    create.add_argument("--tenant", default="default")
+    create.set_defaults(run=_api_keys_create)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The one settings class: every knob is an environment variable with prefix LETHE_."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Keys anyone could guess; refusing them keeps a copied example config from reaching production.
+_WEAK_SECRETS = {"changeme", "change-me", "secret", "password", "minioadmin", "lethe", "test"}
+
+
+class Settings(BaseSettings):
+    """Lethe's configuration. Empty URLs mean the embedded default under `data_dir`."""
+
+    model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
+
+    data_dir: Path = Path(".lethe")
+    # SQLite file under data_dir by default; `postgresql+psycopg://...` for the stack.
+    database_url: str = ""
+    # Empty: the embedded broker (kombu's filesystem transport under data_dir, no server). Redis for the stack.
+    broker_url: str = ""
+    # `file:///abs/dir` (default: data_dir/objects) or `s3://bucket` with the S3 settings below.
+    storage_url: str = ""
+    s3_endpoint: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: SecretStr = SecretStr("")
+    s3_secure: bool = True
+    s3_region: str = "us-east-1"
+    bootstrap_api_key: SecretStr | None = None
+
+    max_upload_bytes: int = 20 * 1024 * 1024
+    # A running job whose heartbeat is older than heartbeat_timeout_s is marked failed (worker_lost).
+    heartbeat_interval_s: float = 10.0
+    heartbeat_timeout_s: float = 120.0
+    reaper_interval_s: float = 30.0
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("bootstrap_api_key")
+    @classmethod
+    def _strong_bootstrap_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        key = value.get_secret_value()
+        if len(key) < 16 or key.lower() in _WEAK_SECRETS:
+            raise ValueError(
+                "LETHE_BOOTSTRAP_API_KEY must be at least 16 characters and not a well-known value"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _fill_defaults_and_check_s3(self) -> "Settings":
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'lethe.db'}"
+        if not self.storage_url:
+            self.storage_url = (self.data_dir / "objects").as_uri()
+        if self.storage_url.startswith("s3://"):
+            missing = [
+                name
+                for name, value in [
+                    ("LETHE_S3_ENDPOINT", self.s3_endpoint),
+                    ("LETHE_S3_ACCESS_KEY", self.s3_access_key),
+                    ("LETHE_S3_SECRET_KEY", self.s3_secret_key.get_secret_value()),
+                ]
+                if not value
+            ]
+            if missing:
+                raise ValueError(f"LETHE_STORAGE_URL is s3:// but {', '.join(missing)} is not set")
+        elif not self.storage_url.startswith("file://"):
+            raise ValueError(f"LETHE_STORAGE_URL must start with file:// or s3://, got {self.storage_url!r}")
+        return self
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def base_model_cache_dir(self) -> Path:
+        return self.data_dir / "base_models"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

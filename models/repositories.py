@@ -1,0 +1,216 @@
+"""Every SQL query of the catalogue. Repositories flush, never commit: the caller owns the transaction."""
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from models.tables import Adapter, ApiKey, BaseLM, Dataset, Job, JobEvent, Metric, Tenant
+
+
+class TenantRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get_by_name(self, name: str) -> Tenant | None:
+        return self.session.scalar(select(Tenant).where(Tenant.name == name))
+
+    def get_or_create(self, name: str) -> Tenant:
+        tenant = self.get_by_name(name)
+        if tenant is None:
+            tenant = Tenant(name=name)
+            self.session.add(tenant)
+            self.session.flush()
+        return tenant
+
+
+class ApiKeyRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get_active_by_hash(self, key_hash: str) -> ApiKey | None:
+        return self.session.scalar(
+            select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+        )
+
+    def create(self, tenant_id: uuid.UUID, prefix: str, key_hash: str, scopes: list[str]) -> ApiKey:
+        api_key = ApiKey(tenant_id=tenant_id, prefix=prefix, key_hash=key_hash, scopes=scopes)
+        self.session.add(api_key)
+        self.session.flush()
+        return api_key
+
+
+class DatasetRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, dataset: Dataset) -> Dataset:
+        self.session.add(dataset)
+        self.session.flush()
+        return dataset
+
+    def get(self, tenant_id: uuid.UUID, dataset_id: uuid.UUID) -> Dataset | None:
+        return self.session.scalar(
+            select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id)
+        )
+
+    def get_by_id(self, dataset_id: uuid.UUID) -> Dataset | None:
+        return self.session.get(Dataset, dataset_id)
+
+    def list(self, tenant_id: uuid.UUID) -> Sequence[Dataset]:
+        return self.session.scalars(
+            select(Dataset).where(Dataset.tenant_id == tenant_id).order_by(Dataset.created_at.desc())
+        ).all()
+
+
+class BaseLMRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get_by_name(self, name: str) -> BaseLM | None:
+        return self.session.scalar(select(BaseLM).where(BaseLM.name == name))
+
+    def list(self) -> Sequence[BaseLM]:
+        return self.session.scalars(select(BaseLM).order_by(BaseLM.name)).all()
+
+    def upsert(self, name: str, source: str, description: str, revision: str | None = None) -> BaseLM:
+        base_lm = self.get_by_name(name)
+        if base_lm is None:
+            base_lm = BaseLM(name=name, source=source, description=description, revision=revision)
+            self.session.add(base_lm)
+        else:
+            base_lm.source, base_lm.description, base_lm.revision = source, description, revision
+        self.session.flush()
+        return base_lm
+
+
+class JobRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, job: Job) -> Job:
+        self.session.add(job)
+        self.session.flush()
+        return job
+
+    def get(self, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job | None:
+        return self.session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+
+    def get_by_id(self, job_id: uuid.UUID) -> Job | None:
+        return self.session.get(Job, job_id)
+
+    def list(self, tenant_id: uuid.UUID, limit: int = 100) -> Sequence[Job]:
+        return self.session.scalars(
+            select(Job).where(Job.tenant_id == tenant_id).order_by(Job.created_at.desc()).limit(limit)
+        ).all()
+
+    def claim(self, job_id: uuid.UUID, now: datetime) -> bool:
+        """Move a queued job to running; False when another delivery already took it."""
+        result = self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued")
+            .values(
+                status="running",
+                stage="starting",
+                started_at=now,
+                heartbeat_at=now,
+                attempts=Job.attempts + 1,
+            )
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined]
+
+    def set_progress(self, job_id: uuid.UUID, stage: str, progress: float, now: datetime) -> None:
+        self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running")
+            .values(stage=stage, progress=progress, heartbeat_at=now)
+        )
+
+    def heartbeat(self, job_id: uuid.UUID, now: datetime) -> None:
+        self.session.execute(
+            update(Job).where(Job.id == job_id, Job.status == "running").values(heartbeat_at=now)
+        )
+
+    def finish(
+        self,
+        job_id: uuid.UUID,
+        status: str,
+        now: datetime,
+        error_code: str | None = None,
+        error_message: str | None = None,
+    ) -> bool:
+        """Close a job that is still open (queued or running); False if it was already closed."""
+        result = self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_(["queued", "running"]))
+            .values(
+                status=status,
+                stage="done" if status == "succeeded" else status,
+                progress=1.0 if status == "succeeded" else Job.progress,
+                finished_at=now,
+                error_code=error_code,
+                error_message=error_message,
+            )
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined]
+
+    def fail_stale(self, heartbeat_before: datetime, now: datetime) -> Sequence[uuid.UUID]:
+        """Fail running jobs whose worker stopped beating before `heartbeat_before`; their ids."""
+        stale = self.session.scalars(
+            select(Job.id).where(Job.status == "running", Job.heartbeat_at < heartbeat_before)
+        ).all()
+        return [
+            job_id
+            for job_id in stale
+            if self.finish(job_id, "failed", now, "worker_lost", "the worker stopped sending heartbeats")
+        ]
+
+
+class JobEventRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def append(self, job_id: uuid.UUID, type: str, payload: dict[str, Any] | None = None) -> JobEvent:
+        last = self.session.scalar(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job_id))
+        event = JobEvent(job_id=job_id, seq=(last or 0) + 1, type=type, payload=payload or {})
+        self.session.add(event)
+        self.session.flush()
+        return event
+
+    def list(self, job_id: uuid.UUID) -> Sequence[JobEvent]:
+        return self.session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)
+        ).all()
+
+
+class MetricRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add_many(self, metrics: Iterable[Metric]) -> None:
+        self.session.add_all(list(metrics))
+        self.session.flush()
+
+    def list_for_job(self, job_id: uuid.UUID) -> Sequence[Metric]:
+        return self.session.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.id)).all()
+
+
+class AdapterRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, adapter: Adapter) -> Adapter:
+        self.session.add(adapter)
+        self.session.flush()
+        return adapter
+
+    def get(self, tenant_id: uuid.UUID, adapter_id: uuid.UUID) -> Adapter | None:
+        return self.session.scalar(
+            select(Adapter).where(Adapter.id == adapter_id, Adapter.tenant_id == tenant_id)
+        )
+
+    def get_for_job(self, job_id: uuid.UUID) -> Adapter | None:
+        return self.session.scalar(select(Adapter).where(Adapter.job_id == job_id))

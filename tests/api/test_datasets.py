@@ -1,0 +1,91 @@
+import hashlib
+
+from fastapi.testclient import TestClient
+from minio import Minio
+
+from lethe.settings import Settings
+from tests.api.conftest import CHOICE_ROWS, jsonl, upload
+from tests.conftest import BUCKET
+
+
+def _objects(settings: Settings) -> list[str]:
+    client = Minio(
+        settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key.get_secret_value(), secure=False
+    )
+    return [o.object_name for o in client.list_objects(BUCKET, prefix="datasets/", recursive=True)]
+
+
+def test_upload_stores_object_and_row(client: TestClient, stack_settings: Settings) -> None:
+    response = upload(client, CHOICE_ROWS)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["rows"] == len(CHOICE_ROWS)
+    assert body["kind"] == "choice"
+    assert body["sha256"] == hashlib.sha256(jsonl(CHOICE_ROWS)).hexdigest()
+    assert any(body["id"] in key for key in _objects(stack_settings))
+    assert client.get(f"/v1/datasets/{body['id']}").json() == body
+    assert [d["id"] for d in client.get("/v1/datasets").json()] == [body["id"]]
+
+
+def test_bad_row_names_line_and_field_and_stores_nothing(
+    client: TestClient, stack_settings: Settings
+) -> None:
+    before = _objects(stack_settings)
+    rows = [*CHOICE_ROWS[:2], {"prompt": "x", "choices": [" a", " b"], "answer": 2}]
+    response = upload(client, rows)
+    assert response.status_code == 422
+    assert response.json() == {
+        "error": "invalid_input",
+        "detail": "line 3: field 'answer' must be an integer index into choices (0..1), got 2",
+    }
+    assert _objects(stack_settings) == before
+    assert client.get("/v1/datasets").json() == []
+
+
+def test_each_kind_of_bad_row_is_named(client: TestClient) -> None:
+    cases = {
+        b'{"prompt": "p", "choices": [" a", " b"], "answer": 0}\nnot json\n': "line 2: not valid JSON",
+        b"[1, 2]\n": "line 1: must be a JSON object",
+        b'{"prompt": "p", "choices": [" a"], "answer": 0}\n': "line 1: field 'choices' must be a list of at least 2",
+        b'{"prompt": "", "choices": [" a", " b"], "answer": 0}\n': "line 1: field 'prompt' must be a non-empty",
+        b'{"prompt": "p", "choices": [" a", " b"]}\n': "line 1: field 'answer' is required",
+        b'{"prompt": "p", "choices": [" a", " b"], "answer": true}\n': "line 1: field 'answer' must be an integer",
+        b'{"prompt": "p", "choices": [" a", " b"], "answer": 0, "anwser": 1}\n': "line 1: field 'anwser' is not a",
+        b"\n\n": "file: contains no rows",
+        b"\xff\xfe": "file: not UTF-8",
+    }
+    for content, expected in cases.items():
+        response = upload(client, content)
+        assert response.status_code == 422, content
+        assert response.json()["detail"].startswith(expected), (content, response.json())
+
+
+def test_unknown_kind_lists_allowed(client: TestClient) -> None:
+    response = upload(client, CHOICE_ROWS, kind="essay")
+    assert response.status_code == 422
+    assert response.json()["detail"] == "kind: must be one of choice, got 'essay'"
+
+
+def test_upload_over_the_limit_is_413(client: TestClient, stack_settings: Settings) -> None:
+    big = (
+        b'{"prompt": "'
+        + b"x" * stack_settings.max_upload_bytes
+        + b'", "choices": [" a", " b"], "answer": 0}\n'
+    )
+    response = upload(client, big)
+    assert response.status_code == 413
+    assert response.json()["error"] == "payload_too_large"
+
+
+def test_other_tenants_dataset_is_404(
+    client: TestClient, app_client: TestClient, stack_settings: Settings
+) -> None:
+    dataset_id = upload(client, CHOICE_ROWS).json()["id"]
+    from api.services.auth import create_key
+    from models.db import session_scope
+
+    with session_scope(stack_settings.database_url) as session:
+        other_key = create_key(session, "another-tenant-datasets")
+    response = app_client.get(f"/v1/datasets/{dataset_id}", headers={"X-API-Key": other_key})
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"

@@ -1,0 +1,95 @@
+import uuid
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from lethe.settings import Settings
+from models.db import session_scope
+from models.repositories import JobEventRepository, JobRepository
+from tests.api.conftest import CHOICE_ROWS, upload
+
+
+def _request(client: TestClient, **overrides: Any) -> dict[str, Any]:
+    forget = upload(client, CHOICE_ROWS, name="forget").json()["id"]
+    retain = upload(client, CHOICE_ROWS, name="retain").json()["id"]
+    body = {
+        "base_model": "tiny-registered",
+        "forget_dataset": forget,
+        "retain_datasets": [retain],
+        "heldout_fraction": 0.5,
+        "finetune": {"epochs": 1, "learning_rate": 0.001},
+        "method": {"name": "random_label", "params": {"learning_rate": 0.0005}},
+        "probe": True,
+        "seed": 3,
+    }
+    body.update(overrides)
+    return body
+
+
+def test_submit_creates_queued_job_with_normalized_spec(client: TestClient, stack_settings: Settings) -> None:
+    response = client.post("/v1/forget-requests", json=_request(client))
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    assert response.json()["status"] == "queued"
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "queued" and job["metrics"] == [] and job["adapter_id"] is None
+    assert [j["id"] for j in client.get("/v1/jobs").json()] == [job_id]
+    with session_scope(stack_settings.database_url) as session:
+        row = JobRepository(session).get_by_id(uuid.UUID(job_id))
+        assert row is not None
+        # Defaults of the method are filled in, so the job is reproducible from its spec alone.
+        assert row.spec["method"]["params"]["learning_rate"] == 0.0005
+        assert "batch_size" in row.spec["method"]["params"]
+        assert [e.type for e in JobEventRepository(session).list(row.id)] == ["queued"]
+
+
+def test_unknown_method_is_named(client: TestClient) -> None:
+    response = client.post("/v1/forget-requests", json=_request(client, method={"name": "lobotomy"}))
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert detail.startswith("method.name: unknown method 'lobotomy' (allowed: ")
+    assert "random_label" in detail and "gradient_ascent" in detail
+
+
+def test_bad_method_params_are_named(client: TestClient) -> None:
+    body = _request(client, method={"name": "gradient_ascent", "params": {"learning_rate": -1, "colour": 1}})
+    response = client.post("/v1/forget-requests", json=body)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "method.params.learning_rate" in detail
+    assert "method.params.colour" in detail
+
+
+def test_unknown_base_model_and_foreign_dataset(client: TestClient) -> None:
+    response = client.post("/v1/forget-requests", json=_request(client, base_model="gpt-99"))
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("base_model: unknown base model 'gpt-99' (available: ")
+    response = client.post("/v1/forget-requests", json=_request(client, forget_dataset=str(uuid.uuid4())))
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("forget_dataset: dataset ")
+
+
+def test_heldout_fraction_must_leave_both_splits(client: TestClient) -> None:
+    response = client.post("/v1/forget-requests", json=_request(client, heldout_fraction=0.01))
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("heldout_fraction:")
+    response = client.post("/v1/forget-requests", json=_request(client, heldout_fraction=1.5))
+    assert response.status_code == 422
+    assert "heldout_fraction" in response.json()["detail"]
+
+
+def test_invalid_request_creates_no_job(client: TestClient) -> None:
+    client.post("/v1/forget-requests", json=_request(client, method={"name": "nope"}))
+    assert client.get("/v1/jobs").json() == []
+
+
+def test_other_tenants_job_is_404(
+    client: TestClient, app_client: TestClient, stack_settings: Settings
+) -> None:
+    job_id = client.post("/v1/forget-requests", json=_request(client)).json()["job_id"]
+    from api.services.auth import create_key
+
+    with session_scope(stack_settings.database_url) as session:
+        other_key = create_key(session, "another-tenant-jobs")
+    assert app_client.get(f"/v1/jobs/{job_id}", headers={"X-API-Key": other_key}).status_code == 404
+    assert app_client.get(f"/v1/jobs/{uuid.uuid4()}").status_code == 404

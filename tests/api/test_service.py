@@ -1,0 +1,60 @@
+"""Auth, health, the published registries and the committed OpenAPI spec."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from lethe.openapi import current_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_v1_route_requires_a_key(app_client: TestClient) -> None:
+    for path in ["/v1/datasets", "/v1/jobs", "/v1/base-models", "/v1/methods"]:
+        response = app_client.get(path, headers={"X-API-Key": ""})
+        assert response.status_code == 401, path
+        assert response.json()["error"] == "unauthorized"
+        assert app_client.get(path, headers={"X-API-Key": "lethe_wrong"}).status_code == 401
+
+
+def test_health_and_readiness(app_client: TestClient) -> None:
+    assert app_client.get("/healthz").json() == {"status": "ok"}
+    ready = app_client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"catalogue": "ok", "broker": "ok", "storage": "ok"}
+
+
+def test_base_models_include_bundled_smollm2(client: TestClient) -> None:
+    names = [b["name"] for b in client.get("/v1/base-models").json()]
+    assert "smollm2-135m-instruct" in names
+
+
+def test_methods_publish_json_schema_with_defaults(client: TestClient) -> None:
+    methods = {m["name"]: m for m in client.get("/v1/methods").json()}
+    assert {"gradient_ascent", "random_label"} <= methods.keys()
+    for method in methods.values():
+        properties = method["params"]["properties"]
+        assert {"learning_rate", "epochs", "max_steps", "batch_size", "lora_rank"} <= properties.keys()
+        assert all("default" in p for p in properties.values())
+        assert method["description"]
+
+
+def test_committed_openapi_matches_code() -> None:
+    assert (ROOT / "openapi.json").read_text() == current_spec(), "run `make openapi` and commit openapi.json"
+
+
+def test_operation_ids_read_well_and_errors_are_declared() -> None:
+    spec = json.loads(current_spec())
+    operations = {op["operationId"]: op for path in spec["paths"].values() for op in path.values()}
+    assert {"submit_forget_request", "upload_dataset", "get_job", "download_adapter"} <= operations.keys()
+    for operation_id, operation in operations.items():
+        if operation_id not in ("health", "ready"):
+            assert "401" in operation["responses"], operation_id
+
+
+def test_the_api_does_not_import_torch() -> None:
+    code = "import sys, api.app; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

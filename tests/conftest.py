@@ -1,0 +1,97 @@
+"""Real services for the suite: PostgreSQL, Redis, an S3-protocol server (moto) on loopback, migrations."""
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from minio import Minio
+from moto.server import ThreadedMotoServer
+
+from lethe.migrate import upgrade
+from lethe.settings import Settings
+
+POSTGRES_ADMIN_URL = os.environ.get("LETHE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("LETHE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+# A Redis database of its own, so a test run never reads another program's keys.
+REDIS_DB = 11
+S3_ACCESS_KEY, S3_SECRET_KEY, BUCKET = "lethe-test-access", "lethe-test-secret-key", "lethe-test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database for this test session, dropped afterwards."""
+    name = f"lethe_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    yield f"{base}/{name}"
+    from models.db import get_engine
+
+    for engine_url in [f"{base}/{name}"]:
+        get_engine(engine_url).dispose()
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = f"{REDIS_URL}/{REDIS_DB}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on a loopback port, with the test bucket created through the minio SDK."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"127.0.0.1:{port}"
+    client = Minio(endpoint, access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY, secure=False)
+    client.make_bucket(BUCKET)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack_env(
+    tmp_path_factory: pytest.TempPathFactory, postgres_url: str, redis_url: str, s3_endpoint: str
+) -> dict[str, str]:
+    """LETHE_* variables of the full stack (Postgres, Redis, S3) for this session's services."""
+    return {
+        "LETHE_DATA_DIR": str(tmp_path_factory.mktemp("lethe-data")),
+        "LETHE_DATABASE_URL": postgres_url,
+        "LETHE_BROKER_URL": redis_url,
+        "LETHE_STORAGE_URL": f"s3://{BUCKET}",
+        "LETHE_S3_ENDPOINT": s3_endpoint,
+        "LETHE_S3_ACCESS_KEY": S3_ACCESS_KEY,
+        "LETHE_S3_SECRET_KEY": S3_SECRET_KEY,
+        "LETHE_S3_SECURE": "false",
+    }
+
+
+@pytest.fixture(scope="session")
+def stack_settings(stack_env: dict[str, str]) -> Settings:
+    settings = Settings(
+        data_dir=Path(stack_env["LETHE_DATA_DIR"]),
+        database_url=stack_env["LETHE_DATABASE_URL"],
+        broker_url=stack_env["LETHE_BROKER_URL"],
+        storage_url=stack_env["LETHE_STORAGE_URL"],
+        s3_endpoint=stack_env["LETHE_S3_ENDPOINT"],
+        s3_access_key=stack_env["LETHE_S3_ACCESS_KEY"],
+        s3_secret_key=stack_env["LETHE_S3_SECRET_KEY"],  # type: ignore[arg-type]
+        s3_secure=False,
+    )
+    upgrade(settings.database_url)
+    return settings
