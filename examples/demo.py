@@ -1,0 +1,128 @@
+"""`make demo`: start Lethe in its embedded default, run a real forget request on SmolLM2, print the evidence.
+
+The request: fine-tune SmolLM2-135M-Instruct on PIQA rows (the seed paper's protocol: the model first learns
+the task), forget them with random labels, and measure forget-train, forget-heldout (same task, unseen) and a
+retain task (ARC-Easy) at every stage, plus per-layer linear probes before and after forgetting.
+"""
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "examples" / "data"
+FORGET_FILE, RETAIN_FILE = DATA / "piqa_demo.jsonl", DATA / "arc_easy_demo.jsonl"
+
+REQUEST = {
+    "base_model": "smollm2-135m-instruct",
+    "heldout_fraction": 0.5,
+    "finetune": {"epochs": 3, "learning_rate": 3e-4},
+    "method": {"name": "random_label", "params": {"learning_rate": 3e-4, "epochs": 6, "batch_size": 8}},
+    "probe": True,
+    "seed": 0,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(base_url: str, server: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            sys.exit("lethe serve exited; see the log above")
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    sys.exit(f"lethe serve did not become healthy in {timeout_s}s")
+
+
+def upload(client: httpx.Client, path: Path, name: str) -> dict:
+    with path.open("rb") as handle:
+        response = client.post("/v1/datasets", files={"file": (path.name, handle)}, data={"name": name, "kind": "choice"})
+    response.raise_for_status()
+    return response.json()
+
+
+def follow(client: httpx.Client, job_id: str) -> dict:
+    last = None
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        line = f"  {job['status']:<9} {job['stage']:<11} {job['progress'] * 100:5.1f}%"
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(2)
+
+
+def print_tables(job: dict) -> None:
+    stages = [s for s in ("base", "finetuned", "forgotten") if any(m["stage"] == s for m in job["metrics"])]
+    table: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    probes: dict[int, dict[str, float]] = defaultdict(dict)
+    for m in job["metrics"]:
+        if m["name"] == "probe_accuracy":
+            probes[m["layer"]][m["stage"]] = m["value"]
+        else:
+            table[(m["split"], m["name"])][m["stage"]] = m["value"]
+
+    print(f"\n{'split':<28}{'metric':<14}" + "".join(f"{s:>12}" for s in stages))
+    for (split, name), values in sorted(table.items()):
+        cells = "".join(f"{values[s]:>12.3f}" if s in values else f"{'':>12}" for s in stages)
+        print(f"{split:<28}{name:<14}{cells}")
+    if probes:
+        probe_stages = sorted({s for v in probes.values() for s in v}, key=stages.index)
+        print("\nlinear probe accuracy on forget_heldout (layer 0 = embeddings)")
+        print(f"{'layer':<8}" + "".join(f"{s:>12}" for s in probe_stages))
+        for layer in sorted(probes):
+            print(f"{layer:<8}" + "".join(f"{probes[layer].get(s, float('nan')):>12.3f}" for s in probe_stages))
+
+
+def main() -> int:
+    started = time.monotonic()
+    key = "lethe_demo_" + secrets.token_urlsafe(24)
+    port = int(os.environ.get("LETHE_DEMO_PORT", free_port()))
+    env = {**os.environ, "LETHE_BOOTSTRAP_API_KEY": key}
+    env.setdefault("LETHE_DATA_DIR", str(ROOT / ".lethe"))
+    print(f"starting `lethe serve --port {port}` (embedded default, data in {env['LETHE_DATA_DIR']})")
+    server = subprocess.Popen([sys.executable, "-m", "lethe.cli", "serve", "--port", str(port)], env=env, cwd=ROOT)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base_url, server)
+        with httpx.Client(base_url=base_url, headers={"X-API-Key": key}, timeout=60) as client:
+            forget = upload(client, FORGET_FILE, "piqa")
+            retain = upload(client, RETAIN_FILE, "arc_easy")
+            print(f"uploaded forget set piqa ({forget['rows']} rows) and retain set arc_easy ({retain['rows']} rows)")
+            body = {**REQUEST, "forget_dataset": forget["id"], "retain_datasets": [retain["id"]]}
+            job_id = client.post("/v1/forget-requests", json=body).raise_for_status().json()["job_id"]
+            print(f"forget request accepted: job {job_id}")
+            job = follow(client, job_id)
+            if job["status"] != "succeeded":
+                print(f"job {job['status']}: {job['error']}")
+                return 1
+            adapter = client.get(f"/v1/adapters/{job['adapter_id']}").json()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    print_tables(job)
+    print(f"\nadapter {adapter['id']} ({adapter['size_bytes']} bytes, sha256 {adapter['sha256'][:16]}...)")
+    print(f"download: curl -H 'X-API-Key: ...' {base_url}/v1/adapters/{adapter['id']}/download -o adapter.tar.gz")
+    print(f"demo wall time: {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

