@@ -41,9 +41,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Your tenant's API key.")
 
 
-def get_tenant_id(
-    session: SessionDep, api_key: Annotated[str | None, Security(_api_key_header)]
-) -> uuid.UUID:
+def get_tenant_id(session: SessionDep, api_key: Annotated[str | None, Security(_api_key_header)]) -> uuid.UUID:
     return authenticate(session, api_key)
 
 

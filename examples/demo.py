@@ -5,6 +5,7 @@ the task), forget them with random labels, and measure forget-train, forget-held
 retain task (ARC-Easy) at every stage, plus per-layer linear probes before and after forgetting.
 """
 
+import json
 import os
 import secrets
 import socket
@@ -20,14 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data"
 FORGET_FILE, RETAIN_FILE = DATA / "piqa_demo.jsonl", DATA / "arc_easy_demo.jsonl"
 
-REQUEST = {
-    "base_model": "smollm2-135m-instruct",
-    "heldout_fraction": 0.5,
-    "finetune": {"epochs": 3, "learning_rate": 3e-4},
-    "method": {"name": "random_label", "params": {"learning_rate": 3e-4, "epochs": 6, "batch_size": 8}},
-    "probe": True,
-    "seed": 0,
-}
+REQUEST = json.loads((ROOT / "examples" / "demo_request.json").read_text())
 
 
 def free_port() -> int:
@@ -51,7 +45,9 @@ def wait_healthy(base_url: str, server: subprocess.Popen, timeout_s: float = 120
 
 def upload(client: httpx.Client, path: Path, name: str) -> dict:
     with path.open("rb") as handle:
-        response = client.post("/v1/datasets", files={"file": (path.name, handle)}, data={"name": name, "kind": "choice"})
+        response = client.post(
+            "/v1/datasets", files={"file": (path.name, handle)}, data={"name": name, "kind": "choice"}
+        )
     response.raise_for_status()
     return response.json()
 

@@ -10,6 +10,15 @@ from pathlib import Path
 from lethe.settings import get_settings
 
 
+def _ensure_embedded_catalogue() -> None:
+    """The embedded default has no migrate step of its own: migrate the SQLite catalogue on first use."""
+    settings = get_settings()
+    if settings.database_url.startswith("sqlite"):
+        from lethe.migrate import upgrade
+
+        upgrade(settings.database_url)
+
+
 def _migrate(_args: argparse.Namespace) -> int:
     from lethe.migrate import upgrade
 
@@ -22,16 +31,14 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
-    from lethe.migrate import upgrade
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _ensure_embedded_catalogue()
     worker = None
-    if settings.embedded_broker:
-        # The embedded default has no migrate job and no separate worker service: do both here.
-        upgrade(settings.database_url)
-        if not args.no_worker:
-            worker = subprocess.Popen([sys.executable, "-m", "lethe.cli", "worker"], env=os.environ.copy())
+    # The embedded default has no separate worker service: start one beside the API.
+    if settings.embedded_broker and not args.no_worker:
+        worker = subprocess.Popen([sys.executable, "-m", "lethe.cli", "worker"], env=os.environ.copy())
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
     finally:
@@ -59,6 +66,7 @@ def _base_models_add(args: argparse.Namespace) -> int:
     from models.db import session_scope
 
     source = args.source if ":" in args.source else f"path:{Path(args.source).resolve()}"
+    _ensure_embedded_catalogue()
     with session_scope(get_settings().database_url) as session:
         register_base_model(session, args.name, source, args.description)
     print(f"registered base model {args.name} -> {source}")
@@ -69,6 +77,7 @@ def _api_keys_create(args: argparse.Namespace) -> int:
     from api.services.auth import create_key
     from models.db import session_scope
 
+    _ensure_embedded_catalogue()
     with session_scope(get_settings().database_url) as session:
         key = create_key(session, args.tenant)
     print(key)
@@ -101,9 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--description", default="")
     add.set_defaults(run=_base_models_add)
 
-    api_keys = commands.add_parser("api-keys", help="manage API keys").add_subparsers(
-        dest="action", required=True
-    )
+    api_keys = commands.add_parser("api-keys", help="manage API keys").add_subparsers(dest="action", required=True)
     create = api_keys.add_parser("create", help="create a key for a tenant and print it once")
     create.add_argument("--tenant", default="default")
     create.set_defaults(run=_api_keys_create)

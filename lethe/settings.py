@@ -47,9 +47,7 @@ class Settings(BaseSettings):
             return None
         key = value.get_secret_value()
         if len(key) < 16 or key.lower() in _WEAK_SECRETS:
-            raise ValueError(
-                "LETHE_BOOTSTRAP_API_KEY must be at least 16 characters and not a well-known value"
-            )
+            raise ValueError("LETHE_BOOTSTRAP_API_KEY must be at least 16 characters and not a well-known value")
         return value
 
     @model_validator(mode="after")

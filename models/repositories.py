@@ -32,9 +32,7 @@ class ApiKeyRepository:
         self.session = session
 
     def get_active_by_hash(self, key_hash: str) -> ApiKey | None:
-        return self.session.scalar(
-            select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
-        )
+        return self.session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)))
 
     def create(self, tenant_id: uuid.UUID, prefix: str, key_hash: str, scopes: list[str]) -> ApiKey:
         api_key = ApiKey(tenant_id=tenant_id, prefix=prefix, key_hash=key_hash, scopes=scopes)
@@ -53,9 +51,7 @@ class DatasetRepository:
         return dataset
 
     def get(self, tenant_id: uuid.UUID, dataset_id: uuid.UUID) -> Dataset | None:
-        return self.session.scalar(
-            select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id)
-        )
+        return self.session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id))
 
     def get_by_id(self, dataset_id: uuid.UUID) -> Dataset | None:
         return self.session.get(Dataset, dataset_id)
@@ -130,9 +126,7 @@ class JobRepository:
         )
 
     def heartbeat(self, job_id: uuid.UUID, now: datetime) -> None:
-        self.session.execute(
-            update(Job).where(Job.id == job_id, Job.status == "running").values(heartbeat_at=now)
-        )
+        self.session.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(heartbeat_at=now))
 
     def finish(
         self,
@@ -181,9 +175,7 @@ class JobEventRepository:
         return event
 
     def list(self, job_id: uuid.UUID) -> Sequence[JobEvent]:
-        return self.session.scalars(
-            select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)
-        ).all()
+        return self.session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)).all()
 
 
 class MetricRepository:
@@ -208,9 +200,7 @@ class AdapterRepository:
         return adapter
 
     def get(self, tenant_id: uuid.UUID, adapter_id: uuid.UUID) -> Adapter | None:
-        return self.session.scalar(
-            select(Adapter).where(Adapter.id == adapter_id, Adapter.tenant_id == tenant_id)
-        )
+        return self.session.scalar(select(Adapter).where(Adapter.id == adapter_id, Adapter.tenant_id == tenant_id))
 
     def get_for_job(self, job_id: uuid.UUID) -> Adapter | None:
         return self.session.scalar(select(Adapter).where(Adapter.job_id == job_id))

@@ -21,6 +21,5 @@ def list_base_models(session: SessionDep, _tenant_id: TenantDep) -> list[BaseMod
 def list_methods(_tenant_id: TenantDep) -> list[MethodOut]:
     """Unlearning methods with the JSON schema (and defaults) of their params."""
     return [
-        MethodOut(name=name, description=spec.description, params=spec.json_schema())
-        for name, spec in METHODS.items()
+        MethodOut(name=name, description=spec.description, params=spec.json_schema()) for name, spec in METHODS.items()
     ]

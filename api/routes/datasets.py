@@ -51,14 +51,10 @@ async def upload_dataset(
 @router.get("", response_model=list[DatasetOut], responses=error_responses(401))
 def list_datasets(session: SessionDep, tenant_id: TenantDep) -> list[DatasetOut]:
     """List the tenant's datasets, newest first."""
-    return [
-        DatasetOut.model_validate(d, from_attributes=True) for d in service.list_datasets(session, tenant_id)
-    ]
+    return [DatasetOut.model_validate(d, from_attributes=True) for d in service.list_datasets(session, tenant_id)]
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(401, 404, 422))
 def get_dataset(dataset_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> DatasetOut:
     """One dataset of the tenant."""
-    return DatasetOut.model_validate(
-        service.get_dataset(session, tenant_id, dataset_id), from_attributes=True
-    )
+    return DatasetOut.model_validate(service.get_dataset(session, tenant_id, dataset_id), from_attributes=True)

@@ -31,9 +31,7 @@ def validate_choice_row(row: dict[str, Any]) -> None:
         raise RowError("choices", "must not repeat a choice")
     answer = row["answer"]
     if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
-        raise RowError(
-            "answer", f"must be an integer index into choices (0..{len(choices) - 1}), got {answer!r}"
-        )
+        raise RowError("answer", f"must be an integer index into choices (0..{len(choices) - 1}), got {answer!r}")
 
 
 def _check_fields(row: dict[str, Any], required: set[str], optional: set[str]) -> None:

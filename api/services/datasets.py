@@ -30,9 +30,7 @@ def count_valid_rows(kind: str, content: bytes) -> int:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise InvalidInput(
-                f"line {line_number}: not valid JSON ({exc.msg} at column {exc.colno})"
-            ) from exc
+            raise InvalidInput(f"line {line_number}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
         if not isinstance(row, dict):
             raise InvalidInput(f"line {line_number}: must be a JSON object")
         try:

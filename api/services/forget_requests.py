@@ -30,9 +30,7 @@ def _method_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     try:
         spec = METHODS.get(name)
     except UnknownNameError as exc:
-        raise InvalidInput(
-            f"method.name: unknown method {name!r} (allowed: {', '.join(METHODS.names())})"
-        ) from exc
+        raise InvalidInput(f"method.name: unknown method {name!r} (allowed: {', '.join(METHODS.names())})") from exc
     try:
         parsed = spec.parse(params)
     except ValidationError as exc:

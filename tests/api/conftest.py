@@ -42,6 +42,4 @@ CHOICE_ROWS = [{"prompt": f"Is {n} even?", "choices": [" yes", " no"], "answer":
 
 def upload(client: TestClient, rows: list[dict] | bytes, name: str = "parity", kind: str = "choice"):
     content = rows if isinstance(rows, bytes) else jsonl(rows)
-    return client.post(
-        "/v1/datasets", files={"file": ("d.jsonl", content)}, data={"name": name, "kind": kind}
-    )
+    return client.post("/v1/datasets", files={"file": ("d.jsonl", content)}, data={"name": name, "kind": kind})

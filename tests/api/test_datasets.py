@@ -27,9 +27,7 @@ def test_upload_stores_object_and_row(client: TestClient, stack_settings: Settin
     assert [d["id"] for d in client.get("/v1/datasets").json()] == [body["id"]]
 
 
-def test_bad_row_names_line_and_field_and_stores_nothing(
-    client: TestClient, stack_settings: Settings
-) -> None:
+def test_bad_row_names_line_and_field_and_stores_nothing(client: TestClient, stack_settings: Settings) -> None:
     before = _objects(stack_settings)
     rows = [*CHOICE_ROWS[:2], {"prompt": "x", "choices": [" a", " b"], "answer": 2}]
     response = upload(client, rows)
@@ -67,19 +65,13 @@ def test_unknown_kind_lists_allowed(client: TestClient) -> None:
 
 
 def test_upload_over_the_limit_is_413(client: TestClient, stack_settings: Settings) -> None:
-    big = (
-        b'{"prompt": "'
-        + b"x" * stack_settings.max_upload_bytes
-        + b'", "choices": [" a", " b"], "answer": 0}\n'
-    )
+    big = b'{"prompt": "' + b"x" * stack_settings.max_upload_bytes + b'", "choices": [" a", " b"], "answer": 0}\n'
     response = upload(client, big)
     assert response.status_code == 413
     assert response.json()["error"] == "payload_too_large"
 
 
-def test_other_tenants_dataset_is_404(
-    client: TestClient, app_client: TestClient, stack_settings: Settings
-) -> None:
+def test_other_tenants_dataset_is_404(client: TestClient, app_client: TestClient, stack_settings: Settings) -> None:
     dataset_id = upload(client, CHOICE_ROWS).json()["id"]
     from api.services.auth import create_key
     from models.db import session_scope

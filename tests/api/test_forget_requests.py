@@ -83,9 +83,7 @@ def test_invalid_request_creates_no_job(client: TestClient) -> None:
     assert client.get("/v1/jobs").json() == []
 
 
-def test_other_tenants_job_is_404(
-    client: TestClient, app_client: TestClient, stack_settings: Settings
-) -> None:
+def test_other_tenants_job_is_404(client: TestClient, app_client: TestClient, stack_settings: Settings) -> None:
     job_id = client.post("/v1/forget-requests", json=_request(client)).json()["job_id"]
     from api.services.auth import create_key
 

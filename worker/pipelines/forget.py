@@ -267,6 +267,4 @@ def _record_success(
         )
         if not JobRepository(session).finish(job_id, "succeeded", utcnow()):
             raise JobFailure("job_closed", "the job was closed while it ran (reaped or cancelled)")
-        JobEventRepository(session).append(
-            job_id, "succeeded", {"adapter_id": str(adapter_id), "steps": outcome.steps}
-        )
+        JobEventRepository(session).append(job_id, "succeeded", {"adapter_id": str(adapter_id), "steps": outcome.steps})

@@ -1,0 +1,91 @@
+"""Processes of a running Lethe: `lethe serve` (uvicorn) and `lethe worker` (Celery), started for real."""
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOTSTRAP_KEY = "lethe-e2e-bootstrap-key-0123456789"
+
+
+class Service:
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "lethe.cli", *args], env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def start_service(tmp_path: Path) -> Iterator[Callable[[list[str], dict[str, str]], Service]]:
+    started: list[Service] = []
+
+    def start(args: list[str], env: dict[str, str]) -> Service:
+        full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        service = Service(args, full_env, tmp_path / f"{args[0]}-{len(started)}.log")
+        started.append(service)
+        return service
+
+    yield start
+    for service in reversed(started):
+        service.stop()
+
+
+def wait_until_healthy(base_url: str, service: Service, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise AssertionError(f"service exited early:\n{service.log()}")
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"service not healthy after {timeout_s}s:\n{service.log()}")
+
+
+def wait_for_job(client: httpx.Client, job_id: str, services: list[Service], timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        for service in services:
+            if service.process.poll() is not None:
+                raise AssertionError(f"a service exited while the job ran:\n{service.log()}")
+        time.sleep(1)
+    logs = "\n".join(s.log() for s in services)
+    raise AssertionError(f"job {job_id} still {job['status']}/{job['stage']} after {timeout_s}s:\n{logs}")
+
+
+__all__ = ["BOOTSTRAP_KEY", "free_port", "wait_for_job", "wait_until_healthy"]
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache_dir() -> Path:
+    """Where the bundled SmolLM2 is converted to safetensors once (kept between runs, outside the tree)."""
+    directory = Path(os.environ.get("LETHE_TEST_CACHE", Path.home() / ".cache" / "lethe-tests")) / "base_models"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory

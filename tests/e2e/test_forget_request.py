@@ -1,0 +1,144 @@
+"""A forget request travels the whole system, over HTTP, on real processes and services.
+
+Two deployments: the stack (uvicorn + a Celery worker process, Postgres, Redis, an S3 server) and the
+embedded default (`lethe serve` alone: SQLite, a folder queue, a local object store, its own worker process).
+"""
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import uuid
+from pathlib import Path
+
+import httpx
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lethe.settings import Settings
+from models.db import session_scope
+from models.repositories import AdapterRepository, JobEventRepository, MetricRepository
+from storage import open_store
+from tests.conftest import free_port
+from tests.e2e.conftest import BOOTSTRAP_KEY, ROOT, wait_for_job, wait_until_healthy
+from tests.tiny_lm import build_tiny_lm, synthetic_choice_rows, task_corpus
+from worker.engine.data import ChoiceRow, split_heldout
+from worker.engine.scoring import score_choices
+
+SEED = 7
+
+
+def _jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def _forget_tiny_lm(tmp_path: Path, env: dict[str, str], settings: Settings, start_service, with_worker: bool) -> None:
+    tiny_dir = build_tiny_lm(tmp_path / "tiny-lm", task_corpus())
+    env = {**env, "LETHE_BOOTSTRAP_API_KEY": BOOTSTRAP_KEY, "LETHE_HEARTBEAT_INTERVAL_S": "1"}
+    subprocess.run(
+        [sys.executable, "-m", "lethe.cli", "base-models", "add", "tiny-e2e", str(tiny_dir)],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        check=True,
+    )
+    port = free_port()
+    services = [start_service(["serve", "--port", str(port)], env)]
+    if with_worker:
+        services.append(start_service(["worker"], env))
+    base_url = f"http://127.0.0.1:{port}"
+    wait_until_healthy(base_url, services[0])
+
+    forget_rows, retain_rows = synthetic_choice_rows(24, seed=1), synthetic_choice_rows(12, seed=2)
+    with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as client:
+        assert client.get("/readyz").json()["status"] == "ready"
+        forget = client.post(
+            "/v1/datasets",
+            files={"file": ("f.jsonl", _jsonl(forget_rows))},
+            data={"name": "categories", "kind": "choice"},
+        ).json()
+        retain = client.post(
+            "/v1/datasets",
+            files={"file": ("r.jsonl", _jsonl(retain_rows))},
+            data={"name": "categories-retain", "kind": "choice"},
+        ).json()
+        submitted = client.post(
+            "/v1/forget-requests",
+            json={
+                "base_model": "tiny-e2e",
+                "forget_dataset": forget["id"],
+                "retain_datasets": [retain["id"]],
+                "heldout_fraction": 0.5,
+                "finetune": {"epochs": 10, "learning_rate": 0.01},
+                "method": {"name": "random_label", "params": {"learning_rate": 0.01, "epochs": 5, "batch_size": 4}},
+                "probe": True,
+                "seed": SEED,
+            },
+        )
+        assert submitted.status_code == 202, submitted.text
+        job = wait_for_job(client, submitted.json()["job_id"], services, timeout_s=300)
+        assert job["status"] == "succeeded", (job, [s.log() for s in services])
+
+        metrics = {(m["stage"], m["split"], m["name"], m["layer"]): m["value"] for m in job["metrics"]}
+        for stage in ("base", "finetuned", "forgotten"):
+            for split in ("forget_train", "forget_heldout", "retain:categories-retain"):
+                accuracy = metrics[(stage, split, "accuracy", None)]
+                assert 0 <= accuracy <= 1
+                assert metrics[(stage, split, "forget_gap", None)] == accuracy - 0.5
+        for stage in ("finetuned", "forgotten"):
+            # Embeddings (layer 0) and the tiny LM's 2 blocks.
+            assert sorted(k[3] for k in metrics if k[2] == "probe_accuracy" and k[0] == stage) == [0, 1, 2]
+
+        # The catalogue holds what the API reported, the adapter row and the ordered event trail.
+        job_uuid = uuid.UUID(job["id"])
+        with session_scope(settings.database_url) as session:
+            assert len(MetricRepository(session).list_for_job(job_uuid)) == len(job["metrics"])
+            adapter_row = AdapterRepository(session).get_for_job(job_uuid)
+            events = [e.type for e in JobEventRepository(session).list(job_uuid)]
+        assert adapter_row is not None and str(adapter_row.id) == job["adapter_id"]
+        assert events[:2] == ["queued", "started"] and events[-1] == "succeeded"
+
+        # The object is in the store, and the download is that object.
+        stored = open_store(settings).get(adapter_row.object_key)
+        assert len(stored) == adapter_row.size_bytes
+        adapter = client.get(f"/v1/adapters/{job['adapter_id']}").json()
+        download = client.get(f"/v1/adapters/{job['adapter_id']}/download")
+        assert download.status_code == 200
+        assert download.content == stored
+        assert hashlib.sha256(download.content).hexdigest() == adapter["sha256"] == adapter_row.sha256
+
+    adapter_dir = tmp_path / "adapter"
+    with tarfile.open(fileobj=io.BytesIO(download.content), mode="r:gz") as tar:
+        tar.extractall(adapter_dir, filter="data")
+    names = {p.name for p in adapter_dir.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= names
+    assert job["id"] in (adapter_dir / "README.md").read_text()
+
+    # The downloaded adapter, loaded with peft, reproduces the reported forget-train accuracy.
+    lm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), adapter_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    rows = [ChoiceRow(r["prompt"], tuple(r["choices"]), r["answer"]) for r in forget_rows]
+    forget_train, _ = split_heldout(rows, 0.5, seed=SEED)
+    scores = score_choices(lm, tokenizer, forget_train, batch_size=8)
+    assert scores.accuracy == metrics[("forgotten", "forget_train", "accuracy", None)]
+
+
+def test_on_the_stack(tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service) -> None:
+    # A Redis database of its own, so this worker never sees the jobs the in-process API tests queued.
+    env = {**stack_env, "LETHE_BROKER_URL": stack_env["LETHE_BROKER_URL"].rsplit("/", 1)[0] + "/12"}
+    _forget_tiny_lm(tmp_path, env, stack_settings, start_service, with_worker=True)
+
+
+def test_on_the_embedded_default(tmp_path: Path, start_service) -> None:
+    # Empty URLs: every part is the embedded default under the data dir (SQLite, folder queue, local store).
+    env = {
+        "LETHE_DATA_DIR": str(tmp_path / "lethe-data"),
+        "LETHE_DATABASE_URL": "",
+        "LETHE_BROKER_URL": "",
+        "LETHE_STORAGE_URL": "",
+    }
+    settings = Settings(data_dir=Path(env["LETHE_DATA_DIR"]), database_url="", broker_url="", storage_url="")
+    assert settings.database_url.startswith("sqlite") and settings.embedded_broker
+    _forget_tiny_lm(tmp_path, env, settings, start_service, with_worker=False)

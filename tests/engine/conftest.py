@@ -1,0 +1,44 @@
+"""Engine test fixtures: one tiny LM per session, single-threaded torch, SmolLM2 tests only on request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.tiny_lm import build_tiny_lm, task_corpus
+from worker.engine.lm import LoadedLM, load_base_lm
+
+ENGINE_TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the slow SmolLM2 tests unless they were selected with `-m smollm2`."""
+    if "smollm2" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="runs the real SmolLM2 for minutes; select with -m smollm2")
+    for item in items:
+        if "smollm2" in item.keywords and ENGINE_TESTS in Path(item.path).parents:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def single_torch_thread() -> Iterator[None]:
+    """The tiny LM's matrices are far too small to gain from threads; on a busy CPU threads cost seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny-lm"), task_corpus())
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_lm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedLM:
+    """The tiny LM loaded as a base LM (shared: tests must not modify it)."""
+    return load_base_lm("tiny", f"path:{tiny_lm_dir}", tmp_path_factory.mktemp("lm-cache"))

@@ -1,0 +1,154 @@
+import pytest
+import torch
+from pydantic import ValidationError
+
+from tests.tiny_lm import synthetic_choice_rows
+from worker.engine.data import ChoiceRow, chance, split_heldout
+from worker.engine.forget import FinetuneConfig, ForgetOutcome, ForgetPlan, MetricValue, run_forget
+from worker.engine.lm import LoadedLM, load_base_lm
+from worker.engine.registry import UnknownNameError
+
+FORGET_TRAIN, FORGET_HELDOUT = split_heldout(
+    [ChoiceRow.from_dict(r) for r in synthetic_choice_rows(128, seed=0)], 0.25, seed=0
+)
+RETAIN = {"more": [ChoiceRow.from_dict(r) for r in synthetic_choice_rows(32, seed=99)]}
+SPLITS = {"forget_train", "forget_heldout", "retain:more"}
+FINETUNE = FinetuneConfig(epochs=10, learning_rate=1e-2)
+TOLERANCE = 0.1
+STAGES = {"evaluating", "finetuning", "forgetting", "probing"}
+
+
+class Run:
+    def __init__(self, base: LoadedLM, plan: ForgetPlan) -> None:
+        self.progress: list[tuple[str, float]] = []
+        self.outcome: ForgetOutcome = run_forget(
+            base, plan, FORGET_TRAIN, FORGET_HELDOUT, RETAIN, lambda stage, f: self.progress.append((stage, f))
+        )
+
+    def metrics(self, **where) -> list[MetricValue]:
+        return [m for m in self.outcome.metrics if all(getattr(m, k) == v for k, v in where.items())]
+
+    def value(self, stage: str, split: str, name: str, layer: int | None = None) -> float:
+        [metric] = self.metrics(stage=stage, split=split, name=name, layer=layer, step=None)
+        return metric.value
+
+
+def plan(method: str, probe: bool, finetune: FinetuneConfig | None = FINETUNE, **params) -> ForgetPlan:
+    params = {"learning_rate": 1e-3, "batch_size": 16, "chance_tolerance": TOLERANCE} | params
+    return ForgetPlan(method=method, method_params=params, finetune=finetune, probe=probe, seed=0)
+
+
+@pytest.fixture(scope="module")
+def random_label(tiny_base: LoadedLM) -> Run:
+    return Run(tiny_base, plan("random_label", probe=True, epochs=60))
+
+
+@pytest.fixture(scope="module")
+def gradient_ascent(tiny_base: LoadedLM) -> Run:
+    return Run(tiny_base, plan("gradient_ascent", probe=False, epochs=30))
+
+
+@pytest.mark.parametrize("run_name", ["random_label", "gradient_ascent"])
+def test_finetuning_teaches_the_task(run_name: str, request: pytest.FixtureRequest) -> None:
+    run: Run = request.getfixturevalue(run_name)
+    base = run.value("base", "forget_train", "accuracy")
+    finetuned = run.value("finetuned", "forget_train", "accuracy")
+    assert finetuned >= 0.85
+    assert finetuned >= base + 0.3
+    assert run.value("finetuned", "forget_heldout", "accuracy") >= 0.85
+
+
+def test_random_label_brings_forget_train_accuracy_to_chance(random_label: Run) -> None:
+    after = random_label.value("forgotten", "forget_train", "accuracy")
+    assert random_label.outcome.stop_reason == "chance"
+    assert abs(after - chance(FORGET_TRAIN)) <= TOLERANCE
+    # The per-epoch checks form the forgetting curve; the run stopped at the first one at chance.
+    curve = random_label.metrics(stage="forgotten", split="forget_train", name="accuracy", layer=None)
+    checks = [m for m in curve if m.step is not None]
+    steps = [m.step for m in checks if m.step is not None]
+    assert steps == sorted(set(steps)) and len(steps) == len(checks)
+    assert checks[-1].step == random_label.outcome.steps
+    assert all(m.value > chance(FORGET_TRAIN) + TOLERANCE for m in checks[:-1])
+
+
+def test_gradient_ascent_lowers_forget_train_accuracy(gradient_ascent: Run) -> None:
+    finetuned = gradient_ascent.value("finetuned", "forget_train", "accuracy")
+    after = gradient_ascent.value("forgotten", "forget_train", "accuracy")
+    assert after <= finetuned - 0.3
+    assert gradient_ascent.outcome.stop_reason == "chance"
+
+
+def test_accuracy_and_forget_gap_at_every_stage_and_split(random_label: Run) -> None:
+    for stage in ("base", "finetuned", "forgotten"):
+        for split in SPLITS:
+            accuracy = random_label.value(stage, split, "accuracy")
+            assert 0 <= accuracy <= 1
+            rows = {"forget_train": FORGET_TRAIN, "forget_heldout": FORGET_HELDOUT}.get(split, RETAIN["more"])
+            assert random_label.value(stage, split, "forget_gap") == pytest.approx(accuracy - chance(rows))
+    assert {m.stage for m in random_label.outcome.metrics} == {"base", "finetuned", "forgotten"}
+    assert {m.split for m in random_label.outcome.metrics} == SPLITS
+
+
+def test_forget_ratio_is_relative_to_the_stage_before_forgetting(random_label: Run) -> None:
+    for split in SPLITS:
+        before = random_label.value("finetuned", split, "accuracy")
+        after = random_label.value("forgotten", split, "accuracy")
+        chance_accuracy = before - random_label.value("finetuned", split, "forget_gap")
+        assert random_label.value("forgotten", split, "forget_ratio") == pytest.approx(
+            (before - after) / (before - chance_accuracy)
+        )
+    assert not random_label.metrics(name="forget_ratio", stage="finetuned")
+
+
+def test_probe_accuracy_per_layer_before_and_after_forgetting(random_label: Run, tiny_base: LoadedLM) -> None:
+    n_layers = tiny_base.lm.config.num_hidden_layers + 1
+    for stage in ("finetuned", "forgotten"):
+        probes = random_label.metrics(stage=stage, name="probe_accuracy")
+        assert len(probes) == n_layers and {m.layer for m in probes} == set(range(n_layers))
+        assert all(m.split == "forget_heldout" and 0 <= m.value <= 1 for m in probes)
+    assert not random_label.metrics(stage="base", name="probe_accuracy")
+
+
+def test_progress_is_monotone_and_ends_at_one(random_label: Run) -> None:
+    fractions = [f for _, f in random_label.progress]
+    assert all(0 <= f <= 1 for f in fractions)
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == 1.0
+    assert {stage for stage, _ in random_label.progress} == STAGES
+
+
+def test_the_cached_base_lm_stays_pristine(random_label: Run, tiny_base: LoadedLM, tiny_lm_dir, tmp_path) -> None:
+    assert not any("lora" in name for name, _ in tiny_base.lm.named_modules())
+    on_disk = load_base_lm("tiny", f"path:{tiny_lm_dir}", tmp_path).lm.state_dict()
+    for name, tensor in tiny_base.lm.state_dict().items():
+        assert torch.equal(tensor, on_disk[name]), name
+    assert any("lora" in name for name, _ in random_label.outcome.peft_lm.named_modules())
+
+
+def test_without_finetune_the_base_stage_comes_before_forgetting(tiny_base: LoadedLM) -> None:
+    first = Run(tiny_base, plan("gradient_ascent", probe=True, finetune=None, max_steps=2, stop_at_chance=False))
+    assert {m.stage for m in first.outcome.metrics} == {"base", "forgotten"}
+    assert (first.outcome.steps, first.outcome.stop_reason) == (2, "max_steps")
+    assert len(first.metrics(stage="base", name="probe_accuracy")) == tiny_base.lm.config.num_hidden_layers + 1
+    for split in SPLITS:
+        headroom = first.value("base", split, "forget_gap")
+        assert bool(first.metrics(stage="forgotten", split=split, name="forget_ratio")) == (headroom > 0)
+    assert "finetuning" not in {stage for stage, _ in first.progress}
+    # Same plan, same seed: same numbers.
+    second = Run(tiny_base, plan("gradient_ascent", probe=True, finetune=None, max_steps=2, stop_at_chance=False))
+    assert second.outcome.metrics == first.outcome.metrics
+
+
+def test_unknown_methods_and_bad_params_fail_before_any_work(tiny_base: LoadedLM) -> None:
+    calls: list[tuple[str, float]] = []
+
+    def record(stage: str, fraction: float) -> None:
+        calls.append((stage, fraction))
+
+    with pytest.raises(UnknownNameError):
+        run_forget(tiny_base, plan("npo_typo", probe=False), FORGET_TRAIN, FORGET_HELDOUT, {}, record)
+    with pytest.raises(ValidationError):
+        run_forget(tiny_base, plan("random_label", probe=False, epochs=0), FORGET_TRAIN, FORGET_HELDOUT, {}, record)
+    with pytest.raises(ValueError):
+        run_forget(tiny_base, plan("random_label", probe=False), FORGET_TRAIN, [], {}, record)
+    assert calls == []

@@ -1,0 +1,35 @@
+"""The real bundled SmolLM2-135M-Instruct (run with `-m smollm2`; converts the GGUF once, ~1 min on a CPU)."""
+
+import time
+
+import pytest
+
+from worker.engine.data import ChoiceRow
+from worker.engine.lm import BaseLMCache
+from worker.engine.scoring import score_choices
+
+pytestmark = pytest.mark.smollm2
+
+
+def test_bundled_smollm2_loads_and_knows_capitals(tmp_path_factory: pytest.TempPathFactory) -> None:
+    cache_dir = tmp_path_factory.mktemp("lm-cache")
+    base = BaseLMCache(cache_dir).get("smollm2-135m-instruct", "bundled:smollm2-135m-instruct")
+    assert (cache_dir / "bundled" / "smollm2-135m-instruct" / "model.safetensors").is_file()
+    assert base.tokenizer.pad_token is not None
+
+    rows = [
+        ChoiceRow("The capital of France is", (" Paris", " London"), 0),
+        ChoiceRow("The capital of England is", (" Paris", " London"), 1),
+        ChoiceRow("The capital of Germany is", (" Madrid", " Berlin"), 1),
+        ChoiceRow("The capital of Italy is", (" Rome", " Oslo"), 0),
+    ]
+    scores = score_choices(base.lm, base.tokenizer, rows, batch_size=4)
+    assert scores.loglikelihoods[0][0] > scores.loglikelihoods[0][1]
+    assert scores.accuracy == 1.0
+
+    # A second worker process finds the converted copy and loads it without the GGUF.
+    started = time.monotonic()
+    again = BaseLMCache(cache_dir).get("smollm2-135m-instruct", "bundled:smollm2-135m-instruct")
+    assert time.monotonic() - started < 30
+    rescored = score_choices(again.lm, again.tokenizer, rows[:1], batch_size=1)
+    assert rescored.loglikelihoods[0] == pytest.approx(scores.loglikelihoods[0], abs=1e-4)
