@@ -13,12 +13,14 @@ def make_celery(settings: Settings) -> Celery:
     if settings.embedded_broker:
         # No broker server in the embedded default: kombu's filesystem transport, one folder shared by the
         # API (producer) and the worker process (consumer).
-        queue_dir = settings.broker_dir / "queue"
-        queue_dir.mkdir(parents=True, exist_ok=True)
+        queue_dir, control_dir = settings.broker_dir / "queue", settings.broker_dir / "control"
+        for directory in (queue_dir, control_dir):
+            directory.mkdir(parents=True, exist_ok=True)
         app.conf.broker_url = "filesystem://"
         app.conf.broker_transport_options = {
             "data_folder_in": str(queue_dir),
             "data_folder_out": str(queue_dir),
+            "control_folder": str(control_dir),
             "store_processed": False,
         }
     else:
