@@ -34,7 +34,7 @@ def wait_healthy(base_url: str, server: subprocess.Popen, timeout_s: float = 120
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            sys.exit("lethe serve exited; see the log above")
+            sys.exit("lethe serve exited early; see its log")
         try:
             if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
                 return
@@ -69,7 +69,10 @@ def print_tables(job: dict) -> None:
     stages = [s for s in ("base", "finetuned", "forgotten") if any(m["stage"] == s for m in job["metrics"])]
     table: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     probes: dict[int, dict[str, float]] = defaultdict(dict)
+    curve = [(m["step"], m["value"]) for m in job["metrics"] if m["step"] is not None]
     for m in job["metrics"]:
+        if m["step"] is not None:
+            continue
         if m["name"] == "probe_accuracy":
             probes[m["layer"]][m["stage"]] = m["value"]
         else:
@@ -79,6 +82,8 @@ def print_tables(job: dict) -> None:
     for (split, name), values in sorted(table.items()):
         cells = "".join(f"{values[s]:>12.3f}" if s in values else f"{'':>12}" for s in stages)
         print(f"{split:<28}{name:<14}{cells}")
+    if curve:
+        print("\nforget_train accuracy during forgetting: " + ", ".join(f"step {s}: {v:.3f}" for s, v in curve))
     if probes:
         probe_stages = sorted({s for v in probes.values() for s in v}, key=stages.index)
         print("\nlinear probe accuracy on forget_heldout (layer 0 = embeddings)")
@@ -93,8 +98,14 @@ def main() -> int:
     port = int(os.environ.get("LETHE_DEMO_PORT", free_port()))
     env = {**os.environ, "LETHE_BOOTSTRAP_API_KEY": key}
     env.setdefault("LETHE_DATA_DIR", str(ROOT / ".lethe"))
-    print(f"starting `lethe serve --port {port}` (embedded default, data in {env['LETHE_DATA_DIR']})")
-    server = subprocess.Popen([sys.executable, "-m", "lethe.cli", "serve", "--port", str(port)], env=env, cwd=ROOT)
+    data_dir = Path(env["LETHE_DATA_DIR"])
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "demo-server.log"
+    print(f"starting `lethe serve --port {port}` (embedded default, data in {data_dir}, log in {log_path})")
+    log = log_path.open("ab")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "lethe.cli", "serve", "--port", str(port)], env=env, cwd=ROOT, stdout=log, stderr=log
+    )
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(base_url, server)
@@ -113,6 +124,7 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(timeout=60)
+        log.close()
     print_tables(job)
     print(f"\nadapter {adapter['id']} ({adapter['size_bytes']} bytes, sha256 {adapter['sha256'][:16]}...)")
     print(f"download: curl -H 'X-API-Key: ...' {base_url}/v1/adapters/{adapter['id']}/download -o adapter.tar.gz")

@@ -36,7 +36,7 @@ def write_sample(task: str, count: int, seed: int, max_chars: int, name: str) ->
 
 
 # (task, rows, longest question + choice in characters, file suffix): the demo's forget and retain sets.
-SAMPLES = [("piqa", 48, 160, "demo"), ("arc_easy", 32, 160, "demo")]
+SAMPLES = [("piqa", 96, 160, "demo"), ("arc_easy", 32, 160, "demo")]
 
 if __name__ == "__main__":
     for task, count, max_chars, name in SAMPLES:

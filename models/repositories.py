@@ -118,12 +118,14 @@ class JobRepository:
         )
         return result.rowcount == 1  # type: ignore[attr-defined]
 
-    def set_progress(self, job_id: uuid.UUID, stage: str, progress: float, now: datetime) -> None:
-        self.session.execute(
+    def set_progress(self, job_id: uuid.UUID, stage: str, progress: float, now: datetime) -> bool:
+        """Record progress of a running job; False when the job is no longer running (cancelled, reaped)."""
+        result = self.session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == "running")
             .values(stage=stage, progress=progress, heartbeat_at=now)
         )
+        return result.rowcount == 1  # type: ignore[attr-defined]
 
     def heartbeat(self, job_id: uuid.UUID, now: datetime) -> None:
         self.session.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(heartbeat_at=now))

@@ -3,6 +3,8 @@
 import uuid
 from functools import lru_cache
 
+from transformers.utils import logging as hf_logging
+
 from lethe.settings import get_settings
 from storage import ObjectStore, open_store
 from worker.engine.lm import BaseLMCache
@@ -10,6 +12,10 @@ from worker.pipelines.forget import run_forget_job
 from worker.queue import FORGET_TASK, make_celery
 
 celery_app = make_celery(get_settings())
+
+# Worker logs are for operators: no download/conversion progress bars, no library chatter below errors.
+hf_logging.disable_progress_bar()
+hf_logging.set_verbosity_error()
 
 
 @lru_cache(maxsize=1)

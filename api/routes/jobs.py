@@ -46,3 +46,9 @@ def list_jobs(session: SessionDep, tenant_id: TenantDep) -> list[JobSummary]:
 def get_job(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> JobOut:
     """A job's status, stage, progress, error, adapter and metrics."""
     return jobs.get_job(session, tenant_id, job_id)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=error_responses(401, 404, 409, 422))
+def cancel_job(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> JobOut:
+    """Cancel a queued or running job (409 when it has already finished)."""
+    return jobs.cancel_job(session, tenant_id, job_id)

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
-from api.errors import NotFound
+from api.errors import Conflict, NotFound
 from api.schemas import JobError, JobOut, MetricOut
 from models.repositories import AdapterRepository, JobEventRepository, JobRepository, MetricRepository
 from models.tables import Job, utcnow
@@ -34,6 +34,18 @@ def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobOut
         started_at=job.started_at,
         finished_at=job.finished_at,
     )
+
+
+def cancel_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobOut:
+    """Cancel a queued or running job; a running one stops at its next progress report and stores nothing."""
+    job = JobRepository(session).get(tenant_id, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    if not JobRepository(session).finish(job.id, "cancelled", utcnow()):
+        raise Conflict(f"job {job_id} is already {job.status}")
+    JobEventRepository(session).append(job.id, "cancelled", {})
+    session.refresh(job)
+    return get_job(session, tenant_id, job_id)
 
 
 def list_jobs(session: Session, tenant_id: uuid.UUID) -> Sequence[Job]:

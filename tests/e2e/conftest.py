@@ -1,5 +1,6 @@
 """Processes of a running Lethe: `lethe serve` (uvicorn) and `lethe worker` (Celery), started for real."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.tiny_lm import build_tiny_lm, task_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP_KEY = "lethe-e2e-bootstrap-key-0123456789"
@@ -37,8 +39,11 @@ class Service:
         self._log.close()
 
 
+StartService = Callable[[list[str], dict[str, str]], Service]
+
+
 @pytest.fixture
-def start_service(tmp_path: Path) -> Iterator[Callable[[list[str], dict[str, str]], Service]]:
+def start_service(tmp_path: Path) -> Iterator[StartService]:
     started: list[Service] = []
 
     def start(args: list[str], env: dict[str, str]) -> Service:
@@ -80,7 +85,42 @@ def wait_for_job(client: httpx.Client, job_id: str, services: list[Service], tim
     raise AssertionError(f"job {job_id} still {job['status']}/{job['stage']} after {timeout_s}s:\n{logs}")
 
 
-__all__ = ["BOOTSTRAP_KEY", "free_port", "wait_for_job", "wait_until_healthy"]
+def start_lethe(
+    tmp_path: Path,
+    env: dict[str, str],
+    start_service: Callable[[list[str], dict[str, str]], Service],
+    with_worker: bool,
+) -> tuple[str, list[Service], Path]:
+    """Register a tiny base LM `tiny-e2e`, start `lethe serve` (and `lethe worker`); (base URL, services, LM dir)."""
+    tiny_dir = build_tiny_lm(tmp_path / "tiny-lm", task_corpus())
+    env = {**env, "LETHE_BOOTSTRAP_API_KEY": BOOTSTRAP_KEY, "LETHE_HEARTBEAT_INTERVAL_S": "1"}
+    subprocess.run(
+        [sys.executable, "-m", "lethe.cli", "base-models", "add", "tiny-e2e", str(tiny_dir)],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        check=True,
+    )
+    port = free_port()
+    services = [start_service(["serve", "--port", str(port)], env)]
+    if with_worker:
+        services.append(start_service(["worker"], env))
+    base_url = f"http://127.0.0.1:{port}"
+    wait_until_healthy(base_url, services[0])
+    return base_url, services, tiny_dir
+
+
+def upload_rows(client: httpx.Client, rows: list[dict], name: str) -> str:
+    content = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    response = client.post(
+        "/v1/datasets", files={"file": ("rows.jsonl", content)}, data={"name": name, "kind": "choice"}
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def own_redis_db(stack_env: dict[str, str], db: int) -> dict[str, str]:
+    """The stack env with a Redis database of its own, so a worker never sees another test's jobs."""
+    return {**stack_env, "LETHE_BROKER_URL": stack_env["LETHE_BROKER_URL"].rsplit("/", 1)[0] + f"/{db}"}
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,6 @@ embedded default (`lethe serve` alone: SQLite, a folder queue, a local object st
 
 import hashlib
 import io
-import json
-import os
-import subprocess
-import sys
 import tarfile
 import uuid
 from pathlib import Path
@@ -22,54 +18,27 @@ from lethe.settings import Settings
 from models.db import session_scope
 from models.repositories import AdapterRepository, JobEventRepository, MetricRepository
 from storage import open_store
-from tests.conftest import free_port
-from tests.e2e.conftest import BOOTSTRAP_KEY, ROOT, wait_for_job, wait_until_healthy
-from tests.tiny_lm import build_tiny_lm, synthetic_choice_rows, task_corpus
+from tests.e2e.conftest import BOOTSTRAP_KEY, own_redis_db, start_lethe, upload_rows, wait_for_job
+from tests.tiny_lm import synthetic_choice_rows
 from worker.engine.data import ChoiceRow, split_heldout
 from worker.engine.scoring import score_choices
 
 SEED = 7
 
 
-def _jsonl(rows: list[dict]) -> bytes:
-    return "".join(json.dumps(r) + "\n" for r in rows).encode()
-
-
 def _forget_tiny_lm(tmp_path: Path, env: dict[str, str], settings: Settings, start_service, with_worker: bool) -> None:
-    tiny_dir = build_tiny_lm(tmp_path / "tiny-lm", task_corpus())
-    env = {**env, "LETHE_BOOTSTRAP_API_KEY": BOOTSTRAP_KEY, "LETHE_HEARTBEAT_INTERVAL_S": "1"}
-    subprocess.run(
-        [sys.executable, "-m", "lethe.cli", "base-models", "add", "tiny-e2e", str(tiny_dir)],
-        env={**os.environ, **env},
-        cwd=ROOT,
-        check=True,
-    )
-    port = free_port()
-    services = [start_service(["serve", "--port", str(port)], env)]
-    if with_worker:
-        services.append(start_service(["worker"], env))
-    base_url = f"http://127.0.0.1:{port}"
-    wait_until_healthy(base_url, services[0])
-
+    base_url, services, tiny_dir = start_lethe(tmp_path, env, start_service, with_worker)
     forget_rows, retain_rows = synthetic_choice_rows(24, seed=1), synthetic_choice_rows(12, seed=2)
     with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as client:
         assert client.get("/readyz").json()["status"] == "ready"
-        forget = client.post(
-            "/v1/datasets",
-            files={"file": ("f.jsonl", _jsonl(forget_rows))},
-            data={"name": "categories", "kind": "choice"},
-        ).json()
-        retain = client.post(
-            "/v1/datasets",
-            files={"file": ("r.jsonl", _jsonl(retain_rows))},
-            data={"name": "categories-retain", "kind": "choice"},
-        ).json()
+        forget_id = upload_rows(client, forget_rows, "categories")
+        retain_id = upload_rows(client, retain_rows, "categories-retain")
         submitted = client.post(
             "/v1/forget-requests",
             json={
                 "base_model": "tiny-e2e",
-                "forget_dataset": forget["id"],
-                "retain_datasets": [retain["id"]],
+                "forget_dataset": forget_id,
+                "retain_datasets": [retain_id],
                 "heldout_fraction": 0.5,
                 "finetune": {"epochs": 10, "learning_rate": 0.01},
                 "method": {"name": "random_label", "params": {"learning_rate": 0.01, "epochs": 5, "batch_size": 4}},
@@ -81,7 +50,12 @@ def _forget_tiny_lm(tmp_path: Path, env: dict[str, str], settings: Settings, sta
         job = wait_for_job(client, submitted.json()["job_id"], services, timeout_s=300)
         assert job["status"] == "succeeded", (job, [s.log() for s in services])
 
-        metrics = {(m["stage"], m["split"], m["name"], m["layer"]): m["value"] for m in job["metrics"]}
+        # Stage metrics; the points of the forgetting curve carry a step.
+        metrics = {
+            (m["stage"], m["split"], m["name"], m["layer"]): m["value"] for m in job["metrics"] if m["step"] is None
+        }
+        curve = [m for m in job["metrics"] if m["step"] is not None]
+        assert curve and all(m["split"] == "forget_train" and m["name"] == "accuracy" for m in curve)
         for stage in ("base", "finetuned", "forgotten"):
             for split in ("forget_train", "forget_heldout", "retain:categories-retain"):
                 accuracy = metrics[(stage, split, "accuracy", None)]
@@ -126,9 +100,7 @@ def _forget_tiny_lm(tmp_path: Path, env: dict[str, str], settings: Settings, sta
 
 
 def test_on_the_stack(tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service) -> None:
-    # A Redis database of its own, so this worker never sees the jobs the in-process API tests queued.
-    env = {**stack_env, "LETHE_BROKER_URL": stack_env["LETHE_BROKER_URL"].rsplit("/", 1)[0] + "/12"}
-    _forget_tiny_lm(tmp_path, env, stack_settings, start_service, with_worker=True)
+    _forget_tiny_lm(tmp_path, own_redis_db(stack_env, 12), stack_settings, start_service, with_worker=True)
 
 
 def test_on_the_embedded_default(tmp_path: Path, start_service) -> None:

@@ -95,9 +95,12 @@ class ProgressReporter:
         if not stage_changed and now - self._last_write < self.min_interval_s and fraction < 1.0:
             return
         with session_scope(self.settings.database_url) as session:
-            JobRepository(session).set_progress(self.job_id, stage, min(max(fraction, 0.0), 1.0), utcnow())
-            if stage_changed:
+            running = JobRepository(session).set_progress(self.job_id, stage, min(max(fraction, 0.0), 1.0), utcnow())
+            if running and stage_changed:
                 JobEventRepository(session).append(self.job_id, "stage", {"stage": stage})
+        if not running:
+            # Cancelled (or reaped) while it ran: stop here; nothing is stored.
+            raise JobFailure("job_closed", "the job was closed while it ran (cancelled or reaped)")
         self._stage, self._last_write = stage, now
 
 
@@ -187,6 +190,7 @@ def run_forget_job(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache
             _run_claimed(settings, store, lm_cache, job_id)
         return "succeeded"
     except JobFailure as failure:
+        log.warning("job %s stopped: %s (%s)", job_id, failure.code, failure.message)
         _fail(settings, job_id, failure.code, failure.message)
     except MemoryError:
         _fail(settings, job_id, "out_of_memory", "the worker ran out of memory")

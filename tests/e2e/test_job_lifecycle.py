@@ -1,0 +1,90 @@
+"""Jobs that do not end normally: cancelled by the user, or orphaned by a worker that died."""
+
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from lethe.settings import Settings
+from models.db import session_scope
+from models.repositories import AdapterRepository, JobEventRepository
+from tests.e2e.conftest import BOOTSTRAP_KEY, own_redis_db, start_lethe, upload_rows, wait_for_job
+from tests.tiny_lm import synthetic_choice_rows
+
+# Long enough to be caught while it runs: many epochs, no early stop.
+SLOW_METHOD = {"name": "gradient_ascent", "params": {"epochs": 100, "batch_size": 2, "stop_at_chance": False}}
+
+
+def _submit_slow_job(client: httpx.Client) -> str:
+    forget_id = upload_rows(client, synthetic_choice_rows(64, seed=3), "slow")
+    response = client.post(
+        "/v1/forget-requests",
+        json={"base_model": "tiny-e2e", "forget_dataset": forget_id, "method": SLOW_METHOD, "probe": False},
+    )
+    assert response.status_code == 202, response.text
+    return str(response.json()["job_id"])
+
+
+def _wait_for_stage(client: httpx.Client, job_id: str, stage: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["stage"] == stage:
+            return
+        assert job["status"] in ("queued", "running"), job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} never reached stage {stage}")
+
+
+def test_cancel_a_running_job(
+    tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service
+) -> None:
+    base_url, services, _ = start_lethe(tmp_path, own_redis_db(stack_env, 13), start_service, with_worker=True)
+    with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as client:
+        job_id = _submit_slow_job(client)
+        _wait_for_stage(client, job_id, "forgetting")
+        cancelled = client.post(f"/v1/jobs/{job_id}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled"
+        assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
+        # The worker notices at its next progress report and stops; the job stays cancelled, no adapter.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "job_closed" not in services[1].log():
+            time.sleep(0.5)
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] == "cancelled" and job["adapter_id"] is None
+        # A queued job is cancelled before any worker claims it... and the worker still serves the next job.
+        next_job = wait_for_job(client, _submit_quick_job(client), services, timeout_s=120)
+        assert next_job["status"] == "succeeded"
+    with session_scope(stack_settings.database_url) as session:
+        assert AdapterRepository(session).get_for_job(uuid.UUID(job_id)) is None
+        assert [e.type for e in JobEventRepository(session).list(uuid.UUID(job_id))][-1] == "cancelled"
+
+
+def _submit_quick_job(client: httpx.Client) -> str:
+    forget_id = upload_rows(client, synthetic_choice_rows(8, seed=4), "quick")
+    method = {"name": "random_label", "params": {"epochs": 1}}
+    response = client.post(
+        "/v1/forget-requests",
+        json={"base_model": "tiny-e2e", "forget_dataset": forget_id, "method": method, "probe": False},
+    )
+    assert response.status_code == 202, response.text
+    return str(response.json()["job_id"])
+
+
+def test_a_killed_worker_does_not_leave_its_job_running(
+    tmp_path: Path, stack_env: dict[str, str], start_service
+) -> None:
+    env = {**own_redis_db(stack_env, 14), "LETHE_HEARTBEAT_TIMEOUT_S": "4", "LETHE_REAPER_INTERVAL_S": "1"}
+    base_url, services, _ = start_lethe(tmp_path, env, start_service, with_worker=True)
+    api, worker = services
+    with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as client:
+        job_id = _submit_slow_job(client)
+        _wait_for_stage(client, job_id, "forgetting")
+        worker.process.send_signal(signal.SIGKILL)
+        worker.process.wait()
+        job = wait_for_job(client, job_id, [api], timeout_s=60)
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "worker_lost"
