@@ -86,7 +86,7 @@ class JobOut(BaseModel):
     kind: str
     status: JobStatus
     stage: str
-    progress: float = Field(description="Progress of the current stage, 0 to 1.")
+    progress: float = Field(description="Estimated fraction of the whole job done, 0 to 1.")
     error: JobError | None
     adapter_id: uuid.UUID | None
     metrics: list[MetricOut]

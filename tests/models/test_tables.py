@@ -1,0 +1,24 @@
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import StatementError
+
+from lethe.migrate import upgrade
+from models.db import session_scope
+from models.repositories import TenantRepository
+from models.tables import UTC, Tenant
+
+
+def test_timestamps_read_back_in_utc_on_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'catalogue.db'}"
+    upgrade(url)
+    with session_scope(url) as session:
+        TenantRepository(session).get_or_create("clock")
+    with session_scope(url) as session:
+        tenant = TenantRepository(session).get_by_name("clock")
+        assert tenant is not None and tenant.created_at.tzinfo is not None
+        assert tenant.created_at.utcoffset() == UTC.utcoffset(None)
+    with pytest.raises(StatementError, match="naive datetime"), session_scope(url) as session:
+        session.add(Tenant(name="naive", created_at=datetime(2026, 1, 1)))
+        session.flush()
