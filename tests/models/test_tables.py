@@ -1,4 +1,4 @@
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -7,7 +7,7 @@ from sqlalchemy.exc import StatementError
 from lethe.migrate import upgrade
 from models.db import session_scope
 from models.repositories import TenantRepository
-from models.tables import UTC, Tenant
+from models.tables import Tenant
 
 
 def test_timestamps_read_back_in_utc_on_sqlite(tmp_path: Path) -> None:
