@@ -1,4 +1,4 @@
-"""Engine test fixtures: one tiny LM per session, single-threaded torch, SmolLM2 tests only on request."""
+"""Engine test fixtures: one tiny LM per session, single-threaded torch."""
 
 from __future__ import annotations
 
@@ -10,18 +10,6 @@ import torch
 
 from tests.tiny_lm import build_tiny_lm, task_corpus
 from worker.engine.lm import LoadedLM, load_base_lm
-
-ENGINE_TESTS = Path(__file__).parent
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip the slow SmolLM2 tests unless they were selected with `-m smollm2`."""
-    if "smollm2" in (config.getoption("markexpr") or ""):
-        return
-    skip = pytest.mark.skip(reason="runs the real SmolLM2 for minutes; select with -m smollm2")
-    for item in items:
-        if "smollm2" in item.keywords and ENGINE_TESTS in Path(item.path).parents:
-            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)

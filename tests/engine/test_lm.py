@@ -13,10 +13,12 @@ def test_a_path_source_loads_frozen_in_eval_mode(tiny_base: LoadedLM) -> None:
     assert tiny_base.device == device_and_dtype()[0]
 
 
-def test_cpu_runs_in_fp32() -> None:
+def test_device_and_dtype_follow_the_hardware() -> None:
+    device, dtype = device_and_dtype()
     if torch.cuda.is_available():
-        pytest.skip("CUDA present")
-    assert device_and_dtype() == (torch.device("cpu"), torch.float32)
+        assert device.type == "cuda" and dtype in (torch.bfloat16, torch.float32)
+    else:
+        assert (device, dtype) == (torch.device("cpu"), torch.float32)
 
 
 @pytest.mark.parametrize("source", ["hf:org/name@main", "path:relative/dir", "path:/no/such/dir", "nonsense"])
