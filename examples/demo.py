@@ -127,7 +127,10 @@ def main() -> int:
         log.close()
     print_tables(job)
     print(f"\nadapter {adapter['id']} ({adapter['size_bytes']} bytes, sha256 {adapter['sha256'][:16]}...)")
-    print(f"download: curl -H 'X-API-Key: ...' {base_url}/v1/adapters/{adapter['id']}/download -o adapter.tar.gz")
+    print(
+        f"it stays in {data_dir}; with `lethe serve` running (LETHE_DATA_DIR={data_dir}), download it with\n"
+        f"  curl -H 'X-API-Key: $KEY' http://127.0.0.1:8000/v1/adapters/{adapter['id']}/download -o adapter.tar.gz"
+    )
     print(f"demo wall time: {time.monotonic() - started:.0f} s")
     return 0
 

@@ -28,7 +28,7 @@ from models.repositories import (
     JobRepository,
     MetricRepository,
 )
-from models.tables import Adapter, Metric, utcnow
+from models.tables import Adapter, Dataset, Metric, utcnow
 from storage import ObjectStore
 from worker.engine.adapters import export_adapter
 from worker.engine.data import ChoiceRow, split_heldout
@@ -116,22 +116,20 @@ def _load_inputs(settings: Settings, store: ObjectStore, job_id: uuid.UUID) -> F
     with session_scope(settings.database_url) as session:
         job = JobRepository(session).get_by_id(job_id)
         assert job is not None
-        datasets = DatasetRepository(session)
         spec = job.spec
-        ids = [spec["forget_dataset"], *spec["retain_datasets"]]
-        found = {str(i): datasets.get(job.tenant_id, uuid.UUID(i)) for i in ids}
-        missing = [i for i, d in found.items() if d is None]
-        if missing:
-            raise JobFailure("dataset_missing", f"dataset {missing[0]} no longer exists")
-        forget = found[spec["forget_dataset"]]
-        retain_rows = {found[i].name: _rows(store, found[i].object_key) for i in spec["retain_datasets"]}  # type: ignore[union-attr]
-        return ForgetInputs(
-            tenant_id=job.tenant_id,
-            spec=spec,
-            forget_rows=_rows(store, forget.object_key),  # type: ignore[union-attr]
-            retain=retain_rows,
-            dataset_hashes={d.name: d.sha256 for d in found.values() if d is not None},
-        )
+        datasets: dict[str, Dataset] = {}
+        for dataset_id in [spec["forget_dataset"], *spec["retain_datasets"]]:
+            dataset = DatasetRepository(session).get(job.tenant_id, uuid.UUID(dataset_id))
+            if dataset is None:
+                raise JobFailure("dataset_missing", f"dataset {dataset_id} no longer exists")
+            datasets[dataset_id] = dataset
+    return ForgetInputs(
+        tenant_id=job.tenant_id,
+        spec=spec,
+        forget_rows=_rows(store, datasets[spec["forget_dataset"]].object_key),
+        retain={datasets[i].name: _rows(store, datasets[i].object_key) for i in spec["retain_datasets"]},
+        dataset_hashes={d.name: d.sha256 for d in datasets.values()},
+    )
 
 
 def _provenance(job_id: uuid.UUID, inputs: ForgetInputs, outcome: ForgetOutcome) -> dict[str, Any]:
