@@ -128,7 +128,7 @@ def main() -> int:
     print_tables(job)
     print(f"\nadapter {adapter['id']} ({adapter['size_bytes']} bytes, sha256 {adapter['sha256'][:16]}...)")
     print(
-        f"it stays in {data_dir}; with `lethe serve` running (LETHE_DATA_DIR={data_dir}), download it with\n"
+        f"it stays in {data_dir}: with `lethe serve` running there and a key from `lethe api-keys create`,\n"
         f"  curl -H 'X-API-Key: $KEY' http://127.0.0.1:8000/v1/adapters/{adapter['id']}/download -o adapter.tar.gz"
     )
     print(f"demo wall time: {time.monotonic() - started:.0f} s")
