@@ -1,0 +1,32 @@
+"""When the broker cannot be reached: readiness says so, and a submitted job fails instead of hanging queued."""
+
+import uuid
+
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.services.auth import create_key
+from lethe.settings import Settings
+from models.db import session_scope
+from tests.api.conftest import CHOICE_ROWS, upload
+from tests.conftest import free_port
+
+
+def test_submit_with_the_broker_down_is_503_and_the_job_is_failed(stack_settings: Settings) -> None:
+    dead_broker = f"redis://127.0.0.1:{free_port()}/0"  # a loopback port nothing listens on
+    settings = stack_settings.model_copy(update={"broker_url": dead_broker})
+    with session_scope(settings.database_url) as session:
+        key = create_key(session, f"broker-down-{uuid.uuid4().hex[:8]}")
+    with TestClient(create_app(settings), headers={"X-API-Key": key}) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["catalogue"] == "ok" and ready.json()["checks"]["broker"] != "ok"
+
+        forget_id = upload(client, CHOICE_ROWS).json()["id"]
+        body = {"base_model": "tiny-registered", "forget_dataset": forget_id, "method": {"name": "random_label"}}
+        response = client.post("/v1/forget-requests", json=body)
+        assert response.status_code == 503
+        assert response.json()["error"] == "service_unavailable"
+        [job] = client.get("/v1/jobs").json()
+        assert job["status"] == "failed"
+        assert client.get(f"/v1/jobs/{job['id']}").json()["error"]["code"] == "broker_unavailable"
