@@ -159,12 +159,12 @@ def _provenance(job_id: uuid.UUID, inputs: ForgetInputs, outcome: ForgetOutcome)
 
 
 def _tarball(directory: Path) -> bytes:
-    """A reproducible tar.gz of `directory`'s files (sorted names, zeroed times and owners)."""
+    """A reproducible tar.gz of `directory`'s files (sorted names, zeroed times and owners, mode 0644)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(p for p in directory.rglob("*") if p.is_file()):
             info = tar.gettarinfo(str(path), arcname=str(path.relative_to(directory)))
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
             with path.open("rb") as handle:
                 tar.addfile(info, handle)
     return buffer.getvalue()
