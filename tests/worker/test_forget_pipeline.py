@@ -1,0 +1,84 @@
+"""The forget pipeline in-process, on the real catalogue and S3 store: success, failure, a second delivery."""
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from api.services.base_models import register_base_model
+from lethe.settings import Settings
+from models.db import session_scope
+from models.repositories import (
+    AdapterRepository,
+    DatasetRepository,
+    JobEventRepository,
+    JobRepository,
+    TenantRepository,
+)
+from models.tables import Dataset, Job
+from storage import open_store
+from tests.tiny_lm import build_tiny_lm, synthetic_choice_rows, task_corpus
+from worker.engine.lm import BaseLMCache
+from worker.pipelines.forget import run_forget_job
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny-lm"), task_corpus())
+
+
+def _queued_job(settings: Settings, base_model: str, source: str) -> uuid.UUID:
+    content = "".join(json.dumps(r) + "\n" for r in synthetic_choice_rows(12, seed=5)).encode()
+    with session_scope(settings.database_url) as session:
+        register_base_model(session, base_model, source)
+        tenant = TenantRepository(session).get_or_create("pipeline-tests")
+        dataset_id = uuid.uuid4()
+        key = f"datasets/{tenant.id}/{dataset_id}.jsonl"
+        open_store(settings).put(key, content)
+        DatasetRepository(session).add(
+            Dataset(
+                id=dataset_id,
+                tenant_id=tenant.id,
+                name="forget",
+                kind="choice",
+                rows=12,
+                sha256="0" * 64,
+                size_bytes=len(content),
+                object_key=key,
+            )
+        )
+        spec = {
+            "base_model": base_model,
+            "base_model_source": source,
+            "forget_dataset": str(dataset_id),
+            "retain_datasets": [],
+            "heldout_fraction": 0.5,
+            "finetune": None,
+            "method": {"name": "gradient_ascent", "params": {"epochs": 1, "batch_size": 4}},
+            "probe": False,
+            "seed": 0,
+        }
+        return JobRepository(session).add(Job(tenant_id=tenant.id, kind="forget", status="queued", spec=spec)).id
+
+
+def test_a_job_runs_once_even_when_delivered_twice(stack_settings: Settings, tiny_lm_dir: Path, tmp_path: Path) -> None:
+    job_id = _queued_job(stack_settings, "tiny-pipeline", f"path:{tiny_lm_dir}")
+    store, cache = open_store(stack_settings), BaseLMCache(tmp_path)
+    assert run_forget_job(stack_settings, store, cache, job_id) == "succeeded"
+    assert run_forget_job(stack_settings, store, cache, job_id) == "skipped"
+    with session_scope(stack_settings.database_url) as session:
+        adapter = AdapterRepository(session).get_for_job(job_id)
+        assert adapter is not None and store.exists(adapter.object_key)
+        events = [e.type for e in JobEventRepository(session).list(job_id)]
+    assert events[0] == "started" and events[-1] == "succeeded" and events.count("started") == 1
+
+
+def test_a_missing_base_model_fails_the_job_with_a_code(stack_settings: Settings, tmp_path: Path) -> None:
+    job_id = _queued_job(stack_settings, "tiny-gone", "path:/nonexistent/lethe-test-lm")
+    assert run_forget_job(stack_settings, open_store(stack_settings), BaseLMCache(tmp_path), job_id) == "failed"
+    with session_scope(stack_settings.database_url) as session:
+        job = JobRepository(session).get_by_id(job_id)
+        assert job is not None and job.status == "failed" and job.error_code == "base_model_unavailable"
+        assert "tiny-gone" in (job.error_message or "")
+        assert AdapterRepository(session).get_for_job(job_id) is None
