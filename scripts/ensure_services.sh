@@ -179,13 +179,18 @@ pg_create_test_db() {
     fi
 }
 
+# An overriding URL is only checked, never installed or started.
+check_override() { # variable default_port answers_function server_name
+    local variable="$1" url="${!1}" host port
+    { read -r host; read -r port; } < <(url_host_port "$url" "$2")
+    "$3" "$host" "$port" \
+        || die "$variable is set but no $4 answers at $host:$port (only checked, not started)"
+    log "$4 at $host:$port ($variable) is answering"
+}
+
 ensure_postgres() {
     if [ -n "${LETHE_TEST_POSTGRES_URL:-}" ]; then
-        local host port
-        { read -r host; read -r port; } < <(url_host_port "$LETHE_TEST_POSTGRES_URL" 5432)
-        pg_answers "$host" "$port" \
-            || die "LETHE_TEST_POSTGRES_URL is set but nothing answers at $host:$port (only checked, not started)"
-        log "PostgreSQL at $host:$port (LETHE_TEST_POSTGRES_URL) is answering"
+        check_override LETHE_TEST_POSTGRES_URL 5432 pg_answers PostgreSQL
         return 0
     fi
 
@@ -228,11 +233,7 @@ ensure_postgres() {
 
 ensure_redis() {
     if [ -n "${LETHE_TEST_REDIS_URL:-}" ]; then
-        local host port
-        { read -r host; read -r port; } < <(url_host_port "$LETHE_TEST_REDIS_URL" 6379)
-        redis_answers "$host" "$port" \
-            || die "LETHE_TEST_REDIS_URL is set but no Redis answers at $host:$port (only checked, not started)"
-        log "Redis at $host:$port (LETHE_TEST_REDIS_URL) is answering"
+        check_override LETHE_TEST_REDIS_URL 6379 redis_answers Redis
         return 0
     fi
 

@@ -38,8 +38,7 @@ def postgres_url() -> Iterator[str]:
     yield f"{base}/{name}"
     from models.db import get_engine
 
-    for engine_url in [f"{base}/{name}"]:
-        get_engine(engine_url).dispose()
+    get_engine(f"{base}/{name}").dispose()
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

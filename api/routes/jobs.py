@@ -6,8 +6,6 @@ from api.deps import QueueDep, SessionDep, TenantDep
 from api.errors import ServiceUnavailable, error_responses
 from api.schemas import ForgetRequestIn, JobAccepted, JobOut, JobSummary
 from api.services import forget_requests, jobs
-from models.repositories import JobEventRepository, JobRepository
-from models.tables import utcnow
 from worker.queue import enqueue_forget_job
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -29,8 +27,7 @@ def submit_forget_request(
     try:
         enqueue_forget_job(queue, str(job.id))
     except Exception as exc:
-        JobRepository(session).finish(job.id, "failed", utcnow(), "broker_unavailable", str(exc))
-        JobEventRepository(session).append(job.id, "failed", {"code": "broker_unavailable"})
+        forget_requests.fail_unqueued(session, job.id, str(exc))
         session.commit()
         raise ServiceUnavailable(f"broker: could not enqueue the job ({exc})") from exc
     return JobAccepted(job_id=job.id, status="queued")

@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session
 from api.errors import InvalidInput, format_validation_errors
 from api.schemas import ForgetRequestIn
 from models.repositories import BaseLMRepository, DatasetRepository, JobEventRepository, JobRepository
-from models.tables import Dataset, Job
+from models.tables import Dataset, Job, utcnow
+from worker.engine.data import heldout_count
 from worker.engine.methods.params import METHODS
 from worker.engine.registry import UnknownNameError
 
@@ -39,11 +40,6 @@ def _method_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     return parsed.model_dump(mode="json")
 
 
-def heldout_size(rows: int, heldout_fraction: float) -> int:
-    """Rows held out of `rows`; the engine's split uses the same rounding."""
-    return round(rows * heldout_fraction)
-
-
 def submit_forget_request(session: Session, tenant_id: uuid.UUID, request: ForgetRequestIn) -> Job:
     """Create the job (status queued) and its first event; the caller commits, then enqueues."""
     base_lm = BaseLMRepository(session).get_by_name(request.base_model)
@@ -51,7 +47,7 @@ def submit_forget_request(session: Session, tenant_id: uuid.UUID, request: Forge
         available = ", ".join(b.name for b in BaseLMRepository(session).list())
         raise InvalidInput(f"base_model: unknown base model {request.base_model!r} (available: {available})")
     forget = _dataset(session, tenant_id, request.forget_dataset, "forget_dataset")
-    held_out = heldout_size(forget.rows, request.heldout_fraction)
+    held_out = heldout_count(forget.rows, request.heldout_fraction)
     if not 1 <= held_out <= forget.rows - 1:
         raise InvalidInput(
             f"heldout_fraction: {request.heldout_fraction} of {forget.rows} rows leaves an empty forget_train "
@@ -71,3 +67,9 @@ def submit_forget_request(session: Session, tenant_id: uuid.UUID, request: Forge
     )
     JobEventRepository(session).append(job.id, "queued", {"method": request.method.name})
     return job
+
+
+def fail_unqueued(session: Session, job_id: uuid.UUID, reason: str) -> None:
+    """Fail a job the broker would not take, so it never sits queued with no message behind it."""
+    if JobRepository(session).finish(job_id, "failed", utcnow(), "broker_unavailable", reason):
+        JobEventRepository(session).append(job_id, "failed", {"code": "broker_unavailable"})

@@ -523,17 +523,16 @@ def test_ensure_services_leaves_running_servers_alone() -> None:
     assert "apt-get" not in result.stderr and "starting" not in result.stderr
 
 
-def test_ensure_services_only_checks_an_overridden_postgres() -> None:
+@pytest.mark.parametrize(
+    ("variable", "url", "complaint"),
+    [
+        ("LETHE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:{port}/test", "no PostgreSQL answers"),
+        ("LETHE_TEST_REDIS_URL", "redis://127.0.0.1:{port}/0", "no Redis answers"),
+    ],
+)
+def test_ensure_services_only_checks_an_overridden_server(variable: str, url: str, complaint: str) -> None:
     port = _closed_port()
-    result = _ensure_services(LETHE_TEST_POSTGRES_URL=f"postgresql+psycopg://postgres@127.0.0.1:{port}/test")
+    result = _ensure_services(**{variable: url.format(port=port)})
     assert result.returncode != 0
-    assert f"LETHE_TEST_POSTGRES_URL is set but nothing answers at 127.0.0.1:{port}" in result.stderr
-    assert "apt-get" not in result.stderr and "starting" not in result.stderr
-
-
-def test_ensure_services_only_checks_an_overridden_redis() -> None:
-    port = _closed_port()
-    result = _ensure_services(LETHE_TEST_REDIS_URL=f"redis://127.0.0.1:{port}/0")
-    assert result.returncode != 0
-    assert f"LETHE_TEST_REDIS_URL is set but no Redis answers at 127.0.0.1:{port}" in result.stderr
+    assert f"{variable} is set but {complaint} at 127.0.0.1:{port}" in result.stderr
     assert "apt-get" not in result.stderr and "starting" not in result.stderr

@@ -93,7 +93,7 @@ def _forget_tiny_lm(tmp_path: Path, env: dict[str, str], settings: Settings, sta
     # The downloaded adapter, loaded with peft, reproduces the reported forget-train accuracy.
     lm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), adapter_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
-    rows = [ChoiceRow(r["prompt"], tuple(r["choices"]), r["answer"]) for r in forget_rows]
+    rows = [ChoiceRow.from_dict(r) for r in forget_rows]
     forget_train, _ = split_heldout(rows, 0.5, seed=SEED)
     scores = score_choices(lm, tokenizer, forget_train, batch_size=8)
     assert scores.accuracy == metrics[("forgotten", "forget_train", "accuracy", None)]

@@ -37,6 +37,11 @@ def chance(rows: Sequence[ChoiceRow]) -> float:
     return sum(1 / len(row.choices) for row in rows) / len(rows)
 
 
+def heldout_count(n: int, heldout_fraction: float) -> int:
+    """Rows held out of `n` before clamping: round(n * heldout_fraction) (the API refuses 0 and n)."""
+    return round(n * heldout_fraction)
+
+
 def split_heldout(
     rows: Sequence[ChoiceRow], heldout_fraction: float, seed: int
 ) -> tuple[list[ChoiceRow], list[ChoiceRow]]:
@@ -50,7 +55,7 @@ def split_heldout(
     n = len(rows)
     if n < 2:
         raise ValueError(f"cannot split {n} row(s) into non-empty forget-train and forget-heldout sets")
-    n_heldout = min(max(round(n * heldout_fraction), 1), n - 1)
+    n_heldout = min(max(heldout_count(n, heldout_fraction), 1), n - 1)
     # Only Random.random() is guaranteed to give the same sequence for a seed across Python versions
     # (sample/shuffle may change), so rank the rows by one random key each and hold out the lowest.
     rng = random.Random(seed)

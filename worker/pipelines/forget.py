@@ -106,10 +106,7 @@ class ProgressReporter:
 
 def _rows(store: ObjectStore, object_key: str) -> list[ChoiceRow]:
     lines = store.get(object_key).decode("utf-8").splitlines()
-    return [
-        ChoiceRow(prompt=r["prompt"], choices=tuple(r["choices"]), answer=r["answer"])
-        for r in (json.loads(line) for line in lines if line.strip())
-    ]
+    return [ChoiceRow.from_dict(json.loads(line)) for line in lines if line.strip()]
 
 
 def _load_inputs(settings: Settings, store: ObjectStore, job_id: uuid.UUID) -> ForgetInputs:
@@ -134,12 +131,6 @@ def _load_inputs(settings: Settings, store: ObjectStore, job_id: uuid.UUID) -> F
 
 def _provenance(job_id: uuid.UUID, inputs: ForgetInputs, outcome: ForgetOutcome) -> dict[str, Any]:
     spec = inputs.spec
-    versions = {}
-    for package in ("torch", "transformers", "peft", "lethe"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "unknown"
     return {
         "job_id": str(job_id),
         "base_model": spec["base_model"],
@@ -152,8 +143,8 @@ def _provenance(job_id: uuid.UUID, inputs: ForgetInputs, outcome: ForgetOutcome)
         "dataset_sha256": inputs.dataset_hashes,
         "steps": outcome.steps,
         "stop_reason": outcome.stop_reason,
-        "library_versions": versions,
-        "python": platform.python_version(),
+        # export_adapter adds the ML libraries' versions; Lethe's own is known only here.
+        "lethe_version": metadata.version("lethe"),
         "created_at": utcnow().isoformat(),
     }
 
