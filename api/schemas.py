@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.engine.attacks.params import Thresholds
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -56,6 +58,97 @@ class MethodIn(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict, description="Validated against the method's schema.")
 
 
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class AttackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="An attack from GET /v1/attacks.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Validated against the attack's schema.")
+
+
+class AuditSpecIn(BaseModel):
+    """The attacks to run and the thresholds that judge them; no attacks = every attack that applies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attacks: list[AttackIn] | None = Field(
+        None, max_length=20, description="Attacks to run, in order; null = every attack that applies, defaults."
+    )
+    thresholds: Thresholds = Field(default_factory=lambda: Thresholds.model_validate({}))
+
+
+class AuditRequestIn(AuditSpecIn):
+    adapter_id: uuid.UUID = Field(description="An adapter a forget request of this tenant produced.")
+
+
+class AuditAccepted(BaseModel):
+    audit_id: uuid.UUID
+    job_id: uuid.UUID
+    status: JobStatus
+
+
+class AttackOut(BaseModel):
+    name: str
+    description: str
+    kinds: list[str] = Field(description="Forget-set kinds the attack applies to: choice, qa, text.")
+    needs_retain: bool = Field(description="Whether the audited forget job must have had retain datasets.")
+    params: dict[str, Any] = Field(description="JSON schema of the attack's params, with defaults.")
+
+
+class VariantOut(BaseModel):
+    name: str
+    layer: int | None
+    before: float | None
+    after_forgetting: float | None
+    after_attack: float | None
+    recovery: float | None
+    excess_drop: float | None
+
+
+class AttackResultOut(BaseModel):
+    attack: str
+    params: dict[str, Any]
+    metric: str = Field(description="The score measured (higher = remembers more).")
+    split: str
+    effect: Literal["recovery", "damage"]
+    before: float = Field(description="The LM before forgetting (the worst variant's reference).")
+    after_forgetting: float = Field(description="The forgotten LM, not attacked.")
+    after_attack: float = Field(description="The forgotten LM under the attack's worst variant.")
+    recovery: float | None = Field(
+        description="(after_attack − after_forgetting) / (before − after_forgetting) clipped to [0, 1]; null when "
+        "undefined (forgetting removed less than min_forgetting) and for trigger."
+    )
+    excess_drop: float | None = Field(description="Trigger only: retain drop beyond the drop before forgetting.")
+    worst_variant: str
+    verdict: Literal["robust", "shallow", "inconclusive"]
+    variants: list[VariantOut]
+    curves: dict[str, list[list[float | None]]] = Field(description="Per variant [step, score] points (relearn).")
+
+
+class AuditOut(BaseModel):
+    id: uuid.UUID
+    adapter_id: uuid.UUID
+    job_id: uuid.UUID
+    status: JobStatus
+    stage: str
+    progress: float
+    error: JobError | None
+    thresholds: dict[str, Any]
+    attacks: list[AttackIn] = Field(description="The attacks requested, with their params as run (defaults filled).")
+    verdict: Literal["robust", "shallow", "inconclusive"] | None = Field(
+        description="shallow if any attack is; robust if every conclusive attack is; null until the audit succeeds."
+    )
+    results: list[AttackResultOut]
+    skipped: list[dict[str, str]] = Field(description="Attacks that had nothing to measure on the rows: name, reason.")
+    signature: str | None = Field(description="HMAC-SHA256 (hex) of the report's canonical JSON.")
+    signing_key_id: str | None
+    created_at: datetime
+
+
 class ForgetRequestIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -78,6 +171,9 @@ class ForgetRequestIn(BaseModel):
         True, description="Also measure perplexity on Lethe's bundled general text set (split utility:general_text)."
     )
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    audit: AuditSpecIn | None = Field(
+        None, description="Audit the adapter right after forgetting: the audit's id appears on the job (audit_ids)."
+    )
 
 
 class JobAccepted(BaseModel):
@@ -94,11 +190,6 @@ class MetricOut(BaseModel):
     step: int | None = Field(None, description="Training step of a curve point; null for stage metrics.")
 
 
-class JobError(BaseModel):
-    code: str
-    message: str
-
-
 class JobOut(BaseModel):
     id: uuid.UUID
     kind: str
@@ -107,6 +198,9 @@ class JobOut(BaseModel):
     progress: float = Field(description="Estimated fraction of the whole job done, 0 to 1.")
     error: JobError | None
     adapter_id: uuid.UUID | None
+    audit_ids: list[uuid.UUID] = Field(
+        description="Audits of this job's adapter (forget jobs); the job's own audit (audit jobs)."
+    )
     metrics: list[MetricOut]
     created_at: datetime
     started_at: datetime | None

@@ -1,4 +1,4 @@
-"""The `lethe` command: serve (embedded default), worker, migrate, base-models, api-keys."""
+"""The `lethe` command: serve (embedded default), worker, migrate, base-models, api-keys, verify-report."""
 
 import argparse
 import os
@@ -84,6 +84,28 @@ def _api_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_report(args: argparse.Namespace) -> int:
+    import json
+
+    from lethe.signing import signing_key, verify
+
+    try:
+        signed = json.loads(Path(args.file).read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        print(f"INVALID: cannot read {args.file} as JSON: {exc}", file=sys.stderr)
+        return 2
+    result = verify(signed, signing_key(get_settings()))
+    if not result.valid:
+        print(f"INVALID: {args.file}: {result.reason}", file=sys.stderr)
+        return 1
+    report = signed["report"]
+    print(
+        f"valid: {args.file} is the report of audit {report.get('audit_id')} (verdict {report.get('verdict')}), "
+        f"{result.reason}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lethe", description="Unlearning-as-a-service for language models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     create = api_keys.add_parser("create", help="create a key for a tenant and print it once")
     create.add_argument("--tenant", default="default")
     create.set_defaults(run=_api_keys_create)
+
+    verify_report = commands.add_parser(
+        "verify-report", help="check an audit report's signature with this server's key (exit 1 if it fails)"
+    )
+    verify_report.add_argument("file", help="the report JSON (GET /v1/audits/{id}/report)")
+    verify_report.set_defaults(run=_verify_report)
     return parser
 
 

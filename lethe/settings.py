@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     s3_secure: bool = True
     s3_region: str = "us-east-1"
     bootstrap_api_key: SecretStr | None = None
+    # Signs audit reports (HMAC-SHA256). Empty: a random key kept in data_dir (the embedded default); a stack
+    # with several containers must set one key for the API, workers and `lethe verify-report`.
+    report_signing_key: SecretStr | None = None
 
     max_upload_bytes: int = 20 * 1024 * 1024
     # A running job whose heartbeat is older than heartbeat_timeout_s is marked failed (worker_lost).
@@ -48,6 +51,16 @@ class Settings(BaseSettings):
         key = value.get_secret_value()
         if len(key) < 16 or key.lower() in _WEAK_SECRETS:
             raise ValueError("LETHE_BOOTSTRAP_API_KEY must be at least 16 characters and not a well-known value")
+        return value
+
+    @field_validator("report_signing_key")
+    @classmethod
+    def _strong_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        key = value.get_secret_value()
+        if len(key) < 32 or key.lower() in _WEAK_SECRETS:
+            raise ValueError("LETHE_REPORT_SIGNING_KEY must be at least 32 characters and not a well-known value")
         return value
 
     @model_validator(mode="after")

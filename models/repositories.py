@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from models.tables import Adapter, ApiKey, BaseLM, Dataset, Job, JobEvent, Metric, Tenant
+from models.tables import Adapter, ApiKey, Audit, AuditResult, BaseLM, Dataset, Job, JobEvent, Metric, Tenant
 
 
 class TenantRepository:
@@ -209,3 +209,69 @@ class AdapterRepository:
 
     def get_for_job(self, job_id: uuid.UUID) -> Adapter | None:
         return self.session.scalar(select(Adapter).where(Adapter.job_id == job_id))
+
+
+class AuditRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, audit: Audit) -> Audit:
+        self.session.add(audit)
+        self.session.flush()
+        return audit
+
+    def create_with_job(self, tenant_id: uuid.UUID, adapter_id: uuid.UUID, request: dict[str, Any]) -> Audit:
+        """A queued audit job and its audit row; `request` is the validated {"attacks", "thresholds"}."""
+        spec = {"adapter_id": str(adapter_id), "attacks": request["attacks"], "thresholds": request["thresholds"]}
+        job = JobRepository(self.session).add(
+            Job(tenant_id=tenant_id, kind="audit", status="queued", stage="queued", progress=0.0, spec=spec)
+        )
+        JobEventRepository(self.session).append(
+            job.id, "queued", {"attacks": [attack["name"] for attack in request["attacks"]]}
+        )
+        return self.add(
+            Audit(tenant_id=tenant_id, job_id=job.id, adapter_id=adapter_id, thresholds=request["thresholds"])
+        )
+
+    def get(self, tenant_id: uuid.UUID, audit_id: uuid.UUID) -> Audit | None:
+        return self.session.scalar(select(Audit).where(Audit.id == audit_id, Audit.tenant_id == tenant_id))
+
+    def get_for_job(self, job_id: uuid.UUID) -> Audit | None:
+        return self.session.scalar(select(Audit).where(Audit.job_id == job_id))
+
+    def list_for_adapter(self, adapter_id: uuid.UUID) -> Sequence[Audit]:
+        return self.session.scalars(
+            select(Audit).where(Audit.adapter_id == adapter_id).order_by(Audit.created_at)
+        ).all()
+
+    def record(
+        self,
+        audit_id: uuid.UUID,
+        results: Iterable[AuditResult],
+        verdict: str,
+        report_key: str,
+        report_html_key: str,
+        signature: str,
+        signing_key_id: str,
+        skipped: list[dict[str, Any]],
+    ) -> None:
+        """Write an audit's per-attack results, verdict and signed report keys (one transaction with the job)."""
+        self.session.add_all(list(results))
+        self.session.execute(
+            update(Audit)
+            .where(Audit.id == audit_id)
+            .values(
+                verdict=verdict,
+                report_key=report_key,
+                report_html_key=report_html_key,
+                signature=signature,
+                signing_key_id=signing_key_id,
+                skipped=skipped,
+            )
+        )
+        self.session.flush()
+
+    def results(self, audit_id: uuid.UUID) -> Sequence[AuditResult]:
+        return self.session.scalars(
+            select(AuditResult).where(AuditResult.audit_id == audit_id).order_by(AuditResult.id)
+        ).all()

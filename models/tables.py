@@ -155,3 +155,49 @@ class Adapter(Base):
     # Lineage: the adapter this one was derived from (later: audits, re-forgetting).
     parent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("adapters.id"), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Audit(Base):
+    """A recovery-attack audit of one adapter: its job, thresholds, overall verdict and the signed report."""
+
+    __tablename__ = "audits"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), index=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    adapter_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("adapters.id"), index=True)
+    thresholds: Mapped[dict[str, Any]] = mapped_column()
+    # Set when the audit job succeeds: robust | shallow | inconclusive.
+    verdict: Mapped[str | None] = mapped_column(String(20), default=None)
+    report_key: Mapped[str | None] = mapped_column(Text, default=None)
+    report_html_key: Mapped[str | None] = mapped_column(Text, default=None)
+    # HMAC-SHA256 of the report's canonical JSON (hex) and the id of the key that made it.
+    signature: Mapped[str | None] = mapped_column(String(64), default=None)
+    signing_key_id: Mapped[str | None] = mapped_column(String(16), default=None)
+    # Attacks that had nothing to measure on the rows: [{"name", "reason"}].
+    skipped: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditResult(Base):
+    """One attack's result in an audit: the worst variant's numbers, every variant's, curves and the verdict."""
+
+    __tablename__ = "audit_results"
+    __table_args__ = (UniqueConstraint("audit_id", "attack"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    audit_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audits.id"), index=True)
+    attack: Mapped[str] = mapped_column(String(40))
+    params: Mapped[dict[str, Any]] = mapped_column()
+    metric: Mapped[str] = mapped_column(String(60))
+    split: Mapped[str] = mapped_column(String(200))
+    effect: Mapped[str] = mapped_column(String(20))
+    before: Mapped[float] = mapped_column(Float)
+    after_forgetting: Mapped[float] = mapped_column(Float)
+    after_attack: Mapped[float] = mapped_column(Float)
+    recovery: Mapped[float | None] = mapped_column(Float, default=None)
+    excess_drop: Mapped[float | None] = mapped_column(Float, default=None)
+    worst_variant: Mapped[str] = mapped_column(String(200))
+    verdict: Mapped[str] = mapped_column(String(20))
+    variants: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    curves: Mapped[dict[str, Any]] = mapped_column()

@@ -5,6 +5,7 @@ from celery import Celery
 from lethe.settings import Settings
 
 FORGET_TASK = "lethe.run_forget_job"
+AUDIT_TASK = "lethe.run_audit_job"
 QUEUE = "lethe"
 
 
@@ -43,3 +44,7 @@ def make_celery(settings: Settings) -> Celery:
 
 def enqueue_forget_job(app: Celery, job_id: str) -> None:
     app.send_task(FORGET_TASK, args=[job_id], queue=QUEUE)
+
+
+def enqueue_audit_job(app: Celery, job_id: str) -> None:
+    app.send_task(AUDIT_TASK, args=[job_id], queue=QUEUE)

@@ -8,8 +8,9 @@ from transformers.utils import logging as hf_logging
 from lethe.settings import get_settings
 from storage import ObjectStore, open_store
 from worker.engine.lm import BaseLMCache
+from worker.pipelines.audit import run_audit_job
 from worker.pipelines.forget import run_forget_job
-from worker.queue import FORGET_TASK, make_celery
+from worker.queue import AUDIT_TASK, FORGET_TASK, enqueue_audit_job, make_celery
 
 celery_app = make_celery(get_settings())
 
@@ -31,4 +32,15 @@ def _lm_cache() -> BaseLMCache:
 
 @celery_app.task(name=FORGET_TASK)
 def forget_job(job_id: str) -> str:
-    return run_forget_job(get_settings(), _store(), _lm_cache(), uuid.UUID(job_id))
+    return run_forget_job(
+        get_settings(),
+        _store(),
+        _lm_cache(),
+        uuid.UUID(job_id),
+        enqueue_audit=lambda audit_job_id: enqueue_audit_job(celery_app, str(audit_job_id)),
+    )
+
+
+@celery_app.task(name=AUDIT_TASK)
+def audit_job(job_id: str) -> str:
+    return run_audit_job(get_settings(), _store(), _lm_cache(), uuid.UUID(job_id))

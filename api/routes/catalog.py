@@ -1,11 +1,12 @@
-"""What a forget request can name or get back: base models, methods and metrics."""
+"""What a request can name or get back: base models, methods, metrics and attacks."""
 
 from fastapi import APIRouter
 
 from api.deps import SessionDep, TenantDep
 from api.errors import error_responses
-from api.schemas import BaseModelOut, MethodOut, MetricSpecOut
+from api.schemas import AttackOut, BaseModelOut, MethodOut, MetricSpecOut
 from api.services.base_models import list_base_models as list_registered
+from worker.engine.attacks.params import ATTACKS
 from worker.engine.methods.params import METHODS
 from worker.engine.metrics.registry import METRICS
 
@@ -39,4 +40,19 @@ def list_metrics(_tenant_id: TenantDep) -> list[MetricSpecOut]:
             higher_means=spec.higher_means,
         )
         for name, spec in METRICS.items()
+    ]
+
+
+@router.get("/attacks", response_model=list[AttackOut], responses=error_responses(401))
+def list_attacks(_tenant_id: TenantDep) -> list[AttackOut]:
+    """Recovery attacks an audit can run, with the JSON schema (and defaults) of their params."""
+    return [
+        AttackOut(
+            name=name,
+            description=spec.description,
+            kinds=list(spec.kinds),
+            needs_retain=spec.needs_retain,
+            params=spec.json_schema(),
+        )
+        for name, spec in ATTACKS.items()
     ]

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import InvalidInput, format_validation_errors
 from api.schemas import ForgetRequestIn
+from api.services.audits import validated_audit_spec
 from models.repositories import BaseLMRepository, DatasetRepository, JobEventRepository, JobRepository
 from models.tables import Dataset, Job, utcnow
 from worker.engine.data import heldout_count
@@ -65,6 +66,8 @@ def submit_forget_request(session: Session, tenant_id: uuid.UUID, request: Forge
     spec = request.model_dump(mode="json")
     spec["method"]["params"] = _method_params(request.method.name, request.method.params, forget.kind, bool(retain))
     spec["base_model_source"] = base_lm.source
+    if request.audit is not None:
+        spec["audit"] = validated_audit_spec(request.audit, forget.kind, bool(retain), prefix="audit.")
     job = JobRepository(session).add(
         Job(tenant_id=tenant_id, kind="forget", status="queued", stage="queued", progress=0.0, spec=spec)
     )

@@ -8,8 +8,14 @@ from sqlalchemy.orm import Session
 
 from api.errors import Conflict, NotFound
 from api.schemas import JobError, JobOut, MetricOut
-from models.repositories import AdapterRepository, JobEventRepository, JobRepository, MetricRepository
-from models.tables import Job, utcnow
+from models.repositories import (
+    AdapterRepository,
+    AuditRepository,
+    JobEventRepository,
+    JobRepository,
+    MetricRepository,
+)
+from models.tables import Adapter, Job, utcnow
 
 
 def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobOut:
@@ -26,6 +32,7 @@ def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobOut
         progress=job.progress,
         error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
         adapter_id=adapter.id if adapter else None,
+        audit_ids=_audit_ids(session, job, adapter),
         metrics=[
             MetricOut(stage=m.stage, split=m.split, name=m.name, value=m.value, layer=m.layer, step=m.step)
             for m in metrics
@@ -34,6 +41,15 @@ def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobOut
         started_at=job.started_at,
         finished_at=job.finished_at,
     )
+
+
+def _audit_ids(session: Session, job: Job, adapter: Adapter | None) -> list[uuid.UUID]:
+    """A forget job's audits (of its adapter), or an audit job's own audit."""
+    repository = AuditRepository(session)
+    if job.kind == "audit":
+        audit = repository.get_for_job(job.id)
+        return [audit.id] if audit else []
+    return [audit.id for audit in repository.list_for_adapter(adapter.id)] if adapter else []
 
 
 def evidence_key(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> str:

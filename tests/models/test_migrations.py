@@ -10,7 +10,18 @@ from lethe.migrate import downgrade, upgrade
 from models.tables import Base
 from tests.conftest import POSTGRES_ADMIN_URL
 
-TABLES = {"tenants", "api_keys", "datasets", "base_models", "jobs", "job_events", "metrics", "adapters"}
+TABLES = {
+    "tenants",
+    "api_keys",
+    "datasets",
+    "base_models",
+    "jobs",
+    "job_events",
+    "metrics",
+    "adapters",
+    "audits",
+    "audit_results",
+}
 
 
 def _round_trip(url: str) -> None:

@@ -29,13 +29,13 @@ from worker.engine.metrics.evaluate import (
     evaluate_text,
     mia_metrics,
     mia_scores,
+    primary_score,
     qa_progress_total,
-    target_probabilities,
 )
 from worker.engine.metrics.privacy import privleak
-from worker.engine.probes import probe_accuracy_by_layer
+from worker.engine.probes import probe_accuracy_by_layer, qa_probe_scores
 from worker.engine.scoring import CausalLM, ChoiceScores, max_length, score_choices
-from worker.engine.training import Objective, Schedule, TrainingResult, attach_lora, train
+from worker.engine.training import LoraState, Objective, Schedule, TrainingResult, attach_lora, lora_state, train
 
 FORGET_TRAIN = "forget_train"
 FORGET_HELDOUT = "forget_heldout"
@@ -92,11 +92,14 @@ class ForgetOutcome:
     """Metrics of every stage, per-example values, the LM with its trained adapter, steps and why forgetting ended.
 
     `per_example[stage][split][metric]` lists one value per row of the split (None where undefined).
+    `before_forgetting` is the adapter's state right before forgetting (after the fine-tune, or LoRA's
+    initialisation, whose zero B matrices leave the base LM unchanged): what audits compare against.
     """
 
     metrics: list[MetricValue]
     per_example: dict[str, dict[str, dict[str, list[float | None]]]]
     peft_lm: PeftModel
+    before_forgetting: LoraState
     steps: int
     stop_reason: str
 
@@ -158,6 +161,7 @@ def run_forget(
     if plan.probe:
         run.probe(before_stage, before)
 
+    before_forgetting = lora_state(peft_lm)
     result = run.forget(peft_lm, objective, before)
 
     after = run.evaluate(peft_lm, "forgotten", collect_hidden=plan.probe, base=base_evaluation)
@@ -177,6 +181,7 @@ def run_forget(
         metrics=run.metrics,
         per_example=run.per_example,
         peft_lm=peft_lm,
+        before_forgetting=before_forgetting,
         steps=result.steps,
         stop_reason=result.stop_reason,
     )
@@ -297,7 +302,7 @@ class _Run:
         if kind == "qa":
             qa_rows = [row for row in rows if isinstance(row, QARow)]
             result = evaluate_qa(lm, self.tokenizer, qa_rows, batch_size, on_progress=advance)
-            probe_scores = _qa_probe_scores(lm, self.tokenizer, qa_rows, batch_size) if collect_hidden else None
+            probe_scores = qa_probe_scores(lm, self.tokenizer, qa_rows, batch_size) if collect_hidden else None
             return result, probe_scores
         text_rows = [row for row in rows if isinstance(row, TextRow)]
         return evaluate_text(lm, self.tokenizer, text_rows, batch_size, on_progress=advance), None
@@ -333,13 +338,7 @@ class _Run:
         for split, rows in self.splits.items():
             if split == GENERAL_TEXT:
                 continue
-            if self.kinds[split] == "choice":
-                choice_rows = [row for row in rows if isinstance(row, ChoiceRow)]
-                scored = score_choices(lm, self.tokenizer, choice_rows, self.params.batch_size)
-                scores[split] = scored.accuracy
-            else:
-                probabilities = target_probabilities(lm, self.tokenizer, rows, self.params.batch_size)
-                scores[split] = sum(probabilities) / len(probabilities)
+            scores[split] = primary_score(lm, self.tokenizer, rows, self.params.batch_size)
             self.progress.advance("forgetting", len(rows))
         return scores
 
@@ -469,18 +468,3 @@ def _choice_result(scores: ChoiceScores, chance_accuracy: float) -> SplitResult:
         },
         per_example={"correct": list(correct), "correct_probability": list(probabilities)},
     )
-
-
-def _qa_probe_scores(lm: CausalLM, tokenizer: Any, rows: Sequence[QARow], batch_size: int) -> ChoiceScores | None:
-    """Hidden states of (question, true answer) and (question, perturbed answer) pairs: the qa probe's data.
-
-    The probe asks whether the answer is the true or a perturbed one; rows without perturbed answers are skipped.
-    """
-    choice_rows = [
-        ChoiceRow(row.context, (row.target, *(" " + answer for answer in row.perturbed_answers)), 0)
-        for row in rows
-        if row.perturbed_answers
-    ]
-    if not choice_rows:
-        return None
-    return score_choices(lm, tokenizer, choice_rows, batch_size, collect_hidden=True)

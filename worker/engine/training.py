@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import random
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -280,6 +280,25 @@ def attach_lora(lm: PreTrainedModel, rank: int, alpha: int, layers: Sequence[int
         # peft reads transformers' deprecated `is_gradient_checkpointing`; not ours to fix, just noise.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(lm, config)
+
+
+LoraState = dict[str, torch.Tensor]
+
+
+def lora_state(peft_lm: PeftModel) -> LoraState:
+    """A detached copy of the adapter's parameters, keyed by their names in `peft_lm`."""
+    return {name: p.detach().clone() for name, p in peft_lm.named_parameters() if "lora_" in name}
+
+
+def load_lora_state(peft_lm: PeftModel, state: Mapping[str, torch.Tensor]) -> None:
+    """Copy `state` into the adapter's parameters (every adapter parameter must be in it)."""
+    parameters = {name: p for name, p in peft_lm.named_parameters() if "lora_" in name}
+    missing = sorted(set(parameters) - set(state))
+    if missing:
+        raise ValueError(f"LoRA state lacks {len(missing)} adapter parameters, e.g. {missing[0]}")
+    with torch.no_grad():
+        for name, parameter in parameters.items():
+            parameter.copy_(state[name])
 
 
 def _batches(n: int, batch_size: int, seed: str) -> list[list[int]]:

@@ -8,22 +8,23 @@ import hashlib
 import io
 import json
 import logging
-import platform
 import tarfile
 import tempfile
-import threading
-import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import save as save_safetensors
+
 from lethe.settings import Settings
 from models.db import session_scope
 from models.repositories import (
     AdapterRepository,
+    AuditRepository,
     DatasetRepository,
     JobEventRepository,
     JobRepository,
@@ -34,18 +35,13 @@ from storage import ObjectStore
 from worker.engine.adapters import export_adapter
 from worker.engine.data import Row, TextRow, rows_from_dicts, split_heldout
 from worker.engine.forget import FinetuneConfig, ForgetOutcome, ForgetPlan, run_forget
-from worker.engine.lm import BaseLMCache
+from worker.engine.lm import BaseLMCache, LoadedLM
+from worker.pipelines.jobs import JobFailure, ProgressReporter, evidence_key, fail_job, run_job
 
 log = logging.getLogger("lethe.worker")
 
-
-class JobFailure(Exception):
-    """A failure with an error code the user can act on."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+PER_EXAMPLE = "per_example.json"
+BEFORE_FORGETTING = "before_forgetting.safetensors"
 
 
 @dataclass
@@ -57,52 +53,12 @@ class ForgetInputs:
     dataset_hashes: dict[str, str]
 
 
-class Heartbeat:
-    """Beats the job's heartbeat from a thread while the engine holds the main one."""
-
-    def __init__(self, settings: Settings, job_id: uuid.UUID) -> None:
-        self.settings, self.job_id = settings, job_id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.settings.heartbeat_interval_s):
-            try:
-                with session_scope(self.settings.database_url) as session:
-                    JobRepository(session).heartbeat(self.job_id, utcnow())
-            except Exception:
-                log.exception("heartbeat of job %s failed", self.job_id)
-
-    def __enter__(self) -> "Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-class ProgressReporter:
-    """Writes the engine's progress to the job row, at most every `min_interval_s` within a stage."""
-
-    def __init__(self, settings: Settings, job_id: uuid.UUID, min_interval_s: float = 2.0) -> None:
-        self.settings, self.job_id, self.min_interval_s = settings, job_id, min_interval_s
-        self._stage = ""
-        self._last_write = 0.0
-
-    def __call__(self, stage: str, fraction: float) -> None:
-        now = time.monotonic()
-        stage_changed = stage != self._stage
-        if not stage_changed and now - self._last_write < self.min_interval_s and fraction < 1.0:
-            return
-        with session_scope(self.settings.database_url) as session:
-            running = JobRepository(session).set_progress(self.job_id, stage, min(max(fraction, 0.0), 1.0), utcnow())
-            if running and stage_changed:
-                JobEventRepository(session).append(self.job_id, "stage", {"stage": stage})
-        if not running:
-            # Cancelled (or reaped) while it ran: stop here; nothing is stored.
-            raise JobFailure("job_closed", "the job was closed while it ran (cancelled or reaped)")
-        self._stage, self._last_write = stage, now
+def load_base(lm_cache: BaseLMCache, spec: dict[str, Any]) -> LoadedLM:
+    """The forget job's base LM, from the worker's cache."""
+    try:
+        return lm_cache.get(spec["base_model"], spec["base_model_source"])
+    except (OSError, ValueError) as exc:
+        raise JobFailure("base_model_unavailable", f"{spec['base_model']}: {exc}") from exc
 
 
 def _rows(store: ObjectStore, dataset: Dataset) -> list[Row]:
@@ -116,7 +72,8 @@ def general_text_rows() -> list[TextRow]:
     return [TextRow.from_dict(json.loads(line)) for line in lines if line.strip()]
 
 
-def _load_inputs(settings: Settings, store: ObjectStore, job_id: uuid.UUID) -> ForgetInputs:
+def load_forget_inputs(settings: Settings, store: ObjectStore, job_id: uuid.UUID) -> ForgetInputs:
+    """The forget job's spec and rows (forget set, retain sets by name) with the datasets' hashes."""
     with session_scope(settings.database_url) as session:
         job = JobRepository(session).get_by_id(job_id)
         assert job is not None
@@ -168,43 +125,33 @@ def _tarball(directory: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _fail(settings: Settings, job_id: uuid.UUID, code: str, message: str) -> None:
-    with session_scope(settings.database_url) as session:
-        if JobRepository(session).finish(job_id, "failed", utcnow(), code, message[:2000]):
-            JobEventRepository(session).append(job_id, "failed", {"code": code, "message": message[:500]})
+def run_forget_job(
+    settings: Settings,
+    store: ObjectStore,
+    lm_cache: BaseLMCache,
+    job_id: uuid.UUID,
+    enqueue_audit: Callable[[uuid.UUID], None] | None = None,
+) -> str:
+    """Run one forget job end to end; returns its final status. Safe to call twice for one job.
+
+    A request that asked for an audit gets its audit job created with the job's results; `enqueue_audit(job_id)`
+    then sends it to the broker.
+    """
+    return run_job(settings, job_id, lambda: _run_claimed(settings, store, lm_cache, job_id, enqueue_audit))
 
 
-def run_forget_job(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, job_id: uuid.UUID) -> str:
-    """Run one forget job end to end; returns its final status. Safe to call twice for one job."""
-    with session_scope(settings.database_url) as session:
-        if not JobRepository(session).claim(job_id, utcnow()):
-            log.info("job %s is not queued (delivered twice?); skipping", job_id)
-            return "skipped"
-        JobEventRepository(session).append(job_id, "started", {"worker": platform.node()})
-    try:
-        with Heartbeat(settings, job_id):
-            _run_claimed(settings, store, lm_cache, job_id)
-        return "succeeded"
-    except JobFailure as failure:
-        log.warning("job %s stopped: %s (%s)", job_id, failure.code, failure.message)
-        _fail(settings, job_id, failure.code, failure.message)
-    except MemoryError:
-        _fail(settings, job_id, "out_of_memory", "the worker ran out of memory")
-    except Exception as exc:
-        log.exception("job %s failed", job_id)
-        _fail(settings, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
-    return "failed"
-
-
-def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, job_id: uuid.UUID) -> None:
+def _run_claimed(
+    settings: Settings,
+    store: ObjectStore,
+    lm_cache: BaseLMCache,
+    job_id: uuid.UUID,
+    enqueue_audit: Callable[[uuid.UUID], None] | None,
+) -> None:
     report = ProgressReporter(settings, job_id)
     report("loading", 0.0)
-    inputs = _load_inputs(settings, store, job_id)
+    inputs = load_forget_inputs(settings, store, job_id)
     spec = inputs.spec
-    try:
-        base = lm_cache.get(spec["base_model"], spec["base_model_source"])
-    except (OSError, ValueError) as exc:
-        raise JobFailure("base_model_unavailable", f"{spec['base_model']}: {exc}") from exc
+    base = load_base(lm_cache, spec)
     forget_train, forget_heldout = split_heldout(inputs.forget_rows, spec["heldout_fraction"], spec["seed"])
     finetune = spec["finetune"]
     plan = ForgetPlan(
@@ -224,21 +171,39 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
         export_adapter(outcome.peft_lm, Path(tmp), spec["base_model"], card_metrics, provenance)
         archive = _tarball(Path(tmp))
     adapter_id = uuid.uuid4()
-    key = f"adapters/{inputs.tenant_id}/{adapter_id}.tar.gz"
-    evidence_key = f"evidence/{inputs.tenant_id}/{job_id}/per_example.json"
-    evidence = json.dumps(outcome.per_example, sort_keys=True).encode("utf-8")
-    store.put(key, archive, content_type="application/gzip")
+    objects = {
+        f"adapters/{inputs.tenant_id}/{adapter_id}.tar.gz": (archive, "application/gzip"),
+        evidence_key(inputs.tenant_id, job_id, PER_EXAMPLE): (
+            json.dumps(outcome.per_example, sort_keys=True).encode("utf-8"),
+            "application/json",
+        ),
+        # The adapter right before forgetting: what an audit restores, patches from and compares against.
+        evidence_key(inputs.tenant_id, job_id, BEFORE_FORGETTING): (
+            save_safetensors({name: t.contiguous() for name, t in outcome.before_forgetting.items()}),
+            "application/octet-stream",
+        ),
+    }
+    stored: list[str] = []
     try:
-        store.put(evidence_key, evidence, content_type="application/json")
+        for key, (data, content_type) in objects.items():
+            store.put(key, data, content_type=content_type)
+            stored.append(key)
+        audit_job_id = _record_success(settings, job_id, inputs, outcome, adapter_id, archive, list(objects))
     except Exception:
-        store.delete(key)
+        for key in stored:
+            store.delete(key)
         raise
+    if audit_job_id is not None and enqueue_audit is not None:
+        enqueue_or_fail(settings, audit_job_id, enqueue_audit)
+
+
+def enqueue_or_fail(settings: Settings, job_id: uuid.UUID, enqueue: Callable[[uuid.UUID], None]) -> None:
+    """Send a job to the broker; a job the broker refuses is failed, never left queued with no message."""
     try:
-        _record_success(settings, job_id, inputs, outcome, adapter_id, key, archive, evidence_key)
-    except Exception:
-        store.delete(key)
-        store.delete(evidence_key)
-        raise
+        enqueue(job_id)
+    except Exception as exc:
+        log.exception("could not enqueue job %s", job_id)
+        fail_job(settings, job_id, "broker_unavailable", f"broker: could not enqueue the job ({exc})")
 
 
 def _record_success(
@@ -247,19 +212,20 @@ def _record_success(
     inputs: ForgetInputs,
     outcome: ForgetOutcome,
     adapter_id: uuid.UUID,
-    key: str,
     archive: bytes,
-    evidence_key: str,
-) -> None:
+    keys: list[str],
+) -> uuid.UUID | None:
+    """Write the adapter, metrics and final status in one transaction (and the requested audit's queued job)."""
+    adapter_key, per_example_key = keys[0], keys[1]
     with session_scope(settings.database_url) as session:
-        JobRepository(session).set_evidence(job_id, evidence_key)
+        JobRepository(session).set_evidence(job_id, per_example_key)
         AdapterRepository(session).add(
             Adapter(
                 id=adapter_id,
                 tenant_id=inputs.tenant_id,
                 job_id=job_id,
                 base_model=inputs.spec["base_model"],
-                object_key=key,
+                object_key=adapter_key,
                 sha256=hashlib.sha256(archive).hexdigest(),
                 size_bytes=len(archive),
             )
@@ -279,3 +245,9 @@ def _record_success(
         if not JobRepository(session).finish(job_id, "succeeded", utcnow()):
             raise JobFailure("job_closed", "the job was closed while it ran (reaped or cancelled)")
         JobEventRepository(session).append(job_id, "succeeded", {"adapter_id": str(adapter_id), "steps": outcome.steps})
+        audit = inputs.spec.get("audit")
+        if audit is None:
+            return None
+        created = AuditRepository(session).create_with_job(inputs.tenant_id, adapter_id, audit)
+        JobEventRepository(session).append(job_id, "audit_requested", {"audit_id": str(created.id)})
+        return created.job_id

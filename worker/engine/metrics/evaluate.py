@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from worker.engine.data import QA_TEMPLATE, QARow, Row, TextRow
+from worker.engine.data import QA_TEMPLATE, ChoiceRow, QARow, Row, TextRow, kind_of
 from worker.engine.metrics.generation import generate_greedy
 from worker.engine.metrics.privacy import (
     MIN_K_FRACTION,
@@ -39,7 +39,7 @@ from worker.engine.metrics.text import (
     verbatim_memorization,
 )
 from worker.engine.metrics.token_scores import TokenScores, score_tokens
-from worker.engine.scoring import CausalLM, encode_pair
+from worker.engine.scoring import CausalLM, encode_pair, score_choices
 
 # TOFU's answers are a sentence or two (well under 64 tokens for SmolLM2's tokenizer); open-unlearning allows 200
 # new tokens. Generation is the expensive part of an evaluation, so Lethe's default is 64.
@@ -187,6 +187,18 @@ def target_probabilities(
     """Each row's target (answer or passage) probability, length-normalized: the cheap score tracked in training."""
     pairs = [encode_pair(tokenizer, row.context, row.target) for row in rows]
     return [answer_probability(s) for s in score_tokens(lm, tokenizer, pairs, batch_size)]
+
+
+def primary_score(lm: CausalLM, tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row], batch_size: int) -> float:
+    """The score a split is tracked by (higher = remembers more): accuracy for choice rows, the mean
+    length-normalized target probability for qa and text rows. Teacher-forced, no generation."""
+    if not rows:
+        raise ValueError("primary_score needs at least one row")
+    if kind_of(rows) == "choice":
+        choice_rows = [row for row in rows if isinstance(row, ChoiceRow)]
+        return score_choices(lm, tokenizer, choice_rows, batch_size).accuracy
+    probabilities = target_probabilities(lm, tokenizer, rows, batch_size)
+    return sum(probabilities) / len(probabilities)
 
 
 def mia_scores(

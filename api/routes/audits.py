@@ -1,0 +1,71 @@
+"""Recovery-attack audits of adapters: submit, read, and fetch the signed report."""
+
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, status
+from fastapi.responses import StreamingResponse
+
+from api.deps import QueueDep, SessionDep, StoreDep, TenantDep
+from api.errors import ServiceUnavailable, error_responses
+from api.schemas import AuditAccepted, AuditOut, AuditRequestIn
+from api.services import audits, forget_requests
+from worker.queue import enqueue_audit_job
+
+router = APIRouter(prefix="/v1/audits", tags=["audits"])
+
+
+@router.post(
+    "", status_code=status.HTTP_202_ACCEPTED, response_model=AuditAccepted, responses=error_responses(401, 422, 503)
+)
+def submit_audit(request: AuditRequestIn, session: SessionDep, tenant_id: TenantDep, queue: QueueDep) -> AuditAccepted:
+    """Run recovery attacks on an adapter; returns the audit and the job to poll."""
+    audit = audits.submit_audit(session, tenant_id, request)
+    session.commit()
+    try:
+        enqueue_audit_job(queue, str(audit.job_id))
+    except Exception as exc:
+        forget_requests.fail_unqueued(session, audit.job_id, str(exc))
+        session.commit()
+        raise ServiceUnavailable(f"broker: could not enqueue the audit ({exc})") from exc
+    return AuditAccepted(audit_id=audit.id, job_id=audit.job_id, status="queued")
+
+
+@router.get("/{audit_id}", response_model=AuditOut, responses=error_responses(401, 404, 422))
+def get_audit(audit_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> AuditOut:
+    """An audit's status and, once it has succeeded, every attack's before / after forgetting / after attack,
+    recovery rate and verdict, and the overall verdict."""
+    return audits.get_audit(session, tenant_id, audit_id)
+
+
+@router.get(
+    "/{audit_id}/report",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"application/json": {}, "text/html": {}},
+            "description": "The signed report: JSON {report, signature}, or the HTML page with plots.",
+        },
+        **error_responses(401, 404, 422),
+    },
+)
+def get_audit_report(
+    audit_id: uuid.UUID,
+    session: SessionDep,
+    store: StoreDep,
+    tenant_id: TenantDep,
+    format: Annotated[
+        Literal["json", "html"] | None, Query(description="json or html; default: html if Accept asks for it")
+    ] = None,
+    accept: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """The audit's signed report (check it with `lethe verify-report FILE`), as JSON or as an HTML page."""
+    fmt = format or ("html" if accept and "text/html" in accept else "json")
+    key = audits.report_key(session, tenant_id, audit_id, fmt)
+    media_type = "text/html; charset=utf-8" if fmt == "html" else "application/json"
+    filename = f"lethe-audit-{audit_id}.{fmt}"
+    return StreamingResponse(
+        store.iter_chunks(key),
+        media_type=media_type,
+        headers={"Content-Disposition": f'inline; filename="{filename}"'},
+    )

@@ -1,0 +1,128 @@
+"""Audits: validate the attacks against the registry and the audited forget job, create the queued job, read back."""
+
+import uuid
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from api.errors import InvalidInput, NotFound, format_validation_errors
+from api.schemas import AttackIn, AttackResultOut, AuditOut, AuditRequestIn, AuditSpecIn, JobError, VariantOut
+from models.repositories import AdapterRepository, AuditRepository, DatasetRepository, JobRepository
+from models.tables import Audit
+from worker.engine.attacks.params import ATTACKS
+from worker.engine.registry import UnknownNameError
+
+
+def validated_audit_spec(spec: AuditSpecIn, forget_kind: str, has_retain: bool, prefix: str = "") -> dict[str, Any]:
+    """{"attacks": [{"name", "params"}], "thresholds"} with params parsed (defaults filled); InvalidInput naming
+    the field (after `prefix`, e.g. "audit.") otherwise. No attacks = every attack that applies to the forget kind
+    (and to the retain data)."""
+    if spec.attacks is None:
+        requested = [
+            AttackIn(name=name)
+            for name, attack in ATTACKS.items()
+            if forget_kind in attack.kinds and (has_retain or not attack.needs_retain)
+        ]
+    else:
+        requested = spec.attacks
+    if not requested:
+        raise InvalidInput(f"{prefix}attacks: give at least one attack (allowed: {', '.join(ATTACKS.names())})")
+    names = [attack.name for attack in requested]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise InvalidInput(f"{prefix}attacks: {', '.join(duplicates)} requested twice; each attack runs once")
+    attacks = []
+    for index, attack in enumerate(requested):
+        where = f"{prefix}attacks[{index}]"
+        try:
+            attack_spec = ATTACKS.get(attack.name)
+        except UnknownNameError as exc:
+            raise InvalidInput(f"{where}.name: {exc}") from exc
+        if forget_kind not in attack_spec.kinds:
+            raise InvalidInput(
+                f"{where}.name: {attack.name} does not apply to a {forget_kind} forget set "
+                f"(it supports: {', '.join(attack_spec.kinds)})"
+            )
+        if attack_spec.needs_retain and not has_retain:
+            raise InvalidInput(f"{where}.name: {attack.name} needs the forget job to have had retain datasets")
+        try:
+            params = attack_spec.parse(attack.params)
+        except ValidationError as exc:
+            errors = [{**e, "loc": (*where.split("."), "params", *e["loc"])} for e in exc.errors()]
+            raise InvalidInput(format_validation_errors(errors)) from exc
+        attacks.append({"name": attack.name, "params": params.model_dump(mode="json")})
+    return {"attacks": attacks, "thresholds": spec.thresholds.model_dump(mode="json")}
+
+
+def submit_audit(session: Session, tenant_id: uuid.UUID, request: AuditRequestIn) -> Audit:
+    """Create the audit and its queued job; the caller commits, then enqueues."""
+    adapter = AdapterRepository(session).get(tenant_id, request.adapter_id)
+    if adapter is None:
+        raise InvalidInput(f"adapter_id: adapter {request.adapter_id} not found")
+    forget_job = JobRepository(session).get_by_id(adapter.job_id)
+    assert forget_job is not None, "an adapter always has the job that made it"
+    forget_dataset = DatasetRepository(session).get_by_id(uuid.UUID(forget_job.spec["forget_dataset"]))
+    if forget_dataset is None:
+        raise InvalidInput(f"adapter_id: the forget dataset of adapter {adapter.id} no longer exists")
+    spec = validated_audit_spec(request, forget_dataset.kind, bool(forget_job.spec["retain_datasets"]))
+    return AuditRepository(session).create_with_job(tenant_id, adapter.id, spec)
+
+
+def get_audit(session: Session, tenant_id: uuid.UUID, audit_id: uuid.UUID) -> AuditOut:
+    audit = _audit(session, tenant_id, audit_id)
+    job = JobRepository(session).get_by_id(audit.job_id)
+    assert job is not None
+    return AuditOut(
+        id=audit.id,
+        adapter_id=audit.adapter_id,
+        job_id=job.id,
+        status=job.status,  # type: ignore[arg-type]
+        stage=job.stage,
+        progress=job.progress,
+        error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+        thresholds=audit.thresholds,
+        attacks=[AttackIn(**attack) for attack in job.spec["attacks"]],
+        verdict=audit.verdict,  # type: ignore[arg-type]
+        results=[
+            AttackResultOut(
+                attack=r.attack,
+                params=r.params,
+                metric=r.metric,
+                split=r.split,
+                effect=r.effect,  # type: ignore[arg-type]
+                before=r.before,
+                after_forgetting=r.after_forgetting,
+                after_attack=r.after_attack,
+                recovery=r.recovery,
+                excess_drop=r.excess_drop,
+                worst_variant=r.worst_variant,
+                verdict=r.verdict,  # type: ignore[arg-type]
+                variants=[VariantOut(**variant) for variant in r.variants],
+                curves=r.curves,
+            )
+            for r in AuditRepository(session).results(audit.id)
+        ],
+        skipped=audit.skipped,
+        signature=audit.signature,
+        signing_key_id=audit.signing_key_id,
+        created_at=audit.created_at,
+    )
+
+
+def report_key(session: Session, tenant_id: uuid.UUID, audit_id: uuid.UUID, fmt: str) -> str:
+    """The object key of the audit's report as `json` or `html`; NotFound until the audit has succeeded."""
+    audit = _audit(session, tenant_id, audit_id)
+    key = audit.report_key if fmt == "json" else audit.report_html_key
+    if key is None:
+        job = JobRepository(session).get_by_id(audit.job_id)
+        status = job.status if job else "unknown"
+        raise NotFound(f"audit {audit_id} has no report yet (its job is {status}; written when it succeeds)")
+    return key
+
+
+def _audit(session: Session, tenant_id: uuid.UUID, audit_id: uuid.UUID) -> Audit:
+    audit = AuditRepository(session).get(tenant_id, audit_id)
+    if audit is None:
+        raise NotFound(f"audit {audit_id} not found")
+    return audit

@@ -1,0 +1,193 @@
+"""POST /v1/audits, GET /v1/audits/{id}, its report, GET /v1/attacks, and audits asked for with a forget request."""
+
+import uuid
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from lethe.settings import Settings
+from models.db import session_scope
+from models.repositories import AdapterRepository, AuditRepository, JobRepository
+from models.tables import Adapter, Job
+from tests.api.conftest import CHOICE_ROWS, upload
+from worker.engine.attacks.params import ATTACKS
+
+ATTACK_NAMES = ["relearn", "probe", "quantize", "restore", "patch", "paraphrase", "in_context", "trigger"]
+
+
+def _adapter(client: TestClient, settings: Settings, kind: str = "choice", with_retain: bool = True) -> str:
+    """A succeeded forget job of the client's tenant and its adapter row (no weights: the API never reads them)."""
+    rows = CHOICE_ROWS if kind == "choice" else [{"text": f"passage {n}"} for n in range(10)]
+    forget = upload(client, rows, name="forget", kind=kind).json()
+    retain = [upload(client, CHOICE_ROWS, name="retain").json()["id"]] if with_retain else []
+    with session_scope(settings.database_url) as session:
+        job = JobRepository(session).add(
+            Job(
+                tenant_id=_tenant_of(settings, forget["id"]),
+                kind="forget",
+                status="succeeded",
+                stage="done",
+                progress=1.0,
+                spec={"forget_dataset": forget["id"], "retain_datasets": retain},
+            )
+        )
+        adapter = AdapterRepository(session).add(
+            Adapter(
+                tenant_id=job.tenant_id,
+                job_id=job.id,
+                base_model="tiny-registered",
+                object_key="adapters/none.tar.gz",
+                sha256="0" * 64,
+                size_bytes=0,
+            )
+        )
+        return str(adapter.id)
+
+
+def _tenant_of(settings: Settings, dataset_id: str) -> uuid.UUID:
+    from models.repositories import DatasetRepository
+
+    with session_scope(settings.database_url) as session:
+        dataset = DatasetRepository(session).get_by_id(uuid.UUID(dataset_id))
+        assert dataset is not None
+        return dataset.tenant_id
+
+
+def _audit_rows(settings: Settings) -> int:
+    from sqlalchemy import func, select
+
+    from models.tables import Audit
+
+    with session_scope(settings.database_url) as session:
+        return int(session.scalar(select(func.count()).select_from(Audit)) or 0)
+
+
+def test_attacks_are_published_with_their_schemas(client: TestClient) -> None:
+    response = client.get("/v1/attacks")
+    assert response.status_code == 200
+    attacks = {a["name"]: a for a in response.json()}
+    assert list(attacks) == ATTACK_NAMES
+    assert attacks["relearn"]["params"]["properties"]["examples"]["default"] == [2, 8]
+    assert attacks["trigger"]["needs_retain"] is True
+    assert attacks["probe"]["kinds"] == ["choice", "qa"]
+
+
+def test_submit_fills_defaults_and_creates_a_queued_audit(client: TestClient, stack_settings: Settings) -> None:
+    adapter_id = _adapter(client, stack_settings)
+    body = {"adapter_id": adapter_id, "attacks": [{"name": "quantize", "params": {"schemes": ["int4"]}}]}
+    response = client.post("/v1/audits", json=body)
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    audit = client.get(f"/v1/audits/{accepted['audit_id']}").json()
+    assert audit["status"] == "queued" and audit["verdict"] is None and audit["results"] == []
+    assert audit["attacks"] == [
+        {"name": "quantize", "params": {"schemes": ["int4"], "group_size": 64, "split": "forget_train"}}
+    ]
+    assert audit["thresholds"] == {"recovery": 0.25, "attacks": {}, "trigger_drop": 0.05, "min_forgetting": 0.05}
+    job = client.get(f"/v1/jobs/{accepted['job_id']}").json()
+    assert job["kind"] == "audit" and job["audit_ids"] == [accepted["audit_id"]]
+
+
+def test_no_attacks_means_every_attack_that_applies(client: TestClient, stack_settings: Settings) -> None:
+    with_retain = client.post("/v1/audits", json={"adapter_id": _adapter(client, stack_settings)}).json()
+    assert [a["name"] for a in client.get(f"/v1/audits/{with_retain['audit_id']}").json()["attacks"]] == ATTACK_NAMES
+    text = _adapter(client, stack_settings, kind="text", with_retain=False)
+    text_audit = client.post("/v1/audits", json={"adapter_id": text}).json()
+    names = [a["name"] for a in client.get(f"/v1/audits/{text_audit['audit_id']}").json()["attacks"]]
+    assert names == [n for n in ATTACK_NAMES if "text" in ATTACKS.get(n).kinds and not ATTACKS.get(n).needs_retain]
+
+
+@pytest.mark.parametrize(
+    ("attacks", "thresholds", "expected"),
+    [
+        ([{"name": "amnesia"}], {}, "attacks[0].name: unknown attack 'amnesia'; allowed: relearn, probe"),
+        ([{"name": "relearn", "params": {"steps": 0}}], {}, "attacks[0].params.steps"),
+        ([{"name": "relearn", "params": {"colour": 1}}], {}, "attacks[0].params.colour"),
+        ([{"name": "patch"}, {"name": "patch"}], {}, "attacks: patch requested twice"),
+        ([{"name": "patch"}], {"attacks": {"amnesia": 0.5}}, "thresholds.attacks"),
+        ([{"name": "patch"}], {"recovery": 2}, "thresholds.recovery"),
+    ],
+)
+def test_bad_audit_requests_are_named_and_change_nothing(
+    client: TestClient, stack_settings: Settings, attacks: list[dict], thresholds: dict, expected: str
+) -> None:
+    adapter_id = _adapter(client, stack_settings)
+    before = _audit_rows(stack_settings)
+    response = client.post("/v1/audits", json={"adapter_id": adapter_id, "attacks": attacks, "thresholds": thresholds})
+    assert response.status_code == 422, response.text
+    assert expected in response.json()["detail"]
+    assert _audit_rows(stack_settings) == before
+
+
+def test_attacks_must_fit_the_forget_job(client: TestClient, stack_settings: Settings) -> None:
+    text = _adapter(client, stack_settings, kind="text", with_retain=False)
+    response = client.post("/v1/audits", json={"adapter_id": text, "attacks": [{"name": "probe"}]})
+    assert response.status_code == 422
+    assert response.json()["detail"] == (
+        "attacks[0].name: probe does not apply to a text forget set (it supports: choice, qa)"
+    )
+    response = client.post("/v1/audits", json={"adapter_id": text, "attacks": [{"name": "trigger"}]})
+    assert response.status_code == 422
+    assert "trigger needs the forget job to have had retain datasets" in response.json()["detail"]
+
+
+def test_unknown_or_foreign_adapter(client: TestClient, app_client: TestClient, stack_settings: Settings) -> None:
+    missing = str(uuid.uuid4())
+    response = client.post("/v1/audits", json={"adapter_id": missing})
+    assert response.status_code == 422
+    assert response.json()["detail"] == f"adapter_id: adapter {missing} not found"
+    adapter_id = _adapter(client, stack_settings)
+    audit_id = client.post("/v1/audits", json={"adapter_id": adapter_id}).json()["audit_id"]
+    from api.services.auth import create_key
+
+    with session_scope(stack_settings.database_url) as session:
+        other_key = create_key(session, f"tenant-{uuid.uuid4().hex[:12]}")
+    other = {"X-API-Key": other_key}
+    assert app_client.post("/v1/audits", json={"adapter_id": adapter_id}, headers=other).status_code == 422
+    assert app_client.get(f"/v1/audits/{audit_id}", headers=other).status_code == 404
+    assert app_client.get(f"/v1/audits/{audit_id}/report", headers=other).status_code == 404
+
+
+def test_report_is_not_found_until_the_audit_succeeds(client: TestClient, stack_settings: Settings) -> None:
+    audit_id = client.post("/v1/audits", json={"adapter_id": _adapter(client, stack_settings)}).json()["audit_id"]
+    response = client.get(f"/v1/audits/{audit_id}/report")
+    assert response.status_code == 404
+    assert (
+        response.json()["detail"] == f"audit {audit_id} has no report yet (its job is queued; written when it succeeds)"
+    )
+
+
+def _forget_request(client: TestClient, **overrides: Any) -> dict[str, Any]:
+    forget = upload(client, CHOICE_ROWS, name="forget").json()["id"]
+    body = {
+        "base_model": "tiny-registered",
+        "forget_dataset": forget,
+        "method": {"name": "random_label"},
+    }
+    body.update(overrides)
+    return body
+
+
+def test_forget_request_can_ask_for_an_audit(client: TestClient, stack_settings: Settings) -> None:
+    body = _forget_request(client, audit={"attacks": [{"name": "restore", "params": {"groups": ["mlp"]}}]})
+    response = client.post("/v1/forget-requests", json=body)
+    assert response.status_code == 202, response.text
+    with session_scope(stack_settings.database_url) as session:
+        job = JobRepository(session).get_by_id(uuid.UUID(response.json()["job_id"]))
+        assert job is not None
+        assert job.spec["audit"]["attacks"] == [
+            {"name": "restore", "params": {"groups": ["mlp"], "split": "forget_train"}}
+        ]
+        assert job.spec["audit"]["thresholds"]["recovery"] == 0.25
+        assert AuditRepository(session).get_for_job(job.id) is None  # created when the forget job succeeds
+
+
+def test_forget_request_with_a_bad_audit_creates_no_job(client: TestClient) -> None:
+    body = _forget_request(client, audit={"attacks": [{"name": "trigger"}]})
+    response = client.post("/v1/forget-requests", json=body)
+    assert response.status_code == 422
+    assert (
+        response.json()["detail"] == "audit.attacks[0].name: trigger needs the forget job to have had retain datasets"
+    )
+    assert client.get("/v1/jobs").json() == []

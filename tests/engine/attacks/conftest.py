@@ -1,0 +1,118 @@
+"""A tiny LM that knows the task, and forgotten adapters on it, for the attack tests.
+
+The base LM is the tiny Llama fully trained on the synthetic task (so the LM "before forgetting" is the base
+LM itself and the adapter's pre-forgetting state is LoRA's initialisation, B = 0). `build_context` then forgets
+with a method on forget-train and returns the AuditContext an audit would get.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import torch
+
+from tests.engine.methods.helpers import batch_of
+from tests.tiny_lm import synthetic_choice_rows
+from worker.engine.attacks.context import AuditContext, lora_state
+from worker.engine.data import ChoiceRow, Row
+from worker.engine.lm import LoadedLM
+from worker.engine.methods.implementations import METHOD_IMPLEMENTATIONS
+from worker.engine.methods.params import METHODS
+from worker.engine.training import Schedule, attach_lora, mean_nll, train
+
+LIMIT = 64
+
+
+def teach(base: LoadedLM, rows: Sequence[Row], steps: int = 60) -> LoadedLM:
+    """A copy of `base` fully trained on `rows` (Adam, one batch of all rows)."""
+    lm = copy.deepcopy(base.lm)
+    lm.requires_grad_(True)
+    batch = batch_of(base.tokenizer, rows)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        optimizer = torch.optim.Adam(lm.parameters(), lr=3e-3)
+        for _ in range(steps):
+            loss = mean_nll(lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, batch.labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    lm.requires_grad_(False)
+    lm.eval()
+    assert float(loss.detach()) < 0.2, "the tiny LM did not learn the task"
+    return LoadedLM(lm=lm, tokenizer=base.tokenizer, name="taught-tiny", device=base.device)
+
+
+@pytest.fixture(scope="session")
+def task_rows() -> dict[str, list[Row]]:
+    """forget_train / forget_heldout: rows whose answer is fruit; retain: rows whose answer is tool."""
+    rows: list[Row] = [ChoiceRow.from_dict(row) for row in synthetic_choice_rows(96, seed=0)]
+    fruit = [row for row in rows if row.target == " fruit"]
+    tool = [row for row in rows if row.target == " tool"]
+    return {"forget_train": fruit[:12], "forget_heldout": fruit[12:24], "retain": tool[:16]}
+
+
+@pytest.fixture(scope="session")
+def taught_base(tiny_base: LoadedLM, task_rows: dict[str, list[Row]]) -> LoadedLM:
+    """The tiny LM that knows the task (shared: tests must not modify it)."""
+    return teach(tiny_base, [*task_rows["forget_train"], *task_rows["forget_heldout"], *task_rows["retain"]])
+
+
+def build_context(
+    base: LoadedLM,
+    rows: dict[str, list[Row]],
+    *,
+    method: str = "gradient_ascent",
+    params: dict[str, Any] | None = None,
+    steps: int = 6,
+    learning_rate: float = 1e-2,
+    lora_layers: list[int] | None = None,
+    forget_modules: Sequence[str] | None = None,
+) -> AuditContext:
+    """Forget rows["forget_train"] from `base` with `method` and return the audit's context.
+
+    `lora_layers` puts the adapter on those blocks only; `forget_modules` (substrings of parameter names, e.g.
+    "layers.1.", "mlp") lets forgetting train only the adapter parameters matching one of them.
+    """
+    torch.manual_seed(0)
+    peft_lm = attach_lora(copy.deepcopy(base.lm), rank=4, alpha=8, layers=lora_layers)
+    before = lora_state(peft_lm)
+    if forget_modules is not None:
+        for name, parameter in peft_lm.named_parameters():
+            if "lora_" in name and not any(module in name for module in forget_modules):
+                parameter.requires_grad_(False)
+    parsed = METHODS.get(method).parse({**(params or {}), "learning_rate": learning_rate})
+    train(
+        peft_lm,
+        base.tokenizer,
+        METHOD_IMPLEMENTATIONS.get(method)(parsed, 0),
+        rows["forget_train"],
+        rows["retain"],
+        Schedule(learning_rate=learning_rate, epochs=100, batch_size=8, max_steps=steps),
+        seed=0,
+        limit=LIMIT,
+    )
+    for name, parameter in peft_lm.named_parameters():
+        if "lora_" in name:
+            parameter.requires_grad_(True)
+    peft_lm.eval()
+    return AuditContext(
+        base=base,
+        peft_lm=peft_lm,
+        forgotten=lora_state(peft_lm),
+        before=before,
+        forget_train=rows["forget_train"],
+        forget_heldout=rows["forget_heldout"],
+        retain={"tool": rows["retain"]},
+        batch_size=8,
+        seed=0,
+        limit=LIMIT,
+    )
+
+
+@pytest.fixture(scope="session")
+def forgotten_context(taught_base: LoadedLM, task_rows: dict[str, list[Row]]) -> AuditContext:
+    """Gradient ascent on forget-train, every block's adapter (shared: attacks must leave it as they found it)."""
+    return build_context(taught_base, task_rows)

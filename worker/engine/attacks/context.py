@@ -1,0 +1,83 @@
+"""What every attack works on: the forgotten LM (base + adapter), its LoRA weights before and after forgetting,
+the forget job's splits, and the scoring shared by all attacks."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from peft import PeftModel
+
+from worker.engine.data import Row, kind_of
+from worker.engine.lm import LoadedLM
+from worker.engine.metrics.evaluate import primary_score
+from worker.engine.scoring import CausalLM
+from worker.engine.training import LoraState, load_lora_state, lora_state
+
+__all__ = ["AuditContext", "LoraState", "load_lora_state", "lora_state"]
+
+
+@dataclass
+class AuditContext:
+    """The forgotten LM and what it is measured on.
+
+    `peft_lm` holds the forgotten adapter between attacks: an attack that changes its weights does so inside
+    `using(...)`, which puts the forgotten weights back on exit. `before` is the adapter right before forgetting
+    (after the optional fine-tune; with no fine-tune its LoRA B matrices are zero: the base LM).
+    """
+
+    base: LoadedLM
+    peft_lm: PeftModel
+    forgotten: LoraState
+    before: LoraState
+    forget_train: Sequence[Row]
+    forget_heldout: Sequence[Row]
+    retain: Mapping[str, Sequence[Row]]
+    batch_size: int
+    seed: int
+    limit: int
+    on_progress: Callable[[float], None] = field(default=lambda _fraction: None)
+
+    @property
+    def tokenizer(self):  # type: ignore[no-untyped-def]  # PreTrainedTokenizerBase; kept loose for the hooks
+        return self.base.tokenizer
+
+    @property
+    def kind(self) -> str:
+        """The forget set's kind: choice, qa or text."""
+        return kind_of([*self.forget_train, *self.forget_heldout])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.peft_lm.config.num_hidden_layers)
+
+    def split(self, name: str) -> Sequence[Row]:
+        """forget_train or forget_heldout."""
+        if name == "forget_train":
+            return self.forget_train
+        if name == "forget_heldout":
+            return self.forget_heldout
+        raise ValueError(f"unknown forget split {name!r}; allowed: forget_train, forget_heldout")
+
+    def retain_rows(self) -> list[Row]:
+        """Every retain set's rows, in order."""
+        return [row for rows in self.retain.values() for row in rows]
+
+    def score(self, rows: Sequence[Row], lm: CausalLM | None = None) -> float:
+        """The rows' primary score (accuracy, or mean answer/text probability) under `lm` (default: peft_lm)."""
+        return primary_score(self.peft_lm if lm is None else lm, self.tokenizer, rows, self.batch_size)
+
+    @contextlib.contextmanager
+    def using(self, state: Mapping[str, torch.Tensor]) -> Iterator[PeftModel]:
+        """`peft_lm` with the adapter weights `state`; the forgotten weights are back on exit, whatever happened."""
+        load_lora_state(self.peft_lm, state)
+        try:
+            yield self.peft_lm
+        finally:
+            load_lora_state(self.peft_lm, self.forgotten)
+
+    def before_lm(self) -> contextlib.AbstractContextManager[PeftModel]:
+        """The LM before forgetting."""
+        return self.using(self.before)

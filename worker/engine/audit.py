@@ -1,0 +1,123 @@
+"""One audit: open a stored adapter on its base LM, run the requested attacks, judge each against the thresholds."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+
+from worker.engine.attacks.context import AuditContext
+from worker.engine.attacks.implementations import ATTACK_IMPLEMENTATIONS
+from worker.engine.attacks.outcome import AttackNotApplicable, AttackOutcome, Judgement, judge
+from worker.engine.attacks.params import ATTACKS, Thresholds
+from worker.engine.data import Row
+from worker.engine.lm import LoadedLM
+from worker.engine.scoring import max_length
+from worker.engine.training import LoraState, lora_state
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+@dataclass
+class SkippedAttack:
+    """An attack that had nothing to measure on the audited rows, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass
+class AuditedAttack:
+    """An attack as run: its name, parsed params, what it measured and the judgement."""
+
+    name: str
+    params: dict[str, Any]
+    outcome: AttackOutcome
+    judgement: Judgement
+
+
+def open_adapter(base: LoadedLM, adapter_dir: Path, before_forgetting: Mapping[str, torch.Tensor]) -> PeftModel:
+    """A private copy of the base LM with the PEFT adapter in `adapter_dir` (safetensors only) on it.
+
+    `before_forgetting` must name exactly the adapter's parameters: it is the same adapter before forgetting.
+    """
+    if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
+        raise ValueError(f"the adapter has no {ADAPTER_WEIGHTS} (Lethe loads safetensors only)")
+    pickled = sorted(p.name for p in adapter_dir.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl"})
+    if pickled:
+        raise ValueError(f"the adapter carries pickled files ({', '.join(pickled)}); refusing to load it")
+    peft_lm = PeftModel.from_pretrained(copy.deepcopy(base.lm), str(adapter_dir), is_trainable=True)
+    peft_lm.eval()
+    names = set(lora_state(peft_lm))
+    if names != set(before_forgetting):
+        raise ValueError(
+            f"the adapter before forgetting has {len(before_forgetting)} parameters, the adapter {len(names)}: "
+            "they are not the same adapter"
+        )
+    return peft_lm
+
+
+def audit_context(
+    base: LoadedLM,
+    peft_lm: PeftModel,
+    before_forgetting: LoraState,
+    forget_train: Sequence[Row],
+    forget_heldout: Sequence[Row],
+    retain: Mapping[str, Sequence[Row]],
+    batch_size: int,
+    seed: int,
+) -> AuditContext:
+    return AuditContext(
+        base=base,
+        peft_lm=peft_lm,
+        forgotten=lora_state(peft_lm),
+        before={name: t.to(base.device) for name, t in before_forgetting.items()},
+        forget_train=forget_train,
+        forget_heldout=forget_heldout,
+        retain=retain,
+        batch_size=batch_size,
+        seed=seed,
+        limit=max_length(base.lm, base.tokenizer),
+    )
+
+
+def run_audit(
+    ctx: AuditContext,
+    attacks: Sequence[Mapping[str, Any]],
+    thresholds: Thresholds,
+    on_progress: Callable[[str, float], None],
+) -> tuple[list[AuditedAttack], list[SkippedAttack]]:
+    """Run every attack ({"name", "params"}) in order; on_progress(stage, fraction of the audit done).
+
+    Each attack starts from the forgotten adapter and torch's generator seeded with the audit's seed, so an attack's
+    result does not depend on which attacks ran before it. An attack that does not apply to the rows is skipped.
+    """
+    audited, skipped = [], []
+    for index, attack in enumerate(attacks):
+        name = attack["name"]
+        spec = ATTACKS.get(name)
+        if ctx.kind not in spec.kinds:
+            raise ValueError(f"attack {name} does not apply to {ctx.kind} rows (it supports: {', '.join(spec.kinds)})")
+        params = spec.parse(attack.get("params", {}))
+        stage = f"attack:{name}"
+
+        def progress(fraction: float, index: int = index, stage: str = stage) -> None:
+            on_progress(stage, (index + min(max(fraction, 0.0), 1.0)) / len(attacks))
+
+        ctx.on_progress = progress
+        progress(0.0)
+        torch.manual_seed(ctx.seed)
+        try:
+            outcome = ATTACK_IMPLEMENTATIONS.get(name)(ctx, params)
+        except AttackNotApplicable as exc:
+            skipped.append(SkippedAttack(name, str(exc)))
+            continue
+        finally:
+            progress(1.0)
+        audited.append(AuditedAttack(name, params.model_dump(mode="json"), outcome, judge(name, outcome, thresholds)))
+    return audited, skipped

@@ -1,0 +1,205 @@
+"""The audit pipeline: catalogue ⇄ engine ⇄ storage for one audit job.
+
+It rebuilds the audited adapter's forget job exactly (same rows, same heldout split, same seed), opens the
+adapter and its pre-forgetting state from the object store, runs the attacks, then stores the signed report (JSON
+and HTML) and writes the per-attack results, the verdict and the job's status in one transaction.
+"""
+
+import hashlib
+import io
+import json
+import tarfile
+import tempfile
+import uuid
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load as load_safetensors
+
+from lethe.settings import Settings
+from lethe.signing import sign, signing_key
+from models.db import session_scope
+from models.repositories import AdapterRepository, AuditRepository, JobEventRepository, JobRepository, MetricRepository
+from models.tables import AuditResult, Metric, utcnow
+from storage import ObjectStore
+from worker.engine.attacks.params import Thresholds
+from worker.engine.audit import AuditedAttack, audit_context, open_adapter, run_audit
+from worker.engine.data import kind_of, split_heldout
+from worker.engine.lm import BaseLMCache
+from worker.pipelines.forget import BEFORE_FORGETTING, load_base, load_forget_inputs
+from worker.pipelines.jobs import JobFailure, ProgressReporter, evidence_key, run_job
+from worker.reports.html import render_html
+from worker.reports.report import attack_entry, build_report
+
+
+@dataclass
+class AuditTarget:
+    """What the audit job names: the audit, the adapter and the forget job that made it, and its metrics."""
+
+    audit_id: uuid.UUID
+    tenant_id: uuid.UUID
+    spec: dict[str, Any]
+    adapter: dict[str, Any]
+    adapter_key: str
+    forget_job_id: uuid.UUID
+    forget_metrics: list[Metric]
+
+
+def run_audit_job(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, job_id: uuid.UUID) -> str:
+    """Run one audit job end to end; returns its final status. Safe to call twice for one job."""
+    return run_job(settings, job_id, lambda: _run_claimed(settings, store, lm_cache, job_id))
+
+
+def _target(settings: Settings, job_id: uuid.UUID) -> AuditTarget:
+    with session_scope(settings.database_url) as session:
+        job = JobRepository(session).get_by_id(job_id)
+        audit = AuditRepository(session).get_for_job(job_id)
+        assert job is not None and audit is not None, "an audit job always has its audit row"
+        adapter = AdapterRepository(session).get(audit.tenant_id, audit.adapter_id)
+        if adapter is None:
+            raise JobFailure("adapter_missing", f"adapter {audit.adapter_id} no longer exists")
+        metrics = list(MetricRepository(session).list_for_job(adapter.job_id))
+        session.expunge_all()
+        return AuditTarget(
+            audit_id=audit.id,
+            tenant_id=audit.tenant_id,
+            spec=job.spec,
+            adapter={
+                "id": str(adapter.id),
+                "sha256": adapter.sha256,
+                "base_model": adapter.base_model,
+                "forget_job_id": str(adapter.job_id),
+            },
+            adapter_key=adapter.object_key,
+            forget_job_id=adapter.job_id,
+            forget_metrics=metrics,
+        )
+
+
+def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, job_id: uuid.UUID) -> None:
+    report = ProgressReporter(settings, job_id)
+    report("loading", 0.0)
+    target = _target(settings, job_id)
+    inputs = load_forget_inputs(settings, store, target.forget_job_id)
+    forget_spec = inputs.spec
+    base = load_base(lm_cache, forget_spec)
+    forget_train, forget_heldout = split_heldout(
+        inputs.forget_rows, forget_spec["heldout_fraction"], forget_spec["seed"]
+    )
+    archive = store.get(target.adapter_key)
+    if hashlib.sha256(archive).hexdigest() != target.adapter["sha256"]:
+        raise JobFailure("adapter_corrupt", "the stored adapter does not match the checksum the catalogue recorded")
+    try:
+        before_forgetting = load_safetensors(
+            store.get(evidence_key(target.tenant_id, target.forget_job_id, BEFORE_FORGETTING))
+        )
+    except KeyError as exc:
+        raise JobFailure(
+            "evidence_missing", "the adapter's pre-forgetting state is not stored (made before audits existed?)"
+        ) from exc
+    with tempfile.TemporaryDirectory(prefix="lethe-audit-") as tmp:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+            tar.extractall(tmp, filter="data")
+        peft_lm = open_adapter(base, Path(tmp), before_forgetting)
+        manifest = json.loads((Path(tmp) / "manifest.json").read_text("utf-8"))
+    ctx = audit_context(
+        base,
+        peft_lm,
+        before_forgetting,
+        forget_train,
+        forget_heldout,
+        inputs.retain,
+        batch_size=forget_spec["method"]["params"]["batch_size"],
+        seed=forget_spec["seed"],
+    )
+    thresholds = Thresholds.model_validate(target.spec["thresholds"])
+    audited, skipped = run_audit(ctx, target.spec["attacks"], thresholds, report)
+
+    report("reporting", 0.0)
+    splits = {"forget_train": len(forget_train), "forget_heldout": len(forget_heldout)}
+    splits.update({f"retain:{name}": len(rows) for name, rows in inputs.retain.items()})
+    unsigned = build_report(
+        audit_id=str(target.audit_id),
+        audit_job_id=str(job_id),
+        created_at=utcnow().isoformat(),
+        lethe_version=metadata.version("lethe"),
+        adapter=target.adapter,
+        forget_job={
+            "id": str(target.forget_job_id),
+            "method": forget_spec["method"]["name"],
+            "method_params": forget_spec["method"]["params"],
+            "finetune": forget_spec["finetune"],
+            "kind": kind_of(inputs.forget_rows),
+            "seed": forget_spec["seed"],
+            "heldout_fraction": forget_spec["heldout_fraction"],
+            "dataset_sha256": inputs.dataset_hashes,
+            "splits": splits,
+            "steps": manifest.get("steps"),
+            "stop_reason": manifest.get("stop_reason"),
+        },
+        thresholds=thresholds,
+        attacks=audited,
+        skipped=skipped,
+        forget_metrics=target.forget_metrics,
+    )
+    signed = sign(unsigned, signing_key(settings))
+    prefix = f"reports/{target.tenant_id}/{target.audit_id}"
+    json_key, html_key = f"{prefix}/report.json", f"{prefix}/report.html"
+    store.put(json_key, json.dumps(signed, indent=2, sort_keys=True).encode("utf-8"), "application/json")
+    try:
+        store.put(html_key, render_html(signed).encode("utf-8"), "text/html; charset=utf-8")
+        _record(settings, job_id, target, audited, signed, json_key, html_key)
+    except Exception:
+        store.delete(json_key)
+        store.delete(html_key)
+        raise
+
+
+def _record(
+    settings: Settings,
+    job_id: uuid.UUID,
+    target: AuditTarget,
+    audited: list[AuditedAttack],
+    signed: dict[str, Any],
+    json_key: str,
+    html_key: str,
+) -> None:
+    with session_scope(settings.database_url) as session:
+        results = []
+        for attack in audited:
+            entry = attack_entry(attack)
+            results.append(
+                AuditResult(
+                    audit_id=target.audit_id,
+                    attack=attack.name,
+                    params=attack.params,
+                    metric=entry["metric"],
+                    split=entry["split"],
+                    effect=entry["effect"],
+                    before=entry["before"],
+                    after_forgetting=entry["after_forgetting"],
+                    after_attack=entry["after_attack"],
+                    recovery=entry["recovery"],
+                    excess_drop=entry["excess_drop"],
+                    worst_variant=entry["worst_variant"],
+                    verdict=entry["verdict"],
+                    variants=entry["variants"],
+                    curves=entry["curves"],
+                )
+            )
+        verdict = signed["report"]["verdict"]
+        AuditRepository(session).record(
+            target.audit_id,
+            results,
+            verdict=verdict,
+            report_key=json_key,
+            report_html_key=html_key,
+            signature=signed["signature"]["value"],
+            signing_key_id=signed["signature"]["key_id"],
+            skipped=signed["report"]["skipped"],
+        )
+        if not JobRepository(session).finish(job_id, "succeeded", utcnow()):
+            raise JobFailure("job_closed", "the job was closed while it ran (reaped or cancelled)")
+        JobEventRepository(session).append(job_id, "succeeded", {"audit_id": str(target.audit_id), "verdict": verdict})

@@ -1,0 +1,108 @@
+"""What every job pipeline shares: claiming, heartbeats, progress, failures with codes, object-store keys."""
+
+import logging
+import platform
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from lethe.settings import Settings
+from models.db import session_scope
+from models.repositories import JobEventRepository, JobRepository
+from models.tables import utcnow
+
+log = logging.getLogger("lethe.worker")
+
+
+class JobFailure(Exception):
+    """A failure with an error code the user can act on."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Heartbeat:
+    """Beats the job's heartbeat from a thread while the engine holds the main one."""
+
+    def __init__(self, settings: Settings, job_id: uuid.UUID) -> None:
+        self.settings, self.job_id = settings, job_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_interval_s):
+            try:
+                with session_scope(self.settings.database_url) as session:
+                    JobRepository(session).heartbeat(self.job_id, utcnow())
+            except Exception:
+                log.exception("heartbeat of job %s failed", self.job_id)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class ProgressReporter:
+    """Writes the engine's progress to the job row, at most every `min_interval_s` within a stage."""
+
+    def __init__(self, settings: Settings, job_id: uuid.UUID, min_interval_s: float = 2.0) -> None:
+        self.settings, self.job_id, self.min_interval_s = settings, job_id, min_interval_s
+        self._stage = ""
+        self._last_write = 0.0
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        now = time.monotonic()
+        stage_changed = stage != self._stage
+        if not stage_changed and now - self._last_write < self.min_interval_s and fraction < 1.0:
+            return
+        with session_scope(self.settings.database_url) as session:
+            running = JobRepository(session).set_progress(self.job_id, stage, min(max(fraction, 0.0), 1.0), utcnow())
+            if running and stage_changed:
+                JobEventRepository(session).append(self.job_id, "stage", {"stage": stage})
+        if not running:
+            # Cancelled (or reaped) while it ran: stop here; nothing is stored.
+            raise JobFailure("job_closed", "the job was closed while it ran (cancelled or reaped)")
+        self._stage, self._last_write = stage, now
+
+
+def fail_job(settings: Settings, job_id: uuid.UUID, code: str, message: str) -> None:
+    with session_scope(settings.database_url) as session:
+        if JobRepository(session).finish(job_id, "failed", utcnow(), code, message[:2000]):
+            JobEventRepository(session).append(job_id, "failed", {"code": code, "message": message[:500]})
+
+
+def run_job(settings: Settings, job_id: uuid.UUID, body: Callable[[], None]) -> str:
+    """Claim the job, run `body` with heartbeats, and record a failure with its code; the final status.
+
+    Safe to call twice for one job: a second delivery finds it claimed and returns "skipped".
+    """
+    with session_scope(settings.database_url) as session:
+        if not JobRepository(session).claim(job_id, utcnow()):
+            log.info("job %s is not queued (delivered twice?); skipping", job_id)
+            return "skipped"
+        JobEventRepository(session).append(job_id, "started", {"worker": platform.node()})
+    try:
+        with Heartbeat(settings, job_id):
+            body()
+        return "succeeded"
+    except JobFailure as failure:
+        log.warning("job %s stopped: %s (%s)", job_id, failure.code, failure.message)
+        fail_job(settings, job_id, failure.code, failure.message)
+    except MemoryError:
+        fail_job(settings, job_id, "out_of_memory", "the worker ran out of memory")
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        fail_job(settings, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
+    return "failed"
+
+
+def evidence_key(tenant_id: uuid.UUID, job_id: uuid.UUID, name: str) -> str:
+    """The object key of one of a job's evidence files (per-example values, the adapter before forgetting)."""
+    return f"evidence/{tenant_id}/{job_id}/{name}"

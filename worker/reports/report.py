@@ -1,0 +1,103 @@
+"""The audit report as JSON: what was audited, every attack's numbers and verdict, the forget job's curves.
+
+The report is a plain JSON object (schema `lethe.audit-report/1`) built only from the audit's results and the
+catalogue; it is signed as it is (lethe.signing) and the HTML page is drawn from it alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from worker.engine.attacks.outcome import overall_verdict
+from worker.engine.attacks.params import ATTACKS, Thresholds
+from worker.engine.audit import AuditedAttack, SkippedAttack
+
+SCHEMA = "lethe.audit-report/1"
+
+
+def finite(value: float | None) -> float | None:
+    """JSON has no NaN or infinity: an undefined number is null."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def attack_entry(attack: AuditedAttack) -> dict[str, Any]:
+    """One attack's section of the report (also the audit_results row's content)."""
+    outcome, judgement = attack.outcome, attack.judgement
+    return {
+        "name": attack.name,
+        "description": ATTACKS.get(attack.name).description,
+        "params": attack.params,
+        "metric": outcome.metric,
+        "split": outcome.split,
+        "effect": outcome.effect,
+        "before": finite(judgement.before),
+        "after_forgetting": finite(judgement.after_forgetting),
+        "after_attack": finite(judgement.after_attack),
+        "recovery": finite(judgement.recovery),
+        "excess_drop": finite(judgement.excess_drop),
+        "worst_variant": judgement.worst_variant,
+        "verdict": judgement.verdict,
+        "variants": [
+            {key: finite(value) if isinstance(value, float) else value for key, value in asdict(variant).items()}
+            for variant in judgement.variants
+        ],
+        "curves": {name: [[step, finite(value)] for step, value in points] for name, points in outcome.curves.items()},
+    }
+
+
+def training_curves(metrics: Iterable[Any]) -> list[dict[str, Any]]:
+    """The forget job's curves (metrics measured at a training step), one per (split, metric), by step."""
+    curves: dict[tuple[str, str], list[list[float | None]]] = {}
+    for m in metrics:
+        if m.step is not None:
+            curves.setdefault((m.split, m.name), []).append([m.step, finite(m.value)])
+    return [
+        {"split": split, "name": name, "points": sorted(points, key=lambda point: point[0] or 0)}
+        for (split, name), points in sorted(curves.items())
+    ]
+
+
+def stage_metrics(metrics: Iterable[Any]) -> list[dict[str, Any]]:
+    """The forget job's metrics of each stage (base, finetuned, forgotten), without curves or probe layers."""
+    return [
+        {"stage": m.stage, "split": m.split, "name": m.name, "value": finite(m.value)}
+        for m in metrics
+        if m.step is None and m.layer is None
+    ]
+
+
+def build_report(
+    *,
+    audit_id: str,
+    audit_job_id: str,
+    created_at: str,
+    lethe_version: str,
+    adapter: dict[str, Any],
+    forget_job: dict[str, Any],
+    thresholds: Thresholds,
+    attacks: Sequence[AuditedAttack],
+    skipped: Sequence[SkippedAttack],
+    forget_metrics: Iterable[Any],
+) -> dict[str, Any]:
+    """The unsigned report."""
+    metrics = list(forget_metrics)
+    return {
+        "schema": SCHEMA,
+        "audit_id": audit_id,
+        "audit_job_id": audit_job_id,
+        "created_at": created_at,
+        "lethe_version": lethe_version,
+        "adapter": adapter,
+        "forget_job": forget_job,
+        "thresholds": thresholds.model_dump(mode="json"),
+        "verdict": overall_verdict([attack.judgement.verdict for attack in attacks]),
+        "attacks": [attack_entry(attack) for attack in attacks],
+        "skipped": [{"name": s.name, "reason": s.reason} for s in skipped],
+        "training_curves": training_curves(metrics),
+        "stage_metrics": stage_metrics(metrics),
+    }
