@@ -1,0 +1,227 @@
+"""Signed audit reports (schema lethe.audit-report/1) as the audit pipeline writes them, for the report renderers.
+
+The numbers are those of a plausible SmolLM2 audit (30 layers): forgetting took forget-heldout accuracy from 0.97
+to 0.5, relearning on 8 rows brings most of it back, probes still solve the task, paraphrase is inconclusive.
+Recovery rates and verdicts are computed from the scores with the engine's own rules, so the report is consistent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from lethe.signing import sign
+from worker.engine.attacks.outcome import recovery_rate
+
+XSS_NAME = "<script>alert(1)</script>"
+ALL_ATTACKS = ("relearn", "probe", "restore", "patch", "quantize", "paraphrase", "in_context", "trigger")
+LAYERS = 30
+SIGNING_KEY = b"report-factory-signing-key-0123456789"
+THRESHOLDS: dict[str, Any] = {"recovery": 0.25, "attacks": {}, "trigger_drop": 0.05, "min_forgetting": 0.05}
+
+
+def _variant(
+    name: str, before: float, after_forgetting: float, after_attack: float, layer: int | None = None
+) -> dict[str, Any]:
+    rate = recovery_rate(before, after_forgetting, after_attack, THRESHOLDS["min_forgetting"])
+    return {
+        "name": name,
+        "layer": layer,
+        "before": before,
+        "after_forgetting": after_forgetting,
+        "after_attack": after_attack,
+        "recovery": None if rate is None else round(rate, 4),
+        "excess_drop": None,
+    }
+
+
+def _attack(
+    name: str, split: str, variants: list[dict[str, Any]], params: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """An attack's entry: its worst variant's numbers, and the verdict against the recovery threshold."""
+    defined = [v for v in variants if v["recovery"] is not None]
+    worst = max(defined, key=lambda v: v["recovery"]) if defined else variants[0]
+    if worst["recovery"] is None:
+        verdict = "inconclusive"
+    else:
+        verdict = "shallow" if worst["recovery"] >= THRESHOLDS["recovery"] else "robust"
+    return {
+        "name": name,
+        "description": f"The {name} attack (factory).",
+        "params": params,
+        "metric": "accuracy",
+        "split": split,
+        "effect": "recovery",
+        "before": worst["before"],
+        "after_forgetting": worst["after_forgetting"],
+        "after_attack": worst["after_attack"],
+        "recovery": worst["recovery"],
+        "excess_drop": None,
+        "worst_variant": worst["name"],
+        "verdict": verdict,
+        "variants": variants,
+        "curves": {},
+        **extra,
+    }
+
+
+def _rising(layer: int, low: float, high: float) -> float:
+    """A score that rises across the layers like a probe's does (a logistic in depth)."""
+    return round(low + (high - low) / (1 + math.exp(-(layer - LAYERS / 3) / 3)), 4)
+
+
+def _attacks(retain_sets: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    before, forgotten = 0.97, 0.5
+    relearn_curves = {
+        "k=2": [[0, 0.5], [2, 0.56], [4, 0.63], [6, 0.68], [8, 0.72]],
+        "k=8": [[0, 0.5], [2, 0.66], [4, 0.8], [6, 0.86], [8, 0.9]],
+        "benign": [[0, 0.5], [2, 0.51], [4, 0.53], [6, 0.54], [8, 0.55]],
+    }
+    relearn = _attack(
+        "relearn",
+        "forget_heldout",
+        [_variant(name, before, forgotten, curve[-1][1]) for name, curve in relearn_curves.items()],
+        {"examples": [2, 8], "steps": 8, "learning_rate": 0.001, "evaluate_every": 2, "benign": True},
+        curves=relearn_curves,
+    )
+    probe = _attack(
+        "probe",
+        "forget_heldout",
+        [
+            _variant(f"layer_{i}", _rising(i, 0.55, 0.95), forgotten, _rising(i, 0.53, 0.88), layer=i)
+            for i in range(LAYERS)
+        ],
+        {},
+    )
+    restore_groups = {"last_1": 0.52, "last_2": 0.6, "last_4": 0.74, "attention": 0.49, "mlp": 0.81}
+    restore = _attack(
+        "restore",
+        "forget_train",
+        [_variant(name, 0.98, 0.45, score) for name, score in restore_groups.items()]
+        + [
+            _variant(f"layer_{i}", 0.98, 0.45, round(0.45 + (0.2 if i >= LAYERS - 3 else 0.01 * (i % 4)), 4), layer=i)
+            for i in range(LAYERS)
+        ],
+        {"groups": ["last_1", "last_2", "last_4", "attention", "mlp", "per_layer"], "split": "forget_train"},
+    )
+    patch = _attack(
+        "patch",
+        "forget_train",
+        [_variant(f"layer_{i}", 0.98, 0.45, _rising(i, 0.46, 0.9), layer=i) for i in range(LAYERS)],
+        {"layers": None, "split": "forget_train"},
+    )
+    quantize = _attack(
+        "quantize",
+        "forget_train",
+        [_variant("int8", 0.98, 0.45, 0.44), _variant("int4", 0.98, 0.45, 0.52)],
+        {"schemes": ["int8", "int4"], "group_size": 64, "split": "forget_train"},
+    )
+    # Forgetting barely moved the paraphrased rows (0.60 -> 0.58): the rate is undefined, the attack inconclusive.
+    paraphrase = _attack(
+        "paraphrase",
+        "forget_train",
+        [_variant("retemplated", 0.6, 0.58, 0.59), _variant("lettered", 0.62, 0.6, 0.6)],
+        {"split": "forget_train"},
+    )
+    in_context = _attack(
+        "in_context",
+        "forget_heldout",
+        [_variant("k=1", before, forgotten, 0.55), _variant("k=4", before, forgotten, 0.63)],
+        {"shots": [1, 4]},
+    )
+    trigger_variants: list[dict[str, Any]] = [
+        {
+            "name": name,
+            "layer": None,
+            "before": 0.7,
+            "after_forgetting": 0.68,
+            "after_attack": round(0.68 - drop, 4),
+            "recovery": None,
+            "excess_drop": round(drop - 0.01, 4),
+        }
+        for name, drop in zip(retain_sets, [0.13, 0.04, 0.02, 0.03], strict=False)
+    ]
+    worst_trigger = max(trigger_variants, key=lambda v: v["excess_drop"])
+    trigger = {
+        **_attack("trigger", "retain", trigger_variants, {"words": 8, "position": "prefix"}),
+        "effect": "damage",
+        "recovery": None,
+        "excess_drop": worst_trigger["excess_drop"],
+        "worst_variant": worst_trigger["name"],
+        "verdict": "shallow" if worst_trigger["excess_drop"] >= THRESHOLDS["trigger_drop"] else "robust",
+        "before": worst_trigger["before"],
+        "after_forgetting": worst_trigger["after_forgetting"],
+        "after_attack": worst_trigger["after_attack"],
+    }
+    return {a["name"]: a for a in (relearn, probe, restore, patch, quantize, paraphrase, in_context, trigger)}
+
+
+def _training_curves(retain_sets: tuple[str, ...]) -> list[dict[str, Any]]:
+    steps = range(1, 13)
+    curves = [
+        {"split": "forget_train", "name": "accuracy", "points": [[s, round(0.97 - 0.04 * s, 4)] for s in steps]},
+        {"split": "forget_heldout", "name": "accuracy", "points": [[s, round(0.97 - 0.039 * s, 4)] for s in steps]},
+    ]
+    for i, name in enumerate(retain_sets):
+        start = 0.7 - 0.05 * i
+        curves.append(
+            {"split": f"retain:{name}", "name": "accuracy", "points": [[s, round(start - 0.002 * s, 4)] for s in steps]}
+        )
+    return curves
+
+
+def build_report(
+    *,
+    retain_sets: tuple[str, ...] = ("piqa", XSS_NAME),
+    attacks: Iterable[str] = ALL_ATTACKS,
+    training_curves: bool = True,
+) -> dict[str, Any]:
+    """An unsigned report with the named attacks (in that order) and retain sets (user-chosen names)."""
+    by_name = _attacks(retain_sets)
+    chosen = [by_name[name] for name in attacks]
+    verdicts = [a["verdict"] for a in chosen]
+    verdict = "shallow" if "shallow" in verdicts else ("robust" if "robust" in verdicts else "inconclusive")
+    splits = {"forget_train": 36, "forget_heldout": 36} | {f"retain:{name}": 64 for name in retain_sets}
+    stage_metrics = [
+        {"stage": stage, "split": split, "name": "accuracy", "value": value}
+        for split in splits
+        for stage, value in zip(
+            ("base", "finetuned", "forgotten"),
+            (0.55, 0.97, 0.5) if split.startswith("forget") else (0.7, 0.71, 0.68),
+            strict=True,
+        )
+    ]
+    return {
+        "schema": "lethe.audit-report/1",
+        "audit_id": "6f1c2b8e-3d4a-4c1e-9b7a-2f5e8d9c0a11",
+        "audit_job_id": "0b5d7e2f-8a9c-4d3e-a1b2-c3d4e5f60718",
+        "created_at": "2026-05-04T12:30:00+00:00",
+        "lethe_version": "0.1.0",
+        "adapter": {
+            "id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+            "sha256": "3" * 64,
+            "base_model": "smollm2-135m-instruct",
+            "forget_job_id": "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f",
+        },
+        "forget_job": {
+            "method": "random_label",
+            "method_params": {"learning_rate": 0.001, "epochs": 10},
+            "kind": "choice",
+            "seed": 0,
+            "dataset_sha256": {"forget": "a" * 64} | {name: "b" * 64 for name in retain_sets},
+            "steps": 12,
+            "stop_reason": "target",
+            "splits": splits,
+        },
+        "thresholds": {**THRESHOLDS, "attacks": dict(THRESHOLDS["attacks"])},
+        "verdict": verdict,
+        "attacks": chosen,
+        "training_curves": _training_curves(retain_sets) if training_curves else [],
+        "stage_metrics": stage_metrics,
+    }
+
+
+def build_signed_report(**kwargs: Any) -> dict[str, Any]:
+    """`build_report(**kwargs)` signed as the server signs it: {"report", "signature"}."""
+    return sign(build_report(**kwargs), SIGNING_KEY)

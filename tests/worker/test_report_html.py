@@ -1,0 +1,139 @@
+"""The audit report's HTML page: one PNG per plot present, the verdict, escaping, omissions, no outside resource."""
+
+import base64
+import copy
+import io
+import re
+from html.parser import HTMLParser
+
+from PIL import Image
+
+from tests.worker.report_factory import XSS_NAME, build_signed_report
+from worker.reports.html import render_html
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EVERY_PLOT = [
+    "Forgetting over training steps",
+    "Probe accuracy by layer",
+    "Recovery by attack",
+    "Relearning curves",
+    "Restoration by parameter group",
+    "Activation patching by layer",
+]
+
+
+class _Page(HTMLParser):
+    """The page's images (attributes) and its text, as a browser would parse them."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__()
+        self.images: list[dict[str, str | None]] = []
+        self.text: list[str] = []
+        self.feed(page)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.images.append(dict(attrs))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def _png(src: str | None) -> bytes:
+    prefix = "data:image/png;base64,"
+    assert src is not None and src.startswith(prefix)
+    return base64.b64decode(src[len(prefix) :], validate=True)
+
+
+def _summary_row(page: str, attack: str) -> str:
+    match = re.search(rf"<tr><td><strong>{attack}</strong></td>.*?</tr>", page)
+    assert match, f"no summary row for {attack}"
+    return match.group(0)
+
+
+def test_every_plot_is_an_embedded_decodable_png() -> None:
+    page = render_html(build_signed_report())
+    parsed = _Page(page)
+    assert len(parsed.images) == len(EVERY_PLOT)
+    for image in parsed.images:
+        png = _png(image.get("src"))
+        assert png.startswith(PNG_SIGNATURE)
+        with Image.open(io.BytesIO(png)) as decoded:
+            decoded.load()
+            assert decoded.size == (640, 360)
+        assert image.get("alt")
+    for title in EVERY_PLOT:
+        assert f"<h3>{title}</h3>" in page
+    assert len(page.encode()) < 1_000_000
+
+
+def test_verdicts_and_numbers_are_on_the_page() -> None:
+    signed = build_signed_report()
+    page = render_html(signed)
+    assert '<section class="verdict shallow"' in page
+    assert "Verdict: shallow" in page
+    relearn = _summary_row(page, "relearn")
+    assert all(cell in relearn for cell in ("0.970", "0.500", "0.900", "0.851", "≥ 0.25", "k=8", "shallow"))
+    trigger = _summary_row(page, "trigger")
+    assert "0.120" in trigger and "excess drop" in trigger and "≥ 0.05" in trigger
+    assert signed["signature"]["value"] in page and signed["signature"]["key_id"] in page
+    assert "lethe verify-report report.json" in page
+
+
+def test_undefined_recovery_reads_inconclusive_with_a_dash() -> None:
+    page = render_html(build_signed_report())
+    paraphrase = _summary_row(page, "paraphrase")
+    assert '<td class="n">—</td>' in paraphrase
+    assert '<span class="pill inconclusive">inconclusive</span>' in paraphrase
+
+    signed = build_signed_report(attacks=["paraphrase"])
+    page = render_html(signed)
+    assert signed["report"]["verdict"] == "inconclusive"
+    assert "Verdict: inconclusive" in page
+    assert "nothing measurable to recover" in page
+
+
+def test_user_strings_are_escaped_in_html_and_drawn_as_text_in_plots() -> None:
+    hostile = (XSS_NAME, 'piqa" onerror="alert(2)', r"cost $\notacommand{$ & more")
+    signed = build_signed_report(retain_sets=hostile)
+    page = render_html(signed)
+    assert XSS_NAME not in page
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert 'onerror="' not in page
+    assert "&quot; onerror=&quot;alert(2)" in page
+    assert "cost $\\notacommand{$ &amp; more" in page
+    # The names reached the plots (legend of the training curves, alt text) without breaking matplotlib's TeX.
+    parsed = _Page(page)
+    assert len(parsed.images) == len(EVERY_PLOT)
+    assert any(XSS_NAME in (image.get("alt") or "") for image in parsed.images)
+
+
+def test_absent_data_omits_its_plot_and_says_so() -> None:
+    signed = build_signed_report(attacks=["relearn", "quantize", "trigger"], training_curves=False)
+    page = render_html(signed)
+    assert len(_Page(page).images) == 2  # recovery by attack, relearning curves
+    for title in ("Forgetting over training steps", "Probe accuracy by layer", "Restoration by parameter group"):
+        assert f'<p class="omitted"><strong>{title}</strong>: not shown' in page
+        assert f"<h3>{title}</h3>" not in page
+
+    no_attacks = build_signed_report(attacks=[])
+    page = render_html(no_attacks)
+    assert len(_Page(page).images) == 1  # only the training curves
+    assert "This audit ran no attack." in page
+
+
+def test_page_references_nothing_outside_itself() -> None:
+    page = render_html(build_signed_report())
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+    sources = re.findall(r'\b(?:src|href)="([^"]*)"', page)
+    assert sources and all(source.startswith("data:image/png;base64,") for source in sources)
+
+
+def test_rendering_is_a_pure_function_of_the_report() -> None:
+    signed = build_signed_report()
+    untouched = copy.deepcopy(signed)
+    first = render_html(signed)
+    assert signed == untouched
+    assert render_html(signed) == first
