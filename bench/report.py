@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 TARGETS = {"scoring": 2.0, "training": 1.8}
+# The full audit's time over the forget job's: an upper bound, where the targets above are lower bounds.
+AUDIT_COST_TARGET = 1.5
 
 
 def _row(*cells: object) -> str:
@@ -15,6 +17,115 @@ def _row(*cells: object) -> str:
 
 def _met(value: float, target: float) -> str:
     return "yes" if value >= target else "**no**"
+
+
+def _recovery_cell(attack: dict) -> str:
+    if attack["effect"] == "damage":
+        return f"excess drop {attack['excess_drop']:+.3f}"
+    return "—" if attack["recovery"] is None else f"{attack['recovery']:.2f}"
+
+
+def _audit_name(audit: dict) -> str:
+    ran = len(audit["attacks"])
+    if not audit["not_implemented"]:
+        return f"full audit ({ran} attacks)"
+    return f"audit of {ran} attacks (**not full**: {', '.join(audit['not_implemented'])} not implemented yet)"
+
+
+def _audit_section(audit: dict) -> list[str]:
+    """The audit-cost section: the ratio against its target, time and recovery by attack, what did not run."""
+    met = audit["ratio"] <= AUDIT_COST_TARGET
+    splits = audit["splits"]
+    retain = ", ".join(f"{name.removeprefix('retain:')} ({n} rows)" for name, n in splits.items() if "retain:" in name)
+    finetune = audit["finetune"]
+    by_stage = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in audit["forget_seconds_by_stage"].items())
+    thresholds = audit["thresholds"]
+    ran = [attack for attack in audit["attacks"] if "skipped" not in attack]
+    lines = [
+        "## Audit cost",
+        "",
+        "The audited job is Lethe's demo request (`examples/demo_request.json`, what `make demo` sends): "
+        f"{audit['method']} forgetting of {splits['forget_train']} PIQA rows ({splits['forget_heldout']} more held "
+        "out)"
+        + (f" after a {finetune['epochs']}-epoch fine-tune on them" if finetune else "")
+        + f", retain {retain}, general-text perplexity ({splits['general_text']} passages)"
+        + (", probes" if audit["probe"] else "")
+        + f"; {audit['forget_steps']} forgetting steps (stopped by {audit['stop_reason']}).",
+        "",
+        "Forget: `run_forget` on the base LM already in the worker's cache (every split evaluated before and after, "
+        f"the fine-tune, forgetting and its checks, probes), {audit['forget_seconds']:.0f} s ({by_stage}). Audit: "
+        "the audit context built from the job's outcome in memory (the forgotten adapter, the adapter before "
+        "forgetting, the same rows, batch size and seed: what the audit pipeline reads back from the object "
+        "store), then `run_audit` with every attack that applies at its default params and the default "
+        f"thresholds (what `POST /v1/audits` runs when it names no attacks), {audit['audit_seconds']:.0f} s. "
+        "Both run one after the other in one fresh process on the same cached base LM. Neither side includes "
+        "the pipelines' work around the engine (rows read from the object store; the adapter and evidence "
+        "stored; the stored adapter opened on a copy of the base LM; the report built, signed and stored; the "
+        "database writes), so the ratio compares the two jobs' compute. Load average at the start: forget "
+        f"{audit['forget_load_average']:.2f}, audit {audit['audit_load_average']:.2f}; measured {audit['date']}.",
+        "",
+        f"**Audit / forget job: {audit['ratio']:.2f}×; target ≤ {AUDIT_COST_TARGET}×: "
+        f"{'met' if met else 'NOT met'}.** Overall verdict of the audit: {audit['verdict']}. Peak RSS of the "
+        f"process (`ru_maxrss`, the base LM's loading included): {audit['peak_rss_after_forget_mb']:.0f} MB after "
+        f"the forget job, {audit['peak_rss_mb']:.0f} MB after the audit.",
+        "",
+        "Time by attack (from the attack's first progress report to the next attack's; the first includes "
+        "building the audit context):",
+        "",
+        _row("attack", "seconds", "share of the audit", "load avg", "result"),
+        _row("---", "---:", "---:", "---:", "---"),
+    ]
+    for attack in audit["attacks"]:
+        lines.append(
+            _row(
+                attack["name"],
+                f"{attack['seconds']:.1f}",
+                f"{attack['seconds'] / audit['audit_seconds']:.0%}",
+                f"{attack['load_average']:.2f}",
+                "skipped" if "skipped" in attack else attack["verdict"],
+            )
+        )
+    lines += [
+        "",
+        "Recovery = (after attack − after forgetting) / (before − after forgetting), clipped to [0, 1]: the share "
+        "of what forgetting removed that the attack brings back. Each row is the attack's worst variant (the one "
+        f"that recovers most); `shallow` from {thresholds['recovery']}, `inconclusive` (—) where forgetting removed "
+        f"less than {thresholds['min_forgetting']} of what the attack measures. trigger measures damage instead: "
+        f"the retain score's drop beyond what the same insertion costs before forgetting (`shallow` from "
+        f"{thresholds['trigger_drop']}).",
+        "",
+        _row(
+            "attack", "measures", "before", "after forgetting", "after attack", "recovery", "verdict", "worst variant"
+        ),
+        _row("---", "---", "---:", "---:", "---:", "---:", "---", "---"),
+    ]
+    for attack in ran:
+        lines.append(
+            _row(
+                attack["name"],
+                f"{attack['metric']} ({attack['split']})",
+                f"{attack['before']:.3f}",
+                f"{attack['after_forgetting']:.3f}",
+                f"{attack['after_attack']:.3f}",
+                _recovery_cell(attack),
+                attack["verdict"],
+                attack["worst_variant"],
+            )
+        )
+    lines.append("")
+    skipped = [attack for attack in audit["attacks"] if "skipped" in attack]
+    if skipped:
+        reasons = "; ".join(f"{attack['name']}: {attack['skipped']}" for attack in skipped)
+        lines += [f"Skipped (nothing to measure on these rows): {reasons}.", ""]
+    if audit["not_applicable"]:
+        reasons = "; ".join(f"{entry['name']}: {entry['reason']}" for entry in audit["not_applicable"])
+        lines += [f"Not applicable to these rows (a full audit leaves them out): {reasons}.", ""]
+    if audit["not_implemented"]:
+        lines += [
+            f"**Not implemented yet, so missing from the audit and its time: {', '.join(audit['not_implemented'])}.**",
+            "",
+        ]
+    return lines
 
 
 def render(results: dict) -> str:
@@ -98,8 +209,20 @@ def render(results: dict) -> str:
             "",
         ),
         _row("peak RSS of a whole SmolLM2 forget job", f"{results['peak_rss_mb']:.0f} MB", "", "", "", ""),
-        "",
     ]
+    audit = results.get("audit")
+    if audit is not None:
+        lines.append(
+            _row(
+                f"{_audit_name(audit)} of the demo forget job, seconds",
+                f"{audit['audit_seconds']:.0f}",
+                f"{audit['forget_seconds']:.0f} (the forget job)",
+                f"{audit['ratio']:.2f}×",
+                f"≤ {AUDIT_COST_TARGET}×",
+                _met(AUDIT_COST_TARGET, audit["ratio"]),  # at most the target: the arguments swapped
+            )
+        )
+    lines.append("")
     if "speedup" in scoring:
         agreement = scoring["lethe_vs_lmeval_fp32"]
         lines += [
@@ -168,11 +291,16 @@ def render(results: dict) -> str:
         "rows). Peak memory: the peak RSS (`ru_maxrss`) of a fresh process running one whole job "
         f"(4 steps, probes on; {results['memory_job_s']:.0f} s).",
         "",
+    ]
+    if audit is not None:
+        lines += _audit_section(audit)
+    lines += [
         "## Reproduce",
         "",
         "```",
-        "make bench            # about 15 minutes; creates bench/.lmeval-venv on first use",
+        "make bench            # about 15 minutes plus the audit step; creates bench/.lmeval-venv on first use",
         "python -m bench.run --help   # rows, task, --skip-lmeval (Lethe only), paths",
+        "python -m bench.run --only audit   # the audit-cost step alone, merged into bench/results.json",
         "python -m bench.report       # re-render this file from bench/results.json",
         "```",
         "",

@@ -1,6 +1,7 @@
 """`make bench`: every benchmark in one run on this machine; writes bench/results.json and BENCHMARKS.md.
 
 python -m bench.run [--scoring-rows N] [--skip-lmeval] ...   (from the repository root, in the project venv)
+python -m bench.run --only audit   one step alone, its results merged into the existing results.json
 """
 
 from __future__ import annotations
@@ -35,6 +36,25 @@ def _log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')} load {load_average():.2f}] {message}", file=sys.stderr, flush=True)
 
 
+def _audit_step(cache_dir: Path) -> dict:
+    """The demo forget job and a full audit of it, in a fresh process (so its peak RSS is its own)."""
+    _log("audit cost: the demo forget job, then every attack on it, in a fresh process")
+    # stderr passes through: the step takes many minutes and logs each stage.
+    measured = subprocess.run(
+        [sys.executable, "-m", "bench.audit_bench", str(cache_dir)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    return json.loads(measured.stdout.strip().splitlines()[-1])
+
+
+def _write(results: dict, out: Path, markdown: Path) -> None:
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    markdown.write_text(report.render(results))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "lethe-tests")
@@ -47,7 +67,20 @@ def main() -> None:
     parser.add_argument("--train-batch-size", type=int, default=8)
     parser.add_argument("--out", type=Path, default=BENCH / "results.json")
     parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument(
+        "--only",
+        choices=["audit"],
+        help="run this step alone and merge its results into the existing --out file (then re-render --markdown)",
+    )
     args = parser.parse_args()
+    if args.only == "audit":
+        if not args.out.is_file():
+            parser.error(f"--only merges into an existing results file; {args.out} does not exist (run make bench)")
+        earlier: dict = json.loads(args.out.read_text())
+        earlier["audit"] = _audit_step(args.cache_dir)
+        _write(earlier, args.out, args.markdown)
+        _log(f"wrote the audit step into {args.out} and {args.markdown}")
+        return
     args.work_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results: dict = {"machine": machine()}
@@ -124,9 +157,10 @@ def main() -> None:
     results["peak_rss_mb"] = measured["peak_rss_mb"]
     results["memory_job_s"] = measured["job_seconds"]
 
+    results["audit"] = _audit_step(args.cache_dir)
+
     results["bench_wall_s"] = time.perf_counter() - started
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    args.markdown.write_text(report.render(results))
+    _write(results, args.out, args.markdown)
     _log(f"wrote {args.out} and {args.markdown} in {results['bench_wall_s']:.0f} s")
 
 

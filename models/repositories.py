@@ -239,6 +239,9 @@ class AuditRepository:
     def get_for_job(self, job_id: uuid.UUID) -> Audit | None:
         return self.session.scalar(select(Audit).where(Audit.job_id == job_id))
 
+    def get_by_id(self, audit_id: uuid.UUID) -> Audit | None:
+        return self.session.get(Audit, audit_id)
+
     def list_for_adapter(self, adapter_id: uuid.UUID) -> Sequence[Audit]:
         return self.session.scalars(
             select(Audit).where(Audit.adapter_id == adapter_id).order_by(Audit.created_at)

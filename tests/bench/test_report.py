@@ -73,3 +73,89 @@ def test_report_tables_come_from_the_results() -> None:
     assert "| final | lethe | fp32 | 16 | 2.0 | 2.00 | 0.5000 | 0.30 |" in markdown
     assert "| 2 | -2.000 | -2.100 |" in markdown
     assert "Test CPU" in markdown and "make bench" in markdown
+
+
+def audit(ratio: float) -> dict:
+    judged = {"params": {}, "metric": "accuracy", "split": "forget_train", "effect": "recovery", "excess_drop": None}
+    return {
+        "date": "2026-11-22T12:00:00+00:00",
+        "method": "random_label",
+        "method_params": {"epochs": 10},
+        "finetune": {"epochs": 4, "learning_rate": 0.001},
+        "probe": True,
+        "seed": 0,
+        "splits": {"forget_train": 48, "forget_heldout": 48, "retain:arc_easy": 32, "general_text": 20},
+        "forget_steps": 60,
+        "stop_reason": "target",
+        "forget_seconds": 100.0,
+        "forget_seconds_by_stage": {"evaluating": 40.0, "finetuning": 20.0, "forgetting": 30.0, "probing": 10.0},
+        "forget_load_average": 2.1,
+        "audit_seconds": 100.0 * ratio,
+        "audit_load_average": 2.3,
+        "ratio": ratio,
+        "thresholds": {"recovery": 0.25, "attacks": {}, "trigger_drop": 0.05, "min_forgetting": 0.05},
+        "verdict": "shallow",
+        "attacks": [
+            judged
+            | {"name": "quantize", "seconds": 75.0 * ratio, "load_average": 2.2, "before": 0.9}
+            | {"after_forgetting": 0.5, "after_attack": 0.8, "recovery": 0.75, "verdict": "shallow"}
+            | {"worst_variant": "int4", "variants": []},
+            judged
+            | {"name": "restore", "seconds": 20.0 * ratio, "load_average": 2.4, "before": 0.9}
+            | {"after_forgetting": 0.88, "after_attack": 0.9, "recovery": None, "verdict": "inconclusive"}
+            | {"worst_variant": "last_1", "variants": []},
+            judged
+            | {"name": "trigger", "effect": "damage", "metric": "accuracy", "split": "retain"}
+            | {"seconds": 4.0 * ratio, "load_average": 2.0, "before": 0.7, "after_forgetting": 0.7}
+            | {"after_attack": 0.6, "recovery": None, "excess_drop": 0.1, "verdict": "shallow"}
+            | {"worst_variant": "prefix", "variants": []},
+            {"name": "paraphrase", "seconds": 1.0 * ratio, "load_average": 2.0, "skipped": "no paraphrased rows"},
+        ],
+        "not_applicable": [],
+        "not_implemented": [],
+        "peak_rss_after_forget_mb": 3000.0,
+        "peak_rss_mb": 3500.0,
+    }
+
+
+def test_audit_section_reports_the_ratio_against_its_target() -> None:
+    met = render(results() | {"audit": audit(1.2)})
+    assert (
+        "| full audit (4 attacks) of the demo forget job, seconds | 120 | 100 (the forget job) | 1.20× | ≤ 1.5× | yes |"
+        in met
+    )
+    assert "**Audit / forget job: 1.20×; target ≤ 1.5×: met.**" in met
+    not_met = render(results() | {"audit": audit(2.0)})
+    assert "| 200 | 100 (the forget job) | 2.00× | ≤ 1.5× | **no** |" in not_met
+    assert "target ≤ 1.5×: NOT met.**" in not_met
+    # Results from before the audit step render without its section.
+    assert "## Audit cost" not in render(results()) and "## Audit cost" in met
+
+
+def test_audit_section_tables_come_from_the_results() -> None:
+    markdown = render(results() | {"audit": audit(1.0)})
+    assert "evaluating 40 s, finetuning 20 s, forgetting 30 s, probing 10 s" in markdown
+    assert "retain arc_easy (32 rows)" in markdown and "3000 MB after the forget job, 3500 MB after" in markdown
+    assert "| quantize | 75.0 | 75% | 2.20 | shallow |" in markdown
+    assert "| paraphrase | 1.0 | 1% | 2.00 | skipped |" in markdown
+    assert "Recovery = (after attack − after forgetting) / (before − after forgetting)" in markdown
+    assert "| quantize | accuracy (forget_train) | 0.900 | 0.500 | 0.800 | 0.75 | shallow | int4 |" in markdown
+    assert "| restore | accuracy (forget_train) | 0.900 | 0.880 | 0.900 | — | inconclusive | last_1 |" in markdown
+    assert "| trigger | accuracy (retain) | 0.700 | 0.700 | 0.600 | excess drop +0.100 | shallow | prefix |" in markdown
+    # A skipped attack has no recovery row; it is listed with its reason, and so is an attack that did not run.
+    assert "| paraphrase | accuracy" not in markdown
+    assert "Skipped (nothing to measure on these rows): paraphrase: no paraphrased rows." in markdown
+    assert "not implemented" not in markdown and "Not applicable" not in markdown
+
+
+def test_audit_section_says_when_the_audit_is_not_full() -> None:
+    partial = audit(1.0) | {
+        "not_applicable": [{"name": "probe", "reason": "does not apply to text rows"}],
+        "not_implemented": ["relearn", "patch"],
+    }
+    markdown = render(results() | {"audit": partial})
+    assert "| audit of 4 attacks (**not full**: relearn, patch not implemented yet) of the demo forget job" in markdown
+    assert "**Not implemented yet, so missing from the audit and its time: relearn, patch.**" in markdown
+    assert (
+        "Not applicable to these rows (a full audit leaves them out): probe: does not apply to text rows." in markdown
+    )

@@ -18,17 +18,12 @@ from models.repositories import (
 )
 from models.tables import Dataset, Job
 from storage import open_store
-from tests.tiny_lm import build_tiny_lm, synthetic_choice_rows, task_corpus
+from tests.tiny_lm import synthetic_choice_rows
 from worker.engine.lm import BaseLMCache
 from worker.pipelines.forget import run_forget_job
 
 
-@pytest.fixture(scope="module")
-def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_lm(tmp_path_factory.mktemp("tiny-lm"), task_corpus())
-
-
-def _queued_job(settings: Settings, base_model: str, source: str) -> uuid.UUID:
+def _queued_job(settings: Settings, base_model: str, source: str, audit: dict | None = None) -> uuid.UUID:
     content = "".join(json.dumps(r) + "\n" for r in synthetic_choice_rows(12, seed=5)).encode()
     with session_scope(settings.database_url) as session:
         register_base_model(session, base_model, source)
@@ -59,6 +54,8 @@ def _queued_job(settings: Settings, base_model: str, source: str) -> uuid.UUID:
             "probe": False,
             "seed": 0,
         }
+        if audit is not None:
+            spec["audit"] = audit
         return JobRepository(session).add(Job(tenant_id=tenant.id, kind="forget", status="queued", spec=spec)).id
 
 
@@ -106,7 +103,9 @@ def test_a_failed_catalogue_write_leaves_no_objects(
     monkeypatch.setattr(type(store), "put", recording_put)
     monkeypatch.setattr("worker.pipelines.forget.MetricRepository.add_many", failing_add_many)
     assert run_forget_job(stack_settings, store, BaseLMCache(tmp_path), job_id) == "failed"
-    assert any(k.startswith("adapters/") for k in written) and any(k.startswith("evidence/") for k in written)
+    assert any(k.startswith("adapters/") for k in written)
+    assert any(k.endswith("/per_example.json") for k in written)
+    assert any(k.endswith("/before_forgetting.safetensors") for k in written)
     assert not any(store.exists(key) for key in written)
     with session_scope(stack_settings.database_url) as session:
         job = JobRepository(session).get_by_id(job_id)

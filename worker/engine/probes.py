@@ -13,15 +13,17 @@ with different numbers of choices, and for prompts that do not list the choices.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from transformers import PreTrainedTokenizerBase
 
-from worker.engine.scoring import ChoiceScores
+from worker.engine.data import ChoiceRow, QARow
+from worker.engine.scoring import CausalLM, ChoiceScores, score_choices
 
 # sklearn's default L2 strength (C=1) with more iterations than its default 100, which lbfgs often needs
 # on a few hundred standardized features.
@@ -51,3 +53,25 @@ def probe_accuracy_by_layer(
         if on_layer_done is not None:
             on_layer_done()
     return accuracies
+
+
+def qa_probe_rows(rows: Sequence[QARow]) -> list[ChoiceRow]:
+    """qa rows as the probe's choice rows: the true answer (choice 0) against the perturbed answers.
+
+    The probe asks whether an answer is the true or a perturbed one; rows without perturbed answers are left out.
+    """
+    return [
+        ChoiceRow(row.context, (row.target, *(" " + answer for answer in row.perturbed_answers)), 0)
+        for row in rows
+        if row.perturbed_answers
+    ]
+
+
+def qa_probe_scores(
+    lm: CausalLM, tokenizer: PreTrainedTokenizerBase, rows: Sequence[QARow], batch_size: int
+) -> ChoiceScores | None:
+    """Hidden states of the `qa_probe_rows` pairs (the qa probe's data); None when no row has perturbed answers."""
+    choice_rows = qa_probe_rows(rows)
+    if not choice_rows:
+        return None
+    return score_choices(lm, tokenizer, choice_rows, batch_size, collect_hidden=True)

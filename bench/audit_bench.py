@@ -1,0 +1,247 @@
+"""The full audit's cost relative to the forget job it audits, on Lethe's demo request.
+
+The forget job is `examples/demo_request.json` on the demo's files (PIQA forgotten, ARC-Easy retained), read as
+the API reads it (defaults filled, general-text perplexity on by default) and run as the forget pipeline runs it:
+`run_forget` on the base LM already in the cache (a warm worker). The audit is every attack that applies, with
+its default params and the default thresholds (what `POST /v1/audits` runs when it names no attacks), on the job's
+outcome: the audit context is built from the outcome in memory, which holds what the audit pipeline reads back
+from the object store (the forgotten adapter on a copy of the base LM, the adapter before forgetting, the same
+rows, batch size and seed). Neither side's time includes the pipelines' object-store and database I/O.
+
+`python -m bench.audit_bench CACHE_DIR` measures it and prints the results, with its peak RSS, as one JSON line
+(run in a fresh process, so the peak is the job's and the audit's own).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from api.schemas import ForgetRequestIn
+from bench.jobs import BASE_LM
+from bench.machine import load_average, machine
+from worker.engine.attacks.implementations import ATTACK_IMPLEMENTATIONS
+from worker.engine.attacks.outcome import overall_verdict
+from worker.engine.attacks.params import ATTACKS, Thresholds
+from worker.engine.audit import audit_context, run_audit
+from worker.engine.data import ChoiceRow, Row, TextRow, kind_of, split_heldout
+from worker.engine.forget import FinetuneConfig, ForgetPlan, run_forget
+from worker.engine.lm import BaseLMCache, LoadedLM
+from worker.engine.methods.params import METHODS
+from worker.pipelines.forget import general_text_rows
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+DEMO_REQUEST = EXAMPLES / "demo_request.json"
+# The files examples/demo.py uploads: the forget set, and the retain set under its dataset name.
+FORGET_FILE = EXAMPLES / "data" / "piqa_demo.jsonl"
+RETAIN_FILES = {"arc_easy": EXAMPLES / "data" / "arc_easy_demo.jsonl"}
+
+
+@dataclass(frozen=True)
+class AuditedJob:
+    """A forget job's plan and rows, as the forget pipeline hands them to `run_forget`."""
+
+    plan: ForgetPlan
+    forget_train: Sequence[Row]
+    forget_heldout: Sequence[Row]
+    retain: Mapping[str, Sequence[Row]]
+    general_text: Sequence[TextRow]
+
+
+def _choice_rows(path: Path) -> list[ChoiceRow]:
+    return [ChoiceRow.from_dict(json.loads(line)) for line in path.read_text("utf-8").splitlines() if line.strip()]
+
+
+def demo_job() -> AuditedJob:
+    """The demo request on the demo's files, split and planned as the forget pipeline does."""
+    # The datasets are local files here; the id only satisfies the request's schema.
+    request = ForgetRequestIn.model_validate(
+        {**json.loads(DEMO_REQUEST.read_text("utf-8")), "forget_dataset": str(uuid.UUID(int=0))}
+    )
+    forget_train, forget_heldout = split_heldout(_choice_rows(FORGET_FILE), request.heldout_fraction, request.seed)
+    finetune = request.finetune
+    plan = ForgetPlan(
+        method=request.method.name,
+        method_params=request.method.params,
+        finetune=FinetuneConfig(epochs=finetune.epochs, learning_rate=finetune.learning_rate) if finetune else None,
+        probe=request.probe,
+        seed=request.seed,
+    )
+    return AuditedJob(
+        plan=plan,
+        forget_train=forget_train,
+        forget_heldout=forget_heldout,
+        retain={name: _choice_rows(path) for name, path in RETAIN_FILES.items()},
+        general_text=general_text_rows() if request.general_text_perplexity else [],
+    )
+
+
+def _log(message: str) -> None:
+    print(f"[audit bench {time.strftime('%H:%M:%S')} load {load_average():.2f}] {message}", file=sys.stderr, flush=True)
+
+
+def _peak_rss_mb() -> float:
+    # Linux reports ru_maxrss in KiB.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class _Stage:
+    name: str
+    started: float
+    load_average: float
+    seconds: float = 0.0
+
+
+class _StageClock:
+    """Wall time of each stage a run reports through on_progress(stage, fraction).
+
+    A stage lasts until the next one starts; the first starts with the clock, so the stages' times add up to the
+    whole run's.
+    """
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.stages: list[_Stage] = []
+        self.started = time.perf_counter()
+
+    def __call__(self, stage: str, _fraction: float) -> None:
+        if self.stages and self.stages[-1].name == stage:
+            return
+        now = time.perf_counter()
+        if self.stages:
+            self.stages[-1].seconds = now - self.stages[-1].started
+        self.stages.append(_Stage(stage, now if self.stages else self.started, load_average()))
+        _log(f"{self.label}: {stage}")
+
+    def stop(self) -> float:
+        """The run's wall time (closing its last stage)."""
+        now = time.perf_counter()
+        if self.stages:
+            self.stages[-1].seconds = now - self.stages[-1].started
+        return now - self.started
+
+
+@dataclass(frozen=True)
+class FullAudit:
+    """The attacks a full audit runs, in the registry's order, and the registered attacks it leaves out."""
+
+    attacks: list[str]
+    not_applicable: list[dict[str, str]]  # {"name", "reason"}: the rows give the attack nothing to work on
+    not_implemented: list[str]  # registered with the API, no torch implementation yet
+
+
+def full_audit(kind: str, has_retain: bool) -> FullAudit:
+    """The attacks `POST /v1/audits` runs when it names none: every one that applies to the forget job's rows."""
+    audit = FullAudit([], [], [])
+    for name, spec in ATTACKS.items():
+        if kind not in spec.kinds:
+            audit.not_applicable.append({"name": name, "reason": f"does not apply to {kind} rows"})
+        elif spec.needs_retain and not has_retain:
+            audit.not_applicable.append({"name": name, "reason": "needs retain datasets"})
+        elif name not in ATTACK_IMPLEMENTATIONS:
+            audit.not_implemented.append(name)
+        else:
+            audit.attacks.append(name)
+    return audit
+
+
+def measure(base: LoadedLM, job: AuditedJob) -> dict:
+    """Time the forget job, then a full audit of its outcome; what each attack measured and judged, the load
+    averages, and the process's peak RSS after each side.
+
+    Each attack's time runs from its first progress report to the next attack's (the first attack's includes
+    building the audit context, a copy of the LoRA weights).
+    """
+    audit = full_audit(kind_of([*job.forget_train, *job.forget_heldout]), bool(job.retain))
+    attacks = audit.attacks
+    forget_load = load_average()
+    forget_clock = _StageClock("forget")
+    outcome = run_forget(
+        base, job.plan, job.forget_train, job.forget_heldout, job.retain, forget_clock, job.general_text
+    )
+    forget_seconds = forget_clock.stop()
+    rss_after_forget = _peak_rss_mb()
+
+    audit_load = load_average()
+    audit_clock = _StageClock("audit")
+    ctx = audit_context(
+        base,
+        outcome.peft_lm,
+        outcome.before_forgetting,
+        job.forget_train,
+        job.forget_heldout,
+        job.retain,
+        # The audit pipeline's: the forget job's batch size (its method's) and seed.
+        batch_size=METHODS.get(job.plan.method).parse(job.plan.method_params).batch_size,
+        seed=job.plan.seed,
+    )
+    thresholds = Thresholds.model_validate({})
+    audited, skipped = run_audit(ctx, [{"name": name, "params": {}} for name in attacks], thresholds, audit_clock)
+    audit_seconds = audit_clock.stop()
+
+    results = {attack.name: attack for attack in audited}
+    reasons = {attack.name: attack.reason for attack in skipped}
+    per_attack = []
+    # run_audit reports each attack's start once, in order, under a stage of its own.
+    for name, stage in zip(attacks, audit_clock.stages, strict=True):
+        entry: dict = {"name": name, "seconds": stage.seconds, "load_average": stage.load_average}
+        if name in reasons:
+            entry["skipped"] = reasons[name]
+        else:
+            attack = results[name]
+            entry |= {
+                "params": attack.params,
+                "metric": attack.outcome.metric,
+                "split": attack.outcome.split,
+                "effect": attack.outcome.effect,
+                **{key: value for key, value in asdict(attack.judgement).items() if key != "variants"},
+                "variants": [asdict(variant) for variant in attack.judgement.variants],
+            }
+        per_attack.append(entry)
+
+    forget_stages: dict[str, float] = defaultdict(float)
+    for stage in forget_clock.stages:
+        forget_stages[stage.name] += stage.seconds
+    plan = job.plan
+    return {
+        "date": machine()["date"],
+        "method": plan.method,
+        "method_params": plan.method_params,
+        "finetune": asdict(plan.finetune) if plan.finetune else None,
+        "probe": plan.probe,
+        "seed": plan.seed,
+        "splits": {
+            "forget_train": len(job.forget_train),
+            "forget_heldout": len(job.forget_heldout),
+            **{f"retain:{name}": len(rows) for name, rows in job.retain.items()},
+            "general_text": len(job.general_text),
+        },
+        "forget_steps": outcome.steps,
+        "stop_reason": outcome.stop_reason,
+        "forget_seconds": forget_seconds,
+        "forget_seconds_by_stage": dict(forget_stages),
+        "forget_load_average": forget_load,
+        "audit_seconds": audit_seconds,
+        "audit_load_average": audit_load,
+        "ratio": audit_seconds / forget_seconds,
+        "thresholds": thresholds.model_dump(mode="json"),
+        "verdict": overall_verdict([attack.judgement.verdict for attack in audited]),
+        "attacks": per_attack,
+        "not_applicable": audit.not_applicable,
+        "not_implemented": audit.not_implemented,
+        "peak_rss_after_forget_mb": rss_after_forget,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+if __name__ == "__main__":
+    loaded = BaseLMCache(sys.argv[1]).get(*BASE_LM)
+    print(json.dumps({"base_model": BASE_LM[0], **measure(loaded, demo_job())}))

@@ -1,0 +1,133 @@
+"""Recovery-attack audits over HTTP on the stack: a forget request that asks for an audit of its random_label
+adapter, a second audit posted on the same adapter, the verdicts, the signed report and `lethe verify-report`."""
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+
+from lethe.settings import Settings
+from models.db import session_scope
+from models.repositories import AuditRepository
+from storage import open_store
+from tests.e2e.conftest import BOOTSTRAP_KEY, ROOT, own_redis_db, start_lethe, upload_rows, wait_for_job
+from tests.tiny_lm import synthetic_choice_rows
+
+ATTACKS = ["relearn", "probe", "quantize", "restore", "patch", "paraphrase", "in_context", "trigger"]
+
+
+def test_audit_of_a_random_label_adapter(
+    tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service
+) -> None:
+    env = own_redis_db(stack_env, 12)
+    base_url, services, _ = start_lethe(tmp_path, env, start_service, with_worker=True)
+    with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as client:
+        assert [a["name"] for a in client.get("/v1/attacks").json()] == ATTACKS
+        forget_id = upload_rows(client, synthetic_choice_rows(32, seed=5), "categories")
+        retain_id = upload_rows(client, synthetic_choice_rows(12, seed=6), "more-categories")
+        response = client.post(
+            "/v1/forget-requests",
+            json={
+                "base_model": "tiny-e2e",
+                "forget_dataset": forget_id,
+                "retain_datasets": [retain_id],
+                "heldout_fraction": 0.5,
+                "finetune": {"epochs": 8, "learning_rate": 0.01},
+                "method": {"name": "random_label", "params": {"learning_rate": 0.01, "epochs": 4, "batch_size": 8}},
+                "general_text_perplexity": False,
+                "seed": 1,
+                # Every attack, with the defaults: the audit the issue asks for.
+                "audit": {},
+            },
+        )
+        assert response.status_code == 202, response.text
+        forget = wait_for_job(client, response.json()["job_id"], services, timeout_s=300)
+        assert forget["status"] == "succeeded", (forget, [s.log() for s in services])
+        assert len(forget["audit_ids"]) == 1
+        audit_id = forget["audit_ids"][0]
+
+        audit = client.get(f"/v1/audits/{audit_id}").json()
+        audit_job = wait_for_job(client, audit["job_id"], services, timeout_s=600)
+        assert audit_job["status"] == "succeeded", (audit_job, [s.log() for s in services])
+        audit = client.get(f"/v1/audits/{audit_id}").json()
+        assert audit["adapter_id"] == forget["adapter_id"]
+        assert audit["verdict"] in ("robust", "shallow", "inconclusive")
+        results = {r["attack"]: r for r in audit["results"]}
+        assert sorted([*results, *(s["name"] for s in audit["skipped"])]) == sorted(ATTACKS)
+        assert "relearn" in results and "restore" in results and "quantize" in results
+        for result in results.values():
+            assert result["verdict"] in ("robust", "shallow", "inconclusive")
+            assert result["recovery"] is None or 0.0 <= result["recovery"] <= 1.0
+            assert result["variants"], result
+        # random_label took forget-train towards chance, so there is something to recover on it.
+        assert results["restore"]["before"] > results["restore"]["after_forgetting"]
+        relearn = results["relearn"]
+        assert set(relearn["curves"]) >= {"k=2", "k=8", "benign"}
+        assert relearn["curves"]["k=8"][0] == [0, relearn["variants"][1]["after_forgetting"]]
+        verdicts = [r["verdict"] for r in results.values()]
+        expected = "shallow" if "shallow" in verdicts else ("robust" if "robust" in verdicts else "inconclusive")
+        assert audit["verdict"] == expected
+
+        report = client.get(f"/v1/audits/{audit_id}/report")
+        assert report.status_code == 200 and report.headers["content-type"].startswith("application/json")
+        signed = report.json()
+        assert signed["signature"]["value"] == audit["signature"]
+        assert signed["report"]["verdict"] == audit["verdict"]
+        assert signed["report"]["adapter"]["id"] == forget["adapter_id"]
+        assert {c["split"] for c in signed["report"]["training_curves"]} >= {"forget_train", "retain:more-categories"}
+        path = tmp_path / "report.json"
+        path.write_bytes(report.content)
+        cli_env = {**os.environ, **env}
+        verified = subprocess.run(
+            [sys.executable, "-m", "lethe.cli", "verify-report", str(path)],
+            env=cli_env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert verified.returncode == 0, verified.stderr
+        signed["report"]["verdict"] = "robust" if audit["verdict"] != "robust" else "shallow"
+        path.write_text(json.dumps(signed))
+        tampered = subprocess.run(
+            [sys.executable, "-m", "lethe.cli", "verify-report", str(path)],
+            env=cli_env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert tampered.returncode == 1 and "changed after it was signed" in tampered.stderr
+
+        html = client.get(f"/v1/audits/{audit_id}/report", headers={"Accept": "text/html"})
+        assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+        assert "<img" in html.text and audit_id in html.text
+        assert client.get(f"/v1/audits/{audit_id}/report?format=html").text == html.text
+
+        # A second audit of the same adapter, posted directly, with a stricter threshold.
+        second = client.post(
+            "/v1/audits",
+            json={
+                "adapter_id": forget["adapter_id"],
+                "attacks": [{"name": "quantize", "params": {"schemes": ["int8"]}}],
+                "thresholds": {"recovery": 0.0},
+            },
+        )
+        assert second.status_code == 202, second.text
+        second_job = wait_for_job(client, second.json()["job_id"], services, timeout_s=300)
+        assert second_job["status"] == "succeeded", (second_job, [s.log() for s in services])
+        second_audit = client.get(f"/v1/audits/{second.json()['audit_id']}").json()
+        assert [r["attack"] for r in second_audit["results"]] == ["quantize"]
+        assert [v["name"] for v in second_audit["results"][0]["variants"]] == ["int8"]
+        assert client.get(f"/v1/jobs/{forget['id']}").json()["audit_ids"] == [audit_id, second.json()["audit_id"]]
+
+    # The signed report and its page are in the object store, where the catalogue says.
+    with session_scope(stack_settings.database_url) as session:
+        row = AuditRepository(session).get_by_id(uuid.UUID(audit_id))
+        assert row is not None and row.report_key and row.report_html_key
+        keys = (row.report_key, row.report_html_key)
+    store = open_store(stack_settings)
+    assert json.loads(store.get(keys[0])) == json.loads(report.content)
+    assert store.get(keys[1]).decode("utf-8") == html.text

@@ -1,0 +1,119 @@
+"""Forget-token triggers: forget words in retain queries hurt the forgotten LM only, and only forget words do.
+
+The scenario follows Dang et al.: forget rows are about half of the fruits, retain rows about the other half, so
+forgetting must tie "not fruit" to the forget fruits' words themselves. Put three words of a forget prompt
+("The red apple") before a retained fruit's prompt and the forgotten LM answers wrongly; the LM before forgetting
+answers right, and words of retained fruits' prompts do the forgotten LM no harm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tests.engine.attacks.conftest import build_context
+from tests.engine.attacks.scenarios import run_checked
+from tests.tiny_lm import CATEGORIES, synthetic_choice_rows, synthetic_qa_rows, synthetic_text_rows
+from worker.engine.attacks.context import AuditContext
+from worker.engine.attacks.outcome import judge
+from worker.engine.attacks.params import Thresholds, TriggerParams
+from worker.engine.attacks.trigger import insert_words, trigger
+from worker.engine.data import ChoiceRow, QARow, Row, TextRow
+from worker.engine.lm import LoadedLM
+
+THRESHOLDS = Thresholds()
+
+
+@pytest.fixture(scope="module")
+def fruit_rows() -> dict[str, list[Row]]:
+    """forget_train / forget_heldout about 6 fruits; retain (and other_retain) about the 6 others."""
+    rows = [ChoiceRow.from_dict(row) for row in synthetic_choice_rows(300, seed=2)]
+    fruits = sorted(word for word, category in CATEGORIES.items() if category == " fruit")
+    forget_words = set(fruits[::2])
+    forget = [row for row in rows if row.prompt.split()[2] in forget_words]
+    retain = [row for row in rows if row.prompt.split()[2] in set(fruits) - forget_words]
+    return {
+        "forget_train": forget[:16],
+        "forget_heldout": forget[16:28],
+        "retain": retain[:16],
+        "other_retain": retain[40:56],
+    }
+
+
+@pytest.fixture(scope="module")
+def npo_context(taught_base: LoadedLM, fruit_rows: dict[str, list[Row]]) -> AuditContext:
+    ctx = build_context(taught_base, fruit_rows, method="npo", steps=20, learning_rate=1e-2)
+    return dataclasses.replace(ctx, retain={"other fruits": fruit_rows["retain"]})
+
+
+def test_forget_words_in_retain_queries_damage_the_forgotten_lm_only(npo_context: AuditContext) -> None:
+    outcome, _ = run_checked(trigger, npo_context, TriggerParams(words=3, position="prefix"))
+
+    (variant,) = outcome.variants
+    assert (outcome.metric, outcome.split, outcome.effect) == ("accuracy", "retain", "damage")
+    assert variant.name == "other fruits"
+    assert variant.before == variant.control == variant.after_forgetting == 1.0
+    assert variant.after_attack <= 0.5
+    judgement = judge("trigger", outcome, THRESHOLDS)
+    assert judgement.excess_drop is not None and judgement.excess_drop >= 0.5
+    assert judgement.verdict == "shallow"
+
+
+def test_words_the_forget_job_kept_trigger_nothing(npo_context: AuditContext, fruit_rows: dict[str, list[Row]]) -> None:
+    """The same adapter and attack, with prompts of retained fruits as the inserted words."""
+    ctx = dataclasses.replace(npo_context, forget_train=fruit_rows["other_retain"])
+
+    outcome, _ = run_checked(trigger, ctx, TriggerParams(words=3, position="prefix"))
+
+    judgement = judge("trigger", outcome, THRESHOLDS)
+    assert judgement.excess_drop is not None and judgement.excess_drop < 0.05
+    assert judgement.verdict == "robust"
+
+
+def test_forgetting_towards_the_retain_answer_shows_no_damage(forgotten_context: AuditContext) -> None:
+    """Gradient ascent taught "tool" for fruit prompts, which is the (tool) retain rows' answer anyway."""
+    outcome, _ = run_checked(trigger, forgotten_context, TriggerParams(words=3, position="prefix"))
+
+    judgement = judge("trigger", outcome, THRESHOLDS)
+    assert judgement.excess_drop is not None and judgement.excess_drop <= 0
+    assert judgement.verdict == "robust"
+
+
+def test_insert_words_before_or_after_keeping_trailing_whitespace() -> None:
+    assert insert_words("The big saw is a", "The red apple", "prefix") == "The red apple The big saw is a"
+    assert insert_words("The big saw is a", "The red apple", "suffix") == "The big saw is a The red apple"
+    assert insert_words("Answer: ", "apple", "suffix") == "Answer: apple "
+
+
+def test_every_retain_set_is_a_variant_scored_by_its_kind(forgotten_context: AuditContext) -> None:
+    """Choice, qa and text retain sets; text rows get the words as their context, wherever `position` says."""
+    retain: dict[str, list[Row]] = {
+        "tool": list(forgotten_context.retain["tool"]),
+        "facts": [QARow.from_dict(row) for row in synthetic_qa_rows(6, seed=1)],
+        "passages": [TextRow.from_dict(row) for row in synthetic_text_rows(6, seed=1)],
+    }
+    ctx = dataclasses.replace(forgotten_context, retain={**retain, "empty": []})
+
+    outcomes = {
+        position: run_checked(trigger, ctx, TriggerParams(words=2, position=position))[0]
+        for position in ("prefix", "suffix")
+    }
+
+    prefix, suffix = outcomes["prefix"], outcomes["suffix"]
+    assert prefix.metric == "accuracy/answer_probability/text_probability"
+    assert [variant.name for variant in prefix.variants] == ["tool", "facts", "passages"]
+    for name, rows in retain.items():
+        variant = next(variant for variant in prefix.variants if variant.name == name)
+        assert variant.after_forgetting == ctx.score(rows)
+        with ctx.before_lm():
+            assert variant.before == ctx.score(rows)
+        if name != "tool":
+            assert 0 < variant.after_attack < 1 and variant.after_attack != variant.after_forgetting
+    assert prefix.variants[2] == suffix.variants[2]
+    assert prefix.variants[1] != suffix.variants[1]
+
+
+def test_no_retain_rows_is_an_error(forgotten_context: AuditContext) -> None:
+    with pytest.raises(ValueError, match="retain rows"):
+        trigger(dataclasses.replace(forgotten_context, retain={"empty": []}), TriggerParams())

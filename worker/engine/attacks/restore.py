@@ -1,0 +1,104 @@
+"""Parameter restoration: which adapter parameters hold the forgetting, and does undoing them bring the task back?
+
+Hong et al. ("Dissecting fine-tuning unlearning in LLMs", arXiv 2410.06606) put groups of an unlearned LM's
+parameters back to their values before unlearning and find that restoring a few (the last layers' MLPs above all)
+brings the knowledge back: fine-tuning unlearning changes how knowledge is retrieved, not the knowledge itself.
+Here forgetting is the change of the LoRA adapter, so a group is a set of adapter parameters: they take their
+values before forgetting, every other adapter parameter keeps its forgotten value, and the split is scored.
+
+LoRA adds B·A (times alpha / rank) to a module's weight. A group holds both matrices of each of its modules (they
+share the module's name), so its modules are exactly at their pre-forgetting weights, the others at their
+forgotten ones.
+
+Groups (params.groups), by adapter parameter name as in Llama-family LMs (`...layers.<i>.self_attn|mlp...`):
+- last_k: the adapters of the last k decoder blocks (parameters named `...layers.<i>....`, i ≥ num_layers − k);
+- attention / mlp: the adapters of every block's attention (`self_attn`) / MLP (`mlp`) modules;
+- per_layer: each decoder block's adapters alone, one variant `layer_<i>` per block.
+
+Choices:
+- A group with no adapter parameter (e.g. the last blocks when, as with RMU, only some blocks carry an adapter) is
+  skipped. So is a group holding every adapter parameter (last_4 of an LM of 4 blocks or fewer): restoring all of
+  it is the LM before forgetting, whose recovery is 1 by construction, not an attack. With no group left the
+  attack is not applicable to the adapter.
+- `before` and `after_forgetting` are the LM before forgetting and the forgotten LM on the same split; then one
+  scoring pass per variant.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from worker.engine.attacks.context import AuditContext
+from worker.engine.attacks.outcome import AttackNotApplicable, AttackOutcome, Variant
+from worker.engine.attacks.params import AttackParams, RestoreGroup, RestoreParams
+from worker.engine.forget import PRIMARY_METRIC
+
+_BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def block_of(name: str) -> int | None:
+    """The decoder block of an adapter parameter named `...layers.<i>....`; None for one outside the blocks."""
+    match = _BLOCK.search(name)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class ParameterGroup:
+    """Adapter parameters restored together; `layer` is set for a per-layer group."""
+
+    name: str
+    parameters: frozenset[str]
+    layer: int | None = None
+
+
+def parameter_groups(names: Sequence[str], groups: Sequence[RestoreGroup], num_layers: int) -> list[ParameterGroup]:
+    """The groups of adapter parameters `names` to restore, in order, without the empty and the all-covering ones."""
+    selected: list[ParameterGroup] = []
+    for group in groups:
+        if group == "per_layer":
+            selected += [
+                ParameterGroup(f"layer_{i}", frozenset(n for n in names if block_of(n) == i), layer=i)
+                for i in range(num_layers)
+            ]
+        elif group in ("attention", "mlp"):
+            marker = "self_attn" if group == "attention" else "mlp"
+            selected.append(ParameterGroup(group, frozenset(n for n in names if marker in n)))
+        else:
+            first = num_layers - int(group.removeprefix("last_"))
+            last_blocks = frozenset(n for n in names if (block := block_of(n)) is not None and block >= first)
+            selected.append(ParameterGroup(group, last_blocks))
+    return [g for g in selected if 0 < len(g.parameters) < len(names)]
+
+
+def restore(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
+    """The split's score with each group of adapter parameters back at its value before forgetting."""
+    if not isinstance(params, RestoreParams):
+        raise TypeError(f"restore takes RestoreParams, got {type(params).__name__}")
+    groups = parameter_groups(list(ctx.forgotten), params.groups, ctx.num_layers)
+    if not groups:
+        raise AttackNotApplicable(
+            f"none of the groups {', '.join(params.groups)} holds some but not all of the adapter's parameters"
+        )
+    rows = ctx.split(params.split)
+    passes = 2 + len(groups)
+    with ctx.before_lm():
+        before = ctx.score(rows)
+    ctx.on_progress(1 / passes)
+    after_forgetting = ctx.score(rows)
+    ctx.on_progress(2 / passes)
+    variants = []
+    for i, group in enumerate(groups):
+        # Only the dict's entries are new: the tensors are the forgotten and before states' own.
+        state = {name: ctx.before[name] if name in group.parameters else value for name, value in ctx.forgotten.items()}
+        with ctx.using(state):
+            variants.append(Variant(group.name, after_attack=ctx.score(rows), layer=group.layer))
+        ctx.on_progress((3 + i) / passes)
+    return AttackOutcome(
+        metric=PRIMARY_METRIC[ctx.kind],
+        split=params.split,
+        before=before,
+        after_forgetting=after_forgetting,
+        variants=variants,
+    )
