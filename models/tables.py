@@ -197,6 +197,8 @@ class AuditResult(Base):
     after_attack: Mapped[float] = mapped_column(Float)
     recovery: Mapped[float | None] = mapped_column(Float, default=None)
     excess_drop: Mapped[float | None] = mapped_column(Float, default=None)
+    # The score of guessing where it has one (accuracy on choice rows): recovery counts from max(after, chance).
+    chance: Mapped[float | None] = mapped_column(Float, default=None)
     worst_variant: Mapped[str] = mapped_column(String(200))
     verdict: Mapped[str] = mapped_column(String(20))
     variants: Mapped[list[dict[str, Any]]] = mapped_column(JSON)

@@ -96,6 +96,7 @@ def get_audit(session: Session, tenant_id: uuid.UUID, audit_id: uuid.UUID) -> Au
                 after_attack=r.after_attack,
                 recovery=r.recovery,
                 excess_drop=r.excess_drop,
+                chance=r.chance,
                 worst_variant=r.worst_variant,
                 verdict=r.verdict,  # type: ignore[arg-type]
                 variants=[VariantOut(**variant) for variant in r.variants],

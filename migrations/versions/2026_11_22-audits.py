@@ -53,6 +53,7 @@ def upgrade() -> None:
         sa.Column("after_attack", sa.Float(), nullable=False),
         sa.Column("recovery", sa.Float(), nullable=True),
         sa.Column("excess_drop", sa.Float(), nullable=True),
+        sa.Column("chance", sa.Float(), nullable=True),
         sa.Column("worst_variant", sa.String(length=200), nullable=False),
         sa.Column("verdict", sa.String(length=20), nullable=False),
         sa.Column("variants", sa.JSON(), nullable=False),

@@ -23,6 +23,7 @@ from worker.engine.methods.implementations import METHOD_IMPLEMENTATIONS, build_
 from worker.engine.methods.params import METHODS, MethodParams
 from worker.engine.metrics.choice import correct_probabilities
 from worker.engine.metrics.evaluate import (
+    PRIMARY_METRIC,
     SplitResult,
     evaluate_perplexity,
     evaluate_qa,
@@ -42,8 +43,6 @@ FORGET_HELDOUT = "forget_heldout"
 RETAIN_PREFIX = "retain:"
 GENERAL_TEXT = "utility:general_text"
 
-# The score each kind is tracked by during training (curves, target, utility floor); higher = remembers more.
-PRIMARY_METRIC = {"choice": "accuracy", "qa": "answer_probability", "text": "text_probability"}
 
 # Rough costs in "one forward over one example" units, for the progress estimate only.
 _TRAIN_COST = 3.0

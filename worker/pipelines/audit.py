@@ -183,6 +183,7 @@ def _record(
                     after_attack=entry["after_attack"],
                     recovery=entry["recovery"],
                     excess_drop=entry["excess_drop"],
+                    chance=entry["chance"],
                     worst_variant=entry["worst_variant"],
                     verdict=entry["verdict"],
                     variants=entry["variants"],

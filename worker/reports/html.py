@@ -239,8 +239,9 @@ def _summary(report: Report) -> str:
     )
     return (
         "<section><h2>Attacks</h2>"
-        "<p>Each attack's worst variant. Recovery = (after attack − after forgetting) / (before − after forgetting), "
-        "clipped to [0, 1]; — where forgetting removed less than "
+        "<p>Each attack's worst variant. Recovery = (after attack − floor) / (before − floor), clipped to [0, 1], "
+        "where floor = after forgetting, or the chance accuracy of choice rows if forgetting went below it "
+        "(bringing a flipped LM back to guessing is no recovery); — where forgetting removed less than "
         f"{_num(thresholds.get('min_forgetting'), 2)} (inconclusive). The trigger attack measures damage instead: "
         "the retain score's drop beyond the drop the same insertion causes before forgetting.</p>"
         f"{table}</section>"

@@ -40,6 +40,7 @@ def attack_entry(attack: AuditedAttack) -> dict[str, Any]:
         "after_attack": finite(judgement.after_attack),
         "recovery": finite(judgement.recovery),
         "excess_drop": finite(judgement.excess_drop),
+        "chance": finite(judgement.chance),
         "worst_variant": judgement.worst_variant,
         "verdict": judgement.verdict,
         "variants": [

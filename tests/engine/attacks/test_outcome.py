@@ -78,3 +78,22 @@ def test_overall_verdict() -> None:
     assert overall_verdict(["robust", "inconclusive"]) == "robust"
     assert overall_verdict(["inconclusive"]) == "inconclusive"
     assert overall_verdict([]) == "inconclusive"
+
+
+def test_recovery_counts_from_chance_when_forgetting_went_below_it() -> None:
+    # Gradient ascent flipped a binary task to 0.1: back to guessing (0.5) is no recovery; 0.75 is half-way.
+    outcome = AttackOutcome(
+        "accuracy", "forget_train", 1.0, 0.1, [Variant("int4", 0.5), Variant("int8", 0.75)], chance=0.5
+    )
+    judgement = judge("quantize", outcome, DEFAULTS)
+    assert [v.recovery for v in judgement.variants] == pytest.approx([0.0, 0.5])
+    assert judgement.chance == 0.5 and judgement.after_forgetting == 0.1
+
+
+def test_no_rate_when_the_attack_s_own_score_did_not_drop() -> None:
+    # A probe fitted on the task beats an LM that never knew it (0.5 -> 0.5): whatever the probe reads, no rate.
+    outcome = AttackOutcome(
+        "probe_accuracy", "forget_heldout", 0.5, 0.5, [Variant("layer_0", 0.7, before=0.71)], chance=0.5
+    )
+    judgement = judge("probe", outcome, DEFAULTS)
+    assert judgement.recovery is None and judgement.verdict == "inconclusive"

@@ -66,12 +66,12 @@ def test_forgetting_that_generalised_to_the_other_wording_recovers_nothing(
 
 def test_a_wording_the_lm_never_knew_counts_as_no_recovery(forgotten_context: AuditContext) -> None:
     """The tiny LM never learned lettered questions: chance before and after forgetting. Gradient ascent left
-    the original rows below chance (0), so without the floor at chance this would read as full recovery."""
+    the original rows below chance (0), so without judge()'s floor at chance this would read as full recovery."""
     outcome, _ = run_checked(paraphrase, forgotten_context, ParaphraseParams(split="forget_train"))
 
     lettered_variant = next(variant for variant in outcome.variants if variant.name == "lettered_shuffled")
-    assert outcome.after_forgetting == 0.0
-    assert lettered_variant.before == lettered_variant.after_attack == lettered_variant.after_forgetting == 0.5
+    assert outcome.after_forgetting == 0.0 and outcome.chance == 0.5
+    assert lettered_variant.before == lettered_variant.after_attack == 0.5
     judgement = judge("paraphrase", outcome, THRESHOLDS)
     rates = {result.name: result.recovery for result in judgement.variants}
     assert rates["lettered_shuffled"] is None

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import torch
 from peft import PeftModel
 
-from worker.engine.data import Row, kind_of
+from worker.engine.data import ChoiceRow, Row, chance, kind_of
 from worker.engine.lm import LoadedLM
-from worker.engine.metrics.evaluate import primary_score
+from worker.engine.metrics.evaluate import PRIMARY_METRIC, primary_score
 from worker.engine.scoring import CausalLM
 from worker.engine.training import LoraState, load_lora_state, lora_state
 
@@ -52,6 +52,16 @@ class AuditContext:
     @property
     def num_layers(self) -> int:
         return int(self.peft_lm.config.num_hidden_layers)
+
+    @property
+    def metric(self) -> str:
+        """The name of the forget set's primary score (what ctx.score measures)."""
+        return PRIMARY_METRIC[self.kind]
+
+    def chance(self, rows: Sequence[Row]) -> float | None:
+        """The accuracy of guessing on choice rows; None for qa and text rows (their scores have no chance level)."""
+        choice_rows = [row for row in rows if isinstance(row, ChoiceRow)]
+        return chance(choice_rows) if choice_rows and len(choice_rows) == len(rows) else None
 
     def split(self, name: str) -> Sequence[Row]:
         """forget_train or forget_heldout."""

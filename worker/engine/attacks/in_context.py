@@ -33,7 +33,6 @@ from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackOutcome, Variant
 from worker.engine.attacks.params import AttackParams, InContextParams
 from worker.engine.data import ChoiceRow, QARow, Row
-from worker.engine.forget import PRIMARY_METRIC
 from worker.engine.metrics.qa import answer_probability
 from worker.engine.metrics.token_scores import score_tokens
 from worker.engine.scoring import encode_pair
@@ -68,11 +67,12 @@ def in_context(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         variants.append(Variant(f"k={k}", after_attack=_score_after(ctx, heldout, prompts)))
         ctx.on_progress((3 + i) / units)
     return AttackOutcome(
-        metric=PRIMARY_METRIC[ctx.kind],
+        metric=ctx.metric,
         split=SPLIT,
         before=before,
         after_forgetting=after_forgetting,
         variants=variants,
+        chance=ctx.chance(heldout),
     )
 
 

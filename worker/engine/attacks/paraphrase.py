@@ -22,10 +22,9 @@ forgetting left, as the forget job measured it), after_attack = the forgotten LM
 variant recovers when the forgotten LM answers the paraphrase better than the original, relative to what the
 paraphrase was worth before. The outcome's own before / after_forgetting are the whole split's, original wording.
 
-For choice rows a variant's after_forgetting is floored at chance: forgetting often pushes accuracy below chance
-(gradient ascent flips answers), and a wording the LM never understood sits at chance before and after, so
-without the floor it would show full "recovery" from below chance to chance. With it, a variant whose wording the
-LM did not answer better than chance before forgetting has no recovery rate (judge() leaves it undefined).
+For choice rows judge() counts after_forgetting from chance at the lowest (AttackOutcome.chance): a wording the
+LM never understood sits at chance before and after, and an LM forgotten below chance would otherwise show full
+"recovery" on it. Such a variant has no recovery rate.
 """
 
 from __future__ import annotations
@@ -38,8 +37,7 @@ from collections.abc import Sequence
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackOutcome, Variant
 from worker.engine.attacks.params import AttackParams, ParaphraseParams
-from worker.engine.data import QA_TEMPLATE, ChoiceRow, QARow, Row, chance
-from worker.engine.forget import PRIMARY_METRIC
+from worker.engine.data import QA_TEMPLATE, ChoiceRow, QARow, Row
 
 # "Question: X\nAnswer:" with any whitespace around its parts; X may span lines.
 _QA_FORM = re.compile(r"\s*Question:\s*(?P<question>.+?)\s*\n\s*Answer:\s*", re.DOTALL)
@@ -96,23 +94,18 @@ def paraphrase(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
             name,
             after_attack=score(paraphrased),
             before=before_paraphrased[name],
-            after_forgetting=_floored(after_forgetting if len(originals) == len(rows) else score(originals), originals),
+            after_forgetting=after_forgetting if len(originals) == len(rows) else score(originals),
         )
         for name, (originals, paraphrased) in asked.items()
     ]
     return AttackOutcome(
-        metric=PRIMARY_METRIC[ctx.kind],
+        metric=ctx.metric,
         split=params.split,
         before=before,
         after_forgetting=after_forgetting,
         variants=variants,
+        chance=ctx.chance(rows),
     )
-
-
-def _floored(score: float, rows: Sequence[Row]) -> float:
-    """`score`, at least chance for choice rows (see the module docstring)."""
-    choice_rows = [row for row in rows if isinstance(row, ChoiceRow)]
-    return max(score, chance(choice_rows)) if choice_rows else score
 
 
 def _paraphrased(row: QARow, question: str) -> QARow:

@@ -35,7 +35,6 @@ from worker.engine.attacks.outcome import AttackNotApplicable, AttackOutcome, Va
 from worker.engine.attacks.params import AttackParams, PatchParams
 from worker.engine.attacks.restore import block_of
 from worker.engine.data import Row
-from worker.engine.forget import PRIMARY_METRIC
 from worker.engine.methods.blocks import block_outputs, decoder_blocks, transformed_block_output
 
 
@@ -83,11 +82,12 @@ def patch(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         variants.append(Variant(f"layer_{layer}", after_attack=after_attack, layer=layer))
         ctx.on_progress((3 + i) / passes)
     return AttackOutcome(
-        metric=PRIMARY_METRIC[ctx.kind],
+        metric=ctx.metric,
         split=params.split,
         before=before,
         after_forgetting=after_forgetting,
         variants=variants,
+        chance=ctx.chance(rows),
     )
 
 

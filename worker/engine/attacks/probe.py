@@ -21,13 +21,12 @@ Choices:
   transformers' last hidden state, with the final norm applied. The embeddings get no variant: forgetting cannot
   change them (the adapter sits in the blocks), so their probe would count as recovered whenever the pairs' last
   token alone gives the answer away (a bias of the data, not knowledge of the LM).
-- A variant's `before` is the lower of the probe's accuracy before forgetting and the LM's own: what the LM
-  answered and a probe could read. The probe alone would not do: it is fitted on the task, so it may beat the LM
-  (on an LM that never learned the task, a probe fitted on 200 rows reached 0.71 where the LM was at chance), and
-  with the probe as `before` an LM that forgot nothing would show full recovery.
-- A variant's `after_forgetting` is the LM's own heldout accuracy after forgetting, raised to chance if below:
-  guessing reaches chance, and an LM forgotten below chance (gradient ascent flips binary answers) would otherwise
-  count a probe at chance, which has found nothing, as recovery. The outcome's `after_forgetting` is the LM's own.
+- A variant's `before` is the probe's accuracy before forgetting; after_forgetting is the LM's own heldout accuracy
+  after forgetting (the outcome's), which judge() counts from chance at the lowest: an LM forgotten below chance
+  (gradient ascent flips binary answers) would otherwise count a probe at chance, which found nothing, as recovery.
+- A probe is fitted on the task, so it may beat the LM (on an LM that never learned the task, a probe fitted on 200
+  rows reached 0.71 where the LM was at chance). judge() gives no rate when the LM's own accuracy did not drop by
+  min_forgetting, so an LM that forgot nothing shows no recovery.
 """
 
 from __future__ import annotations
@@ -89,19 +88,18 @@ def probe(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
     with ctx.before_lm() as before_lm:
         before, probes_before = probed(before_lm)
     after, probes_after = probed(ctx.peft_lm)
-    floor = max(after, chance(heldout_rows))
     ctx.on_progress(1.0)
     return AttackOutcome(
         metric="probe_accuracy",
         split=SPLIT,
         before=before,
         after_forgetting=after,
+        chance=chance(heldout_rows),
         variants=[
             Variant(
                 f"layer_{block}",
                 after_attack=probe_after,
-                before=min(probe_before, before),
-                after_forgetting=floor,
+                before=probe_before,
                 layer=block,
             )
             for block, (probe_before, probe_after) in enumerate(zip(probes_before, probes_after, strict=True))

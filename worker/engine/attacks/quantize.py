@@ -40,7 +40,6 @@ from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackOutcome, Variant
 from worker.engine.attacks.params import AttackParams, QuantizeParams
 from worker.engine.data import Row
-from worker.engine.forget import PRIMARY_METRIC
 from worker.engine.methods.blocks import decoder_blocks
 from worker.engine.training import LoraState, load_lora_state
 
@@ -95,11 +94,12 @@ def quantize(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         ctx.on_progress((4 + 2 * i) / passes)
         variants.append(Variant(scheme, after_attack=quantized_forgotten, before=quantized_before))
     return AttackOutcome(
-        metric=PRIMARY_METRIC[ctx.kind],
+        metric=ctx.metric,
         split=params.split,
         before=before,
         after_forgetting=after_forgetting,
         variants=variants,
+        chance=ctx.chance(rows),
     )
 
 

@@ -34,7 +34,6 @@ from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackOutcome, Variant
 from worker.engine.attacks.params import AttackParams, RelearnParams
 from worker.engine.data import Row
-from worker.engine.forget import PRIMARY_METRIC
 from worker.engine.training import Objective, Schedule, train
 
 SPLIT = "forget_heldout"
@@ -66,12 +65,13 @@ def relearn(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
     curves = {name: _relearn_curve(ctx, rows, params, after_forgetting, on_step) for name, rows in runs.items()}
     ctx.on_progress(1.0)
     return AttackOutcome(
-        metric=PRIMARY_METRIC[ctx.kind],
+        metric=ctx.metric,
         split=SPLIT,
         before=before,
         after_forgetting=after_forgetting,
         variants=[Variant(name, after_attack=curve[-1][1]) for name, curve in curves.items()],
         curves=curves,
+        chance=ctx.chance(heldout),
     )
 
 

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackNotApplicable, AttackOutcome, Variant
 from worker.engine.attacks.params import AttackParams, RestoreGroup, RestoreParams
-from worker.engine.forget import PRIMARY_METRIC
 
 _BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -96,9 +95,10 @@ def restore(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
             variants.append(Variant(group.name, after_attack=ctx.score(rows), layer=group.layer))
         ctx.on_progress((3 + i) / passes)
     return AttackOutcome(
-        metric=PRIMARY_METRIC[ctx.kind],
+        metric=ctx.metric,
         split=params.split,
         before=before,
         after_forgetting=after_forgetting,
         variants=variants,
+        chance=ctx.chance(rows),
     )

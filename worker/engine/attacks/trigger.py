@@ -35,7 +35,7 @@ from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackOutcome, Variant
 from worker.engine.attacks.params import AttackParams, TriggerParams
 from worker.engine.data import ChoiceRow, QARow, Row, kind_of
-from worker.engine.forget import PRIMARY_METRIC
+from worker.engine.metrics.evaluate import PRIMARY_METRIC
 from worker.engine.metrics.qa import answer_probability
 from worker.engine.metrics.token_scores import score_tokens
 from worker.engine.scoring import encode_pair

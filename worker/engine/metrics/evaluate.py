@@ -49,6 +49,9 @@ QA_STOP = "\n" + QA_TEMPLATE.split("{question}")[0].strip()
 
 MIA_ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
 
+# The score each kind is tracked by (training curves, stop target, utility floor, audits); higher = remembers more.
+PRIMARY_METRIC = {"choice": "accuracy", "qa": "answer_probability", "text": "text_probability"}
+
 
 @dataclass
 class SplitResult:
