@@ -115,7 +115,11 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
         seed=forget_spec["seed"],
     )
     thresholds = Thresholds.model_validate(target.spec["thresholds"])
-    audited, skipped = run_audit(ctx, target.spec["attacks"], thresholds, report)
+    try:
+        audited, skipped = run_audit(ctx, target.spec["attacks"], thresholds, report)
+    except ValueError as exc:
+        # Params the API could not check without the LM (e.g. a patch layer beyond the LM's depth).
+        raise JobFailure("attack_rejected", str(exc)) from exc
 
     report("reporting", 0.0)
     splits = {"forget_train": len(forget_train), "forget_heldout": len(forget_heldout)}

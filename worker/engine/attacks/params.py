@@ -100,7 +100,11 @@ class PatchParams(AttackParams):
     layers: list[int] | None = Field(
         None,
         max_length=1000,
-        description="Decoder blocks (0-based) whose output is patched, one result each; null = every block.",
+        description=(
+            "Decoder blocks (0-based) whose output is patched, one result each; null = every block from the first "
+            "with an adapter to the one before the last (patching the last block's output gives the LM before "
+            "forgetting exactly, and blocks below the adapter cannot differ)."
+        ),
     )
     split: ForgetSplit = Field("forget_train", description="The forget split measured.")
 
@@ -177,9 +181,10 @@ ATTACKS.register(
     "probe",
     AttackSpec(
         "probe",
-        "Probe depth: per-layer linear probes (fitted on forget-train hidden states, scored on forget-heldout) "
-        "before and after forgetting. before = the probe before forgetting, after_forgetting = the LM's own "
-        "forget-heldout accuracy after forgetting, after_attack = the probe after forgetting; one result per layer.",
+        "Probe depth: per-block linear probes (fitted on forget-train hidden states, scored on forget-heldout) "
+        "before and after forgetting; one result per decoder block. before = the block's probe before forgetting, "
+        "after_forgetting = the LM's own forget-heldout accuracy after forgetting, after_attack = the block's probe "
+        "after forgetting: what the hidden states still know that the outputs no longer show.",
         ProbeParams,
         kinds=("choice", "qa"),
     ),
