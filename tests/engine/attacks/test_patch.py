@@ -10,10 +10,11 @@ from tests.tiny_lm import synthetic_qa_rows
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackNotApplicable, judge
 from worker.engine.attacks.params import Thresholds
-from worker.engine.attacks.patch import _patched_score, patched_blocks
+from worker.engine.attacks.patch import _PassThrough, _patched_score, _skipped_up_to, patched_blocks
 from worker.engine.data import QARow, Row
 from worker.engine.lm import LoadedLM
-from worker.engine.methods.blocks import block_outputs, decoder_blocks
+from worker.engine.methods.blocks import block_outputs, decoder_blocks, transformed_block_output
+from worker.engine.scoring import score_choices
 
 
 def test_patched_blocks_run_from_the_first_adapted_block_to_before_the_last() -> None:
@@ -72,9 +73,28 @@ def test_a_pass_that_does_not_batch_like_the_capturing_pass_is_refused(forgotten
     with block_outputs(block) as captured:
         ctx.score(ctx.forget_train)
     with pytest.raises(RuntimeError, match="does not batch like"):
-        _patched_score(ctx, ctx.forget_train, block, [output[:, :-1] for output in captured], 0)
+        _patched_score(ctx, ctx.forget_train, [output[:, :-1] for output in captured], 0)
     with pytest.raises(RuntimeError, match="fewer forward calls"):
-        _patched_score(ctx, ctx.forget_train, block, captured * 2, 0)
+        _patched_score(ctx, ctx.forget_train, captured * 2, 0)
     assert not any(hook.__module__.startswith("worker.") for hook in block._forward_hooks.values())
     # The forgotten LM's own outputs patched in change nothing.
-    assert _patched_score(ctx, ctx.forget_train, block, captured, 0) == ctx.score(ctx.forget_train)
+    assert _patched_score(ctx, ctx.forget_train, captured, 0) == ctx.score(ctx.forget_train)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_skipping_the_blocks_up_to_the_patched_one_changes_no_number(
+    forgotten_context: AuditContext, layer: int
+) -> None:
+    """In a patched pass the blocks up to the patched one are pass-throughs; with the LM's own outputs patched in,
+    every row's log-likelihoods equal the unpatched LM's, and the blocks are back afterwards."""
+    ctx = forgotten_context
+    blocks = decoder_blocks(ctx.peft_lm)
+    originals = list(blocks)
+    with block_outputs(blocks[layer]) as captured:
+        plain = score_choices(ctx.peft_lm, ctx.tokenizer, ctx.forget_train, ctx.batch_size).loglikelihoods
+    replacements = iter(captured)
+    with _skipped_up_to(blocks, layer), transformed_block_output(blocks[layer], lambda _hidden: next(replacements)):
+        assert all(isinstance(blocks[i], _PassThrough) for i in range(layer + 1))
+        patched = score_choices(ctx.peft_lm, ctx.tokenizer, ctx.forget_train, ctx.batch_size).loglikelihoods
+    assert [list(row) for row in patched] == [list(row) for row in plain]
+    assert list(decoder_blocks(ctx.peft_lm)) == originals

@@ -35,10 +35,12 @@ class AuditContext:
     forget_train: Sequence[Row]
     forget_heldout: Sequence[Row]
     retain: Mapping[str, Sequence[Row]]
+    # Rows per scoring batch; relearning trains in batches of train_batch_size (None = batch_size) rows.
     batch_size: int
     seed: int
     limit: int
     on_progress: Callable[[float], None] = field(default=lambda _fraction: None)
+    train_batch_size: int | None = None
 
     @property
     def tokenizer(self):  # type: ignore[no-untyped-def]  # PreTrainedTokenizerBase; kept loose for the hooks

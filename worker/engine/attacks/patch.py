@@ -26,7 +26,8 @@ Choices:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -78,7 +79,7 @@ def patch(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
     variants = []
     for i, layer in enumerate(layers):
         # Popped: this block's captured outputs are freed after its pass.
-        after_attack = _patched_score(ctx, rows, blocks[layer], captured.pop(layer), layer)
+        after_attack = _patched_score(ctx, rows, captured.pop(layer), layer)
         variants.append(Variant(f"layer_{layer}", after_attack=after_attack, layer=layer))
         ctx.on_progress((3 + i) / passes)
     return AttackOutcome(
@@ -91,10 +92,32 @@ def patch(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
     )
 
 
-def _patched_score(
-    ctx: AuditContext, rows: Sequence[Row], block: torch.nn.Module, outputs: list[torch.Tensor], layer: int
-) -> float:
-    """The forgotten LM's score of `rows` with `block`'s output in forward call i replaced by outputs[i]."""
+class _PassThrough(torch.nn.Module):
+    """Stands in for a decoder block whose output nothing reads: returns its input hidden state unchanged."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden_states
+
+
+@contextlib.contextmanager
+def _skipped_up_to(blocks: torch.nn.ModuleList, layer: int) -> Iterator[None]:
+    """Blocks 0..layer replaced by pass-throughs inside the context.
+
+    Block `layer`'s output is replaced by the captured one, so nothing reads what it and the blocks below it
+    compute: skipping them changes no number and saves on average half of each patched pass.
+    """
+    originals = [blocks[i] for i in range(layer + 1)]
+    for i in range(layer + 1):
+        blocks[i] = _PassThrough()
+    try:
+        yield
+    finally:
+        for i, original in enumerate(originals):
+            blocks[i] = original
+
+
+def _patched_score(ctx: AuditContext, rows: Sequence[Row], outputs: list[torch.Tensor], layer: int) -> float:
+    """The forgotten LM's score of `rows` with block `layer`'s output in forward call i replaced by outputs[i]."""
     replacements = iter(outputs)
 
     def replace(hidden: torch.Tensor) -> torch.Tensor:
@@ -103,7 +126,10 @@ def _patched_score(
             raise RuntimeError(f"block {layer}: the patched pass does not batch like the capturing pass")
         return patched
 
-    with transformed_block_output(block, replace):
+    blocks = decoder_blocks(ctx.peft_lm)
+    # The block's own output is replaced, so it and every block below it can be skipped; the hook then sits on
+    # its stand-in (looked up after the swap).
+    with _skipped_up_to(blocks, layer), transformed_block_output(blocks[layer], replace):
         score = ctx.score(rows)
     if next(replacements, None) is not None:
         raise RuntimeError(f"block {layer}: the patched pass made fewer forward calls than the capturing pass")

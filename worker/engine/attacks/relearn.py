@@ -14,8 +14,8 @@ Choices where the papers leave room:
   trained; the requires_grad flags are put back afterwards.
 - k larger than forget-train is clipped to its size, and sizes equal after clipping are run once. The k rows are
   a seeded sample (seed = the audit's seed and k), so a larger k is not a superset of a smaller one.
-- Batches hold min(k, batch_size) rows: k ≤ batch_size relearns on all k rows at every step. There are as many
-  epochs as steps, so every run takes exactly `params.steps` steps.
+- Batches hold min(k, the forget job's batch size) rows: a small k relearns on all k rows at every step. There
+  are as many epochs as steps, so every run takes exactly `params.steps` steps.
 - The benign variant trains on as many retain rows (every retain set pooled, seeded sample) as the largest k,
   for the same steps; without retain rows it is skipped, not an error (the audit still reports the k curves).
 - Each curve starts at (0, the forgotten LM's score) and ends at the last step; a variant's `after_attack` is its
@@ -100,7 +100,7 @@ def _relearn_curve(
             Schedule(
                 learning_rate=params.learning_rate,
                 epochs=params.steps,
-                batch_size=min(len(rows), ctx.batch_size),
+                batch_size=min(len(rows), ctx.train_batch_size or ctx.batch_size),
                 max_steps=params.steps,
                 evaluate_every=params.evaluate_every,
             ),
