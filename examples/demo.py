@@ -3,8 +3,12 @@
 The request: fine-tune SmolLM2-135M-Instruct on PIQA rows (the seed paper's protocol: the model first learns
 the task), forget them with random labels, and measure forget-train, forget-heldout (same task, unseen) and a
 retain task (ARC-Easy) at every stage, plus per-layer linear probes before and after forgetting.
+
+`python examples/demo.py --audit` also audits the adapter with every recovery attack (a few more minutes) and
+prints each attack's recovery rate and verdict, and where the signed report is.
 """
 
+import argparse
 import json
 import os
 import secrets
@@ -92,7 +96,25 @@ def print_tables(job: dict) -> None:
             print(f"{layer:<8}" + "".join(f"{probes[layer].get(s, float('nan')):>12.3f}" for s in probe_stages))
 
 
+def print_audit(audit: dict) -> None:
+    print(f"\naudit {audit['id']}: verdict {audit['verdict']}")
+    header = f"{'attack':<12}{'split':<16}{'before':>8}{'after':>8}{'attacked':>10}{'recovery':>10}"
+    print(header + "  verdict (worst variant)")
+    for r in audit["results"]:
+        rate = r["recovery"] if r["effect"] == "recovery" else r["excess_drop"]
+        shown = "—" if rate is None else f"{rate:.2f}" + ("" if r["effect"] == "recovery" else " drop")
+        print(
+            f"{r['attack']:<12}{r['split']:<16}{r['before']:>8.3f}{r['after_forgetting']:>8.3f}"
+            f"{r['after_attack']:>10.3f}{shown:>10}  {r['verdict']} ({r['worst_variant']})"
+        )
+    for skipped in audit["skipped"]:
+        print(f"{skipped['name']:<12}skipped: {skipped['reason']}")
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--audit", action="store_true", help="also audit the adapter with every recovery attack")
+    args = parser.parse_args()
     started = time.monotonic()
     key = "lethe_demo_" + secrets.token_urlsafe(24)
     port = int(os.environ.get("LETHE_DEMO_PORT", free_port()))
@@ -114,6 +136,8 @@ def main() -> int:
             retain = upload(client, RETAIN_FILE, "arc_easy")
             print(f"uploaded forget set piqa ({forget['rows']} rows) and retain set arc_easy ({retain['rows']} rows)")
             body = {**REQUEST, "forget_dataset": forget["id"], "retain_datasets": [retain["id"]]}
+            if args.audit:
+                body["audit"] = {}  # every attack that applies, default params and thresholds
             job_id = client.post("/v1/forget-requests", json=body).raise_for_status().json()["job_id"]
             print(f"forget request accepted: job {job_id}")
             job = follow(client, job_id)
@@ -121,6 +145,19 @@ def main() -> int:
                 print(f"job {job['status']}: {job['error']}")
                 return 1
             adapter = client.get(f"/v1/adapters/{job['adapter_id']}").json()
+            audit = None
+            if args.audit:
+                audit_id = job["audit_ids"][0]
+                print(f"audit {audit_id} of adapter {adapter['id']}")
+                audit_job = follow(client, client.get(f"/v1/audits/{audit_id}").json()["job_id"])
+                if audit_job["status"] != "succeeded":
+                    print(f"audit {audit_job['status']}: {audit_job['error']}")
+                    return 1
+                audit = client.get(f"/v1/audits/{audit_id}").json()
+                report_path = data_dir / f"audit-{audit_id}.json"
+                report_path.write_bytes(client.get(f"/v1/audits/{audit_id}/report").content)
+                html_path = report_path.with_suffix(".html")
+                html_path.write_bytes(client.get(f"/v1/audits/{audit_id}/report?format=html").content)
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -131,6 +168,9 @@ def main() -> int:
         f"it stays in {data_dir}: with `lethe serve` running there and a key from `lethe api-keys create`,\n"
         f"  curl -H 'X-API-Key: $KEY' http://127.0.0.1:8000/v1/adapters/{adapter['id']}/download -o adapter.tar.gz"
     )
+    if audit is not None:
+        print_audit(audit)
+        print(f"signed report: {report_path} (check it: lethe verify-report {report_path}); page: {html_path}")
     print(f"demo wall time: {time.monotonic() - started:.0f} s")
     return 0
 

@@ -10,7 +10,8 @@ from tests.tiny_lm import synthetic_qa_rows
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackNotApplicable, judge
 from worker.engine.attacks.params import Thresholds
-from worker.engine.attacks.patch import _PassThrough, _patched_score, _skipped_up_to, patched_blocks
+from worker.engine.attacks.patch import _patched_score, patched_blocks
+from worker.engine.attacks.replay import PassThrough, skipped_up_to
 from worker.engine.data import QARow, Row
 from worker.engine.lm import LoadedLM
 from worker.engine.methods.blocks import block_outputs, decoder_blocks, transformed_block_output
@@ -93,8 +94,8 @@ def test_skipping_the_blocks_up_to_the_patched_one_changes_no_number(
     with block_outputs(blocks[layer]) as captured:
         plain = score_choices(ctx.peft_lm, ctx.tokenizer, ctx.forget_train, ctx.batch_size).loglikelihoods
     replacements = iter(captured)
-    with _skipped_up_to(blocks, layer), transformed_block_output(blocks[layer], lambda _hidden: next(replacements)):
-        assert all(isinstance(blocks[i], _PassThrough) for i in range(layer + 1))
+    with skipped_up_to(blocks, layer), transformed_block_output(blocks[layer], lambda _hidden: next(replacements)):
+        assert all(isinstance(blocks[i], PassThrough) for i in range(layer + 1))
         patched = score_choices(ctx.peft_lm, ctx.tokenizer, ctx.forget_train, ctx.batch_size).loglikelihoods
     assert [list(row) for row in patched] == [list(row) for row in plain]
     assert list(decoder_blocks(ctx.peft_lm)) == originals

@@ -6,11 +6,12 @@ import pytest
 
 from tests.engine.attacks.attack_checks import run_attack
 from tests.engine.attacks.conftest import build_context
+from tests.tiny_lm import synthetic_qa_rows
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackNotApplicable, judge
 from worker.engine.attacks.params import Thresholds
 from worker.engine.attacks.restore import block_of, parameter_groups
-from worker.engine.data import Row
+from worker.engine.data import QARow, Row
 from worker.engine.lm import LoadedLM
 
 
@@ -81,3 +82,18 @@ def test_restore_on_the_heldout_split(forgotten_context: AuditContext) -> None:
     outcome = run_attack("restore", forgotten_context, groups=["per_layer"], split="forget_heldout")
     assert outcome.split == "forget_heldout"
     assert [v.layer for v in outcome.variants] == [0, 1]
+
+
+def test_replayed_passes_give_the_numbers_of_full_passes(
+    taught_base: LoadedLM, task_rows: dict[str, list[Row]]
+) -> None:
+    """Each variant's pass starts at its group's first block from the forgotten pass's outputs below it; its score
+    must equal a full pass of the LM with the group restored (here on qa rows, whose score is continuous)."""
+    qa: list[Row] = [QARow.from_dict(row) for row in synthetic_qa_rows(24, seed=4)]
+    ctx = build_context(taught_base, {"forget_train": qa[:12], "forget_heldout": qa[12:], "retain": qa[:4]})
+    outcome = run_attack("restore", ctx, groups=["last_1", "per_layer", "mlp"])
+    groups = {g.name: g for g in parameter_groups(list(ctx.forgotten), ["last_1", "per_layer", "mlp"], 2)}
+    for variant in outcome.variants:
+        state = {n: ctx.before[n] if n in groups[variant.name].parameters else v for n, v in ctx.forgotten.items()}
+        with ctx.using(state):
+            assert variant.after_attack == ctx.score(ctx.forget_train), variant.name

@@ -25,18 +25,17 @@ Choices:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackNotApplicable, AttackOutcome, Variant
 from worker.engine.attacks.params import AttackParams, PatchParams
+from worker.engine.attacks.replay import captured, replayed
 from worker.engine.attacks.restore import block_of
 from worker.engine.data import Row
-from worker.engine.methods.blocks import block_outputs, decoder_blocks, transformed_block_output
+from worker.engine.methods.blocks import decoder_blocks
 
 
 def patched_blocks(requested: Sequence[int] | None, adapted: set[int], num_layers: int) -> list[int]:
@@ -69,8 +68,7 @@ def patch(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
     blocks = decoder_blocks(ctx.peft_lm)
     passes = 2 + len(layers)
 
-    with ctx.before_lm(), contextlib.ExitStack() as stack:
-        captured = {layer: stack.enter_context(block_outputs(blocks[layer])) for layer in layers}
+    with ctx.before_lm(), captured(blocks, layers) as outputs:
         before = ctx.score(rows)
     ctx.on_progress(1 / passes)
     after_forgetting = ctx.score(rows)
@@ -79,7 +77,7 @@ def patch(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
     variants = []
     for i, layer in enumerate(layers):
         # Popped: this block's captured outputs are freed after its pass.
-        after_attack = _patched_score(ctx, rows, captured.pop(layer), layer)
+        after_attack = _patched_score(ctx, rows, outputs.pop(layer), layer)
         variants.append(Variant(f"layer_{layer}", after_attack=after_attack, layer=layer))
         ctx.on_progress((3 + i) / passes)
     return AttackOutcome(
@@ -92,45 +90,7 @@ def patch(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
     )
 
 
-class _PassThrough(torch.nn.Module):
-    """Stands in for a decoder block whose output nothing reads: returns its input hidden state unchanged."""
-
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return hidden_states
-
-
-@contextlib.contextmanager
-def _skipped_up_to(blocks: torch.nn.ModuleList, layer: int) -> Iterator[None]:
-    """Blocks 0..layer replaced by pass-throughs inside the context.
-
-    Block `layer`'s output is replaced by the captured one, so nothing reads what it and the blocks below it
-    compute: skipping them changes no number and saves on average half of each patched pass.
-    """
-    originals = [blocks[i] for i in range(layer + 1)]
-    for i in range(layer + 1):
-        blocks[i] = _PassThrough()
-    try:
-        yield
-    finally:
-        for i, original in enumerate(originals):
-            blocks[i] = original
-
-
 def _patched_score(ctx: AuditContext, rows: Sequence[Row], outputs: list[torch.Tensor], layer: int) -> float:
     """The forgotten LM's score of `rows` with block `layer`'s output in forward call i replaced by outputs[i]."""
-    replacements = iter(outputs)
-
-    def replace(hidden: torch.Tensor) -> torch.Tensor:
-        patched = next(replacements, None)
-        if patched is None or patched.shape != hidden.shape:
-            raise RuntimeError(f"block {layer}: the patched pass does not batch like the capturing pass")
-        return patched
-
-    blocks = decoder_blocks(ctx.peft_lm)
-    # The block's own output is replaced, so it and every block below it can be skipped; the hook then sits on
-    # its stand-in (looked up after the swap).
-    with _skipped_up_to(blocks, layer), transformed_block_output(blocks[layer], replace):
-        score = ctx.score(rows)
-    if next(replacements, None) is not None:
-        raise RuntimeError(f"block {layer}: the patched pass made fewer forward calls than the capturing pass")
-    return score
+    with replayed(decoder_blocks(ctx.peft_lm), layer, outputs):
+        return ctx.score(rows)

@@ -21,18 +21,24 @@ Choices:
   it is the LM before forgetting, whose recovery is 1 by construction, not an attack. With no group left the
   attack is not applicable to the adapter.
 - `before` and `after_forgetting` are the LM before forgetting and the forgotten LM on the same split; then one
-  scoring pass per variant.
+  scoring pass per variant, which starts at the group's first block from the forgotten pass's outputs below it
+  (the same numbers: nothing below the group differs from the forgotten LM).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackNotApplicable, AttackOutcome, Variant
 from worker.engine.attacks.params import AttackParams, RestoreGroup, RestoreParams
+from worker.engine.attacks.replay import captured, replayed
+from worker.engine.methods.blocks import decoder_blocks
 
 _BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -85,13 +91,19 @@ def restore(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
     with ctx.before_lm():
         before = ctx.score(rows)
     ctx.on_progress(1 / passes)
-    after_forgetting = ctx.score(rows)
+    # Below a group's first block the restored LM computes what the forgotten one does: the forgotten pass keeps
+    # the outputs of the block under each group's first, and the group's pass starts from them (replay.py).
+    blocks = decoder_blocks(ctx.peft_lm)
+    starts = {group.name: _first_block(group) for group in groups}
+    with captured(blocks, [start - 1 for start in starts.values() if start > 0]) as forgotten_outputs:
+        after_forgetting = ctx.score(rows)
     ctx.on_progress(2 / passes)
     variants = []
     for i, group in enumerate(groups):
         # Only the dict's entries are new: the tensors are the forgotten and before states' own.
         state = {name: ctx.before[name] if name in group.parameters else value for name, value in ctx.forgotten.items()}
-        with ctx.using(state):
+        start = starts[group.name]
+        with ctx.using(state), _replayed_below(blocks, start, forgotten_outputs):
             variants.append(Variant(group.name, after_attack=ctx.score(rows), layer=group.layer))
         ctx.on_progress((3 + i) / passes)
     return AttackOutcome(
@@ -102,3 +114,16 @@ def restore(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         variants=variants,
         chance=ctx.chance(rows),
     )
+
+
+def _first_block(group: ParameterGroup) -> int:
+    """The lowest block holding one of the group's parameters; 0 when one of them sits in no block."""
+    blocks = [block_of(name) for name in group.parameters]
+    return 0 if any(block is None for block in blocks) else min(block for block in blocks if block is not None)
+
+
+def _replayed_below(
+    blocks: torch.nn.ModuleList, start: int, outputs: dict[int, list[torch.Tensor]]
+) -> contextlib.AbstractContextManager[None]:
+    """Passes that start at block `start` from the forgotten LM's outputs of the block below (none to skip at 0)."""
+    return replayed(blocks, start - 1, outputs[start - 1]) if start > 0 else contextlib.nullcontext()
