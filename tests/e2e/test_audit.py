@@ -9,19 +9,29 @@ import uuid
 from pathlib import Path
 
 import httpx
+from selenium import webdriver
+from selenium.webdriver.common.by import By
 
 from lethe.settings import Settings
 from models.db import session_scope
 from models.repositories import AuditRepository
 from storage import open_store
-from tests.e2e.conftest import BOOTSTRAP_KEY, ROOT, own_redis_db, start_lethe, upload_rows, wait_for_job
+from tests.e2e.conftest import (
+    BOOTSTRAP_KEY,
+    IMAGES_SCRIPT,
+    ROOT,
+    own_redis_db,
+    start_lethe,
+    upload_rows,
+    wait_for_job,
+)
 from tests.tiny_lm import synthetic_choice_rows
 
 ATTACKS = ["relearn", "probe", "quantize", "restore", "patch", "paraphrase", "in_context", "trigger"]
 
 
 def test_audit_of_a_random_label_adapter(
-    tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service
+    tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service, chromium: webdriver.Chrome
 ) -> None:
     env = own_redis_db(stack_env, 12)
     base_url, services, _ = start_lethe(tmp_path, env, start_service, with_worker=True)
@@ -105,6 +115,13 @@ def test_audit_of_a_random_label_adapter(
         assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
         assert "<img" in html.text and audit_id in html.text
         assert client.get(f"/v1/audits/{audit_id}/report?format=html").text == html.text
+        # The real report's page in Chromium: every plot (all six have data here) loads.
+        page = tmp_path / "report.html"
+        page.write_text(html.text, encoding="utf-8")
+        chromium.get(page.as_uri())
+        assert chromium.find_element(By.CSS_SELECTOR, ".verdict-word").text == f"Verdict: {audit['verdict']}"
+        images = chromium.execute_async_script(IMAGES_SCRIPT)
+        assert len(images) == 6 and all(image["decoded"] and image["naturalWidth"] > 0 for image in images)
 
         # A second audit of the same adapter, posted directly, with a stricter threshold.
         second = client.post(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from transformers import PreTrainedModel
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.implementations import ATTACK_IMPLEMENTATIONS
 from worker.engine.attacks.outcome import AttackOutcome
-from worker.engine.attacks.params import ATTACKS
+from worker.engine.attacks.params import ATTACKS, AttackParams
 from worker.engine.methods.blocks import decoder_blocks
 from worker.engine.training import lora_state
 
@@ -22,24 +23,32 @@ def _live_lms() -> int:
     return sum(issubclass(type(o), PreTrainedModel) for o in gc.get_objects())
 
 
-def run_attack(name: str, ctx: AuditContext, **params: Any) -> AttackOutcome:
-    """Attack `name` with `params` on `ctx`, checking that it reported its progress (within [0, 1], never going
-    back, ending at 1), left the forgotten adapter in peft_lm, in eval mode and without hooks, left the base LM
-    unchanged and kept no copy of the LM alive."""
+def run_checked(
+    attack: Callable[[AuditContext, AttackParams], AttackOutcome], ctx: AuditContext, params: AttackParams
+) -> tuple[AttackOutcome, list[float]]:
+    """The attack's outcome and the progress it reported, after checking what every attack owes its caller:
+    progress within [0, 1], never going back, ending at 1; the forgotten adapter back in peft_lm, in eval mode,
+    with the LoRA requires_grad flags it found and without our hooks; the base LM unchanged; no copy of the LM
+    kept alive."""
     base_weights = {key: value.clone() for key, value in ctx.base.lm.state_dict().items()}
+    flags = {name: p.requires_grad for name, p in ctx.peft_lm.named_parameters() if "lora_" in name}
     lms = _live_lms()
     progress: list[float] = []
-    outcome = ATTACK_IMPLEMENTATIONS.get(name)(
-        dataclasses.replace(ctx, on_progress=progress.append), ATTACKS.get(name).parse(params)
-    )
+    outcome = attack(dataclasses.replace(ctx, on_progress=progress.append), params)
     assert progress and progress == sorted(progress)
     assert progress[0] >= 0 and progress[-1] == pytest.approx(1.0) and progress[-1] <= 1
     adapter = lora_state(ctx.peft_lm)
     assert all(torch.equal(adapter[key], value) for key, value in ctx.forgotten.items())
     assert not ctx.peft_lm.training
+    assert flags == {name: p.requires_grad for name, p in ctx.peft_lm.named_parameters() if "lora_" in name}
     # transformers installs hooks of its own (to capture hidden states); ours must be gone.
     hooks = [hook for block in decoder_blocks(ctx.peft_lm) for hook in block._forward_hooks.values()]
     assert not any(hook.__module__.startswith("worker.") for hook in hooks)
     assert all(torch.equal(value, base_weights[key]) for key, value in ctx.base.lm.state_dict().items())
     assert _live_lms() <= lms
-    return outcome
+    return outcome, progress
+
+
+def run_attack(name: str, ctx: AuditContext, **params: Any) -> AttackOutcome:
+    """Attack `name` with `params` on `ctx`, through run_checked."""
+    return run_checked(ATTACK_IMPLEMENTATIONS.get(name), ctx, ATTACKS.get(name).parse(params))[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from worker.engine.attacks.context import AuditContext, lora_state
@@ -27,3 +29,22 @@ def test_using_puts_the_forgotten_weights_back_even_on_error(forgotten_context: 
         pass
     now = lora_state(ctx.peft_lm)
     assert all(torch.equal(now[name], value) for name, value in ctx.forgotten.items())
+
+
+def test_reference_scores_are_computed_once_and_match_a_direct_pass(forgotten_context: AuditContext) -> None:
+    ctx = dataclasses.replace(forgotten_context)  # a fresh cache
+    calls: list[int] = []
+    hook = ctx.peft_lm.register_forward_pre_hook(lambda _module, _args: calls.append(1))
+    try:
+        before = ctx.reference_score(ctx.forget_train, "before")
+        after = ctx.reference_score(ctx.forget_train, "forgotten")
+        passes = len(calls)
+        assert passes > 0
+        assert ctx.reference_score(ctx.forget_train, "before") == before
+        assert ctx.reference_score(list(ctx.forget_train), "forgotten") == after
+        assert len(calls) == passes  # served from the cache
+    finally:
+        hook.remove()
+    with ctx.before_lm():
+        assert ctx.score(ctx.forget_train) == before
+    assert ctx.score(ctx.forget_train) == after and before != after

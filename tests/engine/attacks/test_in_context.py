@@ -15,8 +15,9 @@ import random
 
 import pytest
 
+from tests.engine.attacks.attack_checks import run_checked
 from tests.engine.attacks.conftest import build_context, teach
-from tests.engine.attacks.scenarios import finetuned_context, run_checked, wrong
+from tests.engine.attacks.scenarios import finetuned_context, wrong
 from tests.tiny_lm import ADJECTIVES, CATEGORIES, synthetic_choice_rows, synthetic_qa_rows, synthetic_text_rows
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.in_context import SEPARATOR, _score_after, few_shot_prompt, in_context

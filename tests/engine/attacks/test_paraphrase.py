@@ -13,8 +13,9 @@ import random
 
 import pytest
 
+from tests.engine.attacks.attack_checks import run_checked
 from tests.engine.attacks.conftest import build_context, teach
-from tests.engine.attacks.scenarios import finetuned_context, run_checked, wrong
+from tests.engine.attacks.scenarios import finetuned_context, wrong
 from tests.tiny_lm import synthetic_choice_rows, synthetic_qa_rows, synthetic_text_rows
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import judge

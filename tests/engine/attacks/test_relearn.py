@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 import torch
 
+from tests.engine.attacks.attack_checks import run_checked
 from tests.engine.attacks.conftest import LIMIT, build_context, teach
-from tests.engine.attacks.scenarios import run_checked
 from tests.tiny_lm import CATEGORIES, synthetic_choice_rows
 from worker.engine.attacks.context import AuditContext, lora_state
 from worker.engine.attacks.outcome import judge

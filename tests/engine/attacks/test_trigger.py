@@ -12,8 +12,8 @@ import dataclasses
 
 import pytest
 
+from tests.engine.attacks.attack_checks import run_checked
 from tests.engine.attacks.conftest import build_context
-from tests.engine.attacks.scenarios import run_checked
 from tests.tiny_lm import CATEGORIES, synthetic_choice_rows, synthetic_qa_rows, synthetic_text_rows
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import judge

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from peft import PeftModel
@@ -41,6 +42,7 @@ class AuditContext:
     limit: int
     on_progress: Callable[[float], None] = field(default=lambda _fraction: None)
     train_batch_size: int | None = None
+    _reference_scores: dict[tuple[str, tuple[Row, ...]], float] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def tokenizer(self):  # type: ignore[no-untyped-def]  # PreTrainedTokenizerBase; kept loose for the hooks
@@ -80,6 +82,18 @@ class AuditContext:
     def score(self, rows: Sequence[Row], lm: CausalLM | None = None) -> float:
         """The rows' primary score (accuracy, or mean answer/text probability) under `lm` (default: peft_lm)."""
         return primary_score(self.peft_lm if lm is None else lm, self.tokenizer, rows, self.batch_size)
+
+    def reference_score(self, rows: Sequence[Row], lm: Literal["before", "forgotten"]) -> float:
+        """The score of `rows` under the LM before forgetting or the forgotten LM, computed once per audit.
+
+        Most attacks compare against the same two scores of the same split; they share them through this cache.
+        A pass that must run anyway (to capture hidden states or block outputs) scores for itself instead.
+        """
+        key = (lm, tuple(rows))
+        if key not in self._reference_scores:
+            with self.using(self.before if lm == "before" else self.forgotten):
+                self._reference_scores[key] = self.score(rows)
+        return self._reference_scores[key]
 
     @contextlib.contextmanager
     def using(self, state: Mapping[str, torch.Tensor]) -> Iterator[PeftModel]:

@@ -51,10 +51,9 @@ def in_context(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
     sizes = sorted({min(k, len(ctx.forget_train)) for k in params.shots})
     units = 2 + len(sizes)
 
-    with ctx.before_lm():
-        before = ctx.score(heldout)
+    before = ctx.reference_score(heldout, "before")
     ctx.on_progress(1 / units)
-    after_forgetting = ctx.score(heldout)
+    after_forgetting = ctx.reference_score(heldout, "forgotten")
     ctx.on_progress(2 / units)
     variants = []
     for i, k in enumerate(sizes):

@@ -73,9 +73,9 @@ def paraphrase(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
     else:
         raise ValueError(f"paraphrase applies to choice and qa forget sets, not {ctx.kind}")
 
-    # The whole split twice, each variant's paraphrased rows twice, and a variant's own original rows when they
-    # are a part of the split (qa rows without a paraphrase are left out).
-    passes = 2 + 2 * len(asked) + sum(len(originals) != len(rows) for originals, _ in asked.values())
+    # Each variant's paraphrased rows twice, and a variant's own original rows when they are a part of the split
+    # (qa rows without a paraphrase are left out); the whole split's two scores are the audit's shared ones.
+    passes = 2 * len(asked) + sum(len(originals) != len(rows) for originals, _ in asked.values())
     done = 0
 
     def score(scored_rows: Sequence[Row]) -> float:
@@ -85,10 +85,10 @@ def paraphrase(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         ctx.on_progress(done / passes)
         return value
 
+    before = ctx.reference_score(rows, "before")
     with ctx.before_lm():
-        before = score(rows)
         before_paraphrased = {name: score(paraphrased) for name, (_, paraphrased) in asked.items()}
-    after_forgetting = score(rows)
+    after_forgetting = ctx.reference_score(rows, "forgotten")
     variants = [
         Variant(
             name,

@@ -71,7 +71,7 @@ def patch(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
     with ctx.before_lm(), captured(blocks, layers) as outputs:
         before = ctx.score(rows)
     ctx.on_progress(1 / passes)
-    after_forgetting = ctx.score(rows)
+    after_forgetting = ctx.reference_score(rows, "forgotten")
     ctx.on_progress(2 / passes)
 
     variants = []

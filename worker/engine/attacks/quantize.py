@@ -80,10 +80,9 @@ def quantize(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         raise TypeError(f"quantize takes QuantizeParams, got {type(params).__name__}")
     rows = ctx.split(params.split)
     passes = 2 + 2 * len(params.schemes)
-    with ctx.before_lm():
-        before = ctx.score(rows)
+    before = ctx.reference_score(rows, "before")
     ctx.on_progress(1 / passes)
-    after_forgetting = ctx.score(rows)
+    after_forgetting = ctx.reference_score(rows, "forgotten")
     ctx.on_progress(2 / passes)
     variants = []
     for i, scheme in enumerate(params.schemes):

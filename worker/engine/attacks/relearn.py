@@ -51,9 +51,8 @@ def relearn(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
     if params.benign and retain:
         runs[BENIGN] = _sample(retain, max(sizes), f"{ctx.seed}/relearn/{BENIGN}")
 
-    with ctx.before_lm():
-        before = ctx.score(heldout)
-    after_forgetting = ctx.score(heldout)
+    before = ctx.reference_score(heldout, "before")
+    after_forgetting = ctx.reference_score(heldout, "forgotten")
     total_steps = params.steps * len(runs)
     steps_done = 0
 

@@ -88,8 +88,7 @@ def restore(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         )
     rows = ctx.split(params.split)
     passes = 2 + len(groups)
-    with ctx.before_lm():
-        before = ctx.score(rows)
+    before = ctx.reference_score(rows, "before")
     ctx.on_progress(1 / passes)
     # Below a group's first block the restored LM computes what the forgotten one does: the forgotten pass keeps
     # the outputs of the block under each group's first, and the group's pass starts from them (replay.py).

@@ -65,13 +65,13 @@ def trigger(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         ctx.on_progress(done / passes)
         return value
 
+    before = {name: measured(ctx.reference_score(rows, "before")) for name, rows in retain.items()}
     with ctx.before_lm():
-        before = {name: measured(ctx.score(rows)) for name, rows in retain.items()}
         control = {
             name: measured(_triggered_score(ctx, rows, triggers[name], params.position))
             for name, rows in retain.items()
         }
-    after_forgetting = {name: measured(ctx.score(rows)) for name, rows in retain.items()}
+    after_forgetting = {name: measured(ctx.reference_score(rows, "forgotten")) for name, rows in retain.items()}
     after_attack = {
         name: measured(_triggered_score(ctx, rows, triggers[name], params.position)) for name, rows in retain.items()
     }
