@@ -87,8 +87,9 @@ def _audit_section(audit: dict) -> list[str]:
         )
     lines += [
         "",
-        "Recovery = (after attack − after forgetting) / (before − after forgetting), clipped to [0, 1]: the share "
-        "of what forgetting removed that the attack brings back. Each row is the attack's worst variant (the one "
+        "Recovery = (after attack − floor) / (before − floor), clipped to [0, 1], floor = max(after forgetting, "
+        "chance): the share of what forgetting removed that the attack brings back (an LM forgotten below chance "
+        "recovers nothing by guessing again). Each row is the attack's worst variant (the one "
         f"that recovers most); `shallow` from {thresholds['recovery']}, `inconclusive` (—) where forgetting removed "
         f"less than {thresholds['min_forgetting']} of what the attack measures. trigger measures damage instead: "
         f"the retain score's drop beyond what the same insertion costs before forgetting (`shallow` from "

@@ -138,7 +138,7 @@ def test_audit_section_tables_come_from_the_results() -> None:
     assert "retain arc_easy (32 rows)" in markdown and "3000 MB after the forget job, 3500 MB after" in markdown
     assert "| quantize | 75.0 | 75% | 2.20 | shallow |" in markdown
     assert "| paraphrase | 1.0 | 1% | 2.00 | skipped |" in markdown
-    assert "Recovery = (after attack − after forgetting) / (before − after forgetting)" in markdown
+    assert "Recovery = (after attack − floor) / (before − floor)" in markdown
     assert "| quantize | accuracy (forget_train) | 0.900 | 0.500 | 0.800 | 0.75 | shallow | int4 |" in markdown
     assert "| restore | accuracy (forget_train) | 0.900 | 0.880 | 0.900 | — | inconclusive | last_1 |" in markdown
     assert "| trigger | accuracy (retain) | 0.700 | 0.700 | 0.600 | excess drop +0.100 | shallow | prefix |" in markdown
