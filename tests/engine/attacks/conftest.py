@@ -13,36 +13,44 @@ from typing import Any
 
 import pytest
 import torch
+from peft import PeftModel
 
-from tests.engine.methods.helpers import batch_of
+from tests.engine.methods.helpers import teach
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.attacks.context import AuditContext, lora_state
+from worker.engine.attacks.context import AuditContext, LoraState, lora_state
 from worker.engine.data import ChoiceRow, Row
 from worker.engine.lm import LoadedLM
 from worker.engine.methods.implementations import METHOD_IMPLEMENTATIONS
 from worker.engine.methods.params import METHODS
-from worker.engine.training import Schedule, attach_lora, mean_nll, train
+from worker.engine.training import Schedule, attach_lora, train
 
 LIMIT = 64
 
 
-def teach(base: LoadedLM, rows: Sequence[Row], steps: int = 60) -> LoadedLM:
-    """A copy of `base` fully trained on `rows` (Adam, one batch of all rows)."""
-    lm = copy.deepcopy(base.lm)
-    lm.requires_grad_(True)
-    batch = batch_of(base.tokenizer, rows)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        optimizer = torch.optim.Adam(lm.parameters(), lr=3e-3)
-        for _ in range(steps):
-            loss = mean_nll(lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, batch.labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    lm.requires_grad_(False)
-    lm.eval()
-    assert float(loss.detach()) < 0.2, "the tiny LM did not learn the task"
+def teach_base(base: LoadedLM, rows: Sequence[Row], steps: int = 60) -> LoadedLM:
+    """`base` fully trained on `rows`, as a base LM of its own."""
+    lm = teach(base.lm, base.tokenizer, rows, steps)
     return LoadedLM(lm=lm, tokenizer=base.tokenizer, name="taught-tiny", device=base.device)
+
+
+def context_for(
+    base: LoadedLM, peft_lm: PeftModel, before: LoraState, rows: dict[str, list[Row]], retain_name: str = "tool"
+) -> AuditContext:
+    """The audit context of `peft_lm` (its adapter as it is now is the forgotten one) on rows forget_train,
+    forget_heldout and retain (one retain set named `retain_name`)."""
+    peft_lm.eval()
+    return AuditContext(
+        base=base,
+        peft_lm=peft_lm,
+        forgotten=lora_state(peft_lm),
+        before=before,
+        forget_train=rows["forget_train"],
+        forget_heldout=rows["forget_heldout"],
+        retain={retain_name: rows["retain"]},
+        batch_size=8,
+        seed=0,
+        limit=LIMIT,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +65,7 @@ def task_rows() -> dict[str, list[Row]]:
 @pytest.fixture(scope="session")
 def taught_base(tiny_base: LoadedLM, task_rows: dict[str, list[Row]]) -> LoadedLM:
     """The tiny LM that knows the task (shared: tests must not modify it)."""
-    return teach(tiny_base, [*task_rows["forget_train"], *task_rows["forget_heldout"], *task_rows["retain"]])
+    return teach_base(tiny_base, [*task_rows["forget_train"], *task_rows["forget_heldout"], *task_rows["retain"]])
 
 
 def build_context(
@@ -97,19 +105,7 @@ def build_context(
     for name, parameter in peft_lm.named_parameters():
         if "lora_" in name:
             parameter.requires_grad_(True)
-    peft_lm.eval()
-    return AuditContext(
-        base=base,
-        peft_lm=peft_lm,
-        forgotten=lora_state(peft_lm),
-        before=before,
-        forget_train=rows["forget_train"],
-        forget_heldout=rows["forget_heldout"],
-        retain={"tool": rows["retain"]},
-        batch_size=8,
-        seed=0,
-        limit=LIMIT,
-    )
+    return context_for(base, peft_lm, before, rows)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tests.engine.attacks.conftest import LIMIT
+from tests.engine.attacks.conftest import LIMIT, context_for
 from worker.engine.attacks.context import AuditContext, lora_state
 from worker.engine.data import ChoiceRow, Row
 from worker.engine.lm import LoadedLM
@@ -43,15 +43,4 @@ def finetuned_context(
         seed=0,
         limit=LIMIT,
     )
-    return AuditContext(
-        base=base,
-        peft_lm=peft_lm,
-        forgotten=lora_state(peft_lm),
-        before=before,
-        forget_train=rows["forget_train"],
-        forget_heldout=rows["forget_heldout"],
-        retain={"tool": rows["retain"]},
-        batch_size=8,
-        seed=0,
-        limit=LIMIT,
-    )
+    return context_for(base, peft_lm, before, rows)

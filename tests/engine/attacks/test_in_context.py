@@ -16,7 +16,7 @@ import random
 import pytest
 
 from tests.engine.attacks.attack_checks import run_checked
-from tests.engine.attacks.conftest import build_context, teach
+from tests.engine.attacks.conftest import build_context, teach_base
 from tests.engine.attacks.scenarios import finetuned_context, wrong
 from tests.tiny_lm import ADJECTIVES, CATEGORIES, synthetic_choice_rows, synthetic_qa_rows, synthetic_text_rows
 from worker.engine.attacks.context import AuditContext
@@ -51,7 +51,7 @@ def in_context_rows(n: int, seed: int) -> list[ChoiceRow]:
 def in_context_base(taught_base: LoadedLM) -> LoadedLM:
     """The taught LM, also taught to copy the label of the lines before (zero-shot rows keep the task)."""
     zero_shot = [ChoiceRow.from_dict(row) for row in synthetic_choice_rows(32, seed=3)]
-    return teach(taught_base, [*zero_shot, *in_context_rows(32, seed=1)], steps=40)
+    return teach_base(taught_base, [*zero_shot, *in_context_rows(32, seed=1)], steps=40)
 
 
 def test_shots_bring_back_a_task_forgotten_zero_shot_only(

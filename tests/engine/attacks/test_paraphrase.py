@@ -14,7 +14,7 @@ import random
 import pytest
 
 from tests.engine.attacks.attack_checks import run_checked
-from tests.engine.attacks.conftest import build_context, teach
+from tests.engine.attacks.conftest import build_context, teach_base
 from tests.engine.attacks.scenarios import finetuned_context, wrong
 from tests.tiny_lm import synthetic_choice_rows, synthetic_qa_rows, synthetic_text_rows
 from worker.engine.attacks.context import AuditContext
@@ -30,7 +30,7 @@ THRESHOLDS = Thresholds()
 @pytest.fixture(scope="module")
 def two_wordings_base(taught_base: LoadedLM) -> LoadedLM:
     rows = [ChoiceRow.from_dict(row) for row in synthetic_choice_rows(48, seed=4)]
-    return teach(taught_base, [*rows, *map(retemplated, rows)], steps=40)
+    return teach_base(taught_base, [*rows, *map(retemplated, rows)], steps=40)
 
 
 def test_forgetting_only_the_trained_wording_is_recovered_by_retemplating(

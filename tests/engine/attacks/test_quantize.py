@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.engine.attacks.attack_checks import run_attack
-from tests.engine.attacks.conftest import build_context, teach
+from tests.engine.attacks.conftest import build_context, teach_base
 from tests.tiny_lm import synthetic_qa_rows
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import judge
@@ -79,7 +79,7 @@ def qa_task() -> dict[str, list[Row]]:
 @pytest.fixture(scope="module")
 def int4_grid_base(tiny_base: LoadedLM, qa_task: dict[str, list[Row]]) -> LoadedLM:
     """An LM taught the qa task whose decoder blocks' linear weights sit on the int4 grid."""
-    taught = teach(tiny_base, [row for rows in qa_task.values() for row in rows], steps=120)
+    taught = teach_base(tiny_base, [row for rows in qa_task.values() for row in rows], steps=120)
     with torch.no_grad():
         for module in taught.lm.model.layers.modules():
             if isinstance(module, torch.nn.Linear):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.engine.attacks.attack_checks import run_checked
-from tests.engine.attacks.conftest import LIMIT, build_context, teach
+from tests.engine.attacks.conftest import build_context, context_for, teach_base
 from tests.tiny_lm import CATEGORIES, synthetic_choice_rows
 from worker.engine.attacks.context import AuditContext, lora_state
 from worker.engine.attacks.outcome import judge
@@ -34,27 +34,16 @@ def mixed_task() -> dict[str, list[Row]]:
 
 @pytest.fixture(scope="module")
 def mixed_base(tiny_base: LoadedLM, mixed_task: dict[str, list[Row]]) -> LoadedLM:
-    return teach(tiny_base, [*mixed_task["forget_train"], *mixed_task["forget_heldout"], *mixed_task["retain"]], 80)
+    return teach_base(
+        tiny_base, [*mixed_task["forget_train"], *mixed_task["forget_heldout"], *mixed_task["retain"]], 80
+    )
 
 
 def untaught_context(base: LoadedLM, rows: dict[str, list[Row]]) -> AuditContext:
     """A fresh adapter on an LM that never learned the task: nothing forgotten, nothing to remember."""
     torch.manual_seed(0)
     peft_lm = attach_lora(copy.deepcopy(base.lm), rank=4, alpha=8)
-    peft_lm.eval()
-    state = lora_state(peft_lm)
-    return AuditContext(
-        base=base,
-        peft_lm=peft_lm,
-        forgotten=state,
-        before=state,
-        forget_train=rows["forget_train"],
-        forget_heldout=rows["forget_heldout"],
-        retain={"retain": rows["retain"]},
-        batch_size=8,
-        seed=0,
-        limit=LIMIT,
-    )
+    return context_for(base, peft_lm, lora_state(peft_lm), rows, retain_name="retain")
 
 
 def test_two_rows_bring_back_heldout_rows_that_an_untaught_lm_cannot_learn_from_them(
