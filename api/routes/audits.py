@@ -7,9 +7,10 @@ from fastapi import APIRouter, Header, Query, status
 from fastapi.responses import StreamingResponse
 
 from api.deps import QueueDep, SessionDep, StoreDep, TenantDep
-from api.errors import ServiceUnavailable, error_responses
+from api.errors import error_responses
+from api.routes.jobs import commit_and_enqueue
 from api.schemas import AuditAccepted, AuditOut, AuditRequestIn
-from api.services import audits, forget_requests
+from api.services import audits
 from worker.queue import enqueue_audit_job
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"])
@@ -21,13 +22,7 @@ router = APIRouter(prefix="/v1/audits", tags=["audits"])
 def submit_audit(request: AuditRequestIn, session: SessionDep, tenant_id: TenantDep, queue: QueueDep) -> AuditAccepted:
     """Run recovery attacks on an adapter; returns the audit and the job to poll."""
     audit = audits.submit_audit(session, tenant_id, request)
-    session.commit()
-    try:
-        enqueue_audit_job(queue, str(audit.job_id))
-    except Exception as exc:
-        forget_requests.fail_unqueued(session, audit.job_id, str(exc))
-        session.commit()
-        raise ServiceUnavailable(f"broker: could not enqueue the audit ({exc})") from exc
+    commit_and_enqueue(session, audit.job_id, lambda: enqueue_audit_job(queue, str(audit.job_id)))
     return AuditAccepted(audit_id=audit.id, job_id=audit.job_id, status="queued")
 
 

@@ -1,4 +1,5 @@
 import uuid
+from collections.abc import Callable
 
 from fastapi import APIRouter, status
 from fastapi.responses import StreamingResponse
@@ -23,15 +24,22 @@ def submit_forget_request(
 ) -> JobAccepted:
     """Ask for a base model to forget a dataset; returns the job to poll."""
     job = forget_requests.submit_forget_request(session, tenant_id, request)
-    # Enqueue only after the commit, so the worker always finds the row it is sent.
+    commit_and_enqueue(session, job.id, lambda: enqueue_forget_job(queue, str(job.id)))
+    return JobAccepted(job_id=job.id, status="queued")
+
+
+def commit_and_enqueue(session: SessionDep, job_id: uuid.UUID, enqueue: Callable[[], None]) -> None:
+    """Commit the new job, then send it to the broker; a job the broker refuses is failed (503), never left queued.
+
+    Enqueue only after the commit, so the worker always finds the row it is sent.
+    """
     session.commit()
     try:
-        enqueue_forget_job(queue, str(job.id))
+        enqueue()
     except Exception as exc:
-        forget_requests.fail_unqueued(session, job.id, str(exc))
+        forget_requests.fail_unqueued(session, job_id, str(exc))
         session.commit()
         raise ServiceUnavailable(f"broker: could not enqueue the job ({exc})") from exc
-    return JobAccepted(job_id=job.id, status="queued")
 
 
 @router.get("/jobs", response_model=list[JobSummary], responses=error_responses(401))

@@ -10,6 +10,8 @@ from api.services.auth import create_key
 from api.services.base_models import register_base_model
 from lethe.settings import Settings
 from models.db import session_scope
+from models.repositories import AdapterRepository, DatasetRepository, JobRepository
+from models.tables import Adapter, Job
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +45,39 @@ CHOICE_ROWS = [{"prompt": f"Is {n} even?", "choices": [" yes", " no"], "answer":
 def upload(client: TestClient, rows: list[dict] | bytes, name: str = "parity", kind: str = "choice"):
     content = rows if isinstance(rows, bytes) else jsonl(rows)
     return client.post("/v1/datasets", files={"file": ("d.jsonl", content)}, data={"name": name, "kind": kind})
+
+
+def forget_adapter(client: TestClient, settings: Settings, kind: str = "choice", with_retain: bool = True) -> str:
+    """A succeeded forget job of the client's tenant and its adapter row (no weights: the API never reads them)."""
+    rows = CHOICE_ROWS if kind == "choice" else [{"text": f"passage {n}"} for n in range(10)]
+    forget = upload(client, rows, name="forget", kind=kind).json()
+    retain = [upload(client, CHOICE_ROWS, name="retain").json()["id"]] if with_retain else []
+    with session_scope(settings.database_url) as session:
+        job = JobRepository(session).add(
+            Job(
+                tenant_id=tenant_of(settings, forget["id"]),
+                kind="forget",
+                status="succeeded",
+                stage="done",
+                progress=1.0,
+                spec={"forget_dataset": forget["id"], "retain_datasets": retain},
+            )
+        )
+        adapter = AdapterRepository(session).add(
+            Adapter(
+                tenant_id=job.tenant_id,
+                job_id=job.id,
+                base_model="tiny-registered",
+                object_key="adapters/none.tar.gz",
+                sha256="0" * 64,
+                size_bytes=0,
+            )
+        )
+        return str(adapter.id)
+
+
+def tenant_of(settings: Settings, dataset_id: str) -> uuid.UUID:
+    with session_scope(settings.database_url) as session:
+        dataset = DatasetRepository(session).get_by_id(uuid.UUID(dataset_id))
+        assert dataset is not None
+        return dataset.tenant_id

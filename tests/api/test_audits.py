@@ -8,50 +8,11 @@ from fastapi.testclient import TestClient
 
 from lethe.settings import Settings
 from models.db import session_scope
-from models.repositories import AdapterRepository, AuditRepository, JobRepository
-from models.tables import Adapter, Job
-from tests.api.conftest import CHOICE_ROWS, upload
+from models.repositories import AuditRepository, JobRepository
+from tests.api.conftest import CHOICE_ROWS, forget_adapter, upload
 from worker.engine.attacks.params import ATTACKS
 
 ATTACK_NAMES = ["relearn", "probe", "quantize", "restore", "patch", "paraphrase", "in_context", "trigger"]
-
-
-def _adapter(client: TestClient, settings: Settings, kind: str = "choice", with_retain: bool = True) -> str:
-    """A succeeded forget job of the client's tenant and its adapter row (no weights: the API never reads them)."""
-    rows = CHOICE_ROWS if kind == "choice" else [{"text": f"passage {n}"} for n in range(10)]
-    forget = upload(client, rows, name="forget", kind=kind).json()
-    retain = [upload(client, CHOICE_ROWS, name="retain").json()["id"]] if with_retain else []
-    with session_scope(settings.database_url) as session:
-        job = JobRepository(session).add(
-            Job(
-                tenant_id=_tenant_of(settings, forget["id"]),
-                kind="forget",
-                status="succeeded",
-                stage="done",
-                progress=1.0,
-                spec={"forget_dataset": forget["id"], "retain_datasets": retain},
-            )
-        )
-        adapter = AdapterRepository(session).add(
-            Adapter(
-                tenant_id=job.tenant_id,
-                job_id=job.id,
-                base_model="tiny-registered",
-                object_key="adapters/none.tar.gz",
-                sha256="0" * 64,
-                size_bytes=0,
-            )
-        )
-        return str(adapter.id)
-
-
-def _tenant_of(settings: Settings, dataset_id: str) -> uuid.UUID:
-    from models.repositories import DatasetRepository
-
-    with session_scope(settings.database_url) as session:
-        dataset = DatasetRepository(session).get_by_id(uuid.UUID(dataset_id))
-        assert dataset is not None
-        return dataset.tenant_id
 
 
 def _audit_rows(settings: Settings) -> int:
@@ -74,7 +35,7 @@ def test_attacks_are_published_with_their_schemas(client: TestClient) -> None:
 
 
 def test_submit_fills_defaults_and_creates_a_queued_audit(client: TestClient, stack_settings: Settings) -> None:
-    adapter_id = _adapter(client, stack_settings)
+    adapter_id = forget_adapter(client, stack_settings)
     body = {"adapter_id": adapter_id, "attacks": [{"name": "quantize", "params": {"schemes": ["int4"]}}]}
     response = client.post("/v1/audits", json=body)
     assert response.status_code == 202, response.text
@@ -90,9 +51,9 @@ def test_submit_fills_defaults_and_creates_a_queued_audit(client: TestClient, st
 
 
 def test_no_attacks_means_every_attack_that_applies(client: TestClient, stack_settings: Settings) -> None:
-    with_retain = client.post("/v1/audits", json={"adapter_id": _adapter(client, stack_settings)}).json()
+    with_retain = client.post("/v1/audits", json={"adapter_id": forget_adapter(client, stack_settings)}).json()
     assert [a["name"] for a in client.get(f"/v1/audits/{with_retain['audit_id']}").json()["attacks"]] == ATTACK_NAMES
-    text = _adapter(client, stack_settings, kind="text", with_retain=False)
+    text = forget_adapter(client, stack_settings, kind="text", with_retain=False)
     text_audit = client.post("/v1/audits", json={"adapter_id": text}).json()
     names = [a["name"] for a in client.get(f"/v1/audits/{text_audit['audit_id']}").json()["attacks"]]
     assert names == [n for n in ATTACK_NAMES if "text" in ATTACKS.get(n).kinds and not ATTACKS.get(n).needs_retain]
@@ -112,7 +73,7 @@ def test_no_attacks_means_every_attack_that_applies(client: TestClient, stack_se
 def test_bad_audit_requests_are_named_and_change_nothing(
     client: TestClient, stack_settings: Settings, attacks: list[dict], thresholds: dict, expected: str
 ) -> None:
-    adapter_id = _adapter(client, stack_settings)
+    adapter_id = forget_adapter(client, stack_settings)
     before = _audit_rows(stack_settings)
     response = client.post("/v1/audits", json={"adapter_id": adapter_id, "attacks": attacks, "thresholds": thresholds})
     assert response.status_code == 422, response.text
@@ -121,7 +82,7 @@ def test_bad_audit_requests_are_named_and_change_nothing(
 
 
 def test_attacks_must_fit_the_forget_job(client: TestClient, stack_settings: Settings) -> None:
-    text = _adapter(client, stack_settings, kind="text", with_retain=False)
+    text = forget_adapter(client, stack_settings, kind="text", with_retain=False)
     response = client.post("/v1/audits", json={"adapter_id": text, "attacks": [{"name": "probe"}]})
     assert response.status_code == 422
     assert response.json()["detail"] == (
@@ -132,12 +93,12 @@ def test_attacks_must_fit_the_forget_job(client: TestClient, stack_settings: Set
     assert "trigger needs the forget job to have had retain datasets" in response.json()["detail"]
 
 
-def test_unknown_or_foreign_adapter(client: TestClient, app_client: TestClient, stack_settings: Settings) -> None:
+def test_unknown_or_foreignforget_adapter(client: TestClient, app_client: TestClient, stack_settings: Settings) -> None:
     missing = str(uuid.uuid4())
     response = client.post("/v1/audits", json={"adapter_id": missing})
     assert response.status_code == 422
     assert response.json()["detail"] == f"adapter_id: adapter {missing} not found"
-    adapter_id = _adapter(client, stack_settings)
+    adapter_id = forget_adapter(client, stack_settings)
     audit_id = client.post("/v1/audits", json={"adapter_id": adapter_id}).json()["audit_id"]
     from api.services.auth import create_key
 
@@ -150,7 +111,7 @@ def test_unknown_or_foreign_adapter(client: TestClient, app_client: TestClient, 
 
 
 def test_report_is_not_found_until_the_audit_succeeds(client: TestClient, stack_settings: Settings) -> None:
-    audit_id = client.post("/v1/audits", json={"adapter_id": _adapter(client, stack_settings)}).json()["audit_id"]
+    audit_id = client.post("/v1/audits", json={"adapter_id": forget_adapter(client, stack_settings)}).json()["audit_id"]
     response = client.get(f"/v1/audits/{audit_id}/report")
     assert response.status_code == 404
     assert (

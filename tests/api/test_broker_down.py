@@ -6,9 +6,10 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.services.auth import create_key
+from api.services.base_models import register_base_model
 from lethe.settings import Settings
 from models.db import session_scope
-from tests.api.conftest import CHOICE_ROWS, upload
+from tests.api.conftest import CHOICE_ROWS, forget_adapter, upload
 from tests.conftest import free_port
 
 
@@ -17,6 +18,7 @@ def test_submit_with_the_broker_down_is_503_and_the_job_is_failed(stack_settings
     settings = stack_settings.model_copy(update={"broker_url": dead_broker})
     with session_scope(settings.database_url) as session:
         key = create_key(session, f"broker-down-{uuid.uuid4().hex[:8]}")
+        register_base_model(session, "tiny-registered", "path:/nonexistent/tiny", "validation tests only")
     with TestClient(create_app(settings), headers={"X-API-Key": key}) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 503
@@ -28,5 +30,19 @@ def test_submit_with_the_broker_down_is_503_and_the_job_is_failed(stack_settings
         assert response.status_code == 503
         assert response.json()["error"] == "service_unavailable"
         [job] = client.get("/v1/jobs").json()
+        assert job["status"] == "failed"
+        assert client.get(f"/v1/jobs/{job['id']}").json()["error"]["code"] == "broker_unavailable"
+
+
+def test_an_audit_with_the_broker_down_is_503_and_its_job_is_failed(stack_settings: Settings) -> None:
+    dead_broker = f"redis://127.0.0.1:{free_port()}/0"
+    settings = stack_settings.model_copy(update={"broker_url": dead_broker})
+    with session_scope(settings.database_url) as session:
+        key = create_key(session, f"broker-down-{uuid.uuid4().hex[:8]}")
+    with TestClient(create_app(settings), headers={"X-API-Key": key}) as client:
+        adapter_id = forget_adapter(client, settings)
+        response = client.post("/v1/audits", json={"adapter_id": adapter_id, "attacks": [{"name": "quantize"}]})
+        assert response.status_code == 503
+        [job] = [j for j in client.get("/v1/jobs").json() if j["kind"] == "audit"]
         assert job["status"] == "failed"
         assert client.get(f"/v1/jobs/{job['id']}").json()["error"]["code"] == "broker_unavailable"

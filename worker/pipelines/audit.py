@@ -171,29 +171,16 @@ def _record(
     html_key: str,
 ) -> None:
     with session_scope(settings.database_url) as session:
-        results = []
-        for attack in audited:
-            entry = attack_entry(attack)
-            results.append(
-                AuditResult(
-                    audit_id=target.audit_id,
-                    attack=attack.name,
-                    params=attack.params,
-                    metric=entry["metric"],
-                    split=entry["split"],
-                    effect=entry["effect"],
-                    before=entry["before"],
-                    after_forgetting=entry["after_forgetting"],
-                    after_attack=entry["after_attack"],
-                    recovery=entry["recovery"],
-                    excess_drop=entry["excess_drop"],
-                    chance=entry["chance"],
-                    worst_variant=entry["worst_variant"],
-                    verdict=entry["verdict"],
-                    variants=entry["variants"],
-                    curves=entry["curves"],
-                )
+        # A result row holds the report's entry for the attack, field for field (all but name and description).
+        columns = set(AuditResult.__table__.columns.keys())
+        results = [
+            AuditResult(
+                audit_id=target.audit_id,
+                attack=attack.name,
+                **{key: value for key, value in attack_entry(attack).items() if key in columns},
             )
+            for attack in audited
+        ]
         verdict = signed["report"]["verdict"]
         AuditRepository(session).record(
             target.audit_id,
