@@ -35,7 +35,7 @@ import string
 from collections.abc import Sequence
 
 from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.outcome import AttackOutcome, Variant
+from worker.engine.attacks.outcome import AttackNotApplicable, AttackOutcome, Variant
 from worker.engine.attacks.params import AttackParams, ParaphraseParams
 from worker.engine.data import QA_TEMPLATE, ChoiceRow, QARow, Row
 
@@ -54,7 +54,7 @@ def paraphrase(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         qa_rows = [(row, row.paraphrased_question) for row in rows if isinstance(row, QARow)]
         with_paraphrase = [(row, question) for row, question in qa_rows if question]
         if not with_paraphrase:
-            raise ValueError(f"no row of {params.split} has a paraphrased_question to ask")
+            raise AttackNotApplicable(f"no row of {params.split} has a paraphrased_question to ask")
         asked = {
             "paraphrased_question": (
                 [row for row, _ in with_paraphrase],

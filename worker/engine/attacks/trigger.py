@@ -32,7 +32,7 @@ import random
 from collections.abc import Sequence
 
 from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.outcome import AttackOutcome, Variant
+from worker.engine.attacks.outcome import AttackNotApplicable, AttackOutcome, Variant
 from worker.engine.attacks.params import AttackParams, TriggerParams
 from worker.engine.data import ChoiceRow, QARow, Row, kind_of
 from worker.engine.metrics.evaluate import PRIMARY_METRIC
@@ -49,7 +49,7 @@ def trigger(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         raise TypeError(f"trigger takes TriggerParams, got {type(params).__name__}")
     retain = {name: rows for name, rows in ctx.retain.items() if rows}
     if not retain:
-        raise ValueError("the trigger attack needs retain rows, and the forget job had none")
+        raise AttackNotApplicable("the trigger attack needs retain rows, and the forget job had none")
     triggers = {
         name: [
             _trigger_words(ctx.forget_train, params.words, f"{ctx.seed}/trigger/{name}/{j}") for j in range(len(rows))
