@@ -22,7 +22,8 @@ from worker.engine.training import LoraState, lora_state
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # An audit scores the same rows some 70 times through the unmerged LoRA adapter, whose extra matmuls cost most at
-# small batches: on SmolLM2 (2-core CPU) a pass over 48 PIQA rows took 3.9 s at batch 8 and 2.5 s at batch 16-48.
+# small batches: on SmolLM2 (2-core CPU) a pass over 48 PIQA rows took 3.9 s at batch 8 and 2.5-2.8 s at batches
+# 16, 32 and 48 (one timing each, with a fresh adapter).
 # Lethe default: score in batches of at least 32 rows (relearning still trains at the job's batch size).
 MIN_SCORING_BATCH = 32
 
