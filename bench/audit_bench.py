@@ -142,10 +142,9 @@ def full_audit(kind: str, has_retain: bool) -> FullAudit:
     """The attacks `POST /v1/audits` runs when it names none: every one that applies to the forget job's rows."""
     audit = FullAudit([], [], [])
     for name, spec in ATTACKS.items():
-        if kind not in spec.kinds:
-            audit.not_applicable.append({"name": name, "reason": f"does not apply to {kind} rows"})
-        elif spec.needs_retain and not has_retain:
-            audit.not_applicable.append({"name": name, "reason": "needs retain datasets"})
+        refusal = spec.refusal(kind, has_retain)
+        if refusal is not None:
+            audit.not_applicable.append({"name": name, "reason": refusal})
         elif name not in ATTACK_IMPLEMENTATIONS:
             audit.not_implemented.append(name)
         else:

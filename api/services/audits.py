@@ -10,7 +10,7 @@ from api.errors import InvalidInput, NotFound, format_validation_errors
 from api.schemas import AttackIn, AttackResultOut, AuditOut, AuditRequestIn, AuditSpecIn, JobError, VariantOut
 from models.repositories import AdapterRepository, AuditRepository, DatasetRepository, JobRepository
 from models.tables import Audit
-from worker.engine.attacks.params import ATTACKS
+from worker.engine.attacks.params import ATTACKS, default_attacks
 from worker.engine.registry import UnknownNameError
 
 
@@ -19,11 +19,7 @@ def validated_audit_spec(spec: AuditSpecIn, forget_kind: str, has_retain: bool, 
     the field (after `prefix`, e.g. "audit.") otherwise. No attacks = every attack that applies to the forget kind
     (and to the retain data)."""
     if spec.attacks is None:
-        requested = [
-            AttackIn(name=name)
-            for name, attack in ATTACKS.items()
-            if forget_kind in attack.kinds and (has_retain or not attack.needs_retain)
-        ]
+        requested = [AttackIn(name=name) for name in default_attacks(forget_kind, has_retain)]
     else:
         requested = spec.attacks
     if not requested:
@@ -39,13 +35,9 @@ def validated_audit_spec(spec: AuditSpecIn, forget_kind: str, has_retain: bool, 
             attack_spec = ATTACKS.get(attack.name)
         except UnknownNameError as exc:
             raise InvalidInput(f"{where}.name: {exc}") from exc
-        if forget_kind not in attack_spec.kinds:
-            raise InvalidInput(
-                f"{where}.name: {attack.name} does not apply to a {forget_kind} forget set "
-                f"(it supports: {', '.join(attack_spec.kinds)})"
-            )
-        if attack_spec.needs_retain and not has_retain:
-            raise InvalidInput(f"{where}.name: {attack.name} needs the forget job to have had retain datasets")
+        refusal = attack_spec.refusal(forget_kind, has_retain)
+        if refusal is not None:
+            raise InvalidInput(f"{where}.name: {refusal}")
         try:
             params = attack_spec.parse(attack.params)
         except ValidationError as exc:

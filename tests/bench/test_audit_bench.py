@@ -4,7 +4,7 @@ import pytest
 
 from bench.audit_bench import AuditedJob, demo_job, full_audit, measure
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.attacks.params import ATTACKS
+from worker.engine.attacks.params import ATTACKS, default_attacks
 from worker.engine.data import ChoiceRow, split_heldout
 from worker.engine.forget import FinetuneConfig, ForgetPlan
 from worker.engine.lm import LoadedLM
@@ -25,11 +25,12 @@ def test_a_full_audit_is_every_attack_that_applies() -> None:
     audit = full_audit("text", has_retain=False)
     reasons = {entry["name"]: entry["reason"] for entry in audit.not_applicable}
     assert reasons == {
-        "probe": "does not apply to text rows",
-        "paraphrase": "does not apply to text rows",
-        "in_context": "does not apply to text rows",
-        "trigger": "needs retain datasets",
+        "probe": "probe does not apply to a text forget set (it supports: choice, qa)",
+        "paraphrase": "paraphrase does not apply to a text forget set (it supports: choice, qa)",
+        "in_context": "in_context does not apply to a text forget set (it supports: choice, qa)",
+        "trigger": "trigger needs the forget job to have had retain datasets",
     }
+    assert audit.attacks == default_attacks("text", has_retain=False)  # what POST /v1/audits runs
     assert sorted(audit.attacks + audit.not_implemented + list(reasons)) == sorted(ATTACKS.names())
     # A choice forget set with retain data: every registered attack applies.
     choice = full_audit("choice", has_retain=True)

@@ -164,6 +164,19 @@ class AttackSpec:
         """Validated params with defaults filled in (pydantic ValidationError on bad input)."""
         return self.params_model.model_validate(params)
 
+    def refusal(self, kind: str, has_retain: bool) -> str | None:
+        """Why the attack cannot audit a forget job of this kind (with or without retain sets); None if it can."""
+        if kind not in self.kinds:
+            return f"{self.name} does not apply to a {kind} forget set (it supports: {', '.join(self.kinds)})"
+        if self.needs_retain and not has_retain:
+            return f"{self.name} needs the forget job to have had retain datasets"
+        return None
+
+
+def default_attacks(kind: str, has_retain: bool) -> list[str]:
+    """What an audit that names no attacks runs: every attack that applies to the forget job."""
+    return [name for name, spec in ATTACKS.items() if spec.refusal(kind, has_retain) is None]
+
 
 ATTACKS: Registry[AttackSpec] = Registry("attack")
 
