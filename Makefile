@@ -42,17 +42,17 @@ test-fast: venv services
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy api models storage worker lethe
+	$(BIN)/mypy cli api models storage worker lethe
 
 format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 openapi: venv
-	$(BIN)/python -m lethe.openapi write openapi.json
+	$(BIN)/python -m cli.openapi write openapi.json
 
 check-openapi: venv
-	$(BIN)/python -m lethe.openapi check openapi.json
+	$(BIN)/python -m cli.openapi check openapi.json
 
 serve: venv
 	$(BIN)/lethe serve

@@ -13,10 +13,10 @@ from api.routes import adapters, audits, catalog, datasets, health, jobs
 from api.services.auth import ensure_key
 from api.services.base_models import ensure_builtin_base_models
 from api.services.jobs import reap_stale_jobs
+from lethe.queue import make_celery
 from lethe.settings import Settings, get_settings
 from models.db import session_scope
 from storage import open_store
-from worker.queue import make_celery
 
 log = logging.getLogger("lethe.api")
 

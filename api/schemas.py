@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.engine.attacks.params import Thresholds
+from lethe.attacks import Thresholds
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 

@@ -27,14 +27,14 @@ from pathlib import Path
 from api.schemas import ForgetRequestIn
 from bench.jobs import BASE_LM
 from bench.machine import load_average, machine
-from worker.engine.attacks.implementations import ATTACK_IMPLEMENTATIONS
+from lethe.attacks import ATTACKS, Thresholds
+from lethe.methods import METHODS
+from lethe.rows import ChoiceRow, Row, TextRow, kind_of, split_heldout
+from lethe.specs import AttackChoice
 from worker.engine.attacks.outcome import overall_verdict
-from worker.engine.attacks.params import ATTACKS, Thresholds
 from worker.engine.audit import audit_context, run_audit
-from worker.engine.data import ChoiceRow, Row, TextRow, kind_of, split_heldout
 from worker.engine.forget import FinetuneConfig, ForgetPlan, run_forget
 from worker.engine.lm import BaseLMCache, LoadedLM
-from worker.engine.methods.params import METHODS
 from worker.pipelines.forget import general_text_rows
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -131,22 +131,19 @@ class _StageClock:
 
 @dataclass(frozen=True)
 class FullAudit:
-    """The attacks a full audit runs, in the registry's order, and the registered attacks it leaves out."""
+    """The attacks a full audit runs, in the registry's order, and those that do not apply to the rows."""
 
     attacks: list[str]
     not_applicable: list[dict[str, str]]  # {"name", "reason"}: the rows give the attack nothing to work on
-    not_implemented: list[str]  # registered with the API, no torch implementation yet
 
 
 def full_audit(kind: str, has_retain: bool) -> FullAudit:
     """The attacks `POST /v1/audits` runs when it names none: every one that applies to the forget job's rows."""
-    audit = FullAudit([], [], [])
+    audit = FullAudit([], [])
     for name, spec in ATTACKS.items():
         refusal = spec.refusal(kind, has_retain)
         if refusal is not None:
             audit.not_applicable.append({"name": name, "reason": refusal})
-        elif name not in ATTACK_IMPLEMENTATIONS:
-            audit.not_implemented.append(name)
         else:
             audit.attacks.append(name)
     return audit
@@ -183,7 +180,7 @@ def measure(base: LoadedLM, job: AuditedJob) -> dict:
         seed=job.plan.seed,
     )
     thresholds = Thresholds.model_validate({})
-    audited, skipped = run_audit(ctx, [{"name": name, "params": {}} for name in attacks], thresholds, audit_clock)
+    audited, skipped = run_audit(ctx, [AttackChoice(name=name, params={}) for name in attacks], thresholds, audit_clock)
     audit_seconds = audit_clock.stop()
 
     results = {attack.name: attack for attack in audited}
@@ -235,7 +232,6 @@ def measure(base: LoadedLM, job: AuditedJob) -> dict:
         "verdict": overall_verdict([attack.judgement.verdict for attack in audited]),
         "attacks": per_attack,
         "not_applicable": audit.not_applicable,
-        "not_implemented": audit.not_implemented,
         "peak_rss_after_forget_mb": rss_after_forget,
         "peak_rss_mb": _peak_rss_mb(),
     }

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from bench.tasks import TASKS
-from worker.engine.data import ChoiceRow
+from lethe.rows import ChoiceRow
 from worker.engine.forget import ForgetPlan, run_forget
 from worker.engine.lm import BaseLMCache
 

@@ -16,7 +16,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from worker.engine.data import ChoiceRow
+from lethe.rows import ChoiceRow
 
 
 @dataclass

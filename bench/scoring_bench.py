@@ -14,7 +14,7 @@ import numpy as np
 
 from bench.machine import load_average
 from bench.tasks import write_lmeval_task
-from worker.engine.data import ChoiceRow
+from lethe.rows import ChoiceRow
 from worker.engine.lm import LoadedLM
 from worker.engine.scoring import score_choices
 

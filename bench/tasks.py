@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.engine.data import ChoiceRow
+from lethe.rows import ChoiceRow
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "binary_tasks"
 

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 import torch
 
 from bench.naive_peft import TrainingRun
-from worker.engine.data import ChoiceRow
+from lethe.methods import GradientAscentParams
+from lethe.rows import ChoiceRow
 from worker.engine.lm import LoadedLM
 from worker.engine.methods import gradient_ascent
-from worker.engine.methods.params import GradientAscentParams
 from worker.engine.scoring import max_length
 from worker.engine.training import Example, LossTerms, Objective, Schedule, Step, TrainContext, attach_lora, train
 

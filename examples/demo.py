@@ -126,7 +126,7 @@ def main() -> int:
     print(f"starting `lethe serve --port {port}` (embedded default, data in {data_dir}, log in {log_path})")
     log = log_path.open("ab")
     server = subprocess.Popen(
-        [sys.executable, "-m", "lethe.cli", "serve", "--port", str(port)], env=env, cwd=ROOT, stdout=log, stderr=log
+        [sys.executable, "-m", "cli.main", "serve", "--port", str(port)], env=env, cwd=ROOT, stdout=log, stderr=log
     )
     base_url = f"http://127.0.0.1:{port}"
     try:

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from lethe.specs import AuditJobSpec
 from models.tables import Adapter, ApiKey, Audit, AuditResult, BaseLM, Dataset, Job, JobEvent, Metric, Tenant
 
 
@@ -220,17 +221,26 @@ class AuditRepository:
         self.session.flush()
         return audit
 
-    def create_with_job(self, tenant_id: uuid.UUID, adapter_id: uuid.UUID, request: dict[str, Any]) -> Audit:
-        """A queued audit job and its audit row; `request` is the validated {"attacks", "thresholds"}."""
-        spec = {"adapter_id": str(adapter_id), "attacks": request["attacks"], "thresholds": request["thresholds"]}
+    def create_with_job(self, tenant_id: uuid.UUID, spec: AuditJobSpec) -> Audit:
+        """A queued audit job with its validated `spec`, and its audit row."""
         job = JobRepository(self.session).add(
-            Job(tenant_id=tenant_id, kind="audit", status="queued", stage="queued", progress=0.0, spec=spec)
+            Job(
+                tenant_id=tenant_id,
+                kind="audit",
+                status="queued",
+                stage="queued",
+                progress=0.0,
+                spec=spec.model_dump(mode="json"),
+            )
         )
-        JobEventRepository(self.session).append(
-            job.id, "queued", {"attacks": [attack["name"] for attack in request["attacks"]]}
-        )
+        JobEventRepository(self.session).append(job.id, "queued", {"attacks": [a.name for a in spec.attacks]})
         return self.add(
-            Audit(tenant_id=tenant_id, job_id=job.id, adapter_id=adapter_id, thresholds=request["thresholds"])
+            Audit(
+                tenant_id=tenant_id,
+                job_id=job.id,
+                adapter_id=spec.adapter_id,
+                thresholds=spec.thresholds.model_dump(mode="json"),
+            )
         )
 
     def get(self, tenant_id: uuid.UUID, audit_id: uuid.UUID) -> Audit | None:

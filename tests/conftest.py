@@ -12,8 +12,8 @@ import redis
 from minio import Minio
 from moto.server import ThreadedMotoServer
 
-from lethe.migrate import upgrade
 from lethe.settings import Settings
+from models.migrate import upgrade
 
 POSTGRES_ADMIN_URL = os.environ.get("LETHE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("LETHE_TEST_REDIS_URL", "redis://127.0.0.1:6379")

@@ -11,7 +11,7 @@ from api.errors import error_responses
 from api.routes.jobs import commit_and_enqueue
 from api.schemas import AuditAccepted, AuditOut, AuditRequestIn
 from api.services import audits
-from worker.queue import enqueue_audit_job
+from lethe.queue import enqueue_audit_job
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"])
 

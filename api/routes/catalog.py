@@ -6,9 +6,9 @@ from api.deps import SessionDep, TenantDep
 from api.errors import error_responses
 from api.schemas import AttackOut, BaseModelOut, MethodOut, MetricSpecOut
 from api.services.base_models import list_base_models as list_registered
-from worker.engine.attacks.params import ATTACKS
-from worker.engine.methods.params import METHODS
-from worker.engine.metrics.registry import METRICS
+from lethe.attacks import ATTACKS
+from lethe.methods import METHODS
+from lethe.metrics import METRICS
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 

@@ -8,7 +8,7 @@ from api.deps import QueueDep, SessionDep, StoreDep, TenantDep
 from api.errors import ServiceUnavailable, error_responses
 from api.schemas import ForgetRequestIn, JobAccepted, JobOut, JobSummary
 from api.services import forget_requests, jobs
-from worker.queue import enqueue_forget_job
+from lethe.queue import enqueue_forget_job
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 

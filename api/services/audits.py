@@ -1,23 +1,23 @@
 """Audits: validate the attacks against the registry and the audited forget job, create the queued job, read back."""
 
 import uuid
-from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from api.errors import InvalidInput, NotFound, format_validation_errors
 from api.schemas import AttackIn, AttackResultOut, AuditOut, AuditRequestIn, AuditSpecIn, JobError, VariantOut
+from lethe.attacks import ATTACKS, default_attacks
+from lethe.registry import UnknownNameError
+from lethe.specs import AttackChoice, AuditJobSpec, AuditSpec, ForgetJobSpec
 from models.repositories import AdapterRepository, AuditRepository, DatasetRepository, JobRepository
 from models.tables import Audit
-from worker.engine.attacks.params import ATTACKS, default_attacks
-from worker.engine.registry import UnknownNameError
 
 
-def validated_audit_spec(spec: AuditSpecIn, forget_kind: str, has_retain: bool, prefix: str = "") -> dict[str, Any]:
-    """{"attacks": [{"name", "params"}], "thresholds"} with params parsed (defaults filled); InvalidInput naming
-    the field (after `prefix`, e.g. "audit.") otherwise. No attacks = every attack that applies to the forget kind
-    (and to the retain data)."""
+def validated_audit_spec(spec: AuditSpecIn, forget_kind: str, has_retain: bool, prefix: str = "") -> AuditSpec:
+    """The audit's attacks with params parsed (defaults filled) and thresholds; InvalidInput naming the field
+    (after `prefix`, e.g. "audit.") otherwise. No attacks = every attack that applies to the forget kind (and to
+    the retain data)."""
     if spec.attacks is None:
         requested = [AttackIn(name=name) for name in default_attacks(forget_kind, has_retain)]
     else:
@@ -43,8 +43,8 @@ def validated_audit_spec(spec: AuditSpecIn, forget_kind: str, has_retain: bool, 
         except ValidationError as exc:
             errors = [{**e, "loc": (*where.split("."), "params", *e["loc"])} for e in exc.errors()]
             raise InvalidInput(format_validation_errors(errors)) from exc
-        attacks.append({"name": attack.name, "params": params.model_dump(mode="json")})
-    return {"attacks": attacks, "thresholds": spec.thresholds.model_dump(mode="json")}
+        attacks.append(AttackChoice(name=attack.name, params=params.model_dump(mode="json")))
+    return AuditSpec(attacks=attacks, thresholds=spec.thresholds)
 
 
 def submit_audit(session: Session, tenant_id: uuid.UUID, request: AuditRequestIn) -> Audit:
@@ -54,11 +54,14 @@ def submit_audit(session: Session, tenant_id: uuid.UUID, request: AuditRequestIn
         raise InvalidInput(f"adapter_id: adapter {request.adapter_id} not found")
     forget_job = JobRepository(session).get_by_id(adapter.job_id)
     assert forget_job is not None, "an adapter always has the job that made it"
-    forget_dataset = DatasetRepository(session).get_by_id(uuid.UUID(forget_job.spec["forget_dataset"]))
+    forget_spec = ForgetJobSpec.model_validate(forget_job.spec)
+    forget_dataset = DatasetRepository(session).get_by_id(forget_spec.forget_dataset)
     if forget_dataset is None:
         raise InvalidInput(f"adapter_id: the forget dataset of adapter {adapter.id} no longer exists")
-    spec = validated_audit_spec(request, forget_dataset.kind, bool(forget_job.spec["retain_datasets"]))
-    return AuditRepository(session).create_with_job(tenant_id, adapter.id, spec)
+    spec = validated_audit_spec(request, forget_dataset.kind, bool(forget_spec.retain_datasets))
+    return AuditRepository(session).create_with_job(
+        tenant_id, AuditJobSpec(adapter_id=adapter.id, attacks=spec.attacks, thresholds=spec.thresholds)
+    )
 
 
 def get_audit(session: Session, tenant_id: uuid.UUID, audit_id: uuid.UUID) -> AuditOut:
@@ -74,7 +77,9 @@ def get_audit(session: Session, tenant_id: uuid.UUID, audit_id: uuid.UUID) -> Au
         progress=job.progress,
         error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
         thresholds=audit.thresholds,
-        attacks=[AttackIn(**attack) for attack in job.spec["attacks"]],
+        attacks=[
+            AttackIn(name=attack.name, params=attack.params) for attack in AuditJobSpec.model_validate(job.spec).attacks
+        ],
         verdict=audit.verdict,  # type: ignore[arg-type]
         results=[
             AttackResultOut(

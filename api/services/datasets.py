@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session
 
 from api.errors import InvalidInput, NotFound
-from api.services.dataset_kinds import ROW_VALIDATORS, RowError
+from lethe.rows import ROW_TYPES, RowError, parse_row
 from models.repositories import DatasetRepository
 from models.tables import Dataset
 from storage import ObjectStore
@@ -16,9 +16,8 @@ from storage import ObjectStore
 
 def count_valid_rows(kind: str, content: bytes) -> int:
     """The number of rows in a JSONL file of `kind`; InvalidInput naming the first bad line and field."""
-    validate_row = ROW_VALIDATORS.get(kind)
-    if validate_row is None:
-        raise InvalidInput(f"kind: must be one of {', '.join(sorted(ROW_VALIDATORS))}, got {kind!r}")
+    if kind not in ROW_TYPES:
+        raise InvalidInput(f"kind: must be one of {', '.join(sorted(ROW_TYPES))}, got {kind!r}")
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -34,7 +33,7 @@ def count_valid_rows(kind: str, content: bytes) -> int:
         if not isinstance(row, dict):
             raise InvalidInput(f"line {line_number}: must be a JSON object")
         try:
-            validate_row(row)
+            parse_row(kind, row)
         except RowError as exc:
             raise InvalidInput(f"line {line_number}: field '{exc.field}' {exc.message}") from exc
         rows += 1

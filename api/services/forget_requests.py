@@ -9,11 +9,12 @@ from sqlalchemy.orm import Session
 from api.errors import InvalidInput, format_validation_errors
 from api.schemas import ForgetRequestIn
 from api.services.audits import validated_audit_spec
+from lethe.methods import METHODS
+from lethe.registry import UnknownNameError
+from lethe.rows import heldout_count
+from lethe.specs import FinetuneSpec, ForgetJobSpec, MethodChoice
 from models.repositories import BaseLMRepository, DatasetRepository, JobEventRepository, JobRepository
 from models.tables import Dataset, Job, utcnow
-from worker.engine.data import heldout_count
-from worker.engine.methods.params import METHODS
-from worker.engine.registry import UnknownNameError
 
 
 def _dataset(session: Session, tenant_id: uuid.UUID, dataset_id: uuid.UUID, field: str) -> Dataset:
@@ -63,13 +64,33 @@ def submit_forget_request(session: Session, tenant_id: uuid.UUID, request: Forge
     ]
     if len({d.name for d in retain}) != len(retain):
         raise InvalidInput("retain_datasets: two retain datasets share a name; metrics are keyed by name")
-    spec = request.model_dump(mode="json")
-    spec["method"]["params"] = _method_params(request.method.name, request.method.params, forget.kind, bool(retain))
-    spec["base_model_source"] = base_lm.source
-    if request.audit is not None:
-        spec["audit"] = validated_audit_spec(request.audit, forget.kind, bool(retain), prefix="audit.")
+    spec = ForgetJobSpec(
+        base_model=request.base_model,
+        base_model_source=base_lm.source,
+        forget_dataset=request.forget_dataset,
+        retain_datasets=request.retain_datasets,
+        heldout_fraction=request.heldout_fraction,
+        finetune=FinetuneSpec(**request.finetune.model_dump()) if request.finetune else None,
+        method=MethodChoice(
+            name=request.method.name,
+            params=_method_params(request.method.name, request.method.params, forget.kind, bool(retain)),
+        ),
+        probe=request.probe,
+        general_text_perplexity=request.general_text_perplexity,
+        seed=request.seed,
+        audit=validated_audit_spec(request.audit, forget.kind, bool(retain), prefix="audit.")
+        if request.audit
+        else None,
+    )
     job = JobRepository(session).add(
-        Job(tenant_id=tenant_id, kind="forget", status="queued", stage="queued", progress=0.0, spec=spec)
+        Job(
+            tenant_id=tenant_id,
+            kind="forget",
+            status="queued",
+            stage="queued",
+            progress=0.0,
+            spec=spec.model_dump(mode="json"),
+        )
     )
     JobEventRepository(session).append(job.id, "queued", {"method": request.method.name})
     return job

@@ -6,11 +6,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from lethe.attacks import ATTACKS
 from lethe.settings import Settings
 from models.db import session_scope
 from models.repositories import AuditRepository, JobRepository
 from tests.api.conftest import CHOICE_ROWS, forget_adapter, upload
-from worker.engine.attacks.params import ATTACKS
 
 ATTACK_NAMES = ["relearn", "probe", "quantize", "restore", "patch", "paraphrase", "in_context", "trigger"]
 

@@ -4,11 +4,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from lethe.methods import METHODS
 from lethe.settings import Settings
 from models.db import session_scope
 from models.repositories import JobEventRepository, JobRepository
 from tests.api.conftest import CHOICE_ROWS, upload
-from worker.engine.methods.params import METHODS
 
 
 def _request(client: TestClient, **overrides: Any) -> dict[str, Any]:

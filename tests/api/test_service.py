@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from lethe.openapi import current_spec
+from cli.openapi import current_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 

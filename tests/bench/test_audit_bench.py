@@ -3,9 +3,9 @@ import json
 import pytest
 
 from bench.audit_bench import AuditedJob, demo_job, full_audit, measure
+from lethe.attacks import ATTACKS, default_attacks
+from lethe.rows import ChoiceRow, split_heldout
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.attacks.params import ATTACKS, default_attacks
-from worker.engine.data import ChoiceRow, split_heldout
 from worker.engine.forget import FinetuneConfig, ForgetPlan
 from worker.engine.lm import LoadedLM
 
@@ -31,10 +31,10 @@ def test_a_full_audit_is_every_attack_that_applies() -> None:
         "trigger": "trigger needs the forget job to have had retain datasets",
     }
     assert audit.attacks == default_attacks("text", has_retain=False)  # what POST /v1/audits runs
-    assert sorted(audit.attacks + audit.not_implemented + list(reasons)) == sorted(ATTACKS.names())
+    assert sorted(audit.attacks + list(reasons)) == sorted(ATTACKS.names())
     # A choice forget set with retain data: every registered attack applies.
     choice = full_audit("choice", has_retain=True)
-    assert choice.not_applicable == [] and sorted(choice.attacks + choice.not_implemented) == sorted(ATTACKS.names())
+    assert choice.not_applicable == [] and sorted(choice.attacks) == sorted(ATTACKS.names())
 
 
 def test_measure_times_a_forget_job_and_its_audit(tiny_base: LoadedLM) -> None:
@@ -65,8 +65,7 @@ def test_measure_times_a_forget_job_and_its_audit(tiny_base: LoadedLM) -> None:
     ran = [attack["name"] for attack in attacks]
     assert ran == [name for name in ATTACKS.names() if name in ran]
     assert result["not_applicable"] == []
-    assert sorted(ran + result["not_implemented"]) == sorted(ATTACKS.names())
-    assert attacks, "no attack implementation is registered"
+    assert sorted(ran) == sorted(ATTACKS.names())
     assert sum(a["seconds"] for a in attacks) == pytest.approx(result["audit_seconds"])
     for attack in attacks:
         assert attack["seconds"] > 0 and attack["load_average"] >= 0

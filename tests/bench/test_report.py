@@ -112,7 +112,6 @@ def audit(ratio: float) -> dict:
             {"name": "paraphrase", "seconds": 1.0 * ratio, "load_average": 2.0, "skipped": "no paraphrased rows"},
         ],
         "not_applicable": [],
-        "not_implemented": [],
         "peak_rss_after_forget_mb": 3000.0,
         "peak_rss_mb": 3500.0,
     }
@@ -145,17 +144,12 @@ def test_audit_section_tables_come_from_the_results() -> None:
     # A skipped attack has no recovery row; it is listed with its reason, and so is an attack that did not run.
     assert "| paraphrase | accuracy" not in markdown
     assert "Skipped (nothing to measure on these rows): paraphrase: no paraphrased rows." in markdown
-    assert "not implemented" not in markdown and "Not applicable" not in markdown
+    assert "Not applicable" not in markdown
 
 
-def test_audit_section_says_when_the_audit_is_not_full() -> None:
-    partial = audit(1.0) | {
-        "not_applicable": [{"name": "probe", "reason": "does not apply to text rows"}],
-        "not_implemented": ["relearn", "patch"],
-    }
+def test_audit_section_lists_the_attacks_that_do_not_apply() -> None:
+    partial = audit(1.0) | {"not_applicable": [{"name": "probe", "reason": "does not apply to text rows"}]}
     markdown = render(results() | {"audit": partial})
-    assert "| audit of 4 attacks (**not full**: relearn, patch not implemented yet) of the demo forget job" in markdown
-    assert "**Not implemented yet, so missing from the audit and its time: relearn, patch.**" in markdown
     assert (
         "Not applicable to these rows (a full audit leaves them out): probe: does not apply to text rows." in markdown
     )

@@ -4,7 +4,7 @@ import pytest
 
 from bench.scoring_bench import ScoringRun, fastest_at_parity, summarize
 from bench.tasks import TASKS, write_lmeval_task
-from worker.engine.data import ChoiceRow
+from lethe.rows import ChoiceRow
 
 
 def run(system: str, precision: str, seconds: float, accuracy: float, loglikelihoods=None) -> ScoringRun:

@@ -4,8 +4,8 @@ import torch
 from bench.naive_peft import naive_gradient_ascent
 from bench.peak import matmul_peak_flops
 from bench.training_bench import LORA_RANK, lethe_gradient_ascent, model_flops_per_token
+from lethe.rows import ChoiceRow
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.data import ChoiceRow
 from worker.engine.lm import LoadedLM
 
 

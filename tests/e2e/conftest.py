@@ -25,7 +25,7 @@ class Service:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "lethe.cli", *args], env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "cli.main", *args], env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
         )
 
     def log(self) -> str:
@@ -97,7 +97,7 @@ def start_lethe(
     tiny_dir = build_tiny_lm(tmp_path / "tiny-lm", task_corpus())
     env = {**env, "LETHE_BOOTSTRAP_API_KEY": BOOTSTRAP_KEY, "LETHE_HEARTBEAT_INTERVAL_S": "1"}
     subprocess.run(
-        [sys.executable, "-m", "lethe.cli", "base-models", "add", "tiny-e2e", str(tiny_dir)],
+        [sys.executable, "-m", "cli.main", "base-models", "add", "tiny-e2e", str(tiny_dir)],
         env={**os.environ, **env},
         cwd=ROOT,
         check=True,

@@ -93,7 +93,7 @@ def test_audit_of_a_random_label_adapter(
         path.write_bytes(report.content)
         cli_env = {**os.environ, **env}
         verified = subprocess.run(
-            [sys.executable, "-m", "lethe.cli", "verify-report", str(path)],
+            [sys.executable, "-m", "cli.main", "verify-report", str(path)],
             env=cli_env,
             cwd=ROOT,
             capture_output=True,
@@ -103,7 +103,7 @@ def test_audit_of_a_random_label_adapter(
         signed["report"]["verdict"] = "robust" if audit["verdict"] != "robust" else "shallow"
         path.write_text(json.dumps(signed))
         tampered = subprocess.run(
-            [sys.executable, "-m", "lethe.cli", "verify-report", str(path)],
+            [sys.executable, "-m", "cli.main", "verify-report", str(path)],
             env=cli_env,
             cwd=ROOT,
             capture_output=True,

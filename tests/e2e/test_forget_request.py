@@ -14,13 +14,13 @@ import httpx
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from lethe.rows import ChoiceRow, split_heldout
 from lethe.settings import Settings
 from models.db import session_scope
 from models.repositories import AdapterRepository, JobEventRepository, MetricRepository
 from storage import open_store
 from tests.e2e.conftest import BOOTSTRAP_KEY, own_redis_db, start_lethe, upload_rows, wait_for_job
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.data import ChoiceRow, split_heldout
 from worker.engine.scoring import score_choices
 
 SEED = 7

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from lethe.attacks import Thresholds
+from lethe.rows import QARow
+from lethe.specs import AttackChoice
 from tests.tiny_lm import synthetic_qa_rows
-from worker.engine.attacks.params import Thresholds
 from worker.engine.audit import audit_context, open_adapter, run_audit
-from worker.engine.data import QARow
 from worker.engine.lm import LoadedLM
 from worker.engine.training import attach_lora, lora_state
 
@@ -57,7 +58,7 @@ def test_run_audit_skips_an_attack_with_nothing_to_measure(tiny_base: LoadedLM, 
     stages: list[tuple[str, float]] = []
     audited, skipped = run_audit(
         ctx,
-        [{"name": "paraphrase", "params": {}}, {"name": "quantize", "params": {"schemes": ["int8"]}}],
+        [AttackChoice(name="paraphrase", params={}), AttackChoice(name="quantize", params={"schemes": ["int8"]})],
         Thresholds.model_validate({}),
         lambda stage, fraction: stages.append((stage, fraction)),
     )

@@ -2,11 +2,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from lethe.registry import UnknownNameError
+from lethe.rows import ChoiceRow, QARow, chance, split_heldout
 from tests.tiny_lm import synthetic_choice_rows, synthetic_qa_rows
-from worker.engine.data import ChoiceRow, QARow, chance, split_heldout
 from worker.engine.forget import FinetuneConfig, ForgetOutcome, ForgetPlan, MetricValue, run_forget
 from worker.engine.lm import LoadedLM, load_base_lm
-from worker.engine.registry import UnknownNameError
 
 FORGET_TRAIN, FORGET_HELDOUT = split_heldout(
     [ChoiceRow.from_dict(r) for r in synthetic_choice_rows(128, seed=0)], 0.25, seed=0

@@ -3,8 +3,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from lethe.rows import ChoiceRow
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.data import ChoiceRow
 from worker.engine.lm import LoadedLM
 from worker.engine.scoring import (
     CausalLM,
@@ -17,11 +17,11 @@ from worker.engine.scoring import (
 
 
 def mixed_rows() -> list[ChoiceRow]:
-    """Rows of different lengths, multi-token choices, three choices and an empty prompt, to exercise packing."""
+    """Rows of different lengths, multi-token choices, three choices and a one-word prompt, to exercise packing."""
     rows = [ChoiceRow.from_dict(r) for r in synthetic_choice_rows(9, seed=1)]
     rows.append(ChoiceRow("The big drill is a ", ("tool", "fruit salad", "kiwi"), 0))
     rows.append(ChoiceRow("A", (" lemon is a fruit", " saw"), 1))
-    rows.append(ChoiceRow("", (" The plum is a fruit", " The plum is a tool"), 0))
+    rows.append(ChoiceRow("So", (" the plum is a fruit", " the plum is a tool"), 0))
     return rows
 
 

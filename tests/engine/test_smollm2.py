@@ -2,7 +2,7 @@
 
 import pytest
 
-from worker.engine.data import ChoiceRow
+from lethe.rows import ChoiceRow
 from worker.engine.lm import BaseLMCache
 from worker.engine.scoring import score_choices
 

@@ -3,8 +3,8 @@ import copy
 import pytest
 import torch
 
+from lethe.rows import ChoiceRow, QARow, TextRow
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.data import ChoiceRow, QARow, TextRow
 from worker.engine.lm import LoadedLM
 from worker.engine.methods.gradient_ascent import GradientAscent
 from worker.engine.methods.random_label import RandomLabel

@@ -67,7 +67,7 @@ def test_configured_key_must_be_strong(tmp_path: Path) -> None:
 def _verify_cli(path: Path, data_dir: Path) -> subprocess.CompletedProcess[str]:
     env = {"LETHE_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin"}
     return subprocess.run(
-        [sys.executable, "-m", "lethe.cli", "verify-report", str(path)], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "cli.main", "verify-report", str(path)], env=env, capture_output=True, text=True
     )
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import psycopg
 from sqlalchemy import create_engine, inspect
 
-from lethe.migrate import downgrade, upgrade
+from models.migrate import downgrade, upgrade
 from models.tables import Base
 from tests.conftest import POSTGRES_ADMIN_URL
 

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import StatementError
 
-from lethe.migrate import upgrade
 from models.db import session_scope
+from models.migrate import upgrade
 from models.repositories import TenantRepository
 from models.tables import Tenant
 

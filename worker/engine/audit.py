@@ -11,11 +11,12 @@ from typing import Any
 import torch
 from peft import PeftModel
 
+from lethe.attacks import ATTACKS, Thresholds
+from lethe.rows import Row
+from lethe.specs import AttackChoice
 from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.implementations import ATTACK_IMPLEMENTATIONS
+from worker.engine.attacks.implementations import attack_implementation
 from worker.engine.attacks.outcome import AttackNotApplicable, AttackOutcome, Judgement, judge
-from worker.engine.attacks.params import ATTACKS, Thresholds
-from worker.engine.data import Row
 from worker.engine.lm import LoadedLM
 from worker.engine.scoring import max_length
 from worker.engine.training import LoraState, lora_state
@@ -94,22 +95,22 @@ def audit_context(
 
 def run_audit(
     ctx: AuditContext,
-    attacks: Sequence[Mapping[str, Any]],
+    attacks: Sequence[AttackChoice],
     thresholds: Thresholds,
     on_progress: Callable[[str, float], None],
 ) -> tuple[list[AuditedAttack], list[SkippedAttack]]:
-    """Run every attack ({"name", "params"}) in order; on_progress(stage, fraction of the audit done).
+    """Run every attack in order; on_progress(stage, fraction of the audit done).
 
     Each attack starts from the forgotten adapter and torch's generator seeded with the audit's seed, so an attack's
     result does not depend on which attacks ran before it. An attack that does not apply to the rows is skipped.
     """
     audited, skipped = [], []
     for index, attack in enumerate(attacks):
-        name = attack["name"]
+        name = attack.name
         spec = ATTACKS.get(name)
         if ctx.kind not in spec.kinds:
             raise ValueError(f"attack {name} does not apply to {ctx.kind} rows (it supports: {', '.join(spec.kinds)})")
-        params = spec.parse(attack.get("params", {}))
+        params = attack.parsed()
         stage = f"attack:{name}"
 
         def progress(fraction: float, index: int = index, stage: str = stage) -> None:
@@ -119,7 +120,7 @@ def run_audit(
         progress(0.0)
         torch.manual_seed(ctx.seed)
         try:
-            outcome = ATTACK_IMPLEMENTATIONS.get(name)(ctx, params)
+            outcome = attack_implementation(name)(ctx, params)
         except AttackNotApplicable as exc:
             skipped.append(SkippedAttack(name, str(exc)))
             continue

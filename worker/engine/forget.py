@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from peft import PeftModel
 
-from worker.engine.data import ChoiceRow, QARow, Row, TextRow, chance, kind_of
+from lethe.methods import METHODS, MethodParams
+from lethe.rows import ChoiceRow, QARow, Row, TextRow, chance, kind_of
 from worker.engine.lm import LoadedLM
-from worker.engine.methods.implementations import METHOD_IMPLEMENTATIONS, build_plugins, trained_layers
-from worker.engine.methods.params import METHODS, MethodParams
+from worker.engine.methods.implementations import build_objective
+from worker.engine.methods.plugins import build_plugins
 from worker.engine.metrics.choice import correct_probabilities
 from worker.engine.metrics.evaluate import (
     PRIMARY_METRIC,
@@ -140,7 +141,7 @@ def run_forget(
         raise ValueError("every retain set needs at least one row")
     if params.utility_floor is not None and not retain:
         raise ValueError("utility_floor needs at least one retain set")
-    objective = METHOD_IMPLEMENTATIONS.get(plan.method)(params, plan.seed)
+    objective = build_objective(plan.method, params, plan.seed)
     splits: dict[str, Sequence[Row]] = {FORGET_TRAIN: forget_train, FORGET_HELDOUT: forget_heldout}
     splits.update({f"{RETAIN_PREFIX}{name}": rows for name, rows in retain.items()})
     if general_text:
@@ -151,7 +152,7 @@ def run_forget(
     lm = copy.deepcopy(base.lm)  # the cached base LM stays pristine
     before_stage = "finetuned" if plan.finetune else "base"
     base_evaluation = run.evaluate(lm, "base", collect_hidden=plan.probe and before_stage == "base")
-    layers = trained_layers(plan.method, params, lm.config.num_hidden_layers)
+    layers = params.adapted_layers(lm.config.num_hidden_layers)
     peft_lm = attach_lora(lm, params.lora_rank, params.lora_alpha, layers=layers)
     before = base_evaluation
     if plan.finetune:
@@ -425,7 +426,7 @@ class _Run:
             ),
             seed=self.plan.seed,
             limit=self.limit,
-            plugins=build_plugins(self.plan.method, params),
+            plugins=build_plugins(params),
             evaluate=check,
             on_step=count_rows,
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from worker.engine.registry import Registry, UnknownNameError
+from lethe.registry import Registry, UnknownNameError
 
 
 @dataclass(frozen=True)

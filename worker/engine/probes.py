@@ -22,7 +22,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from transformers import PreTrainedTokenizerBase
 
-from worker.engine.data import ChoiceRow, QARow
+from lethe.rows import ChoiceRow, QARow
 from worker.engine.scoring import CausalLM, ChoiceScores, score_choices
 
 # sklearn's default L2 strength (C=1) with more iterations than its default 100, which lbfgs often needs

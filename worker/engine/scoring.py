@@ -21,7 +21,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from worker.engine.data import ChoiceRow
+from lethe.rows import ChoiceRow
 from worker.engine.precision import autocast, full_precision
 
 # A base LM, or one wrapped with LoRA adapters (PeftModel forwards `config` and the call).

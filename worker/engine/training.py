@@ -19,7 +19,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from worker.engine.data import Row
+from lethe.rows import Row
 from worker.engine.precision import autocast
 from worker.engine.scoring import encode_pair, pair_sequence
 

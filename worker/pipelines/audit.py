@@ -18,15 +18,15 @@ from typing import Any
 
 from safetensors.torch import load as load_safetensors
 
+from lethe.rows import kind_of, split_heldout
 from lethe.settings import Settings
 from lethe.signing import sign, signing_key
+from lethe.specs import AuditJobSpec
 from models.db import session_scope
 from models.repositories import AdapterRepository, AuditRepository, JobEventRepository, JobRepository, MetricRepository
 from models.tables import AuditResult, Metric, utcnow
 from storage import ObjectStore
-from worker.engine.attacks.params import Thresholds
 from worker.engine.audit import AuditedAttack, audit_context, open_adapter, run_audit
-from worker.engine.data import kind_of, split_heldout
 from worker.engine.lm import BaseLMCache
 from worker.pipelines.forget import BEFORE_FORGETTING, load_base, load_forget_inputs
 from worker.pipelines.jobs import JobFailure, ProgressReporter, evidence_key, run_job
@@ -40,7 +40,7 @@ class AuditTarget:
 
     audit_id: uuid.UUID
     tenant_id: uuid.UUID
-    spec: dict[str, Any]
+    spec: AuditJobSpec
     adapter: dict[str, Any]
     adapter_key: str
     forget_job_id: uuid.UUID
@@ -65,7 +65,7 @@ def _target(settings: Settings, job_id: uuid.UUID) -> AuditTarget:
         return AuditTarget(
             audit_id=audit.id,
             tenant_id=audit.tenant_id,
-            spec=job.spec,
+            spec=AuditJobSpec.model_validate(job.spec),
             adapter={
                 "id": str(adapter.id),
                 "sha256": adapter.sha256,
@@ -85,9 +85,7 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
     inputs = load_forget_inputs(settings, store, target.forget_job_id)
     forget_spec = inputs.spec
     base = load_base(lm_cache, forget_spec)
-    forget_train, forget_heldout = split_heldout(
-        inputs.forget_rows, forget_spec["heldout_fraction"], forget_spec["seed"]
-    )
+    forget_train, forget_heldout = split_heldout(inputs.forget_rows, forget_spec.heldout_fraction, forget_spec.seed)
     archive = store.get(target.adapter_key)
     if hashlib.sha256(archive).hexdigest() != target.adapter["sha256"]:
         raise JobFailure("adapter_corrupt", "the stored adapter does not match the checksum the catalogue recorded")
@@ -111,12 +109,12 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
         forget_train,
         forget_heldout,
         inputs.retain,
-        batch_size=forget_spec["method"]["params"]["batch_size"],
-        seed=forget_spec["seed"],
+        batch_size=forget_spec.method.parsed().batch_size,
+        seed=forget_spec.seed,
     )
-    thresholds = Thresholds.model_validate(target.spec["thresholds"])
+    thresholds = target.spec.thresholds
     try:
-        audited, skipped = run_audit(ctx, target.spec["attacks"], thresholds, report)
+        audited, skipped = run_audit(ctx, target.spec.attacks, thresholds, report)
     except ValueError as exc:
         # Params the API could not check without the LM (e.g. a patch layer beyond the LM's depth).
         raise JobFailure("attack_rejected", str(exc)) from exc
@@ -132,12 +130,12 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
         adapter=target.adapter,
         forget_job={
             "id": str(target.forget_job_id),
-            "method": forget_spec["method"]["name"],
-            "method_params": forget_spec["method"]["params"],
-            "finetune": forget_spec["finetune"],
+            "method": forget_spec.method.name,
+            "method_params": forget_spec.method.params,
+            "finetune": forget_spec.finetune.model_dump() if forget_spec.finetune else None,
             "kind": kind_of(inputs.forget_rows),
-            "seed": forget_spec["seed"],
-            "heldout_fraction": forget_spec["heldout_fraction"],
+            "seed": forget_spec.seed,
+            "heldout_fraction": forget_spec.heldout_fraction,
             "dataset_sha256": inputs.dataset_hashes,
             "splits": splits,
             "steps": manifest.get("steps"),

@@ -20,7 +20,9 @@ from typing import Any
 
 from safetensors.torch import save as save_safetensors
 
+from lethe.rows import Row, TextRow, rows_from_dicts, split_heldout
 from lethe.settings import Settings
+from lethe.specs import AuditJobSpec, ForgetJobSpec
 from models.db import session_scope
 from models.repositories import (
     AdapterRepository,
@@ -33,7 +35,6 @@ from models.repositories import (
 from models.tables import Adapter, Dataset, Metric, utcnow
 from storage import ObjectStore
 from worker.engine.adapters import export_adapter
-from worker.engine.data import Row, TextRow, rows_from_dicts, split_heldout
 from worker.engine.forget import FinetuneConfig, ForgetOutcome, ForgetPlan, run_forget
 from worker.engine.lm import BaseLMCache, LoadedLM
 from worker.pipelines.jobs import JobFailure, ProgressReporter, evidence_key, fail_job, run_job
@@ -47,18 +48,18 @@ BEFORE_FORGETTING = "before_forgetting.safetensors"
 @dataclass
 class ForgetInputs:
     tenant_id: uuid.UUID
-    spec: dict[str, Any]
+    spec: ForgetJobSpec
     forget_rows: list[Row]
     retain: dict[str, list[Row]]
     dataset_hashes: dict[str, str]
 
 
-def load_base(lm_cache: BaseLMCache, spec: dict[str, Any]) -> LoadedLM:
+def load_base(lm_cache: BaseLMCache, spec: ForgetJobSpec) -> LoadedLM:
     """The forget job's base LM, from the worker's cache."""
     try:
-        return lm_cache.get(spec["base_model"], spec["base_model_source"])
+        return lm_cache.get(spec.base_model, spec.base_model_source)
     except (OSError, ValueError) as exc:
-        raise JobFailure("base_model_unavailable", f"{spec['base_model']}: {exc}") from exc
+        raise JobFailure("base_model_unavailable", f"{spec.base_model}: {exc}") from exc
 
 
 def _rows(store: ObjectStore, dataset: Dataset) -> list[Row]:
@@ -77,18 +78,18 @@ def load_forget_inputs(settings: Settings, store: ObjectStore, job_id: uuid.UUID
     with session_scope(settings.database_url) as session:
         job = JobRepository(session).get_by_id(job_id)
         assert job is not None
-        spec = job.spec
-        datasets: dict[str, Dataset] = {}
-        for dataset_id in [spec["forget_dataset"], *spec["retain_datasets"]]:
-            dataset = DatasetRepository(session).get(job.tenant_id, uuid.UUID(dataset_id))
+        spec = ForgetJobSpec.model_validate(job.spec)
+        datasets: dict[uuid.UUID, Dataset] = {}
+        for dataset_id in [spec.forget_dataset, *spec.retain_datasets]:
+            dataset = DatasetRepository(session).get(job.tenant_id, dataset_id)
             if dataset is None:
                 raise JobFailure("dataset_missing", f"dataset {dataset_id} no longer exists")
             datasets[dataset_id] = dataset
     return ForgetInputs(
         tenant_id=job.tenant_id,
         spec=spec,
-        forget_rows=_rows(store, datasets[spec["forget_dataset"]]),
-        retain={datasets[i].name: _rows(store, datasets[i]) for i in spec["retain_datasets"]},
+        forget_rows=_rows(store, datasets[spec.forget_dataset]),
+        retain={datasets[i].name: _rows(store, datasets[i]) for i in spec.retain_datasets},
         dataset_hashes={d.name: d.sha256 for d in datasets.values()},
     )
 
@@ -97,13 +98,13 @@ def _provenance(job_id: uuid.UUID, inputs: ForgetInputs, outcome: ForgetOutcome)
     spec = inputs.spec
     return {
         "job_id": str(job_id),
-        "base_model": spec["base_model"],
-        "base_model_source": spec["base_model_source"],
-        "method": spec["method"]["name"],
-        "method_params": spec["method"]["params"],
-        "finetune": spec["finetune"],
-        "heldout_fraction": spec["heldout_fraction"],
-        "seed": spec["seed"],
+        "base_model": spec.base_model,
+        "base_model_source": spec.base_model_source,
+        "method": spec.method.name,
+        "method_params": spec.method.params,
+        "finetune": spec.finetune.model_dump() if spec.finetune else None,
+        "heldout_fraction": spec.heldout_fraction,
+        "seed": spec.seed,
         "dataset_sha256": inputs.dataset_hashes,
         "steps": outcome.steps,
         "stop_reason": outcome.stop_reason,
@@ -152,23 +153,22 @@ def _run_claimed(
     inputs = load_forget_inputs(settings, store, job_id)
     spec = inputs.spec
     base = load_base(lm_cache, spec)
-    forget_train, forget_heldout = split_heldout(inputs.forget_rows, spec["heldout_fraction"], spec["seed"])
-    finetune = spec["finetune"]
+    forget_train, forget_heldout = split_heldout(inputs.forget_rows, spec.heldout_fraction, spec.seed)
     plan = ForgetPlan(
-        method=spec["method"]["name"],
-        method_params=spec["method"]["params"],
-        finetune=FinetuneConfig(**finetune) if finetune else None,
-        probe=spec["probe"],
-        seed=spec["seed"],
+        method=spec.method.name,
+        method_params=spec.method.params,
+        finetune=FinetuneConfig(**spec.finetune.model_dump()) if spec.finetune else None,
+        probe=spec.probe,
+        seed=spec.seed,
     )
-    general_text = general_text_rows() if spec.get("general_text_perplexity") else []
+    general_text = general_text_rows() if spec.general_text_perplexity else []
     outcome = run_forget(base, plan, forget_train, forget_heldout, inputs.retain, report, general_text)
 
     report("storing", 0.0)
     provenance = _provenance(job_id, inputs, outcome)
     card_metrics = [m.__dict__ for m in outcome.metrics]
     with tempfile.TemporaryDirectory(prefix="lethe-adapter-") as tmp:
-        export_adapter(outcome.peft_lm, Path(tmp), spec["base_model"], card_metrics, provenance)
+        export_adapter(outcome.peft_lm, Path(tmp), spec.base_model, card_metrics, provenance)
         archive = _tarball(Path(tmp))
     adapter_id = uuid.uuid4()
     objects = {
@@ -224,7 +224,7 @@ def _record_success(
                 id=adapter_id,
                 tenant_id=inputs.tenant_id,
                 job_id=job_id,
-                base_model=inputs.spec["base_model"],
+                base_model=inputs.spec.base_model,
                 object_key=adapter_key,
                 sha256=hashlib.sha256(archive).hexdigest(),
                 size_bytes=len(archive),
@@ -245,9 +245,11 @@ def _record_success(
         if not JobRepository(session).finish(job_id, "succeeded", utcnow()):
             raise JobFailure("job_closed", "the job was closed while it ran (reaped or cancelled)")
         JobEventRepository(session).append(job_id, "succeeded", {"adapter_id": str(adapter_id), "steps": outcome.steps})
-        audit = inputs.spec.get("audit")
+        audit = inputs.spec.audit
         if audit is None:
             return None
-        created = AuditRepository(session).create_with_job(inputs.tenant_id, adapter_id, audit)
+        created = AuditRepository(session).create_with_job(
+            inputs.tenant_id, AuditJobSpec(adapter_id=adapter_id, attacks=audit.attacks, thresholds=audit.thresholds)
+        )
         JobEventRepository(session).append(job_id, "audit_requested", {"audit_id": str(created.id)})
         return created.job_id

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from lethe.attacks import ATTACKS, Thresholds
 from worker.engine.attacks.outcome import overall_verdict
-from worker.engine.attacks.params import ATTACKS, Thresholds
 from worker.engine.audit import AuditedAttack, SkippedAttack
 
 SCHEMA = "lethe.audit-report/1"

@@ -11,10 +11,10 @@ import pytest
 import torch
 from transformers import PreTrainedModel
 
+from lethe.attacks import ATTACKS, AttackParams
 from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.implementations import ATTACK_IMPLEMENTATIONS
+from worker.engine.attacks.implementations import attack_implementation
 from worker.engine.attacks.outcome import AttackOutcome
-from worker.engine.attacks.params import ATTACKS, AttackParams
 from worker.engine.methods.blocks import decoder_blocks
 from worker.engine.training import lora_state
 
@@ -51,4 +51,4 @@ def run_checked(
 
 def run_attack(name: str, ctx: AuditContext, **params: Any) -> AttackOutcome:
     """Attack `name` with `params` on `ctx`, through run_checked."""
-    return run_checked(ATTACK_IMPLEMENTATIONS.get(name), ctx, ATTACKS.get(name).parse(params))[0]
+    return run_checked(attack_implementation(name), ctx, ATTACKS.get(name).parse(params))[0]

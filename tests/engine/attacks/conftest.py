@@ -15,13 +15,13 @@ import pytest
 import torch
 from peft import PeftModel
 
+from lethe.methods import METHODS
+from lethe.rows import ChoiceRow, Row
 from tests.engine.methods.helpers import teach
 from tests.tiny_lm import synthetic_choice_rows
 from worker.engine.attacks.context import AuditContext, LoraState, lora_state
-from worker.engine.data import ChoiceRow, Row
 from worker.engine.lm import LoadedLM
-from worker.engine.methods.implementations import METHOD_IMPLEMENTATIONS
-from worker.engine.methods.params import METHODS
+from worker.engine.methods.implementations import build_objective
 from worker.engine.training import Schedule, attach_lora, train
 
 LIMIT = 64
@@ -95,7 +95,7 @@ def build_context(
     train(
         peft_lm,
         base.tokenizer,
-        METHOD_IMPLEMENTATIONS.get(method)(parsed, 0),
+        build_objective(method, parsed, 0),
         rows["forget_train"],
         rows["retain"],
         Schedule(learning_rate=learning_rate, epochs=100, batch_size=8, max_steps=steps),

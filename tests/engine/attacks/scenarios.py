@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 import torch
 
+from lethe.rows import ChoiceRow, Row
 from tests.engine.attacks.conftest import LIMIT, context_for
 from worker.engine.attacks.context import AuditContext, lora_state
-from worker.engine.data import ChoiceRow, Row
 from worker.engine.lm import LoadedLM
 from worker.engine.training import Objective, Schedule, attach_lora, train
 

@@ -15,6 +15,8 @@ import random
 
 import pytest
 
+from lethe.attacks import InContextParams, Thresholds
+from lethe.rows import ChoiceRow, QARow, Row, TextRow
 from tests.engine.attacks.attack_checks import run_checked
 from tests.engine.attacks.conftest import build_context, teach_base
 from tests.engine.attacks.scenarios import finetuned_context, wrong
@@ -22,8 +24,6 @@ from tests.tiny_lm import ADJECTIVES, CATEGORIES, synthetic_choice_rows, synthet
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.in_context import SEPARATOR, _score_after, few_shot_prompt, in_context
 from worker.engine.attacks.outcome import judge
-from worker.engine.attacks.params import InContextParams, Thresholds
-from worker.engine.data import ChoiceRow, QARow, Row, TextRow
 from worker.engine.lm import LoadedLM
 from worker.engine.scoring import encode_pair
 

@@ -2,8 +2,8 @@
 
 import pytest
 
+from lethe.attacks import Thresholds
 from worker.engine.attacks.outcome import AttackOutcome, Variant, excess_drop, judge, overall_verdict, recovery_rate
-from worker.engine.attacks.params import Thresholds
 
 DEFAULTS = Thresholds.model_validate({})
 

@@ -13,15 +13,15 @@ import random
 
 import pytest
 
+from lethe.attacks import ParaphraseParams, Thresholds
+from lethe.rows import ChoiceRow, QARow, Row, TextRow
 from tests.engine.attacks.attack_checks import run_checked
 from tests.engine.attacks.conftest import build_context, teach_base
 from tests.engine.attacks.scenarios import finetuned_context, wrong
 from tests.tiny_lm import synthetic_choice_rows, synthetic_qa_rows, synthetic_text_rows
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import judge
-from worker.engine.attacks.params import ParaphraseParams, Thresholds
 from worker.engine.attacks.paraphrase import lettered, paraphrase, retemplated
-from worker.engine.data import ChoiceRow, QARow, Row, TextRow
 from worker.engine.lm import LoadedLM
 
 THRESHOLDS = Thresholds()

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from lethe.attacks import Thresholds
+from lethe.rows import QARow, Row
 from tests.engine.attacks.attack_checks import run_attack
 from tests.engine.attacks.conftest import build_context
 from tests.tiny_lm import synthetic_qa_rows
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackNotApplicable, judge
-from worker.engine.attacks.params import Thresholds
 from worker.engine.attacks.patch import _patched_score, patched_blocks
 from worker.engine.attacks.replay import PassThrough, skipped_up_to
-from worker.engine.data import QARow, Row
 from worker.engine.lm import LoadedLM
 from worker.engine.methods.blocks import block_outputs, decoder_blocks, transformed_block_output
 from worker.engine.scoring import score_choices

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import pytest
 
+from lethe.attacks import Thresholds
+from lethe.rows import ChoiceRow, QARow, Row
 from tests.engine.attacks.attack_checks import run_attack
 from tests.engine.attacks.conftest import build_context
 from tests.tiny_lm import synthetic_choice_rows, synthetic_qa_rows
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackNotApplicable, judge
-from worker.engine.attacks.params import Thresholds
 from worker.engine.attacks.probe import probe_rows
-from worker.engine.data import ChoiceRow, QARow, Row
 from worker.engine.lm import LoadedLM
 
 

@@ -15,14 +15,14 @@ import copy
 import pytest
 import torch
 
+from lethe.attacks import Thresholds
+from lethe.rows import QARow, Row
 from tests.engine.attacks.attack_checks import run_attack
 from tests.engine.attacks.conftest import build_context, teach_base
 from tests.tiny_lm import synthetic_qa_rows
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import judge
-from worker.engine.attacks.params import Thresholds
 from worker.engine.attacks.quantize import fake_quantize_int4, fake_quantize_int8, merged_quantized_lm
-from worker.engine.data import QARow, Row
 from worker.engine.lm import LoadedLM
 from worker.engine.methods.blocks import decoder_blocks
 

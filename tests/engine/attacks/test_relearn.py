@@ -8,14 +8,14 @@ import dataclasses
 import pytest
 import torch
 
+from lethe.attacks import QuantizeParams, RelearnParams, Thresholds
+from lethe.rows import ChoiceRow, Row
 from tests.engine.attacks.attack_checks import run_checked
 from tests.engine.attacks.conftest import build_context, context_for, teach_base
 from tests.tiny_lm import CATEGORIES, synthetic_choice_rows
 from worker.engine.attacks.context import AuditContext, lora_state
 from worker.engine.attacks.outcome import judge
-from worker.engine.attacks.params import QuantizeParams, RelearnParams, Thresholds
 from worker.engine.attacks.relearn import relearn
-from worker.engine.data import ChoiceRow, Row
 from worker.engine.lm import LoadedLM
 from worker.engine.training import attach_lora
 

@@ -12,14 +12,14 @@ import dataclasses
 
 import pytest
 
+from lethe.attacks import Thresholds, TriggerParams
+from lethe.rows import ChoiceRow, QARow, Row, TextRow
 from tests.engine.attacks.attack_checks import run_checked
 from tests.engine.attacks.conftest import build_context
 from tests.tiny_lm import CATEGORIES, synthetic_choice_rows, synthetic_qa_rows, synthetic_text_rows
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import judge
-from worker.engine.attacks.params import Thresholds, TriggerParams
 from worker.engine.attacks.trigger import insert_words, trigger
-from worker.engine.data import ChoiceRow, QARow, Row, TextRow
 from worker.engine.lm import LoadedLM
 
 THRESHOLDS = Thresholds()

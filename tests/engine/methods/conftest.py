@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from lethe.rows import ChoiceRow, Row
 from tests.engine.methods.helpers import Task, teach
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.data import ChoiceRow, Row
 from worker.engine.lm import LoadedLM
 
 

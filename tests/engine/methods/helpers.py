@@ -11,9 +11,10 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from worker.engine.data import Row
-from worker.engine.methods.implementations import METHOD_IMPLEMENTATIONS, build_plugins, trained_layers
-from worker.engine.methods.params import METHODS
+from lethe.methods import METHODS
+from lethe.rows import Row
+from worker.engine.methods.implementations import build_objective
+from worker.engine.methods.plugins import build_plugins
 from worker.engine.training import Batch, Schedule, Step, attach_lora, collate, examples_of, mean_nll, train
 
 LIMIT = 64
@@ -86,16 +87,16 @@ def train_method(
 ) -> PeftModel:
     """`steps` optimiser steps of method `name` (batch 8) on a fresh adapter, as the forget run wires it."""
     parsed = METHODS.get(name).parse({**params, "learning_rate": learning_rate})
-    peft_lm = fresh_peft_lm(task, trained_layers(name, parsed, task.lm.config.num_hidden_layers))
+    peft_lm = fresh_peft_lm(task, parsed.adapted_layers(task.lm.config.num_hidden_layers))
     train(
         peft_lm,
         task.tokenizer,
-        METHOD_IMPLEMENTATIONS.get(name)(parsed, 0),
+        build_objective(name, parsed, 0),
         rows if rows is not None else task.forget,
         task.retain,
         Schedule(learning_rate=learning_rate, epochs=100, batch_size=8, max_steps=steps),
         seed=0,
         limit=LIMIT,
-        plugins=build_plugins(name, parsed),
+        plugins=build_plugins(parsed),
     )
     return peft_lm

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
+from lethe.methods import IdkParams
+from lethe.rows import ChoiceRow, QARow, Row, TextRow
 from tests.engine.methods.helpers import LIMIT, Task, batch_of, fresh_peft_lm, step_of, train_method
-from worker.engine.data import ChoiceRow, QARow, Row, TextRow
 from worker.engine.methods.idk import Idk, refusal_continuation, tofu_refusals
-from worker.engine.methods.params import IdkParams
 from worker.engine.training import TrainContext, sequence_logprob
 
 

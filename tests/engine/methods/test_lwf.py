@@ -7,8 +7,9 @@ from peft import PeftModel
 from pydantic import ValidationError
 from transformers import PreTrainedModel
 
+from lethe.methods import LWFParams
+from lethe.rows import ChoiceRow, TextRow
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.data import ChoiceRow, TextRow
 from worker.engine.lm import LoadedLM
 from worker.engine.methods.gradient_ascent import GradientAscent
 from worker.engine.methods.lwf import (
@@ -18,7 +19,6 @@ from worker.engine.methods.lwf import (
     prompt_ids,
     top_fraction,
 )
-from worker.engine.methods.params import LWFParams
 from worker.engine.training import (
     Batch,
     Objective,

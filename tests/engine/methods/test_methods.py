@@ -6,6 +6,8 @@ import math
 import pytest
 import torch
 
+from lethe.methods import METHODS, GradDiffParams, NPOParams, SimNPOParams
+from lethe.rows import QARow, TextRow
 from tests.engine.methods.helpers import (
     Task,
     batch_of,
@@ -15,11 +17,9 @@ from tests.engine.methods.helpers import (
     step_of,
     train_method,
 )
-from worker.engine.data import QARow, TextRow
 from worker.engine.methods.grad_diff import GradDiff
 from worker.engine.methods.losses import log_ratio, retain_batch
 from worker.engine.methods.npo import NPO
-from worker.engine.methods.params import METHODS, GradDiffParams, NPOParams, SimNPOParams
 from worker.engine.methods.simnpo import SimNPO
 from worker.engine.training import sequence_logprob
 

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from lethe.methods import GradDiffParams, GradientAscentParams
 from tests.engine.methods.helpers import LIMIT, Task, fresh_peft_lm, perturb_adapter, step_of
 from worker.engine.methods.blocks import block_outputs, decoder_block
 from worker.engine.methods.grad_diff import GradDiff
 from worker.engine.methods.losses import retain_batch
-from worker.engine.methods.params import GradDiffParams, GradientAscentParams
 from worker.engine.methods.plugins import BlockNoise, build_plugins, project_out_retain
 from worker.engine.training import Plugins, Schedule, Step, train
 

@@ -3,10 +3,9 @@
 import pytest
 import torch
 
+from lethe.methods import RMUParams
 from tests.engine.methods.helpers import LIMIT, Task, batch_of, fresh_peft_lm, nll, step_of, train_method
-from worker.engine.methods.implementations import trained_layers
 from worker.engine.methods.losses import activation_distance, retain_batch
-from worker.engine.methods.params import RMUParams
 from worker.engine.methods.rmu import RMU, random_unit_vector
 from worker.engine.training import TrainContext
 
@@ -47,7 +46,7 @@ def test_at_init_the_retain_loss_is_0_and_the_forget_loss_the_distance_to_c_u(ta
 
 def test_training_steers_forget_activations_and_keeps_retain_ones(task: Task) -> None:
     params = {"layer": 1, "steering_coefficient": 6.5, "alpha": 1200}
-    layers = trained_layers("rmu", RMUParams.model_validate(params), task.lm.config.num_hidden_layers)
+    layers = RMUParams.model_validate(params).adapted_layers(task.lm.config.num_hidden_layers)
     assert layers == [0, 1]
 
     def distances(lm) -> tuple[float, float]:

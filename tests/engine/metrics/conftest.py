@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from worker.engine.data import QARow, Row, TextRow
+from lethe.rows import QARow, Row, TextRow
 from worker.engine.lm import LoadedLM
 from worker.engine.metrics.token_scores import TokenScores
 from worker.engine.scoring import CausalLM, encode_pair, pad_right

@@ -2,9 +2,10 @@ import copy
 
 import pytest
 
+from lethe.metrics import METRICS
+from lethe.rows import ChoiceRow, QARow
 from tests.engine.metrics.conftest import assert_close, heldout_qa_rows, qa_rows, text_rows
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.data import ChoiceRow, QARow
 from worker.engine.lm import LoadedLM
 from worker.engine.metrics.evaluate import (
     MIA_ATTACKS,
@@ -16,7 +17,6 @@ from worker.engine.metrics.evaluate import (
     mia_scores,
     qa_progress_total,
 )
-from worker.engine.metrics.registry import METRICS
 from worker.engine.scoring import CausalLM
 from worker.engine.training import attach_lora
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from lethe.rows import Row
 from tests.engine.metrics.conftest import qa_rows, text_rows
-from worker.engine.data import Row
 from worker.engine.lm import LoadedLM
 from worker.engine.metrics.token_scores import score_tokens
 from worker.engine.scoring import encode_pair

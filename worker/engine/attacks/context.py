@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from peft import PeftModel
 
-from worker.engine.data import ChoiceRow, Row, chance, kind_of
+from lethe.rows import ChoiceRow, Row, chance, kind_of
 from worker.engine.lm import LoadedLM
 from worker.engine.metrics.evaluate import PRIMARY_METRIC, primary_score
 from worker.engine.scoring import CausalLM

@@ -29,10 +29,10 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
+from lethe.attacks import AttackParams, InContextParams
+from lethe.rows import ChoiceRow, QARow, Row
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackOutcome, Variant
-from worker.engine.attacks.params import AttackParams, InContextParams
-from worker.engine.data import ChoiceRow, QARow, Row
 from worker.engine.metrics.qa import answer_probability
 from worker.engine.metrics.token_scores import score_tokens
 from worker.engine.scoring import encode_pair

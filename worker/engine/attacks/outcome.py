@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from worker.engine.attacks.params import Thresholds
+from lethe.attacks import Thresholds
 
 Verdict = Literal["robust", "shallow", "inconclusive"]
 

@@ -29,12 +29,12 @@ from collections.abc import Sequence
 
 import torch
 
+from lethe.attacks import AttackParams, PatchParams
+from lethe.rows import Row
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackNotApplicable, AttackOutcome, Variant
-from worker.engine.attacks.params import AttackParams, PatchParams
 from worker.engine.attacks.replay import captured, replayed
 from worker.engine.attacks.restore import block_of
-from worker.engine.data import Row
 from worker.engine.methods.blocks import decoder_blocks
 
 

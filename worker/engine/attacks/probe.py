@@ -34,10 +34,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from lethe.attacks import AttackParams, ProbeParams
+from lethe.rows import ChoiceRow, QARow, Row, chance
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackNotApplicable, AttackOutcome, Variant
-from worker.engine.attacks.params import AttackParams, ProbeParams
-from worker.engine.data import ChoiceRow, QARow, Row, chance
 from worker.engine.probes import probe_accuracy_by_layer, qa_probe_rows
 from worker.engine.scoring import CausalLM, ChoiceScores, score_choices
 

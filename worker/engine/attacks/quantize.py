@@ -36,10 +36,10 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 
+from lethe.attacks import AttackParams, QuantizeParams
+from lethe.rows import Row
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackOutcome, Variant
-from worker.engine.attacks.params import AttackParams, QuantizeParams
-from worker.engine.data import Row
 from worker.engine.methods.blocks import decoder_blocks
 from worker.engine.training import LoraState, load_lora_state
 

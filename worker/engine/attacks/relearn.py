@@ -30,10 +30,10 @@ from collections.abc import Callable, Iterator, Sequence
 
 from peft import PeftModel
 
+from lethe.attacks import AttackParams, RelearnParams
+from lethe.rows import Row
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackOutcome, Variant
-from worker.engine.attacks.params import AttackParams, RelearnParams
-from worker.engine.data import Row
 from worker.engine.training import Objective, Schedule, train
 
 SPLIT = "forget_heldout"

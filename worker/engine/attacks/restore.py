@@ -34,9 +34,9 @@ from dataclasses import dataclass
 
 import torch
 
+from lethe.attacks import AttackParams, RestoreGroup, RestoreParams
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackNotApplicable, AttackOutcome, Variant
-from worker.engine.attacks.params import AttackParams, RestoreGroup, RestoreParams
 from worker.engine.attacks.replay import captured, replayed
 from worker.engine.methods.blocks import decoder_blocks
 

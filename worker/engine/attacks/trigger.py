@@ -31,10 +31,10 @@ import dataclasses
 import random
 from collections.abc import Sequence
 
+from lethe.attacks import AttackParams, TriggerParams
+from lethe.rows import ChoiceRow, QARow, Row, kind_of
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import AttackNotApplicable, AttackOutcome, Variant
-from worker.engine.attacks.params import AttackParams, TriggerParams
-from worker.engine.data import ChoiceRow, QARow, Row, kind_of
 from worker.engine.metrics.evaluate import PRIMARY_METRIC
 from worker.engine.metrics.qa import answer_probability
 from worker.engine.metrics.token_scores import score_tokens

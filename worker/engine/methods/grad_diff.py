@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from lethe.methods import RetainParams
 from worker.engine.methods.losses import retain_loss
-from worker.engine.methods.params import RetainParams
 from worker.engine.training import LossTerms, Objective, Step, mean_nll
 
 

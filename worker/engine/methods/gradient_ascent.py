@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.engine.methods.params import GradientAscentParams
+from lethe.methods import GradientAscentParams
 from worker.engine.training import LossTerms, Objective, Step, mean_nll
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from worker.engine.data import ChoiceRow, QARow, Row
+from lethe.methods import IdkParams
+from lethe.rows import ChoiceRow, QARow, Row
 from worker.engine.methods.grad_diff import GradDiff
 from worker.engine.methods.losses import dpo_loss, log_ratio
-from worker.engine.methods.params import IdkParams
 from worker.engine.training import Example, Step, TrainContext, collate, make_example
 
 REFUSALS_FILE = Path(__file__).with_name("idk_refusals.txt")

@@ -37,8 +37,8 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from worker.engine.data import Row, TextRow
-from worker.engine.methods.params import LWFParams
+from lethe.methods import LWFParams
+from lethe.rows import Row, TextRow
 from worker.engine.metrics.generation import pad_left
 from worker.engine.scoring import encode_pair, pair_sequence
 from worker.engine.training import (

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from lethe.methods import NPOParams
 from worker.engine.methods.grad_diff import GradDiff
 from worker.engine.methods.losses import log_ratio, npo_loss
-from worker.engine.methods.params import NPOParams
 from worker.engine.training import Step
 
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 from peft import PeftModel
 
+from lethe.methods import MethodParams, PluginParams, relative_layer
 from worker.engine.methods.blocks import decoder_block, transformed_block_output
 from worker.engine.methods.losses import retain_loss
-from worker.engine.methods.params import PluginParams, relative_layer
 from worker.engine.training import Plugins, Step
 
 
@@ -64,9 +64,11 @@ class BlockNoise:
             yield
 
 
-def build_plugins(params: PluginParams) -> Plugins:
-    """The plug-ins `params` switch on (none by default)."""
+def build_plugins(params: MethodParams) -> Plugins:
+    """The plug-ins `params` switch on (none by default, and none for methods without plug-in params)."""
     plugins = Plugins()
+    if not isinstance(params, PluginParams):
+        return plugins
     if params.retain_kl_weight > 0:
         plugins.retain_terms.append(retain_kl_term(params.retain_kl_weight))
     if params.project_gradients:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from worker.engine.data import ChoiceRow
-from worker.engine.methods.params import RandomLabelParams
+from lethe.methods import RandomLabelParams
+from lethe.rows import ChoiceRow
 from worker.engine.training import Example, Objective, TrainContext, make_example
 
 

@@ -7,7 +7,7 @@ unit vector, and retain activations are held at the reference's (the LM with its
 
 over every real (attended) token of each sequence, padding excluded, then over sequences. u has independent
 entries uniform in [0, 1), normalised to unit length, drawn from the run's seed. Only `trained_layers` (by default
-layer−2..layer, as Li et al.) carry LoRA adapters: see `trained_layers`.
+layer−2..layer, as Li et al.) carry LoRA adapters: see `RMUParams.adapted_layers`.
 """
 
 from __future__ import annotations
@@ -17,27 +17,10 @@ from typing import Any
 
 import torch
 
+from lethe.methods import RMUParams
 from worker.engine.methods.blocks import block_outputs, decoder_block
 from worker.engine.methods.losses import activation_distance, retain_batch
-from worker.engine.methods.params import RMUParams, relative_layer
 from worker.engine.training import Batch, LossTerms, Objective, Step, TrainContext
-
-
-def steered_layer(params: RMUParams, n_layers: int) -> int:
-    """The decoder block RMU steers in an LM of `n_layers` blocks."""
-    layer = params.layer if params.layer is not None else relative_layer(n_layers)
-    if layer >= n_layers:
-        raise ValueError(f"rmu layer {layer} does not exist: the LM has {n_layers} decoder blocks")
-    return layer
-
-
-def trained_layers(params: RMUParams, n_layers: int) -> list[int]:
-    """The decoder blocks that get LoRA adapters: params.trained_layers, or layer−2..layer (Li et al.)."""
-    layer = steered_layer(params, n_layers)
-    layers = params.trained_layers if params.trained_layers is not None else range(max(layer - 2, 0), layer + 1)
-    if max(layers) > layer:
-        raise ValueError(f"rmu trained_layers after layer {layer} cannot change its output")
-    return sorted(layers)
 
 
 def random_unit_vector(size: int, seed: int) -> torch.Tensor:
@@ -58,7 +41,7 @@ class RMU(Objective):
 
     def prepare(self, context: TrainContext) -> None:
         config = context.lm.config
-        self.block = decoder_block(context.lm, steered_layer(self.params, config.num_hidden_layers))
+        self.block = decoder_block(context.lm, self.params.steered_layer(config.num_hidden_layers))
         device = next(context.lm.parameters()).device
         u = random_unit_vector(config.hidden_size, self.seed)
         self.control = (self.params.steering_coefficient * u).to(device)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from lethe.methods import SimNPOParams
 from worker.engine.methods.grad_diff import GradDiff
 from worker.engine.methods.losses import simnpo_loss
-from worker.engine.methods.params import SimNPOParams
 from worker.engine.training import Step, sequence_logprob
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from worker.engine.data import QA_TEMPLATE, ChoiceRow, QARow, Row, TextRow, kind_of
+from lethe.rows import QA_TEMPLATE, ChoiceRow, QARow, Row, TextRow, kind_of
 from worker.engine.metrics.generation import generate_greedy
 from worker.engine.metrics.privacy import (
     MIN_K_FRACTION,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.engine.registry import Registry
+from lethe.registry import Registry
 
 KINDS = ("choice", "qa", "text")
 FAMILIES = ("choice", "qa", "text", "privacy", "utility", "probe")

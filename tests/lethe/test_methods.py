@@ -3,25 +3,35 @@
 import pytest
 from pydantic import ValidationError
 
-from worker.engine.methods import rmu
-from worker.engine.methods.implementations import METHOD_IMPLEMENTATIONS, build_plugins, trained_layers
-from worker.engine.methods.params import (
+from lethe.methods import (
     METHODS,
     IdkParams,
+    MethodParams,
     NPOParams,
-    PluginParams,
     RMUParams,
     SimNPOParams,
     relative_layer,
 )
 
+COMMON_FIELDS = {
+    "learning_rate",
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "lora_rank",
+    "lora_alpha",
+    "stop_at_target",
+    "target_tolerance",
+    "evaluate_every",
+    "utility_floor",
+}
 NEW_METHODS = ["grad_diff", "npo", "simnpo", "idk", "rmu"]
-PLUGIN_METHODS = ["gradient_ascent", "grad_diff", "npo", "simnpo", "idk"]
 
 
-def test_every_method_has_an_implementation() -> None:
+def test_every_method_names_an_implementation_in_the_engine() -> None:
     assert set(NEW_METHODS) <= set(METHODS.names())
-    assert set(METHODS.names()) <= set(METHOD_IMPLEMENTATIONS.names())
+    for name in METHODS.names():
+        assert METHODS.get(name).implementation == f"worker.engine.methods.{name}:build"
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -46,20 +56,6 @@ def test_defaults_follow_their_sources() -> None:
     params = METHODS.get("rmu").parse({})
     assert isinstance(params, RMUParams)
     assert (params.steering_coefficient, params.alpha, params.layer, params.trained_layers) == (6.5, 1200, None, None)
-
-
-@pytest.mark.parametrize("name", PLUGIN_METHODS)
-def test_plugins_are_off_by_default(name: str) -> None:
-    params = METHODS.get(name).parse({})
-    assert isinstance(params, PluginParams)
-    plugins = build_plugins(name, params)
-    assert (plugins.retain_hooks, plugins.retain_terms) == ([], [])
-    assert plugins.gradient_filter is None
-
-
-def test_methods_without_plugin_params_get_none() -> None:
-    for name in ("random_label", "rmu"):
-        assert not build_plugins(name, METHODS.get(name).parse({})).needs_retain
 
 
 @pytest.mark.parametrize(
@@ -114,14 +110,6 @@ def test_bad_params_are_rejected(name: str, bad: dict) -> None:
         METHODS.get(name).parse(bad)
 
 
-def test_plugins_with_a_retain_term_are_accepted() -> None:
-    params = METHODS.get("gradient_ascent").parse({"retain_kl_weight": 1, "project_gradients": True})
-    plugins = build_plugins("gradient_ascent", params)
-    assert len(plugins.retain_terms) == 1 and plugins.gradient_filter is not None
-    params = METHODS.get("npo").parse({"rna_noise_std": 0.1, "rna_layer": 1})
-    assert len(build_plugins("npo", params).retain_hooks) == 1
-
-
 def test_relative_layer_is_7_of_32() -> None:
     assert [relative_layer(n) for n in (32, 30, 24, 2, 1)] == [7, 7, 5, 0, 0]
 
@@ -138,20 +126,70 @@ def test_relative_layer_is_7_of_32() -> None:
 )
 def test_rmu_trained_layers(params: dict, n_layers: int, layers: list[int]) -> None:
     parsed = RMUParams.model_validate(params)
-    assert rmu.trained_layers(parsed, n_layers) == layers
-    assert trained_layers("rmu", parsed, n_layers) == layers
+    assert parsed.adapted_layers(n_layers) == layers
 
 
 def test_rmu_layers_must_exist_and_trained_layers_must_reach_the_layer() -> None:
     with pytest.raises(ValueError, match="does not exist"):
-        rmu.trained_layers(RMUParams.model_validate({"layer": 2}), 2)
+        RMUParams.model_validate({"layer": 2}).adapted_layers(2)
     with pytest.raises(ValueError, match="cannot change its output"):
-        rmu.trained_layers(
-            RMUParams.model_validate({"trained_layers": [1]}), 2
-        )  # the default layer of a 2-block LM is 0
+        RMUParams.model_validate({"trained_layers": [1]}).adapted_layers(2)  # a 2-block LM's default layer is 0
 
 
 def test_only_rmu_restricts_the_lora_layers() -> None:
     for name in METHODS.names():
         if name != "rmu":
-            assert trained_layers(name, METHODS.get(name).parse({}), 32) is None
+            assert METHODS.get(name).parse({}).adapted_layers(32) is None
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_defaults_parse(name: str) -> None:
+    params = METHODS.get(name).parse({})
+    assert isinstance(params, MethodParams)
+    assert params.max_steps is None
+    assert params.stop_at_target is True
+    assert set(type(params).model_fields) >= COMMON_FIELDS
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"unknown": 1},
+        {"learning_rate": 0},
+        {"learning_rate": -1e-4},
+        {"epochs": 0},
+        {"max_steps": 0},
+        {"batch_size": 0},
+        {"lora_rank": 0},
+        {"target_tolerance": 1.5},
+        {"epochs": "many"},
+    ],
+)
+@pytest.mark.parametrize("name", METHODS.names())
+def test_bad_shared_params_are_rejected(name: str, bad: dict) -> None:
+    with pytest.raises(ValidationError):
+        METHODS.get(name).parse(bad)
+
+
+def test_params_are_parsed_with_types() -> None:
+    params = METHODS.get("random_label").parse({"learning_rate": "0.001", "max_steps": 7, "stop_at_target": False})
+    assert params.learning_rate == 0.001
+    assert params.max_steps == 7
+    assert params.stop_at_target is False
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_json_schema_has_the_shared_fields(name: str) -> None:
+    spec = METHODS.get(name)
+    schema = spec.json_schema()
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) >= COMMON_FIELDS
+    for field, prop in schema["properties"].items():
+        assert prop.get("description"), field
+        assert "default" in prop, field
+    assert schema["properties"]["learning_rate"]["exclusiveMinimum"] == 0
+    assert spec.description
+
+
+def test_gradient_ascent_description_states_the_loss() -> None:
+    assert "-NLL of the true target" in METHODS.get("gradient_ascent").description

@@ -1,6 +1,6 @@
 import pytest
 
-from worker.engine.data import ChoiceRow, chance, split_heldout
+from lethe.rows import ChoiceRow, chance, split_heldout
 
 
 def rows(n: int) -> list[ChoiceRow]:

@@ -14,13 +14,13 @@ def _ensure_embedded_catalogue() -> None:
     """The embedded default has no migrate step of its own: migrate the SQLite catalogue on first use."""
     settings = get_settings()
     if settings.database_url.startswith("sqlite"):
-        from lethe.migrate import upgrade
+        from models.migrate import upgrade
 
         upgrade(settings.database_url)
 
 
 def _migrate(_args: argparse.Namespace) -> int:
-    from lethe.migrate import upgrade
+    from models.migrate import upgrade
 
     upgrade(get_settings().database_url)
     print("catalogue migrated to head")
@@ -38,7 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
     worker = None
     # The embedded default has no separate worker service: start one beside the API.
     if settings.embedded_broker and not args.no_worker:
-        worker = subprocess.Popen([sys.executable, "-m", "lethe.cli", "worker"], env=os.environ.copy())
+        worker = subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], env=os.environ.copy())
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
     finally:

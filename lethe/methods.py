@@ -1,8 +1,8 @@
 """Forgetting methods as the API sees them: names, descriptions, validated params (torch-free).
 
 The API validates a request's `method` and `method_params` against METHODS and publishes
-`json_schema()`; the worker parses the same params before running the torch implementation registered
-under the same name in `worker.engine.methods.implementations`.
+`json_schema()`; the worker parses the same params and runs the torch implementation each spec names by its
+import path (`implementation`), resolved only in the worker: this module never imports the engine.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from worker.engine.registry import Registry
+from lethe.registry import Registry
 
 
 class MethodParams(BaseModel):
@@ -71,6 +71,10 @@ class MethodParams(BaseModel):
     def needs_retain(self) -> bool:
         """Whether training with these params draws retain batches (then the run needs retain rows)."""
         return False
+
+    def adapted_layers(self, n_layers: int) -> list[int] | None:
+        """The decoder blocks of an LM with `n_layers` blocks that get LoRA adapters; None = every block."""
+        return None
 
 
 # Li et al. (WMDP, arXiv 2403.03218) steer Zephyr-7B at layer 7 of 32; Lethe keeps that relative depth for any LM.
@@ -257,6 +261,21 @@ class RMUParams(MethodParams):
     def needs_retain(self) -> bool:
         return self.alpha > 0
 
+    def steered_layer(self, n_layers: int) -> int:
+        """The decoder block RMU steers in an LM of `n_layers` blocks."""
+        layer = self.layer if self.layer is not None else relative_layer(n_layers)
+        if layer >= n_layers:
+            raise ValueError(f"rmu layer {layer} does not exist: the LM has {n_layers} decoder blocks")
+        return layer
+
+    def adapted_layers(self, n_layers: int) -> list[int]:
+        """trained_layers, or layer-2..layer (Li et al.): blocks after the steered one cannot change its output."""
+        layer = self.steered_layer(n_layers)
+        layers = self.trained_layers if self.trained_layers is not None else range(max(layer - 2, 0), layer + 1)
+        if max(layers) > layer:
+            raise ValueError(f"rmu trained_layers after layer {layer} cannot change its output")
+        return sorted(layers)
+
     @model_validator(mode="after")
     def _trained_layers_reach_the_layer(self) -> RMUParams:
         if self.trained_layers is not None:
@@ -335,6 +354,8 @@ class MethodSpec:
     name: str
     description: str
     params_model: type[MethodParams]
+    # "module:function" of the torch implementation (params, seed) -> Objective, imported only by the worker.
+    implementation: str
     # The dataset kinds the method can forget (choice|qa|text).
     kinds: tuple[str, ...] = ("choice", "qa", "text")
 
@@ -357,6 +378,7 @@ METHODS.register(
     "gradient_ascent",
     MethodSpec(
         name="gradient_ascent",
+        implementation="worker.engine.methods.gradient_ascent:build",
         description=(
             "Gradient ascent on the forget-train rows: minimise loss = -NLL of the true target's tokens given the "
             "context (choice, answer or passage), i.e. push its probability down."
@@ -368,6 +390,7 @@ METHODS.register(
     "random_label",
     MethodSpec(
         name="random_label",
+        implementation="worker.engine.methods.random_label:build",
         description=(
             "Random-label fine-tuning (Zhang, Choshen & Andreas, 'Unforgettable Generalization in Language "
             "Models', arXiv 2409.02228): fine-tune on the forget-train rows with each answer replaced by a "
@@ -381,6 +404,7 @@ METHODS.register(
     "grad_diff",
     MethodSpec(
         name="grad_diff",
+        implementation="worker.engine.methods.grad_diff:build",
         description=(
             "Gradient difference (open-unlearning GradDiff): loss = gamma * (-NLL of the forget targets) + alpha * "
             "retain loss, the retain loss being the retain targets' NLL or KL(pi_ref || pi_theta) on them."
@@ -392,6 +416,7 @@ METHODS.register(
     "npo",
     MethodSpec(
         name="npo",
+        implementation="worker.engine.methods.npo:build",
         description=(
             "Negative preference optimisation (Zhang et al., arXiv 2404.05868) with a retain term: loss = gamma * "
             "mean -(2/beta) log sigmoid(-beta * (log pi_theta(y|x) - log pi_ref(y|x))) + alpha * retain loss, with "
@@ -404,6 +429,7 @@ METHODS.register(
     "simnpo",
     MethodSpec(
         name="simnpo",
+        implementation="worker.engine.methods.simnpo:build",
         description=(
             "SimNPO (Fan et al., arXiv 2410.07163), reference-free: loss = gamma * mean -(2/beta) log sigmoid(beta * "
             "(NLL(y|x) / |y| - delta)) + alpha * retain loss, |y| being the forget target's token count."
@@ -415,6 +441,7 @@ METHODS.register(
     "idk",
     MethodSpec(
         name="idk",
+        implementation="worker.engine.methods.idk:build",
         description=(
             "DPO towards refusals (open-unlearning IdkDPO): each forget row's refusal r (drawn from a refusal set "
             "every epoch) is preferred to its true target y: loss = gamma * mean -(2/beta) log sigmoid(beta * "
@@ -430,6 +457,7 @@ METHODS.register(
     "rmu",
     MethodSpec(
         name="rmu",
+        implementation="worker.engine.methods.rmu:build",
         description=(
             "Representation misdirection for unlearning (Li et al., WMDP, arXiv 2403.03218): at decoder block "
             "`layer`, loss = mean over forget tokens of |h_theta - c * u|^2 / d + alpha * mean over retain tokens "
@@ -443,6 +471,7 @@ METHODS.register(
     "lwf",
     MethodSpec(
         name="lwf",
+        implementation="worker.engine.methods.lwf:build",
         description=(
             "Learning With Forgetting (Jiang et al., 'Graceful Forgetting in Generative Language Models', arXiv "
             "2505.19715): the LM with its adapter disabled greedily continues each forget row's context (a text "

@@ -1,6 +1,6 @@
 import pytest
 
-from worker.engine.registry import Registry, UnknownNameError
+from lethe.registry import Registry, UnknownNameError
 
 
 def test_register_and_get_in_order() -> None:

@@ -1,5 +1,9 @@
 """Dataset rows of the three kinds (choice, qa, text), chance accuracy and the forget-train / forget-heldout split.
 
+The one definition of a valid row: the API validates uploads with `parse_row` and the engine builds the same
+types, so a row the API accepts is a row the engine can run (and a row the engine builds obeys the API's rules).
+A bad row raises RowError naming the field and what is allowed.
+
 Every row is turned into one *example* the methods train on: a context and a target continuation. A choice row's
 target is its true choice after the prompt; a qa row's is the answer after the `QA_TEMPLATE` question; a text
 row's is the whole passage after an empty context (the EOS token stands for it, as in lm-eval).
@@ -17,26 +21,73 @@ from typing import Any, TypeVar
 QA_TEMPLATE = "Question: {question}\nAnswer:"
 
 
+class RowError(ValueError):
+    """A row that breaks its kind's rules: `field` names the offending field (e.g. `choices[1]`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _require_text(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise RowError(field, "must be a non-empty string")
+    return value
+
+
+def _check_fields(row: Mapping[str, Any], required: set[str], optional: set[str]) -> None:
+    missing = sorted(required - row.keys())
+    if missing:
+        raise RowError(missing[0], "is required")
+    unknown = sorted(row.keys() - required - optional)
+    if unknown:
+        allowed = ", ".join(sorted(required | optional))
+        raise RowError(unknown[0], f"is not a field of this kind (allowed: {allowed})")
+
+
+def _string_list(value: object, field: str, empty: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise RowError(field, empty)
+    return tuple(_require_text(item, f"{field}[{index}]") for index, item in enumerate(value))
+
+
 @dataclass(frozen=True)
 class ChoiceRow:
-    """One multiple-choice example: the prompt, its choices (appended to the prompt as given), the answer."""
+    """One multiple-choice example: the prompt, its distinct choices (appended to the prompt as given), the answer.
+
+    Choices must differ: two equal choices score equally, so which of them is "the answer" would be arbitrary.
+    """
 
     prompt: str
     choices: tuple[str, ...]
     answer: int
 
     def __post_init__(self) -> None:
+        _require_text(self.prompt, "prompt")
         if len(self.choices) < 2:
-            raise ValueError(f"a choice row needs at least 2 choices, got {len(self.choices)}")
-        if any(choice == "" for choice in self.choices):
-            raise ValueError("choices must be non-empty strings")
-        if not 0 <= self.answer < len(self.choices):
-            raise ValueError(f"answer {self.answer} is not an index into {len(self.choices)} choices")
+            raise RowError("choices", "must be a list of at least 2 strings")
+        for index, choice in enumerate(self.choices):
+            _require_text(choice, f"choices[{index}]")
+        if len(set(self.choices)) != len(self.choices):
+            raise RowError("choices", "must not repeat a choice")
+        if (
+            isinstance(self.answer, bool)
+            or not isinstance(self.answer, int)
+            or not 0 <= self.answer < len(self.choices)
+        ):
+            raise RowError(
+                "answer", f"must be an integer index into choices (0..{len(self.choices) - 1}), got {self.answer!r}"
+            )
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any]) -> ChoiceRow:
-        """A row from a validated `choice` dataset line: {"prompt", "choices", "answer"}."""
-        return cls(prompt=row["prompt"], choices=tuple(row["choices"]), answer=int(row["answer"]))
+        """A row from a `choice` dataset line: {"prompt", "choices", "answer"}."""
+        _check_fields(row, required={"prompt", "choices", "answer"}, optional=set())
+        choices = row["choices"]
+        if not isinstance(choices, list) or len(choices) < 2:
+            raise RowError("choices", "must be a list of at least 2 strings")
+        return cls(prompt=row["prompt"], choices=_string_list(choices, "choices", ""), answer=row["answer"])
 
     @property
     def context(self) -> str:
@@ -51,7 +102,8 @@ class ChoiceRow:
 class QARow:
     """A fact as a question and its answer, optionally with a paraphrase of each and wrong (perturbed) answers.
 
-    TOFU's rows carry all of them; the truth ratio needs `paraphrased_answer` and `perturbed_answers`.
+    TOFU's rows carry all of them; the truth ratio needs `paraphrased_answer` and `perturbed_answers`. Perturbed
+    answers differ from the answer and from each other: probes and the truth ratio score them as distinct options.
     """
 
     question: str
@@ -61,18 +113,31 @@ class QARow:
     perturbed_answers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.question.strip() or not self.answer.strip():
-            raise ValueError("a qa row needs a non-empty question and answer")
+        _require_text(self.question, "question")
+        _require_text(self.answer, "answer")
+        for field in ("paraphrased_question", "paraphrased_answer"):
+            if getattr(self, field) is not None:
+                _require_text(getattr(self, field), field)
+        for index, perturbed in enumerate(self.perturbed_answers):
+            _require_text(perturbed, f"perturbed_answers[{index}]")
+        if len({self.answer, *self.perturbed_answers}) != 1 + len(self.perturbed_answers):
+            raise RowError("perturbed_answers", "must differ from the answer and from each other")
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any]) -> QARow:
-        """A row from a validated `qa` dataset line."""
+        """A row from a `qa` dataset line: {"question", "answer", optional "paraphrased_question",
+        "paraphrased_answer", "perturbed_answers": [..]}."""
+        optional = {"paraphrased_question", "paraphrased_answer", "perturbed_answers"}
+        _check_fields(row, required={"question", "answer"}, optional=optional)
+        perturbed = row.get("perturbed_answers")
+        if perturbed is not None and (not isinstance(perturbed, list) or not perturbed):
+            raise RowError("perturbed_answers", "must be a non-empty list of strings (or left out)")
         return cls(
             question=row["question"],
             answer=row["answer"],
             paraphrased_question=row.get("paraphrased_question"),
             paraphrased_answer=row.get("paraphrased_answer"),
-            perturbed_answers=tuple(row.get("perturbed_answers") or ()),
+            perturbed_answers=_string_list(perturbed, "perturbed_answers", "") if perturbed is not None else (),
         )
 
     @property
@@ -95,12 +160,12 @@ class TextRow:
     text: str
 
     def __post_init__(self) -> None:
-        if not self.text.strip():
-            raise ValueError("a text row needs non-empty text")
+        _require_text(self.text, "text")
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any]) -> TextRow:
-        """A row from a validated `text` dataset line."""
+        """A row from a `text` dataset line: {"text"}."""
+        _check_fields(row, required={"text"}, optional=set())
         return cls(text=row["text"])
 
     @property
@@ -122,11 +187,16 @@ ROW_TYPES: dict[str, type[ChoiceRow] | type[QARow] | type[TextRow]] = {
 }
 
 
-def rows_from_dicts(kind: str, dicts: Sequence[Mapping[str, Any]]) -> list[Row]:
-    """Rows of dataset `kind` (choice|qa|text) from validated dataset lines."""
+def parse_row(kind: str, row: Mapping[str, Any]) -> Row:
+    """The row of dataset `kind` (choice|qa|text) that a dataset line describes; RowError if it breaks a rule."""
     if kind not in ROW_TYPES:
         raise ValueError(f"unknown dataset kind {kind!r} (allowed: {', '.join(ROW_TYPES)})")
-    return [ROW_TYPES[kind].from_dict(row) for row in dicts]
+    return ROW_TYPES[kind].from_dict(row)
+
+
+def rows_from_dicts(kind: str, dicts: Sequence[Mapping[str, Any]]) -> list[Row]:
+    """Rows of dataset `kind` (choice|qa|text) from its dataset lines."""
+    return [parse_row(kind, row) for row in dicts]
 
 
 def kind_of(rows: Sequence[Row]) -> str:

@@ -1,8 +1,8 @@
 """Recovery attacks as the API sees them: names, descriptions, validated params, thresholds (torch-free).
 
 The API validates an audit's attacks against ATTACKS and publishes `json_schema()` (GET /v1/attacks); the worker
-parses the same params before running the torch implementation registered under the same name in
-`worker.engine.attacks.implementations`.
+parses the same params and runs the torch implementation each spec names by its import path (`implementation`),
+resolved only in the worker: this module never imports the engine.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from worker.engine.registry import Registry
+from lethe.registry import Registry
 
 ForgetSplit = Literal["forget_train", "forget_heldout"]
 
@@ -154,6 +154,9 @@ class AttackSpec:
     name: str
     description: str
     params_model: type[AttackParams]
+    # "module:function" of the torch implementation (AuditContext, params) -> AttackOutcome, imported only by the
+    # worker.
+    implementation: str
     kinds: tuple[str, ...] = ("choice", "qa", "text")
     needs_retain: bool = False
 
@@ -188,6 +191,7 @@ ATTACKS.register(
         "forget-heldout, rows it never saw; one recovery curve per k. The benign variant fine-tunes on retain rows "
         "only. Recovery is the largest over the curves' last points.",
         RelearnParams,
+        implementation="worker.engine.attacks.relearn:relearn",
     ),
 )
 ATTACKS.register(
@@ -199,6 +203,7 @@ ATTACKS.register(
         "after_forgetting = the LM's own forget-heldout accuracy after forgetting, after_attack = the block's probe "
         "after forgetting: what the hidden states still know that the outputs no longer show.",
         ProbeParams,
+        implementation="worker.engine.attacks.probe:probe",
         kinds=("choice", "qa"),
     ),
 )
@@ -209,6 +214,7 @@ ATTACKS.register(
         "Quantization: merge the adapter into the base weights, quantize every linear layer's weight "
         "(round-to-nearest int8 per channel, int4 per group) and measure the forget split.",
         QuantizeParams,
+        implementation="worker.engine.attacks.quantize:quantize",
     ),
 )
 ATTACKS.register(
@@ -218,6 +224,7 @@ ATTACKS.register(
         "Parameter restoration: put a group of adapter parameters (last k blocks, attention, MLP, each block) back "
         "to their values before forgetting and measure the forget split; which group brings the knowledge back.",
         RestoreParams,
+        implementation="worker.engine.attacks.restore:restore",
     ),
 )
 ATTACKS.register(
@@ -227,6 +234,7 @@ ATTACKS.register(
         "Activation patching: replace the output of decoder block l (every position) with the pre-forgetting LM's "
         "on the same input and measure the forget split; one result per block.",
         PatchParams,
+        implementation="worker.engine.attacks.patch:patch",
     ),
 )
 ATTACKS.register(
@@ -237,6 +245,7 @@ ATTACKS.register(
         "wording) and as a lettered multiple-choice question with shuffled choice order. before = the "
         "pre-forgetting LM on the same paraphrased rows.",
         ParaphraseParams,
+        implementation="worker.engine.attacks.paraphrase:paraphrase",
         kinds=("choice", "qa"),
     ),
 )
@@ -246,6 +255,7 @@ ATTACKS.register(
         "in_context",
         "In-context relearning: k forget-train rows with their true answers put before each forget-heldout prompt.",
         InContextParams,
+        implementation="worker.engine.attacks.in_context:in_context",
         kinds=("choice", "qa"),
     ),
 )
@@ -256,6 +266,7 @@ ATTACKS.register(
         "Forget-token triggers (Dang et al., arXiv 2501.19202): retain queries with words of forget-train prompts "
         "inserted; reports the retain score's drop beyond the drop the same insertion causes before forgetting.",
         TriggerParams,
+        implementation="worker.engine.attacks.trigger:trigger",
         needs_retain=True,
     ),
 )
