@@ -17,8 +17,9 @@ from models.migrate import upgrade
 
 POSTGRES_ADMIN_URL = os.environ.get("LETHE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("LETHE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-# A Redis database of its own, so a test run never reads another program's keys.
-REDIS_DB = 11
+# A Redis database of its own, so a test run never reads another program's keys (another number lets two runs
+# share one server).
+REDIS_DB = int(os.environ.get("LETHE_TEST_REDIS_DB", "11"))
 S3_ACCESS_KEY, S3_SECRET_KEY, BUCKET = "lethe-test-access", "lethe-test-secret-key", "lethe-test"
 
 
