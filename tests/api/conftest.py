@@ -9,6 +9,7 @@ from api.app import create_app
 from api.services.auth import create_key
 from api.services.base_models import register_base_model
 from lethe.settings import Settings
+from lethe.specs import ForgetJobSpec, MethodChoice
 from models.db import session_scope
 from models.repositories import AdapterRepository, DatasetRepository, JobRepository
 from models.tables import Adapter, Job
@@ -60,7 +61,18 @@ def forget_adapter(client: TestClient, settings: Settings, kind: str = "choice",
                 status="succeeded",
                 stage="done",
                 progress=1.0,
-                spec={"forget_dataset": forget["id"], "retain_datasets": retain},
+                spec=ForgetJobSpec(
+                    base_model="tiny-registered",
+                    base_model_source="path:/nonexistent/tiny",
+                    forget_dataset=forget["id"],
+                    retain_datasets=retain,
+                    heldout_fraction=0.2,
+                    finetune=None,
+                    method=MethodChoice(name="random_label", params={}),
+                    probe=False,
+                    general_text_perplexity=False,
+                    seed=0,
+                ).model_dump(mode="json"),
             )
         )
         adapter = AdapterRepository(session).add(

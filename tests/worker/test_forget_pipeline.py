@@ -52,6 +52,7 @@ def _queued_job(settings: Settings, base_model: str, source: str, audit: dict | 
             "finetune": None,
             "method": {"name": "gradient_ascent", "params": {"epochs": 1, "batch_size": 4}},
             "probe": False,
+            "general_text_perplexity": False,
             "seed": 0,
         }
         if audit is not None:
