@@ -90,6 +90,6 @@ def forget_adapter(client: TestClient, settings: Settings, kind: str = "choice",
 
 def tenant_of(settings: Settings, dataset_id: str) -> uuid.UUID:
     with session_scope(settings.database_url) as session:
-        dataset = DatasetRepository(session).get_by_id(uuid.UUID(dataset_id))
+        dataset = DatasetRepository(session).get_any_tenant(uuid.UUID(dataset_id))
         assert dataset is not None
         return dataset.tenant_id
