@@ -9,10 +9,10 @@ from api.app import create_app
 from api.services.auth import create_key
 from api.services.base_models import register_base_model
 from lethe.settings import Settings
-from lethe.specs import ForgetJobSpec, MethodChoice
 from models.db import session_scope
 from models.repositories import AdapterRepository, DatasetRepository, JobRepository
 from models.tables import Adapter, Job
+from tests.conftest import forget_job_spec
 
 
 @pytest.fixture(scope="session")
@@ -61,18 +61,7 @@ def forget_adapter(client: TestClient, settings: Settings, kind: str = "choice",
                 status="succeeded",
                 stage="done",
                 progress=1.0,
-                spec=ForgetJobSpec(
-                    base_model="tiny-registered",
-                    base_model_source="path:/nonexistent/tiny",
-                    forget_dataset=forget["id"],
-                    retain_datasets=retain,
-                    heldout_fraction=0.2,
-                    finetune=None,
-                    method=MethodChoice(name="random_label", params={}),
-                    probe=False,
-                    general_text_perplexity=False,
-                    seed=0,
-                ).model_dump(mode="json"),
+                spec=forget_job_spec(uuid.UUID(forget["id"]), [uuid.UUID(r) for r in retain]).model_dump(mode="json"),
             )
         )
         adapter = AdapterRepository(session).add(

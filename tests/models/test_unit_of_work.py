@@ -5,22 +5,11 @@ import uuid
 import pytest
 
 from lethe.settings import Settings
-from lethe.specs import ForgetJobSpec, MethodChoice
 from models.db import BrokerUnavailable, session_scope, unit_of_work
 from models.repositories import JobEventRepository, JobRepository, TenantRepository
+from tests.conftest import forget_job_spec
 
-SPEC = ForgetJobSpec(
-    base_model="tiny",
-    base_model_source="path:/nonexistent/tiny",
-    forget_dataset=uuid.uuid4(),
-    retain_datasets=[],
-    heldout_fraction=0.5,
-    finetune=None,
-    method=MethodChoice(name="gradient_ascent", params={}),
-    probe=False,
-    general_text_perplexity=False,
-    seed=0,
-)
+SPEC = forget_job_spec(uuid.uuid4())
 
 
 def _status(settings: Settings, job_id: uuid.UUID) -> tuple[str | None, str | None, list[str]]:

@@ -14,7 +14,7 @@ import tarfile
 import tempfile
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from importlib import metadata
 from importlib.resources import files
@@ -207,18 +207,8 @@ def _record_success(
     """Write the adapter, metrics and final status (and the requested audit with its queued job); its job id."""
     JobRepository(session).set_evidence(job_id, evidence_key)
     AdapterRepository(session).add(adapter)
-    MetricRepository(session).add_many(
-        Metric(
-            job_id=job_id,
-            stage=m.stage,
-            split=m.split,
-            name=m.name,
-            value=m.value,
-            layer=m.layer,
-            step=m.step,
-        )
-        for m in outcome.metrics
-    )
+    # A metric row is the engine's measurement, field for field.
+    MetricRepository(session).add_many(Metric(job_id=job_id, **asdict(m)) for m in outcome.metrics)
     succeeded = {"adapter_id": str(adapter.id), "steps": outcome.steps}
     if not JobRepository(session).finish(job_id, "succeeded", utcnow(), succeeded):
         raise JobFailure("job_closed", "the job was closed while it ran (reaped or cancelled)")
