@@ -1,4 +1,4 @@
-"""FastAPI dependencies as Annotated aliases: settings, the request's transaction, tenant, store, queue."""
+"""FastAPI dependencies as Annotated aliases: settings, the request's unit of work, tenant, store, queue."""
 
 import uuid
 from collections.abc import Iterator
@@ -9,9 +9,10 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
+from api.errors import ServiceUnavailable
 from api.services.auth import authenticate
 from lethe.settings import Settings
-from models.db import get_sessionmaker
+from models.db import BrokerUnavailable, UnitOfWork, unit_of_work
 from storage import ObjectStore
 
 
@@ -23,17 +24,27 @@ def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_session(settings: SettingsDep) -> Iterator[Session]:
-    """One transaction per request: committed when the route returns, rolled back when it raises."""
-    session = get_sessionmaker(settings.database_url)()
+def get_unit_of_work(settings: SettingsDep) -> Iterator[UnitOfWork]:
+    """One transaction per request, and routes never commit: this boundary does.
+
+    It commits when the route function returns, before the response is sent (`scope="function"`), so a 2xx always
+    means the rows are there (and so is anything a route registered to undo otherwise), and it rolls back when the
+    route raises. Jobs the route registered with `enqueue_after_commit` are sent right after that commit; one the
+    broker refuses is already failed (broker_unavailable) when this answers 503.
+    """
     try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+        with unit_of_work(settings.database_url) as work:
+            yield work
+    except BrokerUnavailable as exc:
+        raise ServiceUnavailable(exc.reason) from exc
+
+
+UnitOfWorkDep = Annotated[UnitOfWork, Depends(get_unit_of_work, scope="function")]
+
+
+def get_session(work: UnitOfWorkDep) -> Session:
+    """The request's session (for routes that only read and write rows)."""
+    return work.session
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -62,7 +62,7 @@ class AuditJobSpec(AuditSpec):
 
 
 class ForgetJobSpec(_Spec):
-    """A forget job: the base LM, the datasets, the split, the method and what else to run."""
+    """A forget job: the base model, the datasets, the split, the method and what else to run."""
 
     base_model: str
     # The source the base model's name resolved to when the job was accepted (see the catalogue's base_models).

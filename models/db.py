@@ -1,12 +1,19 @@
-"""Engines and sessions for the catalogue (SQLite in the embedded default, Postgres in the stack)."""
+"""Engines, sessions and units of work for the catalogue (SQLite in the embedded default, Postgres in the stack)."""
 
-from collections.abc import Iterator
+import logging
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+from models.repositories import JobRepository
+from models.tables import utcnow
+
+log = logging.getLogger("lethe.catalogue")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -34,15 +41,89 @@ def get_sessionmaker(database_url: str) -> sessionmaker[Session]:
     return sessionmaker(get_engine(database_url), expire_on_commit=False)
 
 
+class BrokerUnavailable(Exception):
+    """Jobs were committed but the broker would not take them; each is already failed with `broker_unavailable`."""
+
+    def __init__(self, job_ids: list[uuid.UUID], reason: str) -> None:
+        super().__init__(f"could not enqueue job {', '.join(map(str, job_ids))}: {reason}")
+        self.job_ids, self.reason = job_ids, reason
+
+
+class UnitOfWork:
+    """One transaction, and what must wait for its commit or undo around it.
+
+    Code inside never commits. It writes rows through `session` and registers what goes with the transaction:
+    `enqueue_after_commit(job_id, send)` sends a new job's id to the broker only once the job is committed (a worker
+    handed an id before that would not find the row); `undo_on_rollback(undo)` removes what was written outside
+    the catalogue (an object in the store) when the rows that point at it are not committed. Only the boundary that
+    opened it, `unit_of_work` (the API's request dependency, the worker's short sessions), calls `commit`.
+
+    The one rule for a job the broker refuses lives in `commit`: it is marked failed (`broker_unavailable`) and that
+    is committed too, so no job sits queued with no message behind it; then `BrokerUnavailable` tells the boundary.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._sends: list[tuple[uuid.UUID, Callable[[], None]]] = []
+        self._undos: list[Callable[[], None]] = []
+
+    def enqueue_after_commit(self, job_id: uuid.UUID, send: Callable[[], None]) -> None:
+        """Call `send()` (which puts `job_id` on the broker) once the transaction has committed."""
+        self._sends.append((job_id, send))
+
+    def undo_on_rollback(self, undo: Callable[[], None]) -> None:
+        """Call `undo()` if the transaction rolls back (or fails to commit)."""
+        self._undos.append(undo)
+
+    def commit(self) -> None:
+        """Commit, then send the registered jobs; a job the broker refuses is failed (committed) and reported."""
+        self.session.commit()
+        self._undos.clear()
+        sends, self._sends = self._sends, []
+        refused: list[uuid.UUID] = []
+        reason = ""
+        for job_id, send in sends:
+            try:
+                send()
+            except Exception as exc:
+                log.exception("could not enqueue job %s", job_id)
+                reason = f"broker: could not enqueue the job ({exc})"
+                JobRepository(self.session).fail(job_id, "broker_unavailable", reason, utcnow())
+                refused.append(job_id)
+        if refused:
+            self.session.commit()
+            raise BrokerUnavailable(refused, reason)
+
+    def rollback(self) -> None:
+        """Roll back and undo what was written outside the catalogue; registered jobs are never sent."""
+        self.session.rollback()
+        self._sends.clear()
+        undos, self._undos = self._undos, []
+        for undo in reversed(undos):
+            try:
+                undo()
+            except Exception:
+                # The error that caused the rollback is the one to report; this one is only logged.
+                log.exception("could not undo a write of a rolled-back transaction")
+
+
 @contextmanager
-def session_scope(database_url: str) -> Iterator[Session]:
-    """A short unit of work: commit on success, roll back on error."""
-    session = get_sessionmaker(database_url)()
+def unit_of_work(database_url: str) -> Iterator[UnitOfWork]:
+    """A unit of work on its own session: committed (then its jobs sent) on success, rolled back on error."""
+    work = UnitOfWork(get_sessionmaker(database_url)())
     try:
-        yield session
-        session.commit()
+        yield work
+        work.commit()
     except BaseException:
-        session.rollback()
+        # After a commit that went through (BrokerUnavailable) this rolls back nothing and undoes nothing.
+        work.rollback()
         raise
     finally:
-        session.close()
+        work.session.close()
+
+
+@contextmanager
+def session_scope(database_url: str) -> Iterator[Session]:
+    """A short unit of work that needs only its session: commit on success, roll back on error."""
+    with unit_of_work(database_url) as work:
+        yield work.session

@@ -3,59 +3,79 @@
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from lethe.specs import AuditJobSpec
-from models.tables import Adapter, ApiKey, Audit, AuditResult, BaseLM, Dataset, Job, JobEvent, Metric, Tenant
+from lethe.specs import AuditJobSpec, ForgetJobSpec
+from models.tables import (
+    Adapter,
+    ApiKey,
+    Audit,
+    AuditResult,
+    Base,
+    BaseModel,
+    Dataset,
+    Job,
+    JobEvent,
+    Metric,
+    Tenant,
+)
+
+RowT = TypeVar("RowT", bound=Base)
 
 
-class TenantRepository:
+class Repository(Generic[RowT]):
+    """One table's queries, flushed into the caller's session."""
+
+    table: type[RowT]
+
     def __init__(self, session: Session) -> None:
         self.session = session
+
+    def add(self, row: RowT) -> RowT:
+        self.session.add(row)
+        self.session.flush()
+        return row
+
+
+class TenantScopedRepository(Repository[RowT]):
+    """A table whose rows belong to one tenant: a request reads only its own tenant's rows (`get`)."""
+
+    def get(self, tenant_id: uuid.UUID, row_id: uuid.UUID) -> RowT | None:
+        """The tenant's row with this id; None for a row of another tenant, exactly as for a missing one."""
+        columns = self.table.__table__.c
+        return self.session.scalar(select(self.table).where(columns.id == row_id, columns.tenant_id == tenant_id))
+
+    def get_any_tenant(self, row_id: uuid.UUID) -> RowT | None:
+        """The row with this id whichever tenant owns it: for the worker and admin code, never a tenant's request."""
+        return self.session.get(self.table, row_id)
+
+
+class TenantRepository(Repository[Tenant]):
+    table = Tenant
 
     def get_by_name(self, name: str) -> Tenant | None:
         return self.session.scalar(select(Tenant).where(Tenant.name == name))
 
     def get_or_create(self, name: str) -> Tenant:
         tenant = self.get_by_name(name)
-        if tenant is None:
-            tenant = Tenant(name=name)
-            self.session.add(tenant)
-            self.session.flush()
-        return tenant
+        return tenant if tenant is not None else self.add(Tenant(name=name))
 
 
-class ApiKeyRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
+class ApiKeyRepository(Repository[ApiKey]):
+    table = ApiKey
 
     def get_active_by_hash(self, key_hash: str) -> ApiKey | None:
         return self.session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)))
 
     def create(self, tenant_id: uuid.UUID, prefix: str, key_hash: str, scopes: list[str]) -> ApiKey:
-        api_key = ApiKey(tenant_id=tenant_id, prefix=prefix, key_hash=key_hash, scopes=scopes)
-        self.session.add(api_key)
-        self.session.flush()
-        return api_key
+        return self.add(ApiKey(tenant_id=tenant_id, prefix=prefix, key_hash=key_hash, scopes=scopes))
 
 
-class DatasetRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def add(self, dataset: Dataset) -> Dataset:
-        self.session.add(dataset)
-        self.session.flush()
-        return dataset
-
-    def get(self, tenant_id: uuid.UUID, dataset_id: uuid.UUID) -> Dataset | None:
-        return self.session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id))
-
-    def get_by_id(self, dataset_id: uuid.UUID) -> Dataset | None:
-        return self.session.get(Dataset, dataset_id)
+class DatasetRepository(TenantScopedRepository[Dataset]):
+    table = Dataset
 
     def list(self, tenant_id: uuid.UUID) -> Sequence[Dataset]:
         return self.session.scalars(
@@ -63,41 +83,49 @@ class DatasetRepository:
         ).all()
 
 
-class BaseLMRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
+class BaseModelRepository(Repository[BaseModel]):
+    table = BaseModel
 
-    def get_by_name(self, name: str) -> BaseLM | None:
-        return self.session.scalar(select(BaseLM).where(BaseLM.name == name))
+    def get_by_name(self, name: str) -> BaseModel | None:
+        return self.session.scalar(select(BaseModel).where(BaseModel.name == name))
 
-    def list(self) -> Sequence[BaseLM]:
-        return self.session.scalars(select(BaseLM).order_by(BaseLM.name)).all()
+    def list(self) -> Sequence[BaseModel]:
+        return self.session.scalars(select(BaseModel).order_by(BaseModel.name)).all()
 
-    def upsert(self, name: str, source: str, description: str, revision: str | None = None) -> BaseLM:
-        base_lm = self.get_by_name(name)
-        if base_lm is None:
-            base_lm = BaseLM(name=name, source=source, description=description, revision=revision)
-            self.session.add(base_lm)
+    def upsert(self, name: str, source: str, description: str, revision: str | None = None) -> BaseModel:
+        base_model = self.get_by_name(name)
+        if base_model is None:
+            return self.add(BaseModel(name=name, source=source, description=description, revision=revision))
+        base_model.source, base_model.description, base_model.revision = source, description, revision
+        self.session.flush()
+        return base_model
+
+
+class JobRepository(TenantScopedRepository[Job]):
+    """A job's state and its events. Every transition is a guarded UPDATE that says whether it happened, and one
+    that happened appends its event, so the events are the job's whole history (and the SSE stream)."""
+
+    table = Job
+
+    def create_queued(self, tenant_id: uuid.UUID, spec: ForgetJobSpec | AuditJobSpec) -> Job:
+        """A new job of the spec's kind, status queued, with its first event; the one way a job comes to be."""
+        payload: dict[str, Any]
+        if isinstance(spec, ForgetJobSpec):
+            kind, payload = "forget", {"method": spec.method.name}
         else:
-            base_lm.source, base_lm.description, base_lm.revision = source, description, revision
-        self.session.flush()
-        return base_lm
-
-
-class JobRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def add(self, job: Job) -> Job:
-        self.session.add(job)
-        self.session.flush()
+            kind, payload = "audit", {"attacks": [attack.name for attack in spec.attacks]}
+        job = self.add(
+            Job(
+                tenant_id=tenant_id,
+                kind=kind,
+                status="queued",
+                stage="queued",
+                progress=0.0,
+                spec=spec.model_dump(mode="json"),
+            )
+        )
+        JobEventRepository(self.session).append(job.id, "queued", payload)
         return job
-
-    def get(self, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job | None:
-        return self.session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
-
-    def get_by_id(self, job_id: uuid.UUID) -> Job | None:
-        return self.session.get(Job, job_id)
 
     def list(self, tenant_id: uuid.UUID, limit: int = 100) -> Sequence[Job]:
         return self.session.scalars(
@@ -136,10 +164,12 @@ class JobRepository:
         job_id: uuid.UUID,
         status: str,
         now: datetime,
+        event: dict[str, Any] | None = None,
         error_code: str | None = None,
         error_message: str | None = None,
     ) -> bool:
-        """Close a job that is still open (queued or running); False if it was already closed."""
+        """Close a job that is still open (queued or running) and append its `status` event with `event` as
+        payload; False, and nothing written, if it was already closed."""
         result = self.session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status.in_(["queued", "running"]))
@@ -152,7 +182,14 @@ class JobRepository:
                 error_message=error_message,
             )
         )
-        return result.rowcount == 1  # type: ignore[attr-defined]
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        JobEventRepository(self.session).append(job_id, status, event)
+        return True
+
+    def fail(self, job_id: uuid.UUID, code: str, message: str, now: datetime) -> bool:
+        """Close an open job as failed with an error code the user can act on; False if it was already closed."""
+        return self.finish(job_id, "failed", now, {"code": code, "message": message[:500]}, code, message[:2000])
 
     def set_evidence(self, job_id: uuid.UUID, object_key: str) -> None:
         self.session.execute(update(Job).where(Job.id == job_id).values(evidence_key=object_key))
@@ -163,30 +200,23 @@ class JobRepository:
             select(Job.id).where(Job.status == "running", Job.heartbeat_at < heartbeat_before)
         ).all()
         return [
-            job_id
-            for job_id in stale
-            if self.finish(job_id, "failed", now, "worker_lost", "the worker stopped sending heartbeats")
+            job_id for job_id in stale if self.fail(job_id, "worker_lost", "the worker stopped sending heartbeats", now)
         ]
 
 
-class JobEventRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
+class JobEventRepository(Repository[JobEvent]):
+    table = JobEvent
 
     def append(self, job_id: uuid.UUID, type: str, payload: dict[str, Any] | None = None) -> JobEvent:
         last = self.session.scalar(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job_id))
-        event = JobEvent(job_id=job_id, seq=(last or 0) + 1, type=type, payload=payload or {})
-        self.session.add(event)
-        self.session.flush()
-        return event
+        return self.add(JobEvent(job_id=job_id, seq=(last or 0) + 1, type=type, payload=payload or {}))
 
     def list(self, job_id: uuid.UUID) -> Sequence[JobEvent]:
         return self.session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)).all()
 
 
-class MetricRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
+class MetricRepository(Repository[Metric]):
+    table = Metric
 
     def add_many(self, metrics: Iterable[Metric]) -> None:
         self.session.add_all(list(metrics))
@@ -196,44 +226,19 @@ class MetricRepository:
         return self.session.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.id)).all()
 
 
-class AdapterRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def add(self, adapter: Adapter) -> Adapter:
-        self.session.add(adapter)
-        self.session.flush()
-        return adapter
-
-    def get(self, tenant_id: uuid.UUID, adapter_id: uuid.UUID) -> Adapter | None:
-        return self.session.scalar(select(Adapter).where(Adapter.id == adapter_id, Adapter.tenant_id == tenant_id))
+class AdapterRepository(TenantScopedRepository[Adapter]):
+    table = Adapter
 
     def get_for_job(self, job_id: uuid.UUID) -> Adapter | None:
         return self.session.scalar(select(Adapter).where(Adapter.job_id == job_id))
 
 
-class AuditRepository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def add(self, audit: Audit) -> Audit:
-        self.session.add(audit)
-        self.session.flush()
-        return audit
+class AuditRepository(TenantScopedRepository[Audit]):
+    table = Audit
 
     def create_with_job(self, tenant_id: uuid.UUID, spec: AuditJobSpec) -> Audit:
         """A queued audit job with its validated `spec`, and its audit row."""
-        job = JobRepository(self.session).add(
-            Job(
-                tenant_id=tenant_id,
-                kind="audit",
-                status="queued",
-                stage="queued",
-                progress=0.0,
-                spec=spec.model_dump(mode="json"),
-            )
-        )
-        JobEventRepository(self.session).append(job.id, "queued", {"attacks": [a.name for a in spec.attacks]})
+        job = JobRepository(self.session).create_queued(tenant_id, spec)
         return self.add(
             Audit(
                 tenant_id=tenant_id,
@@ -243,14 +248,8 @@ class AuditRepository:
             )
         )
 
-    def get(self, tenant_id: uuid.UUID, audit_id: uuid.UUID) -> Audit | None:
-        return self.session.scalar(select(Audit).where(Audit.id == audit_id, Audit.tenant_id == tenant_id))
-
     def get_for_job(self, job_id: uuid.UUID) -> Audit | None:
         return self.session.scalar(select(Audit).where(Audit.job_id == job_id))
-
-    def get_by_id(self, audit_id: uuid.UUID) -> Audit | None:
-        return self.session.get(Audit, audit_id)
 
     def list_for_adapter(self, adapter_id: uuid.UUID) -> Sequence[Audit]:
         return self.session.scalars(

@@ -79,8 +79,9 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class BaseLM(Base):
-    """A base language model a forget request can name (global to the installation)."""
+class BaseModel(Base):
+    """A base model (language model) a forget request can name, global to the installation. Not pydantic's
+    `BaseModel`: the catalogue's word for the concept is `base_model` in the API, the tables and the CLI alike."""
 
     __tablename__ = "base_models"
 

@@ -13,6 +13,7 @@ from minio import Minio
 from moto.server import ThreadedMotoServer
 
 from lethe.settings import Settings
+from lethe.specs import ForgetJobSpec, MethodChoice
 from models.migrate import upgrade
 
 POSTGRES_ADMIN_URL = os.environ.get("LETHE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -21,6 +22,22 @@ REDIS_URL = os.environ.get("LETHE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 # share one server).
 REDIS_DB = int(os.environ.get("LETHE_TEST_REDIS_DB", "11"))
 S3_ACCESS_KEY, S3_SECRET_KEY, BUCKET = "lethe-test-access", "lethe-test-secret-key", "lethe-test"
+
+
+def forget_job_spec(forget_dataset: uuid.UUID, retain_datasets: list[uuid.UUID] | None = None) -> ForgetJobSpec:
+    """A valid spec of a forget job on the registered test base model (random_label, no fine-tune, no probe)."""
+    return ForgetJobSpec(
+        base_model="tiny-registered",
+        base_model_source="path:/nonexistent/tiny",
+        forget_dataset=forget_dataset,
+        retain_datasets=retain_datasets or [],
+        heldout_fraction=0.2,
+        finetune=None,
+        method=MethodChoice(name="random_label", params={}),
+        probe=False,
+        general_text_perplexity=False,
+        seed=0,
+    )
 
 
 def free_port() -> int:

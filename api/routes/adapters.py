@@ -5,6 +5,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import SessionDep, StoreDep, TenantDep
 from api.errors import NotFound, error_responses
+from api.routes.streaming import streamed_object_responses
 from api.schemas import AdapterOut
 from models.repositories import AdapterRepository
 from models.tables import Adapter
@@ -28,10 +29,7 @@ def get_adapter(adapter_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep
 @router.get(
     "/{adapter_id}/download",
     response_class=StreamingResponse,
-    responses={
-        200: {"content": {"application/gzip": {}}, "description": "A tar.gz of the PEFT adapter directory."},
-        **error_responses(401, 404, 422),
-    },
+    responses=streamed_object_responses("A tar.gz of the PEFT adapter directory.", "application/gzip"),
 )
 def download_adapter(
     adapter_id: uuid.UUID, session: SessionDep, store: StoreDep, tenant_id: TenantDep

@@ -6,9 +6,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, status
 from fastapi.responses import StreamingResponse
 
-from api.deps import QueueDep, SessionDep, StoreDep, TenantDep
+from api.deps import QueueDep, SessionDep, StoreDep, TenantDep, UnitOfWorkDep
 from api.errors import error_responses
-from api.routes.jobs import commit_and_enqueue
+from api.routes.streaming import streamed_object_responses
 from api.schemas import AuditAccepted, AuditOut, AuditRequestIn
 from api.services import audits
 from lethe.queue import enqueue_audit_job
@@ -19,10 +19,10 @@ router = APIRouter(prefix="/v1/audits", tags=["audits"])
 @router.post(
     "", status_code=status.HTTP_202_ACCEPTED, response_model=AuditAccepted, responses=error_responses(401, 422, 503)
 )
-def submit_audit(request: AuditRequestIn, session: SessionDep, tenant_id: TenantDep, queue: QueueDep) -> AuditAccepted:
+def submit_audit(request: AuditRequestIn, work: UnitOfWorkDep, tenant_id: TenantDep, queue: QueueDep) -> AuditAccepted:
     """Run recovery attacks on an adapter; returns the audit and the job to poll."""
-    audit = audits.submit_audit(session, tenant_id, request)
-    commit_and_enqueue(session, audit.job_id, lambda: enqueue_audit_job(queue, str(audit.job_id)))
+    audit = audits.submit_audit(work.session, tenant_id, request)
+    work.enqueue_after_commit(audit.job_id, lambda: enqueue_audit_job(queue, str(audit.job_id)))
     return AuditAccepted(audit_id=audit.id, job_id=audit.job_id, status="queued")
 
 
@@ -36,13 +36,9 @@ def get_audit(audit_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) ->
 @router.get(
     "/{audit_id}/report",
     response_class=StreamingResponse,
-    responses={
-        200: {
-            "content": {"application/json": {}, "text/html": {}},
-            "description": "The signed report: JSON {report, signature}, or the HTML page with plots.",
-        },
-        **error_responses(401, 404, 422),
-    },
+    responses=streamed_object_responses(
+        "The signed report: JSON {report, signature}, or the HTML page with plots.", "application/json", "text/html"
+    ),
 )
 def get_audit_report(
     audit_id: uuid.UUID,

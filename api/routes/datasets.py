@@ -3,7 +3,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile, status
 
-from api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from api.deps import SessionDep, SettingsDep, StoreDep, TenantDep, UnitOfWorkDep
 from api.errors import PayloadTooLarge, error_responses
 from api.schemas import DatasetOut
 from api.services import datasets as service
@@ -29,7 +29,7 @@ async def _read_bounded(request: Request, file: UploadFile, limit: int) -> bytes
 )
 async def upload_dataset(
     request: Request,
-    session: SessionDep,
+    work: UnitOfWorkDep,
     store: StoreDep,
     tenant_id: TenantDep,
     settings: SettingsDep,
@@ -39,12 +39,7 @@ async def upload_dataset(
 ) -> DatasetOut:
     """Upload a JSONL dataset; every row is validated and a bad file stores nothing."""
     content = await _read_bounded(request, file, settings.max_upload_bytes)
-    dataset = service.create_dataset(session, store, tenant_id, name, kind, content)
-    try:
-        session.commit()
-    except Exception:
-        store.delete(dataset.object_key)
-        raise
+    dataset = service.create_dataset(work, store, tenant_id, name, kind, content)
     return DatasetOut.model_validate(dataset, from_attributes=True)
 
 

@@ -1,11 +1,11 @@
 import uuid
-from collections.abc import Callable
 
 from fastapi import APIRouter, status
 from fastapi.responses import StreamingResponse
 
-from api.deps import QueueDep, SessionDep, StoreDep, TenantDep
-from api.errors import ServiceUnavailable, error_responses
+from api.deps import QueueDep, SessionDep, StoreDep, TenantDep, UnitOfWorkDep
+from api.errors import error_responses
+from api.routes.streaming import streamed_object_responses
 from api.schemas import ForgetRequestIn, JobAccepted, JobOut, JobSummary
 from api.services import forget_requests, jobs
 from lethe.queue import enqueue_forget_job
@@ -20,26 +20,12 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
     responses=error_responses(401, 422, 503),
 )
 def submit_forget_request(
-    request: ForgetRequestIn, session: SessionDep, tenant_id: TenantDep, queue: QueueDep
+    request: ForgetRequestIn, work: UnitOfWorkDep, tenant_id: TenantDep, queue: QueueDep
 ) -> JobAccepted:
     """Ask for a base model to forget a dataset; returns the job to poll."""
-    job = forget_requests.submit_forget_request(session, tenant_id, request)
-    commit_and_enqueue(session, job.id, lambda: enqueue_forget_job(queue, str(job.id)))
+    job = forget_requests.submit_forget_request(work.session, tenant_id, request)
+    work.enqueue_after_commit(job.id, lambda: enqueue_forget_job(queue, str(job.id)))
     return JobAccepted(job_id=job.id, status="queued")
-
-
-def commit_and_enqueue(session: SessionDep, job_id: uuid.UUID, enqueue: Callable[[], None]) -> None:
-    """Commit the new job, then send it to the broker; a job the broker refuses is failed (503), never left queued.
-
-    Enqueue only after the commit, so the worker always finds the row it is sent.
-    """
-    session.commit()
-    try:
-        enqueue()
-    except Exception as exc:
-        forget_requests.fail_unqueued(session, job_id, str(exc))
-        session.commit()
-        raise ServiceUnavailable(f"broker: could not enqueue the job ({exc})") from exc
 
 
 @router.get("/jobs", response_model=list[JobSummary], responses=error_responses(401))
@@ -63,13 +49,9 @@ def cancel_job(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> 
 @router.get(
     "/jobs/{job_id}/per-example",
     response_class=StreamingResponse,
-    responses={
-        200: {
-            "content": {"application/json": {}},
-            "description": "Per-example metric values: {stage: {split: {metric: [one value per row]}}}.",
-        },
-        **error_responses(401, 404, 422),
-    },
+    responses=streamed_object_responses(
+        "Per-example metric values: {stage: {split: {metric: [one value per row]}}}.", "application/json"
+    ),
 )
 def get_job_per_example(
     job_id: uuid.UUID, session: SessionDep, store: StoreDep, tenant_id: TenantDep

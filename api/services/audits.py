@@ -6,7 +6,8 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from api.errors import InvalidInput, NotFound, format_validation_errors
-from api.schemas import AttackIn, AttackResultOut, AuditOut, AuditRequestIn, AuditSpecIn, JobError, VariantOut
+from api.schemas import AttackIn, AttackResultOut, AuditOut, AuditRequestIn, AuditSpecIn
+from api.services.jobs import job_state
 from lethe.attacks import ATTACKS, default_attacks
 from lethe.registry import UnknownNameError
 from lethe.specs import AttackChoice, AuditJobSpec, AuditSpec, ForgetJobSpec
@@ -48,14 +49,14 @@ def validated_audit_spec(spec: AuditSpecIn, forget_kind: str, has_retain: bool, 
 
 
 def submit_audit(session: Session, tenant_id: uuid.UUID, request: AuditRequestIn) -> Audit:
-    """Create the audit and its queued job; the caller commits, then enqueues."""
+    """Create the audit and its queued job; the caller enqueues the job after the commit."""
     adapter = AdapterRepository(session).get(tenant_id, request.adapter_id)
     if adapter is None:
         raise InvalidInput(f"adapter_id: adapter {request.adapter_id} not found")
-    forget_job = JobRepository(session).get_by_id(adapter.job_id)
-    assert forget_job is not None, "an adapter always has the job that made it"
+    forget_job = JobRepository(session).get(tenant_id, adapter.job_id)
+    assert forget_job is not None, "an adapter always has the job that made it, of its tenant"
     forget_spec = ForgetJobSpec.model_validate(forget_job.spec)
-    forget_dataset = DatasetRepository(session).get_by_id(forget_spec.forget_dataset)
+    forget_dataset = DatasetRepository(session).get(tenant_id, forget_spec.forget_dataset)
     if forget_dataset is None:
         raise InvalidInput(f"adapter_id: the forget dataset of adapter {adapter.id} no longer exists")
     spec = validated_audit_spec(request, forget_dataset.kind, bool(forget_spec.retain_datasets))
@@ -66,40 +67,21 @@ def submit_audit(session: Session, tenant_id: uuid.UUID, request: AuditRequestIn
 
 def get_audit(session: Session, tenant_id: uuid.UUID, audit_id: uuid.UUID) -> AuditOut:
     audit = _audit(session, tenant_id, audit_id)
-    job = JobRepository(session).get_by_id(audit.job_id)
+    job = JobRepository(session).get(tenant_id, audit.job_id)
     assert job is not None
     return AuditOut(
         id=audit.id,
         adapter_id=audit.adapter_id,
         job_id=job.id,
-        status=job.status,  # type: ignore[arg-type]
-        stage=job.stage,
-        progress=job.progress,
-        error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+        **job_state(job),
         thresholds=audit.thresholds,
         attacks=[
             AttackIn(name=attack.name, params=attack.params) for attack in AuditJobSpec.model_validate(job.spec).attacks
         ],
         verdict=audit.verdict,  # type: ignore[arg-type]
         results=[
-            AttackResultOut(
-                attack=r.attack,
-                params=r.params,
-                metric=r.metric,
-                split=r.split,
-                effect=r.effect,  # type: ignore[arg-type]
-                before=r.before,
-                after_forgetting=r.after_forgetting,
-                after_attack=r.after_attack,
-                recovery=r.recovery,
-                excess_drop=r.excess_drop,
-                chance=r.chance,
-                worst_variant=r.worst_variant,
-                verdict=r.verdict,  # type: ignore[arg-type]
-                variants=[VariantOut(**variant) for variant in r.variants],
-                curves=r.curves,
-            )
-            for r in AuditRepository(session).results(audit.id)
+            AttackResultOut.model_validate(result, from_attributes=True)
+            for result in AuditRepository(session).results(audit.id)
         ],
         skipped=audit.skipped,
         signature=audit.signature,
@@ -113,7 +95,7 @@ def report_key(session: Session, tenant_id: uuid.UUID, audit_id: uuid.UUID, fmt:
     audit = _audit(session, tenant_id, audit_id)
     key = audit.report_key if fmt == "json" else audit.report_html_key
     if key is None:
-        job = JobRepository(session).get_by_id(audit.job_id)
+        job = JobRepository(session).get(tenant_id, audit.job_id)
         status = job.status if job else "unknown"
         raise NotFound(f"audit {audit_id} has no report yet (its job is {status}; written when it succeeds)")
     return key

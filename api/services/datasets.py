@@ -9,9 +9,11 @@ from sqlalchemy.orm import Session
 
 from api.errors import InvalidInput, NotFound
 from lethe.rows import ROW_TYPES, RowError, parse_row
+from models.db import UnitOfWork
 from models.repositories import DatasetRepository
 from models.tables import Dataset
 from storage import ObjectStore
+from storage.keys import dataset_key
 
 
 def count_valid_rows(kind: str, content: bytes) -> int:
@@ -43,32 +45,29 @@ def count_valid_rows(kind: str, content: bytes) -> int:
 
 
 def create_dataset(
-    session: Session, store: ObjectStore, tenant_id: uuid.UUID, name: str, kind: str, content: bytes
+    work: UnitOfWork, store: ObjectStore, tenant_id: uuid.UUID, name: str, kind: str, content: bytes
 ) -> Dataset:
-    """Validate and store a dataset; on any failure nothing is left behind."""
+    """Validate and store a dataset; if its row is not committed, the stored file is deleted again."""
     name = name.strip()
     if not name or len(name) > 200:
         raise InvalidInput("name: must be 1 to 200 characters")
     rows = count_valid_rows(kind, content)
     dataset_id = uuid.uuid4()
-    key = f"datasets/{tenant_id}/{dataset_id}.jsonl"
+    key = dataset_key(tenant_id, dataset_id)
     store.put(key, content, content_type="application/x-ndjson")
-    try:
-        return DatasetRepository(session).add(
-            Dataset(
-                id=dataset_id,
-                tenant_id=tenant_id,
-                name=name,
-                kind=kind,
-                rows=rows,
-                sha256=hashlib.sha256(content).hexdigest(),
-                size_bytes=len(content),
-                object_key=key,
-            )
+    work.undo_on_rollback(lambda: store.delete(key))
+    return DatasetRepository(work.session).add(
+        Dataset(
+            id=dataset_id,
+            tenant_id=tenant_id,
+            name=name,
+            kind=kind,
+            rows=rows,
+            sha256=hashlib.sha256(content).hexdigest(),
+            size_bytes=len(content),
+            object_key=key,
         )
-    except Exception:
-        store.delete(key)
-        raise
+    )
 
 
 def get_dataset(session: Session, tenant_id: uuid.UUID, dataset_id: uuid.UUID) -> Dataset:

@@ -13,8 +13,8 @@ from lethe.methods import METHODS
 from lethe.registry import UnknownNameError
 from lethe.rows import heldout_count
 from lethe.specs import FinetuneSpec, ForgetJobSpec, MethodChoice
-from models.repositories import BaseLMRepository, DatasetRepository, JobEventRepository, JobRepository
-from models.tables import Dataset, Job, utcnow
+from models.repositories import BaseModelRepository, DatasetRepository, JobRepository
+from models.tables import Dataset, Job
 
 
 def _dataset(session: Session, tenant_id: uuid.UUID, dataset_id: uuid.UUID, field: str) -> Dataset:
@@ -46,10 +46,10 @@ def _method_params(name: str, params: dict[str, Any], forget_kind: str, has_reta
 
 
 def submit_forget_request(session: Session, tenant_id: uuid.UUID, request: ForgetRequestIn) -> Job:
-    """Create the job (status queued) and its first event; the caller commits, then enqueues."""
-    base_lm = BaseLMRepository(session).get_by_name(request.base_model)
-    if base_lm is None:
-        available = ", ".join(b.name for b in BaseLMRepository(session).list())
+    """Create the job (status queued) and its first event; the caller enqueues it after the commit."""
+    base_model = BaseModelRepository(session).get_by_name(request.base_model)
+    if base_model is None:
+        available = ", ".join(b.name for b in BaseModelRepository(session).list())
         raise InvalidInput(f"base_model: unknown base model {request.base_model!r} (available: {available})")
     forget = _dataset(session, tenant_id, request.forget_dataset, "forget_dataset")
     held_out = heldout_count(forget.rows, request.heldout_fraction)
@@ -66,7 +66,7 @@ def submit_forget_request(session: Session, tenant_id: uuid.UUID, request: Forge
         raise InvalidInput("retain_datasets: two retain datasets share a name; metrics are keyed by name")
     spec = ForgetJobSpec(
         base_model=request.base_model,
-        base_model_source=base_lm.source,
+        base_model_source=base_model.source,
         forget_dataset=request.forget_dataset,
         retain_datasets=request.retain_datasets,
         heldout_fraction=request.heldout_fraction,
@@ -82,21 +82,4 @@ def submit_forget_request(session: Session, tenant_id: uuid.UUID, request: Forge
         if request.audit
         else None,
     )
-    job = JobRepository(session).add(
-        Job(
-            tenant_id=tenant_id,
-            kind="forget",
-            status="queued",
-            stage="queued",
-            progress=0.0,
-            spec=spec.model_dump(mode="json"),
-        )
-    )
-    JobEventRepository(session).append(job.id, "queued", {"method": request.method.name})
-    return job
-
-
-def fail_unqueued(session: Session, job_id: uuid.UUID, reason: str) -> None:
-    """Fail a job the broker would not take, so it never sits queued with no message behind it."""
-    if JobRepository(session).finish(job_id, "failed", utcnow(), "broker_unavailable", reason):
-        JobEventRepository(session).append(job_id, "failed", {"code": "broker_unavailable"})
+    return JobRepository(session).create_queued(tenant_id, spec)

@@ -3,19 +3,32 @@
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import TypedDict
 
 from sqlalchemy.orm import Session
 
 from api.errors import Conflict, NotFound
-from api.schemas import JobError, JobOut, MetricOut
-from models.repositories import (
-    AdapterRepository,
-    AuditRepository,
-    JobEventRepository,
-    JobRepository,
-    MetricRepository,
-)
+from api.schemas import JobError, JobOut, JobStatus, MetricOut
+from models.repositories import AdapterRepository, AuditRepository, JobRepository, MetricRepository
 from models.tables import Adapter, Job, utcnow
+
+
+class JobState(TypedDict):
+    """A job's state as a reader sees it: on the job, and on the audit a job runs."""
+
+    status: JobStatus
+    stage: str
+    progress: float
+    error: JobError | None
+
+
+def job_state(job: Job) -> JobState:
+    return JobState(
+        status=job.status,  # type: ignore[typeddict-item]
+        stage=job.stage,
+        progress=job.progress,
+        error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+    )
 
 
 def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobOut:
@@ -27,16 +40,10 @@ def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobOut
     return JobOut(
         id=job.id,
         kind=job.kind,
-        status=job.status,  # type: ignore[arg-type]
-        stage=job.stage,
-        progress=job.progress,
-        error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+        **job_state(job),
         adapter_id=adapter.id if adapter else None,
         audit_ids=_audit_ids(session, job, adapter),
-        metrics=[
-            MetricOut(stage=m.stage, split=m.split, name=m.name, value=m.value, layer=m.layer, step=m.step)
-            for m in metrics
-        ],
+        metrics=[MetricOut.model_validate(m, from_attributes=True) for m in metrics],
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
@@ -69,7 +76,6 @@ def cancel_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job
         raise NotFound(f"job {job_id} not found")
     if not JobRepository(session).finish(job.id, "cancelled", utcnow()):
         raise Conflict(f"job {job_id} is already {job.status}")
-    JobEventRepository(session).append(job.id, "cancelled", {})
     session.refresh(job)
     return get_job(session, tenant_id, job_id)
 
@@ -81,7 +87,4 @@ def list_jobs(session: Session, tenant_id: uuid.UUID) -> Sequence[Job]:
 def reap_stale_jobs(session: Session, heartbeat_timeout_s: float) -> Sequence[uuid.UUID]:
     """Mark running jobs without a recent heartbeat as failed (worker_lost)."""
     now = utcnow()
-    failed = JobRepository(session).fail_stale(now - timedelta(seconds=heartbeat_timeout_s), now)
-    for job_id in failed:
-        JobEventRepository(session).append(job_id, "failed", {"code": "worker_lost"})
-    return failed
+    return JobRepository(session).fail_stale(now - timedelta(seconds=heartbeat_timeout_s), now)

@@ -12,6 +12,7 @@ from lethe.settings import Settings
 from models.db import session_scope
 from models.repositories import AdapterRepository, DatasetRepository, JobRepository
 from models.tables import Adapter, Job
+from tests.conftest import forget_job_spec
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +61,7 @@ def forget_adapter(client: TestClient, settings: Settings, kind: str = "choice",
                 status="succeeded",
                 stage="done",
                 progress=1.0,
-                spec={"forget_dataset": forget["id"], "retain_datasets": retain},
+                spec=forget_job_spec(uuid.UUID(forget["id"]), [uuid.UUID(r) for r in retain]).model_dump(mode="json"),
             )
         )
         adapter = AdapterRepository(session).add(
@@ -78,6 +79,6 @@ def forget_adapter(client: TestClient, settings: Settings, kind: str = "choice",
 
 def tenant_of(settings: Settings, dataset_id: str) -> uuid.UUID:
     with session_scope(settings.database_url) as session:
-        dataset = DatasetRepository(session).get_by_id(uuid.UUID(dataset_id))
+        dataset = DatasetRepository(session).get_any_tenant(uuid.UUID(dataset_id))
         assert dataset is not None
         return dataset.tenant_id

@@ -9,6 +9,7 @@ from models.db import session_scope
 from models.repositories import AdapterRepository, JobRepository, TenantRepository
 from models.tables import Adapter, Job
 from storage import open_store
+from storage.keys import adapter_key
 
 
 def _stored_adapter(settings: Settings, tenant_name: str, payload: bytes) -> uuid.UUID:
@@ -17,7 +18,7 @@ def _stored_adapter(settings: Settings, tenant_name: str, payload: bytes) -> uui
     with session_scope(settings.database_url) as session:
         tenant = TenantRepository(session).get_or_create(tenant_name)
         job = JobRepository(session).add(Job(tenant_id=tenant.id, kind="forget", status="succeeded", spec={}))
-        key = f"adapters/{tenant.id}/{adapter_id}.tar.gz"
+        key = adapter_key(tenant.id, adapter_id)
         open_store(settings).put(key, payload)
         AdapterRepository(session).add(
             Adapter(

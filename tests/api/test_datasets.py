@@ -1,7 +1,10 @@
 import hashlib
 
+import pytest
 from fastapi.testclient import TestClient
 from minio import Minio
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from lethe.settings import Settings
 from tests.api.conftest import CHOICE_ROWS, jsonl, upload
@@ -120,3 +123,19 @@ def test_other_tenants_dataset_is_404(client: TestClient, app_client: TestClient
     response = app_client.get(f"/v1/datasets/{dataset_id}", headers={"X-API-Key": other_key})
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
+
+
+def test_a_row_that_is_not_committed_leaves_no_object(
+    client: TestClient, stack_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = _objects(stack_settings)
+
+    def failing_commit(self: Session) -> None:
+        raise OperationalError("COMMIT", {}, Exception("catalogue down"))
+
+    monkeypatch.setattr(Session, "commit", failing_commit)
+    with pytest.raises(OperationalError):
+        upload(client, CHOICE_ROWS)
+    monkeypatch.undo()
+    assert _objects(stack_settings) == before
+    assert client.get("/v1/datasets").json() == []

@@ -490,9 +490,11 @@ def test_build_context_builds_the_wheel(tmp_path: Path) -> None:
         if (REPO / package / "__init__.py").exists():
             assert f"{package}/__init__.py" in names, f"package {package} missing from the image's install"
     for package, data_patterns in pyproject["tool"]["setuptools"].get("package-data", {}).items():
-        for data_pattern in data_patterns:
-            for data_file in (REPO / package).glob(data_pattern):
-                assert f"{package}/{data_file.name}" in names, f"{package}/{data_file.name} missing from the wheel"
+        data_files = [path for pattern in data_patterns for path in (REPO / package.replace(".", "/")).glob(pattern)]
+        assert data_files, f"package-data of {package} matches no file"
+        for data_file in data_files:
+            name = data_file.relative_to(REPO).as_posix()
+            assert name in names, f"{name} missing from the wheel"
     assert not any(name.startswith("tests/") for name in names)
 
 

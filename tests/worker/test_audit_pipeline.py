@@ -12,11 +12,11 @@ from lethe.signing import signing_key, verify
 from models.db import session_scope
 from models.repositories import AdapterRepository, AuditRepository, JobEventRepository, JobRepository
 from storage import open_store
+from storage.keys import before_forgetting_key
 from tests.worker.test_forget_pipeline import _queued_job
 from worker.engine.lm import BaseLMCache
 from worker.pipelines.audit import run_audit_job
-from worker.pipelines.forget import BEFORE_FORGETTING, run_forget_job
-from worker.pipelines.jobs import evidence_key
+from worker.pipelines.forget import run_forget_job
 
 AUDIT = {
     "attacks": [
@@ -45,10 +45,10 @@ def test_the_requested_audit_runs_once_and_stores_a_signed_report(
     store = open_store(stack_settings)
     forget_job_id, audit_job_id = _forgotten_with_audit(stack_settings, tiny_lm_dir, cache, "tiny-audit")
     with session_scope(stack_settings.database_url) as session:
-        forget_job = JobRepository(session).get_by_id(forget_job_id)
+        forget_job = JobRepository(session).get_any_tenant(forget_job_id)
         assert forget_job is not None
-        assert store.exists(evidence_key(forget_job.tenant_id, forget_job_id, BEFORE_FORGETTING))
-        audit_job = JobRepository(session).get_by_id(audit_job_id)
+        assert store.exists(before_forgetting_key(forget_job.tenant_id, forget_job_id))
+        audit_job = JobRepository(session).get_any_tenant(audit_job_id)
         assert audit_job is not None and audit_job.kind == "audit" and audit_job.status == "queued"
         assert [e.type for e in JobEventRepository(session).list(forget_job_id)][-1] == "audit_requested"
 
@@ -82,7 +82,7 @@ def test_a_tampered_adapter_fails_the_audit(
     monkeypatch.setattr(type(store), "get", tampering_get)
     assert run_audit_job(stack_settings, store, cache, audit_job_id) == "failed"
     with session_scope(stack_settings.database_url) as session:
-        job = JobRepository(session).get_by_id(audit_job_id)
+        job = JobRepository(session).get_any_tenant(audit_job_id)
         assert job is not None and job.error_code == "adapter_corrupt"
 
 
@@ -112,3 +112,22 @@ def test_a_failed_catalogue_write_leaves_no_report(
         assert audit is not None and audit.verdict is None and audit.report_key is None
         assert AuditRepository(session).results(audit.id) == []
         assert AdapterRepository(session).get(audit.tenant_id, audit.adapter_id) is not None
+
+
+def test_an_audit_the_broker_refuses_is_failed_and_the_forget_job_still_succeeds(
+    stack_settings: Settings, tiny_lm_dir: Path, tmp_path: Path
+) -> None:
+    store = open_store(stack_settings)
+    job_id = _queued_job(stack_settings, "tiny-audit-4", f"path:{tiny_lm_dir}", audit=AUDIT)
+
+    def refuse(_audit_job_id: uuid.UUID) -> None:
+        raise ConnectionError("connection refused")
+
+    assert run_forget_job(stack_settings, store, BaseLMCache(tmp_path), job_id, enqueue_audit=refuse) == "succeeded"
+    with session_scope(stack_settings.database_url) as session:
+        adapter = AdapterRepository(session).get_for_job(job_id)
+        assert adapter is not None and store.exists(adapter.object_key)
+        [audit] = AuditRepository(session).list_for_adapter(adapter.id)
+        audit_job = JobRepository(session).get_any_tenant(audit.job_id)
+        assert audit_job is not None and (audit_job.status, audit_job.error_code) == ("failed", "broker_unavailable")
+        assert "connection refused" in (audit_job.error_message or "")

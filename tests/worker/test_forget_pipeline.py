@@ -18,6 +18,7 @@ from models.repositories import (
 )
 from models.tables import Dataset, Job
 from storage import open_store
+from storage.keys import dataset_key
 from tests.tiny_lm import synthetic_choice_rows
 from worker.engine.lm import BaseLMCache
 from worker.pipelines.forget import run_forget_job
@@ -29,7 +30,7 @@ def _queued_job(settings: Settings, base_model: str, source: str, audit: dict | 
         register_base_model(session, base_model, source)
         tenant = TenantRepository(session).get_or_create("pipeline-tests")
         dataset_id = uuid.uuid4()
-        key = f"datasets/{tenant.id}/{dataset_id}.jsonl"
+        key = dataset_key(tenant.id, dataset_id)
         open_store(settings).put(key, content)
         DatasetRepository(session).add(
             Dataset(
@@ -52,6 +53,7 @@ def _queued_job(settings: Settings, base_model: str, source: str, audit: dict | 
             "finetune": None,
             "method": {"name": "gradient_ascent", "params": {"epochs": 1, "batch_size": 4}},
             "probe": False,
+            "general_text_perplexity": False,
             "seed": 0,
         }
         if audit is not None:
@@ -67,7 +69,7 @@ def test_a_job_runs_once_even_when_delivered_twice(stack_settings: Settings, tin
     with session_scope(stack_settings.database_url) as session:
         adapter = AdapterRepository(session).get_for_job(job_id)
         assert adapter is not None and store.exists(adapter.object_key)
-        job = JobRepository(session).get_by_id(job_id)
+        job = JobRepository(session).get_any_tenant(job_id)
         assert job is not None and job.evidence_key is not None
         per_example = json.loads(store.get(job.evidence_key))
         assert len(per_example["forgotten"]["forget_train"]["correct"]) == 6
@@ -79,7 +81,7 @@ def test_a_missing_base_model_fails_the_job_with_a_code(stack_settings: Settings
     job_id = _queued_job(stack_settings, "tiny-gone", "path:/nonexistent/lethe-test-lm")
     assert run_forget_job(stack_settings, open_store(stack_settings), BaseLMCache(tmp_path), job_id) == "failed"
     with session_scope(stack_settings.database_url) as session:
-        job = JobRepository(session).get_by_id(job_id)
+        job = JobRepository(session).get_any_tenant(job_id)
         assert job is not None and job.status == "failed" and job.error_code == "base_model_unavailable"
         assert "tiny-gone" in (job.error_message or "")
         assert AdapterRepository(session).get_for_job(job_id) is None
@@ -108,6 +110,6 @@ def test_a_failed_catalogue_write_leaves_no_objects(
     assert any(k.endswith("/before_forgetting.safetensors") for k in written)
     assert not any(store.exists(key) for key in written)
     with session_scope(stack_settings.database_url) as session:
-        job = JobRepository(session).get_by_id(job_id)
+        job = JobRepository(session).get_any_tenant(job_id)
         assert job is not None and job.status == "failed" and job.evidence_key is None
         assert AdapterRepository(session).get_for_job(job_id) is None

@@ -46,7 +46,7 @@ def _png(src: str | None) -> bytes:
 
 
 def _summary_row(page: str, attack: str) -> str:
-    match = re.search(rf"<tr><td><strong>{attack}</strong></td>.*?</tr>", page)
+    match = re.search(rf"<tr>\s*<td><strong>{attack}</strong></td>.*?</tr>", page, flags=re.DOTALL)
     assert match, f"no summary row for {attack}"
     return match.group(0)
 
@@ -101,7 +101,7 @@ def test_user_strings_are_escaped_in_html_and_drawn_as_text_in_plots() -> None:
     assert "<script" not in page.lower()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert 'onerror="' not in page
-    assert "&quot; onerror=&quot;alert(2)" in page
+    assert 'retain:piqa" onerror="alert(2)' in "".join(_Page(page).text)  # the quotes reach the text, escaped
     assert "cost $\\notacommand{$ &amp; more" in page
     # The names reached the plots (legend of the training curves, alt text) without breaking matplotlib's TeX.
     parsed = _Page(page)

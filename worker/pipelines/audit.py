@@ -17,19 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load as load_safetensors
+from sqlalchemy.orm import Session
 
 from lethe.rows import kind_of, split_heldout
 from lethe.settings import Settings
 from lethe.signing import sign, signing_key
 from lethe.specs import AuditJobSpec
-from models.db import session_scope
-from models.repositories import AdapterRepository, AuditRepository, JobEventRepository, JobRepository, MetricRepository
+from models.db import session_scope, unit_of_work
+from models.repositories import AdapterRepository, AuditRepository, JobRepository, MetricRepository
 from models.tables import AuditResult, Metric, utcnow
 from storage import ObjectStore
+from storage.keys import before_forgetting_key, report_key
 from worker.engine.audit import AuditedAttack, audit_context, open_adapter, run_audit
 from worker.engine.lm import BaseLMCache
-from worker.pipelines.forget import BEFORE_FORGETTING, load_base, load_forget_inputs
-from worker.pipelines.jobs import JobFailure, ProgressReporter, evidence_key, run_job
+from worker.pipelines.forget import load_base, load_forget_inputs
+from worker.pipelines.jobs import JobFailure, ProgressReporter, put_undoable, run_job
 from worker.reports.html import render_html
 from worker.reports.report import attack_entry, build_report
 
@@ -54,7 +56,7 @@ def run_audit_job(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache,
 
 def _target(settings: Settings, job_id: uuid.UUID) -> AuditTarget:
     with session_scope(settings.database_url) as session:
-        job = JobRepository(session).get_by_id(job_id)
+        job = JobRepository(session).get_any_tenant(job_id)
         audit = AuditRepository(session).get_for_job(job_id)
         assert job is not None and audit is not None, "an audit job always has its audit row"
         adapter = AdapterRepository(session).get(audit.tenant_id, audit.adapter_id)
@@ -90,9 +92,7 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
     if hashlib.sha256(archive).hexdigest() != target.adapter["sha256"]:
         raise JobFailure("adapter_corrupt", "the stored adapter does not match the checksum the catalogue recorded")
     try:
-        before_forgetting = load_safetensors(
-            store.get(evidence_key(target.tenant_id, target.forget_job_id, BEFORE_FORGETTING))
-        )
+        before_forgetting = load_safetensors(store.get(before_forgetting_key(target.tenant_id, target.forget_job_id)))
     except KeyError as exc:
         raise JobFailure(
             "evidence_missing", "the adapter's pre-forgetting state is not stored (made before audits existed?)"
@@ -147,20 +147,18 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
         forget_metrics=target.forget_metrics,
     )
     signed = sign(unsigned, signing_key(settings))
-    prefix = f"reports/{target.tenant_id}/{target.audit_id}"
-    json_key, html_key = f"{prefix}/report.json", f"{prefix}/report.html"
-    store.put(json_key, json.dumps(signed, indent=2, sort_keys=True).encode("utf-8"), "application/json")
-    try:
-        store.put(html_key, render_html(signed).encode("utf-8"), "text/html; charset=utf-8")
-        _record(settings, job_id, target, audited, signed, json_key, html_key)
-    except Exception:
-        store.delete(json_key)
-        store.delete(html_key)
-        raise
+    signed_json = json.dumps(signed, indent=2, sort_keys=True).encode("utf-8")
+    page = render_html(signed).encode("utf-8")
+    json_key = report_key(target.tenant_id, target.audit_id, "json")
+    html_key = report_key(target.tenant_id, target.audit_id, "html")
+    with unit_of_work(settings.database_url) as work:
+        put_undoable(work, store, json_key, signed_json, "application/json")
+        put_undoable(work, store, html_key, page, "text/html; charset=utf-8")
+        _record(work.session, job_id, target, audited, signed, json_key, html_key)
 
 
 def _record(
-    settings: Settings,
+    session: Session,
     job_id: uuid.UUID,
     target: AuditTarget,
     audited: list[AuditedAttack],
@@ -168,28 +166,28 @@ def _record(
     json_key: str,
     html_key: str,
 ) -> None:
-    with session_scope(settings.database_url) as session:
-        # A result row holds the report's entry for the attack, field for field (all but name and description).
-        columns = set(AuditResult.__table__.columns.keys())
-        results = [
-            AuditResult(
-                audit_id=target.audit_id,
-                attack=attack.name,
-                **{key: value for key, value in attack_entry(attack).items() if key in columns},
-            )
-            for attack in audited
-        ]
-        verdict = signed["report"]["verdict"]
-        AuditRepository(session).record(
-            target.audit_id,
-            results,
-            verdict=verdict,
-            report_key=json_key,
-            report_html_key=html_key,
-            signature=signed["signature"]["value"],
-            signing_key_id=signed["signature"]["key_id"],
-            skipped=signed["report"]["skipped"],
+    """Write the per-attack results, the verdict, the report's keys and the job's final status."""
+    # A result row holds the report's entry for the attack, field for field (all but name and description).
+    columns = set(AuditResult.__table__.columns.keys())
+    results = [
+        AuditResult(
+            audit_id=target.audit_id,
+            attack=attack.name,
+            **{key: value for key, value in attack_entry(attack).items() if key in columns},
         )
-        if not JobRepository(session).finish(job_id, "succeeded", utcnow()):
-            raise JobFailure("job_closed", "the job was closed while it ran (reaped or cancelled)")
-        JobEventRepository(session).append(job_id, "succeeded", {"audit_id": str(target.audit_id), "verdict": verdict})
+        for attack in audited
+    ]
+    verdict = signed["report"]["verdict"]
+    AuditRepository(session).record(
+        target.audit_id,
+        results,
+        verdict=verdict,
+        report_key=json_key,
+        report_html_key=html_key,
+        signature=signed["signature"]["value"],
+        signing_key_id=signed["signature"]["key_id"],
+        skipped=signed["report"]["skipped"],
+    )
+    succeeded = {"audit_id": str(target.audit_id), "verdict": verdict}
+    if not JobRepository(session).finish(job_id, "succeeded", utcnow(), succeeded):
+        raise JobFailure("job_closed", "the job was closed while it ran (reaped or cancelled)")

@@ -1,9 +1,11 @@
 """The forget pipeline: catalogue ⇄ engine ⇄ storage for one job.
 
 Sessions are short: claim and close, run the engine with no session open (progress and heartbeats open their
-own), then write the adapter row, metrics and the final status in one transaction.
+own), then store the objects and write the adapter row, metrics and the final status in one unit of work (the
+objects are deleted again if it does not commit; the requested audit's job is enqueued once it has).
 """
 
+import contextlib
 import hashlib
 import io
 import json
@@ -12,18 +14,20 @@ import tarfile
 import tempfile
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from functools import partial
 from importlib import metadata
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save as save_safetensors
+from sqlalchemy.orm import Session
 
 from lethe.rows import Row, TextRow, rows_from_dicts, split_heldout
 from lethe.settings import Settings
 from lethe.specs import AuditJobSpec, ForgetJobSpec
-from models.db import session_scope
+from models.db import BrokerUnavailable, session_scope, unit_of_work
 from models.repositories import (
     AdapterRepository,
     AuditRepository,
@@ -34,15 +38,13 @@ from models.repositories import (
 )
 from models.tables import Adapter, Dataset, Metric, utcnow
 from storage import ObjectStore
+from storage.keys import adapter_key, before_forgetting_key, per_example_key
 from worker.engine.adapters import export_adapter
 from worker.engine.forget import FinetuneConfig, ForgetOutcome, ForgetPlan, run_forget
 from worker.engine.lm import BaseLMCache, LoadedLM
-from worker.pipelines.jobs import JobFailure, ProgressReporter, evidence_key, fail_job, run_job
+from worker.pipelines.jobs import JobFailure, ProgressReporter, put_undoable, run_job
 
 log = logging.getLogger("lethe.worker")
-
-PER_EXAMPLE = "per_example.json"
-BEFORE_FORGETTING = "before_forgetting.safetensors"
 
 
 @dataclass
@@ -76,7 +78,7 @@ def general_text_rows() -> list[TextRow]:
 def load_forget_inputs(settings: Settings, store: ObjectStore, job_id: uuid.UUID) -> ForgetInputs:
     """The forget job's spec and rows (forget set, retain sets by name) with the datasets' hashes."""
     with session_scope(settings.database_url) as session:
-        job = JobRepository(session).get_by_id(job_id)
+        job = JobRepository(session).get_any_tenant(job_id)
         assert job is not None
         spec = ForgetJobSpec.model_validate(job.spec)
         datasets: dict[uuid.UUID, Dataset] = {}
@@ -171,85 +173,50 @@ def _run_claimed(
         export_adapter(outcome.peft_lm, Path(tmp), spec.base_model, card_metrics, provenance)
         archive = _tarball(Path(tmp))
     adapter_id = uuid.uuid4()
-    objects = {
-        f"adapters/{inputs.tenant_id}/{adapter_id}.tar.gz": (archive, "application/gzip"),
-        evidence_key(inputs.tenant_id, job_id, PER_EXAMPLE): (
-            json.dumps(outcome.per_example, sort_keys=True).encode("utf-8"),
-            "application/json",
-        ),
+    adapter = Adapter(
+        id=adapter_id,
+        tenant_id=inputs.tenant_id,
+        job_id=job_id,
+        base_model=spec.base_model,
+        object_key=adapter_key(inputs.tenant_id, adapter_id),
+        sha256=hashlib.sha256(archive).hexdigest(),
+        size_bytes=len(archive),
+    )
+    evidence = per_example_key(inputs.tenant_id, job_id)
+    # A broker that refuses the audit job fails that job, not this one (the unit of work logs it).
+    with contextlib.suppress(BrokerUnavailable), unit_of_work(settings.database_url) as work:
+        put_undoable(work, store, adapter.object_key, archive, "application/gzip")
+        per_example = json.dumps(outcome.per_example, sort_keys=True).encode("utf-8")
+        put_undoable(work, store, evidence, per_example, "application/json")
         # The adapter right before forgetting: what an audit restores, patches from and compares against.
-        evidence_key(inputs.tenant_id, job_id, BEFORE_FORGETTING): (
-            save_safetensors({name: t.contiguous() for name, t in outcome.before_forgetting.items()}),
-            "application/octet-stream",
-        ),
-    }
-    stored: list[str] = []
-    try:
-        for key, (data, content_type) in objects.items():
-            store.put(key, data, content_type=content_type)
-            stored.append(key)
-        audit_job_id = _record_success(settings, job_id, inputs, outcome, adapter_id, archive, list(objects))
-    except Exception:
-        for key in stored:
-            store.delete(key)
-        raise
-    if audit_job_id is not None and enqueue_audit is not None:
-        enqueue_or_fail(settings, audit_job_id, enqueue_audit)
-
-
-def enqueue_or_fail(settings: Settings, job_id: uuid.UUID, enqueue: Callable[[uuid.UUID], None]) -> None:
-    """Send a job to the broker; a job the broker refuses is failed, never left queued with no message."""
-    try:
-        enqueue(job_id)
-    except Exception as exc:
-        log.exception("could not enqueue job %s", job_id)
-        fail_job(settings, job_id, "broker_unavailable", f"broker: could not enqueue the job ({exc})")
+        before = save_safetensors({name: t.contiguous() for name, t in outcome.before_forgetting.items()})
+        put_undoable(work, store, before_forgetting_key(inputs.tenant_id, job_id), before, "application/octet-stream")
+        audit_job_id = _record_success(work.session, job_id, inputs, outcome, adapter, evidence)
+        if audit_job_id is not None and enqueue_audit is not None:
+            work.enqueue_after_commit(audit_job_id, partial(enqueue_audit, audit_job_id))
 
 
 def _record_success(
-    settings: Settings,
+    session: Session,
     job_id: uuid.UUID,
     inputs: ForgetInputs,
     outcome: ForgetOutcome,
-    adapter_id: uuid.UUID,
-    archive: bytes,
-    keys: list[str],
+    adapter: Adapter,
+    evidence_key: str,
 ) -> uuid.UUID | None:
-    """Write the adapter, metrics and final status in one transaction (and the requested audit's queued job)."""
-    adapter_key, per_example_key = keys[0], keys[1]
-    with session_scope(settings.database_url) as session:
-        JobRepository(session).set_evidence(job_id, per_example_key)
-        AdapterRepository(session).add(
-            Adapter(
-                id=adapter_id,
-                tenant_id=inputs.tenant_id,
-                job_id=job_id,
-                base_model=inputs.spec.base_model,
-                object_key=adapter_key,
-                sha256=hashlib.sha256(archive).hexdigest(),
-                size_bytes=len(archive),
-            )
-        )
-        MetricRepository(session).add_many(
-            Metric(
-                job_id=job_id,
-                stage=m.stage,
-                split=m.split,
-                name=m.name,
-                value=m.value,
-                layer=m.layer,
-                step=m.step,
-            )
-            for m in outcome.metrics
-        )
-        if not JobRepository(session).finish(job_id, "succeeded", utcnow()):
-            raise JobFailure("job_closed", "the job was closed while it ran (reaped or cancelled)")
-        JobEventRepository(session).append(job_id, "succeeded", {"adapter_id": str(adapter_id), "steps": outcome.steps})
-        audit = inputs.spec.audit
-        if audit is None:
-            return None
-        created = AuditRepository(session).create_with_job(
-            inputs.tenant_id, AuditJobSpec(adapter_id=adapter_id, attacks=audit.attacks, thresholds=audit.thresholds)
-        )
-        JobEventRepository(session).append(job_id, "audit_requested", {"audit_id": str(created.id)})
-        return created.job_id
+    """Write the adapter, metrics and final status (and the requested audit with its queued job); its job id."""
+    JobRepository(session).set_evidence(job_id, evidence_key)
+    AdapterRepository(session).add(adapter)
+    # A metric row is the engine's measurement, field for field.
+    MetricRepository(session).add_many(Metric(job_id=job_id, **asdict(m)) for m in outcome.metrics)
+    succeeded = {"adapter_id": str(adapter.id), "steps": outcome.steps}
+    if not JobRepository(session).finish(job_id, "succeeded", utcnow(), succeeded):
+        raise JobFailure("job_closed", "the job was closed while it ran (reaped or cancelled)")
+    audit = inputs.spec.audit
+    if audit is None:
+        return None
+    created = AuditRepository(session).create_with_job(
+        inputs.tenant_id, AuditJobSpec(adapter_id=adapter.id, attacks=audit.attacks, thresholds=audit.thresholds)
+    )
+    JobEventRepository(session).append(job_id, "audit_requested", {"audit_id": str(created.id)})
+    return created.job_id

@@ -1,4 +1,4 @@
-"""What every job pipeline shares: claiming, heartbeats, progress, failures with codes, object-store keys."""
+"""What every job pipeline shares: claiming, heartbeats, progress, failures with codes, undoable stored objects."""
 
 import logging
 import platform
@@ -6,11 +6,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 
 from lethe.settings import Settings
-from models.db import session_scope
+from models.db import UnitOfWork, session_scope
 from models.repositories import JobEventRepository, JobRepository
 from models.tables import utcnow
+from storage import ObjectStore
 
 log = logging.getLogger("lethe.worker")
 
@@ -74,8 +76,13 @@ class ProgressReporter:
 
 def fail_job(settings: Settings, job_id: uuid.UUID, code: str, message: str) -> None:
     with session_scope(settings.database_url) as session:
-        if JobRepository(session).finish(job_id, "failed", utcnow(), code, message[:2000]):
-            JobEventRepository(session).append(job_id, "failed", {"code": code, "message": message[:500]})
+        JobRepository(session).fail(job_id, code, message, utcnow())
+
+
+def put_undoable(work: UnitOfWork, store: ObjectStore, key: str, data: bytes, content_type: str) -> None:
+    """Store an object that rows of `work` will point at; it is deleted again if `work` does not commit."""
+    store.put(key, data, content_type=content_type)
+    work.undo_on_rollback(partial(store.delete, key))
 
 
 def run_job(settings: Settings, job_id: uuid.UUID, body: Callable[[], None]) -> str:
@@ -101,8 +108,3 @@ def run_job(settings: Settings, job_id: uuid.UUID, body: Callable[[], None]) -> 
         log.exception("job %s failed", job_id)
         fail_job(settings, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
     return "failed"
-
-
-def evidence_key(tenant_id: uuid.UUID, job_id: uuid.UUID, name: str) -> str:
-    """The object key of one of a job's evidence files (per-example values, the adapter before forgetting)."""
-    return f"evidence/{tenant_id}/{job_id}/{name}"

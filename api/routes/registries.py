@@ -1,4 +1,4 @@
-"""What a request can name or get back: base models, methods, metrics and attacks."""
+"""The registries a request names its choices from: base models, methods, metrics and attacks."""
 
 from fastapi import APIRouter
 
@@ -10,6 +10,7 @@ from lethe.attacks import ATTACKS
 from lethe.methods import METHODS
 from lethe.metrics import METRICS
 
+# The OpenAPI tag is the published spec's (SDKs name their classes after it): renaming it is an API change.
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
 
@@ -31,16 +32,7 @@ def list_methods(_tenant_id: TenantDep) -> list[MethodOut]:
 @router.get("/metrics", response_model=list[MetricSpecOut], responses=error_responses(401))
 def list_metrics(_tenant_id: TenantDep) -> list[MetricSpecOut]:
     """Metrics a job reports: their definitions, the dataset kinds they apply to and which way is forgetting."""
-    return [
-        MetricSpecOut(
-            name=name,
-            family=spec.family,
-            kinds=list(spec.kinds),
-            description=spec.description,
-            higher_means=spec.higher_means,
-        )
-        for name, spec in METRICS.items()
-    ]
+    return [MetricSpecOut.model_validate(spec, from_attributes=True) for _name, spec in METRICS.items()]
 
 
 @router.get("/attacks", response_model=list[AttackOut], responses=error_responses(401))

@@ -1,0 +1,37 @@
+"""Every object key of the store, built here and nowhere else.
+
+A key is `<kind>/<tenant id>/<object id>...`: a tenant's objects of one kind share a prefix (a retention or deletion
+pass lists them by it), and every key embeds a fresh UUID, so write-once puts never collide but for a retried job.
+"""
+
+import uuid
+from typing import Literal
+
+
+def dataset_key(tenant_id: uuid.UUID, dataset_id: uuid.UUID) -> str:
+    """An uploaded dataset's JSONL file."""
+    return f"datasets/{tenant_id}/{dataset_id}.jsonl"
+
+
+def adapter_key(tenant_id: uuid.UUID, adapter_id: uuid.UUID) -> str:
+    """An adapter's tar.gz (PEFT files, model card, manifest)."""
+    return f"adapters/{tenant_id}/{adapter_id}.tar.gz"
+
+
+def per_example_key(tenant_id: uuid.UUID, job_id: uuid.UUID) -> str:
+    """A forget job's per-example metric values (JSON), the evidence behind its aggregates."""
+    return _evidence_key(tenant_id, job_id, "per_example.json")
+
+
+def before_forgetting_key(tenant_id: uuid.UUID, job_id: uuid.UUID) -> str:
+    """A forget job's adapter weights right before forgetting (safetensors): what an audit restores and compares."""
+    return _evidence_key(tenant_id, job_id, "before_forgetting.safetensors")
+
+
+def report_key(tenant_id: uuid.UUID, audit_id: uuid.UUID, fmt: Literal["json", "html"]) -> str:
+    """An audit's report: the signed JSON, or the HTML page drawn from it."""
+    return f"reports/{tenant_id}/{audit_id}/report.{fmt}"
+
+
+def _evidence_key(tenant_id: uuid.UUID, job_id: uuid.UUID, name: str) -> str:
+    return f"evidence/{tenant_id}/{job_id}/{name}"
