@@ -1,8 +1,15 @@
+import copy
+
 import pytest
 import torch
 
+from lethe.rows import ChoiceRow
+from tests.tiny_lm import synthetic_choice_rows
 from worker.engine import precision
-from worker.engine.precision import autocast, bf16_supported, full_precision
+from worker.engine.lm import LoadedLM
+from worker.engine.precision import autocast, bf16_supported, full_precision, mixed_precision_enabled
+from worker.engine.scoring import score_choices
+from worker.engine.training import Objective, Schedule, attach_lora, train
 
 
 def test_bf16_support_follows_the_cpu_flags() -> None:
@@ -12,12 +19,59 @@ def test_bf16_support_follows_the_cpu_flags() -> None:
 
 
 @pytest.mark.parametrize("supported", [True, False])
-def test_autocast_defaults_to_bf16_where_supported(monkeypatch: pytest.MonkeyPatch, supported: bool) -> None:
+@pytest.mark.parametrize("setting", ["auto", "", None])
+def test_autocast_defaults_to_bf16_where_supported(
+    monkeypatch: pytest.MonkeyPatch, supported: bool, setting: str | None
+) -> None:
+    """LETHE_PRECISION auto, empty or unset: bf16 where the hardware has it."""
+    if setting is None:
+        monkeypatch.delenv("LETHE_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("LETHE_PRECISION", setting)
     monkeypatch.setattr(precision, "bf16_supported", lambda _device: supported)
+    assert mixed_precision_enabled("cpu") is supported
     layer = torch.nn.Linear(4, 4)
     with autocast("cpu"):
         output = layer(torch.randn(2, 4))
     assert output.dtype == (torch.bfloat16 if supported else torch.float32)
+
+
+@pytest.mark.parametrize("supported", [True, False])
+@pytest.mark.parametrize(
+    ("setting", "dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16), ("BF16", torch.bfloat16)]
+)
+def test_lethe_precision_forces_fp32_or_bf16_whatever_the_hardware(
+    monkeypatch: pytest.MonkeyPatch, supported: bool, setting: str, dtype: torch.dtype
+) -> None:
+    monkeypatch.setenv("LETHE_PRECISION", setting)
+    monkeypatch.setattr(precision, "bf16_supported", lambda _device: supported)
+    assert mixed_precision_enabled("cpu") is (dtype == torch.bfloat16)
+    layer = torch.nn.Linear(4, 4)
+    with autocast("cpu"):
+        assert layer(torch.randn(2, 4)).dtype == dtype
+
+
+@pytest.mark.parametrize("setting", ["fp16", "bfloat16", "true"])
+def test_an_unknown_precision_is_an_error_naming_the_variable_and_the_choices(
+    monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    monkeypatch.setenv("LETHE_PRECISION", setting)
+    message = f"LETHE_PRECISION='{setting}' is not one of auto, fp32, bf16"
+    with pytest.raises(ValueError, match=message):
+        mixed_precision_enabled("cpu")
+    with pytest.raises(ValueError, match=message), autocast("cpu"):
+        pass
+
+
+def test_an_explicit_choice_overrides_lethe_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the bench does when it sweeps precisions (it must not care what the variable says)."""
+    monkeypatch.setenv("LETHE_PRECISION", "fp32")
+    layer = torch.nn.Linear(4, 4)
+    with autocast("cpu", enabled=True):
+        assert layer(torch.randn(2, 4)).dtype == torch.bfloat16
+    monkeypatch.setenv("LETHE_PRECISION", "bf16")
+    with autocast("cpu", enabled=False):
+        assert layer(torch.randn(2, 4)).dtype == torch.float32
 
 
 def test_autocast_can_be_forced_on_or_off() -> None:
@@ -52,3 +106,23 @@ def test_full_precision_restores_autocast_when_the_module_raises() -> None:
             failing(torch.randn(2, 4))
         assert torch.is_autocast_enabled("cpu")
     assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("fp32", False), ("bf16", True)])
+def test_training_and_scoring_follow_lethe_precision(
+    monkeypatch: pytest.MonkeyPatch, tiny_base: LoadedLM, setting: str, expected: bool
+) -> None:
+    """train(mixed_precision=None) and score_choices(bf16=None) both autocast as the variable says."""
+    monkeypatch.setenv("LETHE_PRECISION", setting)
+    torch.manual_seed(0)
+    peft_lm = attach_lora(copy.deepcopy(tiny_base.lm), rank=4, alpha=8)
+    autocasting: list[bool] = []
+    hook = peft_lm.get_input_embeddings().register_forward_hook(
+        lambda *_: autocasting.append(torch.is_autocast_enabled("cpu"))
+    )
+    rows = [ChoiceRow.from_dict(row) for row in synthetic_choice_rows(4, seed=0)]
+    schedule = Schedule(learning_rate=1e-3, epochs=1, batch_size=4, max_steps=1)
+    train(peft_lm, tiny_base.tokenizer, Objective(), rows, [], schedule, seed=0, limit=64)
+    score_choices(peft_lm, tiny_base.tokenizer, rows, batch_size=8)
+    hook.remove()
+    assert len(autocasting) == 2 and set(autocasting) == {expected}

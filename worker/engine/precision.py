@@ -1,12 +1,17 @@
-"""bf16 autocast where the hardware computes bf16 natively, fp32 everywhere else.
+"""bf16 autocast where the hardware computes bf16 natively, fp32 everywhere else (LETHE_PRECISION overrides).
 
 Weights stay fp32; under autocast matmuls run in bf16 (with fp32 accumulation) while norms, softmax and the
 residual stream stay fp32. A CPU without native bf16 (AVX512-BF16 or AMX) emulates it, slower than fp32, so
 autocast is off there by default.
+
+LETHE_PRECISION is read here and nowhere else: `auto` (the default) is the rule above, `fp32` never autocasts,
+`bf16` always does (on a CPU without native bf16 too: same results, only slower). It is read on every call, so
+training and scoring in one process always agree, and a test can set it for a block.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,12 +28,34 @@ def bf16_supported(device: torch.device | str) -> bool:
     return False
 
 
+PRECISION_VARIABLE = "LETHE_PRECISION"
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def configured_precision() -> str:
+    """LETHE_PRECISION (default `auto`), checked against PRECISIONS."""
+    value = os.environ.get(PRECISION_VARIABLE, "auto").strip().lower() or "auto"
+    if value not in PRECISIONS:
+        raise ValueError(
+            f"{PRECISION_VARIABLE}={os.environ[PRECISION_VARIABLE]!r} is not one of {', '.join(PRECISIONS)}"
+        )
+    return value
+
+
+def mixed_precision_enabled(device: torch.device | str) -> bool:
+    """Whether to run under bf16 autocast on `device`: as LETHE_PRECISION says, `auto` where bf16 is native."""
+    precision = configured_precision()
+    if precision == "auto":
+        return bf16_supported(device)
+    return precision == "bf16"
+
+
 @contextmanager
 def autocast(device: torch.device | str, enabled: bool | None = None) -> Iterator[None]:
-    """bf16 autocast on `device` if `enabled` (None: if `bf16_supported(device)`), otherwise no change."""
+    """bf16 autocast on `device` if `enabled` (None: if `mixed_precision_enabled(device)`), otherwise no change."""
     device = torch.device(device)
     if enabled is None:
-        enabled = bf16_supported(device)
+        enabled = mixed_precision_enabled(device)
     if not enabled:
         yield
         return

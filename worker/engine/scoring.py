@@ -6,8 +6,9 @@ score (ties go to the first choice, as with numpy argmax in lm-eval).
 
 The scores are lm-eval's, computed with less work: a row's prompt is fed once with its choices branching off
 it (a tree attention mask), the LM head runs only where a choice token is predicted, and matmuls run under
-bf16 autocast where the hardware has it (the head in fp32). On ARC-Easy that is 2.8x fewer tokens than
-scoring every (prompt + choice) sequence apart, and no log-softmax over positions nothing reads.
+bf16 autocast where the hardware has it (the head in fp32; LETHE_PRECISION can say otherwise). On ARC-Easy
+that is 2.8x fewer tokens than scoring every (prompt + choice) sequence apart, and no log-softmax over
+positions nothing reads.
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ def score_choices(
     """Score every (prompt, choice) pair; with collect_hidden, also keep each layer's last-token state.
 
     A row's prompt is fed once, its choices branching off it (see _Packed). `bf16`: matmuls under bf16
-    autocast (the LM head stays fp32); None = where the device computes bf16 natively.
+    autocast (the LM head stays fp32); None = as LETHE_PRECISION says (see `precision.mixed_precision_enabled`).
     `batch_size` counts pairs; `on_pairs_scored(n)` is called after each batch with the pairs it scored.
     """
     limit = max_length(lm, tokenizer)

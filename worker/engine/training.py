@@ -343,8 +343,8 @@ def train(
 
     `evaluate(steps)` runs every `schedule.evaluate_every` steps (or after every epoch) and returns a stop reason
     to end training, or None to go on. `on_step(rows_in_batch)` runs after every optimiser step.
-    `mixed_precision`: forward passes under bf16 autocast (weights, gradients and AdamW stay fp32); None = where
-    the hardware computes bf16 natively (see `precision.bf16_supported`).
+    `mixed_precision`: forward passes under bf16 autocast (weights, gradients and AdamW stay fp32); None = as
+    LETHE_PRECISION says (see `precision.mixed_precision_enabled`).
     """
     plugins = plugins or Plugins()
     if (objective.uses_retain or plugins.needs_retain) and not retain_rows:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from lethe.rows import ChoiceRow, Row
-from tests.engine.attacks.conftest import LIMIT, context_for
+from tests.engine.attacks.conftest import LIMIT, context_for, training_only
 from worker.engine.attacks.context import AuditContext, lora_state
 from worker.engine.lm import LoadedLM
 from worker.engine.training import Objective, Schedule, attach_lora, train
@@ -21,26 +21,33 @@ def wrong(row: ChoiceRow) -> ChoiceRow:
 
 
 def finetuned_context(
-    base: LoadedLM, rows: dict[str, list[Row]], trained: Sequence[Row], steps: int = 30, learning_rate: float = 1e-2
+    base: LoadedLM,
+    rows: dict[str, list[Row]],
+    trained: Sequence[Row],
+    steps: int = 30,
+    learning_rate: float = 1e-2,
+    modules: Sequence[str] | None = None,
 ) -> AuditContext:
     """The audit context of a fresh adapter on `base` fine-tuned (NLL of the targets, batches of 16) on `trained`.
 
     This is forgetting built to be shallow in a known way: the methods' forgetting on the tiny LM generalises all
     or nothing (it learns "never answer fruit"), so a test that needs knowledge to survive in another prompt
     format trains forget-train's own prompts to `wrong` answers and rows in that format to their right ones.
-    `rows` holds forget_train, forget_heldout and retain as for `build_context`.
+    `rows` holds forget_train, forget_heldout and retain as for `build_context`; `modules` as `forget_modules`
+    there (only the adapter parameters matching one of them are fine-tuned).
     """
     torch.manual_seed(0)
     peft_lm = attach_lora(copy.deepcopy(base.lm), rank=4, alpha=8)
     before = lora_state(peft_lm)
-    train(
-        peft_lm,
-        base.tokenizer,
-        Objective(),
-        trained,
-        [],
-        Schedule(learning_rate=learning_rate, epochs=steps, batch_size=16, max_steps=steps),
-        seed=0,
-        limit=LIMIT,
-    )
+    with training_only(peft_lm, modules):
+        train(
+            peft_lm,
+            base.tokenizer,
+            Objective(),
+            trained,
+            [],
+            Schedule(learning_rate=learning_rate, epochs=steps, batch_size=16, max_steps=steps),
+            seed=0,
+            limit=LIMIT,
+        )
     return context_for(base, peft_lm, before, rows)

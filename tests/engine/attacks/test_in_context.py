@@ -7,6 +7,9 @@ in-context unlearning itself relies on). Forgetting then removes the zero-shot a
 skill (the adapter learns wrong answers to forget-train's prompts while in-context rows keep theirs), so k fruit
 rows before a heldout fruit prompt bring "fruit" back. Controls: the same LM with the skill forgotten too, and the
 shared forgotten LM, which never learned in context.
+
+The skill is taught on 64 in-context rows for 100 steps: with half that, the fine-tuning that forgets the zero-shot
+answer wore it down to a coin toss at k=1, and whether the shots won depended on the precision and the seed.
 """
 
 from __future__ import annotations
@@ -51,14 +54,19 @@ def in_context_rows(n: int, seed: int) -> list[ChoiceRow]:
 def in_context_base(taught_base: LoadedLM) -> LoadedLM:
     """The taught LM, also taught to copy the label of the lines before (zero-shot rows keep the task)."""
     zero_shot = [ChoiceRow.from_dict(row) for row in synthetic_choice_rows(32, seed=3)]
-    return teach_base(taught_base, [*zero_shot, *in_context_rows(32, seed=1)], steps=40)
+    return teach_base(taught_base, [*zero_shot, *in_context_rows(64, seed=1)], steps=100)
 
 
 def test_shots_bring_back_a_task_forgotten_zero_shot_only(
     in_context_base: LoadedLM, task_rows: dict[str, list[Row]]
 ) -> None:
+    """Forget-heldout here is the rows about fruits forget-train has: wrong answers to some fruits' prompts do not
+    reach a fruit the adapter never saw (fig) on every trajectory, and the test is about the shots, not that."""
+    forgotten_fruits = {row.prompt.split()[2] for row in task_rows["forget_train"]}
+    heldout = [row for row in task_rows["forget_heldout"] if row.prompt.split()[2] in forgotten_fruits]
+    rows = {**task_rows, "forget_heldout": heldout}
     trained = [*map(wrong, task_rows["forget_train"]), *in_context_rows(32, seed=7)]
-    ctx = finetuned_context(in_context_base, task_rows, trained)
+    ctx = finetuned_context(in_context_base, rows, trained)
 
     outcome, _ = run_checked(in_context, ctx, InContextParams(shots=[1, 2, 4]))
 

@@ -11,7 +11,8 @@ import torch
 from lethe.attacks import QuantizeParams, RelearnParams, Thresholds
 from lethe.rows import ChoiceRow, Row
 from tests.engine.attacks.attack_checks import run_checked
-from tests.engine.attacks.conftest import build_context, context_for, teach_base
+from tests.engine.attacks.conftest import context_for, teach_base
+from tests.engine.attacks.scenarios import finetuned_context, wrong
 from tests.tiny_lm import CATEGORIES, synthetic_choice_rows
 from worker.engine.attacks.context import AuditContext, lora_state
 from worker.engine.attacks.outcome import judge
@@ -49,11 +50,21 @@ def untaught_context(base: LoadedLM, rows: dict[str, list[Row]]) -> AuditContext
 def test_two_rows_bring_back_heldout_rows_that_an_untaught_lm_cannot_learn_from_them(
     tiny_base: LoadedLM, mixed_base: LoadedLM, mixed_task: dict[str, list[Row]]
 ) -> None:
-    """NPO forgets forget-train (both categories) down to chance on forget-heldout, retain intact; fine-tuning
-    on 2 forget-train rows for 4 steps brings the other words' categories back. The same fine-tuning of an LM
-    that never knew the task gains next to nothing: the 2 rows jog a memory, they do not teach the task."""
-    ctx = build_context(mixed_base, mixed_task, method="npo", steps=20, learning_rate=1e-2)
-    params = RelearnParams(examples=[2], steps=4, learning_rate=3e-3, evaluate_every=2, benign=False)
+    """Forgetting swaps the two categories (both are forgotten): forget-heldout falls below chance. Fine-tuning on
+    2 forget-train rows for 6 steps brings the other words' categories back. The same fine-tuning of an LM that
+    never knew the task gains next to nothing: the 2 rows jog a memory, they do not teach the task.
+
+    The forgetting is shallow in a known way (see `scenarios.finetuned_context`): wrong answers to forget-train
+    trained into the first block's MLP only, which swaps the categories of every word (retain's too; this test
+    does not score retain), and the 2 rows undo that within 4 steps on every seed tried, in fp32 and in bf16.
+    NPO on this LM made no such scenario: whether its forgetting reached forget-heldout, and whether 2 rows
+    undid it, changed with the precision and the seed.
+    """
+    wrong_answers = list(map(wrong, mixed_task["forget_train"]))
+    ctx = finetuned_context(
+        mixed_base, mixed_task, wrong_answers, steps=30, learning_rate=3e-3, modules=["layers.0.mlp"]
+    )
+    params = RelearnParams(examples=[2], steps=6, learning_rate=1e-2, evaluate_every=2, benign=False)
 
     outcome, _ = run_checked(relearn, ctx, params)
 
@@ -62,7 +73,7 @@ def test_two_rows_bring_back_heldout_rows_that_an_untaught_lm_cannot_learn_from_
     assert outcome.before == 1.0 and outcome.after_forgetting <= 0.5
     assert judgement.recovery is not None and judgement.recovery >= 0.8
     assert judgement.verdict == "shallow"
-    assert [step for step, _ in outcome.curves["k=2"]] == [0, 2, 4]
+    assert [step for step, _ in outcome.curves["k=2"]] == [0, 2, 4, 6]
 
     # The untaught LM starts at the majority category's share of forget-heldout and gains next to nothing.
     untaught, _ = run_checked(relearn, untaught_context(tiny_base, mixed_task), params)

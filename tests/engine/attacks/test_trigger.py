@@ -2,8 +2,14 @@
 
 The scenario follows Dang et al.: forget rows are about half of the fruits, retain rows about the other half, so
 forgetting must tie "not fruit" to the forget fruits' words themselves. Put three words of a forget prompt
-("The red apple") before a retained fruit's prompt and the forgotten LM answers wrongly; the LM before forgetting
+("The red pear") before a retained fruit's prompt and the forgotten LM answers wrongly; the LM before forgetting
 answers right, and words of retained fruits' prompts do the forgotten LM no harm.
+
+The tiny tokenizer splits words into pieces, so the two halves share none ("pea" would tie peach to pear, and
+apple's first piece is the " a" every prompt ends with: apple is retained). The forgetting is shallow in a known
+way (see `scenarios.finetuned_context`): wrong answers to forget-train, right ones to retain, nothing else; no
+row it trains on has forget words before a retained fruit. Forgetting with NPO showed the damage too, but how
+much changed with the precision and the seed.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import pytest
 from lethe.attacks import Thresholds, TriggerParams
 from lethe.rows import ChoiceRow, QARow, Row, TextRow
 from tests.engine.attacks.attack_checks import run_checked
-from tests.engine.attacks.conftest import build_context
+from tests.engine.attacks.scenarios import finetuned_context, wrong
 from tests.tiny_lm import CATEGORIES, synthetic_choice_rows, synthetic_qa_rows, synthetic_text_rows
 from worker.engine.attacks.context import AuditContext
 from worker.engine.attacks.outcome import judge
@@ -25,14 +31,17 @@ from worker.engine.lm import LoadedLM
 THRESHOLDS = Thresholds()
 
 
+# No tokenizer piece in common with the retained fruits (apple, grape, kiwi, lemon, mango, plum).
+FORGET_FRUITS = {"cherry", "fig", "lime", "melon", "peach", "pear"}
+
+
 @pytest.fixture(scope="module")
 def fruit_rows() -> dict[str, list[Row]]:
     """forget_train / forget_heldout about 6 fruits; retain (and other_retain) about the 6 others."""
     rows = [ChoiceRow.from_dict(row) for row in synthetic_choice_rows(300, seed=2)]
-    fruits = sorted(word for word, category in CATEGORIES.items() if category == " fruit")
-    forget_words = set(fruits[::2])
-    forget = [row for row in rows if row.prompt.split()[2] in forget_words]
-    retain = [row for row in rows if row.prompt.split()[2] in set(fruits) - forget_words]
+    fruits = {word for word, category in CATEGORIES.items() if category == " fruit"}
+    forget = [row for row in rows if row.prompt.split()[2] in FORGET_FRUITS]
+    retain = [row for row in rows if row.prompt.split()[2] in fruits - FORGET_FRUITS]
     return {
         "forget_train": forget[:16],
         "forget_heldout": forget[16:28],
@@ -42,13 +51,15 @@ def fruit_rows() -> dict[str, list[Row]]:
 
 
 @pytest.fixture(scope="module")
-def npo_context(taught_base: LoadedLM, fruit_rows: dict[str, list[Row]]) -> AuditContext:
-    ctx = build_context(taught_base, fruit_rows, method="npo", steps=20, learning_rate=1e-2)
+def fruits_context(precision: str, taught_base: LoadedLM, fruit_rows: dict[str, list[Row]]) -> AuditContext:
+    """Forget fruits answered "tool", retained fruits "fruit" (one per precision: forgetting trains under it)."""
+    trained = [*map(wrong, fruit_rows["forget_train"]), *fruit_rows["retain"]]
+    ctx = finetuned_context(taught_base, fruit_rows, trained, steps=100, learning_rate=3e-3)
     return dataclasses.replace(ctx, retain={"other fruits": fruit_rows["retain"]})
 
 
-def test_forget_words_in_retain_queries_damage_the_forgotten_lm_only(npo_context: AuditContext) -> None:
-    outcome, _ = run_checked(trigger, npo_context, TriggerParams(words=3, position="prefix"))
+def test_forget_words_in_retain_queries_damage_the_forgotten_lm_only(fruits_context: AuditContext) -> None:
+    outcome, _ = run_checked(trigger, fruits_context, TriggerParams(words=3, position="prefix"))
 
     (variant,) = outcome.variants
     assert (outcome.metric, outcome.split, outcome.effect) == ("accuracy", "retain", "damage")
@@ -60,9 +71,11 @@ def test_forget_words_in_retain_queries_damage_the_forgotten_lm_only(npo_context
     assert judgement.verdict == "shallow"
 
 
-def test_words_the_forget_job_kept_trigger_nothing(npo_context: AuditContext, fruit_rows: dict[str, list[Row]]) -> None:
+def test_words_the_forget_job_kept_trigger_nothing(
+    fruits_context: AuditContext, fruit_rows: dict[str, list[Row]]
+) -> None:
     """The same adapter and attack, with prompts of retained fruits as the inserted words."""
-    ctx = dataclasses.replace(npo_context, forget_train=fruit_rows["other_retain"])
+    ctx = dataclasses.replace(fruits_context, forget_train=fruit_rows["other_retain"])
 
     outcome, _ = run_checked(trigger, ctx, TriggerParams(words=3, position="prefix"))
 
