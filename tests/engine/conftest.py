@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.tiny_lm import build_tiny_lm, task_corpus
-from worker.engine.lm import LoadedLM, load_base_lm
+from worker.engine.lm.load import LoadedLM, load_base_lm
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from peft import PeftModel
 
-from worker.engine.adapters import export_adapter, library_versions
-from worker.engine.lm import LoadedLM, load_base_lm
-from worker.engine.scoring import score_choices
+from worker.engine.lm.adapter import export_adapter, library_versions
+from worker.engine.lm.load import LoadedLM, load_base_lm
+from worker.engine.metrics.choice_scores import score_choices
 
 from .test_forget import FORGET_HELDOUT, FORGET_TRAIN, Run, plan
 

@@ -12,9 +12,9 @@ from lethe.attacks import Thresholds
 from lethe.rows import QARow
 from lethe.specs import AttackChoice
 from tests.tiny_lm import synthetic_qa_rows
-from worker.engine.audit import audit_context, open_adapter, run_audit
-from worker.engine.lm import LoadedLM
-from worker.engine.training import attach_lora, lora_state
+from worker.engine.audit.run import audit_context, open_adapter, run_audit
+from worker.engine.lm.load import LoadedLM
+from worker.engine.lm.lora import attach_lora, lora_state
 
 
 @pytest.fixture

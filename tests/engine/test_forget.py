@@ -5,8 +5,9 @@ from pydantic import ValidationError
 from lethe.registry import UnknownNameError
 from lethe.rows import ChoiceRow, QARow, chance, split_heldout
 from tests.tiny_lm import synthetic_choice_rows, synthetic_qa_rows
-from worker.engine.forget import FinetuneConfig, ForgetOutcome, ForgetPlan, MetricValue, run_forget
-from worker.engine.lm import LoadedLM, load_base_lm
+from worker.engine.forget.run import FinetuneConfig, ForgetOutcome, ForgetPlan, run_forget
+from worker.engine.lm.load import LoadedLM, load_base_lm
+from worker.engine.metrics.values import MetricValue
 
 FORGET_TRAIN, FORGET_HELDOUT = split_heldout(
     [ChoiceRow.from_dict(r) for r in synthetic_choice_rows(128, seed=0)], 0.25, seed=0

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from worker.engine.lm import BaseLMCache, LoadedLM, device_and_dtype, load_base_lm
+from worker.engine.lm.load import BaseLMCache, LoadedLM, device_and_dtype, load_base_lm
 
 
 def test_a_path_source_loads_frozen_in_eval_mode(tiny_base: LoadedLM) -> None:

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from worker.engine.probes import probe_accuracy_by_layer
-from worker.engine.scoring import ChoiceScores
+from worker.engine.metrics.choice_scores import ChoiceScores
+from worker.engine.metrics.probes import probe_accuracy_by_layer
 
 
 def scores_with_features(answers: list[int], n_choices: int, rng: np.random.Generator) -> ChoiceScores:

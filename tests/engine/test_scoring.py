@@ -5,15 +5,9 @@ from transformers import AutoModelForCausalLM
 
 from lethe.rows import ChoiceRow
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.lm import LoadedLM
-from worker.engine.scoring import (
-    CausalLM,
-    ChoiceScores,
-    encode_pair,
-    max_length,
-    pair_sequence,
-    score_choices,
-)
+from worker.engine.lm.inputs import encode_pair, max_length, pair_sequence
+from worker.engine.lm.load import CausalLM, LoadedLM
+from worker.engine.metrics.choice_scores import ChoiceScores, score_choices
 
 
 def mixed_rows() -> list[ChoiceRow]:

@@ -5,24 +5,15 @@ import torch
 
 from lethe.rows import ChoiceRow, QARow, TextRow
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.lm import LoadedLM
+from worker.engine.lm.inputs import max_length
+from worker.engine.lm.load import LoadedLM
+from worker.engine.lm.lora import attach_lora
 from worker.engine.methods.gradient_ascent import GradientAscent
 from worker.engine.methods.random_label import RandomLabel
-from worker.engine.scoring import max_length
-from worker.engine.training import (
-    IGNORE,
-    Objective,
-    Plugins,
-    Schedule,
-    TrainContext,
-    attach_lora,
-    collate,
-    examples_of,
-    make_example,
-    mean_nll,
-    sequence_logprob,
-    train,
-)
+from worker.engine.training.batches import IGNORE, collate, examples_of, make_example
+from worker.engine.training.logprobs import mean_nll, sequence_logprob
+from worker.engine.training.loop import Schedule, train
+from worker.engine.training.objective import Objective, Plugins, TrainContext
 
 ROWS = [ChoiceRow.from_dict(r) for r in synthetic_choice_rows(32, seed=0)]
 RETAIN = [ChoiceRow.from_dict(r) for r in synthetic_choice_rows(16, seed=1)]

@@ -13,7 +13,7 @@ from models.db import session_scope
 from models.repositories import AdapterRepository, AuditRepository, JobEventRepository, JobRepository
 from storage import open_store
 from tests.worker.test_forget_pipeline import _queued_job
-from worker.engine.lm import BaseLMCache
+from worker.engine.lm.load import BaseLMCache
 from worker.pipelines.audit import run_audit_job
 from worker.pipelines.forget import BEFORE_FORGETTING, run_forget_job
 from worker.pipelines.jobs import evidence_key

@@ -19,7 +19,7 @@ from models.repositories import (
 from models.tables import Dataset, Job
 from storage import open_store
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.lm import BaseLMCache
+from worker.engine.lm.load import BaseLMCache
 from worker.pipelines.forget import run_forget_job
 
 

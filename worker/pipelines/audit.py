@@ -26,8 +26,8 @@ from models.db import session_scope
 from models.repositories import AdapterRepository, AuditRepository, JobEventRepository, JobRepository, MetricRepository
 from models.tables import AuditResult, Metric, utcnow
 from storage import ObjectStore
-from worker.engine.audit import AuditedAttack, audit_context, open_adapter, run_audit
-from worker.engine.lm import BaseLMCache
+from worker.engine.audit.run import AuditedAttack, audit_context, open_adapter, run_audit
+from worker.engine.lm.load import BaseLMCache
 from worker.pipelines.forget import BEFORE_FORGETTING, load_base, load_forget_inputs
 from worker.pipelines.jobs import JobFailure, ProgressReporter, evidence_key, run_job
 from worker.reports.html import render_html

@@ -34,9 +34,9 @@ from models.repositories import (
 )
 from models.tables import Adapter, Dataset, Metric, utcnow
 from storage import ObjectStore
-from worker.engine.adapters import export_adapter
-from worker.engine.forget import FinetuneConfig, ForgetOutcome, ForgetPlan, run_forget
-from worker.engine.lm import BaseLMCache, LoadedLM
+from worker.engine.forget.run import FinetuneConfig, ForgetOutcome, ForgetPlan, run_forget
+from worker.engine.lm.adapter import export_adapter
+from worker.engine.lm.load import BaseLMCache, LoadedLM
 from worker.pipelines.jobs import JobFailure, ProgressReporter, evidence_key, fail_job, run_job
 
 log = logging.getLogger("lethe.worker")

@@ -12,11 +12,11 @@ import torch
 from transformers import PreTrainedModel
 
 from lethe.attacks import ATTACKS, AttackParams
-from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.implementations import attack_implementation
-from worker.engine.attacks.outcome import AttackOutcome
-from worker.engine.methods.blocks import decoder_blocks
-from worker.engine.training import lora_state
+from worker.engine.audit.attacks.implementations import attack_implementation
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import AttackOutcome
+from worker.engine.lm.blocks import decoder_blocks
+from worker.engine.lm.lora import lora_state
 
 
 def _live_lms() -> int:

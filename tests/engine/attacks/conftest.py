@@ -19,10 +19,11 @@ from lethe.methods import METHODS
 from lethe.rows import ChoiceRow, Row
 from tests.engine.methods.helpers import teach
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.attacks.context import AuditContext, LoraState, lora_state
-from worker.engine.lm import LoadedLM
+from worker.engine.audit.context import AuditContext
+from worker.engine.lm.load import LoadedLM
+from worker.engine.lm.lora import LoraState, attach_lora, lora_state
 from worker.engine.methods.implementations import build_objective
-from worker.engine.training import Schedule, attach_lora, train
+from worker.engine.training.loop import Schedule, train
 
 LIMIT = 64
 

@@ -10,9 +10,11 @@ import torch
 
 from lethe.rows import ChoiceRow, Row
 from tests.engine.attacks.conftest import LIMIT, context_for
-from worker.engine.attacks.context import AuditContext, lora_state
-from worker.engine.lm import LoadedLM
-from worker.engine.training import Objective, Schedule, attach_lora, train
+from worker.engine.audit.context import AuditContext
+from worker.engine.lm.load import LoadedLM
+from worker.engine.lm.lora import attach_lora, lora_state
+from worker.engine.training.loop import Schedule, train
+from worker.engine.training.objective import Objective
 
 
 def wrong(row: ChoiceRow) -> ChoiceRow:

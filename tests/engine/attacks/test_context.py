@@ -6,7 +6,8 @@ import dataclasses
 
 import torch
 
-from worker.engine.attacks.context import AuditContext, lora_state
+from worker.engine.audit.context import AuditContext
+from worker.engine.lm.lora import lora_state
 
 
 def test_forgetting_removed_the_task_and_before_is_the_taught_lm(forgotten_context: AuditContext) -> None:

@@ -21,11 +21,11 @@ from tests.engine.attacks.attack_checks import run_checked
 from tests.engine.attacks.conftest import build_context, teach_base
 from tests.engine.attacks.scenarios import finetuned_context, wrong
 from tests.tiny_lm import ADJECTIVES, CATEGORIES, synthetic_choice_rows, synthetic_qa_rows, synthetic_text_rows
-from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.in_context import SEPARATOR, _score_after, few_shot_prompt, in_context
-from worker.engine.attacks.outcome import judge
-from worker.engine.lm import LoadedLM
-from worker.engine.scoring import encode_pair
+from worker.engine.audit.attacks.in_context import SEPARATOR, _score_after, few_shot_prompt, in_context
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import judge
+from worker.engine.lm.inputs import encode_pair
+from worker.engine.lm.load import LoadedLM
 
 THRESHOLDS = Thresholds()
 LABELS = (" fruit", " tool")

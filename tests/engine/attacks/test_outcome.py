@@ -3,7 +3,7 @@
 import pytest
 
 from lethe.attacks import Thresholds
-from worker.engine.attacks.outcome import AttackOutcome, Variant, excess_drop, judge, overall_verdict, recovery_rate
+from worker.engine.audit.outcome import AttackOutcome, Variant, excess_drop, judge, overall_verdict, recovery_rate
 
 DEFAULTS = Thresholds.model_validate({})
 

@@ -19,10 +19,10 @@ from tests.engine.attacks.attack_checks import run_checked
 from tests.engine.attacks.conftest import build_context, teach_base
 from tests.engine.attacks.scenarios import finetuned_context, wrong
 from tests.tiny_lm import synthetic_choice_rows, synthetic_qa_rows, synthetic_text_rows
-from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.outcome import judge
-from worker.engine.attacks.paraphrase import lettered, paraphrase, retemplated
-from worker.engine.lm import LoadedLM
+from worker.engine.audit.attacks.paraphrase import lettered, paraphrase, retemplated
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import judge
+from worker.engine.lm.load import LoadedLM
 
 THRESHOLDS = Thresholds()
 

@@ -9,13 +9,13 @@ from lethe.rows import QARow, Row
 from tests.engine.attacks.attack_checks import run_attack
 from tests.engine.attacks.conftest import build_context
 from tests.tiny_lm import synthetic_qa_rows
-from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.outcome import AttackNotApplicable, judge
-from worker.engine.attacks.patch import _patched_score, patched_blocks
-from worker.engine.attacks.replay import PassThrough, skipped_up_to
-from worker.engine.lm import LoadedLM
-from worker.engine.methods.blocks import block_outputs, decoder_blocks, transformed_block_output
-from worker.engine.scoring import score_choices
+from worker.engine.audit.attacks.patch import _patched_score, patched_blocks
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import AttackNotApplicable, judge
+from worker.engine.audit.replay import PassThrough, skipped_up_to
+from worker.engine.lm.blocks import block_outputs, decoder_blocks, transformed_block_output
+from worker.engine.lm.load import LoadedLM
+from worker.engine.metrics.choice_scores import score_choices
 
 
 def test_patched_blocks_run_from_the_first_adapted_block_to_before_the_last() -> None:

@@ -13,10 +13,10 @@ from lethe.rows import ChoiceRow, QARow, Row
 from tests.engine.attacks.attack_checks import run_attack
 from tests.engine.attacks.conftest import build_context
 from tests.tiny_lm import synthetic_choice_rows, synthetic_qa_rows
-from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.outcome import AttackNotApplicable, judge
-from worker.engine.attacks.probe import probe_rows
-from worker.engine.lm import LoadedLM
+from worker.engine.audit.attacks.probe import probe_rows
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import AttackNotApplicable, judge
+from worker.engine.lm.load import LoadedLM
 
 
 @pytest.fixture(scope="module")

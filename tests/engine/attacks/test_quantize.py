@@ -20,11 +20,11 @@ from lethe.rows import QARow, Row
 from tests.engine.attacks.attack_checks import run_attack
 from tests.engine.attacks.conftest import build_context, teach_base
 from tests.tiny_lm import synthetic_qa_rows
-from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.outcome import judge
-from worker.engine.attacks.quantize import fake_quantize_int4, fake_quantize_int8, merged_quantized_lm
-from worker.engine.lm import LoadedLM
-from worker.engine.methods.blocks import decoder_blocks
+from worker.engine.audit.attacks.quantize import fake_quantize_int4, fake_quantize_int8, merged_quantized_lm
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import judge
+from worker.engine.lm.blocks import decoder_blocks
+from worker.engine.lm.load import LoadedLM
 
 GROUP_SIZE = 64
 

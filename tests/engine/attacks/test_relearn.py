@@ -13,11 +13,11 @@ from lethe.rows import ChoiceRow, Row
 from tests.engine.attacks.attack_checks import run_checked
 from tests.engine.attacks.conftest import build_context, context_for, teach_base
 from tests.tiny_lm import CATEGORIES, synthetic_choice_rows
-from worker.engine.attacks.context import AuditContext, lora_state
-from worker.engine.attacks.outcome import judge
-from worker.engine.attacks.relearn import relearn
-from worker.engine.lm import LoadedLM
-from worker.engine.training import attach_lora
+from worker.engine.audit.attacks.relearn import relearn
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import judge
+from worker.engine.lm.load import LoadedLM
+from worker.engine.lm.lora import attach_lora, lora_state
 
 THRESHOLDS = Thresholds()
 

@@ -9,10 +9,11 @@ from lethe.rows import QARow, Row
 from tests.engine.attacks.attack_checks import run_attack
 from tests.engine.attacks.conftest import build_context
 from tests.tiny_lm import synthetic_qa_rows
-from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.outcome import AttackNotApplicable, judge
-from worker.engine.attacks.restore import block_of, parameter_groups
-from worker.engine.lm import LoadedLM
+from worker.engine.audit.attacks.restore import parameter_groups
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import AttackNotApplicable, judge
+from worker.engine.lm.blocks import block_of
+from worker.engine.lm.load import LoadedLM
 
 
 def adapter_names(blocks: list[int]) -> list[str]:

@@ -17,10 +17,10 @@ from lethe.rows import ChoiceRow, QARow, Row, TextRow
 from tests.engine.attacks.attack_checks import run_checked
 from tests.engine.attacks.conftest import build_context
 from tests.tiny_lm import CATEGORIES, synthetic_choice_rows, synthetic_qa_rows, synthetic_text_rows
-from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.outcome import judge
-from worker.engine.attacks.trigger import insert_words, trigger
-from worker.engine.lm import LoadedLM
+from worker.engine.audit.attacks.trigger import insert_words, trigger
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import judge
+from worker.engine.lm.load import LoadedLM
 
 THRESHOLDS = Thresholds()
 

@@ -15,9 +15,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from lethe.rows import QARow, Row, TextRow
-from worker.engine.lm import LoadedLM
+from worker.engine.lm.inputs import encode_pair, pad_right
+from worker.engine.lm.load import CausalLM, LoadedLM
 from worker.engine.metrics.token_scores import TokenScores
-from worker.engine.scoring import CausalLM, encode_pair, pad_right
 
 
 def scores_of(

@@ -3,9 +3,9 @@ import copy
 import pytest
 import torch
 
-from worker.engine.lm import LoadedLM
+from worker.engine.lm.load import LoadedLM
+from worker.engine.lm.lora import attach_lora
 from worker.engine.metrics.generation import generate_greedy, pad_left
-from worker.engine.training import attach_lora
 
 PROMPTS = ["The red apple is a", "Question: What is the big saw?\nAnswer:", "A", "The old green hammer is a fruit and"]
 

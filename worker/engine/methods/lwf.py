@@ -39,19 +39,11 @@ from transformers import PreTrainedTokenizerBase
 
 from lethe.methods import LWFParams
 from lethe.rows import Row, TextRow
+from worker.engine.lm.inputs import encode_pair, pair_sequence
 from worker.engine.metrics.generation import pad_left
-from worker.engine.scoring import encode_pair, pair_sequence
-from worker.engine.training import (
-    Example,
-    LossTerms,
-    Objective,
-    Step,
-    TrainContext,
-    collate,
-    examples_of,
-    mean_nll,
-    sequence_logprob,
-)
+from worker.engine.training.batches import Example, collate, examples_of
+from worker.engine.training.logprobs import mean_nll, sequence_logprob
+from worker.engine.training.objective import LossTerms, Objective, Step, TrainContext
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, row: Row, text_prompt_tokens: int) -> list[int]:

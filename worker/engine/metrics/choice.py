@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from worker.engine.scoring import ChoiceScores
+from worker.engine.metrics.choice_scores import ChoiceScores
 
 
 def correct_probabilities(scores: ChoiceScores) -> list[float]:

@@ -7,12 +7,14 @@ for qa and text rows, one batched greedy generation pass.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from lethe.rows import QA_TEMPLATE, ChoiceRow, QARow, Row, TextRow, kind_of
+from worker.engine.lm.inputs import encode_pair
+from worker.engine.lm.load import CausalLM
+from worker.engine.metrics.choice_scores import score_choices
 from worker.engine.metrics.generation import generate_greedy
 from worker.engine.metrics.privacy import (
     MIN_K_FRACTION,
@@ -39,7 +41,7 @@ from worker.engine.metrics.text import (
     verbatim_memorization,
 )
 from worker.engine.metrics.token_scores import TokenScores, score_tokens
-from worker.engine.scoring import CausalLM, encode_pair, score_choices
+from worker.engine.metrics.values import SplitResult
 
 # TOFU's answers are a sentence or two (well under 64 tokens for SmolLM2's tokenizer); open-unlearning allows 200
 # new tokens. Generation is the expensive part of an evaluation, so Lethe's default is 64.
@@ -51,16 +53,6 @@ MIA_ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
 
 # The score each kind is tracked by (training curves, stop target, utility floor, audits); higher = remembers more.
 PRIMARY_METRIC = {"choice": "accuracy", "qa": "answer_probability", "text": "text_probability"}
-
-
-@dataclass
-class SplitResult:
-    """Aggregates by metric name, per-example values aligned with the rows (None where a metric does not apply),
-    and the MIA scores of every row's (context, target) pair by attack (see `mia_scores`)."""
-
-    aggregates: dict[str, float]
-    per_example: dict[str, list[float | None]]
-    mia: dict[str, list[float]] = field(default_factory=dict)
 
 
 def qa_progress_total(rows: Sequence[QARow]) -> int:

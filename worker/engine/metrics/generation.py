@@ -7,7 +7,8 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from worker.engine.scoring import CausalLM, max_length
+from worker.engine.lm.inputs import max_length
+from worker.engine.lm.load import CausalLM
 
 
 def pad_left(sequences: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

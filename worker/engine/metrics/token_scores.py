@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from worker.engine.scoring import CausalLM, max_length, pad_right, pair_sequence
+from worker.engine.lm.inputs import max_length, pad_right, pair_sequence
+from worker.engine.lm.load import CausalLM
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,9 @@
 
 The seed paper ("Unforgettable generalization in language models", arXiv 2409.02228) fits linear probes on the
 hidden states of LMs fine-tuned to forget a task and finds that they often still solve it: the forgetting is
-shallow. Here, as in the forget run's probes (`worker.engine.probes`), each layer gets a logistic regression on the
-last-token states of (prompt, choice) pairs, fitted on forget-train and scored on forget-heldout, once on the LM
-before forgetting and once on the forgotten LM (four scoring passes: two LMs × two splits).
+shallow. Here, as in the forget run's probes (`worker.engine.metrics.probes`), each layer gets a logistic
+regression on the last-token states of (prompt, choice) pairs, fitted on forget-train and scored on forget-heldout,
+once on the LM before forgetting and once on the forgotten LM (four scoring passes: two LMs × two splits).
 
 Outcome (metric `probe_accuracy`, split forget_heldout): `before` / `after_forgetting` are the LM's own heldout
 accuracy before / after forgetting (for qa rows: how often it scores the true answer above the perturbed ones),
@@ -36,10 +36,11 @@ from collections.abc import Sequence
 
 from lethe.attacks import AttackParams, ProbeParams
 from lethe.rows import ChoiceRow, QARow, Row, chance
-from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.outcome import AttackNotApplicable, AttackOutcome, Variant
-from worker.engine.probes import probe_accuracy_by_layer, qa_probe_rows
-from worker.engine.scoring import CausalLM, ChoiceScores, score_choices
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import AttackNotApplicable, AttackOutcome, Variant
+from worker.engine.lm.load import CausalLM
+from worker.engine.metrics.choice_scores import ChoiceScores, score_choices
+from worker.engine.metrics.probes import probe_accuracy_by_layer, qa_probe_rows
 
 SPLIT = "forget_heldout"
 

@@ -32,9 +32,10 @@ from peft import PeftModel
 
 from lethe.attacks import AttackParams, RelearnParams
 from lethe.rows import Row
-from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.outcome import AttackOutcome, Variant
-from worker.engine.training import Objective, Schedule, train
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import AttackOutcome, Variant
+from worker.engine.training.loop import Schedule, train
+from worker.engine.training.objective import Objective
 
 SPLIT = "forget_heldout"
 BENIGN = "benign"

@@ -18,17 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from peft import PeftModel
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from lethe.rows import ChoiceRow
+from worker.engine.lm.inputs import encode_pair, max_length, pair_sequence
+from worker.engine.lm.load import CausalLM
 from worker.engine.precision import autocast, full_precision
-
-# A base LM, or one wrapped with LoRA adapters (PeftModel forwards `config` and the call).
-CausalLM = PreTrainedModel | PeftModel
-
-# lm-eval's fallback when neither the config nor the tokenizer gives a usable context length.
-_DEFAULT_MAX_LENGTH = 2048
 
 
 @dataclass
@@ -70,62 +65,6 @@ class ChoiceScores:
         return np.concatenate(
             [np.arange(len(s)) == a for s, a in zip(self.loglikelihoods, self.answers, strict=True)]
         ).astype(np.int64)
-
-
-def max_length(lm: CausalLM, tokenizer: PreTrainedTokenizerBase) -> int:
-    """The LM's context length, looked up like lm-eval's HFLM.max_length."""
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(lm.config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    # Tokenizers without a limit report a huge sentinel (int(1e30)).
-    model_max_length = getattr(tokenizer, "model_max_length", None)
-    if isinstance(model_max_length, int) and 0 < model_max_length < 1_000_000_000:
-        return model_max_length
-    return _DEFAULT_MAX_LENGTH
-
-
-def encode_pair(tokenizer: PreTrainedTokenizerBase, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """(context_ids, continuation_ids) as lm-eval's `_encode_pair` for a causal LM.
-
-    Trailing whitespace of the context moves to the continuation (so " Paris" and not "Paris" is scored
-    after "is "); the continuation's ids are those of tok(context + continuation) beyond len(tok(context)),
-    so merges across the boundary are attributed to the continuation. No special tokens are added.
-    An empty context becomes the EOS token, as lm-eval's `loglikelihood` does.
-    """
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces > 0:
-        continuation = context[-n_spaces:] + continuation
-        context = context[:-n_spaces]
-    if context == "":
-        return [tokenizer.eos_token_id], tokenizer.encode(continuation, add_special_tokens=False)
-    whole_ids = tokenizer.encode(context + continuation, add_special_tokens=False)
-    context_ids = tokenizer.encode(context, add_special_tokens=False)
-    return context_ids, whole_ids[len(context_ids) :]
-
-
-def pair_sequence(context_ids: list[int], continuation_ids: list[int], limit: int) -> tuple[list[int], int]:
-    """The token sequence fed to the LM for a pair, left-truncated to `limit`, and its continuation length.
-
-    lm-eval feeds (context + continuation)[-(limit + 1):][:-1]; we also feed the last token (its hidden state
-    is what the probes read), so an over-long prompt keeps one context token fewer than in lm-eval.
-    """
-    if not continuation_ids:
-        raise ValueError("a choice encodes to no tokens of its own after the prompt")
-    if len(continuation_ids) >= limit:
-        raise ValueError(f"a choice of {len(continuation_ids)} tokens does not fit the LM's context ({limit})")
-    return (context_ids + continuation_ids)[-limit:], len(continuation_ids)
-
-
-def pad_right(sequences: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) with right padding; causal attention keeps real positions unaffected."""
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, sequence in enumerate(sequences):
-        input_ids[i, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-        attention_mask[i, : len(sequence)] = 1
-    return input_ids.to(device), attention_mask.to(device)
 
 
 @dataclass(frozen=True)

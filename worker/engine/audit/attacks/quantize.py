@@ -38,10 +38,10 @@ from transformers import PreTrainedModel
 
 from lethe.attacks import AttackParams, QuantizeParams
 from lethe.rows import Row
-from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.outcome import AttackOutcome, Variant
-from worker.engine.methods.blocks import decoder_blocks
-from worker.engine.training import LoraState, load_lora_state
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import AttackOutcome, Variant
+from worker.engine.lm.blocks import decoder_blocks
+from worker.engine.lm.lora import LoraState, load_lora_state
 
 # A scale of 0 (an all-zero row or group) would give 0/0; any positive scale maps zeros to zeros.
 _TINY = torch.finfo(torch.float32).tiny

@@ -31,11 +31,11 @@ from transformers import PreTrainedTokenizerBase
 
 from lethe.attacks import AttackParams, InContextParams
 from lethe.rows import ChoiceRow, QARow, Row
-from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.outcome import AttackOutcome, Variant
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import AttackOutcome, Variant
+from worker.engine.lm.inputs import encode_pair
 from worker.engine.metrics.qa import answer_probability
 from worker.engine.metrics.token_scores import score_tokens
-from worker.engine.scoring import encode_pair
 
 SPLIT = "forget_heldout"
 SEPARATOR = "\n\n"

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from worker.engine.methods.blocks import block_outputs, transformed_block_output
+from worker.engine.lm.blocks import block_outputs, transformed_block_output
 
 
 class PassThrough(torch.nn.Module):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lethe.attacks import ATTACKS, AttackParams
-from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.outcome import AttackOutcome
-from worker.engine.methods.implementations import resolve
+from lethe.registry import resolve
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import AttackOutcome
 
 Attack = Callable[[AuditContext, AttackParams], AttackOutcome]
 

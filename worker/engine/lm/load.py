@@ -11,9 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lethe.registry import Registry, UnknownNameError
+
+# A base LM, or one wrapped with LoRA adapters (PeftModel forwards `config` and the call).
+CausalLM = PreTrainedModel | PeftModel
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 from peft import PeftModel
 
-from worker.engine.forget import MetricValue
+from worker.engine.metrics.values import MetricValue
 
 _VERSIONED_PACKAGES = ("torch", "transformers", "peft", "scikit-learn", "numpy")
 

@@ -23,7 +23,8 @@ from sklearn.preprocessing import StandardScaler
 from transformers import PreTrainedTokenizerBase
 
 from lethe.rows import ChoiceRow, QARow
-from worker.engine.scoring import CausalLM, ChoiceScores, score_choices
+from worker.engine.lm.load import CausalLM
+from worker.engine.metrics.choice_scores import ChoiceScores, score_choices
 
 # sklearn's default L2 strength (C=1) with more iterations than its default 100, which lbfgs often needs
 # on a few hundred standardized features.

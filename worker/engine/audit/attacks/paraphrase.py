@@ -36,8 +36,8 @@ from collections.abc import Sequence
 
 from lethe.attacks import AttackParams, ParaphraseParams
 from lethe.rows import QA_TEMPLATE, ChoiceRow, QARow, Row
-from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.outcome import AttackNotApplicable, AttackOutcome, Variant
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import AttackNotApplicable, AttackOutcome, Variant
 
 # "Question: X\nAnswer:" with any whitespace around its parts; X may span lines.
 _QA_FORM = re.compile(r"\s*Question:\s*(?P<question>.+?)\s*\n\s*Answer:\s*", re.DOTALL)

@@ -31,11 +31,10 @@ import torch
 
 from lethe.attacks import AttackParams, PatchParams
 from lethe.rows import Row
-from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.outcome import AttackNotApplicable, AttackOutcome, Variant
-from worker.engine.attacks.replay import captured, replayed
-from worker.engine.attacks.restore import block_of
-from worker.engine.methods.blocks import decoder_blocks
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import AttackNotApplicable, AttackOutcome, Variant
+from worker.engine.audit.replay import captured, replayed
+from worker.engine.lm.blocks import block_of, decoder_blocks
 
 
 def patched_blocks(requested: Sequence[int] | None, adapted: set[int], num_layers: int) -> list[int]:

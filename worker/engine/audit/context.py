@@ -12,12 +12,9 @@ import torch
 from peft import PeftModel
 
 from lethe.rows import ChoiceRow, Row, chance, kind_of
-from worker.engine.lm import LoadedLM
+from worker.engine.lm.load import CausalLM, LoadedLM
+from worker.engine.lm.lora import LoraState, load_lora_state
 from worker.engine.metrics.evaluate import PRIMARY_METRIC, primary_score
-from worker.engine.scoring import CausalLM
-from worker.engine.training import LoraState, load_lora_state, lora_state
-
-__all__ = ["AuditContext", "LoraState", "load_lora_state", "lora_state"]
 
 
 @dataclass

@@ -28,25 +28,16 @@ Choices:
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from lethe.attacks import AttackParams, RestoreGroup, RestoreParams
-from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.outcome import AttackNotApplicable, AttackOutcome, Variant
-from worker.engine.attacks.replay import captured, replayed
-from worker.engine.methods.blocks import decoder_blocks
-
-_BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-
-
-def block_of(name: str) -> int | None:
-    """The decoder block of an adapter parameter named `...layers.<i>....`; None for one outside the blocks."""
-    match = _BLOCK.search(name)
-    return int(match.group(1)) if match else None
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import AttackNotApplicable, AttackOutcome, Variant
+from worker.engine.audit.replay import captured, replayed
+from worker.engine.lm.blocks import block_of, decoder_blocks
 
 
 @dataclass(frozen=True)
@@ -91,7 +82,7 @@ def restore(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
     before = ctx.reference_score(rows, "before")
     ctx.on_progress(1 / passes)
     # Below a group's first block the restored LM computes what the forgotten one does: the forgotten pass keeps
-    # the outputs of the block under each group's first, and the group's pass starts from them (replay.py).
+    # the outputs of the block under each group's first, and the group's pass starts from them (audit/replay.py).
     blocks = decoder_blocks(ctx.peft_lm)
     starts = {group.name: _first_block(group) for group in groups}
     with captured(blocks, [start - 1 for start in starts.values() if start > 0]) as forgotten_outputs:

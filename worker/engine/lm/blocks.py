@@ -1,4 +1,5 @@
-"""The decoder blocks of a causal LM: find them, read their outputs, perturb them.
+"""The decoder blocks of a causal LM: find them, read their outputs, perturb them, and name the block an adapter
+parameter sits in.
 
 "The hidden state at layer l" is the output of decoder block l (0-based), which transformers numbers
 hidden_states[l + 1] (hidden_states[0] being the embeddings). Reading it with a forward hook is exact for every
@@ -8,11 +9,14 @@ block; transformers' last hidden_states entry has the final norm applied on top.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from peft import PeftModel
+
+_BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 def decoder_blocks(lm: PeftModel) -> torch.nn.ModuleList:
@@ -30,6 +34,12 @@ def decoder_block(lm: PeftModel, layer: int) -> torch.nn.Module:
     if not 0 <= layer < len(blocks):
         raise ValueError(f"layer {layer} does not exist: the LM has {len(blocks)} decoder blocks (0-{len(blocks) - 1})")
     return blocks[layer]
+
+
+def block_of(name: str) -> int | None:
+    """The decoder block of an adapter parameter named `...layers.<i>....`; None for one outside the blocks."""
+    match = _BLOCK.search(name)
+    return int(match.group(1)) if match else None
 
 
 def _hidden(output: Any) -> torch.Tensor:

@@ -14,12 +14,12 @@ from peft import PeftModel
 from lethe.attacks import ATTACKS, Thresholds
 from lethe.rows import Row
 from lethe.specs import AttackChoice
-from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.implementations import attack_implementation
-from worker.engine.attacks.outcome import AttackNotApplicable, AttackOutcome, Judgement, judge
-from worker.engine.lm import LoadedLM
-from worker.engine.scoring import max_length
-from worker.engine.training import LoraState, lora_state
+from worker.engine.audit.attacks.implementations import attack_implementation
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import AttackNotApplicable, AttackOutcome, Judgement, judge
+from worker.engine.lm.inputs import max_length
+from worker.engine.lm.load import LoadedLM
+from worker.engine.lm.lora import LoraState, lora_state
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # An audit scores the same rows some 70 times through the unmerged LoRA adapter, whose extra matmuls cost most at

@@ -19,13 +19,15 @@ from peft import PeftModel
 
 from lethe.methods import METHODS, MethodParams
 from lethe.rows import ChoiceRow, QARow, Row, TextRow, chance, kind_of
-from worker.engine.lm import LoadedLM
+from worker.engine.lm.inputs import max_length
+from worker.engine.lm.load import CausalLM, LoadedLM
+from worker.engine.lm.lora import LoraState, attach_lora, lora_state
 from worker.engine.methods.implementations import build_objective
 from worker.engine.methods.plugins import build_plugins
 from worker.engine.metrics.choice import correct_probabilities
+from worker.engine.metrics.choice_scores import ChoiceScores, score_choices
 from worker.engine.metrics.evaluate import (
     PRIMARY_METRIC,
-    SplitResult,
     evaluate_perplexity,
     evaluate_qa,
     evaluate_text,
@@ -35,9 +37,10 @@ from worker.engine.metrics.evaluate import (
     qa_progress_total,
 )
 from worker.engine.metrics.privacy import privleak
-from worker.engine.probes import probe_accuracy_by_layer, qa_probe_scores
-from worker.engine.scoring import CausalLM, ChoiceScores, max_length, score_choices
-from worker.engine.training import LoraState, Objective, Schedule, TrainingResult, attach_lora, lora_state, train
+from worker.engine.metrics.probes import probe_accuracy_by_layer, qa_probe_scores
+from worker.engine.metrics.values import MetricValue, SplitResult
+from worker.engine.training.loop import Schedule, TrainingResult, train
+from worker.engine.training.objective import Objective
 
 FORGET_TRAIN = "forget_train"
 FORGET_HELDOUT = "forget_heldout"
@@ -73,18 +76,6 @@ class ForgetPlan:
     finetune: FinetuneConfig | None
     probe: bool
     seed: int
-
-
-@dataclass(frozen=True)
-class MetricValue:
-    """One measurement; `layer` is set for probes, `step` for points measured during forgetting."""
-
-    stage: str
-    split: str
-    name: str
-    value: float
-    layer: int | None = None
-    step: int | None = None
 
 
 @dataclass

@@ -33,12 +33,12 @@ from collections.abc import Sequence
 
 from lethe.attacks import AttackParams, TriggerParams
 from lethe.rows import ChoiceRow, QARow, Row, kind_of
-from worker.engine.attacks.context import AuditContext
-from worker.engine.attacks.outcome import AttackNotApplicable, AttackOutcome, Variant
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import AttackNotApplicable, AttackOutcome, Variant
+from worker.engine.lm.inputs import encode_pair
 from worker.engine.metrics.evaluate import PRIMARY_METRIC
 from worker.engine.metrics.qa import answer_probability
 from worker.engine.metrics.token_scores import score_tokens
-from worker.engine.scoring import encode_pair
 
 SPLIT = "retain"
 
