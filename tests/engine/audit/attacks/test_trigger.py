@@ -14,8 +14,8 @@ import pytest
 
 from lethe.attacks import Thresholds, TriggerParams
 from lethe.rows import ChoiceRow, QARow, Row, TextRow
-from tests.engine.attacks.attack_checks import run_checked
-from tests.engine.attacks.conftest import build_context
+from tests.engine.audit.attacks.attack_checks import run_checked
+from tests.engine.audit.conftest import build_context
 from tests.tiny_lm import CATEGORIES, synthetic_choice_rows, synthetic_qa_rows, synthetic_text_rows
 from worker.engine.audit.attacks.trigger import insert_words, trigger
 from worker.engine.audit.context import AuditContext

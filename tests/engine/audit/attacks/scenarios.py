@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from lethe.rows import ChoiceRow, Row
-from tests.engine.attacks.conftest import LIMIT, context_for
+from tests.engine.audit.conftest import LIMIT, context_for
 from worker.engine.audit.context import AuditContext
 from worker.engine.lm.load import LoadedLM
 from worker.engine.lm.lora import attach_lora, lora_state

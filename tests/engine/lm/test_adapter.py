@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 from peft import PeftModel
 
+from tests.engine.forget.test_run import FORGET_HELDOUT, FORGET_TRAIN, Run, plan
 from worker.engine.lm.adapter import export_adapter, library_versions
 from worker.engine.lm.load import LoadedLM, load_base_lm
 from worker.engine.metrics.choice_scores import score_choices
-
-from .test_forget import FORGET_HELDOUT, FORGET_TRAIN, Run, plan
 
 PROVENANCE = {
     "method": "gradient_ascent",

@@ -17,9 +17,9 @@ import pytest
 
 from lethe.attacks import InContextParams, Thresholds
 from lethe.rows import ChoiceRow, QARow, Row, TextRow
-from tests.engine.attacks.attack_checks import run_checked
-from tests.engine.attacks.conftest import build_context, teach_base
-from tests.engine.attacks.scenarios import finetuned_context, wrong
+from tests.engine.audit.attacks.attack_checks import run_checked
+from tests.engine.audit.attacks.scenarios import finetuned_context, wrong
+from tests.engine.audit.conftest import build_context, teach_base
 from tests.tiny_lm import ADJECTIVES, CATEGORIES, synthetic_choice_rows, synthetic_qa_rows, synthetic_text_rows
 from worker.engine.audit.attacks.in_context import SEPARATOR, _score_after, few_shot_prompt, in_context
 from worker.engine.audit.context import AuditContext

@@ -15,9 +15,9 @@ import pytest
 
 from lethe.attacks import ParaphraseParams, Thresholds
 from lethe.rows import ChoiceRow, QARow, Row, TextRow
-from tests.engine.attacks.attack_checks import run_checked
-from tests.engine.attacks.conftest import build_context, teach_base
-from tests.engine.attacks.scenarios import finetuned_context, wrong
+from tests.engine.audit.attacks.attack_checks import run_checked
+from tests.engine.audit.attacks.scenarios import finetuned_context, wrong
+from tests.engine.audit.conftest import build_context, teach_base
 from tests.tiny_lm import synthetic_choice_rows, synthetic_qa_rows, synthetic_text_rows
 from worker.engine.audit.attacks.paraphrase import lettered, paraphrase, retemplated
 from worker.engine.audit.context import AuditContext

@@ -10,8 +10,8 @@ import torch
 
 from lethe.attacks import QuantizeParams, RelearnParams, Thresholds
 from lethe.rows import ChoiceRow, Row
-from tests.engine.attacks.attack_checks import run_checked
-from tests.engine.attacks.conftest import build_context, context_for, teach_base
+from tests.engine.audit.attacks.attack_checks import run_checked
+from tests.engine.audit.conftest import build_context, context_for, teach_base
 from tests.tiny_lm import CATEGORIES, synthetic_choice_rows
 from worker.engine.audit.attacks.relearn import relearn
 from worker.engine.audit.context import AuditContext

@@ -6,13 +6,12 @@ import pytest
 
 from lethe.attacks import Thresholds
 from lethe.rows import QARow, Row
-from tests.engine.attacks.attack_checks import run_attack
-from tests.engine.attacks.conftest import build_context
+from tests.engine.audit.attacks.attack_checks import run_attack
+from tests.engine.audit.conftest import build_context
 from tests.tiny_lm import synthetic_qa_rows
 from worker.engine.audit.attacks.restore import parameter_groups
 from worker.engine.audit.context import AuditContext
 from worker.engine.audit.outcome import AttackNotApplicable, judge
-from worker.engine.lm.blocks import block_of
 from worker.engine.lm.load import LoadedLM
 
 
@@ -24,12 +23,6 @@ def adapter_names(blocks: list[int]) -> list[str]:
         for module in ("self_attn.q_proj", "mlp.up_proj")
         for matrix in ("A", "B")
     ]
-
-
-def test_block_of_reads_the_block_index_of_a_parameter_name() -> None:
-    assert block_of("base_model.model.model.layers.11.mlp.up_proj.lora_A.default.weight") == 11
-    assert block_of("layers.0.self_attn.q_proj.lora_B.default.weight") == 0
-    assert block_of("base_model.model.lm_head.weight") is None
 
 
 def test_parameter_groups_select_blocks_and_modules() -> None:

@@ -6,8 +6,8 @@ import pytest
 
 from lethe.attacks import Thresholds
 from lethe.rows import QARow, Row
-from tests.engine.attacks.attack_checks import run_attack
-from tests.engine.attacks.conftest import build_context
+from tests.engine.audit.attacks.attack_checks import run_attack
+from tests.engine.audit.conftest import build_context
 from tests.tiny_lm import synthetic_qa_rows
 from worker.engine.audit.attacks.patch import _patched_score, patched_blocks
 from worker.engine.audit.context import AuditContext

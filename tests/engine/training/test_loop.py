@@ -1,17 +1,19 @@
+"""The training loop: only the LoRA parameters move, the schedule and the evaluator stop it, it is seeded."""
+
 import copy
 
 import pytest
 import torch
 
-from lethe.rows import ChoiceRow, QARow, TextRow
+from lethe.rows import ChoiceRow, QARow
 from tests.tiny_lm import synthetic_choice_rows
 from worker.engine.lm.inputs import max_length
 from worker.engine.lm.load import LoadedLM
-from worker.engine.lm.lora import attach_lora
+from worker.engine.lm.lora import attach_lora, lora_state
 from worker.engine.methods.gradient_ascent import GradientAscent
 from worker.engine.methods.random_label import RandomLabel
-from worker.engine.training.batches import IGNORE, collate, examples_of, make_example
-from worker.engine.training.logprobs import mean_nll, sequence_logprob
+from worker.engine.training.batches import collate, examples_of
+from worker.engine.training.logprobs import mean_nll
 from worker.engine.training.loop import Schedule, train
 from worker.engine.training.objective import Objective, Plugins, TrainContext
 
@@ -24,28 +26,9 @@ def fresh_peft_lm(tiny_base: LoadedLM, seed: int = 0):
     return attach_lora(copy.deepcopy(tiny_base.lm), rank=4, alpha=8)
 
 
-def lora_state(peft_lm) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in peft_lm.named_parameters() if "lora_" in name}
-
-
 def run(tiny_base: LoadedLM, peft_lm, objective: Objective, schedule: Schedule, **kwargs):
     limit = max_length(tiny_base.lm, tiny_base.tokenizer)
     return train(peft_lm, tiny_base.tokenizer, objective, ROWS, RETAIN, schedule, seed=0, limit=limit, **kwargs)
-
-
-def test_lora_is_attached_to_every_linear_layer_but_the_head(tiny_base: LoadedLM) -> None:
-    peft_lm = fresh_peft_lm(tiny_base)
-    trainable = [name for name, p in peft_lm.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in name for name in trainable)
-    wrapped = {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in trainable}
-    assert wrapped == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-
-
-def test_lora_can_be_limited_to_some_layers(tiny_base: LoadedLM) -> None:
-    torch.manual_seed(0)
-    peft_lm = attach_lora(copy.deepcopy(tiny_base.lm), rank=4, alpha=8, layers=[1])
-    trained = {name for name, p in peft_lm.named_parameters() if p.requires_grad}
-    assert trained and all(".layers.1." in name for name in trained)
 
 
 @pytest.mark.parametrize("objective", [Objective(), GradientAscent(), RandomLabel(seed=0)])
@@ -93,45 +76,6 @@ def test_training_is_seeded(tiny_base: LoadedLM) -> None:
         run(tiny_base, peft_lm, RandomLabel(seed=3), Schedule(learning_rate=1e-2, epochs=2, batch_size=8))
         states.append(lora_state(peft_lm))
     assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])
-
-
-def test_examples_cover_every_kind(tiny_base: LoadedLM) -> None:
-    tokenizer = tiny_base.tokenizer
-    choice = make_example(tokenizer, "The red apple is a", " fruit", 512)
-    assert list(choice.ids[-choice.n_target :]) == tokenizer.encode(" fruit", add_special_tokens=False)
-    [qa, text] = examples_of(tokenizer, [QARow("What is an apple?", "a fruit"), TextRow("the apple")], 512)
-    assert tokenizer.decode(list(qa.ids[-qa.n_target :])) == " a fruit"
-    assert tokenizer.decode(list(qa.ids[: -qa.n_target])) == "Question: What is an apple?\nAnswer:"
-    # A passage is all target, after the EOS token standing for the empty context.
-    assert text.ids[0] == tokenizer.eos_token_id and text.n_target == len(text.ids) - 1
-    # Over-long targets keep their beginning.
-    long = make_example(tokenizer, "", "the apple " * 100, 16)
-    assert len(long.ids) == 16 and long.n_target == 15
-
-
-def test_a_left_padded_batch_scores_each_example_as_if_it_were_alone(tiny_base: LoadedLM) -> None:
-    tokenizer = tiny_base.tokenizer
-    examples = examples_of(tokenizer, [*ROWS[:2], QARow("What is the red plum?", "a fruit")], 512)
-    batch = collate(examples, tokenizer.pad_token_id, torch.device("cpu"))
-    assert batch.target_tokens == sum(e.n_target for e in examples)
-    assert batch.keep == max(e.n_target for e in examples) + 1
-    assert ((batch.labels != IGNORE).sum(-1) == torch.tensor([e.n_target for e in examples])).all()
-    with torch.no_grad():
-        logits = tiny_base.lm(**batch.lm_inputs()).logits
-    assert logits.shape[1] == batch.keep  # only the columns that predict a target
-    summed, counts = sequence_logprob(logits, batch.labels)
-    for j, example in enumerate(examples):
-        # By hand: the example alone, unpadded, every position's logits.
-        with torch.no_grad():
-            alone = tiny_base.lm(input_ids=torch.tensor([example.ids])).logits[0]
-        log_probs = torch.log_softmax(alone.float(), -1)
-        expected = sum(
-            float(log_probs[t - 1, example.ids[t]])
-            for t in range(len(example.ids) - example.n_target, len(example.ids))
-        )
-        assert float(summed[j]) == pytest.approx(expected, abs=1e-4)
-        assert int(counts[j]) == example.n_target
-    assert float(mean_nll(logits, batch.labels)) == pytest.approx(-float(summed.sum()) / batch.target_tokens, 1e-5)
 
 
 def test_gradient_ascent_raises_the_nll_and_finetuning_lowers_it(tiny_base: LoadedLM) -> None:

@@ -17,8 +17,8 @@ import torch
 
 from lethe.attacks import Thresholds
 from lethe.rows import QARow, Row
-from tests.engine.attacks.attack_checks import run_attack
-from tests.engine.attacks.conftest import build_context, teach_base
+from tests.engine.audit.attacks.attack_checks import run_attack
+from tests.engine.audit.conftest import build_context, teach_base
 from tests.tiny_lm import synthetic_qa_rows
 from worker.engine.audit.attacks.quantize import fake_quantize_int4, fake_quantize_int8, merged_quantized_lm
 from worker.engine.audit.context import AuditContext
