@@ -1,8 +1,9 @@
-"""Pairs tokenized as lm-eval does, cut to the window."""
+"""Pairs tokenized as lm-eval does, cut to the window, padded."""
 
 import pytest
+import torch
 
-from worker.engine.lm.inputs import encode_pair, pair_sequence
+from worker.engine.lm.inputs import encode_pair, pad, pair_sequence
 from worker.engine.lm.load import LoadedLM
 
 
@@ -31,3 +32,9 @@ def test_pair_sequence_left_truncates_and_refuses_overlong_choices() -> None:
         pair_sequence([1, 2], list(range(128)), limit=128)
     with pytest.raises(ValueError):
         pair_sequence([1, 2], [], limit=128)
+
+
+def test_left_padding_puts_padding_before_the_tokens() -> None:
+    input_ids, attention_mask = pad([[1, 2, 3], [4]], pad_id=0, device=torch.device("cpu"), side="left")
+    assert input_ids.tolist() == [[1, 2, 3], [0, 0, 4]]
+    assert attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]

@@ -4,6 +4,7 @@ padded into batches."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -59,12 +60,33 @@ def pair_sequence(context_ids: list[int], continuation_ids: list[int], limit: in
     return (context_ids + continuation_ids)[-limit:], len(continuation_ids)
 
 
-def pad_right(sequences: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) with right padding; causal attention keeps real positions unaffected."""
+def fit_pair(context_ids: list[int], target_ids: list[int], limit: int) -> tuple[list[int], int]:
+    """`pair_sequence` for a target that may be longer than the window: it keeps its beginning (limit − 1 tokens)
+    and the context keeps its end."""
+    if not target_ids:
+        raise ValueError("a target encodes to no tokens of its own after its context")
+    return pair_sequence(context_ids, target_ids[: limit - 1], limit)
+
+
+def pad(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device, side: Literal["left", "right"]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of the sequences padded to the longest.
+
+    Right padding leaves every real position as it is under causal attention (scoring); left padding puts every
+    sequence's last token in the last column, where generation and training read it.
+    """
     width = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, sequence in enumerate(sequences):
-        input_ids[i, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-        attention_mask[i, : len(sequence)] = 1
+        columns = slice(width - len(sequence), width) if side == "left" else slice(0, len(sequence))
+        input_ids[i, columns] = torch.tensor(sequence, dtype=torch.long)
+        attention_mask[i, columns] = 1
     return input_ids.to(device), attention_mask.to(device)
+
+
+def longest_first(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices into `lengths` in batches of `batch_size`, longest first, so that a batch holds similar lengths."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]

@@ -1,9 +1,10 @@
-"""LoRA adapters on an LM: attach fresh ones, take and put back their weights."""
+"""LoRA adapters on an LM: attach fresh ones, and take, put back or unfreeze their weights."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -40,17 +41,35 @@ def attach_lora(lm: PreTrainedModel, rank: int, alpha: int, layers: Sequence[int
         return get_peft_model(lm, config)
 
 
+def _lora_parameters(peft_lm: PeftModel) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in peft_lm.named_parameters() if "lora_" in name}
+
+
 def lora_state(peft_lm: PeftModel) -> LoraState:
     """A detached copy of the adapter's parameters, keyed by their names in `peft_lm`."""
-    return {name: p.detach().clone() for name, p in peft_lm.named_parameters() if "lora_" in name}
+    return {name: p.detach().clone() for name, p in _lora_parameters(peft_lm).items()}
 
 
 def load_lora_state(peft_lm: PeftModel, state: Mapping[str, torch.Tensor]) -> None:
     """Copy `state` into the adapter's parameters (every adapter parameter must be in it)."""
-    parameters = {name: p for name, p in peft_lm.named_parameters() if "lora_" in name}
+    parameters = _lora_parameters(peft_lm)
     missing = sorted(set(parameters) - set(state))
     if missing:
         raise ValueError(f"LoRA state lacks {len(missing)} adapter parameters, e.g. {missing[0]}")
     with torch.no_grad():
         for name, parameter in parameters.items():
             parameter.copy_(state[name])
+
+
+@contextlib.contextmanager
+def all_lora_trainable(peft_lm: PeftModel) -> Iterator[None]:
+    """Every LoRA parameter trainable inside; each one's requires_grad flag as it was on exit."""
+    lora = list(_lora_parameters(peft_lm).values())
+    flags = [p.requires_grad for p in lora]
+    for parameter in lora:
+        parameter.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for parameter, flag in zip(lora, flags, strict=True):
+            parameter.requires_grad_(flag)

@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from lethe.rows import Row
-from worker.engine.lm.inputs import encode_pair, pair_sequence
+from worker.engine.lm.inputs import encode_pair, fit_pair, pad
 
 # Label id ignored by the cross-entropy (context and padding positions).
 IGNORE = -100
@@ -28,8 +28,7 @@ class Example:
 
 def make_example(tokenizer: PreTrainedTokenizerBase, context: str, target: str, limit: int) -> Example:
     """Tokenize like lm-eval's `_encode_pair`; a target longer than the context window keeps its beginning."""
-    context_ids, target_ids = encode_pair(tokenizer, context, target)
-    ids, n_target = pair_sequence(context_ids, target_ids[: limit - 1], limit)
+    ids, n_target = fit_pair(*encode_pair(tokenizer, context, target), limit)
     return Example(tuple(ids), n_target)
 
 
@@ -73,20 +72,16 @@ class Batch:
 
 def collate(examples: Sequence[Example], pad_id: int, device: torch.device) -> Batch:
     """One batch of examples, left-padded to the longest."""
-    width = max(len(e.ids) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    position_ids = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    for j, example in enumerate(examples):
-        start = width - len(example.ids)
-        input_ids[j, start:] = torch.tensor(example.ids, dtype=torch.long)
-        attention_mask[j, start:] = 1
-        position_ids[j, start:] = torch.arange(len(example.ids))
-        labels[j, width - example.n_target :] = input_ids[j, width - example.n_target :]
+    input_ids, attention_mask = pad([e.ids for e in examples], pad_id, device, side="left")
+    width = input_ids.shape[1]
+    # Each sequence counts its own tokens from 0 (padding, which nothing attends to, sits at 0 too).
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    # The targets are the last n_target tokens of each sequence.
+    n_target = torch.tensor([e.n_target for e in examples], device=device)
+    labels = input_ids.masked_fill(torch.arange(width, device=device) < width - n_target[:, None], IGNORE)
     # Position t predicts token t + 1: a target of n tokens needs the logits of the last n + 1 columns.
     keep = min(max(e.n_target for e in examples) + 1, width)
-    return Batch(input_ids.to(device), attention_mask.to(device), labels.to(device), position_ids.to(device), keep)
+    return Batch(input_ids, attention_mask, labels, position_ids, keep)
 
 
 def shuffled_batches(n: int, batch_size: int, seed: str) -> list[list[int]]:

@@ -24,16 +24,14 @@ Choices where the papers leave room:
 
 from __future__ import annotations
 
-import contextlib
 import random
-from collections.abc import Callable, Iterator, Sequence
-
-from peft import PeftModel
+from collections.abc import Callable, Sequence
 
 from lethe.attacks import AttackParams, RelearnParams
 from lethe.rows import Row
 from worker.engine.audit.context import AuditContext
 from worker.engine.audit.outcome import AttackOutcome, Variant
+from worker.engine.lm.lora import all_lora_trainable
 from worker.engine.training.loop import Schedule, train
 from worker.engine.training.objective import Objective
 
@@ -88,7 +86,7 @@ def _relearn_curve(
     def record(step: int) -> None:
         curve.append((step, ctx.score(ctx.forget_heldout)))
 
-    with ctx.using(ctx.forgotten) as peft_lm, _all_lora_trainable(peft_lm):
+    with ctx.using(ctx.forgotten) as peft_lm, all_lora_trainable(peft_lm):
         # train() evaluates at max_steps whatever evaluate_every is, and there are enough epochs to get there:
         # the curve ends at the last step.
         train(
@@ -117,17 +115,3 @@ def _sample(rows: Sequence[Row], k: int, seed: str) -> list[Row]:
     k = min(k, len(rows))
     chosen = set(random.Random(seed).sample(range(len(rows)), k))
     return [row for i, row in enumerate(rows) if i in chosen]
-
-
-@contextlib.contextmanager
-def _all_lora_trainable(peft_lm: PeftModel) -> Iterator[None]:
-    """Every LoRA parameter trainable inside; each one's requires_grad flag as it was on exit."""
-    lora = [p for name, p in peft_lm.named_parameters() if "lora_" in name]
-    flags = [p.requires_grad for p in lora]
-    for parameter in lora:
-        parameter.requires_grad_(True)
-    try:
-        yield
-    finally:
-        for parameter, flag in zip(lora, flags, strict=True):
-            parameter.requires_grad_(flag)
