@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# per_example[stage][split][metric]: one value per row of the split (None where the metric does not apply).
+PerExample = dict[str, dict[str, dict[str, list[float | None]]]]
+
 
 @dataclass(frozen=True)
 class MetricValue:
