@@ -5,17 +5,13 @@ own), then write the adapter row, metrics and the final status in one transactio
 """
 
 import hashlib
-import io
 import json
 import logging
-import tarfile
-import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save as save_safetensors
@@ -35,7 +31,7 @@ from models.repositories import (
 from models.tables import Adapter, Dataset, Metric, utcnow
 from storage import ObjectStore
 from worker.engine.forget.run import FinetuneConfig, ForgetOutcome, ForgetPlan, run_forget
-from worker.engine.lm.adapter import export_adapter
+from worker.engine.lm.adapter import adapter_archive
 from worker.engine.lm.load import BaseLMCache, LoadedLM
 from worker.pipelines.jobs import JobFailure, ProgressReporter, evidence_key, fail_job, run_job
 
@@ -108,22 +104,10 @@ def _provenance(job_id: uuid.UUID, inputs: ForgetInputs, outcome: ForgetOutcome)
         "dataset_sha256": inputs.dataset_hashes,
         "steps": outcome.steps,
         "stop_reason": outcome.stop_reason,
-        # export_adapter adds the ML libraries' versions; Lethe's own is known only here.
+        # adapter_archive adds the ML libraries' versions; Lethe's own is known only here.
         "lethe_version": metadata.version("lethe"),
         "created_at": utcnow().isoformat(),
     }
-
-
-def _tarball(directory: Path) -> bytes:
-    """A reproducible tar.gz of `directory`'s files (sorted names, zeroed times and owners, mode 0644)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-            info = tar.gettarinfo(str(path), arcname=str(path.relative_to(directory)))
-            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
-            with path.open("rb") as handle:
-                tar.addfile(info, handle)
-    return buffer.getvalue()
 
 
 def run_forget_job(
@@ -167,9 +151,7 @@ def _run_claimed(
     report("storing", 0.0)
     provenance = _provenance(job_id, inputs, outcome)
     card_metrics = [m.__dict__ for m in outcome.metrics]
-    with tempfile.TemporaryDirectory(prefix="lethe-adapter-") as tmp:
-        export_adapter(outcome.peft_lm, Path(tmp), spec.base_model, card_metrics, provenance)
-        archive = _tarball(Path(tmp))
+    archive = adapter_archive(outcome.peft_lm, spec.base_model, card_metrics, provenance)
     adapter_id = uuid.uuid4()
     objects = {
         f"adapters/{inputs.tenant_id}/{adapter_id}.tar.gz": (archive, "application/gzip"),

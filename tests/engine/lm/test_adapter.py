@@ -1,12 +1,17 @@
+"""The adapter format: exported in PEFT format with a model card, archived reproducibly, opened again (safetensors
+only, the same adapter before forgetting)."""
+
 import json
 
 import numpy as np
 import pytest
+import torch
 from peft import PeftModel
 
 from tests.engine.forget.test_run import FORGET_HELDOUT, FORGET_TRAIN, Run, plan
-from worker.engine.lm.adapter import export_adapter, library_versions
+from worker.engine.lm.adapter import export_adapter, library_versions, open_adapter
 from worker.engine.lm.load import LoadedLM, load_base_lm
+from worker.engine.lm.lora import lora_state
 from worker.engine.metrics.choice_scores import score_choices
 
 PROVENANCE = {
@@ -57,3 +62,23 @@ def test_model_card_lists_metrics_and_provenance(tiny_base: LoadedLM, tmp_path) 
     assert provenance["data_sha256"] == PROVENANCE["data_sha256"]
     assert provenance["library_versions"] == library_versions()
     assert {"python", "torch", "transformers", "peft"} <= set(provenance["library_versions"])
+
+
+def test_open_adapter_loads_the_saved_weights(tiny_base: LoadedLM, saved_adapter) -> None:
+    directory, before = saved_adapter
+    peft_lm = open_adapter(tiny_base, directory, before)
+    assert not peft_lm.training
+    assert any(not torch.equal(value, before[name]) for name, value in lora_state(peft_lm).items())
+
+
+def test_open_adapter_refuses_pickles_and_a_foreign_before_state(tiny_base: LoadedLM, saved_adapter) -> None:
+    directory, before = saved_adapter
+    (directory / "adapter_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ValueError, match=r"pickled files \(adapter_model.bin\)"):
+        open_adapter(tiny_base, directory, before)
+    (directory / "adapter_model.bin").unlink()
+    with pytest.raises(ValueError, match="not the same adapter"):
+        open_adapter(tiny_base, directory, dict(list(before.items())[1:]))
+    (directory / "adapter_model.safetensors").unlink()
+    with pytest.raises(ValueError, match="has no adapter_model.safetensors"):
+        open_adapter(tiny_base, directory, before)

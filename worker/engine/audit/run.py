@@ -1,11 +1,10 @@
-"""One audit: open a stored adapter on its base LM, run the requested attacks, judge each against the thresholds."""
+"""One audit: the context of an opened adapter, the requested attacks run in order, each judged against the
+thresholds."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +20,6 @@ from worker.engine.lm.inputs import max_length
 from worker.engine.lm.load import LoadedLM
 from worker.engine.lm.lora import LoraState, lora_state
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # An audit scores the same rows some 70 times through the unmerged LoRA adapter, whose extra matmuls cost most at
 # small batches: on SmolLM2 (2-core CPU) a pass over 48 PIQA rows took 3.9 s at batch 8 and 2.5-2.8 s at batches
 # 16, 32 and 48 (one timing each, with a fresh adapter).
@@ -47,27 +45,6 @@ class AuditedAttack:
     judgement: Judgement
 
 
-def open_adapter(base: LoadedLM, adapter_dir: Path, before_forgetting: Mapping[str, torch.Tensor]) -> PeftModel:
-    """A private copy of the base LM with the PEFT adapter in `adapter_dir` (safetensors only) on it.
-
-    `before_forgetting` must name exactly the adapter's parameters: it is the same adapter before forgetting.
-    """
-    if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
-        raise ValueError(f"the adapter has no {ADAPTER_WEIGHTS} (Lethe loads safetensors only)")
-    pickled = sorted(p.name for p in adapter_dir.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl"})
-    if pickled:
-        raise ValueError(f"the adapter carries pickled files ({', '.join(pickled)}); refusing to load it")
-    peft_lm = PeftModel.from_pretrained(copy.deepcopy(base.lm), str(adapter_dir), is_trainable=True)
-    peft_lm.eval()
-    names = set(lora_state(peft_lm))
-    if names != set(before_forgetting):
-        raise ValueError(
-            f"the adapter before forgetting has {len(before_forgetting)} parameters, the adapter {len(names)}: "
-            "they are not the same adapter"
-        )
-    return peft_lm
-
-
 def audit_context(
     base: LoadedLM,
     peft_lm: PeftModel,
@@ -78,6 +55,7 @@ def audit_context(
     batch_size: int,
     seed: int,
 ) -> AuditContext:
+    """The context the attacks share: `peft_lm` holds the forgotten adapter, `before_forgetting` its earlier state."""
     return AuditContext(
         base=base,
         peft_lm=peft_lm,

@@ -1,18 +1,28 @@
-"""Export a trained LoRA adapter in PEFT format with a model card (metrics and provenance)."""
+"""The adapter format: a trained LoRA adapter in PEFT format (safetensors) with a model card (metrics and
+provenance) and a manifest, stored as a reproducible tar.gz, and opened again on a private copy of its base LM."""
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import platform
+import tarfile
+import tempfile
 from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import torch
 from peft import PeftModel
 
+from worker.engine.lm.load import LoadedLM
+from worker.engine.lm.lora import lora_state
 from worker.engine.metrics.values import MetricValue
 
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MANIFEST = "manifest.json"
 _VERSIONED_PACKAGES = ("torch", "transformers", "peft", "scikit-learn", "numpy")
 
 
@@ -53,7 +63,7 @@ def export_adapter(
     full_provenance = {"library_versions": library_versions(), **provenance}
     (out_dir / "README.md").write_text(model_card(base_model, metrics, full_provenance))
     manifest = json.dumps(full_provenance, indent=2, sort_keys=True, default=str)
-    (out_dir / "manifest.json").write_text(manifest + "\n")
+    (out_dir / MANIFEST).write_text(manifest + "\n")
     return out_dir
 
 
@@ -98,3 +108,56 @@ def model_card(base_model: str, metrics: Iterable[MetricValue], provenance: Mapp
         "",
     ]
     return "\n".join(lines)
+
+
+def adapter_archive(
+    peft_lm: PeftModel,
+    base_model: str,
+    card_metrics: Iterable[MetricValue | Mapping[str, Any]],
+    provenance: Mapping[str, Any],
+) -> bytes:
+    """The adapter exported as `export_adapter` writes it, as a reproducible tar.gz: what the object store keeps."""
+    with tempfile.TemporaryDirectory(prefix="lethe-adapter-") as tmp:
+        directory = export_adapter(peft_lm, tmp, base_model, card_metrics, provenance)
+        buffer = io.BytesIO()
+        # Sorted names, zeroed times and owners, mode 0644: the same files always give the same bytes.
+        with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+            for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+                info = tar.gettarinfo(str(path), arcname=str(path.relative_to(directory)))
+                info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
+                with path.open("rb") as handle:
+                    tar.addfile(info, handle)
+    return buffer.getvalue()
+
+
+def open_adapter(base: LoadedLM, adapter_dir: Path, before_forgetting: Mapping[str, torch.Tensor]) -> PeftModel:
+    """A private copy of the base LM with the PEFT adapter in `adapter_dir` (safetensors only) on it.
+
+    `before_forgetting` must name exactly the adapter's parameters: it is the same adapter before forgetting.
+    """
+    if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
+        raise ValueError(f"the adapter has no {ADAPTER_WEIGHTS} (Lethe loads safetensors only)")
+    pickled = sorted(p.name for p in adapter_dir.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl"})
+    if pickled:
+        raise ValueError(f"the adapter carries pickled files ({', '.join(pickled)}); refusing to load it")
+    peft_lm = PeftModel.from_pretrained(copy.deepcopy(base.lm), str(adapter_dir), is_trainable=True)
+    peft_lm.eval()
+    names = set(lora_state(peft_lm))
+    if names != set(before_forgetting):
+        raise ValueError(
+            f"the adapter before forgetting has {len(before_forgetting)} parameters, the adapter {len(names)}: "
+            "they are not the same adapter"
+        )
+    return peft_lm
+
+
+def open_adapter_archive(
+    base: LoadedLM, archive: bytes, before_forgetting: Mapping[str, torch.Tensor]
+) -> tuple[PeftModel, dict[str, Any]]:
+    """The adapter in `archive` (an `adapter_archive`) opened as `open_adapter` does, and its manifest."""
+    with tempfile.TemporaryDirectory(prefix="lethe-adapter-") as tmp:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+            tar.extractall(tmp, filter="data")
+        peft_lm = open_adapter(base, Path(tmp), before_forgetting)
+        manifest = json.loads((Path(tmp) / MANIFEST).read_text("utf-8"))
+    return peft_lm, manifest
