@@ -9,7 +9,13 @@ import torch
 from peft import PeftModel
 
 from tests.engine.forget.test_run import FORGET_HELDOUT, FORGET_TRAIN, Run, plan
-from worker.engine.lm.adapter import export_adapter, library_versions, open_adapter
+from worker.engine.lm.adapter import (
+    adapter_archive,
+    export_adapter,
+    library_versions,
+    open_adapter,
+    open_adapter_archive,
+)
 from worker.engine.lm.load import LoadedLM, load_base_lm
 from worker.engine.lm.lora import lora_state
 from worker.engine.metrics.choice_scores import score_choices
@@ -82,3 +88,13 @@ def test_open_adapter_refuses_pickles_and_a_foreign_before_state(tiny_base: Load
     (directory / "adapter_model.safetensors").unlink()
     with pytest.raises(ValueError, match="has no adapter_model.safetensors"):
         open_adapter(tiny_base, directory, before)
+
+
+def test_the_archive_is_reproducible_and_opens_to_the_same_adapter(tiny_base: LoadedLM) -> None:
+    run = Run(tiny_base, plan("gradient_ascent", probe=False, finetune=None, max_steps=1, stop_at_target=False))
+    archive = adapter_archive(run.outcome.peft_lm, "tiny-base", run.outcome.metrics, PROVENANCE)
+    assert adapter_archive(run.outcome.peft_lm, "tiny-base", run.outcome.metrics, PROVENANCE) == archive
+    peft_lm, manifest = open_adapter_archive(tiny_base, archive, run.outcome.before_forgetting)
+    assert manifest["method"] == PROVENANCE["method"]
+    opened, trained = lora_state(peft_lm), lora_state(run.outcome.peft_lm)
+    assert opened.keys() == trained.keys() and all(torch.equal(opened[n], trained[n]) for n in trained)

@@ -4,6 +4,7 @@ provenance) and a manifest, stored as a reproducible tar.gz, and opened again on
 from __future__ import annotations
 
 import copy
+import gzip
 import io
 import json
 import platform
@@ -120,8 +121,11 @@ def adapter_archive(
     with tempfile.TemporaryDirectory(prefix="lethe-adapter-") as tmp:
         directory = export_adapter(peft_lm, tmp, base_model, card_metrics, provenance)
         buffer = io.BytesIO()
-        # Sorted names, zeroed times and owners, mode 0644: the same files always give the same bytes.
-        with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        # Sorted names, zeroed times (the gzip header's too) and owners, mode 0644: the same files, the same bytes.
+        with (
+            gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed,
+            tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
             for path in sorted(p for p in directory.rglob("*") if p.is_file()):
                 info = tar.gettarinfo(str(path), arcname=str(path.relative_to(directory)))
                 info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
