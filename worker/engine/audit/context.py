@@ -12,6 +12,7 @@ import torch
 from peft import PeftModel
 
 from lethe.rows import ChoiceRow, Row, chance, kind_of
+from worker.engine.audit.outcome import AttackOutcome, Variant
 from worker.engine.lm.load import CausalLM, LoadedLM
 from worker.engine.lm.lora import LoraState, load_lora_state
 from worker.engine.metrics.evaluate import PRIMARY_METRIC, primary_score
@@ -104,3 +105,16 @@ class AuditContext:
     def before_lm(self) -> contextlib.AbstractContextManager[PeftModel]:
         """The LM before forgetting."""
         return self.using(self.before)
+
+    def outcome(
+        self, split: str, rows: Sequence[Row], before: float, after_forgetting: float, variants: list[Variant]
+    ) -> AttackOutcome:
+        """An attack's outcome on `rows` of `split`, measured by the forget set's primary score."""
+        return AttackOutcome(
+            metric=self.metric,
+            split=split,
+            before=before,
+            after_forgetting=after_forgetting,
+            variants=variants,
+            chance=self.chance(rows),
+        )

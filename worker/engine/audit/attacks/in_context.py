@@ -65,14 +65,7 @@ def in_context(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         ]
         variants.append(Variant(f"k={k}", after_attack=_score_after(ctx, heldout, prompts)))
         ctx.on_progress((3 + i) / units)
-    return AttackOutcome(
-        metric=ctx.metric,
-        split=SPLIT,
-        before=before,
-        after_forgetting=after_forgetting,
-        variants=variants,
-        chance=ctx.chance(heldout),
-    )
+    return ctx.outcome(SPLIT, heldout, before, after_forgetting, variants)
 
 
 def _shots(rows: Sequence[Row], k: int, seed: str) -> list[str]:

@@ -98,14 +98,7 @@ def paraphrase(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         )
         for name, (originals, paraphrased) in asked.items()
     ]
-    return AttackOutcome(
-        metric=ctx.metric,
-        split=params.split,
-        before=before,
-        after_forgetting=after_forgetting,
-        variants=variants,
-        chance=ctx.chance(rows),
-    )
+    return ctx.outcome(params.split, rows, before, after_forgetting, variants)
 
 
 def _paraphrased(row: QARow, question: str) -> QARow:

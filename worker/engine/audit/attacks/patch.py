@@ -79,14 +79,7 @@ def patch(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         after_attack = _patched_score(ctx, rows, outputs.pop(layer), layer)
         variants.append(Variant(f"layer_{layer}", after_attack=after_attack, layer=layer))
         ctx.on_progress((3 + i) / passes)
-    return AttackOutcome(
-        metric=ctx.metric,
-        split=params.split,
-        before=before,
-        after_forgetting=after_forgetting,
-        variants=variants,
-        chance=ctx.chance(rows),
-    )
+    return ctx.outcome(params.split, rows, before, after_forgetting, variants)
 
 
 def _patched_score(ctx: AuditContext, rows: Sequence[Row], outputs: list[torch.Tensor], layer: int) -> float:

@@ -92,14 +92,7 @@ def quantize(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         quantized_forgotten = _quantized_score(ctx, rows, ctx.forgotten, quantize_weight)
         ctx.on_progress((4 + 2 * i) / passes)
         variants.append(Variant(scheme, after_attack=quantized_forgotten, before=quantized_before))
-    return AttackOutcome(
-        metric=ctx.metric,
-        split=params.split,
-        before=before,
-        after_forgetting=after_forgetting,
-        variants=variants,
-        chance=ctx.chance(rows),
-    )
+    return ctx.outcome(params.split, rows, before, after_forgetting, variants)
 
 
 def merged_quantized_lm(

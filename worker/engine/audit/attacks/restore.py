@@ -96,14 +96,7 @@ def restore(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         with ctx.using(state), _replayed_below(blocks, start, forgotten_outputs):
             variants.append(Variant(group.name, after_attack=ctx.score(rows), layer=group.layer))
         ctx.on_progress((3 + i) / passes)
-    return AttackOutcome(
-        metric=ctx.metric,
-        split=params.split,
-        before=before,
-        after_forgetting=after_forgetting,
-        variants=variants,
-        chance=ctx.chance(rows),
-    )
+    return ctx.outcome(params.split, rows, before, after_forgetting, variants)
 
 
 def _first_block(group: ParameterGroup) -> int:
