@@ -31,10 +31,10 @@ from lethe.attacks import ATTACKS, Thresholds
 from lethe.methods import METHODS
 from lethe.rows import ChoiceRow, Row, TextRow, kind_of, split_heldout
 from lethe.specs import AttackChoice
-from worker.engine.attacks.outcome import overall_verdict
-from worker.engine.audit import audit_context, run_audit
-from worker.engine.forget import FinetuneConfig, ForgetPlan, run_forget
-from worker.engine.lm import BaseLMCache, LoadedLM
+from worker.engine.audit.outcome import overall_verdict
+from worker.engine.audit.run import audit_context, run_audit
+from worker.engine.forget.run import FinetuneConfig, ForgetPlan, run_forget
+from worker.engine.lm.load import BaseLMCache, LoadedLM
 from worker.pipelines.forget import general_text_rows
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

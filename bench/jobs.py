@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 from bench.tasks import TASKS
 from lethe.rows import ChoiceRow
-from worker.engine.forget import ForgetPlan, run_forget
-from worker.engine.lm import BaseLMCache
+from worker.engine.forget.run import ForgetPlan, run_forget
+from worker.engine.lm.load import BaseLMCache
 
 BASE_LM = ("smollm2-135m-instruct", "bundled:smollm2-135m-instruct")
 # Rows past the ones the scoring benchmark uses, so no row is both scored and forgotten.

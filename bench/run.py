@@ -24,7 +24,7 @@ from bench.scoring_bench import LmEval, compare, lethe_sweep
 from bench.tasks import TASKS
 from bench.training_bench import lethe_gradient_ascent, model_flops_per_token
 from lethe.methods import GradientAscentParams
-from worker.engine.lm import BaseLMCache
+from worker.engine.lm.load import BaseLMCache
 
 BENCH = Path(__file__).resolve().parent
 # Square 2048 matmuls timed per dtype; the best one is the peak.

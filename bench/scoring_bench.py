@@ -15,8 +15,8 @@ import numpy as np
 from bench.machine import load_average
 from bench.tasks import write_lmeval_task
 from lethe.rows import ChoiceRow
-from worker.engine.lm import LoadedLM
-from worker.engine.scoring import score_choices
+from worker.engine.lm.load import LoadedLM
+from worker.engine.metrics.choice_scores import score_choices
 
 # Accuracy parity: a configuration counts only if its accuracy is within this of lm-eval's fp32 accuracy.
 ACCURACY_TOLERANCE_PTS = 0.5

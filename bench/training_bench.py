@@ -11,10 +11,13 @@ import torch
 from bench.naive_peft import TrainingRun
 from lethe.methods import GradientAscentParams
 from lethe.rows import ChoiceRow
-from worker.engine.lm import LoadedLM
+from worker.engine.lm.inputs import max_length
+from worker.engine.lm.load import LoadedLM
+from worker.engine.lm.lora import attach_lora
 from worker.engine.methods import gradient_ascent
-from worker.engine.scoring import max_length
-from worker.engine.training import Example, LossTerms, Objective, Schedule, Step, TrainContext, attach_lora, train
+from worker.engine.training.batches import Example
+from worker.engine.training.loop import Schedule, train
+from worker.engine.training.objective import LossTerms, Objective, Step, TrainContext
 
 LORA_RANK = 8
 LORA_ALPHA = 16

@@ -191,7 +191,7 @@ ATTACKS.register(
         "forget-heldout, rows it never saw; one recovery curve per k. The benign variant fine-tunes on retain rows "
         "only. Recovery is the largest over the curves' last points.",
         RelearnParams,
-        implementation="worker.engine.attacks.relearn:relearn",
+        implementation="worker.engine.audit.attacks.relearn:relearn",
     ),
 )
 ATTACKS.register(
@@ -203,7 +203,7 @@ ATTACKS.register(
         "after_forgetting = the LM's own forget-heldout accuracy after forgetting, after_attack = the block's probe "
         "after forgetting: what the hidden states still know that the outputs no longer show.",
         ProbeParams,
-        implementation="worker.engine.attacks.probe:probe",
+        implementation="worker.engine.audit.attacks.probe:probe",
         kinds=("choice", "qa"),
     ),
 )
@@ -214,7 +214,7 @@ ATTACKS.register(
         "Quantization: merge the adapter into the base weights, quantize every linear layer's weight "
         "(round-to-nearest int8 per channel, int4 per group) and measure the forget split.",
         QuantizeParams,
-        implementation="worker.engine.attacks.quantize:quantize",
+        implementation="worker.engine.audit.attacks.quantize:quantize",
     ),
 )
 ATTACKS.register(
@@ -224,7 +224,7 @@ ATTACKS.register(
         "Parameter restoration: put a group of adapter parameters (last k blocks, attention, MLP, each block) back "
         "to their values before forgetting and measure the forget split; which group brings the knowledge back.",
         RestoreParams,
-        implementation="worker.engine.attacks.restore:restore",
+        implementation="worker.engine.audit.attacks.restore:restore",
     ),
 )
 ATTACKS.register(
@@ -234,7 +234,7 @@ ATTACKS.register(
         "Activation patching: replace the output of decoder block l (every position) with the pre-forgetting LM's "
         "on the same input and measure the forget split; one result per block.",
         PatchParams,
-        implementation="worker.engine.attacks.patch:patch",
+        implementation="worker.engine.audit.attacks.patch:patch",
     ),
 )
 ATTACKS.register(
@@ -245,7 +245,7 @@ ATTACKS.register(
         "wording) and as a lettered multiple-choice question with shuffled choice order. before = the "
         "pre-forgetting LM on the same paraphrased rows.",
         ParaphraseParams,
-        implementation="worker.engine.attacks.paraphrase:paraphrase",
+        implementation="worker.engine.audit.attacks.paraphrase:paraphrase",
         kinds=("choice", "qa"),
     ),
 )
@@ -255,7 +255,7 @@ ATTACKS.register(
         "in_context",
         "In-context relearning: k forget-train rows with their true answers put before each forget-heldout prompt.",
         InContextParams,
-        implementation="worker.engine.attacks.in_context:in_context",
+        implementation="worker.engine.audit.attacks.in_context:in_context",
         kinds=("choice", "qa"),
     ),
 )
@@ -266,7 +266,7 @@ ATTACKS.register(
         "Forget-token triggers (Dang et al., arXiv 2501.19202): retain queries with words of forget-train prompts "
         "inserted; reports the retain score's drop beyond the drop the same insertion causes before forgetting.",
         TriggerParams,
-        implementation="worker.engine.attacks.trigger:trigger",
+        implementation="worker.engine.audit.attacks.trigger:trigger",
         needs_retain=True,
     ),
 )

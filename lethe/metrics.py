@@ -42,7 +42,7 @@ def _register(name: str, kinds: tuple[str, ...], family: str, higher_means: str,
     METRICS.register(name, MetricSpec(name, kinds, family, description, higher_means))
 
 
-# Multiple choice (worker/engine/scoring.py, forget.py, probes.py).
+# Multiple choice (worker/engine/metrics/choice_scores.py, choice.py, probes.py).
 _register(
     "accuracy",
     ("choice",),

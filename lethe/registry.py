@@ -1,9 +1,11 @@
-"""A name → item registry that refuses duplicates and unknown names (torch-free)."""
+"""A name → item registry that refuses duplicates and unknown names, and the import paths items name their
+implementations by (torch-free: nothing is imported until resolved)."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -59,3 +61,9 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def resolve(path: str) -> Any:
+    """The object at "package.module:attribute", imported on first use."""
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)

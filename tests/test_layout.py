@@ -54,12 +54,8 @@ def violations(package: str, allowed: set[str]) -> list[str]:
             top = name.split(".")[0]
             if top in OURS and top != package and top not in allowed:
                 found.append(f"{path.relative_to(REPO)} imports {name}")
-            if (
-                in_engine
-                and top in OURS
-                and top != "worker"
-                and not any(name == core or name.startswith(core + ".") for core in ENGINE_CORE)
-            ):
+            in_core = any(name == core or name.startswith(core + ".") for core in ENGINE_CORE)
+            if in_engine and top in OURS and top != "worker" and not in_core:
                 found.append(f"{path.relative_to(REPO)} (engine) imports {name}")
             if in_engine and top == "worker" and not name.startswith("worker.engine"):
                 found.append(f"{path.relative_to(REPO)} (engine) imports {name}")

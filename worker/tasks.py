@@ -8,7 +8,7 @@ from transformers.utils import logging as hf_logging
 from lethe.queue import AUDIT_TASK, FORGET_TASK, enqueue_audit_job, make_celery
 from lethe.settings import get_settings
 from storage import ObjectStore, open_store
-from worker.engine.lm import BaseLMCache
+from worker.engine.lm.load import BaseLMCache
 from worker.pipelines.audit import run_audit_job
 from worker.pipelines.forget import run_forget_job
 

@@ -6,8 +6,8 @@ from bench.audit_bench import AuditedJob, demo_job, full_audit, measure
 from lethe.attacks import ATTACKS, default_attacks
 from lethe.rows import ChoiceRow, split_heldout
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.forget import FinetuneConfig, ForgetPlan
-from worker.engine.lm import LoadedLM
+from worker.engine.forget.run import FinetuneConfig, ForgetPlan
+from worker.engine.lm.load import LoadedLM
 
 
 def test_the_demo_job_is_the_demo_request_on_the_demo_files() -> None:

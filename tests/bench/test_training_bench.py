@@ -6,7 +6,7 @@ from bench.peak import matmul_peak_flops
 from bench.training_bench import LORA_RANK, lethe_gradient_ascent, model_flops_per_token
 from lethe.rows import ChoiceRow
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.lm import LoadedLM
+from worker.engine.lm.load import LoadedLM
 
 
 def test_naive_and_lethe_loops_train_the_same_rows_from_the_same_start(tiny_base: LoadedLM, tiny_lm_dir) -> None:

@@ -21,7 +21,7 @@ from models.repositories import AdapterRepository, JobEventRepository, MetricRep
 from storage import open_store
 from tests.e2e.conftest import BOOTSTRAP_KEY, own_redis_db, start_lethe, upload_rows, wait_for_job
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.scoring import score_choices
+from worker.engine.metrics.choice_scores import score_choices
 
 SEED = 7
 

@@ -6,10 +6,12 @@ import torch
 from lethe.rows import ChoiceRow
 from tests.tiny_lm import synthetic_choice_rows
 from worker.engine import precision
-from worker.engine.lm import LoadedLM
+from worker.engine.lm.load import LoadedLM
+from worker.engine.lm.lora import attach_lora
+from worker.engine.metrics.choice_scores import score_choices
 from worker.engine.precision import autocast, bf16_supported, full_precision, mixed_precision_enabled
-from worker.engine.scoring import score_choices
-from worker.engine.training import Objective, Schedule, attach_lora, train
+from worker.engine.training.loop import Schedule, train
+from worker.engine.training.objective import Objective
 
 
 def test_bf16_support_follows_the_cpu_flags() -> None:

@@ -3,8 +3,8 @@
 import pytest
 
 from lethe.rows import ChoiceRow
-from worker.engine.lm import BaseLMCache
-from worker.engine.scoring import score_choices
+from worker.engine.lm.load import BaseLMCache
+from worker.engine.metrics.choice_scores import score_choices
 
 pytestmark = pytest.mark.smollm2
 

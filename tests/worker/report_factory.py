@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from lethe.signing import sign
-from worker.engine.attacks.outcome import recovery_rate
+from worker.engine.audit.outcome import recovery_rate
 
 XSS_NAME = "<script>alert(1)</script>"
 ALL_ATTACKS = ("relearn", "probe", "restore", "patch", "quantize", "paraphrase", "in_context", "trigger")

@@ -14,7 +14,7 @@ from models.repositories import AdapterRepository, AuditRepository, JobEventRepo
 from storage import open_store
 from storage.keys import before_forgetting_key
 from tests.worker.test_forget_pipeline import _queued_job
-from worker.engine.lm import BaseLMCache
+from worker.engine.lm.load import BaseLMCache
 from worker.pipelines.audit import run_audit_job
 from worker.pipelines.forget import run_forget_job
 

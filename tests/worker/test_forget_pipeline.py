@@ -20,7 +20,7 @@ from models.tables import Dataset, Job
 from storage import open_store
 from storage.keys import dataset_key
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.lm import BaseLMCache
+from worker.engine.lm.load import BaseLMCache
 from worker.pipelines.forget import run_forget_job
 
 

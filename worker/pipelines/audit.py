@@ -6,14 +6,10 @@ and HTML) and writes the per-attack results, the verdict and the job's status in
 """
 
 import hashlib
-import io
 import json
-import tarfile
-import tempfile
 import uuid
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load as load_safetensors
@@ -28,8 +24,9 @@ from models.repositories import AdapterRepository, AuditRepository, JobRepositor
 from models.tables import AuditResult, Metric, utcnow
 from storage import ObjectStore
 from storage.keys import before_forgetting_key, report_key
-from worker.engine.audit import AuditedAttack, audit_context, open_adapter, run_audit
-from worker.engine.lm import BaseLMCache
+from worker.engine.audit.run import AuditedAttack, audit_context, run_audit
+from worker.engine.lm.adapter import open_adapter_archive
+from worker.engine.lm.load import BaseLMCache
 from worker.pipelines.forget import load_base, load_forget_inputs
 from worker.pipelines.jobs import JobFailure, ProgressReporter, put_undoable, run_job
 from worker.reports.html import render_html
@@ -97,11 +94,7 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
         raise JobFailure(
             "evidence_missing", "the adapter's pre-forgetting state is not stored (made before audits existed?)"
         ) from exc
-    with tempfile.TemporaryDirectory(prefix="lethe-audit-") as tmp:
-        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
-            tar.extractall(tmp, filter="data")
-        peft_lm = open_adapter(base, Path(tmp), before_forgetting)
-        manifest = json.loads((Path(tmp) / "manifest.json").read_text("utf-8"))
+    peft_lm, manifest = open_adapter_archive(base, archive, before_forgetting)
     ctx = audit_context(
         base,
         peft_lm,

@@ -7,18 +7,14 @@ objects are deleted again if it does not commit; the requested audit's job is en
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
-import tarfile
-import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from importlib import metadata
 from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save as save_safetensors
@@ -39,9 +35,9 @@ from models.repositories import (
 from models.tables import Adapter, Dataset, Metric, utcnow
 from storage import ObjectStore
 from storage.keys import adapter_key, before_forgetting_key, per_example_key
-from worker.engine.adapters import export_adapter
-from worker.engine.forget import FinetuneConfig, ForgetOutcome, ForgetPlan, run_forget
-from worker.engine.lm import BaseLMCache, LoadedLM
+from worker.engine.forget.run import FinetuneConfig, ForgetOutcome, ForgetPlan, run_forget
+from worker.engine.lm.adapter import adapter_archive
+from worker.engine.lm.load import BaseLMCache, LoadedLM
 from worker.pipelines.jobs import JobFailure, ProgressReporter, put_undoable, run_job
 
 log = logging.getLogger("lethe.worker")
@@ -110,22 +106,10 @@ def _provenance(job_id: uuid.UUID, inputs: ForgetInputs, outcome: ForgetOutcome)
         "dataset_sha256": inputs.dataset_hashes,
         "steps": outcome.steps,
         "stop_reason": outcome.stop_reason,
-        # export_adapter adds the ML libraries' versions; Lethe's own is known only here.
+        # adapter_archive adds the ML libraries' versions; Lethe's own is known only here.
         "lethe_version": metadata.version("lethe"),
         "created_at": utcnow().isoformat(),
     }
-
-
-def _tarball(directory: Path) -> bytes:
-    """A reproducible tar.gz of `directory`'s files (sorted names, zeroed times and owners, mode 0644)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-            info = tar.gettarinfo(str(path), arcname=str(path.relative_to(directory)))
-            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
-            with path.open("rb") as handle:
-                tar.addfile(info, handle)
-    return buffer.getvalue()
 
 
 def run_forget_job(
@@ -169,9 +153,7 @@ def _run_claimed(
     report("storing", 0.0)
     provenance = _provenance(job_id, inputs, outcome)
     card_metrics = [m.__dict__ for m in outcome.metrics]
-    with tempfile.TemporaryDirectory(prefix="lethe-adapter-") as tmp:
-        export_adapter(outcome.peft_lm, Path(tmp), spec.base_model, card_metrics, provenance)
-        archive = _tarball(Path(tmp))
+    archive = adapter_archive(outcome.peft_lm, spec.base_model, card_metrics, provenance)
     adapter_id = uuid.uuid4()
     adapter = Adapter(
         id=adapter_id,

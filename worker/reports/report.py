@@ -12,8 +12,8 @@ from dataclasses import asdict
 from typing import Any
 
 from lethe.attacks import ATTACKS, Thresholds
-from worker.engine.attacks.outcome import overall_verdict
-from worker.engine.audit import AuditedAttack, SkippedAttack
+from worker.engine.audit.outcome import overall_verdict
+from worker.engine.audit.run import AuditedAttack, SkippedAttack
 
 SCHEMA = "lethe.audit-report/1"
 

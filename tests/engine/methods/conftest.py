@@ -7,7 +7,7 @@ import pytest
 from lethe.rows import ChoiceRow, Row
 from tests.engine.methods.helpers import Task, teach
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.lm import LoadedLM
+from worker.engine.lm.load import LoadedLM
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lethe.methods import METHODS
 from lethe.rows import Row
+from worker.engine.lm.lora import attach_lora
 from worker.engine.methods.implementations import build_objective
 from worker.engine.methods.plugins import build_plugins
-from worker.engine.training import Batch, Schedule, Step, attach_lora, collate, examples_of, mean_nll, train
+from worker.engine.training.batches import Batch, collate, examples_of
+from worker.engine.training.logprobs import mean_nll
+from worker.engine.training.loop import Schedule, train
+from worker.engine.training.objective import Step
 
 LIMIT = 64
 

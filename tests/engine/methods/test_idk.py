@@ -9,7 +9,8 @@ from lethe.methods import IdkParams
 from lethe.rows import ChoiceRow, QARow, Row, TextRow
 from tests.engine.methods.helpers import LIMIT, Task, batch_of, fresh_peft_lm, step_of, train_method
 from worker.engine.methods.idk import Idk, refusal_continuation, tofu_refusals
-from worker.engine.training import TrainContext, sequence_logprob
+from worker.engine.training.logprobs import sequence_logprob
+from worker.engine.training.objective import TrainContext
 
 
 def prepared(task: Task, rows: list, params: IdkParams, seed: int = 0) -> Idk:

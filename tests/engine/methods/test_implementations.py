@@ -4,7 +4,7 @@ import pytest
 
 from lethe.attacks import ATTACKS
 from lethe.methods import METHODS, PluginParams
-from worker.engine.attacks.implementations import attack_implementation
+from worker.engine.audit.attacks.implementations import attack_implementation
 from worker.engine.methods.implementations import objective_builder
 from worker.engine.methods.plugins import build_plugins
 

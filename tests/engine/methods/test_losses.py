@@ -8,7 +8,7 @@ import torch
 from worker.engine.methods.losses import activation_distance, dpo_loss, kl_to_reference, npo_loss, simnpo_loss
 from worker.engine.methods.plugins import project_out_retain
 from worker.engine.methods.rmu import random_unit_vector
-from worker.engine.training import IGNORE
+from worker.engine.training.batches import IGNORE
 
 
 def log_sigmoid(x: float) -> float:

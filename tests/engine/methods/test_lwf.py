@@ -10,7 +10,8 @@ from transformers import PreTrainedModel
 from lethe.methods import LWFParams
 from lethe.rows import ChoiceRow, TextRow
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.lm import LoadedLM
+from worker.engine.lm.load import LoadedLM
+from worker.engine.lm.lora import attach_lora
 from worker.engine.methods.gradient_ascent import GradientAscent
 from worker.engine.methods.lwf import (
     LearningWithForgetting,
@@ -19,18 +20,10 @@ from worker.engine.methods.lwf import (
     prompt_ids,
     top_fraction,
 )
-from worker.engine.training import (
-    Batch,
-    Objective,
-    Schedule,
-    Step,
-    TrainContext,
-    attach_lora,
-    collate,
-    examples_of,
-    mean_nll,
-    train,
-)
+from worker.engine.training.batches import Batch, collate, examples_of
+from worker.engine.training.logprobs import mean_nll
+from worker.engine.training.loop import Schedule, train
+from worker.engine.training.objective import Objective, Step, TrainContext
 
 LIMIT = 128
 ROWS = [ChoiceRow.from_dict(r) for r in synthetic_choice_rows(128, seed=0)]

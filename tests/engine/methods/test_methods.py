@@ -21,7 +21,7 @@ from worker.engine.methods.grad_diff import GradDiff
 from worker.engine.methods.losses import log_ratio, retain_batch
 from worker.engine.methods.npo import NPO
 from worker.engine.methods.simnpo import SimNPO
-from worker.engine.training import sequence_logprob
+from worker.engine.training.logprobs import sequence_logprob
 
 
 @pytest.fixture(scope="module")

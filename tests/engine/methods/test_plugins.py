@@ -9,11 +9,12 @@ import torch
 
 from lethe.methods import GradDiffParams, GradientAscentParams
 from tests.engine.methods.helpers import LIMIT, Task, fresh_peft_lm, perturb_adapter, step_of
-from worker.engine.methods.blocks import block_outputs, decoder_block
+from worker.engine.lm.blocks import block_outputs, decoder_block
 from worker.engine.methods.grad_diff import GradDiff
 from worker.engine.methods.losses import retain_batch
 from worker.engine.methods.plugins import BlockNoise, build_plugins, project_out_retain
-from worker.engine.training import Plugins, Schedule, Step, train
+from worker.engine.training.loop import Schedule, train
+from worker.engine.training.objective import Plugins, Step
 
 
 def test_retain_kl_is_0_at_init_and_positive_once_the_adapter_moves(task: Task) -> None:

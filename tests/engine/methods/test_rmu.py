@@ -7,7 +7,7 @@ from lethe.methods import RMUParams
 from tests.engine.methods.helpers import LIMIT, Task, batch_of, fresh_peft_lm, nll, step_of, train_method
 from worker.engine.methods.losses import activation_distance, retain_batch
 from worker.engine.methods.rmu import RMU, random_unit_vector
-from worker.engine.training import TrainContext
+from worker.engine.training.objective import TrainContext
 
 
 def prepared(task: Task, params: RMUParams, peft_lm=None) -> RMU:

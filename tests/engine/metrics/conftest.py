@@ -15,9 +15,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from lethe.rows import QARow, Row, TextRow
-from worker.engine.lm import LoadedLM
+from worker.engine.lm.inputs import encode_pair, pad
+from worker.engine.lm.load import CausalLM, LoadedLM
 from worker.engine.metrics.token_scores import TokenScores
-from worker.engine.scoring import CausalLM, encode_pair, pad_right
 
 
 def scores_of(
@@ -86,7 +86,7 @@ def fine_tune(
     tuned.requires_grad_(True)
     tuned.train()
     pairs = [encode_pair(tokenizer, row.context, row.target) for row in rows]
-    input_ids, attention_mask = pad_right([c + t for c, t in pairs], tokenizer.pad_token_id, torch.device("cpu"))
+    input_ids, attention_mask = pad([c + t for c, t in pairs], tokenizer.pad_token_id, torch.device("cpu"), "right")
     labels = torch.full_like(input_ids, -100)
     for j, (context, target) in enumerate(pairs):
         labels[j, len(context) : len(context) + len(target)] = input_ids[j, len(context) : len(context) + len(target)]

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from worker.engine.metrics.choice import correct_probabilities, correct_probability
-from worker.engine.scoring import ChoiceScores
+from worker.engine.metrics.choice_scores import ChoiceScores
 
 
 def test_correct_probability_renormalizes_over_the_choices() -> None:

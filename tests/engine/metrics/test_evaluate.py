@@ -6,19 +6,18 @@ from lethe.metrics import METRICS
 from lethe.rows import ChoiceRow, QARow
 from tests.engine.metrics.conftest import assert_close, heldout_qa_rows, qa_rows, text_rows
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.lm import LoadedLM
+from worker.engine.lm.load import CausalLM, LoadedLM
+from worker.engine.lm.lora import attach_lora
 from worker.engine.metrics.evaluate import (
     MIA_ATTACKS,
     QA_STOP,
-    SplitResult,
     evaluate_qa,
     evaluate_text,
     mia_metrics,
     mia_scores,
     qa_progress_total,
 )
-from worker.engine.scoring import CausalLM
-from worker.engine.training import attach_lora
+from worker.engine.metrics.values import SplitResult
 
 QA_METRICS = {"answer_probability", "rouge_l_recall", "extraction_strength", "exact_memorization"}
 

@@ -3,9 +3,9 @@ import copy
 import pytest
 import torch
 
-from worker.engine.lm import LoadedLM
-from worker.engine.metrics.generation import generate_greedy, pad_left
-from worker.engine.training import attach_lora
+from worker.engine.lm.load import LoadedLM
+from worker.engine.lm.lora import attach_lora
+from worker.engine.metrics.generation import generate_greedy
 
 PROMPTS = ["The red apple is a", "Question: What is the big saw?\nAnswer:", "A", "The old green hammer is a fruit and"]
 
@@ -24,12 +24,6 @@ def manual_greedy(tiny_base: LoadedLM, context: list[int], n: int) -> str:
                 break
             ids.append(token)
     return tiny_base.tokenizer.batch_decode([ids[len(context) :]], skip_special_tokens=True)[0]
-
-
-def test_pad_left_puts_padding_before_the_tokens() -> None:
-    input_ids, attention_mask = pad_left([[1, 2, 3], [4]], pad_id=0, device=torch.device("cpu"))
-    assert input_ids.tolist() == [[1, 2, 3], [0, 0, 4]]
-    assert attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
 def test_greedy_generation_matches_a_manual_loop_at_any_batch_size(tiny_base: LoadedLM) -> None:

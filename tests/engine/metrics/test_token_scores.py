@@ -4,9 +4,9 @@ import torch
 
 from lethe.rows import Row
 from tests.engine.metrics.conftest import qa_rows, text_rows
-from worker.engine.lm import LoadedLM
+from worker.engine.lm.inputs import encode_pair
+from worker.engine.lm.load import LoadedLM
 from worker.engine.metrics.token_scores import score_tokens
-from worker.engine.scoring import encode_pair
 
 
 def pairs_of(tiny_base: LoadedLM) -> list[tuple[list[int], list[int]]]:

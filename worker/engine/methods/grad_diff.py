@@ -9,7 +9,8 @@ import torch
 
 from lethe.methods import RetainParams
 from worker.engine.methods.losses import retain_loss
-from worker.engine.training import LossTerms, Objective, Step, mean_nll
+from worker.engine.training.logprobs import mean_nll
+from worker.engine.training.objective import LossTerms, Objective, Step
 
 
 class GradDiff(Objective):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from lethe.methods import GradientAscentParams
-from worker.engine.training import LossTerms, Objective, Step, mean_nll
+from worker.engine.training.logprobs import mean_nll
+from worker.engine.training.objective import LossTerms, Objective, Step
 
 
 class GradientAscent(Objective):

@@ -18,7 +18,8 @@ from lethe.methods import IdkParams
 from lethe.rows import ChoiceRow, QARow, Row
 from worker.engine.methods.grad_diff import GradDiff
 from worker.engine.methods.losses import dpo_loss, log_ratio
-from worker.engine.training import Example, Step, TrainContext, collate, make_example
+from worker.engine.training.batches import Example, collate, make_example
+from worker.engine.training.objective import Step, TrainContext
 
 REFUSALS_FILE = Path(__file__).with_name("idk_refusals.txt")
 

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
 from lethe.methods import METHODS, MethodParams
-from worker.engine.training import Objective
+from lethe.registry import resolve
+from worker.engine.training.objective import Objective
 
 # A builder turns a method's parsed params and the run's seed into its training objective.
 ObjectiveBuilder = Callable[[Any, int], Objective]
-
-
-def resolve(path: str) -> Any:
-    """The object at "package.module:attribute", imported on first use."""
-    module, _, attribute = path.partition(":")
-    return getattr(importlib.import_module(module), attribute)
 
 
 def objective_builder(method: str) -> ObjectiveBuilder:

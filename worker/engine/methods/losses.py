@@ -7,7 +7,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from worker.engine.training import IGNORE, Batch, Step, aligned_labels, mean_nll, sequence_logprob
+from worker.engine.training.batches import IGNORE, Batch
+from worker.engine.training.logprobs import aligned_labels, mean_nll, sequence_logprob
+from worker.engine.training.objective import Step
 
 
 def npo_loss(log_ratio: torch.Tensor, beta: float) -> torch.Tensor:

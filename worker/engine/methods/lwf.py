@@ -39,19 +39,10 @@ from transformers import PreTrainedTokenizerBase
 
 from lethe.methods import LWFParams
 from lethe.rows import Row, TextRow
-from worker.engine.metrics.generation import pad_left
-from worker.engine.scoring import encode_pair, pair_sequence
-from worker.engine.training import (
-    Example,
-    LossTerms,
-    Objective,
-    Step,
-    TrainContext,
-    collate,
-    examples_of,
-    mean_nll,
-    sequence_logprob,
-)
+from worker.engine.lm.inputs import encode_pair, fit_pair, pad
+from worker.engine.training.batches import Example, collate, examples_of
+from worker.engine.training.logprobs import mean_nll, sequence_logprob
+from worker.engine.training.objective import LossTerms, Objective, Step, TrainContext
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, row: Row, text_prompt_tokens: int) -> list[int]:
@@ -76,7 +67,7 @@ def generate_continuations(
     continuations = []
     with torch.no_grad(), lm.disable_adapter():
         for start in range(0, len(prompts), batch_size):
-            input_ids, attention_mask = pad_left(prompts[start : start + batch_size], pad_id, device)
+            input_ids, attention_mask = pad(prompts[start : start + batch_size], pad_id, device, "left")
             output = lm.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -153,7 +144,7 @@ class LearningWithForgetting(Objective):
         self.generated = tokenizer.batch_decode(continuations, skip_special_tokens=True)
         self.examples = []
         for prompt, continuation in zip(prompts, continuations, strict=True):
-            ids, n_target = pair_sequence(prompt, continuation[: limit - 1], limit)
+            ids, n_target = fit_pair(prompt, continuation, limit)
             self.examples.append(Example(tuple(ids), n_target))
 
         retain_examples = examples_of(tokenizer, context.retain_rows, limit)

@@ -7,7 +7,7 @@ import torch
 from lethe.methods import NPOParams
 from worker.engine.methods.grad_diff import GradDiff
 from worker.engine.methods.losses import log_ratio, npo_loss
-from worker.engine.training import Step
+from worker.engine.training.objective import Step
 
 
 class NPO(GradDiff):

@@ -25,9 +25,9 @@ import torch
 from peft import PeftModel
 
 from lethe.methods import MethodParams, PluginParams, relative_layer
-from worker.engine.methods.blocks import decoder_block, transformed_block_output
+from worker.engine.lm.blocks import decoder_block, transformed_block_output
 from worker.engine.methods.losses import retain_loss
-from worker.engine.training import Plugins, Step
+from worker.engine.training.objective import Plugins, Step
 
 
 def retain_kl_term(weight: float) -> Callable[[Step], torch.Tensor]:

@@ -6,7 +6,8 @@ import random
 
 from lethe.methods import RandomLabelParams
 from lethe.rows import ChoiceRow
-from worker.engine.training import Example, Objective, TrainContext, make_example
+from worker.engine.training.batches import Example, make_example
+from worker.engine.training.objective import Objective, TrainContext
 
 
 class RandomLabel(Objective):

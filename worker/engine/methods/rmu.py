@@ -18,9 +18,10 @@ from typing import Any
 import torch
 
 from lethe.methods import RMUParams
-from worker.engine.methods.blocks import block_outputs, decoder_block
+from worker.engine.lm.blocks import block_outputs, decoder_block
 from worker.engine.methods.losses import activation_distance, retain_batch
-from worker.engine.training import Batch, LossTerms, Objective, Step, TrainContext
+from worker.engine.training.batches import Batch
+from worker.engine.training.objective import LossTerms, Objective, Step, TrainContext
 
 
 def random_unit_vector(size: int, seed: int) -> torch.Tensor:

@@ -13,7 +13,8 @@ import torch
 from lethe.methods import SimNPOParams
 from worker.engine.methods.grad_diff import GradDiff
 from worker.engine.methods.losses import simnpo_loss
-from worker.engine.training import Step, sequence_logprob
+from worker.engine.training.logprobs import sequence_logprob
+from worker.engine.training.objective import Step
 
 
 class SimNPO(GradDiff):

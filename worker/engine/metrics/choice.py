@@ -1,10 +1,11 @@
-"""Multiple-choice metrics beyond accuracy, from `score_choices`' log-likelihoods."""
+"""Multiple-choice metrics of a split, from `score_choices`' log-likelihoods."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from worker.engine.scoring import ChoiceScores
+from worker.engine.metrics.choice_scores import ChoiceScores
+from worker.engine.metrics.values import SplitResult
 
 
 def correct_probabilities(scores: ChoiceScores) -> list[float]:
@@ -26,3 +27,18 @@ def correct_probability(scores: ChoiceScores) -> float:
     if not probabilities:
         raise ValueError("correct probability of no rows is undefined")
     return float(np.mean(probabilities))
+
+
+def choice_result(scores: ChoiceScores, chance_accuracy: float) -> SplitResult:
+    """accuracy, forget_gap (accuracy − chance: the seed paper's gap) and correct_probability, per row too."""
+    probabilities = correct_probabilities(scores)
+    correct = [1.0 if c else 0.0 for c in scores.correct]
+    accuracy = scores.accuracy
+    return SplitResult(
+        aggregates={
+            "accuracy": accuracy,
+            "forget_gap": accuracy - chance_accuracy,
+            "correct_probability": sum(probabilities) / len(probabilities),
+        },
+        per_example={"correct": list(correct), "correct_probability": list(probabilities)},
+    )

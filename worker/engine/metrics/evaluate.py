@@ -1,18 +1,23 @@
-"""What the forget pipeline calls: every metric of a split, with per-example values to store and audit.
+"""Every metric of a split, with per-example values to store and audit; the membership-inference AUCs and PrivLeak
+of a forget set; the primary score a split is tracked by.
 
-A split costs one teacher-forced pass (shared by every teacher-forced metric and the MIA scores of its rows) and,
-for qa and text rows, one batched greedy generation pass.
+A qa or text split costs one teacher-forced pass (shared by every teacher-forced metric and the MIA scores of its
+rows) and one batched greedy generation pass; a choice split one scoring pass of its (prompt, choice) pairs, and
+one more over its (prompt, answer) pairs for their MIA scores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from lethe.rows import QA_TEMPLATE, ChoiceRow, QARow, Row, TextRow, kind_of
+from lethe.rows import QA_TEMPLATE, ChoiceRow, QARow, Row, TextRow, chance, kind_of
+from worker.engine.lm.inputs import encode_pair
+from worker.engine.lm.load import CausalLM
+from worker.engine.metrics.choice import choice_result
+from worker.engine.metrics.choice_scores import ChoiceScores, score_choices
 from worker.engine.metrics.generation import generate_greedy
 from worker.engine.metrics.privacy import (
     MIN_K_FRACTION,
@@ -20,8 +25,10 @@ from worker.engine.metrics.privacy import (
     mia_auc,
     min_k_plus_plus_score,
     min_k_score,
+    privleak,
     zlib_score,
 )
+from worker.engine.metrics.probes import qa_probe_scores
 from worker.engine.metrics.qa import (
     answer_probability,
     exact_memorization,
@@ -39,7 +46,7 @@ from worker.engine.metrics.text import (
     verbatim_memorization,
 )
 from worker.engine.metrics.token_scores import TokenScores, score_tokens
-from worker.engine.scoring import CausalLM, encode_pair, score_choices
+from worker.engine.metrics.values import SplitResult
 
 # TOFU's answers are a sentence or two (well under 64 tokens for SmolLM2's tokenizer); open-unlearning allows 200
 # new tokens. Generation is the expensive part of an evaluation, so Lethe's default is 64.
@@ -53,14 +60,49 @@ MIA_ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
 PRIMARY_METRIC = {"choice": "accuracy", "qa": "answer_probability", "text": "text_probability"}
 
 
-@dataclass
-class SplitResult:
-    """Aggregates by metric name, per-example values aligned with the rows (None where a metric does not apply),
-    and the MIA scores of every row's (context, target) pair by attack (see `mia_scores`)."""
+def evaluate_split(
+    lm: CausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[Row],
+    batch_size: int,
+    *,
+    membership: bool = False,
+    collect_hidden: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[SplitResult, ChoiceScores | None]:
+    """Every metric of the rows' kind, and with `collect_hidden` the choice scores with hidden states a probe is
+    fitted on (choice rows; qa rows' true-vs-perturbed answers, None when no row has perturbed answers; text: None).
 
-    aggregates: dict[str, float]
-    per_example: dict[str, list[float | None]]
-    mia: dict[str, list[float]] = field(default_factory=dict)
+    `membership`: choice rows get the MIA scores of their (prompt, answer) pairs too, one pass more (qa and text
+    rows always have them). on_progress(n) after each batch of n sequences; they add up to `progress_total`.
+    """
+    kind = kind_of(rows)
+    if kind == "choice":
+        choice_rows = [row for row in rows if isinstance(row, ChoiceRow)]
+        scores = score_choices(
+            lm, tokenizer, choice_rows, batch_size, collect_hidden=collect_hidden, on_pairs_scored=on_progress
+        )
+        result = choice_result(scores, chance(choice_rows))
+        if membership:
+            result.mia = mia_scores(lm, tokenizer, choice_rows, batch_size, on_progress=on_progress)
+        return result, scores if collect_hidden else None
+    if kind == "qa":
+        qa_rows = [row for row in rows if isinstance(row, QARow)]
+        result = evaluate_qa(lm, tokenizer, qa_rows, batch_size, on_progress=on_progress)
+        return result, qa_probe_scores(lm, tokenizer, qa_rows, batch_size) if collect_hidden else None
+    text_rows = [row for row in rows if isinstance(row, TextRow)]
+    return evaluate_text(lm, tokenizer, text_rows, batch_size, on_progress=on_progress), None
+
+
+def progress_total(rows: Sequence[Row], membership: bool = False) -> int:
+    """The sum of what `evaluate_split` reports to on_progress: sequences passed through the LM."""
+    kind = kind_of(rows)
+    if kind == "choice":
+        pairs = sum(len(row.choices) for row in rows if isinstance(row, ChoiceRow))
+        return pairs + (len(rows) if membership else 0)
+    if kind == "qa":
+        return qa_progress_total([row for row in rows if isinstance(row, QARow)])
+    return 2 * len(rows)
 
 
 def qa_progress_total(rows: Sequence[QARow]) -> int:
@@ -221,6 +263,24 @@ def mia_scores(
 def mia_metrics(member: dict[str, list[float]], nonmember: dict[str, list[float]]) -> dict[str, float]:
     """mia_auc_<attack> for every attack: how well its scores tell members (e.g. forget) from non-members."""
     return {f"mia_auc_{attack}": mia_auc(member[attack], nonmember[attack]) for attack in MIA_ATTACKS}
+
+
+def membership_metrics(
+    members: dict[str, list[float]],
+    nonmembers: dict[str, list[float]],
+    base_aucs: Mapping[str, float] | None = None,
+) -> dict[str, float]:
+    """`mia_metrics`, each AUC followed by its privleak_<attack> against the base LM's AUC in `base_aucs`.
+
+    PrivLeak (MUSE) relative to the base LM, the only reference Lethe has (no retrained LM); undefined (omitted)
+    where the base's AUC is 0.
+    """
+    metrics = {}
+    for name, auc in mia_metrics(members, nonmembers).items():
+        metrics[name] = auc
+        if base_aucs is not None and base_aucs[name] > 0:
+            metrics[name.replace("mia_auc", "privleak")] = privleak(auc, base_aucs[name])
+    return metrics
 
 
 def _mia_from(tokenizer: PreTrainedTokenizerBase, scores: Sequence[TokenScores], k: float) -> dict[str, list[float]]:

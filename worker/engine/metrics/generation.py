@@ -7,18 +7,8 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
-from worker.engine.scoring import CausalLM, max_length
-
-
-def pad_left(sequences: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) with left padding, so that every row's next token follows its last real one."""
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, sequence in enumerate(sequences):
-        input_ids[i, width - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
-        attention_mask[i, width - len(sequence) :] = 1
-    return input_ids.to(device), attention_mask.to(device)
+from worker.engine.lm.inputs import longest_first, max_length, pad
+from worker.engine.lm.load import CausalLM
 
 
 def eos_ids(lm: CausalLM, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -53,17 +43,15 @@ def generate_greedy(
     if any(not context for context in contexts):
         raise ValueError("a context must have at least one token")
     stops = eos_ids(lm, tokenizer)
-    # Longest first, as in scoring; each batch generates up to its largest limit and rows are cut to their own.
-    order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
     texts: dict[int, str] = {}
     device = next(lm.parameters()).device
     lm.eval()
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
+        # Each batch generates up to its largest limit and rows are cut to their own.
+        for batch in longest_first([len(context) for context in contexts], batch_size):
             batch_limit = max(limits[i] for i in batch)
-            input_ids, attention_mask = pad_left(
-                [contexts[i][-(window - batch_limit) :] for i in batch], tokenizer.pad_token_id, device
+            input_ids, attention_mask = pad(
+                [contexts[i][-(window - batch_limit) :] for i in batch], tokenizer.pad_token_id, device, "left"
             )
             config = GenerationConfig(
                 max_new_tokens=batch_limit,

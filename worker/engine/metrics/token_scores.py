@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from worker.engine.scoring import CausalLM, max_length, pad_right, pair_sequence
+from worker.engine.lm.inputs import fit_pair, longest_first, max_length, pad
+from worker.engine.lm.load import CausalLM
 
 
 @dataclass(frozen=True)
@@ -30,14 +31,6 @@ class TokenScores:
         return len(self.log_probs)
 
 
-def fit_pair(context_ids: list[int], target_ids: list[int], limit: int) -> tuple[list[int], int]:
-    """The sequence fed to the LM and its target length: a target longer than the window keeps its beginning
-    (limit − 1 tokens, as `training.make_example`), the context keeps its end."""
-    if not target_ids:
-        raise ValueError("a target encodes to no tokens of its own after its context")
-    return pair_sequence(context_ids, target_ids[: limit - 1], limit)
-
-
 def score_tokens(
     lm: CausalLM,
     tokenizer: PreTrainedTokenizerBase,
@@ -48,15 +41,13 @@ def score_tokens(
     """TokenScores of every (context_ids, target_ids) pair, in order; `on_batch(n)` after each batch of n pairs."""
     limit = max_length(lm, tokenizer)
     sequences = [fit_pair(context, target, limit) for context, target in pairs]
-    # Longest first so that batches hold similar lengths; right padding leaves real positions unchanged.
-    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))
     scored: dict[int, TokenScores] = {}
     device = next(lm.parameters()).device
     lm.eval()
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            input_ids, attention_mask = pad_right([sequences[i][0] for i in batch], tokenizer.pad_token_id, device)
+        for batch in longest_first([len(sequence) for sequence, _ in sequences], batch_size):
+            # Right padding leaves every real position as it is.
+            input_ids, attention_mask = pad([sequences[i][0] for i in batch], tokenizer.pad_token_id, device, "right")
             logits = lm(input_ids=input_ids, attention_mask=attention_mask).logits
             for j, i in enumerate(batch):
                 sequence, n_target = sequences[i]

@@ -1,0 +1,78 @@
+"""Probe depth: probes below the block that forgot still solve the task the LM's answers forgot.
+
+The forget set here holds both fruit and tool rows (the conftest's forget set is all fruit, so the choice token
+alone gives every answer away), and 200 rows to fit the probes on.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lethe.attacks import Thresholds
+from lethe.rows import ChoiceRow, QARow, Row
+from tests.engine.audit.attacks.attack_checks import run_attack
+from tests.engine.audit.conftest import build_context
+from tests.tiny_lm import synthetic_choice_rows, synthetic_qa_rows
+from worker.engine.audit.attacks.probe import probe_rows
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import AttackNotApplicable, judge
+from worker.engine.lm.load import LoadedLM
+
+
+@pytest.fixture(scope="module")
+def whole_task() -> dict[str, list[Row]]:
+    rows: list[Row] = [ChoiceRow.from_dict(row) for row in synthetic_choice_rows(316, seed=1)]
+    return {"forget_train": rows[:200], "forget_heldout": rows[200:300], "retain": rows[300:]}
+
+
+def test_probes_below_the_block_that_forgot_still_solve_the_task(
+    taught_base: LoadedLM, whole_task: dict[str, list[Row]]
+) -> None:
+    ctx = build_context(taught_base, whole_task, forget_modules=["layers.1."])
+    outcome = run_attack("probe", ctx)
+    judgement = judge("probe", outcome, Thresholds())
+    assert (outcome.metric, outcome.split) == ("probe_accuracy", "forget_heldout")
+    assert outcome.before > 0.85 and outcome.after_forgetting < 0.6
+    block_0 = next(v for v in judgement.variants if v.layer == 0)
+    # Block 0's adapter is untouched: its states, and the probe on them, are those before forgetting.
+    assert block_0.after_attack > 0.85 and block_0.recovery == 1.0
+    assert judgement.verdict == "shallow"
+
+
+def test_an_lm_that_never_knew_the_task_shows_no_recovery(
+    tiny_base: LoadedLM, whole_task: dict[str, list[Row]]
+) -> None:
+    ctx = build_context(tiny_base, whole_task, forget_modules=["layers.1."])
+    outcome = run_attack("probe", ctx)
+    # The probes, fitted on the task, beat the untaught LM's own answers (near chance)...
+    assert max(v.after_attack for v in outcome.variants) > outcome.before + 0.1
+    # ...but forgetting removed nothing, so no recovery is claimed.
+    assert judge("probe", outcome, Thresholds()).verdict == "inconclusive"
+
+
+def test_probe_reports_one_variant_per_decoder_block(forgotten_context: AuditContext) -> None:
+    outcome = run_attack("probe", forgotten_context)
+    assert [(v.name, v.layer) for v in outcome.variants] == [("layer_0", 0), ("layer_1", 1)]
+
+
+def test_probe_rows_put_the_true_answer_against_the_perturbed_ones() -> None:
+    qa_row = QARow("The fig is a", "fruit", perturbed_answers=("tool", "axe"))
+    assert probe_rows([qa_row, QARow("The saw is a", "tool")]) == [
+        ChoiceRow(qa_row.context, (" fruit", " tool", " axe"), 0)
+    ]
+    choice_row = ChoiceRow("The fig is a", (" tool", " fruit"), 1)
+    assert probe_rows([choice_row]) == [choice_row]
+
+
+def test_qa_rows_are_probed(tiny_base: LoadedLM) -> None:
+    rows = [QARow.from_dict(row) for row in synthetic_qa_rows(40, seed=0)]
+    ctx = build_context(tiny_base, {"forget_train": rows[:20], "forget_heldout": rows[20:36], "retain": rows[36:]})
+    outcome = run_attack("probe", ctx)
+    assert [v.layer for v in outcome.variants] == [0, 1]
+
+
+def test_qa_rows_without_perturbed_answers_cannot_be_probed(tiny_base: LoadedLM) -> None:
+    rows: list[Row] = [QARow(f"The {word} is a", "fruit") for word in ("apple", "pear", "plum", "fig")]
+    ctx = build_context(tiny_base, {"forget_train": rows[:2], "forget_heldout": rows[2:], "retain": rows[:1]})
+    with pytest.raises(AttackNotApplicable, match="perturbed answers"):
+        run_attack("probe", ctx)

@@ -1,0 +1,120 @@
+"""Quantization: int4 rounds a forgetting smaller than its step back to the weights before forgetting.
+
+RTN erases a change of a weight only where the weight stays within half a step of the grid point it rounded to
+before. For weights spread between grid points a small change moves some of them to the next point, and on
+average the change survives; so the scenario puts the taught LM's weights on the int4 grid first (as a model
+dequantized from a 4-bit checkpoint is). The tiny LM then needs a change of about one int4 step to forget much,
+so its forgetting here is small (answer probability down by under 0.01) and the thresholds' min_forgetting is
+lowered to match.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from lethe.attacks import Thresholds
+from lethe.rows import QARow, Row
+from tests.engine.audit.attacks.attack_checks import run_attack
+from tests.engine.audit.conftest import build_context, teach_base
+from tests.tiny_lm import synthetic_qa_rows
+from worker.engine.audit.attacks.quantize import fake_quantize_int4, fake_quantize_int8, merged_quantized_lm
+from worker.engine.audit.context import AuditContext
+from worker.engine.audit.outcome import judge
+from worker.engine.lm.blocks import decoder_blocks
+from worker.engine.lm.load import LoadedLM
+
+GROUP_SIZE = 64
+
+
+def test_int8_rounds_each_row_to_steps_of_its_max_over_127() -> None:
+    weight = torch.tensor([[127.0, 3.4, -3.6, 0.4], [0.0, 0.0, 0.0, 0.0], [-254.0, 1.2, 2.9, -0.9]])
+    expected = torch.tensor([[127.0, 3.0, -4.0, 0.0], [0.0, 0.0, 0.0, 0.0], [-254.0, 2.0, 2.0, -0.0]])
+    assert torch.equal(fake_quantize_int8(weight), expected)
+
+
+def test_int4_rounds_groups_of_a_row_to_steps_of_their_max_over_7() -> None:
+    # Groups of 4 along each row of 6: [7, 1.4, -2.6, 0.2] with step 1, then the short group [14, 5.2] with step 2.
+    weight = torch.tensor([[7.0, 1.4, -2.6, 0.2, 14.0, 5.2], [-0.7, 0.04, 0.3, 0.0, 0.0, 0.0]])
+    expected = torch.tensor([[7.0, 1.0, -3.0, 0.0, 14.0, 6.0], [-0.7, 0.0, 0.3, 0.0, 0.0, 0.0]])
+    torch.testing.assert_close(fake_quantize_int4(weight, 4), expected)
+
+
+def test_quantizers_keep_shape_and_dtype() -> None:
+    weight = torch.randn(5, 12, dtype=torch.bfloat16)
+    for quantized in (fake_quantize_int8(weight), fake_quantize_int4(weight, 8)):
+        assert quantized.shape == weight.shape and quantized.dtype == torch.bfloat16
+    # An int4 group takes at most 15 values (-7..7 steps).
+    assert all(len(group.unique()) <= 15 for group in fake_quantize_int4(weight.float(), 4).view(-1, 4))
+
+
+def test_only_the_decoder_blocks_linear_weights_are_quantized(forgotten_context: AuditContext) -> None:
+    ctx = forgotten_context
+    merged = copy.deepcopy(ctx.peft_lm).merge_and_unload()
+    quantized = merged_quantized_lm(ctx.peft_lm, ctx.forgotten, fake_quantize_int8)
+    merged_weights, quantized_weights = dict(merged.named_parameters()), dict(quantized.named_parameters())
+    assert merged_weights.keys() == quantized_weights.keys()
+    block_linears = {
+        f"model.layers.{i}.{name}.weight"
+        for i, block in enumerate(decoder_blocks(ctx.peft_lm))
+        for name, module in block.named_modules()
+        if name.endswith("_proj") and "lora" not in name
+    }
+    assert len(block_linears) == 2 * 7
+    for name, weight in merged_weights.items():
+        expected = fake_quantize_int8(weight) if name in block_linears else weight
+        assert torch.equal(quantized_weights[name], expected), name
+
+
+@pytest.fixture(scope="module")
+def qa_task() -> dict[str, list[Row]]:
+    rows: list[Row] = [QARow.from_dict(row) for row in synthetic_qa_rows(96, seed=0)]
+    fruit = [row for row in rows if isinstance(row, QARow) and row.answer == "fruit"]
+    tool = [row for row in rows if isinstance(row, QARow) and row.answer == "tool"]
+    return {"forget_train": fruit[:12], "forget_heldout": fruit[12:24], "retain": tool[:16]}
+
+
+@pytest.fixture(scope="module")
+def int4_grid_base(tiny_base: LoadedLM, qa_task: dict[str, list[Row]]) -> LoadedLM:
+    """An LM taught the qa task whose decoder blocks' linear weights sit on the int4 grid."""
+    taught = teach_base(tiny_base, [row for rows in qa_task.values() for row in rows], steps=120)
+    with torch.no_grad():
+        for module in taught.lm.model.layers.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(fake_quantize_int4(module.weight, GROUP_SIZE))
+    return taught
+
+
+def test_int4_erases_a_forgetting_smaller_than_its_step_and_int8_keeps_it(
+    int4_grid_base: LoadedLM, qa_task: dict[str, list[Row]]
+) -> None:
+    ctx = build_context(int4_grid_base, qa_task, learning_rate=1.5e-3, steps=4)
+    outcome = run_attack("quantize", ctx, group_size=GROUP_SIZE)
+    judgement = judge("quantize", outcome, Thresholds(min_forgetting=0.005))
+    assert outcome.metric == "answer_probability"
+    assert 0.005 < outcome.before - outcome.after_forgetting < 0.01
+    recovery = {v.name: v.recovery or 0.0 for v in judgement.variants}
+    assert recovery["int4"] > 0.7
+    assert recovery["int8"] < 0.1
+    assert (judgement.worst_variant, judgement.verdict) == ("int4", "shallow")
+    # Weights already on the int4 grid: quantizing the LM before forgetting changes (almost) nothing.
+    int4 = next(v for v in outcome.variants if v.name == "int4")
+    assert int4.before == pytest.approx(outcome.before, abs=1e-4)
+
+
+def test_a_forgetting_larger_than_the_int4_step_survives_both(
+    int4_grid_base: LoadedLM, qa_task: dict[str, list[Row]]
+) -> None:
+    ctx = build_context(int4_grid_base, qa_task, learning_rate=1e-2, steps=6)
+    outcome = run_attack("quantize", ctx, group_size=GROUP_SIZE, split="forget_heldout")
+    judgement = judge("quantize", outcome, Thresholds())
+    assert outcome.before - outcome.after_forgetting > 0.5
+    assert all(v.recovery is not None and v.recovery < 0.1 for v in judgement.variants)
+    assert judgement.verdict == "robust"
+
+
+def test_quantize_one_scheme(forgotten_context: AuditContext) -> None:
+    outcome = run_attack("quantize", forgotten_context, schemes=["int8"])
+    assert [v.name for v in outcome.variants] == ["int8"] and outcome.split == "forget_train"

@@ -1,0 +1,216 @@
+import pytest
+import torch
+from pydantic import ValidationError
+
+from lethe.registry import UnknownNameError
+from lethe.rows import ChoiceRow, QARow, chance, split_heldout
+from tests.tiny_lm import synthetic_choice_rows, synthetic_qa_rows
+from worker.engine.forget.run import FinetuneConfig, ForgetOutcome, ForgetPlan, run_forget
+from worker.engine.lm.load import LoadedLM, load_base_lm
+from worker.engine.metrics.values import MetricValue
+
+FORGET_TRAIN, FORGET_HELDOUT = split_heldout(
+    [ChoiceRow.from_dict(r) for r in synthetic_choice_rows(128, seed=0)], 0.25, seed=0
+)
+RETAIN = {"more": [ChoiceRow.from_dict(r) for r in synthetic_choice_rows(32, seed=99)]}
+SPLITS = {"forget_train", "forget_heldout", "retain:more"}
+FINETUNE = FinetuneConfig(epochs=10, learning_rate=1e-2)
+TOLERANCE = 0.1
+STAGES = {"evaluating", "finetuning", "forgetting", "probing"}
+
+
+class Run:
+    def __init__(self, base: LoadedLM, plan: ForgetPlan) -> None:
+        self.progress: list[tuple[str, float]] = []
+        self.outcome: ForgetOutcome = run_forget(
+            base, plan, FORGET_TRAIN, FORGET_HELDOUT, RETAIN, lambda stage, f: self.progress.append((stage, f))
+        )
+
+    def metrics(self, **where) -> list[MetricValue]:
+        return [m for m in self.outcome.metrics if all(getattr(m, k) == v for k, v in where.items())]
+
+    def value(self, stage: str, split: str, name: str, layer: int | None = None) -> float:
+        [metric] = self.metrics(stage=stage, split=split, name=name, layer=layer, step=None)
+        return metric.value
+
+
+def plan(method: str, probe: bool, finetune: FinetuneConfig | None = FINETUNE, **params) -> ForgetPlan:
+    params = {"learning_rate": 1e-3, "batch_size": 16, "target_tolerance": TOLERANCE} | params
+    return ForgetPlan(method=method, method_params=params, finetune=finetune, probe=probe, seed=0)
+
+
+@pytest.fixture(scope="module")
+def random_label(tiny_base: LoadedLM) -> Run:
+    return Run(tiny_base, plan("random_label", probe=True, epochs=60))
+
+
+@pytest.fixture(scope="module")
+def gradient_ascent(tiny_base: LoadedLM) -> Run:
+    return Run(tiny_base, plan("gradient_ascent", probe=False, epochs=30))
+
+
+@pytest.mark.parametrize("run_name", ["random_label", "gradient_ascent"])
+def test_finetuning_teaches_the_task(run_name: str, request: pytest.FixtureRequest) -> None:
+    run: Run = request.getfixturevalue(run_name)
+    base = run.value("base", "forget_train", "accuracy")
+    finetuned = run.value("finetuned", "forget_train", "accuracy")
+    assert finetuned >= 0.85
+    assert finetuned >= base + 0.3
+    assert run.value("finetuned", "forget_heldout", "accuracy") >= 0.85
+
+
+def test_random_label_brings_forget_train_accuracy_to_chance(random_label: Run) -> None:
+    after = random_label.value("forgotten", "forget_train", "accuracy")
+    assert random_label.outcome.stop_reason == "target"
+    assert abs(after - chance(FORGET_TRAIN)) <= TOLERANCE
+    # The per-epoch checks form the forgetting curve; the run stopped at the first one at chance.
+    curve = random_label.metrics(stage="forgotten", split="forget_train", name="accuracy", layer=None)
+    checks = [m for m in curve if m.step is not None]
+    steps = [m.step for m in checks if m.step is not None]
+    assert steps == sorted(set(steps)) and len(steps) == len(checks)
+    assert checks[-1].step == random_label.outcome.steps
+    assert all(m.value > chance(FORGET_TRAIN) + TOLERANCE for m in checks[:-1])
+
+
+def test_gradient_ascent_lowers_forget_train_accuracy(gradient_ascent: Run) -> None:
+    finetuned = gradient_ascent.value("finetuned", "forget_train", "accuracy")
+    after = gradient_ascent.value("forgotten", "forget_train", "accuracy")
+    assert after <= finetuned - 0.3
+    assert gradient_ascent.outcome.stop_reason == "target"
+
+
+def test_accuracy_and_forget_gap_at_every_stage_and_split(random_label: Run) -> None:
+    for stage in ("base", "finetuned", "forgotten"):
+        for split in SPLITS:
+            accuracy = random_label.value(stage, split, "accuracy")
+            assert 0 <= accuracy <= 1
+            rows = {"forget_train": FORGET_TRAIN, "forget_heldout": FORGET_HELDOUT}.get(split, RETAIN["more"])
+            assert random_label.value(stage, split, "forget_gap") == pytest.approx(accuracy - chance(rows))
+    assert {m.stage for m in random_label.outcome.metrics} == {"base", "finetuned", "forgotten"}
+    assert {m.split for m in random_label.outcome.metrics} == SPLITS
+
+
+def test_forget_ratio_is_relative_to_the_stage_before_forgetting(random_label: Run) -> None:
+    for split in SPLITS:
+        before = random_label.value("finetuned", split, "accuracy")
+        after = random_label.value("forgotten", split, "accuracy")
+        chance_accuracy = before - random_label.value("finetuned", split, "forget_gap")
+        assert random_label.value("forgotten", split, "forget_ratio") == pytest.approx(
+            (before - after) / (before - chance_accuracy)
+        )
+    assert not random_label.metrics(name="forget_ratio", stage="finetuned")
+
+
+def test_probe_accuracy_per_layer_before_and_after_forgetting(random_label: Run, tiny_base: LoadedLM) -> None:
+    n_layers = tiny_base.lm.config.num_hidden_layers + 1
+    for stage in ("finetuned", "forgotten"):
+        probes = random_label.metrics(stage=stage, name="probe_accuracy")
+        assert len(probes) == n_layers and {m.layer for m in probes} == set(range(n_layers))
+        assert all(m.split == "forget_heldout" and 0 <= m.value <= 1 for m in probes)
+    assert not random_label.metrics(stage="base", name="probe_accuracy")
+
+
+def test_progress_is_monotone_and_ends_at_one(random_label: Run) -> None:
+    fractions = [f for _, f in random_label.progress]
+    assert all(0 <= f <= 1 for f in fractions)
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == 1.0
+    assert {stage for stage, _ in random_label.progress} == STAGES
+
+
+def test_the_cached_base_lm_stays_pristine(random_label: Run, tiny_base: LoadedLM, tiny_lm_dir, tmp_path) -> None:
+    assert not any("lora" in name for name, _ in tiny_base.lm.named_modules())
+    on_disk = load_base_lm("tiny", f"path:{tiny_lm_dir}", tmp_path).lm.state_dict()
+    for name, tensor in tiny_base.lm.state_dict().items():
+        assert torch.equal(tensor, on_disk[name]), name
+    assert any("lora" in name for name, _ in random_label.outcome.peft_lm.named_modules())
+
+
+def test_without_finetune_the_base_stage_comes_before_forgetting(tiny_base: LoadedLM) -> None:
+    first = Run(tiny_base, plan("gradient_ascent", probe=True, finetune=None, max_steps=2, stop_at_target=False))
+    assert {m.stage for m in first.outcome.metrics} == {"base", "forgotten"}
+    assert (first.outcome.steps, first.outcome.stop_reason) == (2, "max_steps")
+    assert len(first.metrics(stage="base", name="probe_accuracy")) == tiny_base.lm.config.num_hidden_layers + 1
+    for split in SPLITS:
+        headroom = first.value("base", split, "forget_gap")
+        assert bool(first.metrics(stage="forgotten", split=split, name="forget_ratio")) == (headroom > 0)
+    assert "finetuning" not in {stage for stage, _ in first.progress}
+    # Same plan, same seed: same numbers.
+    second = Run(tiny_base, plan("gradient_ascent", probe=True, finetune=None, max_steps=2, stop_at_target=False))
+    assert second.outcome.metrics == first.outcome.metrics
+
+
+def test_unknown_methods_and_bad_params_fail_before_any_work(tiny_base: LoadedLM) -> None:
+    calls: list[tuple[str, float]] = []
+
+    def record(stage: str, fraction: float) -> None:
+        calls.append((stage, fraction))
+
+    with pytest.raises(UnknownNameError):
+        run_forget(tiny_base, plan("npo_typo", probe=False), FORGET_TRAIN, FORGET_HELDOUT, {}, record)
+    with pytest.raises(ValidationError):
+        run_forget(tiny_base, plan("random_label", probe=False, epochs=0), FORGET_TRAIN, FORGET_HELDOUT, {}, record)
+    with pytest.raises(ValueError):
+        run_forget(tiny_base, plan("random_label", probe=False), FORGET_TRAIN, [], {}, record)
+    assert calls == []
+
+
+def test_utility_floor_stops_and_restores_the_best_checkpoint_that_kept_it(tiny_base: LoadedLM) -> None:
+    # Retain is the same task, so ascending on forget-train drags retain down with it: the floor must trip.
+    floor = 0.1
+    run = Run(
+        tiny_base,
+        plan("gradient_ascent", probe=False, learning_rate=1e-2, epochs=20, evaluate_every=1, utility_floor=floor),
+    )
+    assert run.outcome.stop_reason == "utility_floor"
+    curve = run.metrics(stage="forgotten", split="retain:more", name="accuracy")
+    points = [m for m in curve if m.step is not None]
+    assert [m.step for m in points] == list(range(1, len(points) + 1))
+    before = run.value("finetuned", "retain:more", "accuracy")
+    assert points[-1].value < before - floor  # the evaluation that broke the floor
+    # The stored LM is the most-forgotten checkpoint that kept the floor, not the last one.
+    after = run.value("forgotten", "retain:more", "accuracy")
+    assert after >= before - floor
+    kept = [m for m in points[:-1] if m.value >= before - floor]
+    train_curve = {m.step: m.value for m in run.metrics(stage="forgotten", split="forget_train", name="accuracy")}
+    best = min([run.value("finetuned", "forget_train", "accuracy")] + [train_curve[m.step] for m in kept])
+    assert run.value("forgotten", "forget_train", "accuracy") == pytest.approx(best)
+
+
+def test_every_stage_has_per_example_values_aligned_with_the_rows(random_label: Run) -> None:
+    per_example = random_label.outcome.per_example
+    assert set(per_example) == {"base", "finetuned", "forgotten"}
+    for stage, splits in per_example.items():
+        correct = splits["forget_train"]["correct"]
+        assert len(correct) == len(FORGET_TRAIN)
+        assert sum(v for v in correct if v is not None) / len(correct) == pytest.approx(
+            random_label.value(stage, "forget_train", "accuracy")
+        )
+        assert len(splits["forget_heldout"]["mia_loss"]) == len(FORGET_HELDOUT)
+        assert len(splits["retain:more"]["correct_probability"]) == len(RETAIN["more"])
+
+
+def test_a_qa_run_stops_when_forget_train_is_no_better_known_than_unseen_rows(tiny_base: LoadedLM) -> None:
+    rows = [QARow.from_dict(r) for r in synthetic_qa_rows(32, seed=5)]
+    train, heldout = split_heldout(rows, 0.5, seed=0)
+    qa_plan = ForgetPlan(
+        method="npo",
+        method_params={"learning_rate": 1e-2, "batch_size": 8, "epochs": 30, "target_tolerance": 0.02},
+        finetune=FinetuneConfig(epochs=5, learning_rate=1e-2),
+        probe=True,
+        seed=0,
+    )
+    outcome = run_forget(tiny_base, qa_plan, train, heldout, RETAIN, lambda stage, f: None)
+    metrics = {(m.stage, m.split, m.name, m.layer, m.step): m.value for m in outcome.metrics}
+    assert outcome.stop_reason == "target"
+    target = metrics[("finetuned", "forget_heldout", "answer_probability", None, None)] + 0.02
+    last = max(m.step for m in outcome.metrics if m.step is not None and m.split == "forget_train")
+    assert metrics[("forgotten", "forget_train", "answer_probability", None, last)] <= target
+    assert (
+        metrics[("forgotten", "forget_train", "answer_probability", None, None)]
+        < metrics[("finetuned", "forget_train", "answer_probability", None, None)]
+    )
+    # The qa probe: true vs perturbed answer, per layer, before and after.
+    assert {k[3] for k in metrics if k[2] == "probe_accuracy"} == set(range(tiny_base.lm.config.num_hidden_layers + 1))
+    for name in ("truth_ratio", "rouge_l_recall", "extraction_strength", "exact_memorization", "privleak_loss"):
+        assert ("forgotten", "forget_train", name, None, None) in metrics, name

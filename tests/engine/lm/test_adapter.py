@@ -1,0 +1,100 @@
+"""The adapter format: exported in PEFT format with a model card, archived reproducibly, opened again (safetensors
+only, the same adapter before forgetting)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+
+from tests.engine.forget.test_run import FORGET_HELDOUT, FORGET_TRAIN, Run, plan
+from worker.engine.lm.adapter import (
+    adapter_archive,
+    export_adapter,
+    library_versions,
+    open_adapter,
+    open_adapter_archive,
+)
+from worker.engine.lm.load import LoadedLM, load_base_lm
+from worker.engine.lm.lora import lora_state
+from worker.engine.metrics.choice_scores import score_choices
+
+PROVENANCE = {
+    "method": "gradient_ascent",
+    "params": {"learning_rate": 1e-3},
+    "seed": 0,
+    "data_sha256": {"forget": "ab" * 32},
+}
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")  # peft vs transformers
+def test_exported_adapter_loads_with_peft_and_reproduces_the_scores(tiny_base: LoadedLM, tiny_lm_dir, tmp_path) -> None:
+    run = Run(tiny_base, plan("gradient_ascent", probe=False, max_steps=3, stop_at_target=False))
+    peft_lm = run.outcome.peft_lm
+    out_dir = export_adapter(peft_lm, tmp_path / "adapter", "tiny-base", run.outcome.metrics, PROVENANCE)
+
+    assert {p.name for p in out_dir.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+    config = json.loads((out_dir / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "tiny-base"
+    assert config["peft_type"] == "LORA"
+
+    splits = {"forget_train": FORGET_TRAIN, "forget_heldout": FORGET_HELDOUT}
+    expected = {split: score_choices(peft_lm, tiny_base.tokenizer, rows, 16) for split, rows in splits.items()}
+    fresh_base = load_base_lm("tiny", f"path:{tiny_lm_dir}", tmp_path / "cache").lm
+    # The adapter really changed the LM: the base alone scores differently.
+    base_only = score_choices(fresh_base, tiny_base.tokenizer, FORGET_TRAIN, 16)
+    difference = np.subtract(base_only.loglikelihoods, expected["forget_train"].loglikelihoods)
+    assert np.abs(difference).max() > 1e-3
+
+    reloaded = PeftModel.from_pretrained(fresh_base, out_dir)
+    for split, rows in splits.items():
+        actual = score_choices(reloaded, tiny_base.tokenizer, rows, 16)
+        np.testing.assert_allclose(actual.loglikelihoods, expected[split].loglikelihoods, atol=1e-5)
+        assert actual.accuracy == run.value("forgotten", split, "accuracy")
+
+
+def test_model_card_lists_metrics_and_provenance(tiny_base: LoadedLM, tmp_path) -> None:
+    run = Run(tiny_base, plan("random_label", probe=True, finetune=None, max_steps=1, stop_at_target=False))
+    as_dicts = [m.__dict__ for m in run.outcome.metrics]  # plain dicts are accepted too
+    out_dir = export_adapter(run.outcome.peft_lm, tmp_path, "tiny-base", as_dicts, PROVENANCE)
+    card = (out_dir / "README.md").read_text()
+    assert "| stage | split | metric | layer | step | value |" in card
+    accuracy = next(m for m in run.outcome.metrics if m.name == "accuracy")
+    assert f"| {accuracy.stage} | {accuracy.split} | accuracy |  |  | {accuracy.value:.4f} |" in card
+    assert "| base | forget_heldout | probe_accuracy | 2 |" in card
+    provenance = json.loads(card.split("```json\n")[1].split("\n```")[0])
+    assert provenance["method"] == "gradient_ascent"
+    assert provenance["data_sha256"] == PROVENANCE["data_sha256"]
+    assert provenance["library_versions"] == library_versions()
+    assert {"python", "torch", "transformers", "peft"} <= set(provenance["library_versions"])
+
+
+def test_open_adapter_loads_the_saved_weights(tiny_base: LoadedLM, saved_adapter) -> None:
+    directory, before = saved_adapter
+    peft_lm = open_adapter(tiny_base, directory, before)
+    assert not peft_lm.training
+    assert any(not torch.equal(value, before[name]) for name, value in lora_state(peft_lm).items())
+
+
+def test_open_adapter_refuses_pickles_and_a_foreign_before_state(tiny_base: LoadedLM, saved_adapter) -> None:
+    directory, before = saved_adapter
+    (directory / "adapter_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ValueError, match=r"pickled files \(adapter_model.bin\)"):
+        open_adapter(tiny_base, directory, before)
+    (directory / "adapter_model.bin").unlink()
+    with pytest.raises(ValueError, match="not the same adapter"):
+        open_adapter(tiny_base, directory, dict(list(before.items())[1:]))
+    (directory / "adapter_model.safetensors").unlink()
+    with pytest.raises(ValueError, match="has no adapter_model.safetensors"):
+        open_adapter(tiny_base, directory, before)
+
+
+def test_the_archive_is_reproducible_and_opens_to_the_same_adapter(tiny_base: LoadedLM) -> None:
+    run = Run(tiny_base, plan("gradient_ascent", probe=False, finetune=None, max_steps=1, stop_at_target=False))
+    archive = adapter_archive(run.outcome.peft_lm, "tiny-base", run.outcome.metrics, PROVENANCE)
+    assert adapter_archive(run.outcome.peft_lm, "tiny-base", run.outcome.metrics, PROVENANCE) == archive
+    peft_lm, manifest = open_adapter_archive(tiny_base, archive, run.outcome.before_forgetting)
+    assert manifest["method"] == PROVENANCE["method"]
+    opened, trained = lora_state(peft_lm), lora_state(run.outcome.peft_lm)
+    assert opened.keys() == trained.keys() and all(torch.equal(opened[n], trained[n]) for n in trained)

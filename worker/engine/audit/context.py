@@ -1,0 +1,120 @@
+"""What every attack works on: the forgotten LM (base + adapter), its LoRA weights before and after forgetting,
+the forget job's splits, and the scoring shared by all attacks."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from peft import PeftModel
+
+from lethe.rows import ChoiceRow, Row, chance, kind_of
+from worker.engine.audit.outcome import AttackOutcome, Variant
+from worker.engine.lm.load import CausalLM, LoadedLM
+from worker.engine.lm.lora import LoraState, load_lora_state
+from worker.engine.metrics.evaluate import PRIMARY_METRIC, primary_score
+
+
+@dataclass
+class AuditContext:
+    """The forgotten LM and what it is measured on.
+
+    `peft_lm` holds the forgotten adapter between attacks: an attack that changes its weights does so inside
+    `using(...)`, which puts the forgotten weights back on exit. `before` is the adapter right before forgetting
+    (after the optional fine-tune; with no fine-tune its LoRA B matrices are zero: the base LM).
+    """
+
+    base: LoadedLM
+    peft_lm: PeftModel
+    forgotten: LoraState
+    before: LoraState
+    forget_train: Sequence[Row]
+    forget_heldout: Sequence[Row]
+    retain: Mapping[str, Sequence[Row]]
+    # Rows per scoring batch; relearning trains in batches of train_batch_size (None = batch_size) rows.
+    batch_size: int
+    seed: int
+    limit: int
+    on_progress: Callable[[float], None] = field(default=lambda _fraction: None)
+    train_batch_size: int | None = None
+    _reference_scores: dict[tuple[str, tuple[Row, ...]], float] = field(default_factory=dict, init=False, repr=False)
+
+    @property
+    def tokenizer(self):  # type: ignore[no-untyped-def]  # PreTrainedTokenizerBase; kept loose for the hooks
+        return self.base.tokenizer
+
+    @property
+    def kind(self) -> str:
+        """The forget set's kind: choice, qa or text."""
+        return kind_of([*self.forget_train, *self.forget_heldout])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.peft_lm.config.num_hidden_layers)
+
+    @property
+    def metric(self) -> str:
+        """The name of the forget set's primary score (what ctx.score measures)."""
+        return PRIMARY_METRIC[self.kind]
+
+    def chance(self, rows: Sequence[Row]) -> float | None:
+        """The accuracy of guessing on choice rows; None for qa and text rows (their scores have no chance level)."""
+        choice_rows = [row for row in rows if isinstance(row, ChoiceRow)]
+        return chance(choice_rows) if choice_rows and len(choice_rows) == len(rows) else None
+
+    def split(self, name: str) -> Sequence[Row]:
+        """forget_train or forget_heldout."""
+        if name == "forget_train":
+            return self.forget_train
+        if name == "forget_heldout":
+            return self.forget_heldout
+        raise ValueError(f"unknown forget split {name!r}; allowed: forget_train, forget_heldout")
+
+    def retain_rows(self) -> list[Row]:
+        """Every retain set's rows, in order."""
+        return [row for rows in self.retain.values() for row in rows]
+
+    def score(self, rows: Sequence[Row], lm: CausalLM | None = None) -> float:
+        """The rows' primary score (accuracy, or mean answer/text probability) under `lm` (default: peft_lm)."""
+        return primary_score(self.peft_lm if lm is None else lm, self.tokenizer, rows, self.batch_size)
+
+    def reference_score(self, rows: Sequence[Row], lm: Literal["before", "forgotten"]) -> float:
+        """The score of `rows` under the LM before forgetting or the forgotten LM, computed once per audit.
+
+        Most attacks compare against the same two scores of the same split; they share them through this cache.
+        A pass that must run anyway (to capture hidden states or block outputs) scores for itself instead.
+        """
+        key = (lm, tuple(rows))
+        if key not in self._reference_scores:
+            with self.using(self.before if lm == "before" else self.forgotten):
+                self._reference_scores[key] = self.score(rows)
+        return self._reference_scores[key]
+
+    @contextlib.contextmanager
+    def using(self, state: Mapping[str, torch.Tensor]) -> Iterator[PeftModel]:
+        """`peft_lm` with the adapter weights `state`; the forgotten weights are back on exit, whatever happened."""
+        load_lora_state(self.peft_lm, state)
+        try:
+            yield self.peft_lm
+        finally:
+            load_lora_state(self.peft_lm, self.forgotten)
+
+    def before_lm(self) -> contextlib.AbstractContextManager[PeftModel]:
+        """The LM before forgetting."""
+        return self.using(self.before)
+
+    def outcome(
+        self, split: str, rows: Sequence[Row], before: float, after_forgetting: float, variants: list[Variant]
+    ) -> AttackOutcome:
+        """An attack's outcome on `rows` of `split`, measured by the forget set's primary score."""
+        return AttackOutcome(
+            metric=self.metric,
+            split=split,
+            before=before,
+            after_forgetting=after_forgetting,
+            variants=variants,
+            chance=self.chance(rows),
+        )

@@ -1,0 +1,304 @@
+"""One forget run: evaluate the base LM, optionally fine-tune, forget with a method (evaluating as it trains,
+stopping at the target, the step budget or the utility floor), evaluate again, probe.
+
+Every split is evaluated with the metrics of its kind (choice|qa|text); the forget splits also get the
+membership-inference AUCs (members = forget-train, non-members = forget-heldout) and PrivLeak relative to the base
+LM. Aggregates become `MetricValue`s; per-example values are kept in `ForgetOutcome.per_example` for the object
+store.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from peft import PeftModel
+
+from lethe.methods import METHODS, MethodParams
+from lethe.rows import Row, TextRow, kind_of
+from worker.engine.forget.progress import Progress
+from worker.engine.forget.splits import FORGET_HELDOUT, FORGET_SPLITS, FORGET_TRAIN, GENERAL_TEXT, Splits
+from worker.engine.forget.stopping import StopRule
+from worker.engine.lm.inputs import max_length
+from worker.engine.lm.load import CausalLM, LoadedLM
+from worker.engine.lm.lora import LoraState, attach_lora, lora_state
+from worker.engine.methods.implementations import build_objective
+from worker.engine.methods.plugins import build_plugins
+from worker.engine.metrics.choice_scores import ChoiceScores
+from worker.engine.metrics.evaluate import (
+    PRIMARY_METRIC,
+    evaluate_perplexity,
+    evaluate_split,
+    membership_metrics,
+    primary_score,
+)
+from worker.engine.metrics.probes import probe_accuracy_by_layer
+from worker.engine.metrics.values import MetricValue, PerExample, SplitResult
+from worker.engine.training.loop import Schedule, TrainingResult, train
+from worker.engine.training.objective import Objective
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning on the true targets of forget-train before forgetting (the seed paper's protocol)."""
+
+    epochs: int
+    learning_rate: float
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"finetune epochs must be >= 1, got {self.epochs}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"finetune learning_rate must be > 0, got {self.learning_rate}")
+
+
+@dataclass(frozen=True)
+class ForgetPlan:
+    """What to run: the method and its raw params, optional fine-tune, whether to probe, the seed."""
+
+    method: str
+    method_params: dict[str, Any]
+    finetune: FinetuneConfig | None
+    probe: bool
+    seed: int
+
+
+@dataclass
+class ForgetOutcome:
+    """Metrics of every stage, per-example values, the LM with its trained adapter, steps and why forgetting ended.
+
+    `per_example[stage][split][metric]` lists one value per row of the split (None where undefined).
+    `before_forgetting` is the adapter's state right before forgetting (after the fine-tune, or LoRA's
+    initialisation, whose zero B matrices leave the base LM unchanged): what audits compare against.
+    """
+
+    metrics: list[MetricValue]
+    per_example: PerExample
+    peft_lm: PeftModel
+    before_forgetting: LoraState
+    steps: int
+    stop_reason: str
+
+
+@dataclass
+class _Evaluation:
+    """One stage's evaluation: per split its result and, for probes, the choice scores with hidden states; the
+    forget splits' MIA AUCs (and PrivLeak after the base)."""
+
+    results: dict[str, SplitResult] = field(default_factory=dict)
+    probe_scores: dict[str, ChoiceScores] = field(default_factory=dict)
+    mia: dict[str, float] = field(default_factory=dict)
+
+    def primary(self, split: str, kind: str) -> float:
+        return self.results[split].aggregates[PRIMARY_METRIC[kind]]
+
+
+def run_forget(
+    base: LoadedLM,
+    plan: ForgetPlan,
+    forget_train: Sequence[Row],
+    forget_heldout: Sequence[Row],
+    retain: Mapping[str, Sequence[Row]],
+    on_progress: Callable[[str, float], None],
+    general_text: Sequence[TextRow] = (),
+) -> ForgetOutcome:
+    """Run `plan` on a private copy of the base LM and measure every stage.
+
+    on_progress(stage, fraction) reports stage in evaluating|finetuning|forgetting|probing and the estimated
+    fraction of the whole run done (non-decreasing, 1.0 at the end).
+    """
+    spec = METHODS.get(plan.method)
+    params = spec.parse(plan.method_params)
+    if not forget_train or not forget_heldout:
+        raise ValueError("forget_train and forget_heldout must both be non-empty")
+    kind = kind_of([*forget_train, *forget_heldout])
+    if kind not in spec.kinds:
+        raise ValueError(f"method {plan.method} cannot forget {kind} rows (it supports: {', '.join(spec.kinds)})")
+    if any(not rows for rows in retain.values()):
+        raise ValueError("every retain set needs at least one row")
+    if params.utility_floor is not None and not retain:
+        raise ValueError("utility_floor needs at least one retain set")
+    objective = build_objective(plan.method, params, plan.seed)
+    run = _Run(base, plan, params, Splits(forget_train, forget_heldout, retain, general_text), on_progress)
+
+    torch.manual_seed(plan.seed)  # LoRA's A matrices are drawn from torch's global generator
+    lm = copy.deepcopy(base.lm)  # the cached base LM stays pristine
+    before_stage = "finetuned" if plan.finetune else "base"
+    base_evaluation = run.evaluate(lm, "base", collect_hidden=plan.probe and before_stage == "base")
+    layers = params.adapted_layers(lm.config.num_hidden_layers)
+    peft_lm = attach_lora(lm, params.lora_rank, params.lora_alpha, layers=layers)
+    before = base_evaluation
+    if plan.finetune:
+        run.finetune(peft_lm, plan.finetune)
+        before = run.evaluate(peft_lm, "finetuned", collect_hidden=plan.probe, base=base_evaluation)
+    if plan.probe:
+        run.probe(before_stage, before)
+
+    before_forgetting = lora_state(peft_lm)
+    result = run.forget(peft_lm, objective, before)
+
+    after = run.evaluate(peft_lm, "forgotten", collect_hidden=plan.probe, base=base_evaluation)
+    run.forget_ratios(before, after)
+    if plan.probe:
+        run.probe("forgotten", after)
+    on_progress("probing" if plan.probe else "evaluating", 1.0)
+    return ForgetOutcome(
+        metrics=run.metrics,
+        per_example=run.per_example,
+        peft_lm=peft_lm,
+        before_forgetting=before_forgetting,
+        steps=result.steps,
+        stop_reason=result.stop_reason,
+    )
+
+
+class _Run:
+    """The stages of one forget run, sharing its splits, metrics and progress estimate."""
+
+    def __init__(
+        self,
+        base: LoadedLM,
+        plan: ForgetPlan,
+        params: MethodParams,
+        splits: Splits,
+        on_progress: Callable[[str, float], None],
+    ) -> None:
+        self.tokenizer = base.tokenizer
+        self.limit = max_length(base.lm, base.tokenizer)
+        self.plan, self.params, self.splits = plan, params, splits
+        self.metrics: list[MetricValue] = []
+        self.per_example: PerExample = {}
+        finetune_epochs = plan.finetune.epochs if plan.finetune else 0
+        self.progress = Progress(splits, params, finetune_epochs, plan.probe, on_progress)
+
+    def evaluate(self, lm: CausalLM, stage: str, collect_hidden: bool, base: _Evaluation | None = None) -> _Evaluation:
+        """Every split's metrics at `stage`, the forget splits' MIA AUCs and (after the base) PrivLeak."""
+        evaluation = _Evaluation()
+
+        def advance(n: int) -> None:
+            self.progress.advance("evaluating", n)
+
+        for split, rows in self.splits.rows.items():
+            if split == GENERAL_TEXT:
+                text_rows = [row for row in rows if isinstance(row, TextRow)]
+                result = evaluate_perplexity(lm, self.tokenizer, text_rows, self.params.batch_size, on_progress=advance)
+                probe_scores = None
+            else:
+                is_forget = split in FORGET_SPLITS
+                result, probe_scores = evaluate_split(
+                    lm,
+                    self.tokenizer,
+                    rows,
+                    self.params.batch_size,
+                    membership=is_forget,
+                    collect_hidden=collect_hidden and is_forget,
+                    on_progress=advance,
+                )
+            evaluation.results[split] = result
+            if probe_scores is not None:
+                evaluation.probe_scores[split] = probe_scores
+            self._record(stage, split, result.aggregates)
+            self.per_example.setdefault(stage, {})[split] = result.per_example
+        # Membership inference: can the stage tell forget-train (members) from forget-heldout (non-members)?
+        members, nonmembers = evaluation.results[FORGET_TRAIN].mia, evaluation.results[FORGET_HELDOUT].mia
+        evaluation.mia = membership_metrics(members, nonmembers, base.mia if base is not None else None)
+        self._record(stage, FORGET_TRAIN, evaluation.mia)
+        for split in FORGET_SPLITS:
+            for attack, scores in evaluation.results[split].mia.items():
+                self.per_example[stage][split][f"mia_{attack}"] = list(scores)
+        return evaluation
+
+    def finetune(self, peft_lm: PeftModel, config: FinetuneConfig) -> None:
+        """Teach the task first: minimise the NLL of the true targets of forget-train."""
+        train(
+            peft_lm,
+            self.tokenizer,
+            Objective(),
+            self.splits.rows[FORGET_TRAIN],
+            [],
+            Schedule(learning_rate=config.learning_rate, epochs=config.epochs, batch_size=self.params.batch_size),
+            seed=self.plan.seed,
+            limit=self.limit,
+            on_step=lambda n: self.progress.trained("finetuning", n),
+        )
+
+    def probe(self, stage: str, evaluation: _Evaluation) -> None:
+        """Per-layer probe accuracy on forget-heldout; frees the hidden states afterwards."""
+        train_scores = evaluation.probe_scores.get(FORGET_TRAIN)
+        heldout_scores = evaluation.probe_scores.get(FORGET_HELDOUT)
+        if train_scores is None or heldout_scores is None or train_scores.hidden is None:
+            return  # qa rows without perturbed answers have nothing to probe
+        per_layer = self.progress.probe_units / train_scores.hidden.shape[1]
+        accuracies = probe_accuracy_by_layer(
+            train_scores, heldout_scores, lambda: self.progress.advance("probing", per_layer)
+        )
+        for layer, accuracy in enumerate(accuracies):
+            self.metrics.append(MetricValue(stage, FORGET_HELDOUT, "probe_accuracy", accuracy, layer=layer))
+        evaluation.probe_scores.clear()
+
+    def forget(self, peft_lm: PeftModel, objective: Objective, before: _Evaluation) -> TrainingResult:
+        """Train with the method's objective, evaluating every `evaluate_every` steps (or epoch) to decide to stop.
+
+        Stop reasons: `target` and `utility_floor` (see `StopRule`), `max_steps`, `epochs`.
+        """
+        params = self.params
+        before_scores = {split: before.primary(split, self.splits.kinds[split]) for split in self.splits.tracked}
+        stop = StopRule(params, self.splits, before_scores, peft_lm)
+        trained_rows = 0
+        checks = 0
+
+        def count_rows(n: int) -> None:
+            nonlocal trained_rows
+            trained_rows += n
+            self.progress.trained("forgetting", n)
+
+        def check(steps: int) -> str | None:
+            nonlocal checks
+            checks += 1
+            scores = {}
+            for split in self.splits.tracked:
+                rows = self.splits.rows[split]
+                scores[split] = primary_score(peft_lm, self.tokenizer, rows, params.batch_size)
+                self.progress.advance("forgetting", len(rows))
+            for split, value in scores.items():
+                name = PRIMARY_METRIC[self.splits.kinds[split]]
+                self.metrics.append(MetricValue("forgotten", split, name, value, step=steps))
+            return stop(scores)
+
+        result = train(
+            peft_lm,
+            self.tokenizer,
+            objective,
+            self.splits.rows[FORGET_TRAIN],
+            [row for split in self.splits.retain for row in self.splits.rows[split]],
+            Schedule(
+                learning_rate=params.learning_rate,
+                epochs=params.epochs,
+                batch_size=params.batch_size,
+                max_steps=params.max_steps,
+                evaluate_every=params.evaluate_every,
+            ),
+            seed=self.plan.seed,
+            limit=self.limit,
+            plugins=build_plugins(params),
+            evaluate=check,
+            on_step=count_rows,
+        )
+        self.progress.forgetting_stopped(trained_rows, checks)
+        return result
+
+    def forget_ratios(self, before: _Evaluation, after: _Evaluation) -> None:
+        """forget ratio = (acc_before − acc_after) / (acc_before − chance) of every choice split: the share of the
+        above-chance accuracy that forgetting removed. Undefined when the LM was not above chance before: omitted."""
+        for split, chance_accuracy in self.splits.chances.items():
+            headroom = before.primary(split, "choice") - chance_accuracy
+            if headroom > 0:
+                ratio = (before.primary(split, "choice") - after.primary(split, "choice")) / headroom
+                self.metrics.append(MetricValue("forgotten", split, "forget_ratio", ratio))
+
+    def _record(self, stage: str, split: str, values: Mapping[str, float]) -> None:
+        for name, value in values.items():
+            self.metrics.append(MetricValue(stage, split, name, value))

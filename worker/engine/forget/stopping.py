@@ -1,0 +1,60 @@
+"""When forgetting stops early: at the target (forget-train no better known than guessing, or than unseen rows),
+or past the utility floor (retain dropped too far), with the best checkpoint that kept the floor restored."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from peft import PeftModel
+
+from lethe.methods import MethodParams
+from worker.engine.forget.splits import FORGET_HELDOUT, FORGET_TRAIN, Splits
+from worker.engine.lm.lora import LoraState, load_lora_state, lora_state
+
+
+class Checkpoints:
+    """The LoRA weights of the most-forgotten evaluation that kept the utility floor (lowest forget score)."""
+
+    def __init__(self, peft_lm: PeftModel) -> None:
+        self.peft_lm = peft_lm
+        self.best_score = float("inf")
+        self.best: LoraState = {}
+
+    def offer(self, forget_score: float) -> None:
+        if forget_score < self.best_score:
+            self.best_score = forget_score
+            self.best = lora_state(self.peft_lm)
+
+    def restore_best(self) -> None:
+        load_lora_state(self.peft_lm, self.best)
+
+
+class StopRule:
+    """Decides, from the primary scores of an evaluation during forgetting, whether forgetting stops and why.
+
+    `before` holds every split's primary score right before forgetting. The target is chance plus the tolerance
+    for choice rows (the seed paper's goal), else forget-heldout's score before forgetting plus the tolerance:
+    forget-train known no better than rows the LM never trained on. The utility floor bounds the mean drop of the
+    retain splits' scores; past it, the best checkpoint that kept it comes back.
+    """
+
+    def __init__(self, params: MethodParams, splits: Splits, before: Mapping[str, float], peft_lm: PeftModel) -> None:
+        self.params = params
+        self.retain_before = {split: before[split] for split in splits.retain}
+        kind = splits.kinds[FORGET_TRAIN]
+        reference = splits.chances[FORGET_TRAIN] if kind == "choice" else before[FORGET_HELDOUT]
+        self.target = reference + params.target_tolerance
+        self.checkpoints = Checkpoints(peft_lm)
+        self.checkpoints.offer(before[FORGET_TRAIN])  # forgetting nothing always keeps the floor
+
+    def __call__(self, scores: Mapping[str, float]) -> str | None:
+        """`target`, `utility_floor` (the best checkpoint restored), or None to go on."""
+        if self.params.utility_floor is not None and self.retain_before:
+            drop = sum(before - scores[split] for split, before in self.retain_before.items()) / len(self.retain_before)
+            if drop > self.params.utility_floor:
+                self.checkpoints.restore_best()
+                return "utility_floor"
+            self.checkpoints.offer(scores[FORGET_TRAIN])
+        if self.params.stop_at_target and scores[FORGET_TRAIN] <= self.target:
+            return "target"
+        return None

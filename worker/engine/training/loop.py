@@ -1,0 +1,141 @@
+"""The one training loop fine-tuning, every method and relearning share: AdamW on the LoRA parameters, in seeded
+shuffled batches of forget rows (and retain batches where the objective or a plug-in uses them), evaluating on a
+schedule that may stop it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from lethe.rows import Row
+from worker.engine.precision import autocast
+from worker.engine.training.batches import RetainStream, collate, examples_of, shuffled_batches
+from worker.engine.training.objective import GradientFilter, LossTerms, Objective, Plugins, Step, TrainContext
+
+# HF TrainingArguments defaults: no weight decay, gradients clipped to norm 1 (keeps gradient ascent,
+# whose loss is unbounded below, from taking huge steps).
+WEIGHT_DECAY = 0.0
+MAX_GRAD_NORM = 1.0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Optimiser and length of a training run."""
+
+    learning_rate: float
+    epochs: int
+    batch_size: int
+    max_steps: int | None = None
+    # Evaluate (and maybe stop) every this many optimiser steps; None = after every epoch.
+    evaluate_every: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """How a training run ended: optimiser steps taken and why it stopped (epochs|max_steps|<evaluator's>)."""
+
+    steps: int
+    stop_reason: str
+
+
+def train(
+    peft_lm: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    objective: Objective,
+    forget_rows: Sequence[Row],
+    retain_rows: Sequence[Row],
+    schedule: Schedule,
+    *,
+    seed: int,
+    limit: int,
+    plugins: Plugins | None = None,
+    evaluate: Callable[[int], str | None] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    mixed_precision: bool | None = None,
+) -> TrainingResult:
+    """Train the LoRA parameters with AdamW on `objective`, in seeded shuffled batches of forget rows.
+
+    `evaluate(steps)` runs every `schedule.evaluate_every` steps (or after every epoch) and returns a stop reason
+    to end training, or None to go on. `on_step(rows_in_batch)` runs after every optimiser step.
+    `mixed_precision`: forward passes under bf16 autocast (weights, gradients and AdamW stay fp32); None = as
+    LETHE_PRECISION says (see `precision.mixed_precision_enabled`).
+    """
+    plugins = plugins or Plugins()
+    if (objective.uses_retain or plugins.needs_retain) and not retain_rows:
+        raise ValueError("this method needs retain rows (a retain dataset) and none were given")
+    device = next(peft_lm.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    objective.prepare(TrainContext(peft_lm, tokenizer, forget_rows, retain_rows, limit, seed))
+    forget_examples = examples_of(tokenizer, forget_rows, limit)
+    retain = None
+    if objective.uses_retain or plugins.needs_retain:
+        retain = RetainStream(examples_of(tokenizer, retain_rows, limit), schedule.batch_size, seed, pad_id, device)
+
+    trainable = [p for p in peft_lm.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=schedule.learning_rate, weight_decay=WEIGHT_DECAY)
+    steps = 0
+
+    def stop_reason_after_evaluation() -> str | None:
+        peft_lm.eval()
+        reason = evaluate(steps) if evaluate is not None else None
+        peft_lm.train()
+        return reason
+
+    peft_lm.train()
+    try:
+        for epoch in range(schedule.epochs):
+            examples = objective.forget_examples(epoch, forget_examples)
+            for batch_indices in shuffled_batches(len(examples), schedule.batch_size, f"{seed}/order/{epoch}"):
+                step = Step(
+                    lm=peft_lm,
+                    forget=collate([examples[i] for i in batch_indices], pad_id, device),
+                    retain=retain.next() if retain is not None else None,
+                    number=steps,
+                    epoch=epoch,
+                    retain_hooks=plugins.retain_hooks,
+                    forget_indices=batch_indices,
+                )
+                with autocast(device, mixed_precision):
+                    terms = objective.losses(step)
+                    for retain_term in plugins.retain_terms:
+                        extra = retain_term(step)
+                        terms.retain = extra if terms.retain is None else terms.retain + extra
+                _backward(terms, trainable, plugins.gradient_filter)
+                torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                steps += 1
+                if on_step is not None:
+                    on_step(len(batch_indices))
+                if schedule.max_steps is not None and steps >= schedule.max_steps:
+                    return TrainingResult(steps, stop_reason_after_evaluation() or "max_steps")
+                if schedule.evaluate_every is not None and steps % schedule.evaluate_every == 0:
+                    reason = stop_reason_after_evaluation()
+                    if reason is not None:
+                        return TrainingResult(steps, reason)
+            if schedule.evaluate_every is None:
+                reason = stop_reason_after_evaluation()
+                if reason is not None:
+                    return TrainingResult(steps, reason)
+        return TrainingResult(steps, "epochs")
+    finally:
+        peft_lm.eval()
+
+
+def _backward(terms: LossTerms, trainable: Sequence[torch.Tensor], gradient_filter: GradientFilter | None) -> None:
+    """Accumulate the loss gradients; with a filter, the forget gradients are rewritten given the retain ones."""
+    if gradient_filter is None or terms.retain is None:
+        terms.total.backward()
+        return
+    retain_grads = torch.autograd.grad(terms.retain, trainable, retain_graph=True, allow_unused=True)
+    forget_grads = torch.autograd.grad(terms.forget, trainable, allow_unused=True)
+    zeros = [torch.zeros_like(p) for p in trainable]
+    retain_list = [g if g is not None else z for g, z in zip(retain_grads, zeros, strict=True)]
+    forget_list = [g if g is not None else z for g, z in zip(forget_grads, zeros, strict=True)]
+    filtered = gradient_filter(forget_list, retain_list)
+    for parameter, forget_grad, retain_grad in zip(trainable, filtered, retain_list, strict=True):
+        parameter.grad = forget_grad + retain_grad

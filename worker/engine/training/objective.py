@@ -1,0 +1,122 @@
+"""What a method is to the training loop: an `Objective` that turns a `Step` (the LM, a forget batch, a retain batch
+when it uses one, and the reference = the same LM with its adapter disabled) into `LossTerms(forget, retain)`, and
+the `Plugins` any ascent-style method can switch on (see `worker.engine.methods.plugins`): noise on retain
+forwards, extra retain terms, a gradient filter."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from lethe.rows import Row
+from worker.engine.training.batches import Batch, Example
+from worker.engine.training.logprobs import mean_nll
+
+
+class ForwardHook(Protocol):
+    """A plug-in that changes the LM's forward passes on forget or retain batches (e.g. noise on a layer)."""
+
+    def __call__(self, lm: PeftModel) -> contextlib.AbstractContextManager[Any]: ...
+
+
+@dataclass
+class Step:
+    """What an objective sees at one optimiser step."""
+
+    lm: PeftModel
+    forget: Batch
+    retain: Batch | None
+    number: int
+    epoch: int
+    retain_hooks: Sequence[ForwardHook] = ()
+    # The forget batch's rows: indices into the epoch's forget examples (to pair each row with data of its own).
+    forget_indices: Sequence[int] = ()
+
+    def logits(self, batch: Batch, **kwargs: Any) -> torch.Tensor:
+        """The trained LM's logits on `batch` (retain batches pass through the retain hooks)."""
+        return self.outputs(batch, **kwargs).logits
+
+    def outputs(self, batch: Batch, **kwargs: Any) -> Any:
+        """The trained LM's full output on `batch` (e.g. with output_hidden_states=True)."""
+        hooks = self.retain_hooks if batch is self.retain else ()
+        with contextlib.ExitStack() as stack:
+            for hook in hooks:
+                stack.enter_context(hook(self.lm))
+            return self.lm(**{**batch.lm_inputs(), **kwargs})
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[PeftModel]:
+        """The reference LM: the same weights with the adapter disabled (no second copy), without gradients."""
+        with torch.no_grad(), self.lm.disable_adapter():
+            yield self.lm
+
+    def reference_outputs(self, batch: Batch, **kwargs: Any) -> Any:
+        """The reference LM's output on `batch` (never hooked, never differentiated)."""
+        with self.reference() as lm:
+            return lm(**{**batch.lm_inputs(), **kwargs})
+
+
+@dataclass
+class LossTerms:
+    """The two parts of a method's loss: minimised together as forget + retain."""
+
+    forget: torch.Tensor
+    retain: torch.Tensor | None = None
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self.forget if self.retain is None else self.forget + self.retain
+
+
+@dataclass
+class TrainContext:
+    """What an objective may prepare from before the first step (tokenizer, rows, the LM, the seed)."""
+
+    lm: PeftModel
+    tokenizer: PreTrainedTokenizerBase
+    forget_rows: Sequence[Row]
+    retain_rows: Sequence[Row]
+    limit: int
+    seed: int
+
+
+class Objective:
+    """Fine-tuning: minimise the NLL of the forget rows' true targets. Methods override what differs."""
+
+    uses_retain: bool = False
+
+    def prepare(self, context: TrainContext) -> None:
+        """Called once before training (e.g. to generate texts or tokenize a refusal set)."""
+
+    def forget_examples(self, epoch: int, examples: list[Example]) -> list[Example]:
+        """The forget examples trained on in `epoch` (random_label replaces the targets)."""
+        return examples
+
+    def losses(self, step: Step) -> LossTerms:
+        return LossTerms(forget=mean_nll(step.logits(step.forget), step.forget.labels))
+
+
+class GradientFilter(Protocol):
+    """A plug-in that rewrites the forget gradients given the retain gradients (e.g. projection)."""
+
+    def __call__(self, forget_grads: list[torch.Tensor], retain_grads: list[torch.Tensor]) -> list[torch.Tensor]: ...
+
+
+@dataclass
+class Plugins:
+    """The plug-ins a run switches on; see worker.engine.methods.plugins."""
+
+    retain_hooks: list[ForwardHook] = field(default_factory=list)
+    # Extra retain terms added to the method's own (e.g. KL to the reference on retain batches).
+    retain_terms: list[Callable[[Step], torch.Tensor]] = field(default_factory=list)
+    gradient_filter: GradientFilter | None = None
+
+    @property
+    def needs_retain(self) -> bool:
+        return bool(self.retain_terms) or bool(self.retain_hooks) or self.gradient_filter is not None
