@@ -18,7 +18,7 @@ from models.migrate import upgrade
 
 # The tiny-LM scenarios must not follow this CPU's bf16 support (LETHE_PRECISION=auto would): fp32 unless the
 # run asks for a precision. Set in the environment, so the Celery workers the e2e tests start inherit it; the
-# attack tests run under fp32 and bf16 both (tests/engine/attacks/conftest.py).
+# audit tests run under fp32 and bf16 both (tests/engine/audit/conftest.py).
 os.environ.setdefault("LETHE_PRECISION", "fp32")
 
 POSTGRES_ADMIN_URL = os.environ.get("LETHE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
