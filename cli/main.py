@@ -1,12 +1,11 @@
 """The `lethe` command: serve (embedded default), worker, migrate, base-models, api-keys, verify-report."""
 
 import argparse
-import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
+from cli.embedded_worker import EmbeddedWorker, die_with_parent
 from lethe.settings import get_settings
 
 
@@ -36,22 +35,24 @@ def _serve(args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _ensure_embedded_catalogue()
     worker = None
-    # The embedded default has no separate worker service: start one beside the API.
+    # The embedded default has no separate worker service: run one beside the API, for as long as the API runs.
     if settings.embedded_broker and not args.no_worker:
-        worker = subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], env=os.environ.copy())
+        worker = EmbeddedWorker([sys.executable, "-m", "cli.main", "worker"])
+        worker.start()
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler it found installed:
+    # with Python's default handler the process would die there and the `finally` below would never stop the
+    # worker. This handler turns that second SIGTERM into SystemExit (status 128 + 15, as a death by the signal).
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
     finally:
         if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            worker.stop()
     return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
+    die_with_parent()  # a no-op unless `lethe serve` started this worker beside it
     from worker.tasks import celery_app
 
     # One job at a time per process: a job already uses every core (or the whole GPU).
