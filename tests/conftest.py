@@ -1,7 +1,9 @@
 """Real services for the suite: PostgreSQL, Redis, an S3-protocol server (moto) on loopback, migrations."""
 
 import os
+import signal
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,3 +119,35 @@ def stack_settings(stack_env: dict[str, str]) -> Settings:
     )
     upgrade(settings.database_url)
     return settings
+
+
+def lethe_processes() -> set[int]:
+    """Live `lethe` processes (`python -m cli.main ...`) running in this checkout (Linux /proc)."""
+    root = str(Path(__file__).resolve().parents[1])
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(entry / "cwd")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if b"cli.main" in command and cwd == root and state != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_processes() -> Iterator[None]:
+    """The suite fails if a `lethe serve` or `lethe worker` it started outlives it (a leaked worker keeps
+    gigabytes and a core); the leaked processes are killed, so the next run starts clean."""
+    before = lethe_processes()
+    yield
+    deadline = time.monotonic() + 15
+    while (leaked := lethe_processes() - before) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in leaked:
+        os.kill(pid, signal.SIGKILL)
+    assert not leaked, f"processes left running by the tests (now killed): {sorted(leaked)}"
