@@ -21,6 +21,7 @@ from models.tables import (
     JobEvent,
     Metric,
     Tenant,
+    Worker,
 )
 
 RowT = TypeVar("RowT", bound=Base)
@@ -287,3 +288,20 @@ class AuditRepository(TenantScopedRepository[Audit]):
         return self.session.scalars(
             select(AuditResult).where(AuditResult.audit_id == audit_id).order_by(AuditResult.id)
         ).all()
+
+
+class WorkerRepository(Repository[Worker]):
+    table = Worker
+
+    def beat(self, worker_id: str, now: datetime) -> None:
+        """Record that worker `worker_id` is alive at `now` (its first beat records when it started)."""
+        worker = self.session.get(Worker, worker_id)
+        if worker is None:
+            self.add(Worker(id=worker_id, started_at=now, beat_at=now))
+        else:
+            worker.beat_at = now
+            self.session.flush()
+
+    def alive_since(self, since: datetime) -> Sequence[Worker]:
+        """Workers that beat at or after `since`, latest beat first."""
+        return self.session.scalars(select(Worker).where(Worker.beat_at >= since).order_by(Worker.beat_at.desc())).all()

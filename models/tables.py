@@ -204,3 +204,14 @@ class AuditResult(Base):
     verdict: Mapped[str] = mapped_column(String(20))
     variants: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     curves: Mapped[dict[str, Any]] = mapped_column()
+
+
+class Worker(Base):
+    """A worker process's liveness: it beats every heartbeat interval while it runs (jobs or not)."""
+
+    __tablename__ = "workers"
+
+    # hostname:pid, as Celery names a worker node.
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column()
+    beat_at: Mapped[datetime] = mapped_column(index=True)

@@ -1,8 +1,12 @@
 """Celery tasks: thin — a job id in, the pipeline runs, the catalogue holds the outcome."""
 
+import os
+import platform
 import uuid
 from functools import lru_cache
+from typing import Any
 
+from celery import signals
 from transformers.utils import logging as hf_logging
 
 from lethe.queue import AUDIT_TASK, FORGET_TASK, enqueue_audit_job, make_celery
@@ -11,6 +15,7 @@ from storage import ObjectStore, open_store
 from worker.engine.lm.load import BaseLMCache
 from worker.pipelines.audit import run_audit_job
 from worker.pipelines.forget import run_forget_job
+from worker.pipelines.jobs import Heartbeat, worker_liveness
 
 celery_app = make_celery(get_settings())
 
@@ -44,3 +49,19 @@ def forget_job(job_id: str) -> str:
 @celery_app.task(name=AUDIT_TASK)
 def audit_job(job_id: str) -> str:
     return run_audit_job(get_settings(), _store(), _lm_cache(), uuid.UUID(job_id))
+
+
+_liveness: list[Heartbeat] = []
+
+
+@signals.worker_ready.connect
+def _start_liveness(**_kwargs: Any) -> None:
+    # Beats while the process lives, whether it runs a job (the solo pool's main thread is busy) or waits.
+    heartbeat = worker_liveness(get_settings(), f"{platform.node()}:{os.getpid()}")
+    _liveness.append(heartbeat.__enter__())
+
+
+@signals.worker_shutdown.connect
+def _stop_liveness(**_kwargs: Any) -> None:
+    while _liveness:
+        _liveness.pop().__exit__(None, None, None)

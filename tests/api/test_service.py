@@ -3,11 +3,17 @@
 import json
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from sqlalchemy import delete
 
 from cli.openapi import current_spec
+from lethe.settings import Settings
+from models.db import session_scope
+from models.repositories import WorkerRepository
+from models.tables import Worker, utcnow
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,11 +26,27 @@ def test_every_v1_route_requires_a_key(app_client: TestClient) -> None:
         assert app_client.get(path, headers={"X-API-Key": "lethe_wrong"}).status_code == 401
 
 
-def test_health_and_readiness(app_client: TestClient) -> None:
+def test_health_and_readiness(app_client: TestClient, stack_settings: Settings) -> None:
     assert app_client.get("/healthz").json() == {"status": "ok"}
+    with session_scope(stack_settings.database_url) as session:
+        session.execute(delete(Worker))  # no worker process runs in these tests
+    unready = app_client.get("/readyz")
+    assert unready.status_code == 503
+    checks = unready.json()["checks"]
+    assert {name: checks[name] for name in ("catalogue", "broker", "storage")} == dict.fromkeys(
+        ("catalogue", "broker", "storage"), "ok"
+    )
+    assert checks["worker"].startswith("RuntimeError: no worker has beaten in the last 120 s")
+
+    # A worker whose last beat is older than the heartbeat timeout counts as gone; one that beat just now is alive.
+    with session_scope(stack_settings.database_url) as session:
+        WorkerRepository(session).beat("host:1", utcnow() - timedelta(seconds=stack_settings.heartbeat_timeout_s + 1))
+    assert app_client.get("/readyz").status_code == 503
+    with session_scope(stack_settings.database_url) as session:
+        WorkerRepository(session).beat("host:1", utcnow())
     ready = app_client.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {"catalogue": "ok", "broker": "ok", "storage": "ok"}
+    assert ready.json()["checks"] == {"catalogue": "ok", "broker": "ok", "storage": "ok", "worker": "ok"}
 
 
 def test_base_models_include_bundled_smollm2(client: TestClient) -> None:

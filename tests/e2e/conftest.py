@@ -59,18 +59,19 @@ def start_service(tmp_path: Path) -> Iterator[StartService]:
         service.stop()
 
 
-def wait_until_healthy(base_url: str, service: Service, timeout_s: float = 120) -> None:
+def wait_until_healthy(base_url: str, service: Service, timeout_s: float = 120, path: str = "/healthz") -> None:
+    """Until `path` answers 200 (`/readyz`: also a worker has beaten); the service must not exit meanwhile."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if service.process.poll() is not None:
             raise AssertionError(f"service exited early:\n{service.log()}")
         try:
-            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+            if httpx.get(f"{base_url}{path}", timeout=5).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise AssertionError(f"service not healthy after {timeout_s}s:\n{service.log()}")
+    raise AssertionError(f"{base_url}{path} not 200 after {timeout_s}s:\n{service.log()}")
 
 
 def wait_for_job(client: httpx.Client, job_id: str, services: list[Service], timeout_s: float) -> dict:
@@ -107,7 +108,7 @@ def start_lethe(
     if with_worker:
         services.append(start_service(["worker"], env))
     base_url = f"http://127.0.0.1:{port}"
-    wait_until_healthy(base_url, services[0])
+    wait_until_healthy(base_url, services[0], path="/readyz")
     return base_url, services, tiny_dir
 
 

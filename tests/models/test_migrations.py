@@ -21,6 +21,7 @@ TABLES = {
     "adapters",
     "audits",
     "audit_results",
+    "workers",
 }
 
 

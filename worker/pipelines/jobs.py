@@ -8,9 +8,11 @@ import uuid
 from collections.abc import Callable
 from functools import partial
 
+from sqlalchemy.orm import Session
+
 from lethe.settings import Settings
 from models.db import UnitOfWork, session_scope
-from models.repositories import JobEventRepository, JobRepository
+from models.repositories import JobEventRepository, JobRepository, WorkerRepository
 from models.tables import utcnow
 from storage import ObjectStore
 
@@ -27,20 +29,23 @@ class JobFailure(Exception):
 
 
 class Heartbeat:
-    """Beats the job's heartbeat from a thread while the engine holds the main one."""
+    """Calls `beat(session)` every heartbeat interval from a thread, in a short session of its own, while the
+    engine holds the main thread: a job's heartbeat, or the worker process's liveness."""
 
-    def __init__(self, settings: Settings, job_id: uuid.UUID) -> None:
-        self.settings, self.job_id = settings, job_id
+    def __init__(self, settings: Settings, name: str, beat: Callable[[Session], object]) -> None:
+        self.settings, self.name, self.beat = settings, name, beat
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.settings.heartbeat_interval_s):
+        while True:
             try:
                 with session_scope(self.settings.database_url) as session:
-                    JobRepository(session).heartbeat(self.job_id, utcnow())
+                    self.beat(session)
             except Exception:
-                log.exception("heartbeat of job %s failed", self.job_id)
+                log.exception("%s failed", self.name)
+            if self._stop.wait(self.settings.heartbeat_interval_s):
+                return
 
     def __enter__(self) -> "Heartbeat":
         self._thread.start()
@@ -49,6 +54,20 @@ class Heartbeat:
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def job_heartbeat(settings: Settings, job_id: uuid.UUID) -> Heartbeat:
+    """The heartbeat of a running job (the reaper fails a job whose heartbeat is older than the timeout)."""
+    return Heartbeat(
+        settings, f"heartbeat-{job_id}", lambda session: JobRepository(session).heartbeat(job_id, utcnow())
+    )
+
+
+def worker_liveness(settings: Settings, worker_id: str) -> Heartbeat:
+    """The worker process's beat, which /readyz reads: alive, whether it runs a job or waits for one."""
+    return Heartbeat(
+        settings, f"liveness-{worker_id}", lambda session: WorkerRepository(session).beat(worker_id, utcnow())
+    )
 
 
 class ProgressReporter:
@@ -96,7 +115,7 @@ def run_job(settings: Settings, job_id: uuid.UUID, body: Callable[[], None]) -> 
             return "skipped"
         JobEventRepository(session).append(job_id, "started", {"worker": platform.node()})
     try:
-        with Heartbeat(settings, job_id):
+        with job_heartbeat(settings, job_id):
             body()
         return "succeeded"
     except JobFailure as failure:
