@@ -5,7 +5,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -45,6 +45,16 @@ def forget_job_spec(forget_dataset: uuid.UUID, retain_datasets: list[uuid.UUID] 
         general_text_perplexity=False,
         seed=0,
     )
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float, interval_s: float = 0.1) -> bool:
+    """Whether `condition()` became true within `timeout_s` (polled every `interval_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval_s)
+    return False
 
 
 def free_port() -> int:

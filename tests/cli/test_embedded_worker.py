@@ -5,17 +5,9 @@ import sys
 import time
 
 from cli.embedded_worker import PARENT_VARIABLE, EmbeddedWorker
+from tests.conftest import wait_for
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
-
-
-def wait_for(condition, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_a_worker_that_exits_is_restarted_and_stop_ends_it() -> None:
@@ -25,7 +17,7 @@ def test_a_worker_that_exits_is_restarted_and_stop_ends_it() -> None:
         first = worker.process
         assert first is not None and worker.alive()
         first.kill()
-        assert wait_for(lambda: worker.process is not first and worker.alive()), "the worker was not restarted"
+        assert wait_for(lambda: worker.process is not first and worker.alive(), 10), "the worker was not restarted"
         assert worker.restarts == 1
     finally:
         worker.stop()

@@ -2,10 +2,9 @@
 
 import os
 import signal
-import time
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for
 from tests.e2e.conftest import Service, wait_until_healthy
 
 
@@ -23,15 +22,6 @@ def alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"  # a zombie has exited; only its exit status is left to collect
-
-
-def wait_for(condition, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def serve_embedded(tmp_path: Path, start_service) -> tuple[Service, int]:
