@@ -30,10 +30,10 @@ from bench.machine import load_average, machine
 from lethe.attacks import ATTACKS, Thresholds
 from lethe.methods import METHODS
 from lethe.rows import ChoiceRow, Row, TextRow, kind_of, split_heldout
-from lethe.specs import AttackChoice
+from lethe.specs import AttackChoice, FinetuneSpec
 from worker.engine.audit.outcome import overall_verdict
 from worker.engine.audit.run import audit_context, run_audit
-from worker.engine.forget.run import FinetuneConfig, ForgetPlan, run_forget
+from worker.engine.forget.run import ForgetPlan, run_forget
 from worker.engine.lm.load import BaseLMCache, LoadedLM
 from worker.pipelines.forget import general_text_rows
 
@@ -70,7 +70,7 @@ def demo_job() -> AuditedJob:
     plan = ForgetPlan(
         method=request.method.name,
         method_params=request.method.params,
-        finetune=FinetuneConfig(epochs=finetune.epochs, learning_rate=finetune.learning_rate) if finetune else None,
+        finetune=FinetuneSpec(epochs=finetune.epochs, learning_rate=finetune.learning_rate) if finetune else None,
         probe=request.probe,
         seed=request.seed,
     )
@@ -211,7 +211,7 @@ def measure(base: LoadedLM, job: AuditedJob) -> dict:
         "date": machine()["date"],
         "method": plan.method,
         "method_params": plan.method_params,
-        "finetune": asdict(plan.finetune) if plan.finetune else None,
+        "finetune": plan.finetune.model_dump() if plan.finetune else None,
         "probe": plan.probe,
         "seed": plan.seed,
         "splits": {

@@ -58,10 +58,10 @@ _liveness: list[Heartbeat] = []
 def _start_liveness(**_kwargs: Any) -> None:
     # Beats while the process lives, whether it runs a job (the solo pool's main thread is busy) or waits.
     heartbeat = worker_liveness(get_settings(), f"{platform.node()}:{os.getpid()}")
-    _liveness.append(heartbeat.__enter__())
+    _liveness.append(heartbeat.start())
 
 
 @signals.worker_shutdown.connect
 def _stop_liveness(**_kwargs: Any) -> None:
     while _liveness:
-        _liveness.pop().__exit__(None, None, None)
+        _liveness.pop().stop()

@@ -5,8 +5,9 @@ import pytest
 from bench.audit_bench import AuditedJob, demo_job, full_audit, measure
 from lethe.attacks import ATTACKS, default_attacks
 from lethe.rows import ChoiceRow, split_heldout
+from lethe.specs import FinetuneSpec
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.forget.run import FinetuneConfig, ForgetPlan
+from worker.engine.forget.run import ForgetPlan
 from worker.engine.lm.load import LoadedLM
 
 
@@ -16,7 +17,7 @@ def test_the_demo_job_is_the_demo_request_on_the_demo_files() -> None:
     assert (len(job.forget_train), len(job.forget_heldout)) == (48, 48)
     assert list(job.retain) == ["arc_easy"] and len(job.retain["arc_easy"]) == 32
     assert job.plan.method == "random_label" and job.plan.probe and job.plan.seed == 0
-    assert job.plan.finetune == FinetuneConfig(epochs=4, learning_rate=0.001)
+    assert job.plan.finetune == FinetuneSpec(epochs=4, learning_rate=0.001)
     # The request does not turn general-text perplexity off, and the API's default is on.
     assert job.general_text
 
@@ -44,7 +45,7 @@ def test_measure_times_a_forget_job_and_its_audit(tiny_base: LoadedLM) -> None:
         plan=ForgetPlan(
             method="random_label",
             method_params={"learning_rate": 1e-2, "batch_size": 8, "epochs": 3},
-            finetune=FinetuneConfig(epochs=3, learning_rate=1e-2),
+            finetune=FinetuneSpec(epochs=3, learning_rate=1e-2),
             probe=True,
             seed=0,
         ),

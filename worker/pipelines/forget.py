@@ -35,7 +35,7 @@ from models.repositories import (
 from models.tables import Adapter, Dataset, Metric, utcnow
 from storage import ObjectStore
 from storage.keys import adapter_key, before_forgetting_key, per_example_key
-from worker.engine.forget.run import FinetuneConfig, ForgetOutcome, ForgetPlan, run_forget
+from worker.engine.forget.run import ForgetOutcome, ForgetPlan, run_forget
 from worker.engine.lm.adapter import adapter_archive
 from worker.engine.lm.load import BaseLMCache, LoadedLM
 from worker.pipelines.jobs import JobFailure, ProgressReporter, put_undoable, run_job
@@ -143,7 +143,7 @@ def _run_claimed(
     plan = ForgetPlan(
         method=spec.method.name,
         method_params=spec.method.params,
-        finetune=FinetuneConfig(**spec.finetune.model_dump()) if spec.finetune else None,
+        finetune=spec.finetune,
         probe=spec.probe,
         seed=spec.seed,
     )

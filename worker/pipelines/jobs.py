@@ -47,13 +47,19 @@ class Heartbeat:
             if self._stop.wait(self.settings.heartbeat_interval_s):
                 return
 
-    def __enter__(self) -> "Heartbeat":
+    def start(self) -> "Heartbeat":
         self._thread.start()
         return self
 
-    def __exit__(self, *_exc: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+    def __enter__(self) -> "Heartbeat":
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
 
 
 def job_heartbeat(settings: Settings, job_id: uuid.UUID) -> Heartbeat:

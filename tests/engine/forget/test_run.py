@@ -4,8 +4,9 @@ from pydantic import ValidationError
 
 from lethe.registry import UnknownNameError
 from lethe.rows import ChoiceRow, QARow, chance, split_heldout
+from lethe.specs import FinetuneSpec
 from tests.tiny_lm import synthetic_choice_rows, synthetic_qa_rows
-from worker.engine.forget.run import FinetuneConfig, ForgetOutcome, ForgetPlan, run_forget
+from worker.engine.forget.run import ForgetOutcome, ForgetPlan, run_forget
 from worker.engine.lm.load import LoadedLM, load_base_lm
 from worker.engine.metrics.values import MetricValue
 
@@ -14,7 +15,7 @@ FORGET_TRAIN, FORGET_HELDOUT = split_heldout(
 )
 RETAIN = {"more": [ChoiceRow.from_dict(r) for r in synthetic_choice_rows(32, seed=99)]}
 SPLITS = {"forget_train", "forget_heldout", "retain:more"}
-FINETUNE = FinetuneConfig(epochs=10, learning_rate=1e-2)
+FINETUNE = FinetuneSpec(epochs=10, learning_rate=1e-2)
 TOLERANCE = 0.1
 STAGES = {"evaluating", "finetuning", "forgetting", "probing"}
 
@@ -34,7 +35,7 @@ class Run:
         return metric.value
 
 
-def plan(method: str, probe: bool, finetune: FinetuneConfig | None = FINETUNE, **params) -> ForgetPlan:
+def plan(method: str, probe: bool, finetune: FinetuneSpec | None = FINETUNE, **params) -> ForgetPlan:
     params = {"learning_rate": 1e-3, "batch_size": 16, "target_tolerance": TOLERANCE} | params
     return ForgetPlan(method=method, method_params=params, finetune=finetune, probe=probe, seed=0)
 
@@ -196,7 +197,7 @@ def test_a_qa_run_stops_when_forget_train_is_no_better_known_than_unseen_rows(ti
     qa_plan = ForgetPlan(
         method="npo",
         method_params={"learning_rate": 1e-2, "batch_size": 8, "epochs": 30, "target_tolerance": 0.02},
-        finetune=FinetuneConfig(epochs=5, learning_rate=1e-2),
+        finetune=FinetuneSpec(epochs=5, learning_rate=1e-2),
         probe=True,
         seed=0,
     )

@@ -19,6 +19,7 @@ from peft import PeftModel
 
 from lethe.methods import METHODS, MethodParams
 from lethe.rows import Row, TextRow, kind_of
+from lethe.specs import FinetuneSpec
 from worker.engine.forget.progress import Progress
 from worker.engine.forget.splits import FORGET_HELDOUT, FORGET_SPLITS, FORGET_TRAIN, GENERAL_TEXT, Splits
 from worker.engine.forget.stopping import StopRule
@@ -42,26 +43,12 @@ from worker.engine.training.objective import Objective
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
-    """Fine-tuning on the true targets of forget-train before forgetting (the seed paper's protocol)."""
-
-    epochs: int
-    learning_rate: float
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"finetune epochs must be >= 1, got {self.epochs}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"finetune learning_rate must be > 0, got {self.learning_rate}")
-
-
-@dataclass(frozen=True)
 class ForgetPlan:
     """What to run: the method and its raw params, optional fine-tune, whether to probe, the seed."""
 
     method: str
     method_params: dict[str, Any]
-    finetune: FinetuneConfig | None
+    finetune: FinetuneSpec | None
     probe: bool
     seed: int
 
@@ -211,7 +198,7 @@ class _Run:
                 self.per_example[stage][split][f"mia_{attack}"] = list(scores)
         return evaluation
 
-    def finetune(self, peft_lm: PeftModel, config: FinetuneConfig) -> None:
+    def finetune(self, peft_lm: PeftModel, config: FinetuneSpec) -> None:
         """Teach the task first: minimise the NLL of the true targets of forget-train."""
         train(
             peft_lm,
