@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast bench lint format openapi check-openapi services serve clean
+.PHONY: venv demo test test-fast bench faults lint format openapi check-openapi services serve clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,11 @@ test: venv services
 bench: venv
 	PYTHON=$(PYTHON) bash bench/setup_lmeval.sh
 	$(BIN)/python -m bench.run
+
+# Forget jobs on Postgres + Redis + S3 with real workers, while the worker is SIGKILLed and Redis restarted:
+# writes bench/faults.json (a script, not a test: minutes, and its figures depend on the machine).
+faults: venv services
+	$(BIN)/python -m bench.faults
 
 test-fast: venv services
 	$(BIN)/python -m pytest -m "not smollm2"
