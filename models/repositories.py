@@ -68,14 +68,15 @@ class TenantRepository(Repository[Tenant]):
         """Hold the tenant's row until the transaction ends, so that a quota's check and the write it allows are
         one step: another transaction locking the same tenant waits here until this one commits or rolls back.
 
-        Postgres: SELECT ... FOR UPDATE on the tenant's row (other tenants are not held up). SQLite has no row
+        Postgres: SELECT ... FOR NO KEY UPDATE on the tenant's row: other tenants are not held up, nor are inserts
+        of rows that only reference the tenant (their foreign-key check takes a KEY SHARE lock). SQLite has no row
         locks, and pysqlite runs a SELECT outside any transaction; a no-op UPDATE opens the transaction and takes
         the database's write lock instead (SQLite writers wait for each other, busy_timeout in models/db.py).
         """
         if self.session.get_bind().dialect.name == "sqlite":
             self.session.execute(update(Tenant).where(Tenant.id == tenant_id).values(name=Tenant.name))
         else:
-            self.session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+            self.session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True))
 
     def stored_bytes(self, tenant_id: uuid.UUID) -> int:
         """Bytes the tenant stores: its datasets, adapters, jobs' evidence and audits' reports (the catalogue's
