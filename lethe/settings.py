@@ -39,8 +39,8 @@ class Settings(BaseSettings):
     # Bytes a tenant stores: datasets + adapters + evidence (per-example values, pre-forgetting state, reports).
     max_stored_bytes_per_tenant: int = Field(default=10 * 1024**3, ge=1)
     # Token bucket on the routes that write (POST, DELETE): refilled at this rate, holding up to burst tokens.
-    rate_limit_per_minute: float = Field(default=120.0, gt=0)
-    rate_limit_burst: int = Field(default=60, ge=1)
+    rate_limit_per_minute: float = Field(default=60.0, gt=0)
+    rate_limit_burst: int = Field(default=20, ge=1)
     # The costliest job accepted, in training example-passes (lethe/costs.py::forget_request_cost).
     max_job_cost: float = Field(default=2_000_000.0, gt=0)
     # Retry-After of a 429 for too many active jobs: no one knows when a job ends; this is a polite poll interval.
