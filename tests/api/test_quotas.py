@@ -235,8 +235,8 @@ def test_an_audit_over_the_cost_limit_is_422(make_client: MakeClient, stack_sett
     adapter_id = forget_adapter(client, stack_settings)
 
     def audit(steps: int) -> Any:
-        relearn = {"name": "relearn", "params": {"examples": [2], "steps": steps, "evaluate_every": steps}}
-        relearn["params"]["benign"] = False
+        params = {"examples": [2], "steps": steps, "evaluate_every": steps, "benign": False}
+        relearn = {"name": "relearn", "params": params}
         return client.post("/v1/audits", json={"adapter_id": adapter_id, "attacks": [relearn]})
 
     refused = audit(11)

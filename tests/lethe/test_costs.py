@@ -33,7 +33,7 @@ def spec(
 
 
 def relearn_audit(**params: Any) -> AuditSpec:
-    return AuditSpec(attacks=[AttackChoice(name="relearn", params=params)], thresholds=Thresholds())
+    return AuditSpec(attacks=[AttackChoice(name="relearn", params=params)], thresholds=Thresholds.model_validate({}))
 
 
 def test_gradient_ascent_with_a_finetune() -> None:
@@ -82,7 +82,7 @@ def test_relearn_audit() -> None:
 
 
 def test_an_audit_without_relearning_costs_nothing_trained() -> None:
-    audit = AuditSpec(attacks=[AttackChoice(name="quantize", params={})], thresholds=Thresholds())
+    audit = AuditSpec(attacks=[AttackChoice(name="quantize", params={})], thresholds=Thresholds.model_validate({}))
     assert audit_cost(audit, spec("gradient_ascent", {}), 40, 0).total == 0
 
 
