@@ -42,7 +42,7 @@ class Conflict(LetheError):
 
 
 class QuotaExceeded(LetheError):
-    """The tenant stores as many bytes as it may: 403, since waiting does not help (deleting does)."""
+    """The tenant stores as many bytes as it may: 403, since waiting does not help."""
 
     status_code = status.HTTP_403_FORBIDDEN
     code = "quota_exceeded"
@@ -83,9 +83,9 @@ class ServiceUnavailable(LetheError):
 
 _DESCRIPTIONS = {
     401: "Missing or unknown X-API-Key.",
-    404: "No such resource for this tenant.",
     403: "quota_exceeded: the tenant's stored bytes would go over their limit; `detail` names the usage, the request's "
     "size and the limit.",
+    404: "No such resource for this tenant.",
     409: "The resource is not in a state that allows this.",
     413: "The upload is larger than the server accepts.",
     422: "The request is invalid; `detail` names the field (and line) that is wrong.",
