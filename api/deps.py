@@ -10,6 +10,7 @@ from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
 from api.errors import ServiceUnavailable
+from api.rate_limit import RateLimiter
 from api.services.auth import authenticate
 from lethe.settings import Settings
 from models.db import BrokerUnavailable, UnitOfWork, unit_of_work
@@ -57,6 +58,16 @@ def get_tenant_id(session: SessionDep, api_key: Annotated[str | None, Security(_
 
 
 TenantDep = Annotated[uuid.UUID, Depends(get_tenant_id)]
+
+
+def get_writing_tenant_id(request: Request, tenant_id: TenantDep) -> uuid.UUID:
+    """The tenant of a request that writes, within its request rate (api/rate_limit.py); 429 otherwise."""
+    limiter: RateLimiter = request.app.state.rate_limiter
+    limiter.take(tenant_id)
+    return tenant_id
+
+
+WritingTenantDep = Annotated[uuid.UUID, Depends(get_writing_tenant_id)]
 
 
 def get_store(request: Request) -> ObjectStore:

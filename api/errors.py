@@ -1,5 +1,6 @@
 """Service errors with their HTTP status, one handler that renders them, and the spec entries for them."""
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request, status
@@ -18,6 +19,7 @@ class ErrorBody(BaseModel):
 class LetheError(Exception):
     status_code = status.HTTP_400_BAD_REQUEST
     code = "bad_request"
+    headers: dict[str, str] | None = None
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -39,6 +41,13 @@ class Conflict(LetheError):
     code = "conflict"
 
 
+class QuotaExceeded(LetheError):
+    """The tenant stores as many bytes as it may: 403, since waiting does not help."""
+
+    status_code = status.HTTP_403_FORBIDDEN
+    code = "quota_exceeded"
+
+
 class PayloadTooLarge(LetheError):
     status_code = status.HTTP_413_CONTENT_TOO_LARGE
     code = "payload_too_large"
@@ -49,6 +58,24 @@ class InvalidInput(LetheError):
     code = "invalid_input"
 
 
+class CostExceeded(LetheError):
+    """The job's estimated cost (lethe/costs.py) is over the cap: 422, the same request will never pass."""
+
+    status_code = status.HTTP_422_UNPROCESSABLE_CONTENT
+    code = "cost_exceeded"
+
+
+class TooManyRequests(LetheError):
+    """A limit that frees up with time; Retry-After says when to try again, in whole seconds (at least 1)."""
+
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+
+    def __init__(self, code: str, detail: str, retry_after_s: float) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
+
+
 class ServiceUnavailable(LetheError):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     code = "service_unavailable"
@@ -56,21 +83,48 @@ class ServiceUnavailable(LetheError):
 
 _DESCRIPTIONS = {
     401: "Missing or unknown X-API-Key.",
+    403: "quota_exceeded: the tenant's stored bytes would go over their limit; `detail` names the usage, the request's "
+    "size and the limit.",
     404: "No such resource for this tenant.",
     409: "The resource is not in a state that allows this.",
     413: "The upload is larger than the server accepts.",
     422: "The request is invalid; `detail` names the field (and line) that is wrong.",
+    429: "rate_limited: too many writes, or too_many_active_jobs: too many queued and running jobs; `detail` names "
+    "the limit, and the Retry-After header says in how many seconds to try again.",
     503: "A backing service (catalogue, broker, object store) is unavailable.",
+}
+
+
+_HEADERS: dict[int, dict[str, Any]] = {
+    429: {
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before trying again (a whole number, at least 1).",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        }
+    }
 }
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries so every route declares the errors it can return."""
-    return {code: {"model": ErrorBody, "description": _DESCRIPTIONS[code]} for code in codes}
+    return {code: {"model": ErrorBody, "description": _DESCRIPTIONS[code], **_HEADERS.get(code, {})} for code in codes}
 
 
-def _render(status_code: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse(status_code=status_code, content={"error": code, "detail": detail})
+def job_submission_responses() -> dict[int | str, dict[str, Any]]:
+    """The errors of a route that creates a job: its limits (active jobs, stored bytes, estimated cost) too."""
+    responses = error_responses(401, 403, 422, 429, 503)
+    responses[422] = {
+        **responses[422],
+        "description": f"{_DESCRIPTIONS[422]} cost_exceeded: the job's estimated cost is over the limit; `detail` "
+        "names the estimate, its terms and the limit.",
+    }
+    return responses
+
+
+def _render(status_code: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status_code, content={"error": code, "detail": detail}, headers=headers)
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -86,7 +140,7 @@ def format_validation_errors(errors: list[Any]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     async def lethe_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, LetheError)
-        return _render(exc.status_code, exc.code, exc.detail)
+        return _render(exc.status_code, exc.code, exc.detail, exc.headers)
 
     async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

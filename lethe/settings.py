@@ -3,7 +3,7 @@
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Keys anyone could guess; refusing them keeps a copied example config from reaching production.
@@ -33,6 +33,18 @@ class Settings(BaseSettings):
     report_signing_key: SecretStr | None = None
 
     max_upload_bytes: int = 20 * 1024 * 1024
+    # Per-tenant limits (README "Quotas"); each default is high enough for a demo and the test suite.
+    # Queued + running jobs of a tenant, forget and audit jobs counted together (they share the workers).
+    max_active_jobs_per_tenant: int = Field(default=20, ge=1)
+    # Bytes a tenant stores: datasets + adapters + evidence (per-example values, pre-forgetting state, reports).
+    max_stored_bytes_per_tenant: int = Field(default=10 * 1024**3, ge=1)
+    # Token bucket on the routes that write (POST, DELETE): refilled at this rate, holding up to burst tokens.
+    rate_limit_per_minute: float = Field(default=60.0, gt=0)
+    rate_limit_burst: int = Field(default=20, ge=1)
+    # The costliest job accepted, in training example-passes (lethe/costs.py::forget_request_cost).
+    max_job_cost: float = Field(default=2_000_000.0, gt=0)
+    # Retry-After of a 429 for too many active jobs: no one knows when a job ends; this is a polite poll interval.
+    active_jobs_retry_after_s: int = Field(default=30, ge=1)
     # A running job whose heartbeat is older than heartbeat_timeout_s is marked failed (worker_lost).
     heartbeat_interval_s: float = 10.0
     heartbeat_timeout_s: float = 120.0

@@ -64,6 +64,34 @@ class TenantRepository(Repository[Tenant]):
         tenant = self.get_by_name(name)
         return tenant if tenant is not None else self.add(Tenant(name=name))
 
+    def lock(self, tenant_id: uuid.UUID) -> None:
+        """Hold the tenant's row until the transaction ends, so that a quota's check and the write it allows are
+        one step: another transaction locking the same tenant waits here until this one commits or rolls back.
+
+        Postgres: SELECT ... FOR NO KEY UPDATE on the tenant's row: other tenants are not held up, nor are inserts
+        of rows that only reference the tenant (their foreign-key check takes a KEY SHARE lock). SQLite has no row
+        locks, and pysqlite runs a SELECT outside any transaction; a no-op UPDATE opens the transaction and takes
+        the database's write lock instead (SQLite writers wait for each other, busy_timeout in models/db.py).
+        """
+        if self.session.get_bind().dialect.name == "sqlite":
+            self.session.execute(update(Tenant).where(Tenant.id == tenant_id).values(name=Tenant.name))
+        else:
+            self.session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True))
+
+    def stored_bytes(self, tenant_id: uuid.UUID) -> int:
+        """Bytes the tenant stores: its datasets, adapters, jobs' evidence and audits' reports (the catalogue's
+        sizes of them)."""
+        sized = [
+            (Dataset.size_bytes, Dataset.tenant_id),
+            (Adapter.size_bytes, Adapter.tenant_id),
+            (Job.evidence_size_bytes, Job.tenant_id),
+            (Audit.report_size_bytes, Audit.tenant_id),
+        ]
+        return sum(
+            int(self.session.scalar(select(func.coalesce(func.sum(size), 0)).where(owner == tenant_id)) or 0)
+            for size, owner in sized
+        )
+
 
 class ApiKeyRepository(Repository[ApiKey]):
     table = ApiKey
@@ -133,6 +161,15 @@ class JobRepository(TenantScopedRepository[Job]):
             select(Job).where(Job.tenant_id == tenant_id).order_by(Job.created_at.desc()).limit(limit)
         ).all()
 
+    def count_active(self, tenant_id: uuid.UUID) -> int:
+        """The tenant's queued and running jobs, forget and audit alike."""
+        return (
+            self.session.scalar(
+                select(func.count()).where(Job.tenant_id == tenant_id, Job.status.in_(["queued", "running"]))
+            )
+            or 0
+        )
+
     def claim(self, job_id: uuid.UUID, now: datetime) -> bool:
         """Move a queued job to running; False when another delivery already took it."""
         result = self.session.execute(
@@ -192,8 +229,11 @@ class JobRepository(TenantScopedRepository[Job]):
         """Close an open job as failed with an error code the user can act on; False if it was already closed."""
         return self.finish(job_id, "failed", now, {"code": code, "message": message[:500]}, code, message[:2000])
 
-    def set_evidence(self, job_id: uuid.UUID, object_key: str) -> None:
-        self.session.execute(update(Job).where(Job.id == job_id).values(evidence_key=object_key))
+    def set_evidence(self, job_id: uuid.UUID, object_key: str, size_bytes: int) -> None:
+        """The key of the job's per-example values, and the bytes of all its evidence objects together."""
+        self.session.execute(
+            update(Job).where(Job.id == job_id).values(evidence_key=object_key, evidence_size_bytes=size_bytes)
+        )
 
     def fail_stale(self, heartbeat_before: datetime, now: datetime) -> Sequence[uuid.UUID]:
         """Fail running jobs whose worker stopped beating before `heartbeat_before`; their ids."""
@@ -267,6 +307,7 @@ class AuditRepository(TenantScopedRepository[Audit]):
         signature: str,
         signing_key_id: str,
         skipped: list[dict[str, Any]],
+        report_size_bytes: int,
     ) -> None:
         """Write an audit's per-attack results, verdict and signed report keys (one transaction with the job)."""
         self.session.add_all(list(results))
@@ -280,6 +321,7 @@ class AuditRepository(TenantScopedRepository[Audit]):
                 signature=signature,
                 signing_key_id=signing_key_id,
                 skipped=skipped,
+                report_size_bytes=report_size_bytes,
             )
         )
         self.session.flush()

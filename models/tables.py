@@ -4,7 +4,19 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -111,6 +123,8 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     # Object key of the per-example metric values (JSON), written with the job's results.
     evidence_key: Mapped[str | None] = mapped_column(Text, default=None)
+    # Bytes of the job's evidence objects (per-example values, pre-forgetting state): counted in the tenant's quota.
+    evidence_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -175,6 +189,8 @@ class Audit(Base):
     # HMAC-SHA256 of the report's canonical JSON (hex) and the id of the key that made it.
     signature: Mapped[str | None] = mapped_column(String(64), default=None)
     signing_key_id: Mapped[str | None] = mapped_column(String(16), default=None)
+    # Bytes of the report's JSON and HTML objects: counted in the tenant's quota.
+    report_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Attacks that had nothing to measure on the rows: [{"name", "reason"}].
     skipped: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, status
 from fastapi.responses import StreamingResponse
 
-from api.deps import QueueDep, SessionDep, StoreDep, TenantDep, UnitOfWorkDep
-from api.errors import error_responses
+from api.deps import QueueDep, SessionDep, SettingsDep, StoreDep, TenantDep, UnitOfWorkDep, WritingTenantDep
+from api.errors import error_responses, job_submission_responses
 from api.routes.streaming import streamed_object_responses
 from api.schemas import AuditAccepted, AuditOut, AuditRequestIn
 from api.services import audits
@@ -17,11 +17,16 @@ router = APIRouter(prefix="/v1/audits", tags=["audits"])
 
 
 @router.post(
-    "", status_code=status.HTTP_202_ACCEPTED, response_model=AuditAccepted, responses=error_responses(401, 422, 503)
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=AuditAccepted,
+    responses=job_submission_responses(),
 )
-def submit_audit(request: AuditRequestIn, work: UnitOfWorkDep, tenant_id: TenantDep, queue: QueueDep) -> AuditAccepted:
+def submit_audit(
+    request: AuditRequestIn, work: UnitOfWorkDep, tenant_id: WritingTenantDep, queue: QueueDep, settings: SettingsDep
+) -> AuditAccepted:
     """Run recovery attacks on an adapter; returns the audit and the job to poll."""
-    audit = audits.submit_audit(work.session, tenant_id, request)
+    audit = audits.submit_audit(work.session, settings, tenant_id, request)
     work.enqueue_after_commit(audit.job_id, lambda: enqueue_audit_job(queue, str(audit.job_id)))
     return AuditAccepted(audit_id=audit.id, job_id=audit.job_id, status="queued")
 

@@ -3,7 +3,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile, status
 
-from api.deps import SessionDep, SettingsDep, StoreDep, TenantDep, UnitOfWorkDep
+from api.deps import SessionDep, SettingsDep, StoreDep, TenantDep, UnitOfWorkDep, WritingTenantDep
 from api.errors import PayloadTooLarge, error_responses
 from api.schemas import DatasetOut
 from api.services import datasets as service
@@ -25,13 +25,13 @@ async def _read_bounded(request: Request, file: UploadFile, limit: int) -> bytes
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetOut,
-    responses=error_responses(401, 413, 422),
+    responses=error_responses(401, 403, 413, 422, 429),
 )
 async def upload_dataset(
     request: Request,
     work: UnitOfWorkDep,
     store: StoreDep,
-    tenant_id: TenantDep,
+    tenant_id: WritingTenantDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="JSONL, one row per line.")],
     name: Annotated[str, Form(description="A name for the dataset (retain metrics are keyed by it).")],
@@ -39,7 +39,7 @@ async def upload_dataset(
 ) -> DatasetOut:
     """Upload a JSONL dataset; every row is validated and a bad file stores nothing."""
     content = await _read_bounded(request, file, settings.max_upload_bytes)
-    dataset = service.create_dataset(work, store, tenant_id, name, kind, content)
+    dataset = service.create_dataset(work, store, settings, tenant_id, name, kind, content)
     return DatasetOut.model_validate(dataset, from_attributes=True)
 
 

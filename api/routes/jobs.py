@@ -3,8 +3,8 @@ import uuid
 from fastapi import APIRouter, status
 from fastapi.responses import StreamingResponse
 
-from api.deps import QueueDep, SessionDep, StoreDep, TenantDep, UnitOfWorkDep
-from api.errors import error_responses
+from api.deps import QueueDep, SessionDep, SettingsDep, StoreDep, TenantDep, UnitOfWorkDep, WritingTenantDep
+from api.errors import error_responses, job_submission_responses
 from api.routes.streaming import streamed_object_responses
 from api.schemas import ForgetRequestIn, JobAccepted, JobOut, JobSummary
 from api.services import forget_requests, jobs
@@ -17,13 +17,13 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
     "/forget-requests",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
-    responses=error_responses(401, 422, 503),
+    responses=job_submission_responses(),
 )
 def submit_forget_request(
-    request: ForgetRequestIn, work: UnitOfWorkDep, tenant_id: TenantDep, queue: QueueDep
+    request: ForgetRequestIn, work: UnitOfWorkDep, tenant_id: WritingTenantDep, queue: QueueDep, settings: SettingsDep
 ) -> JobAccepted:
     """Ask for a base model to forget a dataset; returns the job to poll."""
-    job = forget_requests.submit_forget_request(work.session, tenant_id, request)
+    job = forget_requests.submit_forget_request(work.session, settings, tenant_id, request)
     work.enqueue_after_commit(job.id, lambda: enqueue_forget_job(queue, str(job.id)))
     return JobAccepted(job_id=job.id, status="queued")
 
@@ -40,8 +40,8 @@ def get_job(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> Job
     return jobs.get_job(session, tenant_id, job_id)
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=error_responses(401, 404, 409, 422))
-def cancel_job(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> JobOut:
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=error_responses(401, 404, 409, 422, 429))
+def cancel_job(job_id: uuid.UUID, session: SessionDep, tenant_id: WritingTenantDep) -> JobOut:
     """Cancel a queued or running job (409 when it has already finished)."""
     return jobs.cancel_job(session, tenant_id, job_id)
 

@@ -8,8 +8,11 @@ from sqlalchemy.orm import Session
 from api.errors import InvalidInput, NotFound, format_validation_errors
 from api.schemas import AttackIn, AttackResultOut, AuditOut, AuditRequestIn, AuditSpecIn
 from api.services.jobs import job_state
+from api.services.quotas import check_cost, check_room_for_job
 from lethe.attacks import ATTACKS, default_attacks
+from lethe.costs import audit_cost
 from lethe.registry import UnknownNameError
+from lethe.settings import Settings
 from lethe.specs import AttackChoice, AuditJobSpec, AuditSpec, ForgetJobSpec
 from models.repositories import AdapterRepository, AuditRepository, DatasetRepository, JobRepository
 from models.tables import Audit
@@ -48,8 +51,9 @@ def validated_audit_spec(spec: AuditSpecIn, forget_kind: str, has_retain: bool, 
     return AuditSpec(attacks=attacks, thresholds=spec.thresholds)
 
 
-def submit_audit(session: Session, tenant_id: uuid.UUID, request: AuditRequestIn) -> Audit:
-    """Create the audit and its queued job; the caller enqueues the job after the commit."""
+def submit_audit(session: Session, settings: Settings, tenant_id: uuid.UUID, request: AuditRequestIn) -> Audit:
+    """Create the audit and its queued job, within the tenant's limits; the caller enqueues the job after the
+    commit."""
     adapter = AdapterRepository(session).get(tenant_id, request.adapter_id)
     if adapter is None:
         raise InvalidInput(f"adapter_id: adapter {request.adapter_id} not found")
@@ -60,6 +64,10 @@ def submit_audit(session: Session, tenant_id: uuid.UUID, request: AuditRequestIn
     if forget_dataset is None:
         raise InvalidInput(f"adapter_id: the forget dataset of adapter {adapter.id} no longer exists")
     spec = validated_audit_spec(request, forget_dataset.kind, bool(forget_spec.retain_datasets))
+    retain = [DatasetRepository(session).get(tenant_id, dataset_id) for dataset_id in forget_spec.retain_datasets]
+    retain_rows = sum(dataset.rows for dataset in retain if dataset is not None)
+    check_cost(settings, "audit", audit_cost(spec, forget_spec, forget_dataset.rows, retain_rows))
+    check_room_for_job(session, settings, tenant_id)
     return AuditRepository(session).create_with_job(
         tenant_id, AuditJobSpec(adapter_id=adapter.id, attacks=spec.attacks, thresholds=spec.thresholds)
     )

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session
 
 from api.errors import InvalidInput, NotFound
+from api.services.quotas import check_stored_bytes
 from lethe.rows import ROW_TYPES, RowError, parse_row
+from lethe.settings import Settings
 from models.db import UnitOfWork
 from models.repositories import DatasetRepository
 from models.tables import Dataset
@@ -45,13 +47,21 @@ def count_valid_rows(kind: str, content: bytes) -> int:
 
 
 def create_dataset(
-    work: UnitOfWork, store: ObjectStore, tenant_id: uuid.UUID, name: str, kind: str, content: bytes
+    work: UnitOfWork,
+    store: ObjectStore,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    name: str,
+    kind: str,
+    content: bytes,
 ) -> Dataset:
-    """Validate and store a dataset; if its row is not committed, the stored file is deleted again."""
+    """Validate and store a dataset within the tenant's stored bytes; if its row is not committed, the stored file
+    is deleted again."""
     name = name.strip()
     if not name or len(name) > 200:
         raise InvalidInput("name: must be 1 to 200 characters")
     rows = count_valid_rows(kind, content)
+    check_stored_bytes(work.session, settings, tenant_id, len(content))
     dataset_id = uuid.uuid4()
     key = dataset_key(tenant_id, dataset_id)
     store.put(key, content, content_type="application/x-ndjson")

@@ -9,9 +9,12 @@ from sqlalchemy.orm import Session
 from api.errors import InvalidInput, format_validation_errors
 from api.schemas import ForgetRequestIn
 from api.services.audits import validated_audit_spec
+from api.services.quotas import check_cost, check_room_for_job
+from lethe.costs import forget_request_cost
 from lethe.methods import METHODS
 from lethe.registry import UnknownNameError
 from lethe.rows import heldout_count
+from lethe.settings import Settings
 from lethe.specs import FinetuneSpec, ForgetJobSpec, MethodChoice
 from models.repositories import BaseModelRepository, DatasetRepository, JobRepository
 from models.tables import Dataset, Job
@@ -45,8 +48,9 @@ def _method_params(name: str, params: dict[str, Any], forget_kind: str, has_reta
     return parsed.model_dump(mode="json")
 
 
-def submit_forget_request(session: Session, tenant_id: uuid.UUID, request: ForgetRequestIn) -> Job:
-    """Create the job (status queued) and its first event; the caller enqueues it after the commit."""
+def submit_forget_request(session: Session, settings: Settings, tenant_id: uuid.UUID, request: ForgetRequestIn) -> Job:
+    """Create the job (status queued) and its first event, within the tenant's limits; the caller enqueues it
+    after the commit."""
     base_model = BaseModelRepository(session).get_by_name(request.base_model)
     if base_model is None:
         available = ", ".join(b.name for b in BaseModelRepository(session).list())
@@ -82,4 +86,6 @@ def submit_forget_request(session: Session, tenant_id: uuid.UUID, request: Forge
         if request.audit
         else None,
     )
+    check_cost(settings, "forget request", forget_request_cost(spec, forget.rows, sum(d.rows for d in retain)))
+    check_room_for_job(session, settings, tenant_id)
     return JobRepository(session).create_queued(tenant_id, spec)

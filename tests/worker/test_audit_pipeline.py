@@ -61,6 +61,9 @@ def test_the_requested_audit_runs_once_and_stores_a_signed_report(
         assert [r.attack for r in results] == ["restore", "quantize"]
         assert [v["name"] for v in results[0].variants] == ["last_1", "mlp"]
         report_key, signature = audit.report_key, audit.signature
+        assert audit.report_html_key is not None
+        # The tenant's quota counts the report's JSON and HTML.
+        assert audit.report_size_bytes == len(store.get(audit.report_key or "")) + len(store.get(audit.report_html_key))
     assert report_key is not None
     signed = json.loads(store.get(report_key))
     assert verify(signed, signing_key(stack_settings)).valid and signed["signature"]["value"] == signature

@@ -18,7 +18,7 @@ from models.repositories import (
 )
 from models.tables import Dataset, Job
 from storage import open_store
-from storage.keys import dataset_key
+from storage.keys import before_forgetting_key, dataset_key
 from tests.tiny_lm import synthetic_choice_rows
 from worker.engine.lm.load import BaseLMCache
 from worker.pipelines.forget import run_forget_job
@@ -73,6 +73,9 @@ def test_a_job_runs_once_even_when_delivered_twice(stack_settings: Settings, tin
         assert job is not None and job.evidence_key is not None
         per_example = json.loads(store.get(job.evidence_key))
         assert len(per_example["forgotten"]["forget_train"]["correct"]) == 6
+        # The tenant's quota counts the evidence: the per-example values and the pre-forgetting state.
+        before = store.get(before_forgetting_key(job.tenant_id, job_id))
+        assert job.evidence_size_bytes == len(store.get(job.evidence_key)) + len(before)
         events = [e.type for e in JobEventRepository(session).list(job_id)]
     assert events[0] == "started" and events[-1] == "succeeded" and events.count("started") == 1
 

@@ -147,7 +147,7 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
     with unit_of_work(settings.database_url) as work:
         put_undoable(work, store, json_key, signed_json, "application/json")
         put_undoable(work, store, html_key, page, "text/html; charset=utf-8")
-        _record(work.session, job_id, target, audited, signed, json_key, html_key)
+        _record(work.session, job_id, target, audited, signed, json_key, html_key, len(signed_json) + len(page))
 
 
 def _record(
@@ -158,6 +158,7 @@ def _record(
     signed: dict[str, Any],
     json_key: str,
     html_key: str,
+    report_size_bytes: int,
 ) -> None:
     """Write the per-attack results, the verdict, the report's keys and the job's final status."""
     # A result row holds the report's entry for the attack, field for field (all but name and description).
@@ -180,6 +181,7 @@ def _record(
         signature=signed["signature"]["value"],
         signing_key_id=signed["signature"]["key_id"],
         skipped=signed["report"]["skipped"],
+        report_size_bytes=report_size_bytes,
     )
     succeeded = {"audit_id": str(target.audit_id), "verdict": verdict}
     if not JobRepository(session).finish(job_id, "succeeded", utcnow(), succeeded):

@@ -173,7 +173,8 @@ def _run_claimed(
         # The adapter right before forgetting: what an audit restores, patches from and compares against.
         before = save_safetensors({name: t.contiguous() for name, t in outcome.before_forgetting.items()})
         put_undoable(work, store, before_forgetting_key(inputs.tenant_id, job_id), before, "application/octet-stream")
-        audit_job_id = _record_success(work.session, job_id, inputs, outcome, adapter, evidence)
+        evidence_size = len(per_example) + len(before)
+        audit_job_id = _record_success(work.session, job_id, inputs, outcome, adapter, evidence, evidence_size)
         if audit_job_id is not None and enqueue_audit is not None:
             work.enqueue_after_commit(audit_job_id, partial(enqueue_audit, audit_job_id))
 
@@ -185,9 +186,10 @@ def _record_success(
     outcome: ForgetOutcome,
     adapter: Adapter,
     evidence_key: str,
+    evidence_size_bytes: int,
 ) -> uuid.UUID | None:
     """Write the adapter, metrics and final status (and the requested audit with its queued job); its job id."""
-    JobRepository(session).set_evidence(job_id, evidence_key)
+    JobRepository(session).set_evidence(job_id, evidence_key, evidence_size_bytes)
     AdapterRepository(session).add(adapter)
     # A metric row is the engine's measurement, field for field.
     MetricRepository(session).add_many(Metric(job_id=job_id, **asdict(m)) for m in outcome.metrics)
