@@ -128,3 +128,8 @@ def test_a_checkpoint_of_another_spec_or_job_or_with_other_tensors_is_ignored(
     store.put(tensors, b"not these")
     assert JobCheckpoint(store, TENANT, job_id, "spec-hash").load() is None
     assert "do not match their hash" in caplog.text
+
+    # A manifest that is not JSON.
+    store.replace(checkpoint_manifest_key(TENANT, job_id), b"{torn")
+    assert JobCheckpoint(store, TENANT, job_id, "spec-hash").load() is None
+    assert "not JSON" in caplog.text

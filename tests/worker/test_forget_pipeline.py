@@ -23,7 +23,7 @@ from models.repositories import (
     MetricRepository,
     TenantRepository,
 )
-from models.tables import Dataset, Job
+from models.tables import Dataset, Job, utcnow
 from storage import ObjectStore, open_store
 from storage.keys import checkpoint_manifest_key, checkpoint_tensors_key, dataset_key
 from tests.tiny_lm import synthetic_choice_rows
@@ -215,3 +215,29 @@ def test_a_job_killed_after_a_checkpoint_resumes_from_it_when_delivered_again(
         assert len(evidence) == 2 and evidence[0] == evidence[1]
         for job_id in (uninterrupted, killed):
             assert not any(store.exists(key) for key in _checkpoint_keys(session, job_id))
+
+
+@pytest.mark.parametrize("closed_as", ["cancelled", "queued"])
+def test_a_job_closed_while_it_runs_keeps_its_checkpoint_only_if_queued_again(
+    stack_settings: Settings, tiny_lm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, closed_as: str
+) -> None:
+    settings = stack_settings.model_copy(update={"checkpoint_every_steps": 1})
+    method = {"name": "gradient_ascent", "params": {"epochs": 3, "batch_size": 2}}
+    job_id = _queued_job(settings, "tiny-closed", f"path:{tiny_lm_dir}", method=method)
+    save = JobCheckpoint.save
+
+    def save_then_close(self: JobCheckpoint, snapshot: ForgetSnapshot) -> None:
+        save(self, snapshot)
+        with session_scope(settings.database_url) as session:
+            if closed_as == "cancelled":
+                JobRepository(session).finish(job_id, "cancelled", utcnow())
+            else:  # reaped and queued again, as the reaper does for a job whose worker stopped beating
+                session.execute(update(Job).where(Job.id == job_id).values(status="queued"))
+
+    monkeypatch.setattr(JobCheckpoint, "save", save_then_close)
+    store = open_store(settings)
+    assert run_forget_job(settings, store, BaseLMCache(tmp_path), job_id) == "failed"
+    with session_scope(settings.database_url) as session:
+        manifest, *slots = _checkpoint_keys(session, job_id)
+    assert store.exists(manifest) == (closed_as == "queued")
+    assert store.exists(slots[0]) == (closed_as == "queued")

@@ -14,6 +14,8 @@ import time
 import uuid
 from typing import Any, Literal
 
+from safetensors import SafetensorError
+
 from lethe.specs import ForgetJobSpec
 from storage import ObjectNotFoundError, ObjectStore
 from storage.keys import checkpoint_manifest_key, checkpoint_tensors_key
@@ -40,30 +42,42 @@ class JobCheckpoint:
         self.slot: Literal[0, 1] | None = None
 
     def load(self) -> ForgetSnapshot | None:
-        """The stored snapshot, or None when there is none or it is not this job's (logged)."""
+        """The stored snapshot; None when there is none, or it is not this job's or cannot be read (logged)."""
+        found = self._read()
+        if isinstance(found, str):
+            log.warning("job %s: ignoring its checkpoint (%s); starting over", self.job_id, found)
+            return None
+        if found is not None:
+            log.info("job %s resumes from its checkpoint (%s, step %d)", self.job_id, found.stage, found.training.steps)
+        return found
+
+    def _read(self) -> ForgetSnapshot | str | None:
+        """The stored snapshot, what is wrong with it, or None when there is none."""
         try:
             manifest = json.loads(self.store.get(self.manifest_key))
         except ObjectNotFoundError:
             return None
+        except ValueError:
+            return "its manifest is not JSON"
         problem = self._mismatch(manifest)
-        data = b""
-        if problem is None:
-            try:
-                data = self.store.get(checkpoint_tensors_key(self.tenant_id, self.job_id, manifest["slot"]))
-            except ObjectNotFoundError:
-                problem = "its tensors are missing"
-            else:
-                if hashlib.sha256(data).hexdigest() != manifest["tensors_sha256"]:
-                    problem = "its tensors do not match their hash"
         if problem is not None:
-            log.warning("job %s: ignoring its checkpoint (%s); starting over", self.job_id, problem)
-            return None
-        snapshot = decode_snapshot(data, manifest["snapshot"])
+            return problem
+        try:
+            data = self.store.get(checkpoint_tensors_key(self.tenant_id, self.job_id, manifest["slot"]))
+        except ObjectNotFoundError:
+            return "its tensors are missing"
+        if hashlib.sha256(data).hexdigest() != manifest.get("tensors_sha256"):
+            return "its tensors do not match their hash"
+        try:
+            snapshot = decode_snapshot(data, manifest["snapshot"])
+        except (KeyError, TypeError, ValueError, SafetensorError) as exc:
+            return f"it does not decode: {exc!r}"
         self.slot = manifest["slot"]
-        log.info("job %s resumes from its checkpoint (%s, step %d)", self.job_id, snapshot.stage, manifest["steps"])
         return snapshot
 
-    def _mismatch(self, manifest: dict[str, Any]) -> str | None:
+    def _mismatch(self, manifest: Any) -> str | None:
+        if not isinstance(manifest, dict):
+            return "its manifest is not a JSON object"
         if manifest.get("format") != FORMAT:
             return f"format {manifest.get('format')!r}, not {FORMAT}"
         if manifest.get("job_id") != str(self.job_id):

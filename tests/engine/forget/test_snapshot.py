@@ -34,6 +34,7 @@ class Case:
     kill_after: int  # snapshots taken before the kill (one at each training stage's start, then every 2 steps)
     killed_stage: str
     stop_reason: str
+    probe: bool = False
 
 
 # 36 forget-train rows in batches of 8: 5 steps an epoch.
@@ -43,7 +44,7 @@ CASES = {
     "grad_diff_rna": Case(
         "grad_diff", {"epochs": 3, "rna_noise_std": 0.5, "stop_at_target": False}, None, 6, "forget", "epochs"
     ),
-    # Killed at forgetting's step 4 after a 10-step fine-tune, which is not redone, nor its evaluation.
+    # Killed at forgetting's step 4 after a 10-step fine-tune, which is not redone, nor its evaluation and probe.
     "npo_after_finetune": Case(
         "npo",
         {"epochs": 2, "evaluate_every": 2, "stop_at_target": False},
@@ -51,6 +52,7 @@ CASES = {
         9,
         "forget",
         "epochs",
+        probe=True,
     ),
     # Killed at the fine-tune's step 4.
     "killed_while_finetuning": Case(
@@ -86,7 +88,7 @@ CASES = {
 
 def plan(case: Case) -> ForgetPlan:
     params = {"learning_rate": 1e-3, "batch_size": 8} | case.params
-    return ForgetPlan(method=case.method, method_params=params, finetune=case.finetune, probe=False, seed=0)
+    return ForgetPlan(method=case.method, method_params=params, finetune=case.finetune, probe=case.probe, seed=0)
 
 
 def run(base: LoadedLM, case: Case, snapshots: Snapshots | None = None) -> ForgetOutcome:
@@ -127,6 +129,8 @@ def test_a_resumed_run_ends_as_the_uninterrupted_one(tiny_base: LoadedLM, name: 
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[n], actual[n]) for n in expected)
     assert all(torch.equal(uninterrupted.before_forgetting[n], resumed.before_forgetting[n]) for n in expected)
+    probed = {m.stage for m in uninterrupted.metrics if m.name == "probe_accuracy"}
+    assert probed == ({"finetuned", "forgotten"} if case.probe else set())
     assert len(resumed.metrics) == len(uninterrupted.metrics)
     for mine, theirs in zip(resumed.metrics, uninterrupted.metrics, strict=True):
         assert (mine.stage, mine.split, mine.name, mine.layer, mine.step) == (
