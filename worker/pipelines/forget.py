@@ -144,6 +144,7 @@ def _run_claimed(
     report("loading", 0.0)
     inputs = load_forget_inputs(settings, store, job_id)
     checkpoint = JobCheckpoint(store, inputs.tenant_id, job_id, spec_sha256(inputs.spec))
+    # Not a `finally`: a BaseException (the worker shutting down) keeps the checkpoint, as a SIGKILL would.
     try:
         _forget(settings, store, lm_cache, job_id, enqueue_audit, report, inputs, checkpoint)
     except JobFailure as failure:

@@ -4,7 +4,7 @@ stopping at the target, the step budget or the utility floor), evaluate again, p
 Every split is evaluated with the metrics of its kind (choice|qa|text); the forget splits also get the
 membership-inference AUCs (members = forget-train, non-members = forget-heldout) and PrivLeak relative to the base
 LM. Aggregates become `MetricValue`s; per-example values are kept in `ForgetOutcome.per_example` for the object
-store.
+store. A run hands its snapshots to `Snapshots.save` and can resume from one (see `snapshot.py`).
 """
 
 from __future__ import annotations
@@ -195,12 +195,11 @@ class _Run:
 
     def snapshot(self, stage: Stage, training: TrainingSnapshot) -> ForgetSnapshot:
         """The run at `training`'s point of `stage` (forgetting adds its own state)."""
-        metrics, per_example = list(self.metrics), copy.deepcopy(self.per_example)
         return ForgetSnapshot(
             stage=stage,
             training=training,
-            metrics=metrics,
-            per_example=per_example,
+            metrics=list(self.metrics),
+            per_example=copy.deepcopy(self.per_example),
             base_mia=dict(self.base_mia),
             progress_done=self.progress.done,
             before_forgetting=self.before_forgetting,
