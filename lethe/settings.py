@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = 10.0
     heartbeat_timeout_s: float = 120.0
     reaper_interval_s: float = 30.0
+    # A forget job stores a checkpoint at the start of each training stage and every this many optimiser steps, so
+    # that a job redelivered after its worker died resumes there; 0 = no checkpoints.
+    checkpoint_every_steps: int = Field(default=25, ge=0)
 
     @field_validator("data_dir")
     @classmethod

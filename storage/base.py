@@ -1,4 +1,4 @@
-"""The object store interface: write-once objects addressed by key."""
+"""The object store interface: write-once objects addressed by key (and a few replaced whole: `replace`)."""
 
 from collections.abc import Iterator
 from typing import Protocol
@@ -15,6 +15,11 @@ class ObjectNotFoundError(KeyError):
 class ObjectStore(Protocol):
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         """Store `data` under `key`; ObjectExistsError if the key already exists."""
+        ...
+
+    def replace(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        """Store `data` under `key` whether or not it exists: a reader gets the old object or the new one, whole
+        (a checkpoint's manifest, which points at the checkpoint's other objects)."""
         ...
 
     def get(self, key: str) -> bytes: ...

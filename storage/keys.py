@@ -2,6 +2,7 @@
 
 A key is `<kind>/<tenant id>/<object id>...`: a tenant's objects of one kind share a prefix (a retention or deletion
 pass lists them by it), and every key embeds a fresh UUID, so write-once puts never collide but for a retried job.
+A running job's checkpoint is the exception: its objects are rewritten in place, and deleted when the job ends.
 """
 
 import uuid
@@ -26,6 +27,18 @@ def per_example_key(tenant_id: uuid.UUID, job_id: uuid.UUID) -> str:
 def before_forgetting_key(tenant_id: uuid.UUID, job_id: uuid.UUID) -> str:
     """A forget job's adapter weights right before forgetting (safetensors): what an audit restores and compares."""
     return _evidence_key(tenant_id, job_id, "before_forgetting.safetensors")
+
+
+def checkpoint_manifest_key(tenant_id: uuid.UUID, job_id: uuid.UUID) -> str:
+    """A running forget job's checkpoint manifest (JSON, replaced whole): the job, its spec's hash, the engine's
+    snapshot fields and which tensors slot holds the rest."""
+    return f"checkpoints/{tenant_id}/{job_id}/manifest.json"
+
+
+def checkpoint_tensors_key(tenant_id: uuid.UUID, job_id: uuid.UUID, slot: Literal[0, 1]) -> str:
+    """One of a running forget job's two checkpoint tensor slots (safetensors): a new checkpoint is written to the
+    slot its manifest does not point at."""
+    return f"checkpoints/{tenant_id}/{job_id}/tensors-{slot}.safetensors"
 
 
 def report_key(tenant_id: uuid.UUID, audit_id: uuid.UUID, fmt: Literal["json", "html"]) -> str:

@@ -27,6 +27,10 @@ class S3ObjectStore:
             raise ObjectExistsError(key)
         self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
+    def replace(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        # An S3 PUT replaces an object atomically: readers see the old version or the new one.
+        self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+
     def get(self, key: str) -> bytes:
         return b"".join(self.iter_chunks(key))
 

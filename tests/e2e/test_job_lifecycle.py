@@ -1,15 +1,25 @@
-"""Jobs that do not end normally: cancelled by the user, or orphaned by a worker that died."""
+"""Jobs that do not end normally: cancelled by the user, or orphaned by a worker that died (and resumed)."""
 
+import io
+import json
 import signal
+import tarfile
 import time
 import uuid
 from pathlib import Path
 
 import httpx
+import torch
+from safetensors.torch import load as load_safetensors
+from sqlalchemy import update
 
+from lethe.queue import enqueue_forget_job, make_celery
 from lethe.settings import Settings
 from models.db import session_scope
-from models.repositories import AdapterRepository, JobEventRepository
+from models.repositories import AdapterRepository, JobEventRepository, JobRepository
+from models.tables import Job
+from storage import ObjectNotFoundError, open_store
+from storage.keys import checkpoint_manifest_key
 from tests.e2e.conftest import BOOTSTRAP_KEY, own_redis_db, start_lethe, upload_rows, wait_for_job
 from tests.tiny_lm import synthetic_choice_rows
 
@@ -88,3 +98,85 @@ def test_a_killed_worker_does_not_leave_its_job_running(
         job = wait_for_job(client, job_id, [api], timeout_s=60)
     assert job["status"] == "failed"
     assert job["error"]["code"] == "worker_lost"
+
+
+def _adapter_tensors(client: httpx.Client, adapter_id: str) -> dict[str, torch.Tensor]:
+    archive = client.get(f"/v1/adapters/{adapter_id}/download")
+    assert archive.status_code == 200, archive.text
+    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("adapter_model.safetensors"))
+        handle = tar.extractfile(member)
+        assert handle is not None
+        return load_safetensors(handle.read())
+
+
+def test_a_job_whose_worker_was_killed_resumes_from_its_checkpoint(
+    tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service
+) -> None:
+    # No reaper within the test: the job is queued again by hand, as the reaper would.
+    env = {**own_redis_db(stack_env, 15), "LETHE_CHECKPOINT_EVERY_STEPS": "4", "LETHE_HEARTBEAT_TIMEOUT_S": "600"}
+    base_url, services, _ = start_lethe(tmp_path, env, start_service, with_worker=True)
+    api, worker = services
+    store = open_store(stack_settings)
+    # 24 forget-train rows in batches of 2: 12 steps an epoch, 240 in all.
+    method = {"name": "gradient_ascent", "params": {"epochs": 20, "batch_size": 2, "stop_at_target": False}}
+    with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as client:
+        forget_id = upload_rows(client, synthetic_choice_rows(32, seed=3), "resumed")
+        request = {
+            "base_model": "tiny-e2e",
+            "forget_dataset": forget_id,
+            "heldout_fraction": 0.25,
+            "method": method,
+            "probe": False,
+        }
+
+        def submit() -> str:
+            response = client.post("/v1/forget-requests", json=request)
+            assert response.status_code == 202, response.text
+            return str(response.json()["job_id"])
+
+        job_id = submit()
+        with session_scope(stack_settings.database_url) as session:
+            job = JobRepository(session).get_any_tenant(uuid.UUID(job_id))
+            assert job is not None
+            manifest_key = checkpoint_manifest_key(job.tenant_id, job.id)
+
+        def forgetting_steps() -> int:
+            try:
+                manifest = json.loads(store.get(manifest_key))
+            except ObjectNotFoundError:
+                return 0
+            return manifest["steps"] if manifest["snapshot"]["stage"] == "forget" else 0
+
+        deadline = time.monotonic() + 120
+        while forgetting_steps() < 8 and time.monotonic() < deadline:
+            assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+            time.sleep(0.05)
+        worker.process.send_signal(signal.SIGKILL)
+        worker.process.wait()
+        killed_at = forgetting_steps()
+        assert 8 <= killed_at < 240
+
+        with session_scope(stack_settings.database_url) as session:
+            session.execute(update(Job).where(Job.id == uuid.UUID(job_id)).values(status="queued"))
+        broker = stack_settings.model_copy(update={"broker_url": env["LETHE_BROKER_URL"]})
+        enqueue_forget_job(make_celery(broker), job_id)
+        second_worker = start_service(["worker"], env)
+        resumed = wait_for_job(client, job_id, [api, second_worker], timeout_s=180)
+        assert resumed["status"] == "succeeded", resumed
+        assert not store.exists(manifest_key)
+
+        uninterrupted = wait_for_job(client, submit(), [api, second_worker], timeout_s=180)
+        assert uninterrupted["status"] == "succeeded", uninterrupted
+        expected = _adapter_tensors(client, uninterrupted["adapter_id"])
+        actual = _adapter_tensors(client, resumed["adapter_id"])
+        assert expected.keys() == actual.keys()
+        assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+    with session_scope(stack_settings.database_url) as session:
+        events = JobEventRepository(session).list(uuid.UUID(job_id))
+    starts = [i for i, event in enumerate(events) if event.type == "started"]
+    assert len(starts) == 2
+    stages = [e.payload["stage"] for e in events[starts[1] :] if e.type == "stage"]
+    # The second run went from loading straight to forgetting: the base LM's evaluation was not redone.
+    assert stages[:2] == ["loading", "forgetting"], stages

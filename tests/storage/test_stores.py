@@ -35,6 +35,18 @@ def test_put_get_is_write_once(store: ObjectStore, tmp_path: Path) -> None:
     store.check()
 
 
+def test_replace_writes_whether_or_not_the_key_exists(store: ObjectStore, tmp_path: Path) -> None:
+    key = f"tests/{tmp_path.name}/manifest.json"
+    store.replace(key, b"first")
+    assert store.get(key) == b"first"
+    store.replace(key, b"second")
+    assert store.get(key) == b"second"
+    with pytest.raises(ObjectExistsError):
+        store.put(key, b"third")
+    store.delete(key)
+    assert not store.exists(key)
+
+
 def test_local_store_refuses_keys_that_escape_its_root(tmp_path: Path) -> None:
     store = LocalObjectStore(tmp_path / "objects")
     for key in ["../outside", "/etc/passwd", "a/../../b"]:

@@ -1,10 +1,16 @@
 """The forget pipeline in-process, on the real catalogue and S3 store: success, failure, a second delivery."""
 
+import io
 import json
+import tarfile
 import uuid
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load as load_safetensors
+from sqlalchemy import update
+from sqlalchemy.orm import Session
 
 from api.services.base_models import register_base_model
 from lethe.settings import Settings
@@ -14,17 +20,27 @@ from models.repositories import (
     DatasetRepository,
     JobEventRepository,
     JobRepository,
+    MetricRepository,
     TenantRepository,
 )
-from models.tables import Dataset, Job
-from storage import open_store
-from storage.keys import before_forgetting_key, dataset_key
+from models.tables import Dataset, Job, utcnow
+from storage import ObjectStore, open_store
+from storage.keys import before_forgetting_key, checkpoint_manifest_key, checkpoint_tensors_key, dataset_key
 from tests.tiny_lm import synthetic_choice_rows
+from worker.engine.forget.snapshot import ForgetSnapshot
 from worker.engine.lm.load import BaseLMCache
+from worker.pipelines.checkpoints import JobCheckpoint
 from worker.pipelines.forget import run_forget_job
 
 
-def _queued_job(settings: Settings, base_model: str, source: str, audit: dict | None = None) -> uuid.UUID:
+def _queued_job(
+    settings: Settings,
+    base_model: str,
+    source: str,
+    audit: dict | None = None,
+    method: dict | None = None,
+    finetune: dict | None = None,
+) -> uuid.UUID:
     content = "".join(json.dumps(r) + "\n" for r in synthetic_choice_rows(12, seed=5)).encode()
     with session_scope(settings.database_url) as session:
         register_base_model(session, base_model, source)
@@ -50,8 +66,8 @@ def _queued_job(settings: Settings, base_model: str, source: str, audit: dict | 
             "forget_dataset": str(dataset_id),
             "retain_datasets": [],
             "heldout_fraction": 0.5,
-            "finetune": None,
-            "method": {"name": "gradient_ascent", "params": {"epochs": 1, "batch_size": 4}},
+            "finetune": finetune,
+            "method": method or {"name": "gradient_ascent", "params": {"epochs": 1, "batch_size": 4}},
             "probe": False,
             "general_text_perplexity": False,
             "seed": 0,
@@ -116,3 +132,115 @@ def test_a_failed_catalogue_write_leaves_no_objects(
         job = JobRepository(session).get_any_tenant(job_id)
         assert job is not None and job.status == "failed" and job.evidence_key is None
         assert AdapterRepository(session).get_for_job(job_id) is None
+
+
+class Killed(BaseException):
+    """Stands in for the worker's SIGKILL: nothing catches it, nothing after it runs."""
+
+
+def _adapter_tensors(store: ObjectStore, session: Session, job_id: uuid.UUID) -> dict[str, torch.Tensor]:
+    adapter = AdapterRepository(session).get_for_job(job_id)
+    assert adapter is not None
+    with tarfile.open(fileobj=io.BytesIO(store.get(adapter.object_key)), mode="r:gz") as archive:
+        member = next(m for m in archive.getmembers() if m.name.endswith("adapter_model.safetensors"))
+        handle = archive.extractfile(member)
+        assert handle is not None
+        return load_safetensors(handle.read())
+
+
+def _checkpoint_keys(session: Session, job_id: uuid.UUID) -> list[str]:
+    job = JobRepository(session).get_any_tenant(job_id)
+    assert job is not None
+    slots = [checkpoint_tensors_key(job.tenant_id, job_id, slot) for slot in (0, 1)]
+    return [checkpoint_manifest_key(job.tenant_id, job_id), *slots]
+
+
+def test_a_job_killed_after_a_checkpoint_resumes_from_it_when_delivered_again(
+    stack_settings: Settings, tiny_lm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = stack_settings.model_copy(update={"checkpoint_every_steps": 2})
+    store, cache = open_store(settings), BaseLMCache(tmp_path)
+    # 6 forget-train rows in batches of 2: a 6-step fine-tune, then 12 steps of forgetting evaluated every 5.
+    job = {
+        "method": {
+            "name": "gradient_ascent",
+            "params": {"epochs": 4, "batch_size": 2, "evaluate_every": 5, "stop_at_target": False},
+        },
+        "finetune": {"epochs": 2, "learning_rate": 0.01},
+    }
+    uninterrupted = _queued_job(settings, "tiny-resume", f"path:{tiny_lm_dir}", **job)
+    assert run_forget_job(settings, store, cache, uninterrupted) == "succeeded"
+
+    killed = _queued_job(settings, "tiny-resume", f"path:{tiny_lm_dir}", **job)
+    saved: list[tuple[str, int]] = []
+    save = JobCheckpoint.save
+
+    def save_then_die(self: JobCheckpoint, snapshot: ForgetSnapshot) -> None:
+        save(self, snapshot)
+        saved.append((snapshot.stage, snapshot.training.steps))
+        if len(saved) == 8:  # the fine-tune's 4 (steps 0, 2, 4, 6), then forgetting's steps 0, 2, 4, 6
+            raise Killed
+
+    monkeypatch.setattr(JobCheckpoint, "save", save_then_die)
+    with pytest.raises(Killed):
+        run_forget_job(settings, store, cache, killed)
+    monkeypatch.undo()
+    assert saved[-1] == ("forget", 6)
+    with session_scope(settings.database_url) as session:
+        assert all(store.exists(key) for key in _checkpoint_keys(session, killed)[:2])
+        # What the reaper does for a job whose worker died: queue it again, and its id is delivered again.
+        session.execute(update(Job).where(Job.id == killed, Job.status == "running").values(status="queued"))
+
+    saved.clear()
+
+    def save_and_record(self: JobCheckpoint, snapshot: ForgetSnapshot) -> None:
+        saved.append((snapshot.stage, snapshot.training.steps))
+        save(self, snapshot)
+
+    monkeypatch.setattr(JobCheckpoint, "save", save_and_record)
+    assert run_forget_job(settings, store, cache, killed) == "succeeded"
+    # It went on from forgetting's step 6: the fine-tune, its evaluation and the steps before were not redone.
+    assert saved == [("forget", 8), ("forget", 10), ("forget", 12)]
+
+    with session_scope(settings.database_url) as session:
+        expected, actual = _adapter_tensors(store, session, uninterrupted), _adapter_tensors(store, session, killed)
+        assert expected.keys() == actual.keys()
+        assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+        def measured(job_id: uuid.UUID) -> list[tuple]:
+            rows = MetricRepository(session).list_for_job(job_id)
+            return sorted((m.stage, m.split, m.name, m.layer or -1, m.step or -1, m.value) for m in rows)
+
+        assert measured(killed) == measured(uninterrupted)
+        assert any(step > 6 for _, _, _, _, step, _ in measured(killed))
+        jobs = [JobRepository(session).get_any_tenant(i) for i in (uninterrupted, killed)]
+        evidence = [store.get(j.evidence_key) for j in jobs if j is not None and j.evidence_key is not None]
+        assert len(evidence) == 2 and evidence[0] == evidence[1]
+        for job_id in (uninterrupted, killed):
+            assert not any(store.exists(key) for key in _checkpoint_keys(session, job_id))
+
+
+@pytest.mark.parametrize("closed_as", ["cancelled", "queued"])
+def test_a_job_closed_while_it_runs_keeps_its_checkpoint_only_if_queued_again(
+    stack_settings: Settings, tiny_lm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, closed_as: str
+) -> None:
+    settings = stack_settings.model_copy(update={"checkpoint_every_steps": 1})
+    method = {"name": "gradient_ascent", "params": {"epochs": 3, "batch_size": 2}}
+    job_id = _queued_job(settings, "tiny-closed", f"path:{tiny_lm_dir}", method=method)
+    save = JobCheckpoint.save
+
+    def save_then_close(self: JobCheckpoint, snapshot: ForgetSnapshot) -> None:
+        save(self, snapshot)
+        with session_scope(settings.database_url) as session:
+            if closed_as == "cancelled":
+                JobRepository(session).finish(job_id, "cancelled", utcnow())
+            else:  # reaped and queued again, as the reaper does for a job whose worker stopped beating
+                session.execute(update(Job).where(Job.id == job_id).values(status="queued"))
+
+    monkeypatch.setattr(JobCheckpoint, "save", save_then_close)
+    store = open_store(settings)
+    assert run_forget_job(settings, store, BaseLMCache(tmp_path), job_id) == "failed"
+    with session_scope(settings.database_url) as session:
+        manifest, *slots = _checkpoint_keys(session, job_id)
+    assert store.exists(manifest) == (closed_as == "queued")
+    assert store.exists(slots[0]) == (closed_as == "queued")

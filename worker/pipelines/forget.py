@@ -3,6 +3,10 @@
 Sessions are short: claim and close, run the engine with no session open (progress and heartbeats open their
 own), then store the objects and write the adapter row, metrics and the final status in one unit of work (the
 objects are deleted again if it does not commit; the requested audit's job is enqueued once it has).
+
+While the engine runs, its snapshots are stored as the job's checkpoint (`checkpoints.py`); a job redelivered after
+its worker died resumes from it. The checkpoint is deleted when the job ends (succeeded, failed or cancelled), and
+kept when it stops only to run again (reaped and queued again).
 """
 
 import contextlib
@@ -36,8 +40,10 @@ from models.tables import Adapter, Dataset, Metric, utcnow
 from storage import ObjectStore
 from storage.keys import adapter_key, before_forgetting_key, per_example_key
 from worker.engine.forget.run import ForgetOutcome, ForgetPlan, run_forget
+from worker.engine.forget.snapshot import Snapshots
 from worker.engine.lm.adapter import adapter_archive
 from worker.engine.lm.load import BaseLMCache, LoadedLM
+from worker.pipelines.checkpoints import JobCheckpoint, spec_sha256
 from worker.pipelines.jobs import JobFailure, ProgressReporter, put_undoable, run_job
 
 log = logging.getLogger("lethe.worker")
@@ -137,7 +143,49 @@ def _run_claimed(
     report = ProgressReporter(settings, job_id)
     report("loading", 0.0)
     inputs = load_forget_inputs(settings, store, job_id)
+    checkpoint = JobCheckpoint(store, inputs.tenant_id, job_id, spec_sha256(inputs.spec))
+    # Not a `finally`: a BaseException (the worker shutting down) keeps the checkpoint, as a SIGKILL would.
+    try:
+        _forget(settings, store, lm_cache, job_id, enqueue_audit, report, inputs, checkpoint)
+    except JobFailure as failure:
+        if failure.code != "job_closed" or _closed_for_good(settings, job_id):
+            _delete_checkpoint(checkpoint)
+        raise
+    except Exception:
+        _delete_checkpoint(checkpoint)
+        raise
+    _delete_checkpoint(checkpoint)
+
+
+def _closed_for_good(settings: Settings, job_id: uuid.UUID) -> bool:
+    """Whether a job closed while it ran has ended (cancelled, failed), rather than queued to run again."""
+    with session_scope(settings.database_url) as session:
+        job = JobRepository(session).get_any_tenant(job_id)
+        return job is None or job.status not in ("queued", "running")
+
+
+def _delete_checkpoint(checkpoint: JobCheckpoint) -> None:
+    # A checkpoint left behind costs storage, not correctness: its failure to go never fails the job.
+    try:
+        checkpoint.delete()
+    except Exception:
+        log.exception("job %s: could not delete its checkpoint", checkpoint.job_id)
+
+
+def _forget(
+    settings: Settings,
+    store: ObjectStore,
+    lm_cache: BaseLMCache,
+    job_id: uuid.UUID,
+    enqueue_audit: Callable[[uuid.UUID], None] | None,
+    report: ProgressReporter,
+    inputs: ForgetInputs,
+    checkpoint: JobCheckpoint,
+) -> None:
     spec = inputs.spec
+    snapshots = None
+    if settings.checkpoint_every_steps > 0:
+        snapshots = Snapshots(settings.checkpoint_every_steps, checkpoint.save, resume=checkpoint.load())
     base = load_base(lm_cache, spec)
     forget_train, forget_heldout = split_heldout(inputs.forget_rows, spec.heldout_fraction, spec.seed)
     plan = ForgetPlan(
@@ -148,7 +196,7 @@ def _run_claimed(
         seed=spec.seed,
     )
     general_text = general_text_rows() if spec.general_text_perplexity else []
-    outcome = run_forget(base, plan, forget_train, forget_heldout, inputs.retain, report, general_text)
+    outcome = run_forget(base, plan, forget_train, forget_heldout, inputs.retain, report, general_text, snapshots)
 
     report("storing", 0.0)
     provenance = _provenance(job_id, inputs, outcome)

@@ -4,7 +4,7 @@ stopping at the target, the step budget or the utility floor), evaluate again, p
 Every split is evaluated with the metrics of its kind (choice|qa|text); the forget splits also get the
 membership-inference AUCs (members = forget-train, non-members = forget-heldout) and PrivLeak relative to the base
 LM. Aggregates become `MetricValue`s; per-example values are kept in `ForgetOutcome.per_example` for the object
-store.
+store. A run hands its snapshots to `Snapshots.save` and can resume from one (see `snapshot.py`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from lethe.methods import METHODS, MethodParams
 from lethe.rows import Row, TextRow, kind_of
 from lethe.specs import FinetuneSpec
 from worker.engine.forget.progress import Progress
+from worker.engine.forget.snapshot import ForgetSnapshot, Snapshots, Stage
 from worker.engine.forget.splits import FORGET_HELDOUT, FORGET_SPLITS, FORGET_TRAIN, GENERAL_TEXT, Splits
 from worker.engine.forget.stopping import StopRule
 from worker.engine.lm.inputs import max_length
 from worker.engine.lm.load import CausalLM, LoadedLM
-from worker.engine.lm.lora import LoraState, attach_lora, lora_state
+from worker.engine.lm.lora import LoraState, attach_lora, load_lora_state, lora_state
 from worker.engine.methods.implementations import build_objective
 from worker.engine.methods.plugins import build_plugins
 from worker.engine.metrics.choice_scores import ChoiceScores
@@ -40,6 +41,7 @@ from worker.engine.metrics.probes import probe_accuracy_by_layer
 from worker.engine.metrics.values import MetricValue, PerExample, SplitResult
 from worker.engine.training.loop import Schedule, TrainingResult, train
 from worker.engine.training.objective import Objective
+from worker.engine.training.snapshot import TrainingSnapshot
 
 
 @dataclass(frozen=True)
@@ -91,11 +93,13 @@ def run_forget(
     retain: Mapping[str, Sequence[Row]],
     on_progress: Callable[[str, float], None],
     general_text: Sequence[TextRow] = (),
+    snapshots: Snapshots | None = None,
 ) -> ForgetOutcome:
     """Run `plan` on a private copy of the base LM and measure every stage.
 
     on_progress(stage, fraction) reports stage in evaluating|finetuning|forgetting|probing and the estimated
-    fraction of the whole run done (non-decreasing, 1.0 at the end).
+    fraction of the whole run done (non-decreasing, 1.0 at the end). `snapshots`: where to hand the run's
+    snapshots, and one to resume from (taken by a run of the same plan on the same rows and base LM).
     """
     spec = METHODS.get(plan.method)
     params = spec.parse(plan.method_params)
@@ -109,26 +113,40 @@ def run_forget(
     if params.utility_floor is not None and not retain:
         raise ValueError("utility_floor needs at least one retain set")
     objective = build_objective(plan.method, params, plan.seed)
-    run = _Run(base, plan, params, Splits(forget_train, forget_heldout, retain, general_text), on_progress)
+    splits = Splits(forget_train, forget_heldout, retain, general_text)
+    run = _Run(base, plan, params, splits, on_progress, snapshots)
+    resume = snapshots.resume if snapshots is not None else None
 
     torch.manual_seed(plan.seed)  # LoRA's A matrices are drawn from torch's global generator
     lm = copy.deepcopy(base.lm)  # the cached base LM stays pristine
     before_stage = "finetuned" if plan.finetune else "base"
-    base_evaluation = run.evaluate(lm, "base", collect_hidden=plan.probe and before_stage == "base")
+    base_evaluation = None
+    if resume is None:
+        base_evaluation = run.evaluate(lm, "base", collect_hidden=plan.probe and before_stage == "base")
+        run.base_mia = base_evaluation.mia
+    else:
+        run.restore(resume)
     layers = params.adapted_layers(lm.config.num_hidden_layers)
     peft_lm = attach_lora(lm, params.lora_rank, params.lora_alpha, layers=layers)
-    before = base_evaluation
-    if plan.finetune:
-        run.finetune(peft_lm, plan.finetune)
-        before = run.evaluate(peft_lm, "finetuned", collect_hidden=plan.probe, base=base_evaluation)
-    if plan.probe:
-        run.probe(before_stage, before)
+    if resume is not None and resume.stage == "forget":
+        # The objective prepares from the weights forgetting started with; train() then loads the snapshot's.
+        load_lora_state(peft_lm, run.before_forgetting)
+    else:
+        before = base_evaluation
+        if plan.finetune:
+            run.finetune(peft_lm, plan.finetune, resume.training if resume is not None else None)
+            before = run.evaluate(peft_lm, "finetuned", collect_hidden=plan.probe, base_mia=run.base_mia)
+        if before is None:
+            raise ValueError("a fine-tune snapshot cannot resume a plan without a fine-tune")
+        if plan.probe:
+            run.probe(before_stage, before)
+        run.before_scores = {split: before.primary(split, splits.kinds[split]) for split in splits.tracked}
+        run.before_forgetting = lora_state(peft_lm)
+        resume = None
+    result = run.forget(peft_lm, objective, resume)
 
-    before_forgetting = lora_state(peft_lm)
-    result = run.forget(peft_lm, objective, before)
-
-    after = run.evaluate(peft_lm, "forgotten", collect_hidden=plan.probe, base=base_evaluation)
-    run.forget_ratios(before, after)
+    after = run.evaluate(peft_lm, "forgotten", collect_hidden=plan.probe, base_mia=run.base_mia)
+    run.forget_ratios(after)
     if plan.probe:
         run.probe("forgotten", after)
     on_progress("probing" if plan.probe else "evaluating", 1.0)
@@ -136,7 +154,7 @@ def run_forget(
         metrics=run.metrics,
         per_example=run.per_example,
         peft_lm=peft_lm,
-        before_forgetting=before_forgetting,
+        before_forgetting=run.before_forgetting,
         steps=result.steps,
         stop_reason=result.stop_reason,
     )
@@ -152,17 +170,46 @@ class _Run:
         params: MethodParams,
         splits: Splits,
         on_progress: Callable[[str, float], None],
+        snapshots: Snapshots | None,
     ) -> None:
         self.tokenizer = base.tokenizer
         self.limit = max_length(base.lm, base.tokenizer)
-        self.plan, self.params, self.splits = plan, params, splits
+        self.plan, self.params, self.splits, self.snapshots = plan, params, splits, snapshots
         self.metrics: list[MetricValue] = []
         self.per_example: PerExample = {}
         finetune_epochs = plan.finetune.epochs if plan.finetune else 0
         self.progress = Progress(splits, params, finetune_epochs, plan.probe, on_progress)
+        # What later stages read from earlier ones: the base LM's MIA AUCs, and right before forgetting the
+        # adapter and every tracked split's primary score.
+        self.base_mia: dict[str, float] = {}
+        self.before_forgetting: LoraState = {}
+        self.before_scores: dict[str, float] = {}
 
-    def evaluate(self, lm: CausalLM, stage: str, collect_hidden: bool, base: _Evaluation | None = None) -> _Evaluation:
-        """Every split's metrics at `stage`, the forget splits' MIA AUCs and (after the base) PrivLeak."""
+    def restore(self, snapshot: ForgetSnapshot) -> None:
+        """Take up the measurements and progress of the run `snapshot` came from."""
+        self.metrics, self.per_example = snapshot.copy_measurements()
+        self.base_mia = dict(snapshot.base_mia)
+        self.before_forgetting = snapshot.before_forgetting
+        self.before_scores = dict(snapshot.before_scores)
+        self.progress.done = snapshot.progress_done
+
+    def snapshot(self, stage: Stage, training: TrainingSnapshot) -> ForgetSnapshot:
+        """The run at `training`'s point of `stage` (forgetting adds its own state)."""
+        return ForgetSnapshot(
+            stage=stage,
+            training=training,
+            metrics=list(self.metrics),
+            per_example=copy.deepcopy(self.per_example),
+            base_mia=dict(self.base_mia),
+            progress_done=self.progress.done,
+            before_forgetting=self.before_forgetting,
+            before_scores=dict(self.before_scores),
+        )
+
+    def evaluate(
+        self, lm: CausalLM, stage: str, collect_hidden: bool, base_mia: Mapping[str, float] | None = None
+    ) -> _Evaluation:
+        """Every split's metrics at `stage`, the forget splits' MIA AUCs and (given the base's) PrivLeak."""
         evaluation = _Evaluation()
 
         def advance(n: int) -> None:
@@ -191,15 +238,16 @@ class _Run:
             self.per_example.setdefault(stage, {})[split] = result.per_example
         # Membership inference: can the stage tell forget-train (members) from forget-heldout (non-members)?
         members, nonmembers = evaluation.results[FORGET_TRAIN].mia, evaluation.results[FORGET_HELDOUT].mia
-        evaluation.mia = membership_metrics(members, nonmembers, base.mia if base is not None else None)
+        evaluation.mia = membership_metrics(members, nonmembers, base_mia)
         self._record(stage, FORGET_TRAIN, evaluation.mia)
         for split in FORGET_SPLITS:
             for attack, scores in evaluation.results[split].mia.items():
                 self.per_example[stage][split][f"mia_{attack}"] = list(scores)
         return evaluation
 
-    def finetune(self, peft_lm: PeftModel, config: FinetuneSpec) -> None:
+    def finetune(self, peft_lm: PeftModel, config: FinetuneSpec, resume: TrainingSnapshot | None) -> None:
         """Teach the task first: minimise the NLL of the true targets of forget-train."""
+        snapshots = self.snapshots
         train(
             peft_lm,
             self.tokenizer,
@@ -210,6 +258,9 @@ class _Run:
             seed=self.plan.seed,
             limit=self.limit,
             on_step=lambda n: self.progress.trained("finetuning", n),
+            on_snapshot=(lambda t: snapshots.save(self.snapshot("finetune", t))) if snapshots is not None else None,
+            snapshot_every=snapshots.every if snapshots is not None else 0,
+            resume=resume,
         )
 
     def probe(self, stage: str, evaluation: _Evaluation) -> None:
@@ -226,16 +277,26 @@ class _Run:
             self.metrics.append(MetricValue(stage, FORGET_HELDOUT, "probe_accuracy", accuracy, layer=layer))
         evaluation.probe_scores.clear()
 
-    def forget(self, peft_lm: PeftModel, objective: Objective, before: _Evaluation) -> TrainingResult:
+    def forget(self, peft_lm: PeftModel, objective: Objective, resume: ForgetSnapshot | None) -> TrainingResult:
         """Train with the method's objective, evaluating every `evaluate_every` steps (or epoch) to decide to stop.
 
         Stop reasons: `target` and `utility_floor` (see `StopRule`), `max_steps`, `epochs`.
         """
         params = self.params
-        before_scores = {split: before.primary(split, self.splits.kinds[split]) for split in self.splits.tracked}
-        stop = StopRule(params, self.splits, before_scores, peft_lm)
+        stop = StopRule(params, self.splits, self.before_scores, peft_lm)
         trained_rows = 0
         checks = 0
+        if resume is not None:
+            stop.checkpoints.best, stop.checkpoints.best_score = resume.best, resume.best_score
+            trained_rows, checks = resume.trained_rows, resume.checks
+        snapshots = self.snapshots
+
+        def save(training: TrainingSnapshot) -> None:
+            assert snapshots is not None
+            snapshot = self.snapshot("forget", training)
+            snapshot.best, snapshot.best_score = stop.checkpoints.best, stop.checkpoints.best_score
+            snapshot.trained_rows, snapshot.checks = trained_rows, checks
+            snapshots.save(snapshot)
 
         def count_rows(n: int) -> None:
             nonlocal trained_rows
@@ -273,17 +334,21 @@ class _Run:
             plugins=build_plugins(params),
             evaluate=check,
             on_step=count_rows,
+            on_snapshot=save if snapshots is not None else None,
+            snapshot_every=snapshots.every if snapshots is not None else 0,
+            resume=resume.training if resume is not None else None,
         )
         self.progress.forgetting_stopped(trained_rows, checks)
         return result
 
-    def forget_ratios(self, before: _Evaluation, after: _Evaluation) -> None:
+    def forget_ratios(self, after: _Evaluation) -> None:
         """forget ratio = (acc_before − acc_after) / (acc_before − chance) of every choice split: the share of the
         above-chance accuracy that forgetting removed. Undefined when the LM was not above chance before: omitted."""
         for split, chance_accuracy in self.splits.chances.items():
-            headroom = before.primary(split, "choice") - chance_accuracy
+            before = self.before_scores[split]
+            headroom = before - chance_accuracy
             if headroom > 0:
-                ratio = (before.primary(split, "choice") - after.primary(split, "choice")) / headroom
+                ratio = (before - after.primary(split, "choice")) / headroom
                 self.metrics.append(MetricValue("forgotten", split, "forget_ratio", ratio))
 
     def _record(self, stage: str, split: str, values: Mapping[str, float]) -> None:

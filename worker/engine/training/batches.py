@@ -92,7 +92,10 @@ def shuffled_batches(n: int, batch_size: int, seed: str) -> list[list[int]]:
 
 
 class RetainStream:
-    """Retain batches drawn in seeded shuffled passes, one per optimiser step, for as long as training runs."""
+    """Retain batches drawn in seeded shuffled passes, one per optimiser step, for as long as training runs.
+
+    `passes` (drawn so far) and `pending` (the current pass's batches not yet drawn) are its whole position.
+    """
 
     def __init__(self, examples: Sequence[Example], batch_size: int, seed: int, pad_id: int, device: torch.device):
         self.examples, self.batch_size, self.seed = examples, batch_size, seed

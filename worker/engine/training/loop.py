@@ -12,9 +12,11 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from lethe.rows import Row
+from worker.engine.lm.lora import load_lora_state
 from worker.engine.precision import autocast
 from worker.engine.training.batches import RetainStream, collate, examples_of, shuffled_batches
 from worker.engine.training.objective import GradientFilter, LossTerms, Objective, Plugins, Step, TrainContext
+from worker.engine.training.snapshot import TrainingSnapshot, restore_rng
 
 # HF TrainingArguments defaults: no weight decay, gradients clipped to norm 1 (keeps gradient ascent,
 # whose loss is unbounded below, from taking huge steps).
@@ -56,6 +58,9 @@ def train(
     evaluate: Callable[[int], str | None] | None = None,
     on_step: Callable[[int], None] | None = None,
     mixed_precision: bool | None = None,
+    on_snapshot: Callable[[TrainingSnapshot], None] | None = None,
+    snapshot_every: int = 0,
+    resume: TrainingSnapshot | None = None,
 ) -> TrainingResult:
     """Train the LoRA parameters with AdamW on `objective`, in seeded shuffled batches of forget rows.
 
@@ -63,7 +68,14 @@ def train(
     to end training, or None to go on. `on_step(rows_in_batch)` runs after every optimiser step.
     `mixed_precision`: forward passes under bf16 autocast (weights, gradients and AdamW stay fp32); None = as
     LETHE_PRECISION says (see `precision.mixed_precision_enabled`).
+
+    `on_snapshot(snapshot)` gets where training stands before the first step and every `snapshot_every` steps
+    (after that step's evaluation). `resume`: such a snapshot to go on from; the LM must hold the weights it had
+    when this run first started (the objective prepares from them), and the run then ends as the one it came from
+    would have.
     """
+    if on_snapshot is not None and snapshot_every < 1:
+        raise ValueError("snapshot_every must be at least 1 when snapshots are taken")
     plugins = plugins or Plugins()
     if (objective.uses_retain or plugins.needs_retain) and not retain_rows:
         raise ValueError("this method needs retain rows (a retain dataset) and none were given")
@@ -77,7 +89,22 @@ def train(
 
     trainable = [p for p in peft_lm.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=schedule.learning_rate, weight_decay=WEIGHT_DECAY)
-    steps = 0
+    steps, first_epoch, batches_done = 0, 0, 0
+    if resume is not None:
+        load_lora_state(peft_lm, resume.lora)
+        resume.load_optimizer(optimizer)
+        if retain is not None:
+            retain.passes, retain.pending = resume.retain_passes, [list(b) for b in resume.retain_pending]
+        restore_rng(resume.rng)
+        steps, first_epoch, batches_done = resume.steps, resume.epoch, resume.batches_done
+
+    def snapshot(epoch: int) -> None:
+        if on_snapshot is not None:
+            passes, pending = (retain.passes, retain.pending) if retain is not None else (0, [])
+            on_snapshot(TrainingSnapshot.take(peft_lm, optimizer, steps, epoch, batches_done, passes, pending))
+
+    def snapshot_due() -> bool:
+        return on_snapshot is not None and steps % snapshot_every == 0
 
     def stop_reason_after_evaluation() -> str | None:
         peft_lm.eval()
@@ -87,9 +114,14 @@ def train(
 
     peft_lm.train()
     try:
-        for epoch in range(schedule.epochs):
+        if resume is None:
+            snapshot(0)
+        for epoch in range(first_epoch, schedule.epochs):
             examples = objective.forget_examples(epoch, forget_examples)
-            for batch_indices in shuffled_batches(len(examples), schedule.batch_size, f"{seed}/order/{epoch}"):
+            batches = shuffled_batches(len(examples), schedule.batch_size, f"{seed}/order/{epoch}")
+            # A resumed run skips the batches its snapshot's epoch had trained on already.
+            batches_done = batches_done if epoch == first_epoch else 0
+            for batch_indices in batches[batches_done:]:
                 step = Step(
                     lm=peft_lm,
                     forget=collate([examples[i] for i in batch_indices], pad_id, device),
@@ -109,6 +141,7 @@ def train(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 steps += 1
+                batches_done += 1
                 if on_step is not None:
                     on_step(len(batch_indices))
                 if schedule.max_steps is not None and steps >= schedule.max_steps:
@@ -117,6 +150,8 @@ def train(
                     reason = stop_reason_after_evaluation()
                     if reason is not None:
                         return TrainingResult(steps, reason)
+                if snapshot_due():
+                    snapshot(epoch)
             if schedule.evaluate_every is None:
                 reason = stop_reason_after_evaluation()
                 if reason is not None:
