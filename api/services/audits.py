@@ -7,18 +7,27 @@ from sqlalchemy.orm import Session
 
 from api.errors import InvalidInput, NotFound, format_validation_errors
 from api.schemas import AttackIn, AttackResultOut, AuditOut, AuditRequestIn, AuditSpecIn
+from api.services.base_models import check_named_layers
 from api.services.jobs import job_state
 from lethe.attacks import ATTACKS, default_attacks
 from lethe.registry import UnknownNameError
 from lethe.specs import AttackChoice, AuditJobSpec, AuditSpec, ForgetJobSpec
-from models.repositories import AdapterRepository, AuditRepository, DatasetRepository, JobRepository
-from models.tables import Audit
+from models.repositories import (
+    AdapterRepository,
+    AuditRepository,
+    BaseModelRepository,
+    DatasetRepository,
+    JobRepository,
+)
+from models.tables import Audit, BaseModel
 
 
-def validated_audit_spec(spec: AuditSpecIn, forget_kind: str, has_retain: bool, prefix: str = "") -> AuditSpec:
+def validated_audit_spec(
+    spec: AuditSpecIn, forget_kind: str, has_retain: bool, base_model: BaseModel | None, prefix: str = ""
+) -> AuditSpec:
     """The audit's attacks with params parsed (defaults filled) and thresholds; InvalidInput naming the field
     (after `prefix`, e.g. "audit.") otherwise. No attacks = every attack that applies to the forget kind (and to
-    the retain data)."""
+    the retain data). Layers the params name are checked against `base_model`'s depth where it is known."""
     if spec.attacks is None:
         requested = [AttackIn(name=name) for name in default_attacks(forget_kind, has_retain)]
     else:
@@ -44,6 +53,7 @@ def validated_audit_spec(spec: AuditSpecIn, forget_kind: str, has_retain: bool, 
         except ValidationError as exc:
             errors = [{**e, "loc": (*where.split("."), "params", *e["loc"])} for e in exc.errors()]
             raise InvalidInput(format_validation_errors(errors)) from exc
+        check_named_layers(base_model, params.named_layers(), f"{where}.params.")
         attacks.append(AttackChoice(name=attack.name, params=params.model_dump(mode="json")))
     return AuditSpec(attacks=attacks, thresholds=spec.thresholds)
 
@@ -59,7 +69,8 @@ def submit_audit(session: Session, tenant_id: uuid.UUID, request: AuditRequestIn
     forget_dataset = DatasetRepository(session).get(tenant_id, forget_spec.forget_dataset)
     if forget_dataset is None:
         raise InvalidInput(f"adapter_id: the forget dataset of adapter {adapter.id} no longer exists")
-    spec = validated_audit_spec(request, forget_dataset.kind, bool(forget_spec.retain_datasets))
+    base_model = BaseModelRepository(session).get_by_name(adapter.base_model)
+    spec = validated_audit_spec(request, forget_dataset.kind, bool(forget_spec.retain_datasets), base_model)
     return AuditRepository(session).create_with_job(
         tenant_id, AuditJobSpec(adapter_id=adapter.id, attacks=spec.attacks, thresholds=spec.thresholds)
     )
