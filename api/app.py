@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from api.errors import install_error_handlers
+from api.gate import RequestGate
 from api.routes import adapters, audits, datasets, health, jobs, registries
 from api.services.auth import ensure_key
 from api.services.base_models import ensure_builtin_base_models
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = open_store(settings)
     app.state.queue = make_celery(settings)
     install_error_handlers(app)
+    app.add_middleware(RequestGate, settings=settings)
     for module in (health, datasets, registries, jobs, adapters, audits):
         app.include_router(module.router)
     return app

@@ -32,7 +32,14 @@ class Settings(BaseSettings):
     # with several containers must set one key for the API, workers and `lethe verify-report`.
     report_signing_key: SecretStr | None = None
 
+    # Request bodies: a dataset upload (the file; the multipart envelope may add 64 KiB) and any JSON body. Larger
+    # ones get 413 before they are read (by Content-Length) or as soon as they pass the limit (chunked).
     max_upload_bytes: int = 20 * 1024 * 1024
+    max_json_bytes: int = 1024 * 1024
+    # Failed API-key checks from one client address: after auth_failure_limit of them within auth_failure_window_s,
+    # that address gets 429 (with Retry-After) until the oldest failure leaves the window.
+    auth_failure_limit: int = 20
+    auth_failure_window_s: float = 60.0
     # A running job whose heartbeat is older than heartbeat_timeout_s is marked failed (worker_lost).
     heartbeat_interval_s: float = 10.0
     heartbeat_timeout_s: float = 120.0

@@ -5,7 +5,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import QueueDep, SessionDep, StoreDep, TenantDep, UnitOfWorkDep
 from api.errors import error_responses
-from api.routes.streaming import streamed_object_responses
+from api.routes.streaming import streamed_object, streamed_object_responses
 from api.schemas import ForgetRequestIn, JobAccepted, JobOut, JobSummary
 from api.services import forget_requests, jobs
 from lethe.queue import enqueue_forget_job
@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
     "/forget-requests",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
-    responses=error_responses(401, 422, 503),
+    responses=error_responses(400, 401, 413, 415, 422, 429, 503),
 )
 def submit_forget_request(
     request: ForgetRequestIn, work: UnitOfWorkDep, tenant_id: TenantDep, queue: QueueDep
@@ -28,19 +28,19 @@ def submit_forget_request(
     return JobAccepted(job_id=job.id, status="queued")
 
 
-@router.get("/jobs", response_model=list[JobSummary], responses=error_responses(401))
+@router.get("/jobs", response_model=list[JobSummary], responses=error_responses(401, 429))
 def list_jobs(session: SessionDep, tenant_id: TenantDep) -> list[JobSummary]:
     """The tenant's jobs, newest first."""
     return [JobSummary.model_validate(j, from_attributes=True) for j in jobs.list_jobs(session, tenant_id)]
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, responses=error_responses(401, 404, 422))
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=error_responses(401, 404, 422, 429))
 def get_job(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> JobOut:
     """A job's status, stage, progress, error, adapter and metrics."""
     return jobs.get_job(session, tenant_id, job_id)
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=error_responses(401, 404, 409, 422))
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=error_responses(401, 404, 409, 422, 429))
 def cancel_job(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> JobOut:
     """Cancel a queued or running job (409 when it has already finished)."""
     return jobs.cancel_job(session, tenant_id, job_id)
@@ -58,4 +58,4 @@ def get_job_per_example(
 ) -> StreamingResponse:
     """The per-example values behind a succeeded job's aggregate metrics (404 until it has succeeded)."""
     key = jobs.evidence_key(session, tenant_id, job_id)
-    return StreamingResponse(store.iter_chunks(key), media_type="application/json")
+    return streamed_object(store, key, f"the per-example values of job {job_id}", "application/json")
