@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from api.errors import install_error_handlers
+from api.gate import RequestGate
 from api.rate_limit import RateLimiter
 from api.routes import adapters, audits, datasets, health, jobs, registries
 from api.services.auth import ensure_key
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.queue = make_celery(settings)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     install_error_handlers(app)
+    app.add_middleware(RequestGate, settings=settings)
     for module in (health, datasets, registries, jobs, adapters, audits):
         app.include_router(module.router)
     return app

@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session
 
 from api.errors import ServiceUnavailable
 from api.rate_limit import RateLimiter
-from api.services.auth import authenticate
 from lethe.settings import Settings
 from models.db import BrokerUnavailable, UnitOfWork, unit_of_work
 from storage import ObjectStore
@@ -53,8 +52,12 @@ SessionDep = Annotated[Session, Depends(get_session)]
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Your tenant's API key.")
 
 
-def get_tenant_id(session: SessionDep, api_key: Annotated[str | None, Security(_api_key_header)]) -> uuid.UUID:
-    return authenticate(session, api_key)
+def get_tenant_id(request: Request, _api_key: Annotated[str | None, Security(_api_key_header)]) -> uuid.UUID:
+    """The tenant whose key the request gate checked (`api/gate.py`: it authenticates every route that depends on
+    this, before the body is read). The header parameter is what puts the key into the spec."""
+    tenant_id: uuid.UUID | None = getattr(request.state, "tenant_id", None)
+    assert tenant_id is not None, "the request gate authenticates every route that depends on get_tenant_id"
+    return tenant_id
 
 
 TenantDep = Annotated[uuid.UUID, Depends(get_tenant_id)]

@@ -1,12 +1,18 @@
-"""Service errors with their HTTP status, one handler that renders them, and the spec entries for them."""
+"""Service errors with their HTTP status, the handlers that render every error as `{error, detail}`, and the spec
+entries for them."""
 
+import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+log = logging.getLogger("lethe.api")
 
 
 class ErrorBody(BaseModel):
@@ -21,9 +27,15 @@ class LetheError(Exception):
     code = "bad_request"
     headers: dict[str, str] | None = None
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers or {}
+
+
+class MalformedBody(LetheError):
+    status_code = status.HTTP_400_BAD_REQUEST
+    code = "malformed_body"
 
 
 class Unauthorized(LetheError):
@@ -53,6 +65,11 @@ class PayloadTooLarge(LetheError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(LetheError):
+    status_code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
+    code = "unsupported_media_type"
+
+
 class InvalidInput(LetheError):
     status_code = status.HTTP_422_UNPROCESSABLE_CONTENT
     code = "invalid_input"
@@ -65,15 +82,22 @@ class CostExceeded(LetheError):
     code = "cost_exceeded"
 
 
+class MethodNotAllowed(LetheError):
+    status_code = status.HTTP_405_METHOD_NOT_ALLOWED
+    code = "method_not_allowed"
+
+    def __init__(self, detail: str, allowed: list[str]) -> None:
+        super().__init__(detail, {"Allow": ", ".join(allowed)})
+
+
 class TooManyRequests(LetheError):
     """A limit that frees up with time; Retry-After says when to try again, in whole seconds (at least 1)."""
 
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
 
     def __init__(self, code: str, detail: str, retry_after_s: float) -> None:
-        super().__init__(detail)
+        super().__init__(detail, {"Retry-After": str(max(1, math.ceil(retry_after_s)))})
         self.code = code
-        self.headers = {"Retry-After": str(max(1, math.ceil(retry_after_s)))}
 
 
 class ServiceUnavailable(LetheError):
@@ -82,16 +106,27 @@ class ServiceUnavailable(LetheError):
 
 
 _DESCRIPTIONS = {
+    400: "The body is not well-formed JSON or multipart; `detail` says where.",
     401: "Missing or unknown X-API-Key.",
     403: "quota_exceeded: the tenant's stored bytes would go over their limit; `detail` names the usage, the request's "
     "size and the limit.",
-    404: "No such resource for this tenant.",
+    404: "No such resource for this tenant (or its stored object is missing).",
     409: "The resource is not in a state that allows this.",
-    413: "The upload is larger than the server accepts.",
+    413: "The body is larger than the server accepts (LETHE_MAX_UPLOAD_BYTES, LETHE_MAX_JSON_BYTES).",
+    415: "The Content-Type is not one this route accepts; `detail` names the one it does.",
     422: "The request is invalid; `detail` names the field (and line) that is wrong.",
-    429: "rate_limited: too many writes, or too_many_active_jobs: too many queued and running jobs; `detail` names "
-    "the limit, and the Retry-After header says in how many seconds to try again.",
+    429: "rate_limited: too many writes, too_many_active_jobs: too many queued and running jobs, or "
+    "too_many_failed_keys: too many failed API-key checks from this address; `detail` names the limit, and the "
+    "Retry-After header says in how many seconds to try again.",
     503: "A backing service (catalogue, broker, object store) is unavailable.",
+}
+
+# The codes of errors Starlette raises itself (an unknown path, a method a path does not have, a body it cannot parse).
+_HTTP_ERROR_CODES = {
+    400: MalformedBody.code,
+    404: NotFound.code,
+    405: MethodNotAllowed.code,
+    413: PayloadTooLarge.code,
 }
 
 
@@ -114,7 +149,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 def job_submission_responses() -> dict[int | str, dict[str, Any]]:
     """The errors of a route that creates a job: its limits (active jobs, stored bytes, estimated cost) too."""
-    responses = error_responses(401, 403, 422, 429, 503)
+    responses = error_responses(400, 401, 403, 413, 415, 422, 429, 503)
     responses[422] = {
         **responses[422],
         "description": f"{_DESCRIPTIONS[422]} cost_exceeded: the job's estimated cost is over the limit; `detail` "
@@ -123,8 +158,13 @@ def job_submission_responses() -> dict[int | str, dict[str, Any]]:
     return responses
 
 
-def _render(status_code: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _render(status_code: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(status_code=status_code, content={"error": code, "detail": detail}, headers=headers)
+
+
+def error_response(exc: LetheError) -> JSONResponse:
+    """The response for a service error: its status, `{error, detail}` and its headers (Allow, Retry-After)."""
+    return _render(exc.status_code, exc.code, exc.detail, exc.headers)
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -138,13 +178,27 @@ def format_validation_errors(errors: list[Any]) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as `{error, detail}`: Lethe's own, request validation, Starlette's, and any other exception
+    (a 500 whose body says nothing of the code; the traceback goes to the log)."""
+
     async def lethe_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, LetheError)
-        return _render(exc.status_code, exc.code, exc.detail, exc.headers)
+        return error_response(exc)
 
     async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return _render(422, "invalid_input", format_validation_errors(list(exc.errors())))
+        return _render(422, InvalidInput.code, format_validation_errors(list(exc.errors())))
+
+    async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        code = _HTTP_ERROR_CODES.get(exc.status_code, LetheError.code)
+        return _render(exc.status_code, code, str(exc.detail), exc.headers)
+
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+        return _render(500, "internal_error", "an unexpected error occurred; it has been logged")
 
     app.add_exception_handler(LetheError, lethe_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)

@@ -25,6 +25,10 @@ class BaseModelOut(BaseModel):
     source: str
     revision: str | None
     description: str
+    n_layers: int | None = Field(
+        description="Decoder blocks of the LM: a param naming a layer takes 0..n_layers-1; null = not known until a "
+        "worker loads the LM (then the job fails if a layer does not exist)."
+    )
 
 
 class MethodOut(BaseModel):

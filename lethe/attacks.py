@@ -22,6 +22,11 @@ class AttackParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    def named_layers(self) -> list[tuple[str, int]]:
+        """Each decoder block these params name, with its field (`layers[2]`), for the API to check against the
+        base model's depth (as `lethe.methods.MethodParams.named_layers`)."""
+        return []
+
 
 def _distinct_sorted(values: list[int]) -> list[int]:
     if len(set(values)) != len(values):
@@ -116,6 +121,10 @@ class PatchParams(AttackParams):
         if any(v < 0 for v in values):
             raise ValueError("layers are 0-based indices >= 0")
         return _distinct_sorted(values)
+
+    def named_layers(self) -> list[tuple[str, int]]:
+        # `layers` is sorted once validated, so a block is named by its value, not by its place in the request.
+        return [("layers", layer) for layer in self.layers or []]
 
 
 class ParaphraseParams(AttackParams):

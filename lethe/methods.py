@@ -76,6 +76,12 @@ class MethodParams(BaseModel):
         """The decoder blocks of an LM with `n_layers` blocks that get LoRA adapters; None = every block."""
         return None
 
+    def named_layers(self) -> list[tuple[str, int]]:
+        """Each decoder block these params name, with its field (`trained_layers[1]`), so that the API can check it
+        against the base model's depth. A param that names a block must be listed here (tests/lethe/test_methods.py
+        checks every `*layer*` field); a null one (a depth-relative default) names none."""
+        return []
+
 
 # Li et al. (WMDP, arXiv 2403.03218) steer Zephyr-7B at layer 7 of 32; Lethe keeps that relative depth for any LM.
 RELATIVE_LAYER = 7 / 32
@@ -135,6 +141,9 @@ class PluginParams(MethodParams):
     def has_retain_term(self) -> bool:
         """Whether the loss has a retain term (the method's own or the retain-KL plug-in)."""
         return self.retain_kl_weight > 0
+
+    def named_layers(self) -> list[tuple[str, int]]:
+        return [("rna_layer", self.rna_layer)] if self.rna_layer is not None else []
 
     def needs_retain(self) -> bool:
         return self.has_retain_term()
@@ -260,6 +269,10 @@ class RMUParams(MethodParams):
 
     def needs_retain(self) -> bool:
         return self.alpha > 0
+
+    def named_layers(self) -> list[tuple[str, int]]:
+        named = [("layer", self.layer)] if self.layer is not None else []
+        return named + [(f"trained_layers[{index}]", layer) for index, layer in enumerate(self.trained_layers or [])]
 
     def steered_layer(self, n_layers: int) -> int:
         """The decoder block RMU steers in an LM of `n_layers` blocks."""

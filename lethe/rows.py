@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from lethe.safe_json import string_problem
+
 # How a question is put to the LM (and an answer continued). Plain text, not a chat template, so any causal LM
 # (base or instruct) reads it the same way; TOFU's own scripts use a model-specific chat template instead.
 QA_TEMPLATE = "Question: {question}\nAnswer:"
@@ -33,6 +35,8 @@ class RowError(ValueError):
 def _require_text(value: object, field: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise RowError(field, "must be a non-empty string")
+    if problem := string_problem(value):
+        raise RowError(field, problem)
     return value
 
 

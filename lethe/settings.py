@@ -32,7 +32,14 @@ class Settings(BaseSettings):
     # with several containers must set one key for the API, workers and `lethe verify-report`.
     report_signing_key: SecretStr | None = None
 
+    # Request bodies: a dataset upload (the file; the multipart envelope may add 64 KiB) and any JSON body. Larger
+    # ones get 413 before they are read (by Content-Length) or as soon as they pass the limit (chunked).
     max_upload_bytes: int = 20 * 1024 * 1024
+    max_json_bytes: int = 1024 * 1024
+    # Failed API-key checks from one client address: after auth_failure_limit of them within auth_failure_window_s,
+    # that address gets 429 (with Retry-After) until the oldest failure leaves the window.
+    auth_failure_limit: int = 20
+    auth_failure_window_s: float = 60.0
     # Per-tenant limits (README "Quotas"); each default is high enough for a demo and the test suite.
     # Queued + running jobs of a tenant, forget and audit jobs counted together (they share the workers).
     max_active_jobs_per_tenant: int = Field(default=20, ge=1)

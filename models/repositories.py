@@ -121,11 +121,16 @@ class BaseModelRepository(Repository[BaseModel]):
     def list(self) -> Sequence[BaseModel]:
         return self.session.scalars(select(BaseModel).order_by(BaseModel.name)).all()
 
-    def upsert(self, name: str, source: str, description: str, revision: str | None = None) -> BaseModel:
+    def upsert(
+        self, name: str, source: str, description: str, n_layers: int | None, revision: str | None = None
+    ) -> BaseModel:
         base_model = self.get_by_name(name)
         if base_model is None:
-            return self.add(BaseModel(name=name, source=source, description=description, revision=revision))
+            return self.add(
+                BaseModel(name=name, source=source, description=description, n_layers=n_layers, revision=revision)
+            )
         base_model.source, base_model.description, base_model.revision = source, description, revision
+        base_model.n_layers = n_layers
         self.session.flush()
         return base_model
 

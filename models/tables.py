@@ -103,6 +103,9 @@ class BaseModel(Base):
     source: Mapped[str] = mapped_column(Text)
     revision: Mapped[str | None] = mapped_column(String(100), default=None)
     description: Mapped[str] = mapped_column(Text, default="")
+    # Decoder blocks of its LM, read when it is registered; None when the source did not say (then the worker
+    # checks layer params once it has loaded the LM).
+    n_layers: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -5,7 +5,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import SessionDep, StoreDep, TenantDep
 from api.errors import NotFound, error_responses
-from api.routes.streaming import streamed_object_responses
+from api.routes.streaming import streamed_object, streamed_object_responses
 from api.schemas import AdapterOut
 from models.repositories import AdapterRepository
 from models.tables import Adapter
@@ -20,7 +20,7 @@ def _adapter(session: SessionDep, tenant_id: uuid.UUID, adapter_id: uuid.UUID) -
     return adapter
 
 
-@router.get("/{adapter_id}", response_model=AdapterOut, responses=error_responses(401, 404, 422))
+@router.get("/{adapter_id}", response_model=AdapterOut, responses=error_responses(401, 404, 422, 429))
 def get_adapter(adapter_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> AdapterOut:
     """An adapter's provenance and checksum."""
     return AdapterOut.model_validate(_adapter(session, tenant_id, adapter_id), from_attributes=True)
@@ -36,10 +36,12 @@ def download_adapter(
 ) -> StreamingResponse:
     """The adapter as a tar.gz: adapter_config.json, adapter_model.safetensors, README.md model card."""
     adapter = _adapter(session, tenant_id, adapter_id)
-    return StreamingResponse(
-        store.iter_chunks(adapter.object_key),
-        media_type="application/gzip",
-        headers={
+    return streamed_object(
+        store,
+        adapter.object_key,
+        f"the archive of adapter {adapter.id}",
+        "application/gzip",
+        {
             "Content-Disposition": f'attachment; filename="lethe-adapter-{adapter.id}.tar.gz"',
             "X-Checksum-SHA256": adapter.sha256,
         },

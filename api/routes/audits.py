@@ -8,7 +8,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import QueueDep, SessionDep, SettingsDep, StoreDep, TenantDep, UnitOfWorkDep, WritingTenantDep
 from api.errors import error_responses, job_submission_responses
-from api.routes.streaming import streamed_object_responses
+from api.routes.streaming import streamed_object, streamed_object_responses
 from api.schemas import AuditAccepted, AuditOut, AuditRequestIn
 from api.services import audits
 from lethe.queue import enqueue_audit_job
@@ -31,7 +31,7 @@ def submit_audit(
     return AuditAccepted(audit_id=audit.id, job_id=audit.job_id, status="queued")
 
 
-@router.get("/{audit_id}", response_model=AuditOut, responses=error_responses(401, 404, 422))
+@router.get("/{audit_id}", response_model=AuditOut, responses=error_responses(401, 404, 422, 429))
 def get_audit(audit_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> AuditOut:
     """An audit's status and, once it has succeeded, every attack's before / after forgetting / after attack,
     recovery rate and verdict, and the overall verdict."""
@@ -60,8 +60,10 @@ def get_audit_report(
     key = audits.report_key(session, tenant_id, audit_id, fmt)
     media_type = "text/html; charset=utf-8" if fmt == "html" else "application/json"
     filename = f"lethe-audit-{audit_id}.{fmt}"
-    return StreamingResponse(
-        store.iter_chunks(key),
-        media_type=media_type,
-        headers={"Content-Disposition": f'inline; filename="{filename}"'},
+    return streamed_object(
+        store,
+        key,
+        f"the {fmt} report of audit {audit_id}",
+        media_type,
+        {"Content-Disposition": f'inline; filename="{filename}"'},
     )

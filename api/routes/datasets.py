@@ -25,7 +25,7 @@ async def _read_bounded(request: Request, file: UploadFile, limit: int) -> bytes
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetOut,
-    responses=error_responses(401, 403, 413, 422, 429),
+    responses=error_responses(400, 401, 403, 413, 415, 422, 429),
 )
 async def upload_dataset(
     request: Request,
@@ -43,13 +43,13 @@ async def upload_dataset(
     return DatasetOut.model_validate(dataset, from_attributes=True)
 
 
-@router.get("", response_model=list[DatasetOut], responses=error_responses(401))
+@router.get("", response_model=list[DatasetOut], responses=error_responses(401, 429))
 def list_datasets(session: SessionDep, tenant_id: TenantDep) -> list[DatasetOut]:
     """List the tenant's datasets, newest first."""
     return [DatasetOut.model_validate(d, from_attributes=True) for d in service.list_datasets(session, tenant_id)]
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(401, 404, 422))
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(401, 404, 422, 429))
 def get_dataset(dataset_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> DatasetOut:
     """One dataset of the tenant."""
     return DatasetOut.model_validate(service.get_dataset(session, tenant_id, dataset_id), from_attributes=True)

@@ -5,7 +5,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import QueueDep, SessionDep, SettingsDep, StoreDep, TenantDep, UnitOfWorkDep, WritingTenantDep
 from api.errors import error_responses, job_submission_responses
-from api.routes.streaming import streamed_object_responses
+from api.routes.streaming import streamed_object, streamed_object_responses
 from api.schemas import ForgetRequestIn, JobAccepted, JobOut, JobSummary
 from api.services import forget_requests, jobs
 from lethe.queue import enqueue_forget_job
@@ -28,13 +28,13 @@ def submit_forget_request(
     return JobAccepted(job_id=job.id, status="queued")
 
 
-@router.get("/jobs", response_model=list[JobSummary], responses=error_responses(401))
+@router.get("/jobs", response_model=list[JobSummary], responses=error_responses(401, 429))
 def list_jobs(session: SessionDep, tenant_id: TenantDep) -> list[JobSummary]:
     """The tenant's jobs, newest first."""
     return [JobSummary.model_validate(j, from_attributes=True) for j in jobs.list_jobs(session, tenant_id)]
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, responses=error_responses(401, 404, 422))
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=error_responses(401, 404, 422, 429))
 def get_job(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> JobOut:
     """A job's status, stage, progress, error, adapter and metrics."""
     return jobs.get_job(session, tenant_id, job_id)
@@ -58,4 +58,4 @@ def get_job_per_example(
 ) -> StreamingResponse:
     """The per-example values behind a succeeded job's aggregate metrics (404 until it has succeeded)."""
     key = jobs.evidence_key(session, tenant_id, job_id)
-    return StreamingResponse(store.iter_chunks(key), media_type="application/json")
+    return streamed_object(store, key, f"the per-example values of job {job_id}", "application/json")

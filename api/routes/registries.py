@@ -14,13 +14,13 @@ from lethe.metrics import METRICS
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
 
-@router.get("/base-models", response_model=list[BaseModelOut], responses=error_responses(401))
+@router.get("/base-models", response_model=list[BaseModelOut], responses=error_responses(401, 429))
 def list_base_models(session: SessionDep, _tenant_id: TenantDep) -> list[BaseModelOut]:
     """Base models a forget request can name."""
     return [BaseModelOut.model_validate(b, from_attributes=True) for b in list_registered(session)]
 
 
-@router.get("/methods", response_model=list[MethodOut], responses=error_responses(401))
+@router.get("/methods", response_model=list[MethodOut], responses=error_responses(401, 429))
 def list_methods(_tenant_id: TenantDep) -> list[MethodOut]:
     """Unlearning methods with the JSON schema (and defaults) of their params."""
     return [
@@ -29,13 +29,13 @@ def list_methods(_tenant_id: TenantDep) -> list[MethodOut]:
     ]
 
 
-@router.get("/metrics", response_model=list[MetricSpecOut], responses=error_responses(401))
+@router.get("/metrics", response_model=list[MetricSpecOut], responses=error_responses(401, 429))
 def list_metrics(_tenant_id: TenantDep) -> list[MetricSpecOut]:
     """Metrics a job reports: their definitions, the dataset kinds they apply to and which way is forgetting."""
     return [MetricSpecOut.model_validate(spec, from_attributes=True) for _name, spec in METRICS.items()]
 
 
-@router.get("/attacks", response_model=list[AttackOut], responses=error_responses(401))
+@router.get("/attacks", response_model=list[AttackOut], responses=error_responses(401, 429))
 def list_attacks(_tenant_id: TenantDep) -> list[AttackOut]:
     """Recovery attacks an audit can run, with the JSON schema (and defaults) of their params."""
     return [

@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import InvalidInput, NotFound, format_validation_errors
 from api.schemas import AttackIn, AttackResultOut, AuditOut, AuditRequestIn, AuditSpecIn
+from api.services.base_models import check_named_layers
 from api.services.jobs import job_state
 from api.services.quotas import check_cost, check_room_for_job
 from lethe.attacks import ATTACKS, default_attacks
@@ -14,14 +15,22 @@ from lethe.costs import audit_cost
 from lethe.registry import UnknownNameError
 from lethe.settings import Settings
 from lethe.specs import AttackChoice, AuditJobSpec, AuditSpec, ForgetJobSpec
-from models.repositories import AdapterRepository, AuditRepository, DatasetRepository, JobRepository
-from models.tables import Audit
+from models.repositories import (
+    AdapterRepository,
+    AuditRepository,
+    BaseModelRepository,
+    DatasetRepository,
+    JobRepository,
+)
+from models.tables import Audit, BaseModel
 
 
-def validated_audit_spec(spec: AuditSpecIn, forget_kind: str, has_retain: bool, prefix: str = "") -> AuditSpec:
+def validated_audit_spec(
+    spec: AuditSpecIn, forget_kind: str, has_retain: bool, base_model: BaseModel | None, prefix: str = ""
+) -> AuditSpec:
     """The audit's attacks with params parsed (defaults filled) and thresholds; InvalidInput naming the field
     (after `prefix`, e.g. "audit.") otherwise. No attacks = every attack that applies to the forget kind (and to
-    the retain data)."""
+    the retain data). Layers the params name are checked against `base_model`'s depth where it is known."""
     if spec.attacks is None:
         requested = [AttackIn(name=name) for name in default_attacks(forget_kind, has_retain)]
     else:
@@ -47,6 +56,7 @@ def validated_audit_spec(spec: AuditSpecIn, forget_kind: str, has_retain: bool, 
         except ValidationError as exc:
             errors = [{**e, "loc": (*where.split("."), "params", *e["loc"])} for e in exc.errors()]
             raise InvalidInput(format_validation_errors(errors)) from exc
+        check_named_layers(base_model, params.named_layers(), f"{where}.params.")
         attacks.append(AttackChoice(name=attack.name, params=params.model_dump(mode="json")))
     return AuditSpec(attacks=attacks, thresholds=spec.thresholds)
 
@@ -63,7 +73,8 @@ def submit_audit(session: Session, settings: Settings, tenant_id: uuid.UUID, req
     forget_dataset = DatasetRepository(session).get(tenant_id, forget_spec.forget_dataset)
     if forget_dataset is None:
         raise InvalidInput(f"adapter_id: the forget dataset of adapter {adapter.id} no longer exists")
-    spec = validated_audit_spec(request, forget_dataset.kind, bool(forget_spec.retain_datasets))
+    base_model = BaseModelRepository(session).get_by_name(adapter.base_model)
+    spec = validated_audit_spec(request, forget_dataset.kind, bool(forget_spec.retain_datasets), base_model)
     retain = [DatasetRepository(session).get(tenant_id, dataset_id) for dataset_id in forget_spec.retain_datasets]
     retain_rows = sum(dataset.rows for dataset in retain if dataset is not None)
     check_cost(settings, "audit", audit_cost(spec, forget_spec, forget_dataset.rows, retain_rows))

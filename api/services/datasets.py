@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import InvalidInput, NotFound
 from api.services.quotas import check_stored_bytes
+from lethe import safe_json
 from lethe.rows import ROW_TYPES, RowError, parse_row
 from lethe.settings import Settings
 from models.db import UnitOfWork
@@ -31,9 +32,12 @@ def count_valid_rows(kind: str, content: bytes) -> int:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = safe_json.loads(line)
         except json.JSONDecodeError as exc:
             raise InvalidInput(f"line {line_number}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+        except safe_json.JSONLimitError as exc:
+            where = f"field '{exc.path}' " if exc.path else ""
+            raise InvalidInput(f"line {line_number}: {where}{exc.message}") from exc
         if not isinstance(row, dict):
             raise InvalidInput(f"line {line_number}: must be a JSON object")
         try:
@@ -60,6 +64,8 @@ def create_dataset(
     name = name.strip()
     if not name or len(name) > 200:
         raise InvalidInput("name: must be 1 to 200 characters")
+    if problem := safe_json.string_problem(name):
+        raise InvalidInput(f"name: {problem}")
     rows = count_valid_rows(kind, content)
     check_stored_bytes(work.session, settings, tenant_id, len(content))
     dataset_id = uuid.uuid4()

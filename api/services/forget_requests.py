@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from api.errors import InvalidInput, format_validation_errors
 from api.schemas import ForgetRequestIn
 from api.services.audits import validated_audit_spec
+from api.services.base_models import check_named_layers
 from api.services.quotas import check_cost, check_room_for_job
 from lethe.costs import forget_request_cost
 from lethe.methods import METHODS
@@ -17,7 +18,7 @@ from lethe.rows import heldout_count
 from lethe.settings import Settings
 from lethe.specs import FinetuneSpec, ForgetJobSpec, MethodChoice
 from models.repositories import BaseModelRepository, DatasetRepository, JobRepository
-from models.tables import Dataset, Job
+from models.tables import BaseModel, Dataset, Job
 
 
 def _dataset(session: Session, tenant_id: uuid.UUID, dataset_id: uuid.UUID, field: str) -> Dataset:
@@ -27,7 +28,9 @@ def _dataset(session: Session, tenant_id: uuid.UUID, dataset_id: uuid.UUID, fiel
     return dataset
 
 
-def _method_params(name: str, params: dict[str, Any], forget_kind: str, has_retain: bool) -> dict[str, Any]:
+def _method_params(
+    name: str, params: dict[str, Any], forget_kind: str, has_retain: bool, base_model: BaseModel
+) -> dict[str, Any]:
     try:
         spec = METHODS.get(name)
     except UnknownNameError as exc:
@@ -41,6 +44,7 @@ def _method_params(name: str, params: dict[str, Any], forget_kind: str, has_reta
     except ValidationError as exc:
         errors = [{**e, "loc": ("method", "params", *e["loc"])} for e in exc.errors()]
         raise InvalidInput(format_validation_errors(errors)) from exc
+    check_named_layers(base_model, parsed.named_layers(), "method.params.")
     if not has_retain and parsed.utility_floor is not None:
         raise InvalidInput("method.params.utility_floor: needs at least one retain dataset to measure utility on")
     if not has_retain and spec.needs_retain(parsed):
@@ -66,6 +70,12 @@ def submit_forget_request(session: Session, settings: Settings, tenant_id: uuid.
         _dataset(session, tenant_id, dataset_id, f"retain_datasets[{index}]")
         for index, dataset_id in enumerate(request.retain_datasets)
     ]
+    for index, dataset in enumerate(retain):
+        if dataset.id == forget.id or dataset.sha256 == forget.sha256:
+            same = "is the forget dataset" if dataset.id == forget.id else "has the same content as the forget dataset"
+            raise InvalidInput(
+                f"retain_datasets[{index}]: dataset {dataset.id} {same}; a retain set must differ from it"
+            )
     if len({d.name for d in retain}) != len(retain):
         raise InvalidInput("retain_datasets: two retain datasets share a name; metrics are keyed by name")
     spec = ForgetJobSpec(
@@ -77,12 +87,12 @@ def submit_forget_request(session: Session, settings: Settings, tenant_id: uuid.
         finetune=FinetuneSpec(**request.finetune.model_dump()) if request.finetune else None,
         method=MethodChoice(
             name=request.method.name,
-            params=_method_params(request.method.name, request.method.params, forget.kind, bool(retain)),
+            params=_method_params(request.method.name, request.method.params, forget.kind, bool(retain), base_model),
         ),
         probe=request.probe,
         general_text_perplexity=request.general_text_perplexity,
         seed=request.seed,
-        audit=validated_audit_spec(request.audit, forget.kind, bool(retain), prefix="audit.")
+        audit=validated_audit_spec(request.audit, forget.kind, bool(retain), base_model, prefix="audit.")
         if request.audit
         else None,
     )

@@ -1,7 +1,7 @@
 """quotas: the sizes of a job's evidence and of an audit's report, counted in a tenant's stored bytes
 
 Revision ID: 0008
-Revises: 0004
+Revises: 0007
 Create Date: 2026-11-30 03:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0004"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

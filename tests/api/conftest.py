@@ -41,6 +41,8 @@ def jsonl(rows: list[dict]) -> bytes:
 
 
 CHOICE_ROWS = [{"prompt": f"Is {n} even?", "choices": [" yes", " no"], "answer": n % 2} for n in range(10)]
+# A retain set must differ from the forget set (CHOICE_ROWS), by content as well as by id.
+RETAIN_ROWS = [{"prompt": f"Is {n} odd?", "choices": [" yes", " no"], "answer": (n + 1) % 2} for n in range(10)]
 
 
 def upload(client: TestClient, rows: list[dict] | bytes, name: str = "parity", kind: str = "choice"):
@@ -52,7 +54,7 @@ def forget_adapter(client: TestClient, settings: Settings, kind: str = "choice",
     """A succeeded forget job of the client's tenant and its adapter row (no weights: the API never reads them)."""
     rows = CHOICE_ROWS if kind == "choice" else [{"text": f"passage {n}"} for n in range(10)]
     forget = upload(client, rows, name="forget", kind=kind).json()
-    retain = [upload(client, CHOICE_ROWS, name="retain").json()["id"]] if with_retain else []
+    retain = [upload(client, RETAIN_ROWS, name="retain").json()["id"]] if with_retain else []
     with session_scope(settings.database_url) as session:
         job = JobRepository(session).add(
             Job(

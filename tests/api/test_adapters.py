@@ -54,3 +54,27 @@ def test_adapter_metadata_and_download_belong_to_the_tenant(app_client: TestClie
         response = app_client.get(path, headers={"X-API-Key": other_key})
         assert response.status_code == 404
         assert response.json()["error"] == "not_found"
+
+
+def test_a_stored_object_that_is_gone_is_a_404_before_any_200(app_client: TestClient, stack_settings: Settings) -> None:
+    owner = f"adapter-owner-{uuid.uuid4().hex[:8]}"
+    adapter_id = _stored_adapter(stack_settings, owner, b"bytes the store then loses")
+    with session_scope(stack_settings.database_url) as session:
+        adapter = AdapterRepository(session).get_any_tenant(adapter_id)
+        assert adapter is not None
+        open_store(stack_settings).delete(adapter.object_key)
+        job = JobRepository(session).get_any_tenant(adapter.job_id)
+        assert job is not None
+        job.evidence_key = f"evidence/{job.tenant_id}/{job.id}/per_example.json"  # never written
+        job_id = job.id
+        key = create_key(session, owner)
+
+    download = app_client.get(f"/v1/adapters/{adapter_id}/download", headers={"X-API-Key": key})
+    assert download.status_code == 404
+    assert download.json() == {
+        "error": "not_found",
+        "detail": f"the archive of adapter {adapter_id}: missing from the object store",
+    }
+    evidence = app_client.get(f"/v1/jobs/{job_id}/per-example", headers={"X-API-Key": key})
+    assert evidence.status_code == 404
+    assert evidence.json()["detail"] == f"the per-example values of job {job_id}: missing from the object store"

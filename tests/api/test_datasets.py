@@ -139,3 +139,33 @@ def test_a_row_that_is_not_committed_leaves_no_object(
     monkeypatch.undo()
     assert _objects(stack_settings) == before
     assert client.get("/v1/datasets").json() == []
+
+
+def test_rows_no_parse_or_store_could_take_are_named_and_store_nothing(
+    client: TestClient, stack_settings: Settings
+) -> None:
+    before = _objects(stack_settings)
+    good = b'{"prompt": "p", "choices": [" a", " b"], "answer": 0}\n'
+    cases = {
+        b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}": "line 2: nested deeper than 32 levels (column 43)",
+        b'{"prompt": "p", "choices": [" a", " b"], "answer": ' + b"7" * 5000 + b"}": (
+            "line 2: field 'answer' integer has 5000 digits (at most 20)"
+        ),
+        b'{"prompt": "p\\u0000", "choices": [" a", " b"], "answer": 0}': (
+            "line 2: field 'prompt' contains a NUL character (\\u0000)"
+        ),
+        b'{"prompt": "p", "choices": [" a", " \\ud83d"], "answer": 0}': (
+            "line 2: field 'choices[1]' contains a lone surrogate (\\ud83d) at character 1"
+        ),
+        b'{"prompt": "p", "choices": [" a", " b"], "answer": 0, "x": {"y": ' + b"[" * 40 + b"]" * 40 + b"}}": (
+            "line 2: field 'x.y" + "[0]" * 30 + "' nested deeper than 32 levels"
+        ),
+    }
+    for bad_line, expected in cases.items():
+        response = upload(client, good + bad_line + b"\n")
+        assert response.status_code == 422, bad_line[:80]
+        assert response.json() == {"error": "invalid_input", "detail": expected}
+    nul_name = upload(client, CHOICE_ROWS, name="parity\x00")
+    assert nul_name.json() == {"error": "invalid_input", "detail": "name: contains a NUL character (\\u0000)"}
+    assert _objects(stack_settings) == before
+    assert client.get("/v1/datasets").json() == []

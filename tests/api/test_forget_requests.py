@@ -1,19 +1,22 @@
+import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from api.services.base_models import register_base_model
 from lethe.methods import METHODS
 from lethe.settings import Settings
 from models.db import session_scope
 from models.repositories import JobEventRepository, JobRepository
-from tests.api.conftest import CHOICE_ROWS, upload
+from tests.api.conftest import CHOICE_ROWS, RETAIN_ROWS, upload
 
 
 def _request(client: TestClient, **overrides: Any) -> dict[str, Any]:
     forget = upload(client, CHOICE_ROWS, name="forget").json()["id"]
-    retain = upload(client, CHOICE_ROWS, name="retain").json()["id"]
+    retain = upload(client, RETAIN_ROWS, name="retain").json()["id"]
     body = {
         "base_model": "tiny-registered",
         "forget_dataset": forget,
@@ -125,3 +128,80 @@ def test_other_tenants_job_is_404(client: TestClient, app_client: TestClient, st
         other_key = create_key(session, "another-tenant-jobs")
     assert app_client.get(f"/v1/jobs/{job_id}", headers={"X-API-Key": other_key}).status_code == 404
     assert app_client.get(f"/v1/jobs/{uuid.uuid4()}").status_code == 404
+
+
+def test_a_retain_set_equal_to_the_forget_set_is_refused(client: TestClient) -> None:
+    body = _request(client)
+    same_id = client.post("/v1/forget-requests", json={**body, "retain_datasets": [body["forget_dataset"]]})
+    assert same_id.status_code == 422
+    assert same_id.json()["detail"] == (
+        f"retain_datasets[0]: dataset {body['forget_dataset']} is the forget dataset; a retain set must differ from it"
+    )
+    copy = upload(client, CHOICE_ROWS, name="forget-again").json()["id"]
+    same_content = client.post(
+        "/v1/forget-requests", json={**body, "retain_datasets": [body["retain_datasets"][0], copy]}
+    )
+    assert same_content.status_code == 422
+    assert same_content.json()["detail"] == (
+        f"retain_datasets[1]: dataset {copy} has the same content as the forget dataset; a retain set must differ "
+        "from it"
+    )
+    assert client.get("/v1/jobs").json() == []
+
+
+@pytest.fixture
+def four_block_base_model(stack_settings: Settings, tmp_path: Path) -> str:
+    """A base model whose checkpoint's config.json says it has 4 decoder blocks (no weights: the API never loads)."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 4}))
+    with session_scope(stack_settings.database_url) as session:
+        register_base_model(session, "four-blocks", f"path:{tmp_path}", "layer checks only")
+    return "four-blocks"
+
+
+@pytest.mark.parametrize(
+    ("method", "detail"),
+    [
+        (
+            {"name": "npo", "params": {"rna_noise_std": 0.1, "rna_layer": 1000}},
+            "method.params.rna_layer: base model four-blocks has 4 decoder blocks, so a layer is 0..3, got 1000",
+        ),
+        (
+            {"name": "rmu", "params": {"layer": 4}},
+            "method.params.layer: base model four-blocks has 4 decoder blocks, so a layer is 0..3, got 4",
+        ),
+        (
+            {"name": "rmu", "params": {"trained_layers": [1, 9]}},
+            "method.params.trained_layers[1]: base model four-blocks has 4 decoder blocks, so a layer is 0..3, got 9",
+        ),
+    ],
+)
+def test_a_layer_the_base_model_lacks_is_named_with_the_range(
+    client: TestClient, four_block_base_model: str, method: dict, detail: str
+) -> None:
+    response = client.post(
+        "/v1/forget-requests", json=_request(client, base_model=four_block_base_model, method=method)
+    )
+    assert response.status_code == 422
+    assert response.json() == {"error": "invalid_input", "detail": detail}
+    assert client.get("/v1/jobs").json() == []
+
+
+def test_layers_within_the_base_model_and_of_unknown_depth_are_accepted(
+    client: TestClient, four_block_base_model: str
+) -> None:
+    method = {"name": "rmu", "params": {"layer": 3, "trained_layers": [2, 3]}}
+    body = _request(client, base_model=four_block_base_model, method=method)
+    assert client.post("/v1/forget-requests", json=body).status_code == 202
+    # tiny-registered's checkpoint is not readable here: its depth is unknown, and the worker checks the layer.
+    body = _request(client, base_model="tiny-registered", method={"name": "rmu", "params": {"layer": 999}})
+    assert client.post("/v1/forget-requests", json=body).status_code == 202
+
+
+def test_an_audit_layer_the_base_model_lacks_is_named(client: TestClient, four_block_base_model: str) -> None:
+    audit = {"attacks": [{"name": "patch", "params": {"layers": [7, 1]}}]}
+    body = _request(client, base_model=four_block_base_model, audit=audit)
+    response = client.post("/v1/forget-requests", json=body)
+    assert response.status_code == 422
+    assert response.json()["detail"] == (
+        "audit.attacks[0].params.layers: base model four-blocks has 4 decoder blocks, so a layer is 0..3, got 7"
+    )

@@ -1,8 +1,9 @@
 """The methods' params as the API sees them: defaults and their sources, validation, kinds, retain needs."""
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from lethe.attacks import ATTACKS
 from lethe.methods import (
     METHODS,
     IdkParams,
@@ -193,3 +194,23 @@ def test_json_schema_has_the_shared_fields(name: str) -> None:
 
 def test_gradient_ascent_description_states_the_loss() -> None:
     assert "-NLL of the true target" in METHODS.get("gradient_ascent").description
+
+
+def _layer_fields(params_model: type[BaseModel]) -> list[str]:
+    return [name for name in params_model.model_fields if "layer" in name]
+
+
+def test_every_param_naming_a_layer_is_listed_for_the_api_to_check() -> None:
+    """A new `*layer*` param must appear in named_layers, or the API would accept a block the base model lacks."""
+    specs = [(f"method {name}", spec.params_model) for name, spec in METHODS.items()]
+    specs += [(f"attack {name}", spec.params_model) for name, spec in ATTACKS.items()]
+    checked = set()
+    for what, params_model in specs:
+        for field in _layer_fields(params_model):
+            annotation = str(params_model.model_fields[field].annotation)
+            value: int | list[int] = [999] if annotation.startswith("list") else 999
+            params = params_model.model_validate({field: value})
+            named = params.named_layers()  # type: ignore[attr-defined]
+            assert any(name.startswith(field) and layer == 999 for name, layer in named), (what, field, named)
+            checked.add(field)
+    assert checked == {"rna_layer", "layer", "trained_layers", "layers"}

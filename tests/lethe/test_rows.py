@@ -1,6 +1,6 @@
 import pytest
 
-from lethe.rows import ChoiceRow, chance, split_heldout
+from lethe.rows import ChoiceRow, RowError, chance, parse_row, split_heldout
 
 
 def rows(n: int) -> list[ChoiceRow]:
@@ -19,6 +19,33 @@ def test_choice_row_validates() -> None:
         ChoiceRow("p", (" a", " b"), 2)
     with pytest.raises(ValueError):
         ChoiceRow("p", (" a", ""), 0)
+
+
+@pytest.mark.parametrize(
+    ("kind", "row", "field", "message"),
+    [
+        ("choice", {"prompt": "p\x00", "choices": [" a", " b"], "answer": 0}, "prompt", "contains a NUL character"),
+        (
+            "choice",
+            {"prompt": "p", "choices": [" a", " \ud800"], "answer": 0},
+            "choices[1]",
+            "contains a lone surrogate",
+        ),
+        (
+            "qa",
+            {"question": "q", "answer": "a", "perturbed_answers": ["b\x00"]},
+            "perturbed_answers[0]",
+            "contains a NUL",
+        ),
+        ("text", {"text": "\udc80 passage"}, "text", "contains a lone surrogate (\\udc80) at character 0"),
+    ],
+)
+def test_rows_refuse_strings_no_store_can_hold(kind: str, row: dict, field: str, message: str) -> None:
+    # The one row definition: the API's upload check and the worker's rows both refuse them.
+    with pytest.raises(RowError) as caught:
+        parse_row(kind, row)
+    assert caught.value.field == field
+    assert caught.value.message.startswith(message)
 
 
 def test_chance_is_the_mean_of_one_over_choices() -> None:
