@@ -164,7 +164,7 @@ def test_failed_keys_are_rate_limited_per_address(stack_settings: Settings, api_
     assert guesser.get("/v1/jobs", headers={"X-API-Key": "lethe_guess"}).status_code == 401
     blocked = guesser.get("/v1/jobs", headers={"X-API-Key": api_key})  # a right key tells a guesser nothing now
     assert blocked.status_code == 429
-    assert blocked.json()["error"] == "too_many_requests"
+    assert blocked.json()["error"] == "too_many_failed_keys"
     assert 1 <= int(blocked.headers["Retry-After"]) <= 60
     assert neighbour.get("/v1/jobs", headers={"X-API-Key": api_key}).status_code == 200
     # Missing keys guess nothing and are not counted; public routes stay open to a blocked address.

@@ -76,8 +76,9 @@ def _job(client: TestClient, settings: Settings) -> str:
         job = JobRepository(session).get_any_tenant(uuid.UUID(job_id))
         assert job is not None
         key = per_example_key(job.tenant_id, job.id)
-        open_store(settings).put(key, b'{"forgotten": {}}')
-        JobRepository(session).set_evidence(job.id, key)
+        evidence = b'{"forgotten": {}}'
+        open_store(settings).put(key, evidence)
+        JobRepository(session).set_evidence(job.id, key, len(evidence))
     return job_id
 
 
