@@ -11,11 +11,12 @@ from api.services import datasets as service
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
-async def _read_bounded(request: Request, file: UploadFile, limit: int) -> bytes:
+def _read_bounded(request: Request, file: UploadFile, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
         raise PayloadTooLarge(f"file: upload is larger than the limit of {limit} bytes")
-    content = await file.read(limit + 1)
+    # The form is already parsed (asynchronously, before the route runs) into a spooled file: read it here.
+    content = file.file.read(limit + 1)
     if len(content) > limit:
         raise PayloadTooLarge(f"file: upload is larger than the limit of {limit} bytes")
     return content
@@ -27,7 +28,7 @@ async def _read_bounded(request: Request, file: UploadFile, limit: int) -> bytes
     response_model=DatasetOut,
     responses=error_responses(401, 413, 422),
 )
-async def upload_dataset(
+def upload_dataset(
     request: Request,
     work: UnitOfWorkDep,
     store: StoreDep,
@@ -38,7 +39,9 @@ async def upload_dataset(
     kind: Annotated[str, Form(description="Row schema of the file: `choice`, `qa` or `text`.")],
 ) -> DatasetOut:
     """Upload a JSONL dataset; every row is validated and a bad file stores nothing."""
-    content = await _read_bounded(request, file, settings.max_upload_bytes)
+    # A plain `def`, so FastAPI runs it in its threadpool: the catalogue and the object store block, and on the
+    # event loop one waiting for a database lock would stall every other request (even /healthz).
+    content = _read_bounded(request, file, settings.max_upload_bytes)
     dataset = service.create_dataset(work, store, tenant_id, name, kind, content)
     return DatasetOut.model_validate(dataset, from_attributes=True)
 
