@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = 10.0
     heartbeat_timeout_s: float = 120.0
     reaper_interval_s: float = 30.0
+    # A creating POST's Idempotency-Key and its first response are kept this long; after that the key is new again.
+    idempotency_ttl_s: float = 24 * 3600.0
 
     @field_validator("data_dir")
     @classmethod
