@@ -66,7 +66,7 @@ class ServiceUnavailable(LetheError):
 _DESCRIPTIONS = {
     401: "Missing or unknown X-API-Key.",
     404: "No such resource for this tenant.",
-    409: "The resource is not in a state that allows this.",
+    409: "The resource is not in a state that allows this, or the Idempotency-Key was used with another request.",
     413: "The upload is larger than the server accepts.",
     422: "The request is invalid; `detail` names the field (and line) that is wrong.",
     503: "A backing service (catalogue, broker, object store) is busy or unavailable; retry after `Retry-After` "

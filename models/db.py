@@ -113,6 +113,7 @@ class UnitOfWork:
         self.session = session
         self._sends: list[tuple[uuid.UUID, Callable[[], None]]] = []
         self._undos: list[Callable[[], None]] = []
+        self._refusal_undos: list[Callable[[Session], None]] = []
 
     def enqueue_after_commit(self, job_id: uuid.UUID, send: Callable[[], None]) -> None:
         """Call `send()` (which puts `job_id` on the broker) once the transaction has committed."""
@@ -122,11 +123,17 @@ class UnitOfWork:
         """Call `undo()` if the transaction rolls back (or fails to commit)."""
         self._undos.append(undo)
 
+    def undo_if_refused(self, undo: Callable[[Session], None]) -> None:
+        """Call `undo(session)` if the broker refuses a registered job, in the transaction that fails the job: for
+        a committed row that says the request succeeded (its idempotency key)."""
+        self._refusal_undos.append(undo)
+
     def commit(self) -> None:
         """Commit, then send the registered jobs; a job the broker refuses is failed (committed) and reported."""
         self.session.commit()
         self._undos.clear()
         sends, self._sends = self._sends, []
+        refusal_undos, self._refusal_undos = self._refusal_undos, []
         refused: list[uuid.UUID] = []
         reason = ""
         for job_id, send in sends:
@@ -138,6 +145,8 @@ class UnitOfWork:
                 JobRepository(self.session).fail(job_id, "broker_unavailable", reason, utcnow())
                 refused.append(job_id)
         if refused:
+            for undo in refusal_undos:
+                undo(self.session)
             self.session.commit()
             raise BrokerUnavailable(refused, reason)
 
@@ -145,6 +154,7 @@ class UnitOfWork:
         """Roll back and undo what was written outside the catalogue; registered jobs are never sent."""
         self.session.rollback()
         self._sends.clear()
+        self._refusal_undos.clear()
         undos, self._undos = self._undos, []
         for undo in reversed(undos):
             try:

@@ -2,11 +2,13 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile, status
+from fastapi.responses import JSONResponse
 
-from api.deps import SessionDep, SettingsDep, StoreDep, TenantDep, UnitOfWorkDep
+from api.deps import IdempotencyKeyDep, SessionDep, SettingsDep, StoreDep, TenantDep, UnitOfWorkDep
 from api.errors import PayloadTooLarge, error_responses
 from api.schemas import DatasetOut
 from api.services import datasets as service
+from api.services.idempotency import CreatingRequest, create_once, replayable, upload_fingerprint
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -26,7 +28,7 @@ def _read_bounded(request: Request, file: UploadFile, limit: int) -> bytes:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetOut,
-    responses=error_responses(401, 413, 422),
+    responses=replayable(status.HTTP_201_CREATED) | error_responses(401, 409, 413, 422),
 )
 def upload_dataset(
     request: Request,
@@ -37,13 +39,22 @@ def upload_dataset(
     file: Annotated[UploadFile, File(description="JSONL, one row per line.")],
     name: Annotated[str, Form(description="A name for the dataset (retain metrics are keyed by it).")],
     kind: Annotated[str, Form(description="Row schema of the file: `choice`, `qa` or `text`.")],
-) -> DatasetOut:
+    idempotency_key: IdempotencyKeyDep = None,
+) -> DatasetOut | JSONResponse:
     """Upload a JSONL dataset; every row is validated and a bad file stores nothing."""
     # A plain `def`, so FastAPI runs it in its threadpool: the catalogue and the object store block, and on the
     # event loop one waiting for a database lock would stall every other request (even /healthz).
     content = _read_bounded(request, file, settings.max_upload_bytes)
-    dataset = service.create_dataset(work, store, tenant_id, name, kind, content)
-    return DatasetOut.model_validate(dataset, from_attributes=True)
+    return create_once(
+        work,
+        tenant_id,
+        CreatingRequest("upload_dataset", idempotency_key, upload_fingerprint(content, name, kind)),
+        settings.idempotency_ttl_s,
+        status.HTTP_201_CREATED,
+        lambda: DatasetOut.model_validate(
+            service.create_dataset(work, store, tenant_id, name, kind, content), from_attributes=True
+        ),
+    )
 
 
 @router.get("", response_model=list[DatasetOut], responses=error_responses(401))
