@@ -5,6 +5,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ from api.app import create_app
 from api.services.auth import create_key
 from lethe.settings import Settings
 from models.db import session_scope
+from models.migrate import upgrade
 from models.repositories import IdempotencyKeyRepository
 from tests.api.conftest import CHOICE_ROWS, forget_adapter, jsonl, upload
 
@@ -123,9 +125,10 @@ def test_a_failed_request_stores_no_key(operation: Operation) -> None:
     assert operation.created() == before + 1
 
 
-def test_concurrent_requests_with_one_key_create_once(operation: Operation, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Every request checks the key, creates, then records the key: slowing the step before the record lets all of
-    # them pass the check before any commits, so the unique constraint decides.
+@pytest.fixture
+def slow_key_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every request checks the key, creates, then records the key: slowing the step before the record lets
+    concurrent requests all pass the check before any commits, so the unique constraint decides."""
     delete_expired = IdempotencyKeyRepository.delete_expired
 
     def slow_delete_expired(self: IdempotencyKeyRepository, *args: Any) -> None:
@@ -133,17 +136,35 @@ def test_concurrent_requests_with_one_key_create_once(operation: Operation, monk
         delete_expired(self, *args)
 
     monkeypatch.setattr(IdempotencyKeyRepository, "delete_expired", slow_delete_expired)
+
+
+def _assert_created_once(operation: Operation, count: int = 4) -> None:
     before = operation.created()
     responses: list[httpx.Response] = []
-    threads = [threading.Thread(target=lambda: responses.append(operation.send(KEY, 0))) for _ in range(4)]
+    threads = [threading.Thread(target=lambda: responses.append(operation.send(KEY, 0))) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert [r.status_code for r in responses] == [operation.status_code] * 4, [r.text for r in responses]
+    assert [r.status_code for r in responses] == [operation.status_code] * count, [r.text for r in responses]
     assert all(r.json() == responses[0].json() for r in responses)
     assert sum(1 for r in responses if "Idempotent-Replayed" not in r.headers) == 1
     assert operation.created() == before + 1
+
+
+def test_concurrent_requests_with_one_key_create_once(operation: Operation, slow_key_record: None) -> None:
+    _assert_created_once(operation)
+
+
+def test_concurrent_uploads_with_one_key_create_once_on_sqlite(tmp_path: Path, slow_key_record: None) -> None:
+    settings = Settings(data_dir=tmp_path)  # the embedded default: SQLite, a local folder, a folder queue
+    upgrade(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        api_key = create_key(session, "sqlite-tenant")
+    with TestClient(create_app(settings), headers={"X-API-Key": api_key}) as client:
+        _assert_created_once(_upload_dataset(client, settings))
+        # The requests that lost the race stored their file and deleted it again: one object is left.
+        assert len(list((tmp_path / "objects").rglob("*.jsonl"))) == 1
 
 
 def test_keys_are_scoped_to_the_tenant_and_the_operation(
