@@ -45,16 +45,13 @@ def upload_dataset(
     # A plain `def`, so FastAPI runs it in its threadpool: the catalogue and the object store block, and on the
     # event loop one waiting for a database lock would stall every other request (even /healthz).
     content = _read_bounded(request, file, settings.max_upload_bytes)
-    return create_once(
-        work,
-        tenant_id,
-        CreatingRequest("upload_dataset", idempotency_key, upload_fingerprint(content, name, kind)),
-        settings.idempotency_ttl_s,
-        status.HTTP_201_CREATED,
-        lambda: DatasetOut.model_validate(
-            service.create_dataset(work, store, tenant_id, name, kind, content), from_attributes=True
-        ),
-    )
+
+    def create() -> DatasetOut:
+        dataset = service.create_dataset(work, store, tenant_id, name, kind, content)
+        return DatasetOut.model_validate(dataset, from_attributes=True)
+
+    creating = CreatingRequest("upload_dataset", idempotency_key, upload_fingerprint(content, name, kind))
+    return create_once(work, tenant_id, creating, settings.idempotency_ttl_s, status.HTTP_201_CREATED, create)
 
 
 @router.get("", response_model=list[DatasetOut], responses=error_responses(401))
