@@ -99,8 +99,8 @@ def _concurrent_mix(tmp_path: Path, env: dict[str, str], start_service, with_wor
         assert slow.status_code == 202, slow.text
         slow_job_id = slow.json()["job_id"]
 
-        # Big enough that checking and storing one takes a while: 10000 rows, about 1 MB.
-        upload_rows_ = synthetic_choice_rows(10000, seed=5)
+        # Big enough that checking and storing one takes a while: 40000 rows, about 4 MB.
+        upload_rows_ = synthetic_choice_rows(40000, seed=5)
         done = threading.Event()
         workers = [
             threading.Thread(target=_uploads, args=(base_url, recorder, upload_rows_)),
