@@ -28,12 +28,17 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
+def _reap_once(settings: Settings) -> None:
+    with session_scope(settings.database_url) as session:
+        for job_id in reap_stale_jobs(session, settings.heartbeat_timeout_s):
+            log.warning("job %s failed: worker_lost", job_id)
+
+
 async def _reap_forever(settings: Settings) -> None:
     while True:
         try:
-            with session_scope(settings.database_url) as session:
-                for job_id in reap_stale_jobs(session, settings.heartbeat_timeout_s):
-                    log.warning("job %s failed: worker_lost", job_id)
+            # In a thread: the catalogue blocks (up to its busy timeout), and the event loop serves every request.
+            await asyncio.to_thread(_reap_once, settings)
         except Exception:
             log.exception("reaper pass failed")
         await asyncio.sleep(settings.reaper_interval_s)

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from celery import Celery
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Header, Request, Security
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
@@ -87,3 +87,21 @@ def get_queue(request: Request) -> Celery:
 
 
 QueueDep = Annotated[Celery, Depends(get_queue)]
+
+
+# 1 to 200 visible ASCII characters (no spaces): a UUID or a random string.
+IdempotencyKeyDep = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",
+        description=(
+            "Makes the request safe to retry: a retry with the same key and the same request gets the first "
+            "response again (with `Idempotent-Replayed: true`) and creates nothing; the same key with a different "
+            "request is a 409. Keys are scoped to your tenant and this operation, and expire after "
+            "LETHE_IDEMPOTENCY_TTL_S (24 h by default). At most 200 visible ASCII characters."
+        ),
+    ),
+]

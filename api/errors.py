@@ -10,7 +10,10 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
+
+from models.db import unavailable
 
 log = logging.getLogger("lethe.api")
 
@@ -101,8 +104,14 @@ class TooManyRequests(LetheError):
 
 
 class ServiceUnavailable(LetheError):
+    """A backing service cannot serve the request now; the client may retry after `retry_after_s` seconds."""
+
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     code = "service_unavailable"
+
+    def __init__(self, detail: str, retry_after_s: int = 5) -> None:
+        super().__init__(detail, {"Retry-After": str(retry_after_s)})
+        self.retry_after_s = retry_after_s
 
 
 _DESCRIPTIONS = {
@@ -111,14 +120,20 @@ _DESCRIPTIONS = {
     403: "quota_exceeded: the tenant's stored bytes would go over their limit; `detail` names the usage, the request's "
     "size and the limit.",
     404: "No such resource for this tenant (or its stored object is missing).",
-    409: "The resource is not in a state that allows this.",
+    409: "The resource is not in a state that allows this, or the Idempotency-Key was used with another request.",
     413: "The body is larger than the server accepts (LETHE_MAX_UPLOAD_BYTES, LETHE_MAX_JSON_BYTES).",
     415: "The Content-Type is not one this route accepts; `detail` names the one it does.",
     422: "The request is invalid; `detail` names the field (and line) that is wrong.",
     429: "rate_limited: too many writes, too_many_active_jobs: too many queued and running jobs, or "
     "too_many_failed_keys: too many failed API-key checks from this address; `detail` names the limit, and the "
     "Retry-After header says in how many seconds to try again.",
-    503: "A backing service (catalogue, broker, object store) is unavailable.",
+    503: "A backing service (catalogue, broker, object store) is busy or unavailable; retry after `Retry-After` "
+    "seconds.",
+}
+
+
+_RETRY_AFTER_HEADER = {
+    "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}
 }
 
 # The codes of errors Starlette raises itself (an unknown path, a method a path does not have, a body it cannot parse).
@@ -138,7 +153,8 @@ _HEADERS: dict[int, dict[str, Any]] = {
                 "schema": {"type": "integer", "minimum": 1},
             }
         }
-    }
+    },
+    503: {"headers": _RETRY_AFTER_HEADER},
 }
 
 
@@ -149,7 +165,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 def job_submission_responses() -> dict[int | str, dict[str, Any]]:
     """The errors of a route that creates a job: its limits (active jobs, stored bytes, estimated cost) too."""
-    responses = error_responses(400, 401, 403, 413, 415, 422, 429, 503)
+    responses = error_responses(400, 401, 403, 409, 413, 415, 422, 429, 503)
     responses[422] = {
         **responses[422],
         "description": f"{_DESCRIPTIONS[422]} cost_exceeded: the job's estimated cost is over the limit; `detail` "
@@ -165,6 +181,10 @@ def _render(status_code: int, code: str, detail: str, headers: Mapping[str, str]
 def error_response(exc: LetheError) -> JSONResponse:
     """The response for a service error: its status, `{error, detail}` and its headers (Allow, Retry-After)."""
     return _render(exc.status_code, exc.code, exc.detail, exc.headers)
+
+
+# A busy catalogue frees up within a second or two; an unreachable one takes longer to come back.
+_BUSY_RETRY_AFTER_S, _UNREACHABLE_RETRY_AFTER_S = 1, 5
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -185,6 +205,14 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, LetheError)
         return error_response(exc)
 
+    async def catalogue_error(request: Request, exc: Exception) -> JSONResponse:
+        """A busy or unreachable catalogue is a 503 the client can retry; any other database error is a bug (500)."""
+        cause = unavailable(exc)
+        if cause is None:
+            return await unexpected_error(request, exc)
+        retry_after_s = _BUSY_RETRY_AFTER_S if cause.busy else _UNREACHABLE_RETRY_AFTER_S
+        return await lethe_error(request, ServiceUnavailable(f"catalogue: {cause.reason}; retry later", retry_after_s))
+
     async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         return _render(422, InvalidInput.code, format_validation_errors(list(exc.errors())))
@@ -202,3 +230,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, unexpected_error)
+    app.add_exception_handler(sa_exc.DBAPIError, catalogue_error)
+    app.add_exception_handler(sa_exc.TimeoutError, catalogue_error)

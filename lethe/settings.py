@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     # A forget job stores a checkpoint at the start of each training stage and every this many optimiser steps, so
     # that a job redelivered after its worker died resumes there; 0 = no checkpoints.
     checkpoint_every_steps: int = Field(default=25, ge=0)
+    # A creating POST's Idempotency-Key and its first response are kept this long; after that the key is new again.
+    idempotency_ttl_s: float = 24 * 3600.0
 
     @field_validator("data_dir")
     @classmethod

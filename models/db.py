@@ -1,13 +1,15 @@
 """Engines, sessions and units of work for the catalogue (SQLite in the embedded default, Postgres in the stack)."""
 
 import logging
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.repositories import JobRepository
@@ -24,6 +26,51 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+# SQLSTATEs of a Postgres that is busy or going away, not of a bad statement: retrying later can succeed.
+_POSTGRES_TRANSIENT = {
+    "40001": "a serialization failure",
+    "40P01": "a deadlock",
+    "55P03": "a lock it could not take",
+    "57014": "a statement timeout",
+    "53300": "too many connections",
+    "57P01": "an administrator shutdown",
+    "57P03": "a server that cannot connect now",
+}
+_SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """Why the catalogue cannot serve a statement right now; `busy` (it will free up soon) or unreachable."""
+
+    reason: str
+    busy: bool
+
+
+def unavailable(error: BaseException) -> Unavailable | None:
+    """What made the catalogue unavailable for `error` (busy, locked, unreachable), or None when the error is of
+    another kind (a bad statement, a constraint) and retrying the same request would not help."""
+    if isinstance(error, exc.TimeoutError):
+        return Unavailable("every catalogue connection is in use (timed out waiting for one)", busy=True)
+    if not isinstance(error, exc.DBAPIError):
+        return None
+    if isinstance(error.orig, sqlite3.OperationalError):
+        message = str(error.orig)
+        if message in _SQLITE_BUSY:
+            return Unavailable(f"the catalogue is busy ({message})", busy=True)
+        if message.startswith("unable to open database file"):
+            return Unavailable(f"the catalogue is unreachable ({message})", busy=False)
+        return None
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    if sqlstate in _POSTGRES_TRANSIENT:
+        return Unavailable(f"the catalogue is busy ({_POSTGRES_TRANSIENT[sqlstate]})", busy=True)
+    if error.connection_invalidated or (
+        isinstance(error, exc.OperationalError) and (sqlstate is None or sqlstate.startswith("08"))
+    ):
+        return Unavailable("the catalogue is unreachable", busy=False)
+    return None
 
 
 @lru_cache(maxsize=8)
@@ -66,6 +113,7 @@ class UnitOfWork:
         self.session = session
         self._sends: list[tuple[uuid.UUID, Callable[[], None]]] = []
         self._undos: list[Callable[[], None]] = []
+        self._refusal_undos: list[Callable[[Session], None]] = []
 
     def enqueue_after_commit(self, job_id: uuid.UUID, send: Callable[[], None]) -> None:
         """Call `send()` (which puts `job_id` on the broker) once the transaction has committed."""
@@ -75,11 +123,17 @@ class UnitOfWork:
         """Call `undo()` if the transaction rolls back (or fails to commit)."""
         self._undos.append(undo)
 
+    def undo_if_refused(self, undo: Callable[[Session], None]) -> None:
+        """Call `undo(session)` if the broker refuses a registered job, in the transaction that fails the job: for
+        a committed row that says the request succeeded (its idempotency key)."""
+        self._refusal_undos.append(undo)
+
     def commit(self) -> None:
         """Commit, then send the registered jobs; a job the broker refuses is failed (committed) and reported."""
         self.session.commit()
         self._undos.clear()
         sends, self._sends = self._sends, []
+        refusal_undos, self._refusal_undos = self._refusal_undos, []
         refused: list[uuid.UUID] = []
         reason = ""
         for job_id, send in sends:
@@ -91,6 +145,8 @@ class UnitOfWork:
                 JobRepository(self.session).fail(job_id, "broker_unavailable", reason, utcnow())
                 refused.append(job_id)
         if refused:
+            for undo in refusal_undos:
+                undo(self.session)
             self.session.commit()
             raise BrokerUnavailable(refused, reason)
 
@@ -98,6 +154,7 @@ class UnitOfWork:
         """Roll back and undo what was written outside the catalogue; registered jobs are never sent."""
         self.session.rollback()
         self._sends.clear()
+        self._refusal_undos.clear()
         undos, self._undos = self._undos, []
         for undo in reversed(undos):
             try:

@@ -5,7 +5,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from lethe.specs import AuditJobSpec, ForgetJobSpec
@@ -17,6 +17,7 @@ from models.tables import (
     Base,
     BaseModel,
     Dataset,
+    IdempotencyKey,
     Job,
     JobEvent,
     Metric,
@@ -352,3 +353,25 @@ class WorkerRepository(Repository[Worker]):
     def alive_since(self, since: datetime) -> Sequence[Worker]:
         """Workers that beat at or after `since`, latest beat first."""
         return self.session.scalars(select(Worker).where(Worker.beat_at >= since).order_by(Worker.beat_at.desc())).all()
+
+
+class IdempotencyKeyRepository(Repository[IdempotencyKey]):
+    table = IdempotencyKey
+
+    def get(self, tenant_id: uuid.UUID, operation: str, key: str) -> IdempotencyKey | None:
+        return self.session.scalar(
+            select(IdempotencyKey).where(
+                IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.operation == operation, IdempotencyKey.key == key
+            )
+        )
+
+    def delete(self, key_id: uuid.UUID) -> None:
+        self.session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == key_id))
+
+    def delete_expired(self, tenant_id: uuid.UUID, created_before: datetime) -> None:
+        """Forget the tenant's keys stored before `created_before`, so they can be used again."""
+        self.session.execute(
+            delete(IdempotencyKey).where(
+                IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.created_at < created_before
+            )
+        )

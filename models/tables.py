@@ -123,7 +123,6 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     # Object key of the per-example metric values (JSON), written with the job's results.
     evidence_key: Mapped[str | None] = mapped_column(Text, default=None)
     # Bytes of the job's evidence objects (per-example values, pre-forgetting state): counted in the tenant's quota.
@@ -234,3 +233,29 @@ class Worker(Base):
     id: Mapped[str] = mapped_column(String(200), primary_key=True)
     started_at: Mapped[datetime] = mapped_column()
     beat_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class IdempotencyKey(Base):
+    """The first response to a creating POST sent with an `Idempotency-Key`, to replay to a retry of it.
+
+    A table of its own rather than the old `jobs.idempotency_key` column: an upload creates a dataset and no job,
+    a replay must return the first response exactly (status and body), and a key is scoped to its tenant and
+    operation, so one unique constraint over (tenant, operation, key) decides which of two concurrent requests
+    creates. The row is written in the same transaction as what the request created: a request that fails leaves
+    no key behind.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("tenant_id", "operation", "key"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"))
+    # The route's operation id: `upload_dataset`, `submit_forget_request`, `submit_audit`.
+    operation: Mapped[str] = mapped_column(String(60))
+    key: Mapped[str] = mapped_column(String(200))
+    # SHA-256 of the request (canonical JSON of the validated body; the file, name and kind of an upload).
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response_body: Mapped[dict[str, Any]] = mapped_column()
+    # Keys expire LETHE_IDEMPOTENCY_TTL_S after this.
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -4,13 +4,23 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.deps import QueueDep, SessionDep, SettingsDep, StoreDep, TenantDep, UnitOfWorkDep, WritingTenantDep
+from api.deps import (
+    IdempotencyKeyDep,
+    QueueDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    TenantDep,
+    UnitOfWorkDep,
+    WritingTenantDep,
+)
 from api.errors import error_responses, job_submission_responses
 from api.routes.streaming import streamed_object, streamed_object_responses
 from api.schemas import AuditAccepted, AuditOut, AuditRequestIn
 from api.services import audits
+from api.services.idempotency import CreatingRequest, create_once, json_fingerprint, replayable
 from lethe.queue import enqueue_audit_job
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"])
@@ -20,15 +30,25 @@ router = APIRouter(prefix="/v1/audits", tags=["audits"])
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=AuditAccepted,
-    responses=job_submission_responses(),
+    responses=replayable(status.HTTP_202_ACCEPTED) | job_submission_responses(),
 )
 def submit_audit(
-    request: AuditRequestIn, work: UnitOfWorkDep, tenant_id: WritingTenantDep, queue: QueueDep, settings: SettingsDep
-) -> AuditAccepted:
+    request: AuditRequestIn,
+    work: UnitOfWorkDep,
+    tenant_id: WritingTenantDep,
+    queue: QueueDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKeyDep = None,
+) -> AuditAccepted | JSONResponse:
     """Run recovery attacks on an adapter; returns the audit and the job to poll."""
-    audit = audits.submit_audit(work.session, settings, tenant_id, request)
-    work.enqueue_after_commit(audit.job_id, lambda: enqueue_audit_job(queue, str(audit.job_id)))
-    return AuditAccepted(audit_id=audit.id, job_id=audit.job_id, status="queued")
+
+    def submit() -> AuditAccepted:
+        audit = audits.submit_audit(work.session, settings, tenant_id, request)
+        work.enqueue_after_commit(audit.job_id, lambda: enqueue_audit_job(queue, str(audit.job_id)))
+        return AuditAccepted(audit_id=audit.id, job_id=audit.job_id, status="queued")
+
+    creating = CreatingRequest("submit_audit", idempotency_key, json_fingerprint(request))
+    return create_once(work, tenant_id, creating, settings.idempotency_ttl_s, status.HTTP_202_ACCEPTED, submit)
 
 
 @router.get("/{audit_id}", response_model=AuditOut, responses=error_responses(401, 404, 422, 429))

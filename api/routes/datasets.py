@@ -2,20 +2,23 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile, status
+from fastapi.responses import JSONResponse
 
-from api.deps import SessionDep, SettingsDep, StoreDep, TenantDep, UnitOfWorkDep, WritingTenantDep
+from api.deps import IdempotencyKeyDep, SessionDep, SettingsDep, StoreDep, TenantDep, UnitOfWorkDep, WritingTenantDep
 from api.errors import PayloadTooLarge, error_responses
 from api.schemas import DatasetOut
 from api.services import datasets as service
+from api.services.idempotency import CreatingRequest, create_once, replayable, upload_fingerprint
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
-async def _read_bounded(request: Request, file: UploadFile, limit: int) -> bytes:
+def _read_bounded(request: Request, file: UploadFile, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
         raise PayloadTooLarge(f"file: upload is larger than the limit of {limit} bytes")
-    content = await file.read(limit + 1)
+    # The form is already parsed (asynchronously, before the route runs) into a spooled file: read it here.
+    content = file.file.read(limit + 1)
     if len(content) > limit:
         raise PayloadTooLarge(f"file: upload is larger than the limit of {limit} bytes")
     return content
@@ -25,9 +28,9 @@ async def _read_bounded(request: Request, file: UploadFile, limit: int) -> bytes
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetOut,
-    responses=error_responses(400, 401, 403, 413, 415, 422, 429),
+    responses=replayable(status.HTTP_201_CREATED) | error_responses(400, 401, 403, 409, 413, 415, 422, 429, 503),
 )
-async def upload_dataset(
+def upload_dataset(
     request: Request,
     work: UnitOfWorkDep,
     store: StoreDep,
@@ -36,11 +39,19 @@ async def upload_dataset(
     file: Annotated[UploadFile, File(description="JSONL, one row per line.")],
     name: Annotated[str, Form(description="A name for the dataset (retain metrics are keyed by it).")],
     kind: Annotated[str, Form(description="Row schema of the file: `choice`, `qa` or `text`.")],
-) -> DatasetOut:
+    idempotency_key: IdempotencyKeyDep = None,
+) -> DatasetOut | JSONResponse:
     """Upload a JSONL dataset; every row is validated and a bad file stores nothing."""
-    content = await _read_bounded(request, file, settings.max_upload_bytes)
-    dataset = service.create_dataset(work, store, settings, tenant_id, name, kind, content)
-    return DatasetOut.model_validate(dataset, from_attributes=True)
+    # A plain `def`, so FastAPI runs it in its threadpool: the catalogue and the object store block, and on the
+    # event loop one waiting for a database lock would stall every other request (even /healthz).
+    content = _read_bounded(request, file, settings.max_upload_bytes)
+
+    def create() -> DatasetOut:
+        dataset = service.create_dataset(work, store, settings, tenant_id, name, kind, content)
+        return DatasetOut.model_validate(dataset, from_attributes=True)
+
+    creating = CreatingRequest("upload_dataset", idempotency_key, upload_fingerprint(content, name, kind))
+    return create_once(work, tenant_id, creating, settings.idempotency_ttl_s, status.HTTP_201_CREATED, create)
 
 
 @router.get("", response_model=list[DatasetOut], responses=error_responses(401, 429))

@@ -1,13 +1,23 @@
 import uuid
 
 from fastapi import APIRouter, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.deps import QueueDep, SessionDep, SettingsDep, StoreDep, TenantDep, UnitOfWorkDep, WritingTenantDep
+from api.deps import (
+    IdempotencyKeyDep,
+    QueueDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    TenantDep,
+    UnitOfWorkDep,
+    WritingTenantDep,
+)
 from api.errors import error_responses, job_submission_responses
 from api.routes.streaming import streamed_object, streamed_object_responses
 from api.schemas import ForgetRequestIn, JobAccepted, JobOut, JobSummary
 from api.services import forget_requests, jobs
+from api.services.idempotency import CreatingRequest, create_once, json_fingerprint, replayable
 from lethe.queue import enqueue_forget_job
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -17,15 +27,25 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
     "/forget-requests",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
-    responses=job_submission_responses(),
+    responses=replayable(status.HTTP_202_ACCEPTED) | job_submission_responses(),
 )
 def submit_forget_request(
-    request: ForgetRequestIn, work: UnitOfWorkDep, tenant_id: WritingTenantDep, queue: QueueDep, settings: SettingsDep
-) -> JobAccepted:
+    request: ForgetRequestIn,
+    work: UnitOfWorkDep,
+    tenant_id: WritingTenantDep,
+    queue: QueueDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKeyDep = None,
+) -> JobAccepted | JSONResponse:
     """Ask for a base model to forget a dataset; returns the job to poll."""
-    job = forget_requests.submit_forget_request(work.session, settings, tenant_id, request)
-    work.enqueue_after_commit(job.id, lambda: enqueue_forget_job(queue, str(job.id)))
-    return JobAccepted(job_id=job.id, status="queued")
+
+    def submit() -> JobAccepted:
+        job = forget_requests.submit_forget_request(work.session, settings, tenant_id, request)
+        work.enqueue_after_commit(job.id, lambda: enqueue_forget_job(queue, str(job.id)))
+        return JobAccepted(job_id=job.id, status="queued")
+
+    creating = CreatingRequest("submit_forget_request", idempotency_key, json_fingerprint(request))
+    return create_once(work, tenant_id, creating, settings.idempotency_ttl_s, status.HTTP_202_ACCEPTED, submit)
 
 
 @router.get("/jobs", response_model=list[JobSummary], responses=error_responses(401, 429))

@@ -45,9 +45,17 @@ CHOICE_ROWS = [{"prompt": f"Is {n} even?", "choices": [" yes", " no"], "answer":
 RETAIN_ROWS = [{"prompt": f"Is {n} odd?", "choices": [" yes", " no"], "answer": (n + 1) % 2} for n in range(10)]
 
 
-def upload(client: TestClient, rows: list[dict] | bytes, name: str = "parity", kind: str = "choice"):
+def upload(
+    client: TestClient,
+    rows: list[dict] | bytes,
+    name: str = "parity",
+    kind: str = "choice",
+    headers: dict[str, str] | None = None,
+):
     content = rows if isinstance(rows, bytes) else jsonl(rows)
-    return client.post("/v1/datasets", files={"file": ("d.jsonl", content)}, data={"name": name, "kind": kind})
+    return client.post(
+        "/v1/datasets", files={"file": ("d.jsonl", content)}, data={"name": name, "kind": kind}, headers=headers
+    )
 
 
 def forget_adapter(client: TestClient, settings: Settings, kind: str = "choice", with_retain: bool = True) -> str:

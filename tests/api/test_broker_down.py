@@ -46,3 +46,18 @@ def test_an_audit_with_the_broker_down_is_503_and_its_job_is_failed(stack_settin
         [job] = [j for j in client.get("/v1/jobs").json() if j["kind"] == "audit"]
         assert job["status"] == "failed"
         assert client.get(f"/v1/jobs/{job['id']}").json()["error"]["code"] == "broker_unavailable"
+
+
+def test_a_refused_job_stores_no_idempotency_key(stack_settings: Settings) -> None:
+    settings = stack_settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
+    with session_scope(settings.database_url) as session:
+        key = create_key(session, f"broker-down-{uuid.uuid4().hex[:8]}")
+        register_base_model(session, "tiny-registered", "path:/nonexistent/tiny", "validation tests only")
+    with TestClient(create_app(settings), headers={"X-API-Key": key}) as client:
+        forget_id = upload(client, CHOICE_ROWS).json()["id"]
+        body = {"base_model": "tiny-registered", "forget_dataset": forget_id, "method": {"name": "random_label"}}
+        headers = {"Idempotency-Key": "refused-once"}
+        # The client got a 503, not the 202 the key was stored with: its retry must try again, not replay a 202.
+        assert client.post("/v1/forget-requests", json=body, headers=headers).status_code == 503
+        assert client.post("/v1/forget-requests", json=body, headers=headers).status_code == 503
+        assert [job["status"] for job in client.get("/v1/jobs").json()] == ["failed", "failed"]

@@ -1,14 +1,17 @@
 """Auth, health, the published registries and the committed OpenAPI spec."""
 
+import inspect
 import json
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
 
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlalchemy import delete
 
+from api.routes import adapters, audits, datasets, health, jobs, registries
 from cli.openapi import current_spec
 from lethe.settings import Settings
 from models.db import session_scope
@@ -95,3 +98,15 @@ def test_operation_ids_read_well_and_errors_are_declared() -> None:
 def test_the_api_does_not_import_torch() -> None:
     code = "import sys, api.app; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+def test_no_route_runs_on_the_event_loop() -> None:
+    # Every route reads the catalogue or the store, which block: as a plain `def` FastAPI runs it in its threadpool
+    # (and iterates a streamed object there too); an `async def` would hold the event loop, /healthz included.
+    on_the_loop = [
+        route.path
+        for module in (adapters, audits, datasets, health, jobs, registries)
+        for route in module.router.routes
+        if isinstance(route, APIRoute) and inspect.iscoroutinefunction(route.endpoint)
+    ]
+    assert on_the_loop == []

@@ -22,6 +22,7 @@ TABLES = {
     "audits",
     "audit_results",
     "workers",
+    "idempotency_keys",
 }
 
 

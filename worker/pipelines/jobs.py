@@ -11,7 +11,7 @@ from functools import partial
 from sqlalchemy.orm import Session
 
 from lethe.settings import Settings
-from models.db import UnitOfWork, session_scope
+from models.db import UnitOfWork, session_scope, unavailable
 from models.repositories import JobEventRepository, JobRepository, WorkerRepository
 from models.tables import utcnow
 from storage import ObjectStore
@@ -89,10 +89,21 @@ class ProgressReporter:
         stage_changed = stage != self._stage
         if not stage_changed and now - self._last_write < self.min_interval_s and fraction < 1.0:
             return
-        with session_scope(self.settings.database_url) as session:
-            running = JobRepository(session).set_progress(self.job_id, stage, min(max(fraction, 0.0), 1.0), utcnow())
-            if running and stage_changed:
-                JobEventRepository(session).append(self.job_id, "stage", {"stage": stage})
+        try:
+            with session_scope(self.settings.database_url) as session:
+                running = JobRepository(session).set_progress(
+                    self.job_id, stage, min(max(fraction, 0.0), 1.0), utcnow()
+                )
+                if running and stage_changed:
+                    JobEventRepository(session).append(self.job_id, "stage", {"stage": stage})
+        except Exception as exc:
+            cause = unavailable(exc)
+            if cause is None:
+                raise
+            # Progress is a report, not the work: a busy catalogue must not fail the job. Nothing is remembered,
+            # so the next report writes this stage again.
+            log.warning("job %s: progress not written, %s", self.job_id, cause.reason)
+            return
         if not running:
             # Cancelled (or reaped) while it ran: stop here; nothing is stored.
             raise JobFailure("job_closed", "the job was closed while it ran (cancelled or reaped)")
