@@ -183,6 +183,9 @@ class Faults:
             "LETHE_STALL_TIMEOUT_S": "120",
             "LETHE_MAX_ATTEMPTS": "10",
             "LETHE_CHECKPOINT_EVERY_STEPS": "10",
+            # The run submits its jobs at once: above a tenant's default write burst and active-job cap.
+            "LETHE_RATE_LIMIT_BURST": "1000",
+            "LETHE_MAX_ACTIVE_JOBS_PER_TENANT": "1000",
         }
         self.worker: Process | None = None
         self.workers_started = 0
@@ -202,6 +205,7 @@ class Faults:
         from tests.tiny_lm import build_tiny_lm, task_corpus
 
         tiny_dir = build_tiny_lm(self.work_dir / "tiny-lm", task_corpus())
+        subprocess.run([sys.executable, "-m", "cli.main", "migrate"], env=self.env, cwd=ROOT, check=True)
         subprocess.run(
             [sys.executable, "-m", "cli.main", "base-models", "add", "tiny-faults", str(tiny_dir)],
             env=self.env,
