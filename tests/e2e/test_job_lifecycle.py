@@ -1,4 +1,5 @@
-"""Jobs that do not end normally: cancelled by the user, or orphaned by a worker that died."""
+"""Jobs that do not end normally: cancelled by the user, orphaned by a worker that died, their message lost by the
+broker, past their time limit."""
 
 import signal
 import time
@@ -6,22 +7,26 @@ import uuid
 from pathlib import Path
 
 import httpx
+import redis
 
 from lethe.settings import Settings
 from models.db import session_scope
-from models.repositories import AdapterRepository, JobEventRepository
+from models.repositories import AdapterRepository, JobEventRepository, JobRepository
+from tests.conftest import REDIS_DB
 from tests.e2e.conftest import BOOTSTRAP_KEY, own_redis_db, start_lethe, upload_rows, wait_for_job
 from tests.tiny_lm import synthetic_choice_rows
 
 # Long enough to be caught while it runs: many epochs, no early stop.
 SLOW_METHOD = {"name": "gradient_ascent", "params": {"epochs": 100, "batch_size": 2, "stop_at_target": False}}
+# Trains long enough to be killed while it runs, short enough to run again to the end.
+MEDIUM_METHOD = {"name": "gradient_ascent", "params": {"epochs": 8, "batch_size": 2, "stop_at_target": False}}
 
 
-def _submit_slow_job(client: httpx.Client) -> str:
+def _submit_slow_job(client: httpx.Client, method: dict = SLOW_METHOD) -> str:
     forget_id = upload_rows(client, synthetic_choice_rows(64, seed=3), "slow")
     response = client.post(
         "/v1/forget-requests",
-        json={"base_model": "tiny-e2e", "forget_dataset": forget_id, "method": SLOW_METHOD, "probe": False},
+        json={"base_model": "tiny-e2e", "forget_dataset": forget_id, "method": method, "probe": False},
     )
     assert response.status_code == 202, response.text
     return str(response.json()["job_id"])
@@ -74,17 +79,63 @@ def _submit_quick_job(client: httpx.Client) -> str:
     return str(response.json()["job_id"])
 
 
-def test_a_killed_worker_does_not_leave_its_job_running(
-    tmp_path: Path, stack_env: dict[str, str], start_service
+def _attempts_and_events(settings: Settings, job_id: str) -> tuple[int, list[tuple[str, dict]]]:
+    with session_scope(settings.database_url) as session:
+        job = JobRepository(session).get_any_tenant(uuid.UUID(job_id))
+        assert job is not None
+        return job.attempts, [(e.type, e.payload) for e in JobEventRepository(session).list(job.id)]
+
+
+def test_a_killed_workers_job_is_requeued_and_a_new_worker_finishes_it(
+    tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service
 ) -> None:
-    env = {**own_redis_db(stack_env, 14), "LETHE_HEARTBEAT_TIMEOUT_S": "4", "LETHE_REAPER_INTERVAL_S": "1"}
+    env = {**own_redis_db(stack_env, REDIS_DB), "LETHE_HEARTBEAT_TIMEOUT_S": "4", "LETHE_REAPER_INTERVAL_S": "1"}
     base_url, services, _ = start_lethe(tmp_path, env, start_service, with_worker=True)
     api, worker = services
     with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as client:
-        job_id = _submit_slow_job(client)
+        job_id = _submit_slow_job(client, MEDIUM_METHOD)
         _wait_for_stage(client, job_id, "forgetting")
         worker.process.send_signal(signal.SIGKILL)
         worker.process.wait()
-        job = wait_for_job(client, job_id, [api], timeout_s=60)
-    assert job["status"] == "failed"
-    assert job["error"]["code"] == "worker_lost"
+        # No heartbeat for the timeout: the reaper puts it back in the queue (and the relay sends it).
+        _wait_for_stage(client, job_id, "queued", timeout_s=60)
+        new_worker = start_service(["worker"], env)
+        job = wait_for_job(client, job_id, [api, new_worker], timeout_s=600)
+    assert job["status"] == "succeeded", job
+    attempts, events = _attempts_and_events(stack_settings, job_id)
+    assert attempts == 2
+    assert [payload["attempt"] for kind, payload in events if kind == "started"] == [1, 2]
+    [requeued] = [payload for kind, payload in events if kind == "requeued"]
+    assert requeued["attempt"] == 1 and "worker_lost" in requeued["reason"]
+    assert f"job {job_id} re-queued" in api.log()
+
+
+def test_a_job_whose_message_was_lost_is_sent_again_and_runs(
+    tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service
+) -> None:
+    """The broker loses the message (its database flushed, as a restart without persistence would): the job is still
+    queued in the catalogue, and the relay sends it again once the redelivery timeout has passed."""
+    env = {**own_redis_db(stack_env, REDIS_DB), "LETHE_REDELIVER_AFTER_S": "3", "LETHE_REAPER_INTERVAL_S": "1"}
+    base_url, services, _ = start_lethe(tmp_path, env, start_service, with_worker=True)
+    api, worker = services
+    worker.stop()  # no worker takes the message before the broker loses it
+    with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as client:
+        job_id = _submit_quick_job(client)
+        redis.Redis.from_url(env["LETHE_BROKER_URL"]).flushdb()
+        new_worker = start_service(["worker"], env)
+        job = wait_for_job(client, job_id, [api, new_worker], timeout_s=300)
+    assert job["status"] == "succeeded", job
+    assert f"job {job_id} sent again" in api.log()
+    assert _attempts_and_events(stack_settings, job_id)[0] == 1
+
+
+def test_a_job_past_its_time_limit_fails_and_the_worker_carries_on(
+    tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service
+) -> None:
+    """The soft limit in a real Celery worker (solo pool: the task runs on the main thread, where SIGALRM lands)."""
+    env = {**own_redis_db(stack_env, REDIS_DB), "LETHE_JOB_TIME_LIMIT_S": "15"}
+    base_url, services, _ = start_lethe(tmp_path, env, start_service, with_worker=True)
+    with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as client:
+        job = wait_for_job(client, _submit_slow_job(client), services, timeout_s=120)
+        assert job["status"] == "failed" and job["error"]["code"] == "time_limit", job
+        assert wait_for_job(client, _submit_quick_job(client), services, timeout_s=120)["status"] == "succeeded"
