@@ -35,7 +35,7 @@ def make_celery(settings: Settings) -> Celery:
         # The catalogue holds job state; a message is a wake-up for one claim of a job of its kind (the job id it
         # carries names the job it was sent for, for the logs). Ack after the task so a lost worker's message is
         # redelivered; a second delivery only claims the next queued job, or nothing. Messages the broker loses are
-        # sent again by the API's relay (api/maintenance.py), a lost worker's job re-queued by its reaper.
+        # sent again by the API's relay, a lost worker's job re-queued by its reaper (api/app.py::maintain_jobs).
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
