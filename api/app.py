@@ -34,7 +34,7 @@ def maintain_jobs(settings: Settings, queue: Celery) -> None:
     The reaper re-queues jobs whose worker is lost and fails stalled ones; the relay then sends every queued job
     that was never sent (new ones whose sender died after the commit, re-queued ones) or whose message was not
     claimed within the redelivery timeout (lost by the broker, or the broker flushed or restarted). Postgres is the
-    truth; a message is only a wake-up, so one sent twice costs a worker one query. A send the broker refuses is
+    truth; a message is only a wake-up, so one sent twice costs a worker one query. Sends the broker refuses are
     tried again at the next pass.
     """
     with session_scope(settings.database_url) as session:
@@ -50,8 +50,9 @@ def maintain_jobs(settings: Settings, queue: Celery) -> None:
         try:
             send_job(queue, job.kind, str(job.job_id))
         except Exception as exc:
+            # The broker is down or refusing: the rest would be refused too; the next pass tries them all again.
             log.warning("job %s: the broker refused its message (%s); the next pass tries again", job.job_id, exc)
-            continue
+            break
         sent.append(job.job_id)
         if job.sent_at is None:
             log.warning("job %s sent: it was queued with no message (re-queued, or its sender died)", job.job_id)
