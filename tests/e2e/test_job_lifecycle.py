@@ -1,9 +1,13 @@
 """Jobs that do not end normally: cancelled by the user, orphaned by a worker that died, their message lost by the
 broker, past their time limit."""
 
+import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -13,7 +17,7 @@ from lethe.settings import Settings
 from models.db import session_scope
 from models.repositories import AdapterRepository, JobEventRepository, JobRepository
 from tests.conftest import REDIS_DB
-from tests.e2e.conftest import BOOTSTRAP_KEY, own_redis_db, start_lethe, upload_rows, wait_for_job
+from tests.e2e.conftest import BOOTSTRAP_KEY, ROOT, own_redis_db, start_lethe, upload_rows, wait_for_job
 from tests.tiny_lm import synthetic_choice_rows
 
 # Long enough to be caught while it runs: many epochs, no early stop.
@@ -139,3 +143,39 @@ def test_a_job_past_its_time_limit_fails_and_the_worker_carries_on(
         job = wait_for_job(client, _submit_slow_job(client), services, timeout_s=120)
         assert job["status"] == "failed" and job["error"]["code"] == "time_limit", job
         assert wait_for_job(client, _submit_quick_job(client), services, timeout_s=120)["status"] == "succeeded"
+
+
+def test_one_tenants_backlog_does_not_hold_back_anothers_job(
+    tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service
+) -> None:
+    """Tenant a submits ten jobs, then tenant b one, all before a worker runs: b's job does not wait for a's ten."""
+    env = own_redis_db(stack_env, REDIS_DB)
+    base_url, services, _ = start_lethe(tmp_path, env, start_service, with_worker=True)
+    api, worker = services
+    worker.stop()
+    other_key = subprocess.run(
+        [sys.executable, "-m", "cli.main", "api-keys", "create", "--tenant", f"fair-{uuid.uuid4().hex[:8]}"],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    with (
+        httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as tenant_a,
+        httpx.Client(base_url=base_url, headers={"X-API-Key": other_key}, timeout=30) as tenant_b,
+    ):
+        a_jobs = [_submit_quick_job(tenant_a) for _ in range(10)]
+        b_job = _submit_quick_job(tenant_b)
+        new_worker = start_service(["worker"], env)
+        for job_id in a_jobs:
+            assert wait_for_job(tenant_a, job_id, [api, new_worker], timeout_s=300)["status"] == "succeeded"
+        assert wait_for_job(tenant_b, b_job, [api, new_worker], timeout_s=60)["status"] == "succeeded"
+        a_started = [_started_at(tenant_a, job_id) for job_id in a_jobs]
+        b_started = _started_at(tenant_b, b_job)
+    # One worker, one job at a time: b's job ran before the second of a's (a's first may have gone first).
+    assert sum(started < b_started for started in a_started) <= 1, (b_started, sorted(a_started))
+
+
+def _started_at(client: httpx.Client, job_id: str) -> datetime:
+    return datetime.fromisoformat(client.get(f"/v1/jobs/{job_id}").json()["started_at"])
