@@ -220,10 +220,21 @@ class JobRepository(TenantScopedRepository[Job]):
         """Close a job that is still open (queued or running) and append its `status` event with `event` as
         payload; False, and nothing written, if it was already closed. With `attempt` (a worker's claim), only
         while the job is still running that attempt: a worker whose job was re-queued cannot close the new one."""
-        guard = [Job.status == "running", Job.attempts == attempt] if attempt is not None else [_open()]
+        return self._close(_closable(job_id, attempt), job_id, status, now, event, error_code, error_message)
+
+    def _close(
+        self,
+        guard: tuple[ColumnElement[bool], ...],
+        job_id: uuid.UUID,
+        status: str,
+        now: datetime,
+        event: dict[str, Any] | None,
+        error_code: str | None,
+        error_message: str | None,
+    ) -> bool:
         result = self.session.execute(
             update(Job)
-            .where(Job.id == job_id, *guard)
+            .where(*guard)
             .values(
                 status=status,
                 stage="done" if status == "succeeded" else status,
@@ -241,8 +252,7 @@ class JobRepository(TenantScopedRepository[Job]):
     def fail(self, job_id: uuid.UUID, code: str, message: str, now: datetime, attempt: int | None = None) -> bool:
         """Close an open job as failed with an error code the user can act on; False if it was already closed
         (or, with `attempt`, is no longer running that attempt)."""
-        event = {"code": code, "message": message[:500]}
-        return self.finish(job_id, "failed", now, event, code, message[:2000], attempt)
+        return self._fail(_closable(job_id, attempt), job_id, code, message, now)
 
     def set_evidence(self, claim: Claim, object_key: str) -> bool:
         """Point the job at its per-example values; False when the claim is no longer the job's."""
@@ -264,6 +274,24 @@ class JobRepository(TenantScopedRepository[Job]):
         return self.session.scalars(
             select(Job).where(Job.status == "running", Job.progress_at < progress_before).order_by(Job.created_at)
         ).all()
+
+    def fail_lost(self, job: Job, heartbeat_before: datetime, message: str, now: datetime) -> bool:
+        """Fail a running job whose worker is gone (`worker_lost`); False if meanwhile it beat, finished or was
+        re-queued."""
+        guard = (*_held(Claim(job.id, job.attempts)), Job.heartbeat_at < heartbeat_before)
+        return self._fail(guard, job.id, "worker_lost", message, now)
+
+    def fail_stalled(self, job: Job, progress_before: datetime, message: str, now: datetime) -> bool:
+        """Fail a running job whose progress stopped (`stalled`); False if meanwhile it advanced, finished or was
+        re-queued."""
+        guard = (*_held(Claim(job.id, job.attempts)), Job.progress_at < progress_before)
+        return self._fail(guard, job.id, "stalled", message, now)
+
+    def _fail(
+        self, guard: tuple[ColumnElement[bool], ...], job_id: uuid.UUID, code: str, message: str, now: datetime
+    ) -> bool:
+        event = {"code": code, "message": message[:500]}
+        return self._close(guard, job_id, "failed", now, event, code, message[:2000])
 
     def requeue(self, job: Job, heartbeat_before: datetime, reason: str) -> bool:
         """Put a running job whose worker is gone back in the queue (unsent, so the relay sends it at once) and
@@ -292,8 +320,11 @@ def _held(claim: Claim) -> tuple[ColumnElement[bool], ...]:
     return Job.id == claim.job_id, Job.status == "running", Job.attempts == claim.attempt
 
 
-def _open() -> ColumnElement[bool]:
-    return Job.status.in_(["queued", "running"])
+def _closable(job_id: uuid.UUID, attempt: int | None) -> tuple[ColumnElement[bool], ...]:
+    """The condition for closing a job: open (queued or running), or with `attempt`, held by that attempt."""
+    if attempt is not None:
+        return _held(Claim(job_id, attempt))
+    return Job.id == job_id, Job.status.in_(["queued", "running"])
 
 
 class JobEventRepository(Repository[JobEvent]):

@@ -106,14 +106,15 @@ def reap_stale_jobs(session: Session, settings: Settings, now: datetime) -> Reap
                 reaped.requeued.append((job.id, job.attempts))
         else:
             message = f"the worker was lost on each of the job's {job.attempts} attempts ({silent}); not retried"
-            if jobs.fail(job.id, "worker_lost", message, now, attempt=job.attempts):
+            if jobs.fail_lost(job, heartbeat_before, message, now):
                 reaped.failed.append((job.id, "worker_lost"))
     # A stall is not retried: the worker is alive but the job stopped advancing, and the same spec, rows and seed on
     # another attempt would most likely hang at the same point, holding a worker for the timeout again each time.
     stall = settings.stall_timeout_s
-    for job in jobs.stalled(now - timedelta(seconds=stall)):
+    progress_before = now - timedelta(seconds=stall)
+    for job in jobs.stalled(progress_before):
         message = f"no progress for {stall:g} s in stage {job.stage} while the worker was alive; not retried"
-        if jobs.fail(job.id, "stalled", message, now, attempt=job.attempts):
+        if jobs.fail_stalled(job, progress_before, message, now):
             reaped.failed.append((job.id, "stalled"))
     return reaped
 

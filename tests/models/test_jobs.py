@@ -242,3 +242,26 @@ def test_concurrent_claims_on_postgres_take_different_jobs(stack_settings: Setti
     thread.join()
     assert all(claims) and {claim.job_id for claim in claims if claim} == jobs
     _close(url, *jobs)
+
+
+def test_the_reaper_leaves_a_job_that_moved_after_it_looked(stack_settings: Settings) -> None:
+    """Between the reaper's read and its write, the worker beat (or advanced): the job is neither failed nor
+    re-queued."""
+    url = stack_settings.database_url
+    job_id = _queued_job(url, _kind())
+    claim = _claim(url, job_id, at_minutes_ago=10)
+    before = utcnow() - timedelta(minutes=1)
+    with session_scope(url) as session:
+        jobs = JobRepository(session)
+        [seen] = [job for job in jobs.lost(before) if job.id == job_id]
+        assert [job.id for job in jobs.stalled(before) if job.id == job_id] == [job_id]
+        session.expunge(seen)
+    with session_scope(url) as session:
+        assert JobRepository(session).set_progress(claim, "forgetting", 0.5, utcnow())
+    with session_scope(url) as session:
+        jobs = JobRepository(session)
+        assert not jobs.fail_stalled(seen, before, "stalled", utcnow())
+        assert not jobs.fail_lost(seen, before, "lost", utcnow())
+        assert not jobs.requeue(seen, before, "lost")
+    assert _job(url, job_id).status == "running"
+    _close(url, job_id)
