@@ -96,3 +96,39 @@ def test_a_job_that_ignores_its_time_limit_is_failed_and_its_worker_ended(stack_
     assert exits == [HARD_LIMIT_EXIT_STATUS]
     job = _job(stack_settings, job_id)
     assert (job.status, job.error_code) == ("failed", "time_limit")
+
+
+def test_a_hung_job_is_interrupted_once_the_reaper_failed_it(stack_settings: Settings) -> None:
+    """The job hangs without reporting; the reaper fails it as stalled; its worker is not left hanging with it: the
+    job's heartbeat finds its claim gone and interrupts the job, and the worker is free for the next one."""
+    settings = stack_settings.model_copy(update={"heartbeat_interval_s": 0.2})
+    job_id = _queued_job(settings, _kind())
+
+    def reaper() -> None:
+        time.sleep(1)
+        with session_scope(settings.database_url) as session:
+            jobs = JobRepository(session)
+            job = jobs.get_any_tenant(job_id)
+            assert job is not None and jobs.fail_stalled(job, utcnow(), "stalled (test)", utcnow())
+
+    thread = threading.Thread(target=reaper)
+    thread.start()
+    started = time.monotonic()
+    assert run_job(settings, job_id, lambda: time.sleep(30)) == "closed"
+    thread.join()
+    assert time.monotonic() - started < 10
+    job = _job(settings, job_id)
+    assert (job.status, job.error_code) == ("failed", "stalled")
+
+
+def test_a_job_that_succeeds_is_not_interrupted_by_its_last_heartbeat(stack_settings: Settings) -> None:
+    """The body closes the job itself (succeeded) and the heartbeat beats once more before it stops: no interruption."""
+    settings = stack_settings.model_copy(update={"heartbeat_interval_s": 0.05})
+    job_id = _queued_job(settings, _kind())
+
+    def succeed_then_linger() -> None:
+        with session_scope(settings.database_url) as session:
+            assert JobRepository(session).finish(job_id, "succeeded", utcnow(), attempt=1)
+        time.sleep(0.5)  # several beats find the job closed
+
+    assert run_job(settings, job_id, succeed_then_linger) == "succeeded"

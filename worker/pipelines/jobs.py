@@ -67,12 +67,19 @@ class Heartbeat:
         self.stop()
 
 
-def job_heartbeat(settings: Settings, claim: Claim) -> Heartbeat:
+def job_heartbeat(settings: Settings, claim: Claim, on_closed: Callable[[], None]) -> Heartbeat:
     """The heartbeat of a running job (the reaper re-queues a job whose heartbeat is older than the timeout); it
-    beats only while the claim is still the job's."""
-    return Heartbeat(
-        settings, f"heartbeat-{claim.job_id}", lambda session: JobRepository(session).heartbeat(claim, utcnow())
-    )
+    beats only while the claim is still the job's, and calls `on_closed()` when it no longer is."""
+
+    def beat(session: Session) -> None:
+        jobs = JobRepository(session)
+        if not jobs.heartbeat(claim, utcnow()):
+            job = jobs.get_any_tenant(claim.job_id)
+            # Succeeded: by this very worker, a moment before the heartbeat stops; nothing to interrupt.
+            if job is None or job.status != "succeeded":
+                on_closed()
+
+    return Heartbeat(settings, f"heartbeat-{claim.job_id}", beat)
 
 
 def worker_liveness(settings: Settings, worker_id: str) -> Heartbeat:
@@ -137,6 +144,9 @@ class TimeLimit:
     in the main thread (SIGALRM), which `run_job` records as `time_limit`. A job that does not stop within
     `grace_s` more (stuck in native code) is failed with `time_limit` from a timer thread, and the worker process
     exits (`exit`) so that its supervisor starts a fresh one: the job's thread cannot be stopped any other way.
+
+    The same interruption stops a job whose claim is gone (`interrupt_closed`, from the job's heartbeat): one the
+    reaper failed as stalled while it hangs in Python code, or one cancelled between its progress reports.
     """
 
     def __init__(
@@ -153,9 +163,33 @@ class TimeLimit:
         self._old_handler: Any = None
         # Signals reach the main thread only (Celery's solo pool runs tasks there); elsewhere only the hard limit.
         self._soft = threading.current_thread() is threading.main_thread()
+        # One interruption at most, and none once the body has returned: a second exception could land in the
+        # clean-up of the first (a rolled-back unit of work deleting its objects), or in a job that succeeded.
+        self._lock = threading.Lock()
+        self._closed = self._interrupted = self._done = False
 
     def _soft_limit(self, _signum: int, _frame: object) -> None:
+        with self._lock:
+            if self._interrupted or self._done:
+                return
+            self._interrupted = True
+        if self._closed:
+            raise JobFailure("job_closed", "the job was closed or re-queued while it ran (cancelled or reaped)")
         raise JobTimeLimitExceeded(f"the job ran longer than its time limit of {self.limit_s:g} s")
+
+    def interrupt_closed(self) -> None:
+        """Raise `JobFailure("job_closed")` in the job's thread now: its claim is no longer the job's."""
+        with self._lock:
+            if self._closed or self._done or not self._soft:
+                return
+            self._closed = True
+        log.warning("job %s: its claim is gone (cancelled, failed or re-queued); stopping it", self.claim.job_id)
+        signal.setitimer(signal.ITIMER_REAL, 0.001)
+
+    def body_returned(self) -> None:
+        """From here on the job is not interrupted."""
+        with self._lock:
+            self._done = True
 
     def _hard_limit(self) -> None:
         message = f"the job ran longer than its time limit of {self.limit_s:g} s and did not stop; worker restarted"
@@ -225,8 +259,14 @@ def _started(session: Session, claim: Claim) -> None:
 def _run_claimed_job(settings: Settings, claim: Claim, body: Callable[[], None]) -> str:
     token = _held.set(claim)
     try:
-        with job_heartbeat(settings, claim), TimeLimit(settings, claim, settings.job_time_limit_s):
+        # The heartbeat stops before the time limit is disarmed: it may interrupt the job only while the limit's
+        # signal handler is in place.
+        with (
+            TimeLimit(settings, claim, settings.job_time_limit_s) as limit,
+            job_heartbeat(settings, claim, on_closed=limit.interrupt_closed),
+        ):
             body()
+            limit.body_returned()
         return "succeeded"
     except JobFailure as failure:
         log.warning("job %s stopped: %s (%s)", claim.job_id, failure.code, failure.message)
