@@ -53,6 +53,10 @@ def enqueue_audit_job(app: Celery, job_id: str) -> None:
     app.send_task(AUDIT_TASK, args=[job_id], queue=QUEUE)
 
 
+# The kinds of job a worker has a task for: what the relay may send.
+JOB_KINDS = ("forget", "audit")
+
+
 def send_job(app: Celery, kind: str, job_id: str) -> None:
-    """Send the wake-up of a job of `kind` (forget or audit)."""
+    """Send the wake-up of a job of `kind` (one of JOB_KINDS)."""
     {"forget": enqueue_forget_job, "audit": enqueue_audit_job}[kind](app, job_id)

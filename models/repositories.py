@@ -306,11 +306,16 @@ class JobRepository(TenantScopedRepository[Job]):
         JobEventRepository(self.session).append(job.id, "requeued", {"attempt": job.attempts, "reason": reason})
         return True
 
-    def unsent(self, sent_before: datetime) -> Sequence[Job]:
-        """Queued jobs never sent, or last sent before `sent_before` and still not claimed: the relay's work."""
+    def unsent(self, kinds: Sequence[str], sent_before: datetime) -> Sequence[Job]:
+        """Queued jobs of `kinds` never sent, or last sent before `sent_before` and still not claimed: the relay's
+        work."""
         return self.session.scalars(
             select(Job)
-            .where(Job.status == "queued", or_(Job.sent_at.is_(None), Job.sent_at < sent_before))
+            .where(
+                Job.status == "queued",
+                Job.kind.in_(kinds),
+                or_(Job.sent_at.is_(None), Job.sent_at < sent_before),
+            )
             .order_by(Job.created_at)
         ).all()
 

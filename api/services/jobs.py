@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import Conflict, NotFound
 from api.schemas import JobError, JobOut, JobStatus, MetricOut
+from lethe.queue import JOB_KINDS
 from lethe.settings import Settings
 from models.repositories import AdapterRepository, AuditRepository, JobRepository, MetricRepository
 from models.tables import Adapter, Job, utcnow
@@ -129,9 +130,10 @@ class Unsent:
 
 
 def unsent_jobs(session: Session, redeliver_after_s: float, now: datetime) -> list[Unsent]:
-    """Queued jobs to (re-)send: never sent, or not claimed `redeliver_after_s` after their last message."""
+    """Queued jobs to (re-)send: never sent, or not claimed `redeliver_after_s` after their last message. Only
+    the kinds a worker has a task for: a job of another kind could never be sent, and would stop every pass."""
     sent_before = now - timedelta(seconds=redeliver_after_s)
-    return [Unsent(job.id, job.kind, job.sent_at) for job in JobRepository(session).unsent(sent_before)]
+    return [Unsent(job.id, job.kind, job.sent_at) for job in JobRepository(session).unsent(JOB_KINDS, sent_before)]
 
 
 def mark_sent(session: Session, job_ids: Sequence[uuid.UUID], now: datetime) -> None:

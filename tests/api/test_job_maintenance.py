@@ -37,7 +37,7 @@ def _job(settings: Settings, job_id: uuid.UUID) -> Job:
 def _add_job(settings: Settings, **columns: object) -> uuid.UUID:
     with session_scope(settings.database_url) as session:
         tenant = TenantRepository(session).get_or_create("maintenance-tests")
-        return JobRepository(session).add(Job(tenant_id=tenant.id, kind="forget", spec={}, **columns)).id
+        return JobRepository(session).add(Job(tenant_id=tenant.id, spec={}, **{"kind": "forget", **columns})).id
 
 
 def _close(settings: Settings, *job_ids: uuid.UUID) -> None:
@@ -87,6 +87,15 @@ def test_a_pass_sends_again_only_jobs_not_claimed_in_time(
     assert _job(settings, lost_message).sent_at > utcnow() - timedelta(minutes=1)  # type: ignore[operator]
     assert f"job {lost_message} sent again" in caplog.text
     _close(settings, lost_message, recent)
+
+
+def test_a_job_of_a_kind_no_worker_runs_does_not_stop_the_relay(stack_settings: Settings) -> None:
+    stray = _add_job(stack_settings, status="queued", kind=f"t-{uuid.uuid4().hex[:8]}")
+    job = _add_job(stack_settings, status="queued")
+    maintain_jobs(stack_settings, make_celery(stack_settings))
+    assert _messages_for(stack_settings, job) == 1
+    assert _messages_for(stack_settings, stray) == 0
+    _close(stack_settings, stray, job)
 
 
 def test_the_pass_does_not_block_the_event_loop(stack_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -111,7 +111,7 @@ def test_a_killed_workers_job_is_requeued_and_a_new_worker_finishes_it(
     assert [payload["attempt"] for kind, payload in events if kind == "started"] == [1, 2]
     [requeued] = [payload for kind, payload in events if kind == "requeued"]
     assert requeued["attempt"] == 1 and "worker_lost" in requeued["reason"]
-    assert f"job {job_id} re-queued" in api.log()
+    assert f"job {job_id} re-queued" in api.log_path.read_text()
 
 
 def test_a_job_whose_message_was_lost_is_sent_again_and_runs(
@@ -129,7 +129,7 @@ def test_a_job_whose_message_was_lost_is_sent_again_and_runs(
         new_worker = start_service(["worker"], env)
         job = wait_for_job(client, job_id, [api, new_worker], timeout_s=300)
     assert job["status"] == "succeeded", job
-    assert f"job {job_id} sent again" in api.log()
+    assert f"job {job_id} sent again" in api.log_path.read_text()
     assert _attempts_and_events(stack_settings, job_id)[0] == 1
 
 

@@ -6,7 +6,7 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-from api.services.jobs import reap_stale_jobs, unsent_jobs
+from api.services.jobs import reap_stale_jobs
 from lethe.settings import Settings
 from models.db import session_scope
 from models.migrate import upgrade
@@ -64,7 +64,8 @@ def test_a_job_is_claimed_once_and_the_claim_is_its_attempt(stack_settings: Sett
 
 def test_the_reaper_requeues_a_lost_workers_job(stack_settings: Settings) -> None:
     url = stack_settings.database_url
-    lost, alive = _queued_job(url, _kind()), _queued_job(url, _kind())
+    kind = _kind()
+    lost, alive = _queued_job(url, kind), _queued_job(url, kind)
     _claim(url, lost, at_minutes_ago=10)
     _claim(url, alive)
     with session_scope(url) as session:
@@ -77,7 +78,7 @@ def test_the_reaper_requeues_a_lost_workers_job(stack_settings: Settings) -> Non
     assert _job(url, alive).status == "running"
     # Re-queued and never sent: the relay sends it at its next pass, whatever its timeout.
     with session_scope(url) as session:
-        assert lost in [unsent.job_id for unsent in unsent_jobs(session, 3600, utcnow())]
+        assert lost in [job.id for job in JobRepository(session).unsent([kind], utcnow() - timedelta(hours=1))]
     # The next claim is its second attempt.
     assert _claim(url, lost) == Claim(lost, 2)
     _close(url, lost, alive)
@@ -166,13 +167,14 @@ def test_a_job_that_stops_advancing_fails_stalled_though_its_worker_beats(stack_
 
 def test_the_relay_sends_queued_jobs_not_claimed_in_time(stack_settings: Settings) -> None:
     url = stack_settings.database_url
-    late, recent, never = (_queued_job(url, _kind()) for _ in range(3))
+    kind = _kind()
+    late, recent, never = (_queued_job(url, kind) for _ in range(3))
     with session_scope(url) as session:
         jobs = JobRepository(session)
         jobs.mark_sent(late, utcnow() - timedelta(minutes=10))
         jobs.mark_sent(recent, utcnow())
     with session_scope(url) as session:
-        unsent = {job.job_id for job in unsent_jobs(session, redeliver_after_s=60, now=utcnow())}
+        unsent = {job.id for job in JobRepository(session).unsent([kind], utcnow() - timedelta(minutes=1))}
     assert late in unsent and never in unsent and recent not in unsent
     _close(url, late, recent, never)
 
@@ -215,7 +217,7 @@ def test_a_tenant_with_a_running_job_waits_behind_one_without(stack_settings: Se
     with session_scope(url) as session:
         claim = JobRepository(session).claim_next(kind, utcnow())
     assert claim == Claim(idle, 1)
-    _close(url, busy_running, busy_queued)
+    _close(url, busy_running, busy_queued, idle)
 
 
 def test_concurrent_claims_on_postgres_take_different_jobs(stack_settings: Settings) -> None:
