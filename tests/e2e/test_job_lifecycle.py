@@ -50,7 +50,7 @@ def _wait_for_stage(client: httpx.Client, job_id: str, stage: str, timeout_s: fl
 def test_cancel_a_running_job(
     tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service
 ) -> None:
-    base_url, services, _ = start_lethe(tmp_path, own_redis_db(stack_env, 13), start_service, with_worker=True)
+    base_url, services, _ = start_lethe(tmp_path, own_redis_db(stack_env, REDIS_DB), start_service, with_worker=True)
     with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as client:
         job_id = _submit_slow_job(client)
         _wait_for_stage(client, job_id, "forgetting")
