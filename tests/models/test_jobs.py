@@ -73,8 +73,8 @@ def test_the_reaper_requeues_a_lost_workers_job(stack_settings: Settings) -> Non
     assert (lost, 1) in reaped.requeued and alive not in [job_id for job_id, _ in reaped.requeued]
     job = _job(url, lost)
     assert (job.status, job.stage, job.attempts, job.sent_at) == ("queued", "queued", 1, None)
-    [(kind, payload)] = _events(url, lost)
-    assert kind == "requeued" and payload["attempt"] == 1 and "worker_lost" in payload["reason"]
+    [(event, payload)] = _events(url, lost)
+    assert event == "requeued" and payload["attempt"] == 1 and "worker_lost" in payload["reason"]
     assert _job(url, alive).status == "running"
     # Re-queued and never sent: the relay sends it at its next pass, whatever its timeout.
     with session_scope(url) as session:
