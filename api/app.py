@@ -5,6 +5,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from celery import Celery
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
@@ -14,10 +15,11 @@ from api.rate_limit import RateLimiter
 from api.routes import adapters, audits, datasets, health, jobs, registries
 from api.services.auth import ensure_key
 from api.services.base_models import ensure_builtin_base_models
-from api.services.jobs import reap_stale_jobs
-from lethe.queue import make_celery
+from api.services.jobs import mark_sent, reap_stale_jobs, unsent_jobs
+from lethe.queue import make_celery, send_job
 from lethe.settings import Settings, get_settings
 from models.db import session_scope
+from models.tables import utcnow
 from storage import open_store
 
 log = logging.getLogger("lethe.api")
@@ -28,19 +30,48 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
-def _reap_once(settings: Settings) -> None:
+def maintain_jobs(settings: Settings, queue: Celery) -> None:
+    """One pass of the reaper and the relay (blocking: the loop runs it in a thread).
+
+    The reaper re-queues jobs whose worker is lost and fails stalled ones; the relay then sends every queued job
+    that was never sent (new ones whose sender died after the commit, re-queued ones) or whose message was not
+    claimed within the redelivery timeout (lost by the broker, or the broker flushed or restarted). Postgres is the
+    truth; a message is only a wake-up, so one sent twice costs a worker one query. Sends the broker refuses are
+    tried again at the next pass.
+    """
     with session_scope(settings.database_url) as session:
-        for job_id in reap_stale_jobs(session, settings.heartbeat_timeout_s):
-            log.warning("job %s failed: worker_lost", job_id)
+        reaped = reap_stale_jobs(session, settings, utcnow())
+    for job_id, attempt in reaped.requeued:
+        log.warning("job %s re-queued: its worker was lost on attempt %d of %d", job_id, attempt, settings.max_attempts)
+    for job_id, code in reaped.failed:
+        log.warning("job %s failed: %s", job_id, code)
+    with session_scope(settings.database_url) as session:
+        unsent = unsent_jobs(session, settings.redeliver_after_s, utcnow())
+    sent = []
+    for job in unsent:
+        try:
+            send_job(queue, job.kind, str(job.job_id))
+        except Exception as exc:
+            # The broker is down or refusing: the rest would be refused too; the next pass tries them all again.
+            log.warning("job %s: the broker refused its message (%s); the next pass tries again", job.job_id, exc)
+            break
+        sent.append(job.job_id)
+        if job.sent_at is None:
+            log.warning("job %s sent: it was queued with no message (re-queued, or its sender died)", job.job_id)
+        else:
+            log.warning("job %s sent again: not claimed since its message of %s", job.job_id, job.sent_at.isoformat())
+    if sent:
+        with session_scope(settings.database_url) as session:
+            mark_sent(session, sent, utcnow())
 
 
-async def _reap_forever(settings: Settings) -> None:
+async def _maintain_jobs_forever(settings: Settings, queue: Celery) -> None:
     while True:
         try:
-            # In a thread: the catalogue blocks (up to its busy timeout), and the event loop serves every request.
-            await asyncio.to_thread(_reap_once, settings)
+            # The pass blocks on the catalogue and the broker: in a thread, so requests are served meanwhile.
+            await asyncio.to_thread(maintain_jobs, settings, queue)
         except Exception:
-            log.exception("reaper pass failed")
+            log.exception("job maintenance pass failed")
         await asyncio.sleep(settings.reaper_interval_s)
 
 
@@ -53,9 +84,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ensure_builtin_base_models(session)
             if settings.bootstrap_api_key is not None:
                 ensure_key(session, settings.bootstrap_api_key.get_secret_value())
-        reaper = asyncio.create_task(_reap_forever(settings))
+        maintenance = asyncio.create_task(_maintain_jobs_forever(settings, app.state.queue))
         yield
-        reaper.cancel()
+        maintenance.cancel()
 
     app = FastAPI(
         title="Lethe",

@@ -26,13 +26,16 @@ def make_celery(settings: Settings) -> Celery:
         }
     else:
         app.conf.broker_url = settings.broker_url
-        # A forget job can run for hours; redelivery before then would only hit the claim guard.
-        app.conf.broker_transport_options = {"visibility_timeout": 12 * 3600}
+        # Redis gives an unacknowledged message to another worker after the visibility timeout: not before a job
+        # can have ended (its time limit, then the hard limit's grace). A redelivery would only be one more wake-up.
+        app.conf.broker_transport_options = {"visibility_timeout": settings.job_time_limit_s + 3600}
     app.conf.update(
         task_default_queue=QUEUE,
         task_ignore_result=True,
-        # The catalogue holds job state; the broker only carries ids. Ack after the task so a lost worker's
-        # message is redelivered; the job's claim makes a second delivery harmless.
+        # The catalogue holds job state; a message is a wake-up for one claim of a job of its kind (the job id it
+        # carries names the job it was sent for, for the logs). Ack after the task so a lost worker's message is
+        # redelivered; a second delivery only claims the next queued job, or nothing. Messages the broker loses are
+        # sent again by the API's relay, a lost worker's job re-queued by its reaper (api/app.py::maintain_jobs).
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -48,3 +51,12 @@ def enqueue_forget_job(app: Celery, job_id: str) -> None:
 
 def enqueue_audit_job(app: Celery, job_id: str) -> None:
     app.send_task(AUDIT_TASK, args=[job_id], queue=QUEUE)
+
+
+# The kinds of job a worker has a task for: what the relay may send.
+JOB_KINDS = ("forget", "audit")
+
+
+def send_job(app: Celery, kind: str, job_id: str) -> None:
+    """Send the wake-up of a job of `kind` (one of JOB_KINDS)."""
+    {"forget": enqueue_forget_job, "audit": enqueue_audit_job}[kind](app, job_id)

@@ -52,9 +52,19 @@ class Settings(BaseSettings):
     max_job_cost: float = Field(default=2_000_000.0, gt=0)
     # Retry-After of a 429 for too many active jobs: no one knows when a job ends; this is a polite poll interval.
     active_jobs_retry_after_s: int = Field(default=30, ge=1)
-    # A running job whose heartbeat is older than heartbeat_timeout_s is marked failed (worker_lost).
+    # A running job whose heartbeat is older than heartbeat_timeout_s lost its worker: it is queued again, up to
+    # max_attempts claims in all, then failed (worker_lost).
     heartbeat_interval_s: float = 10.0
     heartbeat_timeout_s: float = 120.0
+    max_attempts: int = Field(default=3, ge=1)
+    # A running job whose progress has not advanced for stall_timeout_s is failed (stalled) though it beats. Longer
+    # than any one step of the engine that reports nothing (loading a large base model, one training step of it).
+    stall_timeout_s: float = 1800.0
+    # One attempt of a job may run this long (then it fails with time_limit); forget jobs on large models run hours.
+    job_time_limit_s: float = 12 * 3600.0
+    # A queued job not claimed this long after its message was sent gets another (lost message, flushed broker).
+    redeliver_after_s: float = 300.0
+    # How often the API's loop re-queues lost jobs, fails stalled ones and re-sends unclaimed ones.
     reaper_interval_s: float = 30.0
     # A forget job stores a checkpoint at the start of each training stage and every this many optimiser steps, so
     # that a job redelivered after its worker died resumes there; 0 = no checkpoints.

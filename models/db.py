@@ -116,7 +116,12 @@ class UnitOfWork:
         self._refusal_undos: list[Callable[[Session], None]] = []
 
     def enqueue_after_commit(self, job_id: uuid.UUID, send: Callable[[], None]) -> None:
-        """Call `send()` (which puts `job_id` on the broker) once the transaction has committed."""
+        """Call `send()` (which puts `job_id` on the broker) once the transaction has committed.
+
+        The job is marked sent in this transaction: if the process dies between the commit and the send, the relay
+        sends it once its redelivery timeout has passed.
+        """
+        JobRepository(self.session).mark_sent(job_id, utcnow())
         self._sends.append((job_id, send))
 
     def undo_on_rollback(self, undo: Callable[[], None]) -> None:

@@ -2,11 +2,12 @@
 
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, case, delete, func, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from lethe.specs import AuditJobSpec, ForgetJobSpec
 from models.tables import (
@@ -26,6 +27,14 @@ from models.tables import (
 )
 
 RowT = TypeVar("RowT", bound=Base)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on a job: the job and the attempt number its claim made (the claim's token)."""
+
+    job_id: uuid.UUID
+    attempt: int
 
 
 class Repository(Generic[RowT]):
@@ -176,32 +185,70 @@ class JobRepository(TenantScopedRepository[Job]):
             or 0
         )
 
-    def claim(self, job_id: uuid.UUID, now: datetime) -> bool:
-        """Move a queued job to running; False when another delivery already took it."""
-        result = self.session.execute(
+    def claim(self, job_id: uuid.UUID, now: datetime) -> Claim | None:
+        """Move this queued job to running; None when another delivery already took it."""
+        return self._claim(Job.id == job_id, now)
+
+    def claim_next(self, kind: str, now: datetime) -> Claim | None:
+        """Move the next queued job of `kind` to running, chosen fairly across tenants; None when none is queued.
+
+        Fair: the tenant with the fewest running jobs first, then the tenant served least recently (its latest
+        claim; never served comes first), then the tenant's oldest job. One worker alternates between two
+        tenants' backlogs instead of running the first tenant's ten jobs before the other's one. On Postgres the
+        candidate row is locked with SKIP LOCKED, so concurrent workers each take a different job; SQLite runs one
+        writer at a time, so the conditional UPDATE is atomic there.
+        """
+        candidate, tenant_jobs = aliased(Job), aliased(Job)
+        same_tenant = tenant_jobs.tenant_id == candidate.tenant_id
+        running = select(func.count()).where(same_tenant, tenant_jobs.status == "running").scalar_subquery()
+        last_claimed = select(func.max(tenant_jobs.started_at)).where(same_tenant).scalar_subquery()
+        next_job = (
+            select(candidate.id)
+            .where(candidate.status == "queued", candidate.kind == kind)
+            .order_by(running, last_claimed.nulls_first(), candidate.created_at)
+            .limit(1)
+            .with_for_update(skip_locked=True, of=candidate)
+            .scalar_subquery()
+        )
+        return self._claim(Job.id == next_job, now)
+
+    def _claim(self, which: ColumnElement[bool], now: datetime) -> Claim | None:
+        row = self.session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == "queued")
+            .where(which, Job.status == "queued")
             .values(
                 status="running",
                 stage="starting",
                 started_at=now,
                 heartbeat_at=now,
+                progress_at=now,
                 attempts=Job.attempts + 1,
+            )
+            .returning(Job.id, Job.attempts)
+        ).one_or_none()
+        return Claim(row.id, row.attempts) if row is not None else None
+
+    def set_progress(self, claim: Claim, stage: str, progress: float, now: datetime) -> bool:
+        """Record progress of a running job; False when the claim is no longer the job's (cancelled, failed, or
+        re-queued and claimed again). `progress_at` moves only when the job advanced: a new stage or a larger
+        fraction, so a loop that reports the same point over and over counts as stalled."""
+        advanced = or_(Job.stage != stage, Job.progress < progress)
+        result = self.session.execute(
+            update(Job)
+            .where(*_held(claim))
+            .values(
+                stage=stage,
+                progress=progress,
+                heartbeat_at=now,
+                progress_at=case((advanced, now), else_=Job.progress_at),
             )
         )
         return result.rowcount == 1  # type: ignore[attr-defined]
 
-    def set_progress(self, job_id: uuid.UUID, stage: str, progress: float, now: datetime) -> bool:
-        """Record progress of a running job; False when the job is no longer running (cancelled, reaped)."""
-        result = self.session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "running")
-            .values(stage=stage, progress=progress, heartbeat_at=now)
-        )
+    def heartbeat(self, claim: Claim, now: datetime) -> bool:
+        """Beat for a running job; False when the claim is no longer the job's."""
+        result = self.session.execute(update(Job).where(*_held(claim)).values(heartbeat_at=now))
         return result.rowcount == 1  # type: ignore[attr-defined]
-
-    def heartbeat(self, job_id: uuid.UUID, now: datetime) -> None:
-        self.session.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(heartbeat_at=now))
 
     def finish(
         self,
@@ -211,12 +258,26 @@ class JobRepository(TenantScopedRepository[Job]):
         event: dict[str, Any] | None = None,
         error_code: str | None = None,
         error_message: str | None = None,
+        attempt: int | None = None,
     ) -> bool:
         """Close a job that is still open (queued or running) and append its `status` event with `event` as
-        payload; False, and nothing written, if it was already closed."""
+        payload; False, and nothing written, if it was already closed. With `attempt` (a worker's claim), only
+        while the job is still running that attempt: a worker whose job was re-queued cannot close the new one."""
+        return self._close(_closable(job_id, attempt), job_id, status, now, event, error_code, error_message)
+
+    def _close(
+        self,
+        guard: tuple[ColumnElement[bool], ...],
+        job_id: uuid.UUID,
+        status: str,
+        now: datetime,
+        event: dict[str, Any] | None,
+        error_code: str | None,
+        error_message: str | None,
+    ) -> bool:
         result = self.session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status.in_(["queued", "running"]))
+            .where(*guard)
             .values(
                 status=status,
                 stage="done" if status == "succeeded" else status,
@@ -231,24 +292,90 @@ class JobRepository(TenantScopedRepository[Job]):
         JobEventRepository(self.session).append(job_id, status, event)
         return True
 
-    def fail(self, job_id: uuid.UUID, code: str, message: str, now: datetime) -> bool:
-        """Close an open job as failed with an error code the user can act on; False if it was already closed."""
-        return self.finish(job_id, "failed", now, {"code": code, "message": message[:500]}, code, message[:2000])
+    def fail(self, job_id: uuid.UUID, code: str, message: str, now: datetime, attempt: int | None = None) -> bool:
+        """Close an open job as failed with an error code the user can act on; False if it was already closed
+        (or, with `attempt`, is no longer running that attempt)."""
+        return self._fail(_closable(job_id, attempt), job_id, code, message, now)
 
-    def set_evidence(self, job_id: uuid.UUID, object_key: str, size_bytes: int) -> None:
-        """The key of the job's per-example values, and the bytes of all its evidence objects together."""
-        self.session.execute(
-            update(Job).where(Job.id == job_id).values(evidence_key=object_key, evidence_size_bytes=size_bytes)
+    def set_evidence(self, claim: Claim, object_key: str, size_bytes: int) -> bool:
+        """Point the job at its per-example values, with the bytes of all its evidence objects together; False
+        when the claim is no longer the job's."""
+        result = self.session.execute(
+            update(Job).where(*_held(claim)).values(evidence_key=object_key, evidence_size_bytes=size_bytes)
         )
+        return result.rowcount == 1  # type: ignore[attr-defined]
 
-    def fail_stale(self, heartbeat_before: datetime, now: datetime) -> Sequence[uuid.UUID]:
-        """Fail running jobs whose worker stopped beating before `heartbeat_before`; their ids."""
-        stale = self.session.scalars(
-            select(Job.id).where(Job.status == "running", Job.heartbeat_at < heartbeat_before)
+    def mark_sent(self, job_id: uuid.UUID, now: datetime) -> None:
+        """Record that a message for this queued job is being sent (the relay counts its timeout from here)."""
+        self.session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(sent_at=now))
+
+    def lost(self, heartbeat_before: datetime) -> Sequence[Job]:
+        """Running jobs whose worker has not beaten since `heartbeat_before`."""
+        return self.session.scalars(
+            select(Job).where(Job.status == "running", Job.heartbeat_at < heartbeat_before).order_by(Job.created_at)
         ).all()
-        return [
-            job_id for job_id in stale if self.fail(job_id, "worker_lost", "the worker stopped sending heartbeats", now)
-        ]
+
+    def stalled(self, progress_before: datetime) -> Sequence[Job]:
+        """Running jobs whose progress has not advanced since `progress_before`."""
+        return self.session.scalars(
+            select(Job).where(Job.status == "running", Job.progress_at < progress_before).order_by(Job.created_at)
+        ).all()
+
+    def fail_lost(self, job: Job, heartbeat_before: datetime, message: str, now: datetime) -> bool:
+        """Fail a running job whose worker is gone (`worker_lost`); False if meanwhile it beat, finished or was
+        re-queued."""
+        guard = (*_held(Claim(job.id, job.attempts)), Job.heartbeat_at < heartbeat_before)
+        return self._fail(guard, job.id, "worker_lost", message, now)
+
+    def fail_stalled(self, job: Job, progress_before: datetime, message: str, now: datetime) -> bool:
+        """Fail a running job whose progress stopped (`stalled`); False if meanwhile it advanced, finished or was
+        re-queued."""
+        guard = (*_held(Claim(job.id, job.attempts)), Job.progress_at < progress_before)
+        return self._fail(guard, job.id, "stalled", message, now)
+
+    def _fail(
+        self, guard: tuple[ColumnElement[bool], ...], job_id: uuid.UUID, code: str, message: str, now: datetime
+    ) -> bool:
+        event = {"code": code, "message": message[:500]}
+        return self._close(guard, job_id, "failed", now, event, code, message[:2000])
+
+    def requeue(self, job: Job, heartbeat_before: datetime, reason: str) -> bool:
+        """Put a running job whose worker is gone back in the queue (unsent, so the relay sends it at once) and
+        append a `requeued` event; False if meanwhile it beat, finished or was claimed again."""
+        result = self.session.execute(
+            update(Job)
+            .where(*_held(Claim(job.id, job.attempts)), Job.heartbeat_at < heartbeat_before)
+            .values(status="queued", stage="queued", progress=0.0, heartbeat_at=None, progress_at=None, sent_at=None)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        JobEventRepository(self.session).append(job.id, "requeued", {"attempt": job.attempts, "reason": reason})
+        return True
+
+    def unsent(self, kinds: Sequence[str], sent_before: datetime) -> Sequence[Job]:
+        """Queued jobs of `kinds` never sent, or last sent before `sent_before` and still not claimed: the relay's
+        work."""
+        return self.session.scalars(
+            select(Job)
+            .where(
+                Job.status == "queued",
+                Job.kind.in_(kinds),
+                or_(Job.sent_at.is_(None), Job.sent_at < sent_before),
+            )
+            .order_by(Job.created_at)
+        ).all()
+
+
+def _held(claim: Claim) -> tuple[ColumnElement[bool], ...]:
+    """The condition for a worker's write: the job is running, and running the attempt the worker claimed."""
+    return Job.id == claim.job_id, Job.status == "running", Job.attempts == claim.attempt
+
+
+def _closable(job_id: uuid.UUID, attempt: int | None) -> tuple[ColumnElement[bool], ...]:
+    """The condition for closing a job: open (queued or running), or with `attempt`, held by that attempt."""
+    if attempt is not None:
+        return _held(Claim(job_id, attempt))
+    return Job.id == job_id, Job.status.in_(["queued", "running"])
 
 
 class JobEventRepository(Repository[JobEvent]):

@@ -121,8 +121,13 @@ class Job(Base):
     spec: Mapped[dict[str, Any]] = mapped_column()
     error_code: Mapped[str | None] = mapped_column(String(60), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    # Claims so far; the attempt number is the claim's token: a worker writes only while it is still the job's.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    # When a running job's progress last advanced (its stage changed or its fraction grew): the stall clock.
+    progress_at: Mapped[datetime | None] = mapped_column(default=None)
+    # When a message was last sent for this queued job (None: not yet); the relay re-sends after a timeout.
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)
     # Object key of the per-example metric values (JSON), written with the job's results.
     evidence_key: Mapped[str | None] = mapped_column(Text, default=None)
     # Bytes of the job's evidence objects (per-example values, pre-forgetting state): counted in the tenant's quota.

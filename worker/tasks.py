@@ -13,8 +13,8 @@ from lethe.queue import AUDIT_TASK, FORGET_TASK, enqueue_audit_job, make_celery
 from lethe.settings import get_settings
 from storage import ObjectStore, open_store
 from worker.engine.lm.load import BaseLMCache
-from worker.pipelines.audit import run_audit_job
-from worker.pipelines.forget import run_forget_job
+from worker.pipelines.audit import run_next_audit_job
+from worker.pipelines.forget import run_next_forget_job
 from worker.pipelines.jobs import Heartbeat, worker_liveness
 
 celery_app = make_celery(get_settings())
@@ -35,20 +35,23 @@ def _lm_cache() -> BaseLMCache:
     return BaseLMCache(get_settings().base_model_cache_dir)
 
 
+# A message is a wake-up: the task claims the next queued job of its kind in fair order across tenants, which need
+# not be the job the message was sent for (`job_id`, logged). One claim per message; the API's relay re-sends the
+# message of a job left queued, so none waits on a lost one.
 @celery_app.task(name=FORGET_TASK)
 def forget_job(job_id: str) -> str:
-    return run_forget_job(
+    return run_next_forget_job(
         get_settings(),
         _store(),
         _lm_cache(),
-        uuid.UUID(job_id),
+        woken_by=uuid.UUID(job_id),
         enqueue_audit=lambda audit_job_id: enqueue_audit_job(celery_app, str(audit_job_id)),
     )
 
 
 @celery_app.task(name=AUDIT_TASK)
 def audit_job(job_id: str) -> str:
-    return run_audit_job(get_settings(), _store(), _lm_cache(), uuid.UUID(job_id))
+    return run_next_audit_job(get_settings(), _store(), _lm_cache(), woken_by=uuid.UUID(job_id))
 
 
 _liveness: list[Heartbeat] = []

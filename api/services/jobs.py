@@ -1,14 +1,17 @@
-"""Reading jobs, and failing the ones whose worker is gone."""
+"""Reading and cancelling jobs; re-queuing or failing the ones whose worker is gone or stuck; the relay's queries."""
 
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TypedDict
 
 from sqlalchemy.orm import Session
 
 from api.errors import Conflict, NotFound
 from api.schemas import JobError, JobOut, JobStatus, MetricOut
+from lethe.queue import JOB_KINDS
+from lethe.settings import Settings
 from models.repositories import AdapterRepository, AuditRepository, JobRepository, MetricRepository
 from models.tables import Adapter, Job, utcnow
 
@@ -84,7 +87,56 @@ def list_jobs(session: Session, tenant_id: uuid.UUID) -> Sequence[Job]:
     return JobRepository(session).list(tenant_id)
 
 
-def reap_stale_jobs(session: Session, heartbeat_timeout_s: float) -> Sequence[uuid.UUID]:
-    """Mark running jobs without a recent heartbeat as failed (worker_lost)."""
-    now = utcnow()
-    return JobRepository(session).fail_stale(now - timedelta(seconds=heartbeat_timeout_s), now)
+@dataclass
+class Reaped:
+    """What a reaper pass did: (job, the attempt its worker lost) re-queued, (job, error code) failed."""
+
+    requeued: list[tuple[uuid.UUID, int]] = field(default_factory=list)
+    failed: list[tuple[uuid.UUID, str]] = field(default_factory=list)
+
+
+def reap_stale_jobs(session: Session, settings: Settings, now: datetime) -> Reaped:
+    """Re-queue running jobs whose worker is gone, failing those that used up their attempts (worker_lost), and
+    fail running jobs whose progress stalled while their worker still beats (stalled)."""
+    jobs, reaped = JobRepository(session), Reaped()
+    heartbeat_before = now - timedelta(seconds=settings.heartbeat_timeout_s)
+    silent = f"no heartbeat for {settings.heartbeat_timeout_s:g} s"
+    for job in jobs.lost(heartbeat_before):
+        if job.attempts < settings.max_attempts:
+            if jobs.requeue(job, heartbeat_before, f"worker_lost: {silent}"):
+                reaped.requeued.append((job.id, job.attempts))
+        else:
+            message = f"the worker was lost on each of the job's {job.attempts} attempts ({silent}); not retried"
+            if jobs.fail_lost(job, heartbeat_before, message, now):
+                reaped.failed.append((job.id, "worker_lost"))
+    # A stall is not retried: the worker is alive but the job stopped advancing, and the same spec, rows and seed on
+    # another attempt would most likely hang at the same point, holding a worker for the timeout again each time.
+    stall = settings.stall_timeout_s
+    progress_before = now - timedelta(seconds=stall)
+    for job in jobs.stalled(progress_before):
+        message = f"no progress for {stall:g} s in stage {job.stage} while the worker was alive; not retried"
+        if jobs.fail_stalled(job, progress_before, message, now):
+            reaped.failed.append((job.id, "stalled"))
+    return reaped
+
+
+@dataclass(frozen=True)
+class Unsent:
+    """A queued job whose message is to be sent: never sent (new or re-queued), or sent and not claimed in time."""
+
+    job_id: uuid.UUID
+    kind: str
+    sent_at: datetime | None
+
+
+def unsent_jobs(session: Session, redeliver_after_s: float, now: datetime) -> list[Unsent]:
+    """Queued jobs to (re-)send: never sent, or not claimed `redeliver_after_s` after their last message. Only
+    the kinds a worker has a task for: a job of another kind could never be sent, and would stop every pass."""
+    sent_before = now - timedelta(seconds=redeliver_after_s)
+    return [Unsent(job.id, job.kind, job.sent_at) for job in JobRepository(session).unsent(JOB_KINDS, sent_before)]
+
+
+def mark_sent(session: Session, job_ids: Sequence[uuid.UUID], now: datetime) -> None:
+    jobs = JobRepository(session)
+    for job_id in job_ids:
+        jobs.mark_sent(job_id, now)

@@ -96,7 +96,10 @@ def start_lethe(
 ) -> tuple[str, list[Service], Path]:
     """Register a tiny base LM `tiny-e2e`, start `lethe serve` (and `lethe worker`); (base URL, services, LM dir)."""
     tiny_dir = build_tiny_lm(tmp_path / "tiny-lm", task_corpus())
-    env = {**env, "LETHE_BOOTSTRAP_API_KEY": BOOTSTRAP_KEY, "LETHE_HEARTBEAT_INTERVAL_S": "1"}
+    # The relay on a short clock (a test's env may set its own): a worker's wake-up claims the fairest queued job,
+    # which may be one an earlier test left in the shared catalogue, and the relay then sends this test's job again.
+    relay = {"LETHE_REAPER_INTERVAL_S": "2", "LETHE_REDELIVER_AFTER_S": "20"}
+    env = {**relay, **env, "LETHE_BOOTSTRAP_API_KEY": BOOTSTRAP_KEY, "LETHE_HEARTBEAT_INTERVAL_S": "1"}
     subprocess.run(
         [sys.executable, "-m", "cli.main", "base-models", "add", "tiny-e2e", str(tiny_dir)],
         env={**os.environ, **env},

@@ -1,14 +1,20 @@
-"""Jobs that do not end normally: cancelled by the user, or orphaned by a worker that died (and resumed)."""
+"""Jobs that do not end normally: cancelled by the user, orphaned by a worker that died (re-queued, and resumed
+from its checkpoint), their message lost by the broker, past their time limit."""
 
 import io
 import json
+import os
 import signal
+import subprocess
+import sys
 import tarfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import httpx
+import redis
 import torch
 from safetensors.torch import load as load_safetensors
 from sqlalchemy import update
@@ -20,18 +26,21 @@ from models.repositories import AdapterRepository, JobEventRepository, JobReposi
 from models.tables import Job
 from storage import ObjectNotFoundError, open_store
 from storage.keys import checkpoint_manifest_key
-from tests.e2e.conftest import BOOTSTRAP_KEY, own_redis_db, start_lethe, upload_rows, wait_for_job
+from tests.conftest import REDIS_DB
+from tests.e2e.conftest import BOOTSTRAP_KEY, ROOT, own_redis_db, start_lethe, upload_rows, wait_for_job
 from tests.tiny_lm import synthetic_choice_rows
 
 # Long enough to be caught while it runs: many epochs, no early stop.
 SLOW_METHOD = {"name": "gradient_ascent", "params": {"epochs": 100, "batch_size": 2, "stop_at_target": False}}
+# Trains long enough to be killed while it runs, short enough to run again to the end.
+MEDIUM_METHOD = {"name": "gradient_ascent", "params": {"epochs": 8, "batch_size": 2, "stop_at_target": False}}
 
 
-def _submit_slow_job(client: httpx.Client) -> str:
+def _submit_slow_job(client: httpx.Client, method: dict = SLOW_METHOD) -> str:
     forget_id = upload_rows(client, synthetic_choice_rows(64, seed=3), "slow")
     response = client.post(
         "/v1/forget-requests",
-        json={"base_model": "tiny-e2e", "forget_dataset": forget_id, "method": SLOW_METHOD, "probe": False},
+        json={"base_model": "tiny-e2e", "forget_dataset": forget_id, "method": method, "probe": False},
     )
     assert response.status_code == 202, response.text
     return str(response.json()["job_id"])
@@ -51,7 +60,7 @@ def _wait_for_stage(client: httpx.Client, job_id: str, stage: str, timeout_s: fl
 def test_cancel_a_running_job(
     tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service
 ) -> None:
-    base_url, services, _ = start_lethe(tmp_path, own_redis_db(stack_env, 13), start_service, with_worker=True)
+    base_url, services, _ = start_lethe(tmp_path, own_redis_db(stack_env, REDIS_DB), start_service, with_worker=True)
     with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as client:
         job_id = _submit_slow_job(client)
         _wait_for_stage(client, job_id, "forgetting")
@@ -84,20 +93,102 @@ def _submit_quick_job(client: httpx.Client) -> str:
     return str(response.json()["job_id"])
 
 
-def test_a_killed_worker_does_not_leave_its_job_running(
-    tmp_path: Path, stack_env: dict[str, str], start_service
+def _attempts_and_events(settings: Settings, job_id: str) -> tuple[int, list[tuple[str, dict]]]:
+    with session_scope(settings.database_url) as session:
+        job = JobRepository(session).get_any_tenant(uuid.UUID(job_id))
+        assert job is not None
+        return job.attempts, [(e.type, e.payload) for e in JobEventRepository(session).list(job.id)]
+
+
+def test_a_killed_workers_job_is_requeued_and_a_new_worker_finishes_it(
+    tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service
 ) -> None:
-    env = {**own_redis_db(stack_env, 14), "LETHE_HEARTBEAT_TIMEOUT_S": "4", "LETHE_REAPER_INTERVAL_S": "1"}
+    env = {**own_redis_db(stack_env, REDIS_DB), "LETHE_HEARTBEAT_TIMEOUT_S": "4", "LETHE_REAPER_INTERVAL_S": "1"}
     base_url, services, _ = start_lethe(tmp_path, env, start_service, with_worker=True)
     api, worker = services
     with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as client:
-        job_id = _submit_slow_job(client)
+        job_id = _submit_slow_job(client, MEDIUM_METHOD)
         _wait_for_stage(client, job_id, "forgetting")
         worker.process.send_signal(signal.SIGKILL)
         worker.process.wait()
-        job = wait_for_job(client, job_id, [api], timeout_s=60)
-    assert job["status"] == "failed"
-    assert job["error"]["code"] == "worker_lost"
+        # No heartbeat for the timeout: the reaper puts it back in the queue (and the relay sends it).
+        _wait_for_stage(client, job_id, "queued", timeout_s=60)
+        new_worker = start_service(["worker"], env)
+        job = wait_for_job(client, job_id, [api, new_worker], timeout_s=600)
+    assert job["status"] == "succeeded", job
+    attempts, events = _attempts_and_events(stack_settings, job_id)
+    assert attempts == 2
+    assert [payload["attempt"] for kind, payload in events if kind == "started"] == [1, 2]
+    [requeued] = [payload for kind, payload in events if kind == "requeued"]
+    assert requeued["attempt"] == 1 and "worker_lost" in requeued["reason"]
+    assert f"job {job_id} re-queued" in api.log_path.read_text()
+
+
+def test_a_job_whose_message_was_lost_is_sent_again_and_runs(
+    tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service
+) -> None:
+    """The broker loses the message (its database flushed, as a restart without persistence would): the job is still
+    queued in the catalogue, and the relay sends it again once the redelivery timeout has passed."""
+    env = {**own_redis_db(stack_env, REDIS_DB), "LETHE_REDELIVER_AFTER_S": "3", "LETHE_REAPER_INTERVAL_S": "1"}
+    base_url, services, _ = start_lethe(tmp_path, env, start_service, with_worker=True)
+    api, worker = services
+    worker.stop()  # no worker takes the message before the broker loses it
+    with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as client:
+        job_id = _submit_quick_job(client)
+        redis.Redis.from_url(env["LETHE_BROKER_URL"]).flushdb()
+        new_worker = start_service(["worker"], env)
+        job = wait_for_job(client, job_id, [api, new_worker], timeout_s=300)
+    assert job["status"] == "succeeded", job
+    assert f"job {job_id} sent again" in api.log_path.read_text()
+    assert _attempts_and_events(stack_settings, job_id)[0] == 1
+
+
+def test_a_job_past_its_time_limit_fails_and_the_worker_carries_on(
+    tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service
+) -> None:
+    """The soft limit in a real Celery worker (solo pool: the task runs on the main thread, where SIGALRM lands)."""
+    env = {**own_redis_db(stack_env, REDIS_DB), "LETHE_JOB_TIME_LIMIT_S": "15"}
+    base_url, services, _ = start_lethe(tmp_path, env, start_service, with_worker=True)
+    with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as client:
+        job = wait_for_job(client, _submit_slow_job(client), services, timeout_s=120)
+        assert job["status"] == "failed" and job["error"]["code"] == "time_limit", job
+        assert wait_for_job(client, _submit_quick_job(client), services, timeout_s=120)["status"] == "succeeded"
+
+
+def test_one_tenants_backlog_does_not_hold_back_anothers_job(
+    tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service
+) -> None:
+    """Tenant a submits ten jobs, then tenant b one, all before a worker runs: b's job does not wait for a's ten."""
+    env = own_redis_db(stack_env, REDIS_DB)
+    base_url, services, _ = start_lethe(tmp_path, env, start_service, with_worker=True)
+    api, worker = services
+    worker.stop()
+    other_key = subprocess.run(
+        [sys.executable, "-m", "cli.main", "api-keys", "create", "--tenant", f"fair-{uuid.uuid4().hex[:8]}"],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    with (
+        httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as tenant_a,
+        httpx.Client(base_url=base_url, headers={"X-API-Key": other_key}, timeout=30) as tenant_b,
+    ):
+        a_jobs = [_submit_quick_job(tenant_a) for _ in range(10)]
+        b_job = _submit_quick_job(tenant_b)
+        new_worker = start_service(["worker"], env)
+        for job_id in a_jobs:
+            assert wait_for_job(tenant_a, job_id, [api, new_worker], timeout_s=300)["status"] == "succeeded"
+        assert wait_for_job(tenant_b, b_job, [api, new_worker], timeout_s=60)["status"] == "succeeded"
+        a_started = [_started_at(tenant_a, job_id) for job_id in a_jobs]
+        b_started = _started_at(tenant_b, b_job)
+    # One worker, one job at a time: b's job ran before the second of a's (a's first may have gone first).
+    assert sum(started < b_started for started in a_started) <= 1, (b_started, sorted(a_started))
+
+
+def _started_at(client: httpx.Client, job_id: str) -> datetime:
+    return datetime.fromisoformat(client.get(f"/v1/jobs/{job_id}").json()["started_at"])
 
 
 def _adapter_tensors(client: httpx.Client, adapter_id: str) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ from lethe.settings import Settings
 from models.db import session_scope
 from models.repositories import (
     AdapterRepository,
+    Claim,
     DatasetRepository,
     JobEventRepository,
     JobRepository,
@@ -29,6 +30,7 @@ from storage.keys import before_forgetting_key, checkpoint_manifest_key, checkpo
 from tests.tiny_lm import synthetic_choice_rows
 from worker.engine.forget.snapshot import ForgetSnapshot
 from worker.engine.lm.load import BaseLMCache
+from worker.pipelines import forget as forget_pipeline
 from worker.pipelines.checkpoints import JobCheckpoint
 from worker.pipelines.forget import run_forget_job
 
@@ -239,8 +241,42 @@ def test_a_job_closed_while_it_runs_keeps_its_checkpoint_only_if_queued_again(
 
     monkeypatch.setattr(JobCheckpoint, "save", save_then_close)
     store = open_store(settings)
-    assert run_forget_job(settings, store, BaseLMCache(tmp_path), job_id) == "failed"
+    assert run_forget_job(settings, store, BaseLMCache(tmp_path), job_id) == "closed"
     with session_scope(settings.database_url) as session:
         manifest, *slots = _checkpoint_keys(session, job_id)
     assert store.exists(manifest) == (closed_as == "queued")
     assert store.exists(slots[0]) == (closed_as == "queued")
+
+
+def test_a_worker_whose_job_was_requeued_while_it_stored_writes_no_results(
+    stack_settings: Settings, tiny_lm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job is re-queued and claimed again (attempt 2) after this worker's last progress report, while it packs
+    the adapter: its results are refused, its objects deleted, and attempt 2 is left as it was."""
+    job_id = _queued_job(stack_settings, "tiny-pipeline-3", f"path:{tiny_lm_dir}")
+    store = open_store(stack_settings)
+    written: list[str] = []
+    put = type(store).put
+    pack = forget_pipeline.adapter_archive
+
+    def recording_put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        written.append(key)
+        put(self, key, data, content_type)
+
+    def pack_while_requeued(*args, **kwargs) -> bytes:
+        with session_scope(stack_settings.database_url) as session:
+            jobs = JobRepository(session)
+            job = jobs.get_any_tenant(job_id)
+            assert job is not None and jobs.requeue(job, utcnow(), "worker_lost: test")
+            assert jobs.claim(job_id, utcnow()) == Claim(job_id, 2)
+        return pack(*args, **kwargs)
+
+    monkeypatch.setattr(type(store), "put", recording_put)
+    monkeypatch.setattr(forget_pipeline, "adapter_archive", pack_while_requeued)
+    assert run_forget_job(stack_settings, store, BaseLMCache(tmp_path), job_id) == "closed"
+    assert written and not any(store.exists(key) for key in written)
+    with session_scope(stack_settings.database_url) as session:
+        job = JobRepository(session).get_any_tenant(job_id)
+        assert job is not None and (job.status, job.attempts, job.evidence_key) == ("running", 2, None)
+        assert AdapterRepository(session).get_for_job(job_id) is None
+        JobRepository(session).finish(job_id, "cancelled", utcnow())

@@ -28,7 +28,7 @@ from worker.engine.audit.run import AuditedAttack, audit_context, run_audit
 from worker.engine.lm.adapter import open_adapter_archive
 from worker.engine.lm.load import BaseLMCache
 from worker.pipelines.forget import load_base, load_forget_inputs
-from worker.pipelines.jobs import JobFailure, ProgressReporter, put_undoable, run_job
+from worker.pipelines.jobs import JobFailure, ProgressReporter, held_claim, put_undoable, run_job, run_next_job
 from worker.reports.html import render_html
 from worker.reports.report import attack_entry, build_report
 
@@ -49,6 +49,13 @@ class AuditTarget:
 def run_audit_job(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, job_id: uuid.UUID) -> str:
     """Run one audit job end to end; returns its final status. Safe to call twice for one job."""
     return run_job(settings, job_id, lambda: _run_claimed(settings, store, lm_cache, job_id))
+
+
+def run_next_audit_job(
+    settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, woken_by: uuid.UUID | None = None
+) -> str:
+    """Claim the next queued audit job in fair order (`run_next_job`) and run it as `run_audit_job` does."""
+    return run_next_job(settings, "audit", lambda job_id: _run_claimed(settings, store, lm_cache, job_id), woken_by)
 
 
 def _target(settings: Settings, job_id: uuid.UUID) -> AuditTarget:
@@ -184,5 +191,6 @@ def _record(
         report_size_bytes=report_size_bytes,
     )
     succeeded = {"audit_id": str(target.audit_id), "verdict": verdict}
-    if not JobRepository(session).finish(job_id, "succeeded", utcnow(), succeeded):
-        raise JobFailure("job_closed", "the job was closed while it ran (reaped or cancelled)")
+    attempt = held_claim(job_id).attempt
+    if not JobRepository(session).finish(job_id, "succeeded", utcnow(), succeeded, attempt=attempt):
+        raise JobFailure("job_closed", "the job was closed or re-queued while it ran (reaped or cancelled)")

@@ -44,7 +44,7 @@ from worker.engine.forget.snapshot import Snapshots
 from worker.engine.lm.adapter import adapter_archive
 from worker.engine.lm.load import BaseLMCache, LoadedLM
 from worker.pipelines.checkpoints import JobCheckpoint, spec_sha256
-from worker.pipelines.jobs import JobFailure, ProgressReporter, put_undoable, run_job
+from worker.pipelines.jobs import JobFailure, ProgressReporter, held_claim, put_undoable, run_job, run_next_job
 
 log = logging.getLogger("lethe.worker")
 
@@ -131,6 +131,19 @@ def run_forget_job(
     then sends it to the broker.
     """
     return run_job(settings, job_id, lambda: _run_claimed(settings, store, lm_cache, job_id, enqueue_audit))
+
+
+def run_next_forget_job(
+    settings: Settings,
+    store: ObjectStore,
+    lm_cache: BaseLMCache,
+    woken_by: uuid.UUID | None = None,
+    enqueue_audit: Callable[[uuid.UUID], None] | None = None,
+) -> str:
+    """Claim the next queued forget job in fair order (`run_next_job`) and run it as `run_forget_job` does."""
+    return run_next_job(
+        settings, "forget", lambda job_id: _run_claimed(settings, store, lm_cache, job_id, enqueue_audit), woken_by
+    )
 
 
 def _run_claimed(
@@ -237,13 +250,16 @@ def _record_success(
     evidence_size_bytes: int,
 ) -> uuid.UUID | None:
     """Write the adapter, metrics and final status (and the requested audit with its queued job); its job id."""
-    JobRepository(session).set_evidence(job_id, evidence_key, evidence_size_bytes)
+    claim = held_claim(job_id)
+    # The job must still be this worker's attempt (not re-queued and claimed again meanwhile) for any of it to stay.
+    if not JobRepository(session).set_evidence(claim, evidence_key, evidence_size_bytes):
+        raise JobFailure("job_closed", "the job was closed or re-queued while it ran (reaped or cancelled)")
     AdapterRepository(session).add(adapter)
     # A metric row is the engine's measurement, field for field.
     MetricRepository(session).add_many(Metric(job_id=job_id, **asdict(m)) for m in outcome.metrics)
     succeeded = {"adapter_id": str(adapter.id), "steps": outcome.steps}
-    if not JobRepository(session).finish(job_id, "succeeded", utcnow(), succeeded):
-        raise JobFailure("job_closed", "the job was closed while it ran (reaped or cancelled)")
+    if not JobRepository(session).finish(job_id, "succeeded", utcnow(), succeeded, attempt=claim.attempt):
+        raise JobFailure("job_closed", "the job was closed or re-queued while it ran (reaped or cancelled)")
     audit = inputs.spec.audit
     if audit is None:
         return None
