@@ -78,7 +78,9 @@ def _job(client: TestClient, settings: Settings) -> str:
         key = per_example_key(job.tenant_id, job.id)
         evidence = b'{"forgotten": {}}'
         open_store(settings).put(key, evidence)
-        JobRepository(session).set_evidence(job.id, key, len(evidence))
+        claim = JobRepository(session).claim(job.id, utcnow())
+        assert claim is not None
+        JobRepository(session).set_evidence(claim, key, len(evidence))
     return job_id
 
 

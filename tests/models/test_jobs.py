@@ -112,7 +112,7 @@ def test_a_stale_workers_late_writes_are_refused(stack_settings: Settings) -> No
         jobs = JobRepository(session)
         assert not jobs.set_progress(first, "forgetting", 0.9, utcnow())
         assert not jobs.heartbeat(first, utcnow())
-        assert not jobs.set_evidence(first, "late/per_example.json")
+        assert not jobs.set_evidence(first, "late/per_example.json", 10)
         assert not jobs.finish(job_id, "succeeded", utcnow(), attempt=first.attempt)
         assert not jobs.fail(job_id, "internal_error", "late", utcnow(), attempt=first.attempt)
     job = _job(url, job_id)
@@ -121,7 +121,7 @@ def test_a_stale_workers_late_writes_are_refused(stack_settings: Settings) -> No
     with session_scope(url) as session:
         jobs = JobRepository(session)
         assert jobs.set_progress(second, "forgetting", 0.5, utcnow())
-        assert jobs.set_evidence(second, "jobs/per_example.json")
+        assert jobs.set_evidence(second, "jobs/per_example.json", 10)
         assert jobs.finish(job_id, "succeeded", utcnow(), attempt=second.attempt)
     assert _job(url, job_id).status == "succeeded"
 
