@@ -15,12 +15,12 @@ from api.rate_limit import RateLimiter
 from api.routes import adapters, audits, datasets, health, jobs, registries
 from api.services.auth import ensure_key
 from api.services.base_models import ensure_builtin_base_models
-from api.services.jobs import mark_sent, reap_stale_jobs, unsent_jobs
+from api.services.jobs import delete_checkpoints_of, mark_sent, reap_stale_jobs, unsent_jobs
 from lethe.queue import make_celery, send_job
 from lethe.settings import Settings, get_settings
 from models.db import session_scope
 from models.tables import utcnow
-from storage import open_store
+from storage import ObjectStore, open_store
 
 log = logging.getLogger("lethe.api")
 
@@ -30,7 +30,7 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
-def maintain_jobs(settings: Settings, queue: Celery) -> None:
+def maintain_jobs(settings: Settings, queue: Celery, store: ObjectStore) -> None:
     """One pass of the reaper and the relay (blocking: the loop runs it in a thread).
 
     The reaper re-queues jobs whose worker is lost and fails stalled ones; the relay then sends every queued job
@@ -45,6 +45,10 @@ def maintain_jobs(settings: Settings, queue: Celery) -> None:
         log.warning("job %s re-queued: its worker was lost on attempt %d of %d", job_id, attempt, settings.max_attempts)
     for job_id, code in reaped.failed:
         log.warning("job %s failed: %s", job_id, code)
+    if reaped.failed:
+        # A job ended by the reaper has no worker to delete its checkpoint (a stalled one's may, too: harmless).
+        with session_scope(settings.database_url) as session:
+            delete_checkpoints_of(session, store, [job_id for job_id, _ in reaped.failed])
     with session_scope(settings.database_url) as session:
         unsent = unsent_jobs(session, settings.redeliver_after_s, utcnow())
     sent = []
@@ -65,11 +69,11 @@ def maintain_jobs(settings: Settings, queue: Celery) -> None:
             mark_sent(session, sent, utcnow())
 
 
-async def _maintain_jobs_forever(settings: Settings, queue: Celery) -> None:
+async def _maintain_jobs_forever(settings: Settings, queue: Celery, store: ObjectStore) -> None:
     while True:
         try:
             # The pass blocks on the catalogue and the broker: in a thread, so requests are served meanwhile.
-            await asyncio.to_thread(maintain_jobs, settings, queue)
+            await asyncio.to_thread(maintain_jobs, settings, queue, store)
         except Exception:
             log.exception("job maintenance pass failed")
         await asyncio.sleep(settings.reaper_interval_s)
@@ -84,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ensure_builtin_base_models(session)
             if settings.bootstrap_api_key is not None:
                 ensure_key(session, settings.bootstrap_api_key.get_secret_value())
-        maintenance = asyncio.create_task(_maintain_jobs_forever(settings, app.state.queue))
+        maintenance = asyncio.create_task(_maintain_jobs_forever(settings, app.state.queue, app.state.store))
         yield
         maintenance.cancel()
 

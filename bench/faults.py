@@ -190,6 +190,7 @@ class Faults:
         self.worker: Process | None = None
         self.workers_started = 0
         self.kills = 0
+        self.killed: set[tuple[str, int]] = set()
 
     def lethe(self, name: str, *args: str) -> Process:
         process = Process(name, [sys.executable, "-m", "cli.main", *args], self.env, self.work_dir)
@@ -249,14 +250,22 @@ class Faults:
     def statuses(self, client: httpx.Client, job_ids: list[str]) -> dict[str, dict[str, Any]]:
         return {job_id: client.get(f"/v1/jobs/{job_id}").json() for job_id in job_ids}
 
-    def kill_worker_mid_training(self, jobs: dict[str, dict[str, Any]]) -> bool:
-        """SIGKILL the worker if a job is in its forgetting stage (mid-training); True if it did."""
-        training = [j for j in jobs.values() if j["status"] == "running" and j["stage"] == "forgetting"]
-        if not training or not 0.15 < training[0]["progress"] < 0.85 or self.worker is None:
+    def kill_worker_mid_training(self) -> bool:
+        """SIGKILL the worker if it is mid-training: a job in its forgetting stage, between 15% and 85%, whose
+        attempt was not killed before (a job stays `running` in the catalogue until the reaper notices). True if
+        it did."""
+        training = self.catalogue(
+            "SELECT id::text, attempts, progress FROM jobs WHERE status = 'running' AND stage = 'forgetting' "
+            "AND progress > 0.15 AND progress < 0.85"
+        )
+        fresh = [row for row in training if (row[0], row[1]) not in self.killed]
+        if not fresh or self.worker is None:
             return False
+        job_id, attempt, progress = fresh[0]
         self.worker.kill()
+        self.killed.add((job_id, attempt))
         self.kills += 1
-        print(f"faults: SIGKILLed the worker during job {training[0]['id']} at {training[0]['progress']:.2f}")
+        print(f"faults: SIGKILLed the worker during job {job_id}, attempt {attempt}, at {progress:.2f}")
         return True
 
     def catalogue(self, query: str) -> list[tuple[Any, ...]]:
@@ -303,7 +312,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             jobs = faults.statuses(client, job_ids)
             if all(j["status"] in ("succeeded", "failed", "cancelled") for j in jobs.values()):
                 break
-            killed = faults.kills < args.kills and faults.kill_worker_mid_training(jobs)
+            killed = faults.kills < args.kills and faults.kill_worker_mid_training()
             if killed and faults.kills in restart_after_kills and faults.redis.restarts < args.redis_restarts:
                 # With no worker connected: every message Redis held (the queued jobs') is lost.
                 faults.redis.restart()

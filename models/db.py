@@ -114,6 +114,7 @@ class UnitOfWork:
         self._sends: list[tuple[uuid.UUID, Callable[[], None]]] = []
         self._undos: list[Callable[[], None]] = []
         self._refusal_undos: list[Callable[[Session], None]] = []
+        self._after_commit: list[Callable[[], None]] = []
 
     def enqueue_after_commit(self, job_id: uuid.UUID, send: Callable[[], None]) -> None:
         """Call `send()` (which puts `job_id` on the broker) once the transaction has committed.
@@ -128,6 +129,11 @@ class UnitOfWork:
         """Call `undo()` if the transaction rolls back (or fails to commit)."""
         self._undos.append(undo)
 
+    def after_commit(self, then: Callable[[], None]) -> None:
+        """Call `then()` once the transaction has committed (clean-up the commit makes safe; its failure is only
+        logged: the transaction stands)."""
+        self._after_commit.append(then)
+
     def undo_if_refused(self, undo: Callable[[Session], None]) -> None:
         """Call `undo(session)` if the broker refuses a registered job, in the transaction that fails the job: for
         a committed row that says the request succeeded (its idempotency key)."""
@@ -137,6 +143,12 @@ class UnitOfWork:
         """Commit, then send the registered jobs; a job the broker refuses is failed (committed) and reported."""
         self.session.commit()
         self._undos.clear()
+        afters, self._after_commit = self._after_commit, []
+        for then in afters:
+            try:
+                then()
+            except Exception:
+                log.exception("a clean-up after a commit failed")
         sends, self._sends = self._sends, []
         refusal_undos, self._refusal_undos = self._refusal_undos, []
         refused: list[uuid.UUID] = []
@@ -160,6 +172,7 @@ class UnitOfWork:
         self.session.rollback()
         self._sends.clear()
         self._refusal_undos.clear()
+        self._after_commit.clear()
         undos, self._undos = self._undos, []
         for undo in reversed(undos):
             try:

@@ -41,6 +41,12 @@ def checkpoint_tensors_key(tenant_id: uuid.UUID, job_id: uuid.UUID, slot: Litera
     return f"checkpoints/{tenant_id}/{job_id}/tensors-{slot}.safetensors"
 
 
+def checkpoint_keys(tenant_id: uuid.UUID, job_id: uuid.UUID) -> list[str]:
+    """Every object of a forget job's checkpoint, the manifest first (deleted in this order, no manifest ever
+    points at missing tensors)."""
+    return [checkpoint_manifest_key(tenant_id, job_id), *(checkpoint_tensors_key(tenant_id, job_id, s) for s in (0, 1))]
+
+
 def report_key(tenant_id: uuid.UUID, audit_id: uuid.UUID, fmt: Literal["json", "html"]) -> str:
     """An audit's report: the signed JSON, or the HTML page drawn from it."""
     return f"reports/{tenant_id}/{audit_id}/report.{fmt}"

@@ -61,9 +61,9 @@ def get_job(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> Job
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=error_responses(401, 404, 409, 422, 429))
-def cancel_job(job_id: uuid.UUID, session: SessionDep, tenant_id: WritingTenantDep) -> JobOut:
+def cancel_job(job_id: uuid.UUID, work: UnitOfWorkDep, store: StoreDep, tenant_id: WritingTenantDep) -> JobOut:
     """Cancel a queued or running job (409 when it has already finished)."""
-    return jobs.cancel_job(session, tenant_id, job_id)
+    return jobs.cancel_job(work, store, tenant_id, job_id)
 
 
 @router.get(

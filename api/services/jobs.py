@@ -1,9 +1,11 @@
 """Reading and cancelling jobs; re-queuing or failing the ones whose worker is gone or stuck; the relay's queries."""
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TypedDict
 
 from sqlalchemy.orm import Session
@@ -12,8 +14,13 @@ from api.errors import Conflict, NotFound
 from api.schemas import JobError, JobOut, JobStatus, MetricOut
 from lethe.queue import JOB_KINDS
 from lethe.settings import Settings
+from models.db import UnitOfWork
 from models.repositories import AdapterRepository, AuditRepository, JobRepository, MetricRepository
 from models.tables import Adapter, Job, utcnow
+from storage import ObjectStore
+from storage.keys import checkpoint_keys
+
+log = logging.getLogger("lethe.api")
 
 
 class JobState(TypedDict):
@@ -72,15 +79,38 @@ def evidence_key(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> s
     return job.evidence_key
 
 
-def cancel_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobOut:
-    """Cancel a queued or running job; a running one stops at its next progress report and stores nothing."""
+def cancel_job(work: UnitOfWork, store: ObjectStore, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobOut:
+    """Cancel a queued or running job; a running one stops at its next progress report and stores nothing.
+
+    Its checkpoint (a job re-queued after its worker died has one) is deleted once the cancel is committed: a
+    queued job has no worker that would.
+    """
+    session = work.session
     job = JobRepository(session).get(tenant_id, job_id)
     if job is None:
         raise NotFound(f"job {job_id} not found")
     if not JobRepository(session).finish(job.id, "cancelled", utcnow()):
         raise Conflict(f"job {job_id} is already {job.status}")
+    work.after_commit(partial(delete_checkpoint, store, job.tenant_id, job.id))
     session.refresh(job)
     return get_job(session, tenant_id, job_id)
+
+
+def delete_checkpoint(store: ObjectStore, tenant_id: uuid.UUID, job_id: uuid.UUID) -> None:
+    """Delete a job that has ended's checkpoint, if it has one (a resume point no attempt will use)."""
+    for key in checkpoint_keys(tenant_id, job_id):
+        store.delete(key)
+
+
+def delete_checkpoints_of(session: Session, store: ObjectStore, job_ids: Sequence[uuid.UUID]) -> None:
+    """Delete the checkpoints of jobs the reaper ended (failed with worker_lost or stalled): no worker will."""
+    for job_id in job_ids:
+        job = JobRepository(session).get_any_tenant(job_id)
+        if job is not None:
+            try:
+                delete_checkpoint(store, job.tenant_id, job.id)
+            except Exception:
+                log.exception("job %s: could not delete its checkpoint", job_id)
 
 
 def list_jobs(session: Session, tenant_id: uuid.UUID) -> Sequence[Job]:

@@ -18,6 +18,8 @@ from lethe.settings import Settings
 from models.db import session_scope
 from models.repositories import JobEventRepository, JobRepository, TenantRepository
 from models.tables import Job, utcnow
+from storage import open_store
+from storage.keys import checkpoint_keys
 from tests.api.conftest import CHOICE_ROWS, upload
 
 
@@ -62,7 +64,7 @@ def test_a_pass_requeues_a_lost_job_and_sends_it(stack_settings: Settings, caplo
     long_ago = utcnow() - timedelta(hours=1)
     lost = _add_job(stack_settings, status="running", attempts=1, heartbeat_at=long_ago, progress_at=long_ago)
     with caplog.at_level(logging.WARNING, logger="lethe.api"):
-        maintain_jobs(stack_settings, make_celery(stack_settings))
+        maintain_jobs(stack_settings, make_celery(stack_settings), open_store(stack_settings))
     job = _job(stack_settings, lost)
     assert job.status == "queued" and job.attempts == 1 and job.sent_at is not None
     assert _messages_for(stack_settings, lost) == 1
@@ -82,7 +84,7 @@ def test_a_pass_sends_again_only_jobs_not_claimed_in_time(
     lost_message = _add_job(settings, status="queued", sent_at=utcnow() - timedelta(minutes=2))
     recent = _add_job(settings, status="queued", sent_at=utcnow())
     with caplog.at_level(logging.WARNING, logger="lethe.api"):
-        maintain_jobs(settings, make_celery(settings))
+        maintain_jobs(settings, make_celery(settings), open_store(settings))
     assert _messages_for(settings, lost_message) == 1 and _messages_for(settings, recent) == 0
     assert _job(settings, lost_message).sent_at > utcnow() - timedelta(minutes=1)  # type: ignore[operator]
     assert f"job {lost_message} sent again" in caplog.text
@@ -92,7 +94,7 @@ def test_a_pass_sends_again_only_jobs_not_claimed_in_time(
 def test_a_job_of_a_kind_no_worker_runs_does_not_stop_the_relay(stack_settings: Settings) -> None:
     stray = _add_job(stack_settings, status="queued", kind=f"t-{uuid.uuid4().hex[:8]}")
     job = _add_job(stack_settings, status="queued")
-    maintain_jobs(stack_settings, make_celery(stack_settings))
+    maintain_jobs(stack_settings, make_celery(stack_settings), open_store(stack_settings))
     assert _messages_for(stack_settings, job) == 1
     assert _messages_for(stack_settings, stray) == 0
     _close(stack_settings, stray, job)
@@ -102,13 +104,15 @@ def test_the_pass_does_not_block_the_event_loop(stack_settings: Settings, monkey
     """While a pass waits on a slow catalogue or broker, the loop that serves requests keeps its turns."""
     pass_started: list[float] = []
 
-    def slow_pass(settings: Settings, queue: object) -> None:
+    def slow_pass(settings: Settings, queue: object, store: object) -> None:
         pass_started.append(time.monotonic())
         time.sleep(3)
 
     async def lag_of_the_loop() -> float:
         """How long after the pass started the loop ran something else (a request's turn)."""
-        maintenance = asyncio.create_task(_maintain_jobs_forever(stack_settings, make_celery(stack_settings)))
+        maintenance = asyncio.create_task(
+            _maintain_jobs_forever(stack_settings, make_celery(stack_settings), open_store(stack_settings))
+        )
         while not pass_started:
             await asyncio.sleep(0.01)
         lag = time.monotonic() - pass_started[0]
@@ -117,3 +121,41 @@ def test_the_pass_does_not_block_the_event_loop(stack_settings: Settings, monkey
 
     monkeypatch.setattr("api.app.maintain_jobs", slow_pass)
     assert asyncio.run(lag_of_the_loop()) < 1.0
+
+
+def _stored_checkpoint(settings: Settings, job_id: uuid.UUID) -> list[str]:
+    """Put a checkpoint's objects (their content does not matter here) for the job; their keys."""
+    job = _job(settings, job_id)
+    keys = checkpoint_keys(job.tenant_id, job.id)
+    store = open_store(settings)
+    for key in keys:
+        store.put(key, b"checkpoint")
+    return keys
+
+
+def test_a_job_the_reaper_fails_loses_its_checkpoint_and_a_requeued_one_keeps_it(stack_settings: Settings) -> None:
+    """No worker will resume a job that failed for good (worker_lost on its last attempt): its checkpoint goes. One
+    queued again keeps it, for the next attempt to resume from."""
+    long_ago = utcnow() - timedelta(hours=1)
+    running = {"status": "running", "heartbeat_at": long_ago, "progress_at": long_ago}
+    last_attempt = _add_job(stack_settings, attempts=stack_settings.max_attempts, **running)
+    first_attempt = _add_job(stack_settings, attempts=1, **running)
+    failed_keys = _stored_checkpoint(stack_settings, last_attempt)
+    requeued_keys = _stored_checkpoint(stack_settings, first_attempt)
+    store = open_store(stack_settings)
+    maintain_jobs(stack_settings, make_celery(stack_settings), store)
+    assert _job(stack_settings, last_attempt).status == "failed"
+    assert not any(store.exists(key) for key in failed_keys)
+    assert _job(stack_settings, first_attempt).status == "queued"
+    assert all(store.exists(key) for key in requeued_keys)
+    _close(stack_settings, first_attempt)
+
+
+def test_cancelling_a_queued_job_deletes_its_checkpoint(client: TestClient, stack_settings: Settings) -> None:
+    forget_id = upload(client, CHOICE_ROWS).json()["id"]
+    body = {"base_model": "tiny-registered", "forget_dataset": forget_id, "method": {"name": "random_label"}}
+    job_id = uuid.UUID(client.post("/v1/forget-requests", json=body).json()["job_id"])
+    keys = _stored_checkpoint(stack_settings, job_id)  # as a job re-queued after its worker died has
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    store = open_store(stack_settings)
+    assert not any(store.exists(key) for key in keys)

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 
 from lethe.specs import ForgetJobSpec
 from storage import ObjectNotFoundError, ObjectStore
-from storage.keys import checkpoint_manifest_key, checkpoint_tensors_key
+from storage.keys import checkpoint_keys, checkpoint_manifest_key, checkpoint_tensors_key
 from worker.engine.forget.snapshot import ForgetSnapshot, decode_snapshot, encode_snapshot
 
 log = logging.getLogger("lethe.worker")
@@ -127,7 +127,6 @@ class JobCheckpoint:
 
     def delete(self) -> None:
         """Delete the checkpoint: the manifest first, so that none ever points at missing tensors."""
-        self.store.delete(self.manifest_key)
-        for slot in (0, 1):
-            self.store.delete(checkpoint_tensors_key(self.tenant_id, self.job_id, slot))
+        for key in checkpoint_keys(self.tenant_id, self.job_id):
+            self.store.delete(key)
         self.slot = None
