@@ -19,30 +19,34 @@ class LocalObjectStore:
             raise ValueError(f"invalid object key {key!r}")
         return self.root.joinpath(*parts)
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def _written_beside(self, key: str, data: bytes) -> tuple[Path, str]:
+        """The key's path, and a temp file beside it holding `data` (to be linked or renamed into place)."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Write to a temp file, then link it into place: link fails if the key exists, so two writers
-        # cannot both succeed and a reader never sees a half-written object.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-            try:
-                os.link(tmp, path)
-            except FileExistsError as exc:
-                raise ObjectExistsError(key) from exc
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return path, tmp
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        # Link the temp file into place: link fails if the key exists, so two writers cannot both succeed and a
+        # reader never sees a half-written object.
+        path, tmp = self._written_beside(key, data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError as exc:
+            raise ObjectExistsError(key) from exc
         finally:
             os.unlink(tmp)
 
     def replace(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write to a temp file, then rename it over the key: rename is atomic, so a reader never sees half of it.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        # Rename the temp file over the key: rename is atomic, so a reader never sees half of it.
+        path, tmp = self._written_beside(key, data)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
