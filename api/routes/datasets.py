@@ -1,7 +1,7 @@
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, UploadFile, status
+from fastapi import APIRouter, File, Form, UploadFile, status
 from fastapi.responses import JSONResponse
 
 from api.deps import IdempotencyKeyDep, SessionDep, SettingsDep, StoreDep, TenantDep, UnitOfWorkDep, WritingTenantDep
@@ -13,10 +13,9 @@ from api.services.idempotency import CreatingRequest, create_once, replayable, u
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
-def _read_bounded(request: Request, file: UploadFile, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise PayloadTooLarge(f"file: upload is larger than the limit of {limit} bytes")
+def _read_bounded(file: UploadFile, limit: int) -> bytes:
+    """The uploaded file, refused over `limit` (the request gate, api/gate.py, already refused a body over the
+    limit plus the multipart envelope before it was read)."""
     # The form is already parsed (asynchronously, before the route runs) into a spooled file: read it here.
     content = file.file.read(limit + 1)
     if len(content) > limit:
@@ -31,7 +30,6 @@ def _read_bounded(request: Request, file: UploadFile, limit: int) -> bytes:
     responses=replayable(status.HTTP_201_CREATED) | error_responses(400, 401, 403, 409, 413, 415, 422, 429, 503),
 )
 def upload_dataset(
-    request: Request,
     work: UnitOfWorkDep,
     store: StoreDep,
     tenant_id: WritingTenantDep,
@@ -44,7 +42,7 @@ def upload_dataset(
     """Upload a JSONL dataset; every row is validated and a bad file stores nothing."""
     # A plain `def`, so FastAPI runs it in its threadpool: the catalogue and the object store block, and on the
     # event loop one waiting for a database lock would stall every other request (even /healthz).
-    content = _read_bounded(request, file, settings.max_upload_bytes)
+    content = _read_bounded(file, settings.max_upload_bytes)
 
     def create() -> DatasetOut:
         dataset = service.create_dataset(work, store, settings, tenant_id, name, kind, content)
