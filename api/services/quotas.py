@@ -19,13 +19,20 @@ from models.repositories import JobRepository, TenantRepository
 def check_room_for_job(session: Session, settings: Settings, tenant_id: uuid.UUID) -> None:
     """Lock the tenant and refuse a new job when its active jobs are at the cap (429) or its stored bytes are at
     the limit (403): the job's adapter and evidence would add to them."""
-    check_active_jobs(session, settings, tenant_id)
-    check_stored_bytes(session, settings, tenant_id, 0)
-
-
-def check_active_jobs(session: Session, settings: Settings, tenant_id: uuid.UUID) -> None:
-    """Lock the tenant and refuse (429) a new job when its queued and running jobs are at the cap."""
     TenantRepository(session).lock(tenant_id)
+    _refuse_at_active_jobs_cap(session, settings, tenant_id)
+    _refuse_over_stored_bytes(session, settings, tenant_id, 0)
+
+
+def check_stored_bytes(session: Session, settings: Settings, tenant_id: uuid.UUID, adding_bytes: int) -> None:
+    """Lock the tenant and refuse (403 quota_exceeded) a write of `adding_bytes` that would take the tenant's
+    stored bytes over the limit."""
+    TenantRepository(session).lock(tenant_id)
+    _refuse_over_stored_bytes(session, settings, tenant_id, adding_bytes)
+
+
+def _refuse_at_active_jobs_cap(session: Session, settings: Settings, tenant_id: uuid.UUID) -> None:
+    """429 when the tenant's queued and running jobs are at the cap (the caller holds the tenant's lock)."""
     active = JobRepository(session).count_active(tenant_id)
     limit = settings.max_active_jobs_per_tenant
     if active >= limit:
@@ -37,11 +44,10 @@ def check_active_jobs(session: Session, settings: Settings, tenant_id: uuid.UUID
         )
 
 
-def check_stored_bytes(session: Session, settings: Settings, tenant_id: uuid.UUID, adding_bytes: int) -> None:
-    """Lock the tenant and refuse (403 quota_exceeded) a write of `adding_bytes` that would take the tenant's
-    stored bytes over the limit; a job, whose objects are written later by the worker, adds 0 and is refused only
-    when the tenant is already at the limit."""
-    TenantRepository(session).lock(tenant_id)
+def _refuse_over_stored_bytes(session: Session, settings: Settings, tenant_id: uuid.UUID, adding_bytes: int) -> None:
+    """403 when `adding_bytes` would take the tenant's stored bytes over the limit (the caller holds the tenant's
+    lock); a job, whose objects are written later by the worker, adds 0 and is refused only when the tenant is
+    already at the limit."""
     stored = TenantRepository(session).stored_bytes(tenant_id)
     limit = settings.max_stored_bytes_per_tenant
     if stored + adding_bytes > limit or stored >= limit:
