@@ -43,6 +43,7 @@ from minio import Minio
 from moto.server import ThreadedMotoServer
 
 from bench.machine import machine
+from tests.tiny_lm import build_tiny_lm, synthetic_choice_rows, task_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_URL = os.environ.get("LETHE_FAULTS_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -157,8 +158,8 @@ def _weights_sha256(archive: bytes) -> str:
 
 
 class Faults:
-    def __init__(self, args: argparse.Namespace, stack: ExitStack, work_dir: Path) -> None:
-        self.args, self.stack, self.work_dir = args, stack, work_dir
+    def __init__(self, stack: ExitStack, work_dir: Path) -> None:
+        self.stack, self.work_dir = stack, work_dir
         self.database_url = _database(stack)
         self.redis = Redis(work_dir)
         stack.callback(self.redis.stop)
@@ -203,9 +204,6 @@ class Faults:
         self.workers_started += 1
 
     def start(self) -> httpx.Client:
-        sys.path.insert(0, str(ROOT))
-        from tests.tiny_lm import build_tiny_lm, task_corpus
-
         tiny_dir = build_tiny_lm(self.work_dir / "tiny-lm", task_corpus())
         subprocess.run([sys.executable, "-m", "cli.main", "migrate"], env=self.env, cwd=ROOT, check=True)
         subprocess.run(
@@ -294,12 +292,10 @@ class Faults:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the S3 server's access log
-    from tests.tiny_lm import synthetic_choice_rows
-
     started = time.monotonic()
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="lethe-faults-") as tmp:
         work_dir = Path(tmp)
-        faults = Faults(args, stack, work_dir)
+        faults = Faults(stack, work_dir)
         client = faults.start()
         dataset_id = faults.upload(client, synthetic_choice_rows(32, seed=7), "faults")
         bodies: dict[str, dict[str, Any]] = {}
