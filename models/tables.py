@@ -162,6 +162,10 @@ class Metric(Base):
     value: Mapped[float] = mapped_column(Float)
     layer: Mapped[int | None] = mapped_column(Integer, default=None)
     step: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Rows the value rests on and its 95% interval (worker/engine/metrics/intervals.py); null where none is drawn.
+    n: Mapped[int | None] = mapped_column(Integer, default=None)
+    ci_low: Mapped[float | None] = mapped_column(Float, default=None)
+    ci_high: Mapped[float | None] = mapped_column(Float, default=None)
 
 
 class Adapter(Base):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from worker.engine.metrics.intervals import Estimate
+
 # per_example[stage][split][metric]: one value per row of the split (None where the metric does not apply).
 PerExample = dict[str, dict[str, dict[str, list[float | None]]]]
 
 
 @dataclass(frozen=True)
 class MetricValue:
-    """One measurement; `layer` is set for probes, `step` for points measured during forgetting."""
+    """One measurement; `layer` is set for probes, `step` for points measured during forgetting. `n` is the number of
+    rows it rests on and `ci_low`/`ci_high` its 95% interval (see `intervals.py`), None where none is drawn."""
 
     stage: str
     split: str
@@ -18,6 +21,14 @@ class MetricValue:
     value: float
     layer: int | None = None
     step: int | None = None
+    n: int | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+    @classmethod
+    def of(cls, stage: str, split: str, name: str, estimate: Estimate, layer: int | None = None) -> MetricValue:
+        """The measurement an `Estimate` gives."""
+        return cls(stage, split, name, estimate.value, layer, None, estimate.n, estimate.ci_low, estimate.ci_high)
 
 
 @dataclass
