@@ -105,7 +105,7 @@ class PluginParams(MethodParams):
         le=1e4,
         description=(
             "Weight of an extra retain term: KL(pi_ref || pi_theta) averaged over the retain targets' tokens, "
-            "pi_ref being the LM with its adapter disabled (the LM before forgetting); 0 = off."
+            "pi_ref being the LM before forgetting (the fine-tuned LM after a fine-tune, else the base LM); 0 = off."
         ),
     )
     # Lethe default: off.
@@ -179,7 +179,8 @@ class RetainParams(PluginParams):
         "nll",
         description=(
             "Retain loss: nll = mean NLL of the retain rows' targets; kl = KL(pi_ref || pi_theta) averaged over "
-            "the retain targets' tokens, pi_ref being the LM with its adapter disabled."
+            "the retain targets' tokens, pi_ref being the LM before forgetting (the fine-tuned LM after a fine-tune, "
+            "else the base LM)."
         ),
     )
 
@@ -433,7 +434,8 @@ METHODS.register(
         description=(
             "Negative preference optimisation (Zhang et al., arXiv 2404.05868) with a retain term: loss = gamma * "
             "mean -(2/beta) log sigmoid(-beta * (log pi_theta(y|x) - log pi_ref(y|x))) + alpha * retain loss, with "
-            "summed log-probabilities of the forget target y and pi_ref the LM with its adapter disabled."
+            "summed log-probabilities of the forget target y and pi_ref the LM before forgetting (the fine-tuned LM "
+            "after a fine-tune, else the base LM)."
         ),
         params_model=NPOParams,
     ),

@@ -337,6 +337,8 @@ class _Run:
             on_snapshot=save if snapshots is not None else None,
             snapshot_every=snapshots.every if snapshots is not None else 0,
             resume=resume.training if resume is not None else None,
+            # The methods' reference is the LM right before forgetting: the fine-tuned one, or else the base LM.
+            reference=self.before_forgetting if self.plan.finetune else None,
         )
         self.progress.forgetting_stopped(trained_rows, checks)
         return result

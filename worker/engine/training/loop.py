@@ -12,7 +12,7 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from lethe.rows import Row
-from worker.engine.lm.lora import load_lora_state
+from worker.engine.lm.lora import LoraState, load_lora_state, reference_adapter
 from worker.engine.precision import autocast
 from worker.engine.training.batches import RetainStream, collate, examples_of, shuffled_batches
 from worker.engine.training.objective import GradientFilter, LossTerms, Objective, Plugins, Step, TrainContext
@@ -61,6 +61,7 @@ def train(
     on_snapshot: Callable[[TrainingSnapshot], None] | None = None,
     snapshot_every: int = 0,
     resume: TrainingSnapshot | None = None,
+    reference: LoraState | None = None,
 ) -> TrainingResult:
     """Train the LoRA parameters with AdamW on `objective`, in seeded shuffled batches of forget rows.
 
@@ -73,7 +74,50 @@ def train(
     (after that step's evaluation). `resume`: such a snapshot to go on from; the LM must hold the weights it had
     when this run first started (the objective prepares from them), and the run then ends as the one it came from
     would have.
+
+    `reference`: the trained adapter's state that makes the reference LM (`Step.reference`), held in a frozen second
+    adapter slot while training runs; None = the base LM (adapter disabled). A forget run passes the fine-tuned
+    adapter when it fine-tuned first, so that a resumed run rebuilds the same reference from its snapshot.
     """
+    with reference_adapter(peft_lm, reference):
+        return _train(
+            peft_lm,
+            tokenizer,
+            objective,
+            forget_rows,
+            retain_rows,
+            schedule,
+            seed=seed,
+            limit=limit,
+            plugins=plugins,
+            evaluate=evaluate,
+            on_step=on_step,
+            mixed_precision=mixed_precision,
+            on_snapshot=on_snapshot,
+            snapshot_every=snapshot_every,
+            resume=resume,
+        )
+
+
+def _train(
+    peft_lm: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    objective: Objective,
+    forget_rows: Sequence[Row],
+    retain_rows: Sequence[Row],
+    schedule: Schedule,
+    *,
+    seed: int,
+    limit: int,
+    plugins: Plugins | None,
+    evaluate: Callable[[int], str | None] | None,
+    on_step: Callable[[int], None] | None,
+    mixed_precision: bool | None,
+    on_snapshot: Callable[[TrainingSnapshot], None] | None,
+    snapshot_every: int,
+    resume: TrainingSnapshot | None,
+) -> TrainingResult:
+    """`train` with the reference slot in place."""
     if on_snapshot is not None and snapshot_every < 1:
         raise ValueError("snapshot_every must be at least 1 when snapshots are taken")
     plugins = plugins or Plugins()
