@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from lethe.rows import Row
 from worker.engine.lm.lora import LoraState, load_lora_state, reference_adapter
 from worker.engine.precision import autocast
-from worker.engine.training.batches import RetainStream, collate, examples_of, shuffled_batches
+from worker.engine.training.batches import Example, RetainStream, collate, examples_of, shuffled_batches
 from worker.engine.training.objective import GradientFilter, LossTerms, Objective, Plugins, Step, TrainContext
 from worker.engine.training.snapshot import TrainingSnapshot, restore_rng
 
@@ -156,6 +156,42 @@ def _train(
         peft_lm.train()
         return reason
 
+    def optimise(examples: Sequence[Example], indices: Sequence[int], epoch: int, of_epoch: bool) -> str | None:
+        """One optimiser step on `examples` (the epoch's next batch, or an interleaved one); a stop reason or None."""
+        nonlocal steps, batches_done
+        step = Step(
+            lm=peft_lm,
+            forget=collate(examples, pad_id, device),
+            retain=retain.next() if retain is not None else None,
+            number=steps,
+            epoch=epoch,
+            retain_hooks=plugins.retain_hooks,
+            forget_indices=indices,
+        )
+        with autocast(device, mixed_precision):
+            terms = objective.losses(step)
+            for retain_term in plugins.retain_terms:
+                extra = retain_term(step)
+                terms.retain = extra if terms.retain is None else terms.retain + extra
+        _backward(terms, trainable, plugins.gradient_filter)
+        torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        steps += 1
+        if of_epoch:
+            batches_done += 1
+        if on_step is not None:
+            on_step(len(examples))
+        if schedule.max_steps is not None and steps >= schedule.max_steps:
+            return stop_reason_after_evaluation() or "max_steps"
+        if schedule.evaluate_every is not None and steps % schedule.evaluate_every == 0:
+            reason = stop_reason_after_evaluation()
+            if reason is not None:
+                return reason
+        if snapshot_due():
+            snapshot(epoch)
+        return None
+
     peft_lm.train()
     try:
         if resume is None:
@@ -166,36 +202,15 @@ def _train(
             # A resumed run skips the batches its snapshot's epoch had trained on already.
             batches_done = batches_done if epoch == first_epoch else 0
             for batch_indices in batches[batches_done:]:
-                step = Step(
-                    lm=peft_lm,
-                    forget=collate([examples[i] for i in batch_indices], pad_id, device),
-                    retain=retain.next() if retain is not None else None,
-                    number=steps,
-                    epoch=epoch,
-                    retain_hooks=plugins.retain_hooks,
-                    forget_indices=batch_indices,
-                )
-                with autocast(device, mixed_precision):
-                    terms = objective.losses(step)
-                    for retain_term in plugins.retain_terms:
-                        extra = retain_term(step)
-                        terms.retain = extra if terms.retain is None else terms.retain + extra
-                _backward(terms, trainable, plugins.gradient_filter)
-                torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                steps += 1
-                batches_done += 1
-                if on_step is not None:
-                    on_step(len(batch_indices))
-                if schedule.max_steps is not None and steps >= schedule.max_steps:
-                    return TrainingResult(steps, stop_reason_after_evaluation() or "max_steps")
-                if schedule.evaluate_every is not None and steps % schedule.evaluate_every == 0:
-                    reason = stop_reason_after_evaluation()
+                # Steps the objective interleaves (LWF's unlearning steps) are decided by the step number alone,
+                # so a run resumed between one and the epoch's next batch takes it again.
+                while (interleaved := objective.interleaved_examples(steps)) is not None:
+                    reason = optimise(interleaved, range(len(interleaved)), epoch, of_epoch=False)
                     if reason is not None:
                         return TrainingResult(steps, reason)
-                if snapshot_due():
-                    snapshot(epoch)
+                reason = optimise([examples[i] for i in batch_indices], batch_indices, epoch, of_epoch=True)
+                if reason is not None:
+                    return TrainingResult(steps, reason)
             if schedule.evaluate_every is None:
                 reason = stop_reason_after_evaluation()
                 if reason is not None:

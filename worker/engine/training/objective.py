@@ -34,6 +34,8 @@ class Step:
     """What an objective sees at one optimiser step."""
 
     lm: PeftModel
+    # The step's batch: of the examples the epoch passes over (the forget rows' for every method but LWF, whose
+    # epochs pass over its learning data), or of those the objective interleaves (LWF's generated texts).
     forget: Batch
     retain: Batch | None
     number: int
@@ -108,8 +110,20 @@ class Objective:
         """Called once before training (e.g. to generate texts or tokenize a refusal set)."""
 
     def forget_examples(self, epoch: int, examples: list[Example]) -> list[Example]:
-        """The forget examples trained on in `epoch` (random_label replaces the targets)."""
+        """The examples `epoch` passes over, a batch a step (`Step.forget`): the forget rows' (random_label
+        replaces their targets; LWF passes over its learning data instead)."""
         return examples
+
+    def interleaved_examples(self, number: int) -> list[Example] | None:
+        """The batch optimiser step `number` (from 0) trains on instead of the epoch's next one (LWF's unlearning
+        steps), or None: it takes the epoch's next batch. A function of `number` alone, so that a resumed run
+        interleaves as the uninterrupted one did."""
+        return None
+
+    def outcome(self, steps: int) -> dict[str, Any]:
+        """What the method has to say about a run that took `steps` optimiser steps, beyond the metrics (LWF: the
+        forget rows it never unlearned); {} when nothing."""
+        return {}
 
     def losses(self, step: Step) -> LossTerms:
         return LossTerms(forget=mean_nll(step.logits(step.forget), step.forget.labels))
