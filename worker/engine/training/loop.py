@@ -63,7 +63,8 @@ def train(
     resume: TrainingSnapshot | None = None,
     reference: LoraState | None = None,
 ) -> TrainingResult:
-    """Train the LoRA parameters with AdamW on `objective`, in seeded shuffled batches of forget rows.
+    """Train the LoRA parameters with AdamW on `objective`, in seeded shuffled batches of forget rows (of what
+    `objective.forget_examples` passes over instead), and on the batches it interleaves between them.
 
     `evaluate(steps)` runs every `schedule.evaluate_every` steps (or after every epoch) and returns a stop reason
     to end training, or None to go on. `on_step(rows_in_batch)` runs after every optimiser step.
@@ -205,7 +206,7 @@ def _train(
                 # Steps the objective interleaves (LWF's unlearning steps) are decided by the step number alone,
                 # so a run resumed between one and the epoch's next batch takes it again.
                 while (interleaved := objective.interleaved_examples(steps)) is not None:
-                    reason = optimise(interleaved, range(len(interleaved)), epoch, of_epoch=False)
+                    reason = optimise(interleaved, (), epoch, of_epoch=False)
                     if reason is not None:
                         return TrainingResult(steps, reason)
                 reason = optimise([examples[i] for i in batch_indices], batch_indices, epoch, of_epoch=True)

@@ -41,7 +41,8 @@ class Step:
     number: int
     epoch: int
     retain_hooks: Sequence[ForwardHook] = ()
-    # The forget batch's rows: indices into the epoch's forget examples (to pair each row with data of its own).
+    # The forget batch's rows: indices into the epoch's forget examples (to pair each row with data of its own);
+    # none on a step the objective interleaved.
     forget_indices: Sequence[int] = ()
 
     def logits(self, batch: Batch, **kwargs: Any) -> torch.Tensor:
