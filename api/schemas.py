@@ -36,6 +36,12 @@ class MethodOut(BaseModel):
     description: str
     kinds: list[str] = Field(description="Dataset kinds the method can forget: choice, qa, text.")
     params: dict[str, Any] = Field(description="JSON schema of the method's params, with defaults.")
+    experimental: bool = Field(
+        description="The method is reconstructed from incomplete sources (its paper's equations or code unreadable)."
+    )
+    reconstructed: str | None = Field(
+        description="For an experimental method: what Lethe reconstructed and how; null otherwise."
+    )
 
 
 class MetricSpecOut(BaseModel):

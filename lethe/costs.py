@@ -58,12 +58,14 @@ def forget_request_cost(spec: ForgetJobSpec, forget_rows: int, retain_rows: int)
     """The cost of a forget job (and of the audit it requests), forget_rows and retain_rows being the row counts
     of its forget dataset and of its retain datasets together.
 
-    With n forget-train rows, batch size b, E forgetting epochs and max_steps S:
+    With n forget-train rows, R retain rows, batch size b, E forgetting epochs and max_steps S:
         finetune   = n * finetune epochs
-        forget     = min(E * m, S * b), m = n (lwf: ceil(top_fraction * n), the texts it ascends on)
-        steps      = min(E * ceil(m / b), S)
-        retain     = steps * min(b, retain_rows) if the method trains on retain rows
-                     (lwf: every interval-th step only, plus its fisher_rows)
+        epoch      = ceil(n / b) steps (lwf: ceil(R / b), its epochs pass over the learning data)
+        steps      = min(E * epoch + U, S), U = 0 (lwf: (E * epoch − 1) // interval unlearning steps)
+        forget     = min(E * n, S * b) (lwf: U' * min(b, m), m = ceil(top_fraction * n) texts, U' the unlearning
+                     steps among the steps: U, or S // (interval + 1) when S cuts the run short)
+        retain     = steps * min(b, R) if the method trains on retain rows (lwf: min(E * R, (steps − U') * b)
+                     learning rows, plus its fisher_rows)
         lwf adds     2 * n for generating each row's continuation and its confidence gradient
         evaluation = (2 evaluations, 3 with a fine-tune, + one per check while forgetting) * all rows / 3,
                      a check coming every evaluate_every steps, or every epoch
@@ -72,34 +74,33 @@ def forget_request_cost(spec: ForgetJobSpec, forget_rows: int, retain_rows: int)
     params = spec.method.parsed()
     split = _Split.of(forget_rows, spec.heldout_fraction)
     n = split.train
-    trained = math.ceil(params.top_fraction * n) if isinstance(params, LWFParams) else n
-    steps_per_epoch = math.ceil(trained / params.batch_size)
-    steps = min(params.epochs * steps_per_epoch, params.max_steps or math.inf)
-    forget = min(params.epochs * trained, (params.max_steps or math.inf) * params.batch_size)
+    b = params.batch_size
+    steps_per_epoch = max(math.ceil(params.epoch_rows(n, retain_rows) / b), 1)
+    epoch_steps = params.epochs * steps_per_epoch
+    interleaved = params.interleaved_steps(epoch_steps)
+    steps = min(epoch_steps + interleaved, params.max_steps or math.inf)
+    if isinstance(params, LWFParams):
+        unlearning = interleaved if steps == epoch_steps + interleaved else steps // (params.interval + 1)
+        forget = unlearning * min(b, math.ceil(params.top_fraction * n))
+        retain = min(params.epochs * retain_rows, (steps - unlearning) * b) + min(params.fisher_rows, retain_rows)
+    else:
+        forget = min(params.epochs * n, (params.max_steps or math.inf) * b)
+        retain = steps * min(b, retain_rows) if params.needs_retain() else 0
     terms = {
         "finetune": float(n * spec.finetune.epochs) if spec.finetune else 0.0,
         "forget": float(forget),
-        "retain": _retain_passes(params, steps, retain_rows),
+        "retain": float(retain),
         "preparation": 2.0 * n if isinstance(params, LWFParams) else 0.0,
-        "evaluation": _evaluation_rows(params, spec, steps, steps_per_epoch) * (forget_rows + retain_rows) * SCORED_ROW,
+        "evaluation": _evaluation_rows(params, spec, steps, (epoch_steps + interleaved) / params.epochs)
+        * (forget_rows + retain_rows)
+        * SCORED_ROW,
     }
     if spec.audit is not None:
         terms["audit"] = audit_cost(spec.audit, spec, forget_rows, retain_rows).total
     return CostEstimate(terms)
 
 
-def _retain_passes(params: MethodParams, steps: float, retain_rows: int) -> float:
-    """Retain rows trained on while forgetting: a retain batch every step (lwf: every interval-th step, and its
-    Fisher estimate's rows once)."""
-    if not params.needs_retain() or retain_rows == 0:
-        return 0.0
-    batch = min(params.batch_size, retain_rows)
-    if isinstance(params, LWFParams):
-        return float((steps // params.interval) * batch + min(params.fisher_rows, retain_rows))
-    return float(steps * batch)
-
-
-def _evaluation_rows(params: MethodParams, spec: ForgetJobSpec, steps: float, steps_per_epoch: int) -> float:
+def _evaluation_rows(params: MethodParams, spec: ForgetJobSpec, steps: float, steps_per_epoch: float) -> float:
     """How many times every row is scored: before forgetting, after the fine-tune, after forgetting, and at each
     check while forgetting (worker/engine/forget/progress.py plans the same)."""
     full = 3 if spec.finetune else 2

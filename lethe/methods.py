@@ -72,6 +72,14 @@ class MethodParams(BaseModel):
         """Whether training with these params draws retain batches (then the run needs retain rows)."""
         return False
 
+    def epoch_rows(self, forget_rows: int, retain_rows: int) -> int:
+        """The rows an epoch passes over, a batch a step: the forget-train rows (lwf: the retain rows)."""
+        return forget_rows
+
+    def interleaved_steps(self, epoch_steps: int) -> int:
+        """Optimiser steps a run takes between its `epoch_steps` epoch batches (lwf: its unlearning steps)."""
+        return 0
+
     def adapted_layers(self, n_layers: int) -> list[int] | None:
         """The decoder blocks of an LM with `n_layers` blocks that get LoRA adapters; None = every block."""
         return None
@@ -105,7 +113,7 @@ class PluginParams(MethodParams):
         le=1e4,
         description=(
             "Weight of an extra retain term: KL(pi_ref || pi_theta) averaged over the retain targets' tokens, "
-            "pi_ref being the LM with its adapter disabled (the LM before forgetting); 0 = off."
+            "pi_ref being the LM before forgetting (the fine-tuned LM after a fine-tune, else the base LM); 0 = off."
         ),
     )
     # Lethe default: off.
@@ -179,7 +187,8 @@ class RetainParams(PluginParams):
         "nll",
         description=(
             "Retain loss: nll = mean NLL of the retain rows' targets; kl = KL(pi_ref || pi_theta) averaged over "
-            "the retain targets' tokens, pi_ref being the LM with its adapter disabled."
+            "the retain targets' tokens, pi_ref being the LM before forgetting (the fine-tuned LM after a fine-tune, "
+            "else the base LM)."
         ),
     )
 
@@ -299,19 +308,31 @@ class RMUParams(MethodParams):
         return self
 
 
-# LWF's paper values could not be read (only secondary summaries were reachable): every default below is Lethe's
-# own, with its reason beside it.
+# LWF's paper (arXiv 2505.19715) could not be read beyond its abstract and secondary summaries, nor its code found:
+# every default below is Lethe's own, with its reason beside it, and the method is published as experimental.
 class LWFParams(MethodParams):
-    """Self-generated texts, Fisher-weighted forgetting confidence, gradient ascent interleaved with retain tuning."""
+    """Fine-tuning on the learning data (retain rows), ascending on the most Fisher-conflicting self-generated texts
+    every `interval` steps."""
 
+    # Lethe default: as every method's; an LWF epoch is a pass over the learning data, not over the forget rows.
+    epochs: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description=(
+            "Passes over the learning data (the retain rows), as LWF's schedule iterates over its learning task; "
+            "the unlearning steps come on top, every `interval` learning steps."
+        ),
+    )
     # Lethe default: long enough for an answer and a sentence after it; generation is greedy, so cost grows with it.
     max_new_tokens: int = Field(
         32,
         ge=1,
         le=1024,
         description=(
-            "Tokens the LM (adapter disabled) generates greedily after each forget row's context; the generated "
-            "continuations, not the rows' true targets, are what gradient ascent is applied to."
+            "Tokens the LM before forgetting (the fine-tuned LM after a fine-tune, else the base LM) generates "
+            "greedily after each forget row's context; the generated continuations, not the rows' true targets, "
+            "are what gradient ascent is applied to."
         ),
     )
     # Lethe default: a few dozen tokens ask for the passage's continuation without giving most of it away.
@@ -331,17 +352,18 @@ class LWFParams(MethodParams):
         le=1,
         description=(
             "Fraction of the generated texts unlearned: those with the highest forgetting confidence "
-            "(ceil(fraction * n) texts, ties to the earlier row)."
+            "(ceil(fraction * n) texts, ties to the earlier row). Below 1 some forget-train rows are never "
+            "unlearned at all: at the default 0.5, half of them. Set 1 to unlearn every row's text."
         ),
     )
-    # Lethe default: strict alternation, the one schedule on which Lethe's orientation and the paper's agree.
+    # Lethe default: an unlearning step after every learning step, the most unlearning the schedule allows.
     interval: int = Field(
-        2,
-        ge=2,
+        1,
+        ge=1,
         le=1_000,
         description=(
-            "Every this many optimiser steps one is a fine-tuning step (NLL) on a retain batch; the others are "
-            "gradient-ascent steps on the selected generated texts. 2 alternates them."
+            "N_u: after every this many fine-tuning steps (NLL on a batch of the learning data, the retain rows) "
+            "comes one gradient-ascent step on a batch of the selected generated texts."
         ),
     )
     # Lethe default: enough rows for a stable diagonal estimate; one backward pass each.
@@ -356,8 +378,16 @@ class LWFParams(MethodParams):
     )
 
     def needs_retain(self) -> bool:
-        """Always: the retain rows give the Fisher information and the interleaved fine-tuning steps."""
+        """Always: the retain rows are the learning data and give the Fisher information."""
         return True
+
+    def epoch_rows(self, forget_rows: int, retain_rows: int) -> int:
+        """An epoch passes over the learning data, the retain rows."""
+        return retain_rows
+
+    def interleaved_steps(self, epoch_steps: int) -> int:
+        """One unlearning step after every `interval` learning steps but the last: (L − 1) // N_u for L of them."""
+        return max(epoch_steps - 1, 0) // self.interval
 
 
 @dataclass(frozen=True)
@@ -371,6 +401,14 @@ class MethodSpec:
     implementation: str
     # The dataset kinds the method can forget (choice|qa|text).
     kinds: tuple[str, ...] = ("choice", "qa", "text")
+    # Whether the method is reconstructed from incomplete sources (its paper's equations or code unreadable);
+    # `reconstructed` then says what was reconstructed and how.
+    experimental: bool = False
+    reconstructed: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.experimental != (self.reconstructed is not None):
+            raise ValueError(f"method {self.name}: an experimental method says what is reconstructed, and only it")
 
     def json_schema(self) -> dict[str, Any]:
         """JSON schema of the method's params."""
@@ -433,7 +471,8 @@ METHODS.register(
         description=(
             "Negative preference optimisation (Zhang et al., arXiv 2404.05868) with a retain term: loss = gamma * "
             "mean -(2/beta) log sigmoid(-beta * (log pi_theta(y|x) - log pi_ref(y|x))) + alpha * retain loss, with "
-            "summed log-probabilities of the forget target y and pi_ref the LM with its adapter disabled."
+            "summed log-probabilities of the forget target y and pi_ref the LM before forgetting (the fine-tuned LM "
+            "after a fine-tune, else the base LM)."
         ),
         params_model=NPOParams,
     ),
@@ -487,12 +526,25 @@ METHODS.register(
         implementation="worker.engine.methods.lwf:build",
         description=(
             "Learning With Forgetting (Jiang et al., 'Graceful Forgetting in Generative Language Models', arXiv "
-            "2505.19715): the LM with its adapter disabled greedily continues each forget row's context (a text "
-            "row's: the passage's beginning); each continuation x is scored by its forgetting confidence "
-            "sum_i F_i g_i(x)^2, g = gradient of its NLL over the LoRA parameters, F = diagonal empirical Fisher "
-            "information of the retain rows; gradient ascent (loss = -NLL) on the top_fraction most confident "
-            "continuations, every interval-th step being instead a fine-tuning step (loss = NLL) on a retain batch."
+            "2505.19715), experimental: the LM before forgetting (the fine-tuned LM after a fine-tune) greedily "
+            "continues each forget row's context (a text row's: the passage's beginning); each continuation x is "
+            "scored by its forgetting confidence sum_i F_i g_i(x)^2, g = gradient of its NLL over the LoRA "
+            "parameters, F = diagonal empirical Fisher information of the retain rows (the learning data). "
+            "Training passes over the learning data (loss = NLL) and, after every `interval` such steps, takes one "
+            "gradient-ascent step (loss = -NLL) on a batch of the top_fraction most confident continuations. With "
+            "top_fraction < 1 the other rows are never unlearned (half of them at the default 0.5); the job's "
+            "method outcome counts them."
         ),
         params_model=LWFParams,
+        experimental=True,
+        reconstructed=(
+            "Only the paper's abstract and secondary summaries could be read, and no code by its authors was found. "
+            "From them: self-generated texts (top-1 greedy continuations), Fisher-weighted forgetting confidence, "
+            "periodic gradient ascent on the high-confidence texts while fine-tuning on the learning task. "
+            "Reconstructed by Lethe: the confidence formula (the squared length, in the diagonal Fisher metric of "
+            "the learning data at the LM before forgetting, of the update a text asks for), that it is computed once "
+            "before training, the retain rows as the learning task, one ascent step after every `interval` "
+            "learning steps, and every default (top_fraction, interval, max_new_tokens, fisher_rows)."
+        ),
     ),
 )

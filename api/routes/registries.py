@@ -24,7 +24,14 @@ def list_base_models(session: SessionDep, _tenant_id: TenantDep) -> list[BaseMod
 def list_methods(_tenant_id: TenantDep) -> list[MethodOut]:
     """Unlearning methods with the JSON schema (and defaults) of their params."""
     return [
-        MethodOut(name=name, description=spec.description, kinds=list(spec.kinds), params=spec.json_schema())
+        MethodOut(
+            name=name,
+            description=spec.description,
+            kinds=list(spec.kinds),
+            params=spec.json_schema(),
+            experimental=spec.experimental,
+            reconstructed=spec.reconstructed,
+        )
         for name, spec in METHODS.items()
     ]
 

@@ -68,6 +68,12 @@ def test_methods_publish_json_schema_with_defaults(client: TestClient) -> None:
         assert {"learning_rate", "epochs", "max_steps", "batch_size", "lora_rank"} <= properties.keys()
         assert all("default" in p for p in properties.values())
         assert method["description"]
+    # LWF is reconstructed from the paper's abstract and summaries: published as experimental, saying what.
+    assert [name for name, m in methods.items() if m["experimental"]] == ["lwf"]
+    assert "Reconstructed by Lethe" in methods["lwf"]["reconstructed"]
+    assert all(m["reconstructed"] is None for name, m in methods.items() if name != "lwf")
+    assert methods["lwf"]["params"]["properties"]["top_fraction"]["default"] == 0.5
+    assert "never unlearned" in methods["lwf"]["description"]
 
 
 def test_metrics_publish_their_definitions(client: TestClient) -> None:

@@ -39,6 +39,8 @@ def test_qa_and_text_requests(
     with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as client:
         methods = {m["name"]: m for m in client.get("/v1/methods").json()}
         assert {"gradient_ascent", "random_label", "grad_diff", "npo", "simnpo", "idk", "rmu", "lwf"} <= set(methods)
+        assert methods["lwf"]["experimental"] and methods["lwf"]["reconstructed"]
+        assert not methods["npo"]["experimental"] and methods["npo"]["reconstructed"] is None
         metric_names = {m["name"] for m in client.get("/v1/metrics").json()}
         qa_id = upload_rows(client, synthetic_qa_rows(16, seed=1), "facts", kind="qa")
         text_id = upload_rows(client, synthetic_text_rows(8, seed=2), "passages", kind="text")
@@ -82,6 +84,7 @@ def test_qa_and_text_requests(
             assert manifest_file is not None
             manifest = json.load(manifest_file)
         assert manifest["seed"] == 3 and manifest["method"] == "npo"
+        assert manifest["method_outcome"] == {}  # npo has nothing to add (lwf counts its never-unlearned rows)
         assert manifest["method_params"]["project_gradients"] is True
         assert set(manifest["dataset_sha256"]) == {"facts", "categories"}
         assert {"torch", "transformers", "peft"} <= set(manifest["library_versions"])

@@ -58,17 +58,25 @@ def test_grad_diff_bounded_by_max_steps() -> None:
     )
 
 
-def test_lwf_counts_its_preparation_and_interleaved_retain_steps() -> None:
-    # 40 rows, 10 held out: n = 30; top_fraction 0.5: 15 texts, batch 8: 2 steps an epoch, 2 epochs = 4 steps.
-    # Forget: 2 * 15 = 30. Retain: every 3rd step (4 // 3 = 1) a batch of 8, plus the Fisher's 128 rows: 136.
+def test_lwf_passes_over_the_learning_data_and_counts_its_unlearning_steps() -> None:
+    # 40 rows, 10 held out: n = 30; top_fraction 0.5: 15 texts. An epoch passes over the 200 retain rows: 25 steps
+    # of 8, 2 epochs = 50 learning steps, and an unlearning step after every 3rd but the last: 49 // 3 = 16.
+    # Forget: 16 * min(8, 15) = 128. Retain: 2 * 200 = 400 learning rows, plus the Fisher's 128 rows: 528.
     # Preparation: a generation and a gradient per forget-train row: 60. Evaluations: before, after, and
-    # 4 // 2 = 2 checks: 4 * (40 + 200) / 3 = 320.
+    # 66 // 2 = 33 checks: 35 * (40 + 200) / 3 = 2800.
     params = {"epochs": 2, "batch_size": 8, "top_fraction": 0.5, "interval": 3, "evaluate_every": 2}
     estimate = forget_request_cost(spec("lwf", params, 0.25), 40, 200)
     assert estimate.terms == pytest.approx(
-        {"finetune": 0, "forget": 30, "retain": 136, "preparation": 60, "evaluation": 320}
+        {"finetune": 0, "forget": 128, "retain": 528, "preparation": 60, "evaluation": 2800}
     )
-    assert estimate.total == pytest.approx(546)
+    assert estimate.total == pytest.approx(3516)
+
+    # max_steps 10 cuts it short: steps 3, 7 unlearn (10 // 4 = 2): forget 16; 8 learning steps of 8 rows: 64 +
+    # 128; evaluations every epoch of 66 / 2 = 33 steps: ceil(10 / 33) = 1 check, (2 + 1) * 80 = 240.
+    estimate = forget_request_cost(spec("lwf", params | {"max_steps": 10, "evaluate_every": None}, 0.25), 40, 200)
+    assert estimate.terms == pytest.approx(
+        {"finetune": 0, "forget": 16, "retain": 192, "preparation": 60, "evaluation": 240}
+    )
 
 
 def test_relearn_audit() -> None:

@@ -112,6 +112,7 @@ def _provenance(job_id: uuid.UUID, inputs: ForgetInputs, outcome: ForgetOutcome)
         "dataset_sha256": inputs.dataset_hashes,
         "steps": outcome.steps,
         "stop_reason": outcome.stop_reason,
+        "method_outcome": outcome.method_outcome,
         # adapter_archive adds the ML libraries' versions; Lethe's own is known only here.
         "lethe_version": metadata.version("lethe"),
         "created_at": utcnow().isoformat(),

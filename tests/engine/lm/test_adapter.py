@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 
 from tests.engine.forget.test_run import FORGET_HELDOUT, FORGET_TRAIN, Run, plan
 from worker.engine.lm.adapter import (
@@ -52,6 +53,35 @@ def test_exported_adapter_loads_with_peft_and_reproduces_the_scores(tiny_base: L
         actual = score_choices(reloaded, tiny_base.tokenizer, rows, 16)
         np.testing.assert_allclose(actual.loglikelihoods, expected[split].loglikelihoods, atol=1e-5)
         assert actual.accuracy == run.value("forgotten", split, "accuracy")
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")  # peft vs transformers
+def test_an_adapter_trained_against_the_finetuned_reference_exports_without_it(
+    tiny_base: LoadedLM, tiny_lm_dir, tmp_path
+) -> None:
+    """NPO with retain-KL after a fine-tune holds the fine-tuned adapter in a second slot while it trains; the
+    delivered adapter is the trained one alone, and plain peft on the base LM reproduces the engine's LM exactly."""
+    run = Run(tiny_base, plan("npo", probe=False, max_steps=3, stop_at_target=False, retain_kl_weight=1.0))
+    peft_lm = run.outcome.peft_lm
+    out_dir = export_adapter(peft_lm, tmp_path / "adapter", "tiny-base", run.outcome.metrics, PROVENANCE)
+
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "manifest.json",
+    ]
+    saved = load_file(out_dir / "adapter_model.safetensors")
+    assert saved and not any("reference" in key for key in saved)
+    assert len(saved) == len(run.outcome.before_forgetting)
+
+    reloaded = PeftModel.from_pretrained(load_base_lm("tiny", f"path:{tiny_lm_dir}", tmp_path / "cache").lm, out_dir)
+    input_ids = torch.tensor([tiny_base.tokenizer.encode(row.context + row.target) for row in FORGET_TRAIN[:1]])
+    with torch.no_grad():
+        expected, actual = peft_lm(input_ids=input_ids).logits, reloaded(input_ids=input_ids).logits
+        before = tiny_base.lm(input_ids=input_ids).logits
+    assert torch.equal(actual, expected)
+    assert (actual - before).abs().max() > 1e-3
 
 
 def test_model_card_lists_metrics_and_provenance(tiny_base: LoadedLM, tmp_path) -> None:

@@ -7,11 +7,12 @@ from peft import PeftModel
 from pydantic import ValidationError
 from transformers import PreTrainedModel
 
-from lethe.methods import LWFParams
+from lethe.methods import METHODS, LWFParams
 from lethe.rows import ChoiceRow, TextRow
 from tests.tiny_lm import synthetic_choice_rows
+from worker.engine.forget.run import ForgetPlan, run_forget
 from worker.engine.lm.load import LoadedLM
-from worker.engine.lm.lora import attach_lora
+from worker.engine.lm.lora import LoraState, attach_lora, load_lora_state, lora_state, reference_adapter
 from worker.engine.methods.gradient_ascent import GradientAscent
 from worker.engine.methods.lwf import (
     LearningWithForgetting,
@@ -23,7 +24,7 @@ from worker.engine.methods.lwf import (
 from worker.engine.training.batches import Batch, collate, examples_of
 from worker.engine.training.logprobs import mean_nll
 from worker.engine.training.loop import Schedule, train
-from worker.engine.training.objective import Objective, Step, TrainContext
+from worker.engine.training.objective import LossTerms, Objective, Step, TrainContext
 
 LIMIT = 128
 ROWS = [ChoiceRow.from_dict(r) for r in synthetic_choice_rows(128, seed=0)]
@@ -41,15 +42,45 @@ def taught_lm(tiny_base: LoadedLM) -> PreTrainedModel:
     return peft_lm.merge_and_unload()
 
 
+@pytest.fixture(scope="module")
+def fine_tuned(tiny_base: LoadedLM) -> LoraState:
+    """A LoRA adapter on the untaught tiny LM fine-tuned on the task: the job's fine-tune stage."""
+    peft_lm = fresh_peft_lm(tiny_base.lm)
+    train(peft_lm, tiny_base.tokenizer, Objective(), ROWS, [], Schedule(1e-2, 10, 16), seed=0, limit=LIMIT)
+    return lora_state(peft_lm)
+
+
 def fresh_peft_lm(lm: PreTrainedModel) -> PeftModel:
     torch.manual_seed(0)
     return attach_lora(copy.deepcopy(lm), rank=4, alpha=8)
 
 
-def prepared(peft_lm: PeftModel, tiny_base: LoadedLM, params: LWFParams = PARAMS) -> LearningWithForgetting:
+def prepared(
+    peft_lm: PeftModel, tiny_base: LoadedLM, params: LWFParams = PARAMS, reference: LoraState | None = None
+) -> LearningWithForgetting:
+    """LWF prepared as `train` prepares it: with the reference slot (the adapter before forgetting) in place."""
     objective = LearningWithForgetting(params)
-    objective.prepare(TrainContext(peft_lm, tiny_base.tokenizer, FORGET, RETAIN, LIMIT, seed=0))
+    with reference_adapter(peft_lm, reference):
+        objective.prepare(TrainContext(peft_lm, tiny_base.tokenizer, FORGET, RETAIN, LIMIT, seed=0))
     return objective
+
+
+def greedy_texts(lm: PreTrainedModel, tiny_base: LoadedLM, n_tokens: int) -> list[str]:
+    """Each forget row's greedy continuation by `lm`, one prompt at a time, with transformers' generate."""
+    texts = []
+    for row in FORGET:
+        prompt = torch.tensor([tiny_base.tokenizer.encode(row.prompt, add_special_tokens=False)])
+        with torch.no_grad():
+            output = lm.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=n_tokens,
+                do_sample=False,
+                eos_token_id=tiny_base.tokenizer.eos_token_id,
+                pad_token_id=tiny_base.tokenizer.pad_token_id,
+            )
+        texts.append(tiny_base.tokenizer.decode(output[0, prompt.shape[1] :], skip_special_tokens=True))
+    return texts
 
 
 def batch_of(tiny_base: LoadedLM, rows: list[ChoiceRow]) -> Batch:
@@ -66,11 +97,21 @@ def target_nll(peft_lm: PeftModel, tiny_base: LoadedLM, rows: list[ChoiceRow]) -
 
 def test_params_default_and_always_need_retain() -> None:
     params = LWFParams.model_validate({})
-    assert (params.top_fraction, params.interval, params.max_new_tokens) == (0.5, 2, 32)
+    assert (params.top_fraction, params.interval, params.max_new_tokens) == (0.5, 1, 32)
     assert params.needs_retain()
-    for bad in [{"interval": 1}, {"top_fraction": 0}, {"top_fraction": 1.5}, {"max_new_tokens": 0}, {"unknown": 1}]:
+    for bad in [{"interval": 0}, {"top_fraction": 0}, {"top_fraction": 1.5}, {"max_new_tokens": 0}, {"unknown": 1}]:
         with pytest.raises(ValidationError):
             LWFParams.model_validate(bad)
+    # An epoch passes over the retain rows; an unlearning step follows every `interval` learning steps but the last.
+    assert params.epoch_rows(30, 200) == 200
+    assert [LWFParams(interval=3).interleaved_steps(n) for n in (0, 1, 3, 4, 50)] == [0, 0, 0, 1, 16]
+
+
+def test_lwf_is_published_as_experimental_with_what_is_reconstructed() -> None:
+    spec = METHODS.get("lwf")
+    assert spec.experimental and spec.reconstructed and "reconstructed" in spec.reconstructed.lower()
+    assert "half" in spec.description and "never unlearned" in spec.description
+    assert not any(METHODS.get(name).experimental for name in METHODS.names() if name != "lwf")
 
 
 def test_diagonal_fisher_is_the_mean_squared_gradient() -> None:
@@ -110,26 +151,34 @@ def test_text_rows_are_prompted_with_the_beginning_of_the_passage(tiny_base: Loa
     assert prompt_ids(tokenizer, FORGET[0], 4) == tokenizer.encode(FORGET[0].prompt, add_special_tokens=False)
 
 
-def test_generation_is_greedy_deterministic_and_by_the_base_lm(taught_lm: PreTrainedModel, tiny_base: LoadedLM) -> None:
-    first = prepared(fresh_peft_lm(taught_lm), tiny_base)
+def test_generation_is_greedy_deterministic_and_by_the_lm_before_forgetting(
+    fine_tuned: LoraState, tiny_base: LoadedLM
+) -> None:
+    # After a fine-tune the texts are the fine-tuned LM's, whatever the trained adapter has become since.
+    peft_lm = fresh_peft_lm(tiny_base.lm)
+    load_lora_state(peft_lm, fine_tuned)
+    fine_tuned_lm = copy.deepcopy(peft_lm).merge_and_unload()
+    with torch.no_grad():
+        for name, parameter in peft_lm.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=1.0)
+    first = prepared(peft_lm, tiny_base, reference=fine_tuned)
     assert len(first.generated) == len(first.examples) == len(FORGET)
-    # The taught LM continues "The red apple is a" with its category: the continuation is of the prompt.
+    assert first.generated == greedy_texts(fine_tuned_lm, tiny_base, PARAMS.max_new_tokens)
+    # The fine-tuned LM knows the task: it continues "The red apple is a" with its category; the base LM does not.
     assert sum(text.startswith(" fruit") for text in first.generated) >= 0.8 * len(FORGET)
+    base_texts = greedy_texts(tiny_base.lm, tiny_base, PARAMS.max_new_tokens)
+    assert sum(text.startswith(" fruit") for text in base_texts) < 0.5 * len(FORGET)
     prompt = tiny_base.tokenizer.encode(FORGET[0].prompt, add_special_tokens=False)
     assert first.examples[0].ids[: len(prompt)] == tuple(prompt)
     assert 1 <= first.examples[0].n_target <= PARAMS.max_new_tokens
 
     # One prompt at a time (no padding) gives the same texts as left-padded batches.
-    one_by_one = prepared(fresh_peft_lm(taught_lm), tiny_base, PARAMS.model_copy(update={"batch_size": 1}))
+    one_by_one = prepared(peft_lm, tiny_base, PARAMS.model_copy(update={"batch_size": 1}), reference=fine_tuned)
     assert one_by_one.generated == first.generated
 
-    # A trained adapter does not change what is generated: the base LM (adapter disabled) generates.
-    peft_lm = fresh_peft_lm(taught_lm)
-    with torch.no_grad():
-        for name, parameter in peft_lm.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(std=1.0)
-    assert prepared(peft_lm, tiny_base).generated == first.generated
+    # Without a fine-tune the LM before forgetting is the base LM.
+    assert prepared(peft_lm, tiny_base).generated == base_texts
 
 
 def test_the_most_confident_fraction_is_selected_for_unlearning(
@@ -143,27 +192,79 @@ def test_the_most_confident_fraction_is_selected_for_unlearning(
     assert len(objective.selected) == math.ceil(PARAMS.top_fraction * len(FORGET))
     lowest_selected = min(confidences[i] for i in objective.selected)
     assert all(confidences[i] <= lowest_selected for i in set(range(len(FORGET))) - set(objective.selected))
-    # Training sees exactly the selected generated texts, whatever the true examples are.
-    assert objective.forget_examples(0, []) == [objective.examples[i] for i in objective.selected]
+    # Epochs pass over the learning data, the retain rows, whatever the forget examples are.
+    assert objective.forget_examples(0, []) == examples_of(tiny_base.tokenizer, RETAIN, LIMIT)
     # The same seed gives the same Fisher sample and so the same confidences.
     assert prepared(fresh_peft_lm(taught_lm), tiny_base).confidences == confidences
 
 
-def test_every_interval_th_step_fine_tunes_on_retain(taught_lm: PreTrainedModel, tiny_base: LoadedLM) -> None:
-    objective = LearningWithForgetting(PARAMS.model_copy(update={"interval": 3}))
-    assert [objective.is_tuning_step(n) for n in range(6)] == [False, False, True, False, False, True]
+class Recording(LearningWithForgetting):
+    """LWF that keeps, per step, its number, its batch's token ids and its loss terms."""
+
+    def __init__(self, params: LWFParams) -> None:
+        super().__init__(params)
+        self.steps: list[tuple[int, list[tuple[int, ...]], LossTerms, float]] = []
+
+    def losses(self, step: Step) -> LossTerms:
+        terms = super().losses(step)
+        rows = [
+            tuple(int(t) for t, m in zip(ids, mask, strict=True) if m)
+            for ids, mask in zip(step.forget.input_ids.tolist(), step.forget.attention_mask.tolist(), strict=True)
+        ]
+        nll = float(mean_nll(step.logits(step.forget), step.forget.labels).detach())
+        self.steps.append((step.number, rows, terms, nll))
+        return terms
+
+
+def test_training_passes_over_the_learning_data_and_ascends_on_the_selected_texts_every_interval_steps(
+    taught_lm: PreTrainedModel, tiny_base: LoadedLM
+) -> None:
+    # 24 retain rows in batches of 8: 3 learning steps an epoch, 2 epochs = 6; interval 2: an unlearning step after
+    # the 2nd and the 4th learning step (the one due after the 6th, the last, never comes): 8 steps.
+    params = PARAMS.model_copy(update={"interval": 2})
+    objective = Recording(params)
     peft_lm = fresh_peft_lm(taught_lm)
-    forget, retain = batch_of(tiny_base, FORGET[:4]), batch_of(tiny_base, RETAIN[:4])
+    schedule = Schedule(learning_rate=1e-2, epochs=2, batch_size=8)
+    result = train(peft_lm, tiny_base.tokenizer, objective, FORGET, RETAIN, schedule, seed=0, limit=LIMIT)
+    assert result.steps == 8 and [number for number, *_ in objective.steps] == list(range(8))
 
-    ascent = objective.losses(Step(peft_lm, forget, retain, number=0, epoch=0))
-    logits = peft_lm(input_ids=forget.input_ids, attention_mask=forget.attention_mask).logits
-    assert ascent.retain is None
-    assert torch.allclose(ascent.forget, -mean_nll(logits, forget.labels))
+    texts = {objective.examples[i].ids: i for i in objective.selected}
+    learning = [example.ids for example in examples_of(tiny_base.tokenizer, RETAIN, LIMIT)]
+    unlearned: list[int] = []
+    for number, rows, terms, nll in objective.steps:
+        if number in (2, 5):  # (s + 1) % (interval + 1) == 0
+            # A gradient-ascent step on generated texts of the selected rows: loss = −NLL of the batch.
+            assert all(row in texts for row in rows)
+            unlearned += [texts[row] for row in rows]
+            assert terms.retain is None and float(terms.forget.detach()) == pytest.approx(-nll, rel=1e-5)
+        else:
+            # A fine-tuning step on the learning data: loss = NLL, as a retain term, and no forget loss.
+            assert all(row in learning for row in rows)
+            assert terms.retain is not None and float(terms.retain.detach()) == pytest.approx(nll, rel=1e-5)
+            assert float(terms.forget.detach()) == 0.0
+    # Each epoch's learning steps pass over every retain row once.
+    for epoch_steps in ([0, 1, 3], [4, 6, 7]):
+        seen = [row for number, rows, *_ in objective.steps if number in epoch_steps for row in rows]
+        assert sorted(seen) == sorted(learning)
+    # 12 selected texts in batches of 8: the two unlearning steps take one seeded pass over them, each text once.
+    assert sorted(unlearned) == objective.selected == objective.unlearned_rows(8)
+    assert objective.outcome(8) == {
+        "forget_rows": 24,
+        "selected_rows": 12,
+        "unlearned_rows": 12,
+        "never_unlearned_rows": 12,
+        "never_unlearned": sorted(set(range(24)) - set(objective.selected)),
+    }
+    # Stopped after 3 steps, only the first unlearning step's 8 texts were unlearned.
+    assert objective.outcome(3)["unlearned_rows"] == 8 and objective.outcome(2)["unlearned_rows"] == 0
 
-    tuning = objective.losses(Step(peft_lm, forget, retain, number=2, epoch=0))
-    logits = peft_lm(input_ids=retain.input_ids, attention_mask=retain.attention_mask).logits
-    assert tuning.retain is not None and torch.allclose(tuning.retain, mean_nll(logits, retain.labels))
-    assert float(tuning.forget.detach()) == 0.0 and tuning.forget.requires_grad
+
+def test_a_forget_run_reports_the_rows_lwf_never_unlearned(tiny_base: LoadedLM) -> None:
+    plan = ForgetPlan("lwf", {"max_steps": 4, "max_new_tokens": 4, "stop_at_target": False}, None, False, seed=0)
+    outcome = run_forget(tiny_base, plan, FORGET[:16], FORGET[16:], {"tools": RETAIN}, lambda stage, f: None)
+    # top_fraction 0.5 of 16 rows: 8 selected, 8 never unlearned; steps 1 and 3 (interval 1) ascend on all 8.
+    assert outcome.method_outcome["never_unlearned_rows"] == 8
+    assert outcome.method_outcome["unlearned_rows"] == 8
 
 
 def test_lwf_forgets_and_spares_retain_more_than_gradient_ascent(
@@ -180,5 +281,5 @@ def test_lwf_forgets_and_spares_retain_more_than_gradient_ascent(
         after[name] = (target_nll(peft_lm, tiny_base, FORGET), target_nll(peft_lm, tiny_base, RETAIN))
     # Unlearning the LM's own continuations raises the NLL of the true targets they begin with.
     assert after["lwf"][0] > forget_before + 0.3
-    # Half the steps tune on retain: retain moves less than under plain gradient ascent with the same budget.
+    # Half the steps fine-tune on retain: retain moves less than under plain gradient ascent with the same budget.
     assert abs(after["lwf"][1] - retain_before) < after["gradient_ascent"][1] - retain_before

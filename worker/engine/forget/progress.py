@@ -39,10 +39,13 @@ class Progress:
         )
         evaluations = 3 if finetune_epochs else 2
         finetune_units = finetune_epochs * n_train * TRAIN_COST
-        self.forget_rows = params.epochs * n_train
+        # An epoch passes over the forget-train rows (lwf: the retain rows, with its unlearning steps between).
+        epoch_rows = params.epoch_rows(n_train, sum(len(splits.rows[split]) for split in splits.retain))
+        epoch_steps = params.epochs * -(-epoch_rows // params.batch_size)
+        self.forget_rows = params.epochs * epoch_rows + params.interleaved_steps(epoch_steps) * params.batch_size
         if params.max_steps is not None:
             self.forget_rows = min(self.forget_rows, params.max_steps * params.batch_size)
-        self.checks = _planned_checks(params, n_train)
+        self.checks = _planned_checks(params, epoch_rows)
         # One evaluation during forgetting: the primary score of every tracked split.
         self.check_units = sum(
             len(rows) * (len(rows[0].choices) if isinstance(rows[0], ChoiceRow) else 1.0)
@@ -70,10 +73,11 @@ class Progress:
         self.total = max(self.total - units, self.done, 1e-9)
 
 
-def _planned_checks(params: MethodParams, n_train: int) -> int:
+def _planned_checks(params: MethodParams, epoch_rows: int) -> int:
     """The evaluations forgetting makes if it runs to the end: every `evaluate_every` steps, or after every epoch."""
-    steps_per_epoch = -(-n_train // params.batch_size)
-    steps = min(params.epochs * steps_per_epoch, params.max_steps or 10**9)
+    epoch_steps = params.epochs * max(-(-epoch_rows // params.batch_size), 1)
+    planned = epoch_steps + params.interleaved_steps(epoch_steps)
+    steps = min(planned, params.max_steps or 10**9)
     if params.evaluate_every is None:
-        return -(-steps // steps_per_epoch)
+        return -(-steps * params.epochs // planned)
     return steps // params.evaluate_every

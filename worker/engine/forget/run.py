@@ -62,6 +62,8 @@ class ForgetOutcome:
     `per_example[stage][split][metric]` lists one value per row of the split (None where undefined).
     `before_forgetting` is the adapter's state right before forgetting (after the fine-tune, or LoRA's
     initialisation, whose zero B matrices leave the base LM unchanged): what audits compare against.
+    `method_outcome` is what the method says of its run beyond the metrics (`Objective.outcome`; lwf: the counts
+    and indices of forget-train rows it never unlearned, `never_unlearned_rows` > 0 to be told the user); {} if none.
     """
 
     metrics: list[MetricValue]
@@ -70,6 +72,7 @@ class ForgetOutcome:
     before_forgetting: LoraState
     steps: int
     stop_reason: str
+    method_outcome: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,6 +160,7 @@ def run_forget(
         before_forgetting=run.before_forgetting,
         steps=result.steps,
         stop_reason=result.stop_reason,
+        method_outcome=objective.outcome(result.steps),
     )
 
 
@@ -337,6 +341,8 @@ class _Run:
             on_snapshot=save if snapshots is not None else None,
             snapshot_every=snapshots.every if snapshots is not None else 0,
             resume=resume.training if resume is not None else None,
+            # The methods' reference is the LM right before forgetting: the fine-tuned one, or else the base LM.
+            reference=self.before_forgetting if self.plan.finetune else None,
         )
         self.progress.forgetting_stopped(trained_rows, checks)
         return result

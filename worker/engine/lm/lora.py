@@ -1,8 +1,10 @@
-"""LoRA adapters on an LM: attach fresh ones, and take, put back or unfreeze their weights."""
+"""LoRA adapters on an LM: attach fresh ones, take, put back or unfreeze their weights, and hold a frozen copy of
+them as the reference LM of a training run."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -12,6 +14,12 @@ from transformers import PreTrainedModel
 
 # The adapter's weights by their parameter names in the PeftModel.
 LoraState = dict[str, torch.Tensor]
+
+# peft's name for the adapter a PeftModel is created with: the one Lethe trains, stores and exports.
+TRAINED = "default"
+# The second adapter slot a training run may hold: a frozen copy of the trained adapter as it was before the run,
+# so that the reference LM costs one more adapter, not a second copy of the base LM's weights.
+REFERENCE = "reference"
 
 
 def attach_lora(lm: PreTrainedModel, rank: int, alpha: int, layers: Sequence[int] | None = None) -> PeftModel:
@@ -41,8 +49,9 @@ def attach_lora(lm: PreTrainedModel, rank: int, alpha: int, layers: Sequence[int
         return get_peft_model(lm, config)
 
 
-def _lora_parameters(peft_lm: PeftModel) -> dict[str, torch.nn.Parameter]:
-    return {name: p for name, p in peft_lm.named_parameters() if "lora_" in name}
+def _lora_parameters(peft_lm: PeftModel, adapter: str = TRAINED) -> dict[str, torch.nn.Parameter]:
+    """The parameters of one adapter slot, e.g. `...q_proj.lora_A.default.weight` for the trained one."""
+    return {name: p for name, p in peft_lm.named_parameters() if f".{adapter}." in name and ".lora_" in name}
 
 
 def lora_state(peft_lm: PeftModel) -> LoraState:
@@ -73,3 +82,58 @@ def all_lora_trainable(peft_lm: PeftModel) -> Iterator[None]:
     finally:
         for parameter, flag in zip(lora, flags, strict=True):
             parameter.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def reference_adapter(peft_lm: PeftModel, state: Mapping[str, torch.Tensor] | None) -> Iterator[None]:
+    """Inside, `peft_lm` holds `state` (a `lora_state` of its trained adapter) in a frozen second adapter slot that
+    `reference_lm` activates; None = no slot, the reference is the base LM. The slot is deleted on exit, so nothing
+    saved afterwards (the exported adapter) carries it, and the trained adapter stays the active one throughout."""
+    if state is None:
+        yield
+        return
+    if REFERENCE in peft_lm.peft_config:
+        raise ValueError("the LM already holds a reference adapter")
+    trained = _lora_parameters(peft_lm)
+    if set(trained) != set(state):
+        raise ValueError("the reference state is not a state of this LM's trained adapter")
+    flags = {name: p.requires_grad for name, p in trained.items()}
+    peft_lm.add_adapter(REFERENCE, copy.deepcopy(peft_lm.peft_config[TRAINED]))
+    slot = _lora_parameters(peft_lm, REFERENCE)
+    names = {name.replace(f".{REFERENCE}.", f".{TRAINED}."): name for name in slot}
+    with torch.no_grad():
+        for name, reference_name in names.items():
+            slot[reference_name].copy_(state[name])
+            slot[reference_name].requires_grad_(False)
+    _restore_flags(trained, flags)
+    try:
+        yield
+    finally:
+        peft_lm.delete_adapter(REFERENCE)
+
+
+@contextlib.contextmanager
+def reference_lm(peft_lm: PeftModel) -> Iterator[PeftModel]:
+    """`peft_lm` as its reference LM, without gradients: the reference slot active where `reference_adapter` put
+    one, otherwise every adapter disabled (the base LM)."""
+    with torch.no_grad():
+        if REFERENCE not in peft_lm.peft_config:
+            with peft_lm.disable_adapter():
+                yield peft_lm
+            return
+        # peft's set_adapter makes the active adapter trainable and the others not; undo that on the way back.
+        trained = _lora_parameters(peft_lm)
+        flags = {name: p.requires_grad for name, p in trained.items()}
+        peft_lm.set_adapter(REFERENCE)
+        try:
+            yield peft_lm
+        finally:
+            peft_lm.set_adapter(TRAINED)
+            for parameter in _lora_parameters(peft_lm, REFERENCE).values():
+                parameter.requires_grad_(False)
+            _restore_flags(trained, flags)
+
+
+def _restore_flags(parameters: Mapping[str, torch.nn.Parameter], flags: Mapping[str, bool]) -> None:
+    for name, parameter in parameters.items():
+        parameter.requires_grad_(flags[name])

@@ -11,7 +11,7 @@ from worker.engine.training.objective import Step
 
 
 class NPO(GradDiff):
-    """Forget loss = NPO on the forget targets against the reference (the LM with its adapter disabled)."""
+    """Forget loss = NPO on the forget targets against the reference (the LM before forgetting)."""
 
     def __init__(self, params: NPOParams) -> None:
         super().__init__(params)

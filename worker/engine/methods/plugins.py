@@ -1,7 +1,7 @@
 """Plug-ins any ascent-style method can switch on (the PluginParams fields): retain-KL, gradient projection, RNA.
 
 - retain-KL: an extra retain term, weight · KL(π_ref ‖ π_θ) averaged over the retain targets' tokens, π_ref the LM
-  with its adapter disabled. It is 0 before training (LoRA's B starts at 0, so π_θ = π_ref).
+  before forgetting (the fine-tuned LM after a fine-tune, else the base LM). It is 0 at the first step (π_θ = π_ref).
 - Gradient projection, after Geometric-disentanglement Unlearning (Zhou et al., arXiv 2511.17100): the retain
   loss is unchanged to first order iff the update is orthogonal to the retain gradient, so the forget gradient's
   component along it is removed: g_f ← g_f − (⟨g_f, g_r⟩ / ‖g_r‖²)·g_r, with one retain gradient per step (the

@@ -12,9 +12,9 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from lethe.rows import Row
-from worker.engine.lm.lora import load_lora_state
+from worker.engine.lm.lora import LoraState, load_lora_state, reference_adapter
 from worker.engine.precision import autocast
-from worker.engine.training.batches import RetainStream, collate, examples_of, shuffled_batches
+from worker.engine.training.batches import Example, RetainStream, collate, examples_of, shuffled_batches
 from worker.engine.training.objective import GradientFilter, LossTerms, Objective, Plugins, Step, TrainContext
 from worker.engine.training.snapshot import TrainingSnapshot, restore_rng
 
@@ -61,8 +61,10 @@ def train(
     on_snapshot: Callable[[TrainingSnapshot], None] | None = None,
     snapshot_every: int = 0,
     resume: TrainingSnapshot | None = None,
+    reference: LoraState | None = None,
 ) -> TrainingResult:
-    """Train the LoRA parameters with AdamW on `objective`, in seeded shuffled batches of forget rows.
+    """Train the LoRA parameters with AdamW on `objective`, in seeded shuffled batches of forget rows (of what
+    `objective.forget_examples` passes over instead), and on the batches it interleaves between them.
 
     `evaluate(steps)` runs every `schedule.evaluate_every` steps (or after every epoch) and returns a stop reason
     to end training, or None to go on. `on_step(rows_in_batch)` runs after every optimiser step.
@@ -73,7 +75,50 @@ def train(
     (after that step's evaluation). `resume`: such a snapshot to go on from; the LM must hold the weights it had
     when this run first started (the objective prepares from them), and the run then ends as the one it came from
     would have.
+
+    `reference`: the trained adapter's state that makes the reference LM (`Step.reference`), held in a frozen second
+    adapter slot while training runs; None = the base LM (adapter disabled). A forget run passes the fine-tuned
+    adapter when it fine-tuned first, so that a resumed run rebuilds the same reference from its snapshot.
     """
+    with reference_adapter(peft_lm, reference):
+        return _train(
+            peft_lm,
+            tokenizer,
+            objective,
+            forget_rows,
+            retain_rows,
+            schedule,
+            seed=seed,
+            limit=limit,
+            plugins=plugins,
+            evaluate=evaluate,
+            on_step=on_step,
+            mixed_precision=mixed_precision,
+            on_snapshot=on_snapshot,
+            snapshot_every=snapshot_every,
+            resume=resume,
+        )
+
+
+def _train(
+    peft_lm: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    objective: Objective,
+    forget_rows: Sequence[Row],
+    retain_rows: Sequence[Row],
+    schedule: Schedule,
+    *,
+    seed: int,
+    limit: int,
+    plugins: Plugins | None,
+    evaluate: Callable[[int], str | None] | None,
+    on_step: Callable[[int], None] | None,
+    mixed_precision: bool | None,
+    on_snapshot: Callable[[TrainingSnapshot], None] | None,
+    snapshot_every: int,
+    resume: TrainingSnapshot | None,
+) -> TrainingResult:
+    """`train` with the reference slot in place."""
     if on_snapshot is not None and snapshot_every < 1:
         raise ValueError("snapshot_every must be at least 1 when snapshots are taken")
     plugins = plugins or Plugins()
@@ -112,6 +157,42 @@ def train(
         peft_lm.train()
         return reason
 
+    def optimise(examples: Sequence[Example], indices: Sequence[int], epoch: int, of_epoch: bool) -> str | None:
+        """One optimiser step on `examples` (the epoch's next batch, or an interleaved one); a stop reason or None."""
+        nonlocal steps, batches_done
+        step = Step(
+            lm=peft_lm,
+            forget=collate(examples, pad_id, device),
+            retain=retain.next() if retain is not None else None,
+            number=steps,
+            epoch=epoch,
+            retain_hooks=plugins.retain_hooks,
+            forget_indices=indices,
+        )
+        with autocast(device, mixed_precision):
+            terms = objective.losses(step)
+            for retain_term in plugins.retain_terms:
+                extra = retain_term(step)
+                terms.retain = extra if terms.retain is None else terms.retain + extra
+        _backward(terms, trainable, plugins.gradient_filter)
+        torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        steps += 1
+        if of_epoch:
+            batches_done += 1
+        if on_step is not None:
+            on_step(len(examples))
+        if schedule.max_steps is not None and steps >= schedule.max_steps:
+            return stop_reason_after_evaluation() or "max_steps"
+        if schedule.evaluate_every is not None and steps % schedule.evaluate_every == 0:
+            reason = stop_reason_after_evaluation()
+            if reason is not None:
+                return reason
+        if snapshot_due():
+            snapshot(epoch)
+        return None
+
     peft_lm.train()
     try:
         if resume is None:
@@ -122,36 +203,15 @@ def train(
             # A resumed run skips the batches its snapshot's epoch had trained on already.
             batches_done = batches_done if epoch == first_epoch else 0
             for batch_indices in batches[batches_done:]:
-                step = Step(
-                    lm=peft_lm,
-                    forget=collate([examples[i] for i in batch_indices], pad_id, device),
-                    retain=retain.next() if retain is not None else None,
-                    number=steps,
-                    epoch=epoch,
-                    retain_hooks=plugins.retain_hooks,
-                    forget_indices=batch_indices,
-                )
-                with autocast(device, mixed_precision):
-                    terms = objective.losses(step)
-                    for retain_term in plugins.retain_terms:
-                        extra = retain_term(step)
-                        terms.retain = extra if terms.retain is None else terms.retain + extra
-                _backward(terms, trainable, plugins.gradient_filter)
-                torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                steps += 1
-                batches_done += 1
-                if on_step is not None:
-                    on_step(len(batch_indices))
-                if schedule.max_steps is not None and steps >= schedule.max_steps:
-                    return TrainingResult(steps, stop_reason_after_evaluation() or "max_steps")
-                if schedule.evaluate_every is not None and steps % schedule.evaluate_every == 0:
-                    reason = stop_reason_after_evaluation()
+                # Steps the objective interleaves (LWF's unlearning steps) are decided by the step number alone,
+                # so a run resumed between one and the epoch's next batch takes it again.
+                while (interleaved := objective.interleaved_examples(steps)) is not None:
+                    reason = optimise(interleaved, (), epoch, of_epoch=False)
                     if reason is not None:
                         return TrainingResult(steps, reason)
-                if snapshot_due():
-                    snapshot(epoch)
+                reason = optimise([examples[i] for i in batch_indices], batch_indices, epoch, of_epoch=True)
+                if reason is not None:
+                    return TrainingResult(steps, reason)
             if schedule.evaluate_every is None:
                 reason = stop_reason_after_evaluation()
                 if reason is not None:

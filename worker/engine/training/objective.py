@@ -1,7 +1,10 @@
 """What a method is to the training loop: an `Objective` that turns a `Step` (the LM, a forget batch, a retain batch
-when it uses one, and the reference = the same LM with its adapter disabled) into `LossTerms(forget, retain)`, and
-the `Plugins` any ascent-style method can switch on (see `worker.engine.methods.plugins`): noise on retain
-forwards, extra retain terms, a gradient filter."""
+when it uses one, and the reference LM) into `LossTerms(forget, retain)`, and the `Plugins` any ascent-style method
+can switch on (see `worker.engine.methods.plugins`): noise on retain forwards, extra retain terms, a gradient filter.
+
+The reference LM is the LM as it was right before training started, as the published methods (NPO, DPO, RMU, a KL
+to the reference) define it: the fine-tuned LM when the job fine-tuned first (a frozen second adapter slot holds
+that adapter, `lm.lora.reference_adapter`), the base LM (every adapter disabled) otherwise."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from lethe.rows import Row
+from worker.engine.lm.lora import reference_lm
 from worker.engine.training.batches import Batch, Example
 from worker.engine.training.logprobs import mean_nll
 
@@ -30,12 +34,15 @@ class Step:
     """What an objective sees at one optimiser step."""
 
     lm: PeftModel
+    # The step's batch: of the examples the epoch passes over (the forget rows' for every method but LWF, whose
+    # epochs pass over its learning data), or of those the objective interleaves (LWF's generated texts).
     forget: Batch
     retain: Batch | None
     number: int
     epoch: int
     retain_hooks: Sequence[ForwardHook] = ()
-    # The forget batch's rows: indices into the epoch's forget examples (to pair each row with data of its own).
+    # The forget batch's rows: indices into the epoch's forget examples (to pair each row with data of its own);
+    # none on a step the objective interleaved.
     forget_indices: Sequence[int] = ()
 
     def logits(self, batch: Batch, **kwargs: Any) -> torch.Tensor:
@@ -52,9 +59,9 @@ class Step:
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[PeftModel]:
-        """The reference LM: the same weights with the adapter disabled (no second copy), without gradients."""
-        with torch.no_grad(), self.lm.disable_adapter():
-            yield self.lm
+        """The reference LM (the LM before training: see the module's docstring), without gradients."""
+        with reference_lm(self.lm) as lm:
+            yield lm
 
     def reference_outputs(self, batch: Batch, **kwargs: Any) -> Any:
         """The reference LM's output on `batch` (never hooked, never differentiated)."""
@@ -76,7 +83,10 @@ class LossTerms:
 
 @dataclass
 class TrainContext:
-    """What an objective may prepare from before the first step (tokenizer, rows, the LM, the seed)."""
+    """What an objective may prepare from before the first step (tokenizer, rows, the LM, the seed).
+
+    `lm` holds the weights training starts from (a resumed run's too: `train` loads the snapshot's after `prepare`).
+    """
 
     lm: PeftModel
     tokenizer: PreTrainedTokenizerBase
@@ -84,6 +94,12 @@ class TrainContext:
     retain_rows: Sequence[Row]
     limit: int
     seed: int
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[PeftModel]:
+        """The reference LM, as `Step.reference` gives it, without gradients."""
+        with reference_lm(self.lm) as lm:
+            yield lm
 
 
 class Objective:
@@ -95,8 +111,20 @@ class Objective:
         """Called once before training (e.g. to generate texts or tokenize a refusal set)."""
 
     def forget_examples(self, epoch: int, examples: list[Example]) -> list[Example]:
-        """The forget examples trained on in `epoch` (random_label replaces the targets)."""
+        """The examples `epoch` passes over, a batch a step (`Step.forget`): the forget rows' (random_label
+        replaces their targets; LWF passes over its learning data instead)."""
         return examples
+
+    def interleaved_examples(self, number: int) -> list[Example] | None:
+        """The batch optimiser step `number` (from 0) trains on instead of the epoch's next one (LWF's unlearning
+        steps), or None: it takes the epoch's next batch. A function of `number` alone, so that a resumed run
+        interleaves as the uninterrupted one did."""
+        return None
+
+    def outcome(self, steps: int) -> dict[str, Any]:
+        """What the method has to say about a run that took `steps` optimiser steps, beyond the metrics (LWF: the
+        forget rows it never unlearned); {} when nothing."""
+        return {}
 
     def losses(self, step: Step) -> LossTerms:
         return LossTerms(forget=mean_nll(step.logits(step.forget), step.forget.labels))
