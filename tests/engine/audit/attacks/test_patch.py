@@ -42,8 +42,8 @@ def observed(ctx: AuditContext) -> Iterator[dict[str, list[torch.Tensor]]]:
         def attention(_m: torch.nn.Module, _args: tuple, out: Any, key: str = f"attn{layer}") -> None:
             seen.setdefault(key, []).append((out[0] if isinstance(out, tuple) else out).detach().clone())
 
-        handles.append(block.mlp.down_proj.register_forward_hook(coefficients))
-        handles.append(block.self_attn.register_forward_hook(attention))
+        handles.append(block.get_submodule("mlp.down_proj").register_forward_hook(coefficients))
+        handles.append(block.get_submodule("self_attn").register_forward_hook(attention))
     try:
         yield seen
     finally:
@@ -135,7 +135,7 @@ def test_krs_equals_a_hand_patched_pass(forgotten_context: AuditContext) -> None
     output of the LM before forgetting put into the forgotten LM by our own hook, MSEs by hand."""
     ctx = forgotten_context
     outcome = run_diagnostic("patch", ctx, window=1, components=["attention_output"], layers=[1])
-    attention = decoder_blocks(ctx.peft_lm)[1].self_attn
+    attention = decoder_blocks(ctx.peft_lm)[1].get_submodule("self_attn")
     per_row = []
     for row in ctx.forget_train:
         context = ctx.tokenizer.encode(row.context, add_special_tokens=False)
@@ -173,7 +173,7 @@ def test_windows_below_the_adapter_are_left_out(taught_base: LoadedLM, task_rows
 
 
 def test_patching_answer_logits_of_qa_rows(tiny_base: LoadedLM) -> None:
-    rows = [QARow.from_dict(row) for row in synthetic_qa_rows(20, seed=0)]
+    rows: list[Row] = [QARow.from_dict(row) for row in synthetic_qa_rows(20, seed=0)]
     ctx = build_context(tiny_base, {"forget_train": rows[:8], "forget_heldout": rows[8:16], "retain": rows[16:]})
     outcome = run_diagnostic("patch", ctx, split="forget_heldout")
     # The default 5-window covers both blocks of the tiny LM.
@@ -196,7 +196,7 @@ def test_a_pass_that_does_not_batch_like_the_recording_pass_is_refused(forgotten
     doubled = {0: activations[0] * 2}
     with pytest.raises(RuntimeError, match="fewer forward calls"), patched(blocks, "mlp_coefficients", doubled):
         answer_logits(ctx.peft_lm, ctx.tokenizer, rows, ctx.batch_size, ctx.limit)
-    down_proj = blocks[0].mlp.down_proj
+    down_proj = blocks[0].get_submodule("mlp.down_proj")
     assert not down_proj._forward_pre_hooks and not down_proj._forward_hooks
     # The forgotten LM's own activations patched in change nothing.
     with patched(blocks, "mlp_coefficients", activations):
