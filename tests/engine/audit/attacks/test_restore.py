@@ -4,16 +4,18 @@ value vectors touches down_proj only."""
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 from pydantic import ValidationError
 
 from lethe.attacks import RestoreParams
 from lethe.rows import Row
 from tests.engine.audit.attacks.attack_checks import run_diagnostic
-from tests.engine.audit.conftest import build_context
+from tests.engine.audit.conftest import build_context, context_for
 from worker.engine.audit.attacks.restore import component_parameters, restored_state
 from worker.engine.audit.context import AuditContext
 from worker.engine.audit.diagnostics import ANSWER_TOKENS, DiagnosticOutcome, Window
@@ -172,8 +174,10 @@ def test_an_adapter_without_a_component_skips_it(taught_base: LoadedLM, task_row
     # The adapter sits on block 1 only: the window around block 0 (0-0) holds none of it.
     outcome = run_diagnostic("restore", ctx, window=1)
     assert [v.name for v in outcome.variants] == ["value_vectors@1-1", "mlp@1-1", "attention@1-1"]
-    with pytest.raises(AttackNotApplicable, match="no component restores anything"):
+    with pytest.raises(AttackNotApplicable, match="no component restores anything") as error:
         run_diagnostic("restore", ctx, window=1, layers=[0])
+    reason = "no window measured holds an adapter parameter of this component"
+    assert str(error.value).count(reason) == 3 and "value_vectors: " in str(error.value)
 
 
 def test_restore_on_the_heldout_split(forgotten_context: AuditContext) -> None:
@@ -183,3 +187,24 @@ def test_restore_on_the_heldout_split(forgotten_context: AuditContext) -> None:
     # The default 5-window covers both blocks of the tiny LM: every attention parameter, not the whole adapter.
     default = run_diagnostic("restore", forgotten_context, components=["attention"])
     assert [v.name for v in default.variants] == ["attention@0-1"]
+
+
+def test_a_window_holding_the_whole_adapter_is_left_out(taught_base: LoadedLM, task_rows: dict[str, list[Row]]) -> None:
+    """An adapter on down_proj alone (as RMU's down_proj variant): restoring all of it is the LM before forgetting."""
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["down_proj"], task_type="CAUSAL_LM")
+    peft_lm = get_peft_model(copy.deepcopy(taught_base.lm), config)
+    before = lora_state(peft_lm)
+    with torch.no_grad():
+        for name, parameter in peft_lm.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.1)
+    ctx = context_for(taught_base, peft_lm, before, task_rows)
+    outcome = run_diagnostic("restore", ctx, window=1)
+    assert [v.name for v in outcome.variants] == ["value_vectors@0-0", "value_vectors@1-1", "mlp@0-0", "mlp@1-1"]
+    assert outcome.skipped == {"attention": "no window measured holds an adapter parameter of this component"}
+    # Down_proj is the MLP's only adapted module here: value vectors and the whole MLP restore the same thing.
+    krs = _krs(outcome)
+    assert krs["value_vectors@1-1"] == krs["mlp@1-1"] and krs["value_vectors@0-0"] == krs["mlp@0-0"]
+    with pytest.raises(AttackNotApplicable, match="its windows hold every adapter parameter"):
+        run_diagnostic("restore", ctx)

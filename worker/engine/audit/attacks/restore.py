@@ -80,9 +80,9 @@ def restore(ctx: AuditContext, params: AttackParams) -> DiagnosticOutcome:
         kept = [group for group in groups if 0 < len(group[2]) < len(names)]
         if not kept:
             skipped[component] = (
-                "no window holds some but not all of the adapter's parameters of this component"
+                "its windows hold every adapter parameter (the LM before forgetting: KRS 1 by construction)"
                 if any(group[2] for group in groups)
-                else "the adapter has no parameter of this component"
+                else "no window measured holds an adapter parameter of this component"
             )
         plan += kept
     if not plan:
