@@ -114,6 +114,12 @@ def _centres_field() -> Any:
     )
 
 
+def _distinct(values: list[str], field: str) -> list[str]:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{field} must be distinct")
+    return values
+
+
 def _centres(values: list[int] | None) -> list[int] | None:
     if values is None:
         return None
@@ -139,7 +145,7 @@ class RestoreParams(AttackParams):
     @model_validator(mode="before")
     @classmethod
     def _groups(cls, data: Any) -> Any:
-        """Requests written for the old restore attack name `groups`; each old group is one of the new windows.
+        """Translate a request written for the old restore attack (`groups`): each old group is one of the new windows.
 
         attention / mlp -> those components (neither named: the default components); per_layer -> windows of one
         layer; last_k -> windows of k layers (the last of which is the old group). The smallest window named wins.
@@ -164,9 +170,7 @@ class RestoreParams(AttackParams):
     @field_validator("components")
     @classmethod
     def _components(cls, values: list[str]) -> list[str]:
-        if len(set(values)) != len(values):
-            raise ValueError("components must be distinct")
-        return values
+        return _distinct(values, "components")
 
     @field_validator("layers")
     @classmethod
@@ -194,9 +198,7 @@ class PatchParams(AttackParams):
     @field_validator("components")
     @classmethod
     def _components(cls, values: list[str]) -> list[str]:
-        if len(set(values)) != len(values):
-            raise ValueError("components must be distinct")
-        return values
+        return _distinct(values, "components")
 
     @field_validator("layers")
     @classmethod
