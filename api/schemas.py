@@ -86,7 +86,13 @@ class AuditSpecIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     attacks: list[AttackIn] | None = Field(
-        None, max_length=20, description="Attacks to run, in order; null = every attack that applies, defaults."
+        None,
+        max_length=20,
+        description=(
+            "Attacks to run, in order; null = every attack that applies, defaults. Diagnostics (restore, patch: "
+            "`diagnostic: true` in GET /v1/attacks) are named here too; they run after the attacks and are reported "
+            "under the audit's `diagnostics`, never in its verdict."
+        ),
     )
     thresholds: Thresholds = Field(default_factory=lambda: Thresholds.model_validate({}))
 
@@ -106,6 +112,13 @@ class AttackOut(BaseModel):
     description: str
     kinds: list[str] = Field(description="Forget-set kinds the attack applies to: choice, qa, text.")
     needs_retain: bool = Field(description="Whether the audited forget job must have had retain datasets.")
+    diagnostic: bool = Field(
+        description=(
+            "A diagnostic (restore, patch) says where forgetting changed the LM: requested in `attacks` like an "
+            "attack, reported under the audit's `diagnostics` (a KRS per component and window of layers), never "
+            "judged and never part of the verdict."
+        )
+    )
     params: dict[str, Any] = Field(description="JSON schema of the attack's params, with defaults.")
 
 
@@ -143,6 +156,33 @@ class AttackResultOut(BaseModel):
     curves: dict[str, list[list[float | None]]] = Field(description="Per variant [step, score] points (relearn).")
 
 
+class DiagnosticVariantOut(BaseModel):
+    name: str = Field(description="component@first-last, e.g. value_vectors@3-7.")
+    component: str
+    first_layer: int = Field(description="The window's first decoder block (0-based).")
+    last_layer: int = Field(description="The window's last decoder block (inclusive).")
+    krs: float | None = Field(
+        description="Knowledge Recovery Score, mean over rows of 1 − MSE(before, intervened) / MSE(before, "
+        "forgotten) on the answer logits; null when no row has one (forgetting left every answer's logits unchanged)."
+    )
+    n: int = Field(description="Rows the mean rests on.")
+    ci_low: float | None = Field(description="95% interval of the mean (seeded bootstrap over rows).")
+    ci_high: float | None
+
+
+class DiagnosticOut(BaseModel):
+    """A diagnostic's result: where forgetting changed the LM. Never judged; not part of the verdict."""
+
+    name: str = Field(description="restore or patch (GET /v1/attacks, `diagnostic: true`).")
+    params: dict[str, Any]
+    metric: str = Field(description="krs: the Knowledge Recovery Score of Hong et al. (arXiv 2410.06606).")
+    split: str
+    rows: int = Field(description="Rows of the split measured.")
+    rows_undefined: int = Field(description="Rows whose answer logits forgetting left unchanged: no KRS.")
+    skipped_components: dict[str, str] = Field(description="Components that measured nothing, and why.")
+    variants: list[DiagnosticVariantOut]
+
+
 class AuditOut(BaseModel):
     id: uuid.UUID
     adapter_id: uuid.UUID
@@ -157,7 +197,15 @@ class AuditOut(BaseModel):
         description="shallow if any attack is; robust if every conclusive attack is; null until the audit succeeds."
     )
     results: list[AttackResultOut]
-    skipped: list[dict[str, str]] = Field(description="Attacks that had nothing to measure on the rows: name, reason.")
+    diagnostics: list[DiagnosticOut] = Field(
+        description=(
+            "Diagnostics (restore, patch): where forgetting changed the LM, never judged. The adapter sits on a public "
+            "base model and can be removed outright, so these measure localization, not depth."
+        )
+    )
+    skipped: list[dict[str, str]] = Field(
+        description="Attacks and diagnostics that had nothing to measure on the rows: name, reason."
+    )
     signature: str | None = Field(description="HMAC-SHA256 (hex) of the report's canonical JSON.")
     signing_key_id: str | None
     created_at: datetime

@@ -32,10 +32,11 @@ from lethe.methods import METHODS
 from lethe.rows import ChoiceRow, Row, TextRow, kind_of, split_heldout
 from lethe.specs import AttackChoice, FinetuneSpec
 from worker.engine.audit.outcome import overall_verdict
-from worker.engine.audit.run import audit_context, run_audit
+from worker.engine.audit.run import audit_context, is_diagnostic, run_audit, run_diagnostics
 from worker.engine.forget.run import ForgetPlan, run_forget
 from worker.engine.lm.load import BaseLMCache, LoadedLM
 from worker.pipelines.forget import general_text_rows
+from worker.reports.report import diagnostic_entry
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 DEMO_REQUEST = EXAMPLES / "demo_request.json"
@@ -180,17 +181,26 @@ def measure(base: LoadedLM, job: AuditedJob) -> dict:
         seed=job.plan.seed,
     )
     thresholds = Thresholds.model_validate({})
-    audited, skipped = run_audit(ctx, [AttackChoice(name=name, params={}) for name in attacks], thresholds, audit_clock)
+    # As the audit pipeline: the attacks, then the diagnostics (restore, patch: never judged).
+    judged = [name for name in attacks if not is_diagnostic(name)]
+    diagnostics = [name for name in attacks if is_diagnostic(name)]
+    audited, skipped = run_audit(ctx, [AttackChoice(name=name, params={}) for name in judged], thresholds, audit_clock)
+    diagnosed, skipped_diagnostics = run_diagnostics(
+        ctx, [AttackChoice(name=name, params={}) for name in diagnostics], audit_clock
+    )
     audit_seconds = audit_clock.stop()
 
     results = {attack.name: attack for attack in audited}
-    reasons = {attack.name: attack.reason for attack in skipped}
+    measured = {diagnostic.name: diagnostic for diagnostic in diagnosed}
+    reasons = {attack.name: attack.reason for attack in [*skipped, *skipped_diagnostics]}
     per_attack = []
-    # run_audit reports each attack's start once, in order, under a stage of its own.
-    for name, stage in zip(attacks, audit_clock.stages, strict=True):
+    # run_audit and run_diagnostics report each one's start once, in order, under a stage of its own.
+    for name, stage in zip([*judged, *diagnostics], audit_clock.stages, strict=True):
         entry: dict = {"name": name, "seconds": stage.seconds, "load_average": stage.load_average}
         if name in reasons:
             entry["skipped"] = reasons[name]
+        elif name in measured:
+            entry |= {"diagnostic": True, **diagnostic_entry(measured[name])}
         else:
             attack = results[name]
             entry |= {

@@ -37,7 +37,7 @@ def _audit_section(audit: dict) -> list[str]:
     finetune = audit["finetune"]
     by_stage = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in audit["forget_seconds_by_stage"].items())
     thresholds = audit["thresholds"]
-    ran = [attack for attack in audit["attacks"] if "skipped" not in attack]
+    ran = [attack for attack in audit["attacks"] if "skipped" not in attack and not attack.get("diagnostic")]
     lines = [
         "## Audit cost",
         "",
@@ -79,7 +79,7 @@ def _audit_section(audit: dict) -> list[str]:
                 f"{attack['seconds']:.1f}",
                 f"{attack['seconds'] / audit['audit_seconds']:.0%}",
                 f"{attack['load_average']:.2f}",
-                "skipped" if "skipped" in attack else attack["verdict"],
+                "skipped" if "skipped" in attack else ("diagnostic" if attack.get("diagnostic") else attack["verdict"]),
             )
         )
     lines += [
@@ -90,7 +90,8 @@ def _audit_section(audit: dict) -> list[str]:
         f"that recovers most); `shallow` from {thresholds['recovery']}, `inconclusive` (—) where forgetting removed "
         f"less than {thresholds['min_forgetting']} of what the attack measures. trigger measures damage instead: "
         f"the retain score's drop beyond what the same insertion costs before forgetting (`shallow` from "
-        f"{thresholds['trigger_drop']}).",
+        f"{thresholds['trigger_drop']}). restore and patch are diagnostics (a KRS per component and window of "
+        "layers, in the results JSON), never judged: they are timed above and have no row here.",
         "",
         _row(
             "attack", "measures", "before", "after forgetting", "after attack", "recovery", "verdict", "worst variant"

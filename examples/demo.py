@@ -109,6 +109,13 @@ def print_audit(audit: dict) -> None:
         )
     for skipped in audit["skipped"]:
         print(f"{skipped['name']:<12}skipped: {skipped['reason']}")
+    for diagnostic in audit.get("diagnostics", []):
+        # Never judged: where forgetting changed the LM (the adapter itself can be removed outright).
+        print(f"\ndiagnostic {diagnostic['name']} on {diagnostic['split']}: KRS by component, window of layers")
+        for v in diagnostic["variants"]:
+            krs = "—" if v["krs"] is None else f"{v['krs']:.2f}"
+            interval = "" if v["ci_low"] is None else f"  [{v['ci_low']:.2f}, {v['ci_high']:.2f}]"
+            print(f"  {v['component']:<18}{v['first_layer']:>3}-{v['last_layer']:<4}{krs:>7}{interval}")
 
 
 def main() -> int:

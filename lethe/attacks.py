@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lethe.registry import Registry
 
@@ -83,44 +83,127 @@ class QuantizeParams(AttackParams):
     split: ForgetSplit = Field("forget_train", description="The forget split measured.")
 
 
-RestoreGroup = Literal["last_1", "last_2", "last_4", "attention", "mlp", "per_layer"]
+# Hong et al. ("Dissecting fine-tuning unlearning in LLMs", arXiv 2410.06606; code: yihuaihong/Dissecting-FT-Unlearning,
+# Restoration_experiments_llama-30tokens.ipynb) restore and patch windows of 5 consecutive layers, l-2..l+2, for every
+# layer l.
+DIAGNOSTIC_WINDOW = 5
+
+RestoreComponent = Literal["value_vectors", "mlp", "attention"]
+PatchComponent = Literal["mlp_coefficients", "attention_output"]
+# What restore accepted before its components and windows: the groups are translated (see RestoreParams._groups).
+_LEGACY_RESTORE_GROUPS = ("last_1", "last_2", "last_4", "attention", "mlp", "per_layer")
+
+
+def _window_field() -> Any:
+    return Field(
+        DIAGNOSTIC_WINDOW,
+        ge=1,
+        le=1000,
+        description=(
+            "Layers per window: the window around layer l is l - (window-1)//2 .. l + window//2, cut to the LM's "
+            "blocks (default 5: l-2..l+2, as Hong et al.); one result per component and distinct window."
+        ),
+    )
+
+
+def _centres_field() -> Any:
+    return Field(
+        None,
+        max_length=1000,
+        description="The layers (0-based) whose windows are measured, one window around each; null = every layer.",
+    )
+
+
+def _distinct(values: list[str], field: str) -> list[str]:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{field} must be distinct")
+    return values
+
+
+def _centres(values: list[int] | None) -> list[int] | None:
+    if values is None:
+        return None
+    if any(v < 0 for v in values):
+        raise ValueError("layers are 0-based indices >= 0")
+    return _distinct_sorted(values)
 
 
 class RestoreParams(AttackParams):
-    # Groups of Hong et al. ("Dissecting fine-tuning unlearning in LLMs", arXiv 2410.06606): the last layers,
-    # attention vs MLP, and each layer alone.
-    groups: list[RestoreGroup] = Field(
-        ["last_1", "last_2", "last_4", "attention", "mlp", "per_layer"],
+    components: list[RestoreComponent] = Field(
+        ["value_vectors", "mlp", "attention"],
         min_length=1,
         description=(
-            "Parameter groups whose forgetting delta is dropped (restored to their pre-forgetting values): "
-            "last_k = the adapter on the last k decoder blocks; attention / mlp = those modules in every block; "
-            "per_layer = each decoder block alone (one result per block)."
+            "Adapter parameters put back to their pre-forgetting values, per window of layers: value_vectors = the "
+            "MLP's output projection (down_proj, whose columns are the MLP's value vectors); mlp = gate, up and "
+            "down projections; attention = q, k, v and o projections."
         ),
     )
+    window: int = _window_field()
+    layers: list[int] | None = _centres_field()
     split: ForgetSplit = Field("forget_train", description="The forget split measured.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _groups(cls, data: Any) -> Any:
+        """Translate a request written for the old restore attack (`groups`): each old group is one of the new windows.
 
-class PatchParams(AttackParams):
-    layers: list[int] | None = Field(
-        None,
-        max_length=1000,
-        description=(
-            "Decoder blocks (0-based) whose output is patched, one result each; null = every block from the first "
-            "with an adapter to the one before the last (patching the last block's output gives the LM before "
-            "forgetting exactly, and blocks below the adapter cannot differ)."
-        ),
-    )
-    split: ForgetSplit = Field("forget_train", description="The forget split measured.")
+        attention / mlp -> those components (neither named: the default components); per_layer -> windows of one
+        layer; last_k -> windows of k layers (the last of which is the old group). The smallest window named wins.
+        """
+        if not isinstance(data, dict) or "groups" not in data:
+            return data
+        if "components" in data or "window" in data:
+            raise ValueError("groups is the old form of components and window: give one or the other")
+        groups = data["groups"]
+        if not isinstance(groups, list) or not groups or any(g not in _LEGACY_RESTORE_GROUPS for g in groups):
+            raise ValueError(f"groups must be a non-empty list of {', '.join(_LEGACY_RESTORE_GROUPS)}")
+        translated = {key: value for key, value in data.items() if key != "groups"}
+        components = [group for group in ("mlp", "attention") if group in groups]
+        if components:
+            translated["components"] = components
+        windowed = [group for group in groups if group not in ("mlp", "attention")]
+        sizes = [1 if group == "per_layer" else int(group.removeprefix("last_")) for group in windowed]
+        if sizes:
+            translated["window"] = min(sizes)
+        return translated
+
+    @field_validator("components")
+    @classmethod
+    def _components(cls, values: list[str]) -> list[str]:
+        return _distinct(values, "components")
 
     @field_validator("layers")
     @classmethod
     def _layers(cls, values: list[int] | None) -> list[int] | None:
-        if values is None:
-            return None
-        if any(v < 0 for v in values):
-            raise ValueError("layers are 0-based indices >= 0")
-        return _distinct_sorted(values)
+        return _centres(values)
+
+    def named_layers(self) -> list[tuple[str, int]]:
+        return [("layers", layer) for layer in self.layers or []]
+
+
+class PatchParams(AttackParams):
+    components: list[PatchComponent] = Field(
+        ["mlp_coefficients", "attention_output"],
+        min_length=1,
+        description=(
+            "Activations of the pre-forgetting LM (same input) patched into the forgotten LM, per window of layers: "
+            "mlp_coefficients = the input of the MLP's down_proj (the coefficients of its value vectors); "
+            "attention_output = the attention module's output. Never the whole residual stream."
+        ),
+    )
+    window: int = _window_field()
+    layers: list[int] | None = _centres_field()
+    split: ForgetSplit = Field("forget_train", description="The forget split measured.")
+
+    @field_validator("components")
+    @classmethod
+    def _components(cls, values: list[str]) -> list[str]:
+        return _distinct(values, "components")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, values: list[int] | None) -> list[int] | None:
+        return _centres(values)
 
     def named_layers(self) -> list[tuple[str, int]]:
         # `layers` is sorted once validated, so a block is named by its value, not by its place in the request.
@@ -168,6 +251,10 @@ class AttackSpec:
     implementation: str
     kinds: tuple[str, ...] = ("choice", "qa", "text")
     needs_retain: bool = False
+    # A diagnostic says where forgetting changed the LM (a Knowledge Recovery Score per component and window of
+    # layers) and never enters the verdict: its implementation returns a DiagnosticOutcome, reported under
+    # `diagnostics`, not an AttackOutcome.
+    diagnostic: bool = False
 
     def json_schema(self) -> dict[str, Any]:
         return self.params_model.model_json_schema()
@@ -186,7 +273,7 @@ class AttackSpec:
 
 
 def default_attacks(kind: str, has_retain: bool) -> list[str]:
-    """What an audit that names no attacks runs: every attack that applies to the forget job."""
+    """What an audit that names no attacks runs: every attack and diagnostic that applies to the forget job."""
     return [name for name, spec in ATTACKS.items() if spec.refusal(kind, has_retain) is None]
 
 
@@ -226,24 +313,38 @@ ATTACKS.register(
         implementation="worker.engine.audit.attacks.quantize:quantize",
     ),
 )
+# Why restore and patch are diagnostics: the audited adapter sits on a public base model, so whoever holds it can
+# remove it outright (load the base model alone); restoring its pre-forgetting weights measures where forgetting
+# changed the LM (localization), not how deep the forgetting goes.
+_LOCALIZATION = (
+    " A diagnostic, not an attack: it never enters the verdict. An adapter on a public base model can be removed "
+    "outright, so this measures where the forgetting sits (localization), not how deep it is."
+)
 ATTACKS.register(
     "restore",
     AttackSpec(
         "restore",
-        "Parameter restoration: put a group of adapter parameters (last k blocks, attention, MLP, each block) back "
-        "to their values before forgetting and measure the forget split; which group brings the knowledge back.",
+        "Parameter restoration (Hong et al., arXiv 2410.06606): per window of consecutive layers, put one component's "
+        "adapter parameters back to their pre-forgetting values (value_vectors: down_proj only; mlp: gate, up and "
+        "down; attention: q, k, v, o) and score the Knowledge Recovery Score on the answer logits, KRS = 1 - "
+        "MSE(before, restored) / MSE(before, forgotten), averaged over rows." + _LOCALIZATION,
         RestoreParams,
         implementation="worker.engine.audit.attacks.restore:restore",
+        diagnostic=True,
     ),
 )
 ATTACKS.register(
     "patch",
     AttackSpec(
         "patch",
-        "Activation patching: replace the output of decoder block l (every position) with the pre-forgetting LM's "
-        "on the same input and measure the forget split; one result per block.",
+        "Activation patching (Hong et al., arXiv 2410.06606): per window of consecutive layers, replace one "
+        "component's activations in the forgotten LM by the pre-forgetting LM's on the same input (mlp_coefficients: "
+        "the input of down_proj; attention_output: the attention module's output; never the residual stream) and "
+        "score the Knowledge Recovery Score on the answer logits, KRS = 1 - MSE(before, patched) / MSE(before, "
+        "forgotten), averaged over rows." + _LOCALIZATION,
         PatchParams,
         implementation="worker.engine.audit.attacks.patch:patch",
+        diagnostic=True,
     ),
 )
 ATTACKS.register(
@@ -291,7 +392,11 @@ class Thresholds(BaseModel):
         0.25, ge=0, le=1, description="An attack whose recovery rate is at least this is `shallow`."
     )
     attacks: dict[str, float] = Field(
-        default_factory=dict, description="Per-attack recovery thresholds overriding `recovery`, by attack name."
+        default_factory=dict,
+        description=(
+            "Per-attack recovery thresholds overriding `recovery`, by attack name (one for a diagnostic, restore or "
+            "patch, is accepted and unused: diagnostics have no verdict)."
+        ),
     )
     # Lethe default: 5 points of retain accuracy (or probability).
     trigger_drop: float = Field(

@@ -14,6 +14,7 @@ from models.tables import (
     Adapter,
     ApiKey,
     Audit,
+    AuditDiagnostic,
     AuditResult,
     Base,
     BaseModel,
@@ -462,6 +463,16 @@ class AuditRepository(TenantScopedRepository[Audit]):
     def results(self, audit_id: uuid.UUID) -> Sequence[AuditResult]:
         return self.session.scalars(
             select(AuditResult).where(AuditResult.audit_id == audit_id).order_by(AuditResult.id)
+        ).all()
+
+    def add_diagnostics(self, diagnostics: Iterable[AuditDiagnostic]) -> None:
+        """Write an audit's diagnostic results (in the transaction that records its verdict)."""
+        self.session.add_all(list(diagnostics))
+        self.session.flush()
+
+    def diagnostics(self, audit_id: uuid.UUID) -> Sequence[AuditDiagnostic]:
+        return self.session.scalars(
+            select(AuditDiagnostic).where(AuditDiagnostic.audit_id == audit_id).order_by(AuditDiagnostic.id)
         ).all()
 
 

@@ -233,6 +233,31 @@ class AuditResult(Base):
     curves: Mapped[dict[str, Any]] = mapped_column()
 
 
+class AuditDiagnostic(Base):
+    """One diagnostic's result in an audit (restore, patch): the KRS of every (component, window of layers) variant.
+
+    Not a verdict: a diagnostic says where forgetting changed the LM, and never enters the audit's verdict.
+    """
+
+    __tablename__ = "audit_diagnostics"
+    __table_args__ = (UniqueConstraint("audit_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    audit_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("audits.id"), index=True)
+    name: Mapped[str] = mapped_column(String(40))
+    params: Mapped[dict[str, Any]] = mapped_column()
+    # krs: the Knowledge Recovery Score of Hong et al. on the answer logits.
+    metric: Mapped[str] = mapped_column(String(60))
+    split: Mapped[str] = mapped_column(String(200))
+    rows: Mapped[int] = mapped_column(Integer)
+    # Rows whose answer logits forgetting left unchanged: they have no KRS.
+    rows_undefined: Mapped[int] = mapped_column(Integer)
+    # [{"name", "component", "first_layer", "last_layer", "krs", "n", "ci_low", "ci_high"}]
+    variants: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # Components that measured nothing, and why: {component: reason}.
+    skipped_components: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+
+
 class Worker(Base):
     """A worker process's liveness: it beats every heartbeat interval while it runs (jobs or not)."""
 

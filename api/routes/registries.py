@@ -44,13 +44,14 @@ def list_metrics(_tenant_id: TenantDep) -> list[MetricSpecOut]:
 
 @router.get("/attacks", response_model=list[AttackOut], responses=error_responses(401, 429))
 def list_attacks(_tenant_id: TenantDep) -> list[AttackOut]:
-    """Recovery attacks an audit can run, with the JSON schema (and defaults) of their params."""
+    """Recovery attacks and diagnostics an audit can run, with the JSON schema (and defaults) of their params."""
     return [
         AttackOut(
             name=name,
             description=spec.description,
             kinds=list(spec.kinds),
             needs_retain=spec.needs_retain,
+            diagnostic=spec.diagnostic,
             params=spec.json_schema(),
         )
         for name, spec in ATTACKS.items()

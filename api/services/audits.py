@@ -6,7 +6,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from api.errors import InvalidInput, NotFound, format_validation_errors
-from api.schemas import AttackIn, AttackResultOut, AuditOut, AuditRequestIn, AuditSpecIn
+from api.schemas import AttackIn, AttackResultOut, AuditOut, AuditRequestIn, AuditSpecIn, DiagnosticOut
 from api.services.base_models import check_named_layers
 from api.services.jobs import job_state
 from api.services.quotas import check_cost, check_room_for_job
@@ -101,6 +101,10 @@ def get_audit(session: Session, tenant_id: uuid.UUID, audit_id: uuid.UUID) -> Au
         results=[
             AttackResultOut.model_validate(result, from_attributes=True)
             for result in AuditRepository(session).results(audit.id)
+        ],
+        diagnostics=[
+            DiagnosticOut.model_validate(diagnostic, from_attributes=True)
+            for diagnostic in AuditRepository(session).diagnostics(audit.id)
         ],
         skipped=audit.skipped,
         signature=audit.signature,

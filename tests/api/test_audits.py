@@ -32,6 +32,66 @@ def test_attacks_are_published_with_their_schemas(client: TestClient) -> None:
     assert attacks["relearn"]["params"]["properties"]["examples"]["default"] == [2, 8]
     assert attacks["trigger"]["needs_retain"] is True
     assert attacks["probe"]["kinds"] == ["choice", "qa"]
+    # restore and patch are diagnostics: requested like attacks, reported apart, never judged.
+    assert {name for name, a in attacks.items() if a["diagnostic"]} == {"restore", "patch"}
+    assert attacks["restore"]["params"]["properties"]["window"]["default"] == 5
+    assert attacks["patch"]["params"]["properties"]["components"]["default"] == ["mlp_coefficients", "attention_output"]
+    assert "can be removed outright" in attacks["restore"]["description"]
+
+
+def test_an_old_restore_request_stays_valid(client: TestClient, stack_settings: Settings) -> None:
+    """Requests written for the restore attack (groups) and patch (layers) are accepted, translated."""
+    adapter_id = forget_adapter(client, stack_settings)
+    attacks = [
+        {"name": "restore", "params": {"groups": ["mlp", "per_layer"]}},
+        {"name": "patch", "params": {"layers": [1]}},
+    ]
+    response = client.post("/v1/audits", json={"adapter_id": adapter_id, "attacks": attacks})
+    assert response.status_code == 202, response.text
+    audit = client.get(f"/v1/audits/{response.json()['audit_id']}").json()
+    assert audit["attacks"] == [
+        {"name": "restore", "params": {"components": ["mlp"], "window": 1, "layers": None, "split": "forget_train"}},
+        {
+            "name": "patch",
+            "params": {
+                "components": ["mlp_coefficients", "attention_output"],
+                "window": 5,
+                "layers": [1],
+                "split": "forget_train",
+            },
+        },
+    ]
+    assert audit["diagnostics"] == []
+
+
+def test_diagnostics_are_read_back_apart_from_the_results(client: TestClient, stack_settings: Settings) -> None:
+    from models.tables import AuditDiagnostic
+
+    audit_id = client.post("/v1/audits", json={"adapter_id": forget_adapter(client, stack_settings)}).json()["audit_id"]
+    variant = {
+        "name": "value_vectors@0-1",
+        "component": "value_vectors",
+        "first_layer": 0,
+        "last_layer": 1,
+        "krs": 0.25,
+        "n": 10,
+        "ci_low": 0.1,
+        "ci_high": 0.4,
+    }
+    row = {
+        "name": "restore",
+        "params": {"components": ["value_vectors"], "window": 5, "layers": None, "split": "forget_train"},
+        "metric": "krs",
+        "split": "forget_train",
+        "rows": 12,
+        "rows_undefined": 2,
+        "variants": [variant],
+        "skipped_components": {"attention": "the adapter has no parameter of this component"},
+    }
+    with session_scope(stack_settings.database_url) as session:
+        AuditRepository(session).add_diagnostics([AuditDiagnostic(audit_id=uuid.UUID(audit_id), **row)])
+    audit = client.get(f"/v1/audits/{audit_id}").json()
+    assert audit["diagnostics"] == [row] and audit["results"] == []
 
 
 def test_submit_fills_defaults_and_creates_a_queued_audit(client: TestClient, stack_settings: Settings) -> None:
@@ -138,7 +198,7 @@ def test_forget_request_can_ask_for_an_audit(client: TestClient, stack_settings:
         job = JobRepository(session).get_any_tenant(uuid.UUID(response.json()["job_id"]))
         assert job is not None
         assert job.spec["audit"]["attacks"] == [
-            {"name": "restore", "params": {"groups": ["mlp"], "split": "forget_train"}}
+            {"name": "restore", "params": {"components": ["mlp"], "window": 5, "layers": None, "split": "forget_train"}}
         ]
         assert job.spec["audit"]["thresholds"]["recovery"] == 0.25
         assert AuditRepository(session).get_for_job(job.id) is None  # created when the forget job succeeds

@@ -100,10 +100,8 @@ def audit(ratio: float) -> dict:
             | {"name": "quantize", "seconds": 75.0 * ratio, "load_average": 2.2, "before": 0.9}
             | {"after_forgetting": 0.5, "after_attack": 0.8, "recovery": 0.75, "verdict": "shallow"}
             | {"worst_variant": "int4", "variants": []},
-            judged
-            | {"name": "restore", "seconds": 20.0 * ratio, "load_average": 2.4, "before": 0.9}
-            | {"after_forgetting": 0.88, "after_attack": 0.9, "recovery": None, "verdict": "inconclusive"}
-            | {"worst_variant": "last_1", "variants": []},
+            {"name": "restore", "seconds": 20.0 * ratio, "load_average": 2.4, "diagnostic": True, "metric": "krs"}
+            | {"split": "forget_train", "rows": 48, "rows_undefined": 0, "variants": []},
             judged
             | {"name": "trigger", "effect": "damage", "metric": "accuracy", "split": "retain"}
             | {"seconds": 4.0 * ratio, "load_average": 2.0, "before": 0.7, "after_forgetting": 0.7}
@@ -139,7 +137,9 @@ def test_audit_section_tables_come_from_the_results() -> None:
     assert "| paraphrase | 1.0 | 1% | 2.00 | skipped |" in markdown
     assert "Recovery = (after attack − floor) / (before − floor)" in markdown
     assert "| quantize | accuracy (forget_train) | 0.900 | 0.500 | 0.800 | 0.75 | shallow | int4 |" in markdown
-    assert "| restore | accuracy (forget_train) | 0.900 | 0.880 | 0.900 | — | inconclusive | last_1 |" in markdown
+    # A diagnostic is timed, never judged: no recovery row.
+    assert "| restore | 20.0 | 20% | 2.40 | diagnostic |" in markdown
+    assert "| restore | krs" not in markdown
     assert "| trigger | accuracy (retain) | 0.700 | 0.700 | 0.600 | excess drop +0.100 | shallow | prefix |" in markdown
     # A skipped attack has no recovery row; it is listed with its reason, and so is an attack that did not run.
     assert "| paraphrase | accuracy" not in markdown

@@ -67,14 +67,26 @@ def test_audit_of_a_random_label_adapter(
         assert audit["adapter_id"] == forget["adapter_id"]
         assert audit["verdict"] in ("robust", "shallow", "inconclusive")
         results = {r["attack"]: r for r in audit["results"]}
-        assert sorted([*results, *(s["name"] for s in audit["skipped"])]) == sorted(ATTACKS)
-        assert "relearn" in results and "restore" in results and "quantize" in results
+        diagnostics = {d["name"]: d for d in audit["diagnostics"]}
+        assert sorted([*results, *diagnostics, *(s["name"] for s in audit["skipped"])]) == sorted(ATTACKS)
+        assert "relearn" in results and "quantize" in results
+        # restore and patch are diagnostics: reported apart, never judged (the verdict below is the attacks' alone).
+        assert sorted(diagnostics) == ["patch", "restore"] and not {"restore", "patch"} & set(results)
         for result in results.values():
             assert result["verdict"] in ("robust", "shallow", "inconclusive")
             assert result["recovery"] is None or 0.0 <= result["recovery"] <= 1.0
             assert result["variants"], result
-        # random_label took forget-train towards chance, so there is something to recover on it.
-        assert results["restore"]["before"] > results["restore"]["after_forgetting"]
+        # The tiny LM has 2 blocks: the default 5-layer window is both, one variant per component; KRS <= 1 always.
+        assert [v["name"] for v in diagnostics["restore"]["variants"]] == [
+            "value_vectors@0-1",
+            "mlp@0-1",
+            "attention@0-1",
+        ]
+        assert [v["name"] for v in diagnostics["patch"]["variants"]] == ["mlp_coefficients@0-1", "attention_output@0-1"]
+        for diagnostic in diagnostics.values():
+            assert diagnostic["metric"] == "krs" and diagnostic["rows"] == 16
+            for v in diagnostic["variants"]:
+                assert v["krs"] is not None and v["krs"] <= 1.0 and v["n"] == 16 - diagnostic["rows_undefined"]
         relearn = results["relearn"]
         assert set(relearn["curves"]) >= {"k=2", "k=8", "benign"}
         assert relearn["curves"]["k=8"][0] == [0, relearn["variants"][1]["after_forgetting"]]
@@ -88,6 +100,7 @@ def test_audit_of_a_random_label_adapter(
         assert signed["signature"]["value"] == audit["signature"]
         assert signed["report"]["verdict"] == audit["verdict"]
         assert signed["report"]["adapter"]["id"] == forget["adapter_id"]
+        assert [d["variants"] for d in signed["report"]["diagnostics"]] == [d["variants"] for d in audit["diagnostics"]]
         assert {c["split"] for c in signed["report"]["training_curves"]} >= {"forget_train", "retain:more-categories"}
         path = tmp_path / "report.json"
         path.write_bytes(report.content)

@@ -21,6 +21,7 @@ TABLES = {
     "adapters",
     "audits",
     "audit_results",
+    "audit_diagnostics",
     "workers",
     "idempotency_keys",
 }

@@ -13,9 +13,11 @@ from typing import Any
 
 from lethe.signing import sign
 from worker.engine.audit.outcome import recovery_rate
+from worker.reports.report import DIAGNOSTICS_NOTE
 
 XSS_NAME = "<script>alert(1)</script>"
-ALL_ATTACKS = ("relearn", "probe", "restore", "patch", "quantize", "paraphrase", "in_context", "trigger")
+ALL_ATTACKS = ("relearn", "probe", "quantize", "paraphrase", "in_context", "trigger")
+ALL_DIAGNOSTICS = ("restore", "patch")
 LAYERS = 30
 SIGNING_KEY = b"report-factory-signing-key-0123456789"
 THRESHOLDS: dict[str, Any] = {"recovery": 0.25, "attacks": {}, "trigger_drop": 0.05, "min_forgetting": 0.05}
@@ -94,23 +96,6 @@ def _attacks(retain_sets: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         ],
         {},
     )
-    restore_groups = {"last_1": 0.52, "last_2": 0.6, "last_4": 0.74, "attention": 0.49, "mlp": 0.81}
-    restore = _attack(
-        "restore",
-        "forget_train",
-        [_variant(name, 0.98, 0.45, score) for name, score in restore_groups.items()]
-        + [
-            _variant(f"layer_{i}", 0.98, 0.45, round(0.45 + (0.2 if i >= LAYERS - 3 else 0.01 * (i % 4)), 4), layer=i)
-            for i in range(LAYERS)
-        ],
-        {"groups": ["last_1", "last_2", "last_4", "attention", "mlp", "per_layer"], "split": "forget_train"},
-    )
-    patch = _attack(
-        "patch",
-        "forget_train",
-        [_variant(f"layer_{i}", 0.98, 0.45, _rising(i, 0.46, 0.9), layer=i) for i in range(LAYERS)],
-        {"layers": None, "split": "forget_train"},
-    )
     quantize = _attack(
         "quantize",
         "forget_train",
@@ -154,7 +139,56 @@ def _attacks(retain_sets: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         "after_forgetting": worst_trigger["after_forgetting"],
         "after_attack": worst_trigger["after_attack"],
     }
-    return {a["name"]: a for a in (relearn, probe, restore, patch, quantize, paraphrase, in_context, trigger)}
+    return {a["name"]: a for a in (relearn, probe, quantize, paraphrase, in_context, trigger)}
+
+
+def _krs_variants(components: dict[str, float]) -> list[dict[str, Any]]:
+    """KRS per component and 5-layer window around every layer, rising over the last layers by `components`' top."""
+    variants = []
+    for component, top in components.items():
+        for centre in range(LAYERS):
+            first, last = max(0, centre - 2), min(LAYERS - 1, centre + 2)
+            krs = round(top * (centre / (LAYERS - 1)) ** 3, 4)
+            variants.append(
+                {
+                    "name": f"{component}@{first}-{last}",
+                    "component": component,
+                    "first_layer": first,
+                    "last_layer": last,
+                    "krs": krs,
+                    "n": 36,
+                    "ci_low": round(krs - 0.05, 4),
+                    "ci_high": round(krs + 0.05, 4),
+                }
+            )
+    return variants
+
+
+def _diagnostics() -> dict[str, dict[str, Any]]:
+    """Hong et al.'s picture: value vectors restore little; the last layers' MLP coefficients much."""
+    restore = {
+        "name": "restore",
+        "description": "The restore diagnostic (factory).",
+        "params": {"components": ["value_vectors", "mlp", "attention"], "window": 5, "layers": None},
+        "metric": "krs",
+        "split": "forget_train",
+        "rows": 36,
+        "rows_undefined": 0,
+        "skipped_components": {},
+        "variants": _krs_variants({"value_vectors": 0.08, "mlp": 0.55, "attention": 0.3}),
+    }
+    patch = {
+        "name": "patch",
+        "description": "The patch diagnostic (factory).",
+        "params": {"components": ["mlp_coefficients", "attention_output"], "window": 5, "layers": None},
+        "metric": "krs",
+        "split": "forget_train",
+        "rows": 36,
+        "rows_undefined": 2,
+        "skipped_components": {},
+        "variants": _krs_variants({"mlp_coefficients": 0.85, "attention_output": 0.4}),
+    }
+    return {"restore": restore, "patch": patch}
 
 
 def _training_curves(retain_sets: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -176,8 +210,10 @@ def build_report(
     retain_sets: tuple[str, ...] = ("piqa", XSS_NAME),
     attacks: Iterable[str] = ALL_ATTACKS,
     training_curves: bool = True,
+    diagnostics: Iterable[str] = ALL_DIAGNOSTICS,
 ) -> dict[str, Any]:
-    """An unsigned report with the named attacks (in that order) and retain sets (user-chosen names)."""
+    """An unsigned report with the named attacks and diagnostics (in that order) and retain sets (user-chosen
+    names)."""
     by_name = _attacks(retain_sets)
     chosen = [by_name[name] for name in attacks]
     verdicts = [a["verdict"] for a in chosen]
@@ -217,6 +253,8 @@ def build_report(
         "thresholds": {**THRESHOLDS, "attacks": dict(THRESHOLDS["attacks"])},
         "verdict": verdict,
         "attacks": chosen,
+        "diagnostics": [_diagnostics()[name] for name in diagnostics],
+        "diagnostics_note": DIAGNOSTICS_NOTE,
         "training_curves": _training_curves(retain_sets) if training_curves else [],
         "stage_metrics": stage_metrics,
     }

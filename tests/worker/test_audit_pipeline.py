@@ -56,18 +56,30 @@ def test_the_requested_audit_runs_once_and_stores_a_signed_report(
     assert run_audit_job(stack_settings, store, cache, audit_job_id) == "skipped"
     with session_scope(stack_settings.database_url) as session:
         audit = AuditRepository(session).get_for_job(audit_job_id)
-        assert audit is not None and audit.verdict in ("robust", "shallow", "inconclusive")
+        assert audit is not None
+        # restore is a diagnostic: only quantize is judged, and the verdict is quantize's alone.
         results = AuditRepository(session).results(audit.id)
-        assert [r.attack for r in results] == ["restore", "quantize"]
-        assert [v["name"] for v in results[0].variants] == ["last_1", "mlp"]
-        report_key, signature = audit.report_key, audit.signature
+        assert [r.attack for r in results] == ["quantize"]
+        assert audit.verdict == results[0].verdict
+        [restore] = AuditRepository(session).diagnostics(audit.id)
+        # The request's old groups (last_1, mlp) read as the MLP over windows of one layer; the tiny LM has 2.
+        assert (restore.name, restore.metric, restore.split, restore.rows) == ("restore", "krs", "forget_train", 6)
+        assert [v["name"] for v in restore.variants] == ["mlp@0-0", "mlp@1-1"]
+        assert all(v["n"] + restore.rows_undefined == restore.rows for v in restore.variants)
+        diagnostic_row = {key: getattr(restore, key) for key in ("params", "rows_undefined", "variants")}
+        report_key, html_key, signature = audit.report_key, audit.report_html_key, audit.signature
         assert audit.report_html_key is not None
         # The tenant's quota counts the report's JSON and HTML.
         assert audit.report_size_bytes == len(store.get(audit.report_key or "")) + len(store.get(audit.report_html_key))
     assert report_key is not None
     signed = json.loads(store.get(report_key))
     assert verify(signed, signing_key(stack_settings)).valid and signed["signature"]["value"] == signature
-    assert [a["name"] for a in signed["report"]["attacks"]] == ["restore", "quantize"]
+    assert [a["name"] for a in signed["report"]["attacks"]] == ["quantize"]
+    [entry] = signed["report"]["diagnostics"]
+    assert {key: entry[key] for key in diagnostic_row} == diagnostic_row
+    assert "can be removed outright" in signed["report"]["diagnostics_note"]
+    page = store.get(html_key or "").decode()
+    assert "Diagnostics: where the change sits" in page and "mlp@0-0" not in page and "0–0" in page
 
 
 def test_a_tampered_adapter_fails_the_audit(

@@ -17,8 +17,8 @@ EVERY_PLOT = [
     "Probe accuracy by layer",
     "Recovery by attack",
     "Relearning curves",
-    "Restoration by parameter group",
-    "Activation patching by layer",
+    "Restoration by component and window (KRS)",
+    "Activation patching by component and window (KRS)",
 ]
 
 
@@ -110,17 +110,40 @@ def test_user_strings_are_escaped_in_html_and_drawn_as_text_in_plots() -> None:
 
 
 def test_absent_data_omits_its_plot_and_says_so() -> None:
-    signed = build_signed_report(attacks=["relearn", "quantize", "trigger"], training_curves=False)
+    signed = build_signed_report(attacks=["relearn", "quantize", "trigger"], training_curves=False, diagnostics=[])
     page = render_html(signed)
     assert len(_Page(page).images) == 2  # recovery by attack, relearning curves
-    for title in ("Forgetting over training steps", "Probe accuracy by layer", "Restoration by parameter group"):
+    absent = ("Forgetting over training steps", "Probe accuracy by layer", "Restoration by component and window (KRS)")
+    for title in absent:
         assert f'<p class="omitted"><strong>{title}</strong>: not shown' in page
         assert f"<h3>{title}</h3>" not in page
 
-    no_attacks = build_signed_report(attacks=[])
+    no_attacks = build_signed_report(attacks=[], diagnostics=[])
     page = render_html(no_attacks)
     assert len(_Page(page).images) == 1  # only the training curves
     assert "This audit ran no attack." in page
+    assert "This audit ran no diagnostic (restore, patch)." in page
+
+
+def test_diagnostics_have_their_own_section_and_no_verdict() -> None:
+    signed = build_signed_report(attacks=["paraphrase"])
+    page = render_html(signed)
+    # Only paraphrase (inconclusive) is judged: the diagnostics' high KRS makes nothing shallow.
+    assert signed["report"]["verdict"] == "inconclusive" and "Verdict: inconclusive" in page
+    section = page[page.index("<h2>Diagnostics: where the change sits</h2>") : page.index("<h2>Plots</h2>")]
+    assert "can be removed outright" in section and "localization, not depth" in section
+    assert "<strong>restore</strong>" in section and "<strong>patch</strong>" in section
+    assert "pill" not in section
+    # The last window of the patched MLP coefficients: layers 27-29, KRS 0.85 with its interval and rows.
+    row = re.search(r"<td>mlp_coefficients</td>\s*<td class=\"n\">27–29</td>.*?</tr>", section, flags=re.DOTALL)
+    assert row is not None
+    assert all(cell in row.group(0) for cell in ("0.850", "0.800 – 0.900", "36"))
+    assert "2 rows have no KRS" in section
+    assert not _summary_row_exists(page, "restore") and not _summary_row_exists(page, "patch")
+
+
+def _summary_row_exists(page: str, attack: str) -> bool:
+    return re.search(rf"<tr>\s*<td><strong>{attack}</strong></td>", page) is not None
 
 
 def test_page_references_nothing_outside_itself() -> None:

@@ -1,8 +1,9 @@
 """The audit pipeline: catalogue ⇄ engine ⇄ storage for one audit job.
 
 It rebuilds the audited adapter's forget job exactly (same rows, same heldout split, same seed), opens the
-adapter and its pre-forgetting state from the object store, runs the attacks, then stores the signed report (JSON
-and HTML) and writes the per-attack results, the verdict and the job's status in one transaction.
+adapter and its pre-forgetting state from the object store, runs the attacks and then the diagnostics (restore,
+patch: never judged), stores the signed report (JSON and HTML) and writes the per-attack results, the diagnostics,
+the verdict and the job's status in one transaction.
 """
 
 import hashlib
@@ -21,16 +22,23 @@ from lethe.signing import sign, signing_key
 from lethe.specs import AuditJobSpec
 from models.db import session_scope, unit_of_work
 from models.repositories import AdapterRepository, AuditRepository, JobRepository, MetricRepository
-from models.tables import AuditResult, Metric, utcnow
+from models.tables import AuditDiagnostic, AuditResult, Metric, utcnow
 from storage import ObjectStore
 from storage.keys import before_forgetting_key, report_key
-from worker.engine.audit.run import AuditedAttack, audit_context, run_audit
+from worker.engine.audit.run import (
+    AuditedAttack,
+    AuditedDiagnostic,
+    audit_context,
+    is_diagnostic,
+    run_audit,
+    run_diagnostics,
+)
 from worker.engine.lm.adapter import open_adapter_archive
 from worker.engine.lm.load import BaseLMCache
 from worker.pipelines.forget import load_base, load_forget_inputs
 from worker.pipelines.jobs import JobFailure, ProgressReporter, held_claim, put_undoable, run_job, run_next_job
 from worker.reports.html import render_html
-from worker.reports.report import attack_entry, build_report
+from worker.reports.report import attack_entry, build_report, diagnostic_entry
 
 
 @dataclass
@@ -113,8 +121,19 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
         seed=forget_spec.seed,
     )
     thresholds = target.spec.thresholds
+    # Diagnostics (restore, patch) run after the attacks and are never judged; progress is shared by their counts.
+    attacks = [choice for choice in target.spec.attacks if not is_diagnostic(choice.name)]
+    diagnostics = [choice for choice in target.spec.attacks if is_diagnostic(choice.name)]
+    attacks_share = len(attacks) / len(target.spec.attacks)
     try:
-        audited, skipped = run_audit(ctx, target.spec.attacks, thresholds, report)
+        audited, skipped = run_audit(
+            ctx, attacks, thresholds, lambda stage, fraction: report(stage, fraction * attacks_share)
+        )
+        diagnosed, skipped_diagnostics = run_diagnostics(
+            ctx,
+            diagnostics,
+            lambda stage, fraction: report(stage, attacks_share + fraction * (1 - attacks_share)),
+        )
     except ValueError as exc:
         # Params the API could not check without the LM (e.g. a patch layer beyond the LM's depth).
         raise JobFailure("attack_rejected", str(exc)) from exc
@@ -143,8 +162,9 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
         },
         thresholds=thresholds,
         attacks=audited,
-        skipped=skipped,
+        skipped=[*skipped, *skipped_diagnostics],
         forget_metrics=target.forget_metrics,
+        diagnostics=diagnosed,
     )
     signed = sign(unsigned, signing_key(settings))
     signed_json = json.dumps(signed, indent=2, sort_keys=True).encode("utf-8")
@@ -154,7 +174,9 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
     with unit_of_work(settings.database_url) as work:
         put_undoable(work, store, json_key, signed_json, "application/json")
         put_undoable(work, store, html_key, page, "text/html; charset=utf-8")
-        _record(work.session, job_id, target, audited, signed, json_key, html_key, len(signed_json) + len(page))
+        _record(
+            work.session, job_id, target, audited, diagnosed, signed, json_key, html_key, len(signed_json) + len(page)
+        )
 
 
 def _record(
@@ -162,12 +184,13 @@ def _record(
     job_id: uuid.UUID,
     target: AuditTarget,
     audited: list[AuditedAttack],
+    diagnosed: list[AuditedDiagnostic],
     signed: dict[str, Any],
     json_key: str,
     html_key: str,
     report_size_bytes: int,
 ) -> None:
-    """Write the per-attack results, the verdict, the report's keys and the job's final status."""
+    """Write the per-attack results, the diagnostics, the verdict, the report's keys and the job's final status."""
     # A result row holds the report's entry for the attack, field for field (all but name and description).
     columns = set(AuditResult.__table__.columns.keys())
     results = [
@@ -189,6 +212,15 @@ def _record(
         signing_key_id=signed["signature"]["key_id"],
         skipped=signed["report"]["skipped"],
         report_size_bytes=report_size_bytes,
+    )
+    # A diagnostic row holds the report's entry for it, field for field (all but description).
+    diagnostic_columns = set(AuditDiagnostic.__table__.columns.keys())
+    AuditRepository(session).add_diagnostics(
+        AuditDiagnostic(
+            audit_id=target.audit_id,
+            **{key: value for key, value in diagnostic_entry(diagnostic).items() if key in diagnostic_columns},
+        )
+        for diagnostic in diagnosed
     )
     succeeded = {"audit_id": str(target.audit_id), "verdict": verdict}
     attempt = held_claim(job_id).attempt

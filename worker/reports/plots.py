@@ -17,7 +17,15 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from worker.reports.reading import Report, attack_named, finite, is_damage, recovery_threshold, verdict_of
+from worker.reports.reading import (
+    Report,
+    attack_named,
+    diagnostic_named,
+    finite,
+    is_damage,
+    recovery_threshold,
+    verdict_of,
+)
 
 # 640 x 360 px per plot: six of them keep the page well under a megabyte.
 FIGSIZE_IN = (6.4, 3.6)
@@ -233,67 +241,58 @@ def _relearn_plot(report: Report) -> Plot | None:
     )
 
 
-def _recovery_bars(ax: Axes, xs: list[float], variants: list[dict[str, Any]], threshold: float | None) -> None:
-    """Bars of each variant's recovery, red at or above the threshold; a grey x where it is undefined."""
-    undefined = [x for x, v in zip(xs, variants, strict=True) if not finite(v.get("recovery"))]
-    defined = [(x, v["recovery"]) for x, v in zip(xs, variants, strict=True) if finite(v.get("recovery"))]
-    if defined:
-        colours = [
-            COLOURS["shallow"] if threshold is not None and r >= threshold else COLOURS["robust"] for _, r in defined
-        ]
-        ax.bar([x for x, _ in defined], [r for _, r in defined], color=colours, width=0.7)
-    if undefined:
-        ax.plot(undefined, [0.0] * len(undefined), "x", color="#757575", label="inconclusive")
-    if threshold is not None:
-        ax.axhline(threshold, color="black", linestyle="--", label="threshold")
-    ax.set_ylim(0, 1.1)
-
-
-def _restore_plot(report: Report) -> Plot | None:
-    attack = attack_named(report, "restore")
-    if attack is None or not attack.get("variants"):
+def _krs_plot(report: Report, name: str, title: str, intervention: str) -> Plot | None:
+    """KRS by window of layers, one line per component, with the 95% intervals as bars."""
+    diagnostic = diagnostic_named(report, name)
+    variants = [v for v in (diagnostic or {}).get("variants") or [] if finite(v.get("krs"))]
+    if diagnostic is None or not variants:
         return None
-    variants = attack["variants"]
-    groups = [v for v in variants if not finite(v.get("layer"))]
-    layers = _layer_variants(attack)
-    ordered = groups + layers
-    labels = [_label(v.get("name", "?")) for v in groups] + [f"L{v['layer']}" for v in layers]
     fig, ax = _figure()
-    xs = [float(i) for i in range(len(ordered))]
-    _recovery_bars(ax, xs, ordered, recovery_threshold(report, "restore"))
-    if groups and layers:
-        ax.axvline(len(groups) - 0.5, color="#bdbdbd")
-    ax.set_xticks(xs, labels, rotation=90, fontsize=7 if len(ordered) > 12 else 8)
+    components = list(dict.fromkeys(str(v.get("component", "?")) for v in variants))
+    for component in components:
+        points = sorted(
+            ((float(v["first_layer"]) + float(v["last_layer"])) / 2, v)
+            for v in variants
+            if str(v.get("component", "?")) == component
+            and finite(v.get("first_layer"))
+            and finite(v.get("last_layer"))
+        )
+        xs = [x for x, _ in points]
+        ys = [float(v["krs"]) for _, v in points]
+        low = [y - v["ci_low"] if finite(v.get("ci_low")) else 0.0 for y, (_, v) in zip(ys, points, strict=True)]
+        high = [v["ci_high"] - y if finite(v.get("ci_high")) else 0.0 for y, (_, v) in zip(ys, points, strict=True)]
+        ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=_label(component))
+    ax.axhline(1.0, color=COLOURS["robust"], linestyle=":", label="before forgetting (KRS 1)")
+    ax.axhline(0.0, color="#757575", linestyle=":")
     return _plot(
         fig,
         ax,
-        "Restoration by parameter group",
-        f"Bar chart: recovery when each of {len(ordered)} parameter groups is restored to its pre-forgetting "
-        f"values ({len(groups)} groups, {len(layers)} single layers).",
-        "Dropping the forgetting delta of one group at a time: a group that alone brings the knowledge back is "
-        "where the forgetting lives (red: at or above the threshold).",
-        xlabel="restored parameter group (Ln: decoder block n alone)",
-        ylabel="recovery",
+        title,
+        f"Line chart: Knowledge Recovery Score when {intervention}, for {len(components)} components over "
+        f"{len(variants)} windows of layers, with 95% intervals.",
+        "A diagnostic, not an attack: where forgetting changed the LM (KRS 1: the pre-forgetting answer logits come "
+        "back; 0: nothing changes). An adapter on a public base model can be removed outright: this measures "
+        "localization, not depth.",
+        xlabel="window of layers (centre)",
+        ylabel="KRS",
+    )
+
+
+def _restore_plot(report: Report) -> Plot | None:
+    return _krs_plot(
+        report,
+        "restore",
+        "Restoration by component and window (KRS)",
+        "one component's adapter weights in a window are put back to their pre-forgetting values",
     )
 
 
 def _patch_plot(report: Report) -> Plot | None:
-    attack = attack_named(report, "patch")
-    layers = _layer_variants(attack or {})
-    if attack is None or not layers:
-        return None
-    fig, ax = _figure()
-    _recovery_bars(ax, [float(v["layer"]) for v in layers], layers, recovery_threshold(report, "patch"))
-    return _plot(
-        fig,
-        ax,
-        "Activation patching by layer",
-        f"Bar chart: recovery when the output of each of {len(layers)} layers is replaced by the pre-forgetting "
-        "LM's on forget prompts.",
-        "Patching one layer's hidden state with the pre-forgetting LM's: the layers whose patch restores the "
-        "answer carry the forgetting (red: at or above the threshold).",
-        xlabel="patched layer",
-        ylabel="recovery",
+    return _krs_plot(
+        report,
+        "patch",
+        "Activation patching by component and window (KRS)",
+        "one component's activations in a window are taken from the pre-forgetting LM",
     )
 
 
@@ -303,6 +302,14 @@ PLOTS: list[tuple[str, Callable[[Report], Plot | None], str]] = [
     ("Probe accuracy by layer", _probe_plot, "the audit ran no probe attack (or it measured no layer)"),
     ("Recovery by attack", _recovery_plot, "the audit ran no recovery attack"),
     ("Relearning curves", _relearn_plot, "the audit ran no relearn attack (or it recorded no curve)"),
-    ("Restoration by parameter group", _restore_plot, "the audit ran no restore attack"),
-    ("Activation patching by layer", _patch_plot, "the audit ran no patch attack (or it measured no layer)"),
+    (
+        "Restoration by component and window (KRS)",
+        _restore_plot,
+        "the audit ran no restore diagnostic (or it measured no KRS)",
+    ),
+    (
+        "Activation patching by component and window (KRS)",
+        _patch_plot,
+        "the audit ran no patch diagnostic (or it measured no KRS)",
+    ),
 ]

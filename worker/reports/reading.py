@@ -27,6 +27,10 @@ def attack_named(report: Report, name: str) -> dict[str, Any] | None:
     return next((a for a in report.get("attacks") or [] if a.get("name") == name), None)
 
 
+def diagnostic_named(report: Report, name: str) -> dict[str, Any] | None:
+    return next((d for d in report.get("diagnostics") or [] if d.get("name") == name), None)
+
+
 def recovery_threshold(report: Report, attack: str) -> float | None:
     """The recovery at or above which `attack` finds the forgetting shallow (its own, or the audit's)."""
     thresholds = report.get("thresholds") or {}

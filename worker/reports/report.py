@@ -1,4 +1,5 @@
-"""The audit report as JSON: what was audited, every attack's numbers and verdict, the forget job's curves.
+"""The audit report as JSON: what was audited, every attack's numbers and verdict, every diagnostic's numbers (no
+verdict), the forget job's curves.
 
 The report is a plain JSON object (schema `lethe.audit-report/1`) built only from the audit's results and the
 catalogue; it is signed as it is (lethe.signing) and the HTML page is drawn from it alone.
@@ -13,9 +14,17 @@ from typing import Any
 
 from lethe.attacks import ATTACKS, Thresholds
 from worker.engine.audit.outcome import overall_verdict
-from worker.engine.audit.run import AuditedAttack, SkippedAttack
+from worker.engine.audit.run import AuditedAttack, AuditedDiagnostic, SkippedAttack
 
 SCHEMA = "lethe.audit-report/1"
+
+# Said beside every diagnostic, in the JSON report and on its page.
+DIAGNOSTICS_NOTE = (
+    "Diagnostics say where forgetting changed the LM; they never enter the verdict. The adapter sits on a public base "
+    "model and can be removed outright (load the base model without it), so restoring its pre-forgetting weights "
+    "measures localization, not depth. KRS = 1 - MSE(before, intervened) / MSE(before, forgotten) on the answer "
+    "logits, averaged over rows: 1 = the pre-forgetting logits come back, 0 = nothing changes, below 0 = further away."
+)
 
 
 def finite(value: float | None) -> float | None:
@@ -48,6 +57,34 @@ def attack_entry(attack: AuditedAttack) -> dict[str, Any]:
             for variant in judgement.variants
         ],
         "curves": {name: [[step, finite(value)] for step, value in points] for name, points in outcome.curves.items()},
+    }
+
+
+def diagnostic_entry(diagnostic: AuditedDiagnostic) -> dict[str, Any]:
+    """One diagnostic's section of the report (also the audit_diagnostics row's content): KRS per variant."""
+    outcome = diagnostic.outcome
+    return {
+        "name": diagnostic.name,
+        "description": ATTACKS.get(diagnostic.name).description,
+        "params": diagnostic.params,
+        "metric": outcome.metric,
+        "split": outcome.split,
+        "rows": outcome.rows,
+        "rows_undefined": outcome.rows_undefined,
+        "skipped_components": dict(outcome.skipped),
+        "variants": [
+            {
+                "name": variant.name,
+                "component": variant.component,
+                "first_layer": variant.window.first,
+                "last_layer": variant.window.last,
+                "krs": None if variant.krs is None else finite(variant.krs.value),
+                "n": 0 if variant.krs is None else variant.krs.n,
+                "ci_low": None if variant.krs is None else finite(variant.krs.ci_low),
+                "ci_high": None if variant.krs is None else finite(variant.krs.ci_high),
+            }
+            for variant in outcome.variants
+        ],
     }
 
 
@@ -84,8 +121,9 @@ def build_report(
     attacks: Sequence[AuditedAttack],
     skipped: Sequence[SkippedAttack],
     forget_metrics: Iterable[Any],
+    diagnostics: Sequence[AuditedDiagnostic] = (),
 ) -> dict[str, Any]:
-    """The unsigned report."""
+    """The unsigned report; `diagnostics` are listed apart from the attacks and never enter the verdict."""
     metrics = list(forget_metrics)
     return {
         "schema": SCHEMA,
@@ -98,6 +136,8 @@ def build_report(
         "thresholds": thresholds.model_dump(mode="json"),
         "verdict": overall_verdict([attack.judgement.verdict for attack in attacks]),
         "attacks": [attack_entry(attack) for attack in attacks],
+        "diagnostics": [diagnostic_entry(diagnostic) for diagnostic in diagnostics],
+        "diagnostics_note": DIAGNOSTICS_NOTE,
         "skipped": [{"name": s.name, "reason": s.reason} for s in skipped],
         "training_curves": training_curves(metrics),
         "stage_metrics": stage_metrics(metrics),

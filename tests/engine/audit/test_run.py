@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lethe.attacks import Thresholds
 from lethe.rows import QARow
 from lethe.specs import AttackChoice
 from tests.tiny_lm import synthetic_qa_rows
-from worker.engine.audit.run import audit_context, run_audit
+from worker.engine.audit.run import audit_context, run_audit, run_diagnostics
 from worker.engine.lm.adapter import open_adapter
 from worker.engine.lm.load import LoadedLM
 
@@ -25,3 +27,22 @@ def test_run_audit_skips_an_attack_with_nothing_to_measure(tiny_base: LoadedLM, 
     assert [a.name for a in audited] == ["quantize"]
     assert [s.name for s in skipped] == ["paraphrase"] and "paraphrased_question" in skipped[0].reason
     assert stages[-1] == ("attack:quantize", 1.0) and [f for _, f in stages] == sorted(f for _, f in stages)
+
+
+def test_diagnostics_run_apart_and_are_never_judged(tiny_base: LoadedLM, saved_adapter) -> None:
+    directory, before = saved_adapter
+    rows = [QARow(question=r["question"], answer=r["answer"]) for r in synthetic_qa_rows(8, seed=0)]
+    ctx = audit_context(tiny_base, open_adapter(tiny_base, directory, before), before, rows[:4], rows[4:], {}, 4, 0)
+    restore = AttackChoice(name="restore", params={"components": ["value_vectors"], "window": 1})
+    with pytest.raises(ValueError, match="restore is a diagnostic"):
+        run_audit(ctx, [restore], Thresholds.model_validate({}), lambda _stage, _fraction: None)
+    with pytest.raises(ValueError, match="quantize is an attack"):
+        run_diagnostics(ctx, [AttackChoice(name="quantize", params={})], lambda _stage, _fraction: None)
+    stages: list[tuple[str, float]] = []
+    patch = AttackChoice(name="patch", params={"layers": [0], "window": 1, "components": ["attention_output"]})
+    done, skipped = run_diagnostics(ctx, [restore, patch], lambda stage, fraction: stages.append((stage, fraction)))
+    assert [d.name for d in done] == ["restore", "patch"] and skipped == []
+    assert [v.name for v in done[0].outcome.variants] == ["value_vectors@0-0", "value_vectors@1-1"]
+    assert [v.name for v in done[1].outcome.variants] == ["attention_output@0-0"]
+    assert not hasattr(done[0], "judgement")
+    assert stages[-1] == ("diagnostic:patch", 1.0) and [f for _, f in stages] == sorted(f for _, f in stages)

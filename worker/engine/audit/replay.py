@@ -66,3 +66,11 @@ def replayed(blocks: torch.nn.ModuleList, layer: int, outputs: Sequence[torch.Te
         yield
     if next(replacements, None) is not None:
         raise RuntimeError(f"block {layer}: the replaying pass made fewer forward calls than the capturing pass")
+
+
+def replayed_below(
+    blocks: torch.nn.ModuleList, start: int, outputs: dict[int, list[torch.Tensor]]
+) -> contextlib.AbstractContextManager[None]:
+    """Passes that start at block `start` from the outputs of the block below captured in `outputs` (as `captured`
+    gives them); at block 0 there is nothing to skip."""
+    return replayed(blocks, start - 1, outputs[start - 1]) if start > 0 else contextlib.nullcontext()

@@ -1,5 +1,5 @@
 """One audit: the context of an opened adapter, the requested attacks run in order, each judged against the
-thresholds."""
+thresholds, and the requested diagnostics (restore, patch) run after them, never judged."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from peft import PeftModel
 from lethe.attacks import ATTACKS, Thresholds
 from lethe.rows import Row
 from lethe.specs import AttackChoice
-from worker.engine.audit.attacks.implementations import attack_implementation
+from worker.engine.audit.attacks.implementations import attack_implementation, diagnostic_implementation
 from worker.engine.audit.context import AuditContext
+from worker.engine.audit.diagnostics import DiagnosticOutcome
 from worker.engine.audit.outcome import AttackNotApplicable, AttackOutcome, Judgement, judge
 from worker.engine.lm.inputs import max_length
 from worker.engine.lm.load import LoadedLM
@@ -43,6 +44,20 @@ class AuditedAttack:
     params: dict[str, Any]
     outcome: AttackOutcome
     judgement: Judgement
+
+
+@dataclass
+class AuditedDiagnostic:
+    """A diagnostic as run: its name, parsed params and what it measured (no judgement: it has no verdict)."""
+
+    name: str
+    params: dict[str, Any]
+    outcome: DiagnosticOutcome
+
+
+def is_diagnostic(name: str) -> bool:
+    """Whether the registered attack `name` is a diagnostic (reported under diagnostics, never judged)."""
+    return ATTACKS.get(name).diagnostic
 
 
 def audit_context(
@@ -88,6 +103,8 @@ def run_audit(
         spec = ATTACKS.get(name)
         if ctx.kind not in spec.kinds:
             raise ValueError(f"attack {name} does not apply to {ctx.kind} rows (it supports: {', '.join(spec.kinds)})")
+        if spec.diagnostic:
+            raise ValueError(f"{name} is a diagnostic, not an attack: run it with run_diagnostics")
         params = attack.parsed()
         stage = f"attack:{name}"
 
@@ -106,3 +123,38 @@ def run_audit(
             progress(1.0)
         audited.append(AuditedAttack(name, params.model_dump(mode="json"), outcome, judge(name, outcome, thresholds)))
     return audited, skipped
+
+
+def run_diagnostics(
+    ctx: AuditContext,
+    diagnostics: Sequence[AttackChoice],
+    on_progress: Callable[[str, float], None],
+) -> tuple[list[AuditedDiagnostic], list[SkippedAttack]]:
+    """Run every diagnostic in order, as `run_audit` runs attacks (torch seeded anew for each; one that does not
+    apply to the rows is skipped), without judging any: on_progress(stage, fraction of the diagnostics done)."""
+    done, skipped = [], []
+    for index, choice in enumerate(diagnostics):
+        name = choice.name
+        spec = ATTACKS.get(name)
+        if not spec.diagnostic:
+            raise ValueError(f"{name} is an attack, not a diagnostic: run it with run_audit")
+        if ctx.kind not in spec.kinds:
+            raise ValueError(f"diagnostic {name} does not apply to {ctx.kind} rows")
+        params = choice.parsed()
+        stage = f"diagnostic:{name}"
+
+        def progress(fraction: float, index: int = index, stage: str = stage) -> None:
+            on_progress(stage, (index + min(max(fraction, 0.0), 1.0)) / len(diagnostics))
+
+        ctx.on_progress = progress
+        progress(0.0)
+        torch.manual_seed(ctx.seed)
+        try:
+            outcome = diagnostic_implementation(name)(ctx, params)
+        except AttackNotApplicable as exc:
+            skipped.append(SkippedAttack(name, str(exc)))
+            continue
+        finally:
+            progress(1.0)
+        done.append(AuditedDiagnostic(name, params.model_dump(mode="json"), outcome))
+    return done, skipped

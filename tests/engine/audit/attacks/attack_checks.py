@@ -5,15 +5,16 @@ from __future__ import annotations
 import dataclasses
 import gc
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import torch
 from transformers import PreTrainedModel
 
 from lethe.attacks import ATTACKS, AttackParams
-from worker.engine.audit.attacks.implementations import attack_implementation
+from worker.engine.audit.attacks.implementations import attack_implementation, diagnostic_implementation
 from worker.engine.audit.context import AuditContext
+from worker.engine.audit.diagnostics import DiagnosticOutcome
 from worker.engine.audit.outcome import AttackOutcome
 from worker.engine.lm.blocks import decoder_blocks
 from worker.engine.lm.lora import lora_state
@@ -23,9 +24,12 @@ def _live_lms() -> int:
     return sum(issubclass(type(o), PreTrainedModel) for o in gc.get_objects())
 
 
+OutcomeT = TypeVar("OutcomeT", AttackOutcome, DiagnosticOutcome)
+
+
 def run_checked(
-    attack: Callable[[AuditContext, AttackParams], AttackOutcome], ctx: AuditContext, params: AttackParams
-) -> tuple[AttackOutcome, list[float]]:
+    attack: Callable[[AuditContext, AttackParams], OutcomeT], ctx: AuditContext, params: AttackParams
+) -> tuple[OutcomeT, list[float]]:
     """The attack's outcome and the progress it reported, after checking what every attack owes its caller:
     progress within [0, 1], never going back, ending at 1; the forgotten adapter back in peft_lm, in eval mode,
     with the LoRA requires_grad flags it found and without our hooks; the base LM unchanged; no copy of the LM
@@ -52,3 +56,8 @@ def run_checked(
 def run_attack(name: str, ctx: AuditContext, **params: Any) -> AttackOutcome:
     """Attack `name` with `params` on `ctx`, through run_checked."""
     return run_checked(attack_implementation(name), ctx, ATTACKS.get(name).parse(params))[0]
+
+
+def run_diagnostic(name: str, ctx: AuditContext, **params: Any) -> DiagnosticOutcome:
+    """Diagnostic `name` (restore, patch) with `params` on `ctx`, through run_checked."""
+    return run_checked(diagnostic_implementation(name), ctx, ATTACKS.get(name).parse(params))[0]

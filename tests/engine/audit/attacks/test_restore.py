@@ -1,93 +1,210 @@
-"""Parameter restoration: restoring the adapter parameters that did the forgetting brings the task back."""
+"""Parameter restoration (a diagnostic): restoring the component that forgot gives the answer logits back; restoring
+value vectors touches down_proj only."""
 
 from __future__ import annotations
 
-import pytest
+import contextlib
+import copy
+from collections.abc import Iterator
 
-from lethe.attacks import Thresholds
-from lethe.rows import QARow, Row
-from tests.engine.audit.attacks.attack_checks import run_attack
-from tests.engine.audit.conftest import build_context
-from tests.tiny_lm import synthetic_qa_rows
-from worker.engine.audit.attacks.restore import parameter_groups
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from pydantic import ValidationError
+
+from lethe.attacks import RestoreParams
+from lethe.rows import Row
+from tests.engine.audit.attacks.attack_checks import run_diagnostic
+from tests.engine.audit.conftest import build_context, context_for
+from worker.engine.audit.attacks.restore import component_parameters, restored_state
 from worker.engine.audit.context import AuditContext
-from worker.engine.audit.outcome import AttackNotApplicable, judge
+from worker.engine.audit.diagnostics import ANSWER_TOKENS, DiagnosticOutcome, Window
+from worker.engine.audit.outcome import AttackNotApplicable
 from worker.engine.lm.load import LoadedLM
+from worker.engine.lm.lora import lora_state
+
+MODULES = ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
 def adapter_names(blocks: list[int]) -> list[str]:
-    """Adapter parameter names as peft writes them for a Llama, on q_proj and up_proj of `blocks`."""
+    """Adapter parameter names as peft writes them for a Llama, on five modules of `blocks`."""
     return [
         f"base_model.model.model.layers.{block}.{module}.lora_{matrix}.default.weight"
         for block in blocks
-        for module in ("self_attn.q_proj", "mlp.up_proj")
+        for module in MODULES
         for matrix in ("A", "B")
     ]
 
 
-def test_parameter_groups_select_blocks_and_modules() -> None:
-    names = adapter_names([0, 1, 11])
-    groups = {g.name: g for g in parameter_groups(names, ["last_1", "attention", "mlp", "per_layer"], 12)}
-    assert set(groups) == {"last_1", "attention", "mlp", "layer_0", "layer_1", "layer_11"}
-    assert groups["last_1"].parameters == set(adapter_names([11]))
+def test_components_select_modules_in_the_window() -> None:
+    names = adapter_names([0, 1, 2, 11])
+    window = Window(1, 2)
+    value_vectors = component_parameters(names, "value_vectors", window)
+    assert value_vectors == {n for n in adapter_names([1, 2]) if "down_proj" in n} and len(value_vectors) == 4
+    assert component_parameters(names, "mlp", window) == {n for n in adapter_names([1, 2]) if ".mlp." in n}
+    assert component_parameters(names, "attention", window) == {n for n in adapter_names([1, 2]) if "self_attn" in n}
     # "layers.1." is block 1 only, not block 11.
-    assert groups["layer_1"].parameters == set(adapter_names([1])) and groups["layer_1"].layer == 1
-    assert groups["attention"].parameters == {n for n in names if "q_proj" in n}
-    assert groups["mlp"].parameters == {n for n in names if "up_proj" in n}
+    assert component_parameters(names, "value_vectors", Window(1, 1)) == {
+        n for n in adapter_names([1]) if "down_proj" in n
+    }
 
 
-def test_groups_holding_no_or_every_adapter_parameter_are_skipped() -> None:
+def test_restored_state_takes_only_the_restored_parameters_from_before() -> None:
     names = adapter_names([0, 1])
-    # last_4 of 2 blocks is the whole adapter (the LM before forgetting); last_1 of 4 blocks holds nothing.
-    assert parameter_groups(names, ["last_4"], 2) == []
-    assert parameter_groups(names, ["last_1"], 4) == []
-    assert [g.name for g in parameter_groups(names, ["last_2", "per_layer"], 4)] == ["layer_0", "layer_1"]
+    forgotten = {name: torch.full((2,), 1.0) for name in names}
+    before = {name: torch.full((2,), 0.0) for name in names}
+    parameters = component_parameters(names, "value_vectors", Window(1, 1))
+    state = restored_state(forgotten, before, parameters)
+    assert {n for n in names if state[n] is before[n]} == parameters
+    assert all(state[n] is forgotten[n] for n in names if n not in parameters)
 
 
-@pytest.mark.parametrize("forgetting_block", [0, 1])
-def test_restoring_the_block_that_forgot_brings_the_task_back(
-    taught_base: LoadedLM, task_rows: dict[str, list[Row]], forgetting_block: int
+def test_old_groups_translate_to_components_and_windows() -> None:
+    assert RestoreParams.model_validate({"groups": ["mlp", "per_layer"]}).model_dump() == {
+        "components": ["mlp"],
+        "window": 1,
+        "layers": None,
+        "split": "forget_train",
+    }
+    translated = RestoreParams.model_validate({"groups": ["last_2", "last_4", "attention"], "split": "forget_heldout"})
+    assert (translated.components, translated.window, translated.split) == (["attention"], 2, "forget_heldout")
+    assert RestoreParams.model_validate({"groups": ["last_1"]}).components == ["value_vectors", "mlp", "attention"]
+    with pytest.raises(ValidationError, match="old form"):
+        RestoreParams.model_validate({"groups": ["mlp"], "window": 3})
+    with pytest.raises(ValidationError, match="groups must be"):
+        RestoreParams.model_validate({"groups": ["everything"]})
+
+
+class _AdapterSpy:
+    """The adapter parameters that differ from the forgotten ones at every LM-head call (one per forward call)."""
+
+    def __init__(self, ctx: AuditContext) -> None:
+        self.ctx = ctx
+        self.calls: list[frozenset[str]] = []
+
+    def __call__(self, _module: torch.nn.Module, _args: tuple) -> None:
+        state = lora_state(self.ctx.peft_lm)
+        self.calls.append(frozenset(n for n, v in state.items() if not torch.equal(v, self.ctx.forgotten[n])))
+
+
+@contextlib.contextmanager
+def spied(ctx: AuditContext) -> Iterator[_AdapterSpy]:
+    spy = _AdapterSpy(ctx)
+    handle = ctx.peft_lm.get_output_embeddings().register_forward_pre_hook(spy)
+    try:
+        yield spy
+    finally:
+        handle.remove()
+
+
+def _krs(outcome: DiagnosticOutcome) -> dict[str, float | None]:
+    return {v.name: None if v.krs is None else v.krs.value for v in outcome.variants}
+
+
+@pytest.mark.parametrize(
+    ("trained", "value_vectors", "mlp"),
+    [
+        # Forgetting in block 1's down_proj: its value vectors hold all of it.
+        ("layers.1.mlp.down_proj", 1.0, 1.0),
+        # Forgetting in block 1's gate and up projections (the coefficients' weights): the value vectors hold none
+        # of it, the whole MLP all of it. A restore that put gate and up back with down_proj would say 1.0 twice.
+        ("layers.1.mlp.gate_proj|layers.1.mlp.up_proj", 0.0, 1.0),
+    ],
+)
+def test_restoring_value_vectors_differs_from_restoring_the_mlp(
+    taught_base: LoadedLM, task_rows: dict[str, list[Row]], trained: str, value_vectors: float, mlp: float
 ) -> None:
-    other_block = 1 - forgetting_block
-    ctx = build_context(taught_base, task_rows, forget_modules=[f"layers.{forgetting_block}."])
-    outcome = run_attack("restore", ctx, groups=["last_1", "per_layer"])
-    judgement = judge("restore", outcome, Thresholds())
-    recovery = {v.name: v.recovery for v in judgement.variants}
-    assert (outcome.before, outcome.after_forgetting) == (1.0, 0.0)
-    assert recovery[f"layer_{forgetting_block}"] == 1.0
-    # The control: restoring the block that did not forget brings nothing back.
-    assert recovery[f"layer_{other_block}"] == 0.0
-    assert recovery["last_1"] == (1.0 if forgetting_block == 1 else 0.0)
-    assert judgement.verdict == "shallow"
-    assert {v.name: v.layer for v in outcome.variants} == {"last_1": None, "layer_0": 0, "layer_1": 1}
+    ctx = build_context(taught_base, task_rows, forget_modules=trained.split("|"))
+    with spied(ctx) as spy:
+        outcome = run_diagnostic("restore", ctx, window=1)
+    krs = _krs(outcome)
+    assert krs["value_vectors@1-1"] == pytest.approx(value_vectors, abs=1e-6)
+    assert krs["mlp@1-1"] == pytest.approx(mlp, abs=1e-6)
+    # Block 0 and the attention did not forget: restoring them gives nothing back, exactly.
+    for name in ("value_vectors@0-0", "mlp@0-0", "attention@0-0", "attention@1-1"):
+        assert krs[name] == 0.0, name
+    assert outcome.rows == len(ctx.forget_train) and outcome.rows_undefined == 0
+    # Each variant's pass ran with exactly its component's parameters at their pre-forgetting values (the
+    # parameters that differ from the forgotten adapter), in order, after the before and forgotten passes.
+    names = list(ctx.forgotten)
+    calls_per_pass = len(spy.calls) // (2 + len(outcome.variants))
+    variant_calls = spy.calls[2 * calls_per_pass :]
+    trained_names = {n for n in names if any(t in n for t in trained.split("|"))}
+    for i, variant in enumerate(outcome.variants):
+        expected = component_parameters(names, variant.component, variant.window) & trained_names
+        calls = set(variant_calls[i * calls_per_pass : (i + 1) * calls_per_pass])
+        assert calls == {frozenset(expected)}, variant.name
+        if variant.component == "value_vectors":
+            assert all("mlp.down_proj" in n for n in expected)
 
 
-def test_an_adapter_on_one_block_leaves_only_the_module_groups(
+def test_krs_equals_plain_forward_passes_of_the_restored_lm(
     taught_base: LoadedLM, task_rows: dict[str, list[Row]]
 ) -> None:
+    """The variant's KRS against its own computation: one plain forward pass per row of the LM before forgetting,
+    the forgotten LM and the LM with block 0's attention restored (no batching, no replay), MSEs by hand."""
+    ctx = build_context(taught_base, task_rows)
+    outcome = run_diagnostic("restore", ctx, window=1, components=["attention"])
+    restored = {n: ctx.before[n] if "layers.0.self_attn" in n else v for n, v in ctx.forgotten.items()}
+
+    def logits(state: dict[str, torch.Tensor], row: Row) -> torch.Tensor:
+        context = ctx.tokenizer.encode(row.context, add_special_tokens=False)
+        answer = ctx.tokenizer.encode(row.context + row.target, add_special_tokens=False)[len(context) :]
+        answer = answer[:ANSWER_TOKENS]
+        with ctx.using(state), torch.no_grad():
+            full = ctx.peft_lm(input_ids=torch.tensor([context + answer])).logits[0].float()
+        return full[len(context) - 1 : len(context) + len(answer) - 1]
+
+    per_row = []
+    for row in ctx.forget_train:
+        before, forgotten, after = (logits(state, row) for state in (ctx.before, ctx.forgotten, restored))
+        moved = ((before - forgotten) ** 2).mean()
+        per_row.append(float(1 - ((before - after) ** 2).mean() / moved))
+    expected = sum(per_row) / len(per_row)
+    variant = next(v for v in outcome.variants if v.name == "attention@0-0")
+    assert variant.krs is not None
+    assert variant.krs.value == pytest.approx(expected, abs=0.02)
+    assert variant.krs.n == len(ctx.forget_train)
+    # Gradient ascent on every block: restoring block 0's attention brings back much, not all, of the logits.
+    assert 0.5 < expected < 0.95
+
+
+def test_an_adapter_without_a_component_skips_it(taught_base: LoadedLM, task_rows: dict[str, list[Row]]) -> None:
     ctx = build_context(taught_base, task_rows, lora_layers=[1])
-    outcome = run_attack("restore", ctx)
-    assert [v.name for v in outcome.variants] == ["attention", "mlp"]
-    with pytest.raises(AttackNotApplicable, match="none of the groups"):
-        run_attack("restore", ctx, groups=["last_1", "per_layer"])
+    # The adapter sits on block 1 only: the window around block 0 (0-0) holds none of it.
+    outcome = run_diagnostic("restore", ctx, window=1)
+    assert [v.name for v in outcome.variants] == ["value_vectors@1-1", "mlp@1-1", "attention@1-1"]
+    with pytest.raises(AttackNotApplicable, match="no component restores anything") as error:
+        run_diagnostic("restore", ctx, window=1, layers=[0])
+    reason = "no window measured holds an adapter parameter of this component"
+    assert str(error.value).count(reason) == 3 and "value_vectors: " in str(error.value)
 
 
 def test_restore_on_the_heldout_split(forgotten_context: AuditContext) -> None:
-    outcome = run_attack("restore", forgotten_context, groups=["per_layer"], split="forget_heldout")
-    assert outcome.split == "forget_heldout"
-    assert [v.layer for v in outcome.variants] == [0, 1]
+    outcome = run_diagnostic("restore", forgotten_context, window=1, components=["attention"], split="forget_heldout")
+    assert outcome.split == "forget_heldout" and outcome.rows == len(forgotten_context.forget_heldout)
+    assert [(v.window.first, v.window.last) for v in outcome.variants] == [(0, 0), (1, 1)]
+    # The default 5-window covers both blocks of the tiny LM: every attention parameter, not the whole adapter.
+    default = run_diagnostic("restore", forgotten_context, components=["attention"])
+    assert [v.name for v in default.variants] == ["attention@0-1"]
 
 
-def test_replayed_passes_give_the_numbers_of_full_passes(
-    taught_base: LoadedLM, task_rows: dict[str, list[Row]]
-) -> None:
-    """Each variant's pass starts at its group's first block from the forgotten pass's outputs below it; its score
-    must equal a full pass of the LM with the group restored (here on qa rows, whose score is continuous)."""
-    qa: list[Row] = [QARow.from_dict(row) for row in synthetic_qa_rows(24, seed=4)]
-    ctx = build_context(taught_base, {"forget_train": qa[:12], "forget_heldout": qa[12:], "retain": qa[:4]})
-    outcome = run_attack("restore", ctx, groups=["last_1", "per_layer", "mlp"])
-    groups = {g.name: g for g in parameter_groups(list(ctx.forgotten), ["last_1", "per_layer", "mlp"], 2)}
-    for variant in outcome.variants:
-        state = {n: ctx.before[n] if n in groups[variant.name].parameters else v for n, v in ctx.forgotten.items()}
-        with ctx.using(state):
-            assert variant.after_attack == ctx.score(ctx.forget_train), variant.name
+def test_a_window_holding_the_whole_adapter_is_left_out(taught_base: LoadedLM, task_rows: dict[str, list[Row]]) -> None:
+    """An adapter on down_proj alone (as RMU's down_proj variant): restoring all of it is the LM before forgetting."""
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["down_proj"], task_type="CAUSAL_LM")
+    peft_lm = get_peft_model(copy.deepcopy(taught_base.lm), config)
+    before = lora_state(peft_lm)
+    with torch.no_grad():
+        for name, parameter in peft_lm.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.1)
+    ctx = context_for(taught_base, peft_lm, before, task_rows)
+    outcome = run_diagnostic("restore", ctx, window=1)
+    assert [v.name for v in outcome.variants] == ["value_vectors@0-0", "value_vectors@1-1", "mlp@0-0", "mlp@1-1"]
+    assert outcome.skipped == {"attention": "no window measured holds an adapter parameter of this component"}
+    # Down_proj is the MLP's only adapted module here: value vectors and the whole MLP restore the same thing.
+    krs = _krs(outcome)
+    assert krs["value_vectors@1-1"] == krs["mlp@1-1"] and krs["value_vectors@0-0"] == krs["mlp@0-0"]
+    with pytest.raises(AttackNotApplicable, match="its windows hold every adapter parameter"):
+        run_diagnostic("restore", ctx)

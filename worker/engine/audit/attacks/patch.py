@@ -1,88 +1,193 @@
-"""Activation patching: do the forgotten LM's later blocks still answer from a pre-forgetting representation?
+"""Activation patching (a diagnostic): which component's activations, in which layers, carry the forgetting?
 
-Hong et al. ("Dissecting fine-tuning unlearning in LLMs", arXiv 2410.06606) patch activations of the LM before
-unlearning into the unlearned LM and find the knowledge comes back: unlearning changes how knowledge is retrieved,
-mostly in the last layers. Here, for each selected decoder block l, the output of block l (the hidden state at every
-position) is replaced by the pre-forgetting LM's output of block l on the same input, the forgotten LM runs on with
-its own blocks after l, and the split is scored. Full recovery at block l means the forgotten blocks after l still
-turn the pre-forgetting state into the answer: whatever forgetting did happens at or before block l.
+Hong et al. ("Dissecting fine-tuning unlearning in LLMs", arXiv 2410.06606) patch the MLP coefficients (the input
+of `down_proj`: how much of each value vector the MLP writes) and the attention outputs of the LM before unlearning
+into the unlearned LM, over windows of layers, and find the coefficients of the last layers bring the knowledge
+back: unlearning changes how knowledge is retrieved. Here, for each component and window, the forgotten LM runs on
+the split's rows with that component's activations in the window's blocks replaced by the pre-forgetting LM's on
+the same input (every position), and the KRS on the answer logits is measured (audit/diagnostics.py).
 
-How: forward hooks on the decoder blocks of ctx.peft_lm. One scoring pass under the before weights captures every
-selected block's output, one tensor per forward call (one per scoring batch) in call order, and gives `before`; then
-each block gets one pass under the forgotten weights whose hook returns the captured output of the same call. The
-scorer batches the same rows with the same batch size identically in both passes (a shape mismatch raises).
-Passes: 2 + one per block.
+Components (params.components), by module as in Llama-family LMs:
+- mlp_coefficients: the input of block l's `mlp.down_proj` (a forward pre-hook; with a LoRA adapter on
+  down_proj, the base weight and the adapter both see the patched input);
+- attention_output: the output of block l's `self_attn` (its o_proj's output, the term the attention adds to the
+  residual stream).
+The residual stream itself is never replaced: patching a block's whole output gives the LM before forgetting from
+that block up (recovery by construction at the last adapted block), which says nothing about where forgetting sits.
+
+Windows (params.window, params.layers): `diagnostics.windows`, by default 5 layers l-2..l+2 around every layer l.
+
+How: one pass of the LM before forgetting captures every patched layer's activations of the component, one tensor
+per forward call (one per scoring batch) in call order; each variant's pass under the forgotten weights gets, at
+each of its window's modules, the captured activation of the same call. `answer_logits` batches the same rows the
+same way in every pass (a shape mismatch or a different number of calls raises). The blocks below a window compute
+exactly what the forgotten LM does, so a variant's pass starts at its window from the forgotten pass's outputs
+(audit/replay.py).
 
 Choices:
-- Only blocks from the first adapted block (a block carrying an adapter) up to, not including, the last one are
-  patched, those in params.layers too. Patching a block after which none is adapted (always the last block: the
-  final norm and the LM head carry no adapter) gives the LM before forgetting exactly, recovery 1 by construction;
-  patching a block before the first adapted one changes nothing, recovery 0 by construction, and costs a pass.
-  With no block left the attack is not applicable to the adapter; a block the LM does not have is a ValueError.
-- The captured outputs stay in memory until their block's pass (then freed): tokens scored × hidden size × 4 bytes
-  per block, e.g. 2.3 kB per token per block for SmolLM2.
+- A window wholly below the first adapted block is left out: there the LM before forgetting and the forgotten LM
+  compute the same activations, and patching them changes nothing (KRS 0 by construction). With no window left
+  the diagnostic does not apply; a layer the LM does not have is a ValueError.
+- Captured activations stay in memory for the component's passes: tokens fed × width × 4 bytes per layer (width =
+  the MLP's intermediate size for coefficients, the hidden size for attention outputs), e.g. 6.1 kB and 2.3 kB per
+  token per layer on SmolLM2. One component is captured at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
 from lethe.attacks import AttackParams, PatchParams
-from lethe.rows import Row
 from worker.engine.audit.context import AuditContext
-from worker.engine.audit.outcome import AttackNotApplicable, AttackOutcome, Variant
-from worker.engine.audit.replay import captured, replayed
+from worker.engine.audit.diagnostics import (
+    DiagnosticOutcome,
+    DiagnosticVariant,
+    KnowledgeRecovery,
+    answer_logits,
+    windows,
+)
+from worker.engine.audit.outcome import AttackNotApplicable
+from worker.engine.audit.replay import captured, replayed_below
 from worker.engine.lm.blocks import block_of, decoder_blocks
 
-
-def patched_blocks(requested: Sequence[int] | None, adapted: set[int], num_layers: int) -> list[int]:
-    """The blocks to patch: those requested (None = every block) from the first adapted block to before the last."""
-    if requested is not None:
-        missing = [layer for layer in requested if layer >= num_layers]
-        if missing:
-            raise ValueError(
-                f"patch layers {missing} do not exist: the LM has {num_layers} decoder blocks (0-{num_layers - 1})"
-            )
-    if not adapted:
-        return []
-    candidates = range(num_layers) if requested is None else requested
-    return [layer for layer in candidates if min(adapted) <= layer < max(adapted)]
+# The module each component is read at, inside a decoder block, and whether it is the module's input (True) or
+# output (False).
+COMPONENT_SITES: dict[str, tuple[str, bool]] = {
+    "mlp_coefficients": ("mlp.down_proj", True),
+    "attention_output": ("self_attn", False),
+}
 
 
-def patch(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
-    """The split's score with each block's output replaced by the pre-forgetting LM's."""
+def component_module(block: torch.nn.Module, component: str) -> torch.nn.Module:
+    """The module of `block` whose input or output is `component`; AttackNotApplicable if the block has none."""
+    path, _ = COMPONENT_SITES[component]
+    try:
+        return block.get_submodule(path)
+    except AttributeError as exc:
+        raise AttackNotApplicable(f"the LM's decoder blocks have no {path} module to patch {component} at") from exc
+
+
+@contextlib.contextmanager
+def recorded(
+    blocks: torch.nn.ModuleList, component: str, layers: Sequence[int]
+) -> Iterator[dict[int, list[torch.Tensor]]]:
+    """`component`'s activations in blocks `layers` in every forward call made inside the context, by layer."""
+    _, is_input = COMPONENT_SITES[component]
+    records: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    handles = []
+    for layer in layers:
+        module = component_module(blocks[layer], component)
+        if is_input:
+
+            def pre_hook(_module: torch.nn.Module, args: tuple, record: list[torch.Tensor] = records[layer]) -> None:
+                record.append(args[0])
+
+            handles.append(module.register_forward_pre_hook(pre_hook))
+        else:
+
+            def hook(
+                _module: torch.nn.Module, _args: tuple, output: Any, record: list[torch.Tensor] = records[layer]
+            ) -> None:
+                record.append(output[0] if isinstance(output, tuple) else output)
+
+            handles.append(module.register_forward_hook(hook))
+    try:
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def patched(blocks: torch.nn.ModuleList, component: str, activations: dict[int, list[torch.Tensor]]) -> Iterator[None]:
+    """Forward passes inside take `component` in each block of `activations` from it: call i gets entry i.
+
+    RuntimeError when the passes do not batch like the recording pass (a shape differs, or the number of calls).
+    """
+    _, is_input = COMPONENT_SITES[component]
+    handles = []
+    remaining = {layer: iter(values) for layer, values in activations.items()}
+
+    def replacement(layer: int, current: torch.Tensor) -> torch.Tensor:
+        value = next(remaining[layer], None)
+        if value is None or value.shape != current.shape:
+            raise RuntimeError(f"block {layer}: the patched pass does not batch like the recording pass")
+        return value
+
+    for layer in activations:
+        module = component_module(blocks[layer], component)
+        if is_input:
+
+            def pre_hook(_module: torch.nn.Module, args: tuple, layer: int = layer) -> tuple:
+                return (replacement(layer, args[0]), *args[1:])
+
+            handles.append(module.register_forward_pre_hook(pre_hook))
+        else:
+
+            def hook(_module: torch.nn.Module, _args: tuple, output: Any, layer: int = layer) -> Any:
+                if isinstance(output, tuple):
+                    return (replacement(layer, output[0]), *output[1:])
+                return replacement(layer, output)
+
+            handles.append(module.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+    if any(next(values, None) is not None for values in remaining.values()):
+        raise RuntimeError("the patched pass made fewer forward calls than the recording pass")
+
+
+def patch(ctx: AuditContext, params: AttackParams) -> DiagnosticOutcome:
+    """The KRS of the forgotten LM with each component's activations in each window taken from the LM before
+    forgetting."""
     if not isinstance(params, PatchParams):
         raise TypeError(f"patch takes PatchParams, got {type(params).__name__}")
     adapted = {block for name in ctx.forgotten if (block := block_of(name)) is not None}
-    layers = patched_blocks(params.layers, adapted, ctx.num_layers)
-    if not layers:
-        requested = "every block" if params.layers is None else f"blocks {params.layers}"
+    selected = [w for w in windows(params.window, ctx.num_layers, params.layers) if adapted and w.last >= min(adapted)]
+    if not selected:
         raise AttackNotApplicable(
-            f"no block to patch among {requested}: patching means something only from the first block with an "
-            f"adapter up to before the last (blocks with an adapter: {sorted(adapted)})"
+            "no window reaches a block with an adapter: below the first adapted block the LM before forgetting and "
+            f"the forgotten LM compute the same activations (blocks with an adapter: {sorted(adapted)})"
         )
-    rows = ctx.split(params.split)
     blocks = decoder_blocks(ctx.peft_lm)
-    passes = 2 + len(layers)
+    for component in params.components:
+        component_module(blocks[0], component)
+    rows = ctx.split(params.split)
+    passes = 2 + len(params.components) * (1 + len(selected))
+    done = 0
 
-    with ctx.before_lm(), captured(blocks, layers) as outputs:
-        before = ctx.score(rows)
-    ctx.on_progress(1 / passes)
-    after_forgetting = ctx.reference_score(rows, "forgotten")
-    ctx.on_progress(2 / passes)
+    def advance() -> None:
+        nonlocal done
+        done += 1
+        ctx.on_progress(done / passes)
 
+    with ctx.before_lm():
+        before = answer_logits(ctx.peft_lm, ctx.tokenizer, rows, ctx.batch_size, ctx.limit)
+    advance()
+    starts = sorted({window.first for window in selected if window.first > 0})
+    with captured(blocks, [start - 1 for start in starts]) as forgotten_outputs:
+        forgotten = answer_logits(ctx.peft_lm, ctx.tokenizer, rows, ctx.batch_size, ctx.limit)
+    recovery = KnowledgeRecovery(before, forgotten, ctx.seed)
+    advance()
+
+    layers = sorted({layer for window in selected for layer in range(window.first, window.last + 1)})
     variants = []
-    for i, layer in enumerate(layers):
-        # Popped: this block's captured outputs are freed after its pass.
-        after_attack = _patched_score(ctx, rows, outputs.pop(layer), layer)
-        variants.append(Variant(f"layer_{layer}", after_attack=after_attack, layer=layer))
-        ctx.on_progress((3 + i) / passes)
-    return ctx.outcome(params.split, rows, before, after_forgetting, variants)
-
-
-def _patched_score(ctx: AuditContext, rows: Sequence[Row], outputs: list[torch.Tensor], layer: int) -> float:
-    """The forgotten LM's score of `rows` with block `layer`'s output in forward call i replaced by outputs[i]."""
-    with replayed(decoder_blocks(ctx.peft_lm), layer, outputs):
-        return ctx.score(rows)
+    for component in params.components:
+        with ctx.before_lm(), recorded(blocks, component, layers) as activations:
+            answer_logits(ctx.peft_lm, ctx.tokenizer, rows, ctx.batch_size, ctx.limit)
+        advance()
+        for window in selected:
+            in_window = {layer: activations[layer] for layer in range(window.first, window.last + 1)}
+            with replayed_below(blocks, window.first, forgotten_outputs), patched(blocks, component, in_window):
+                logits = answer_logits(ctx.peft_lm, ctx.tokenizer, rows, ctx.batch_size, ctx.limit)
+            variants.append(DiagnosticVariant(component, window, recovery.score(logits)))
+            advance()
+        # Freed before the next component's are recorded.
+        del activations
+    return DiagnosticOutcome(params.split, len(rows), recovery.rows_undefined, variants)

@@ -1,112 +1,113 @@
-"""Parameter restoration: which adapter parameters hold the forgetting, and does undoing them bring the task back?
+"""Parameter restoration (a diagnostic): which component of which layers holds the forgetting?
 
-Hong et al. ("Dissecting fine-tuning unlearning in LLMs", arXiv 2410.06606) put groups of an unlearned LM's
-parameters back to their values before unlearning and find that restoring a few (the last layers' MLPs above all)
-brings the knowledge back: fine-tuning unlearning changes how knowledge is retrieved, not the knowledge itself.
-Here forgetting is the change of the LoRA adapter, so a group is a set of adapter parameters: they take their
-values before forgetting, every other adapter parameter keeps its forgotten value, and the split is scored.
+Hong et al. ("Dissecting fine-tuning unlearning in LLMs", arXiv 2410.06606) put the MLP value vectors (the
+`down_proj` weights: its columns are what the MLP writes to the residual stream) of a window of layers back to their
+values before unlearning and find they bring little back: unlearning leaves the stored values alone and changes how
+they are retrieved. Here forgetting is the change of the LoRA adapter, so a component's parameters in a window take
+their pre-forgetting values (the adapter before forgetting: after the optional fine-tune, or LoRA's B = 0), every
+other adapter parameter keeps its forgotten value, and the KRS on the answer logits is measured
+(audit/diagnostics.py).
 
-LoRA adds B·A (times alpha / rank) to a module's weight. A group holds both matrices of each of its modules (they
-share the module's name), so its modules are exactly at their pre-forgetting weights, the others at their
-forgotten ones.
+Components (params.components), by adapter parameter name as in Llama-family LMs (`...layers.<i>.mlp.down_proj...`):
+- value_vectors: the adapters of `mlp.down_proj` only;
+- mlp: those of the whole MLP (`mlp.`: gate, up and down);
+- attention: those of the attention (`self_attn.`: q, k, v, o).
+LoRA adds B·A (times alpha / rank) to a module's weight; both matrices of a module are restored together, so the
+module is exactly at its pre-forgetting weight.
 
-Groups (params.groups), by adapter parameter name as in Llama-family LMs (`...layers.<i>.self_attn|mlp...`):
-- last_k: the adapters of the last k decoder blocks (parameters named `...layers.<i>....`, i ≥ num_layers − k);
-- attention / mlp: the adapters of every block's attention (`self_attn`) / MLP (`mlp`) modules;
-- per_layer: each decoder block's adapters alone, one variant `layer_<i>` per block.
+Windows (params.window, params.layers): `diagnostics.windows`, by default 5 layers l-2..l+2 around every layer l.
 
 Choices:
-- A group with no adapter parameter (e.g. the last blocks when, as with RMU, only some blocks carry an adapter) is
-  skipped. So is a group holding every adapter parameter (last_4 of an LM of 4 blocks or fewer): restoring all of
-  it is the LM before forgetting, whose recovery is 1 by construction, not an attack. With no group left the
-  attack is not applicable to the adapter.
-- `before` and `after_forgetting` are the LM before forgetting and the forgotten LM on the same split; then one
-  scoring pass per variant, which starts at the group's first block from the forgotten pass's outputs below it
-  (the same numbers: nothing below the group differs from the forgotten LM).
+- A (component, window) with no adapter parameter (e.g. outside the blocks RMU adapts) measures nothing (KRS 0 by
+  construction) and is left out; so is one holding every adapter parameter (an adapter on down_proj alone, a window
+  covering every layer): that is the LM before forgetting, KRS 1 by construction. A component with no window left
+  is listed in the outcome's `skipped`; with no variant at all the diagnostic does not apply.
+- An adapter on a public base model can be removed outright: whoever holds it recovers the base LM without any
+  restoration. These numbers say where forgetting changed the LM, not how deep it goes.
+- Passes: the LM before forgetting and the forgotten LM once each, then one per variant, which starts at its
+  window's first block from the forgotten pass's outputs below it (audit/replay.py: the same numbers, nothing
+  below the window differs from the forgotten LM).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
 import torch
 
-from lethe.attacks import AttackParams, RestoreGroup, RestoreParams
+from lethe.attacks import AttackParams, RestoreParams
 from worker.engine.audit.context import AuditContext
-from worker.engine.audit.outcome import AttackNotApplicable, AttackOutcome, Variant
-from worker.engine.audit.replay import captured, replayed
+from worker.engine.audit.diagnostics import (
+    DiagnosticOutcome,
+    DiagnosticVariant,
+    KnowledgeRecovery,
+    Window,
+    answer_logits,
+    windows,
+)
+from worker.engine.audit.outcome import AttackNotApplicable
+from worker.engine.audit.replay import captured, replayed_below
 from worker.engine.lm.blocks import block_of, decoder_blocks
+from worker.engine.lm.lora import LoraState
+
+# The adapter parameters of each component, by a part of their names (Llama-family module names).
+COMPONENT_MODULES: dict[str, str] = {"value_vectors": ".mlp.down_proj.", "mlp": ".mlp.", "attention": ".self_attn."}
 
 
-@dataclass(frozen=True)
-class ParameterGroup:
-    """Adapter parameters restored together; `layer` is set for a per-layer group."""
-
-    name: str
-    parameters: frozenset[str]
-    layer: int | None = None
+def component_parameters(names: Sequence[str], component: str, window: Window) -> frozenset[str]:
+    """The adapter parameters among `names` of `component` in the blocks of `window`."""
+    marker = COMPONENT_MODULES[component]
+    return frozenset(name for name in names if marker in name and block_of(name) in window)
 
 
-def parameter_groups(names: Sequence[str], groups: Sequence[RestoreGroup], num_layers: int) -> list[ParameterGroup]:
-    """The groups of adapter parameters `names` to restore, in order, without the empty and the all-covering ones."""
-    selected: list[ParameterGroup] = []
-    for group in groups:
-        if group == "per_layer":
-            selected += [
-                ParameterGroup(f"layer_{i}", frozenset(n for n in names if block_of(n) == i), layer=i)
-                for i in range(num_layers)
-            ]
-        elif group in ("attention", "mlp"):
-            marker = "self_attn" if group == "attention" else "mlp"
-            selected.append(ParameterGroup(group, frozenset(n for n in names if marker in n)))
-        else:
-            first = num_layers - int(group.removeprefix("last_"))
-            last_blocks = frozenset(n for n in names if (block := block_of(n)) is not None and block >= first)
-            selected.append(ParameterGroup(group, last_blocks))
-    return [g for g in selected if 0 < len(g.parameters) < len(names)]
+def restored_state(
+    forgotten: Mapping[str, torch.Tensor], before: Mapping[str, torch.Tensor], parameters: frozenset[str]
+) -> LoraState:
+    """The forgotten adapter with `parameters` at their pre-forgetting values (the tensors are theirs, not copies)."""
+    return {name: before[name] if name in parameters else value for name, value in forgotten.items()}
 
 
-def restore(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
-    """The split's score with each group of adapter parameters back at its value before forgetting."""
+def restore(ctx: AuditContext, params: AttackParams) -> DiagnosticOutcome:
+    """The KRS of the forgotten LM with each component of each window of layers back at its pre-forgetting value."""
     if not isinstance(params, RestoreParams):
         raise TypeError(f"restore takes RestoreParams, got {type(params).__name__}")
-    groups = parameter_groups(list(ctx.forgotten), params.groups, ctx.num_layers)
-    if not groups:
-        raise AttackNotApplicable(
-            f"none of the groups {', '.join(params.groups)} holds some but not all of the adapter's parameters"
-        )
+    names = list(ctx.forgotten)
+    selected = windows(params.window, ctx.num_layers, params.layers)
+    plan: list[tuple[str, Window, frozenset[str]]] = []
+    skipped: dict[str, str] = {}
+    for component in params.components:
+        groups = [(component, w, component_parameters(names, component, w)) for w in selected]
+        kept = [group for group in groups if 0 < len(group[2]) < len(names)]
+        if not kept:
+            skipped[component] = (
+                "its windows hold every adapter parameter (the LM before forgetting: KRS 1 by construction)"
+                if any(group[2] for group in groups)
+                else "no window measured holds an adapter parameter of this component"
+            )
+        plan += kept
+    if not plan:
+        reasons = "; ".join(f"{component}: {reason}" for component, reason in skipped.items())
+        raise AttackNotApplicable(f"no component restores anything: {reasons}")
+
     rows = ctx.split(params.split)
-    passes = 2 + len(groups)
-    before = ctx.reference_score(rows, "before")
-    ctx.on_progress(1 / passes)
-    # Below a group's first block the restored LM computes what the forgotten one does: the forgotten pass keeps
-    # the outputs of the block under each group's first, and the group's pass starts from them (audit/replay.py).
+    passes = 2 + len(plan)
     blocks = decoder_blocks(ctx.peft_lm)
-    starts = {group.name: _first_block(group) for group in groups}
-    with captured(blocks, [start - 1 for start in starts.values() if start > 0]) as forgotten_outputs:
-        after_forgetting = ctx.score(rows)
+    with ctx.before_lm():
+        before = answer_logits(ctx.peft_lm, ctx.tokenizer, rows, ctx.batch_size, ctx.limit)
+    ctx.on_progress(1 / passes)
+    # Below a window's first block the restored LM computes what the forgotten one does: the forgotten pass keeps
+    # the outputs of the block under each window, and the window's pass starts from them (audit/replay.py).
+    starts = sorted({window.first for _, window, _ in plan if window.first > 0})
+    with captured(blocks, [start - 1 for start in starts]) as forgotten_outputs:
+        forgotten = answer_logits(ctx.peft_lm, ctx.tokenizer, rows, ctx.batch_size, ctx.limit)
+    recovery = KnowledgeRecovery(before, forgotten, ctx.seed)
     ctx.on_progress(2 / passes)
+
     variants = []
-    for i, group in enumerate(groups):
-        # Only the dict's entries are new: the tensors are the forgotten and before states' own.
-        state = {name: ctx.before[name] if name in group.parameters else value for name, value in ctx.forgotten.items()}
-        start = starts[group.name]
-        with ctx.using(state), _replayed_below(blocks, start, forgotten_outputs):
-            variants.append(Variant(group.name, after_attack=ctx.score(rows), layer=group.layer))
+    for i, (name, window, parameters) in enumerate(plan):
+        state = restored_state(ctx.forgotten, ctx.before, parameters)
+        with ctx.using(state), replayed_below(blocks, window.first, forgotten_outputs):
+            logits = answer_logits(ctx.peft_lm, ctx.tokenizer, rows, ctx.batch_size, ctx.limit)
+        variants.append(DiagnosticVariant(name, window, recovery.score(logits)))
         ctx.on_progress((3 + i) / passes)
-    return ctx.outcome(params.split, rows, before, after_forgetting, variants)
-
-
-def _first_block(group: ParameterGroup) -> int:
-    """The lowest block holding one of the group's parameters; 0 when one of them sits in no block."""
-    blocks = [block_of(name) for name in group.parameters]
-    return 0 if any(block is None for block in blocks) else min(block for block in blocks if block is not None)
-
-
-def _replayed_below(
-    blocks: torch.nn.ModuleList, start: int, outputs: dict[int, list[torch.Tensor]]
-) -> contextlib.AbstractContextManager[None]:
-    """Passes that start at block `start` from the forgotten LM's outputs of the block below (none to skip at 0)."""
-    return replayed(blocks, start - 1, outputs[start - 1]) if start > 0 else contextlib.nullcontext()
+    return DiagnosticOutcome(params.split, len(rows), recovery.rows_undefined, variants, skipped)
