@@ -23,6 +23,7 @@ TABLES = {
     "audit_results",
     "workers",
     "idempotency_keys",
+    "curve_points",
 }
 
 

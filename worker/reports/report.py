@@ -51,12 +51,12 @@ def attack_entry(attack: AuditedAttack) -> dict[str, Any]:
     }
 
 
-def training_curves(metrics: Iterable[Any]) -> list[dict[str, Any]]:
-    """The forget job's curves (metrics measured at a training step), one per (split, metric), by step."""
+def training_curves(points: Iterable[Any]) -> list[dict[str, Any]]:
+    """The forget job's curves (its curve points: scores measured during forgetting), one per (split, metric), by
+    step."""
     curves: dict[tuple[str, str], list[list[float | None]]] = {}
-    for m in metrics:
-        if m.step is not None:
-            curves.setdefault((m.split, m.name), []).append([m.step, finite(m.value)])
+    for point in points:
+        curves.setdefault((point.split, point.name), []).append([point.step, finite(point.value)])
     return [
         {"split": split, "name": name, "points": sorted(points, key=lambda point: point[0] or 0)}
         for (split, name), points in sorted(curves.items())
@@ -64,11 +64,20 @@ def training_curves(metrics: Iterable[Any]) -> list[dict[str, Any]]:
 
 
 def stage_metrics(metrics: Iterable[Any]) -> list[dict[str, Any]]:
-    """The forget job's metrics of each stage (base, finetuned, forgotten), without curves or probe layers."""
+    """The forget job's metrics of each stage (base, finetuned, forgotten) with n and 95% interval, without probe
+    layers."""
     return [
-        {"stage": m.stage, "split": m.split, "name": m.name, "value": finite(m.value)}
+        {
+            "stage": m.stage,
+            "split": m.split,
+            "name": m.name,
+            "value": finite(m.value),
+            "n": m.n,
+            "ci_low": finite(m.ci_low),
+            "ci_high": finite(m.ci_high),
+        }
         for m in metrics
-        if m.step is None and m.layer is None
+        if m.layer is None
     ]
 
 
@@ -84,8 +93,9 @@ def build_report(
     attacks: Sequence[AuditedAttack],
     skipped: Sequence[SkippedAttack],
     forget_metrics: Iterable[Any],
+    forget_curves: Iterable[Any],
 ) -> dict[str, Any]:
-    """The unsigned report."""
+    """The unsigned report. `forget_job` carries its `forgetting` outcome with the summary in words."""
     metrics = list(forget_metrics)
     return {
         "schema": SCHEMA,
@@ -99,6 +109,6 @@ def build_report(
         "verdict": overall_verdict([attack.judgement.verdict for attack in attacks]),
         "attacks": [attack_entry(attack) for attack in attacks],
         "skipped": [{"name": s.name, "reason": s.reason} for s in skipped],
-        "training_curves": training_curves(metrics),
+        "training_curves": training_curves(forget_curves),
         "stage_metrics": stage_metrics(metrics),
     }
