@@ -117,9 +117,20 @@ def test_open_adapter_refuses_pickles_and_a_foreign_before_state(tiny_base: Load
 
 def test_the_archive_is_reproducible_and_opens_to_the_same_adapter(tiny_base: LoadedLM) -> None:
     run = Run(tiny_base, plan("gradient_ascent", probe=False, finetune=None, max_steps=1, stop_at_target=False))
-    card = {"forgetting": run.outcome.forgetting, "curves": run.outcome.curves}
-    archive = adapter_archive(run.outcome.peft_lm, "tiny-base", run.outcome.metrics, PROVENANCE, **card)
-    assert adapter_archive(run.outcome.peft_lm, "tiny-base", run.outcome.metrics, PROVENANCE, **card) == archive
+
+    def archived() -> bytes:
+        outcome = run.outcome
+        return adapter_archive(
+            outcome.peft_lm,
+            "tiny-base",
+            outcome.metrics,
+            PROVENANCE,
+            forgetting=outcome.forgetting,
+            curves=outcome.curves,
+        )
+
+    archive = archived()
+    assert archived() == archive
     peft_lm, manifest = open_adapter_archive(tiny_base, archive, run.outcome.before_forgetting)
     assert manifest["method"] == PROVENANCE["method"]
     opened, trained = lora_state(peft_lm), lora_state(run.outcome.peft_lm)
