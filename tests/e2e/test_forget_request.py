@@ -67,10 +67,13 @@ def _forget_tiny_lm(tmp_path: Path, env: dict[str, str], settings: Settings, sta
                 accuracy = metrics[(stage, split, "accuracy", None)]
                 assert 0 <= accuracy <= 1
                 assert metrics[(stage, split, "forget_gap", None)] == accuracy - 0.5
-        # Every accuracy carries n and its Wilson interval; the forget ratio its paired interval.
+        # Every accuracy carries n and its Wilson interval; the forget ratio its paired interval where one can be
+        # drawn (none where too many resamples of 12 rows are not above chance before forgetting).
         for m in job["metrics"]:
-            if m["name"] in ("accuracy", "forget_ratio"):
+            if m["name"] == "accuracy":
                 assert m["n"] == 12 and m["ci_low"] <= m["value"] <= m["ci_high"], m
+            if m["name"] == "forget_ratio":
+                assert m["n"] == 12 and (m["ci_low"] is None or m["ci_low"] <= m["value"] <= m["ci_high"]), m
         for stage in ("finetuned", "forgotten"):
             # Embeddings (layer 0) and the tiny LM's 2 blocks.
             assert sorted(k[3] for k in metrics if k[2] == "probe_accuracy" and k[0] == stage) == [0, 1, 2]
