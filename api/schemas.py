@@ -50,6 +50,11 @@ class MetricSpecOut(BaseModel):
     kinds: list[str] = Field(description="Dataset kinds the metric is computed for.")
     description: str
     higher_means: str = Field(description="remembers | forgets | neutral: which way the metric moves with knowledge.")
+    interval: str = Field(
+        description="The 95% interval its values carry (ci_low, ci_high): wilson (Wilson score interval of a "
+        "proportion), bootstrap (seeded percentile bootstrap over rows), paired_bootstrap (rows scored before and "
+        "after forgetting resampled together), none."
+    )
 
 
 class FinetuneIn(BaseModel):
@@ -249,7 +254,44 @@ class MetricOut(BaseModel):
     name: str = Field(description="A metric from GET /v1/metrics.")
     value: float
     layer: int | None = Field(description="Layer of a probe metric (0 = embeddings); null otherwise.")
-    step: int | None = Field(None, description="Training step of a curve point; null for stage metrics.")
+    n: int | None = Field(description="Rows the value rests on; null where not recorded.")
+    ci_low: float | None = Field(
+        description="Lower end of the value's 95% interval (GET /v1/metrics says which kind); null where none."
+    )
+    ci_high: float | None = Field(description="Upper end of the value's 95% interval; null where none.")
+
+
+class CurvePointOut(BaseModel):
+    split: str = Field(description="forget_train | forget_heldout | retain:<dataset name>")
+    name: str = Field(description="The split's primary metric: accuracy | answer_probability | text_probability.")
+    step: int = Field(description="Optimiser steps of forgetting done when it was measured.")
+    value: float
+
+
+class ScoreRiseOut(BaseModel):
+    split: str
+    before: float = Field(description="The split's primary score right before forgetting.")
+    after: float = Field(description="Its score after forgetting (the delivered adapter's).")
+    ci_low: float = Field(description="Lower end of the after-score's 95% interval: above `before`.")
+    ci_high: float
+
+
+class ForgettingOut(BaseModel):
+    """Whether forgetting worked, judged on the delivered adapter."""
+
+    metric: str = Field(description="forget_train's primary metric, the one the target applies to.")
+    target: float = Field(
+        description="The score forgetting aims at: chance + target_tolerance (choice rows), else forget_heldout's "
+        "score before forgetting + target_tolerance."
+    )
+    score: float = Field(description="forget_train's score after forgetting.")
+    target_reached: bool = Field(description="score <= target.")
+    stop_reason: str = Field(description="target | utility_floor | max_steps | epochs")
+    steps: int = Field(description="Optimiser steps forgetting took.")
+    rose: list[ScoreRiseOut] = Field(
+        description="Forget splits whose score after forgetting lies above the score before, beyond its interval."
+    )
+    summary: str = Field(description="The above in words: says when the target was not reached or a score rose.")
 
 
 class JobOut(BaseModel):
@@ -263,7 +305,11 @@ class JobOut(BaseModel):
     audit_ids: list[uuid.UUID] = Field(
         description="Audits of this job's adapter (forget jobs); the job's own audit (audit jobs)."
     )
-    metrics: list[MetricOut]
+    metrics: list[MetricOut] = Field(
+        description="One value per (stage, split, name, layer); the forgotten stage's are the delivered adapter's."
+    )
+    curves: list[CurvePointOut] = Field(description="Primary scores measured during forgetting, by split and step.")
+    forgetting: ForgettingOut | None = Field(description="A succeeded forget job's outcome of forgetting; else null.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -344,8 +344,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 entry["weights_sha256"] = faults.adapter_weights(client, jobs[job_id]["adapter_id"])
                 entry["rerun_weights_sha256"] = faults.adapter_weights(client, rerun["adapter_id"])
                 entry["equal"] = entry["weights_sha256"] == entry["rerun_weights_sha256"]
-                final = {(m["stage"], m["split"], m["name"]): m["value"] for m in jobs[job_id]["metrics"]}
-                rerun_final = {(m["stage"], m["split"], m["name"]): m["value"] for m in rerun["metrics"]}
+                final = {(m["stage"], m["split"], m["name"], m["layer"]): m["value"] for m in jobs[job_id]["metrics"]}
+                rerun_final = {(m["stage"], m["split"], m["name"], m["layer"]): m["value"] for m in rerun["metrics"]}
                 entry["metrics_equal"] = final == rerun_final
             else:
                 entry["equal"] = False

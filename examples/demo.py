@@ -71,23 +71,33 @@ def follow(client: httpx.Client, job_id: str) -> dict:
 
 def print_tables(job: dict) -> None:
     stages = [s for s in ("base", "finetuned", "forgotten") if any(m["stage"] == s for m in job["metrics"])]
-    table: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    table: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
     probes: dict[int, dict[str, float]] = defaultdict(dict)
-    curve = [(m["step"], m["value"]) for m in job["metrics"] if m["step"] is not None]
     for m in job["metrics"]:
-        if m["step"] is not None:
-            continue
         if m["name"] == "probe_accuracy":
             probes[m["layer"]][m["stage"]] = m["value"]
         else:
-            table[(m["split"], m["name"])][m["stage"]] = m["value"]
+            table[(m["split"], m["name"])][m["stage"]] = m
 
-    print(f"\n{'split':<28}{'metric':<14}" + "".join(f"{s:>12}" for s in stages))
+    def cell(m: dict | None) -> str:
+        if m is None:
+            return f"{'':>22}"
+        interval = f" [{m['ci_low']:.2f},{m['ci_high']:.2f}]" if m["ci_low"] is not None else ""
+        return f"{m['value']:>8.3f}{interval:<14}"
+
+    print("\neach value with its 95% interval (GET /v1/metrics says which kind)")
+    print(f"\n{'split':<28}{'metric':<20}" + "".join(f"{s:>8}{'':<14}" for s in stages))
     for (split, name), values in sorted(table.items()):
-        cells = "".join(f"{values[s]:>12.3f}" if s in values else f"{'':>12}" for s in stages)
-        print(f"{split:<28}{name:<14}{cells}")
-    if curve:
-        print("\nforget_train accuracy during forgetting: " + ", ".join(f"step {s}: {v:.3f}" for s, v in curve))
+        print(f"{split:<28}{name:<20}" + "".join(cell(values.get(s)) for s in stages))
+    curves: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+    for point in job["curves"]:
+        curves[(point["split"], point["name"])].append((point["step"], point["value"]))
+    if curves:
+        print("\nduring forgetting (by optimiser step)")
+        for (split, name), points in sorted(curves.items()):
+            print(f"  {split} {name}: " + ", ".join(f"step {s}: {v:.3f}" for s, v in points))
+    if job["forgetting"] is not None:
+        print("\n" + job["forgetting"]["summary"])
     if probes:
         probe_stages = sorted({s for v in probes.values() for s in v}, key=stages.index)
         print("\nlinear probe accuracy on forget_heldout (layer 0 = embeddings)")

@@ -1,4 +1,5 @@
-"""Every metric Lethe reports: name, the dataset kinds it applies to, its family, definition and direction.
+"""Every metric Lethe reports: name, the dataset kinds it applies to, its family, definition, direction and the
+95% interval its values carry (`worker/engine/metrics/intervals.py` draws them).
 
 Torch-free: the API imports this to publish and validate metric names.
 """
@@ -14,17 +15,22 @@ FAMILIES = ("choice", "qa", "text", "privacy", "utility", "probe")
 # What a higher value says about the LM and the data measured: it still remembers it, it has forgotten it,
 # or neither.
 DIRECTIONS = ("remembers", "forgets", "neutral")
+# How a metric's 95% interval is drawn: Wilson's score interval of a proportion; a seeded percentile bootstrap over
+# rows; the same with the rows scored before and after forgetting resampled together; none.
+INTERVALS = ("wilson", "bootstrap", "paired_bootstrap", "none")
 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A metric as published: the row kinds it is measured on, its family, definition (with source), direction."""
+    """A metric as published: the row kinds it is measured on, its family, definition (with source), direction, and
+    the kind of 95% interval its values carry (one of `INTERVALS`; most are means over rows: bootstrap)."""
 
     name: str
     kinds: tuple[str, ...]
     family: str
     description: str
     higher_means: str
+    interval: str = "bootstrap"
 
     def __post_init__(self) -> None:
         if not self.kinds or any(kind not in KINDS for kind in self.kinds):
@@ -33,13 +39,17 @@ class MetricSpec:
             raise ValueError(f"metric {self.name!r}: family must be one of {FAMILIES}, got {self.family!r}")
         if self.higher_means not in DIRECTIONS:
             raise ValueError(f"metric {self.name!r}: higher_means must be one of {DIRECTIONS}")
+        if self.interval not in INTERVALS:
+            raise ValueError(f"metric {self.name!r}: interval must be one of {INTERVALS}, got {self.interval!r}")
 
 
 METRICS: Registry[MetricSpec] = Registry("metric")
 
 
-def _register(name: str, kinds: tuple[str, ...], family: str, higher_means: str, description: str) -> None:
-    METRICS.register(name, MetricSpec(name, kinds, family, description, higher_means))
+def _register(
+    name: str, kinds: tuple[str, ...], family: str, higher_means: str, description: str, interval: str = "bootstrap"
+) -> None:
+    METRICS.register(name, MetricSpec(name, kinds, family, description, higher_means, interval))
 
 
 # Multiple choice (worker/engine/metrics/choice_scores.py, choice.py, probes.py).
@@ -49,14 +59,18 @@ _register(
     "choice",
     "remembers",
     "Fraction of rows whose answer has the highest summed log-probability of its tokens after the prompt "
-    "(lm-evaluation-harness `acc`).",
+    "(lm-evaluation-harness `acc`). Interval: Wilson.",
+    interval="wilson",
 )
 _register(
     "forget_gap",
     ("choice",),
     "choice",
     "remembers",
-    "Accuracy minus chance (the mean of 1 / number of choices); 0 = no better than guessing.",
+    "Accuracy minus chance (the mean of 1 / number of choices); 0 = no better than guessing. Interval: accuracy's "
+    "Wilson interval minus chance; where rows have different numbers of choices, a bootstrap over rows of "
+    "(correct − 1 / the row's number of choices).",
+    interval="wilson",
 )
 _register(
     "forget_ratio",
@@ -64,7 +78,9 @@ _register(
     "choice",
     "forgets",
     "(accuracy before forgetting − accuracy after) / (accuracy before − chance): the share of the above-chance "
-    "accuracy that forgetting removed; omitted when accuracy before was not above chance.",
+    "accuracy that forgetting removed; omitted when accuracy before was not above chance. Interval: paired "
+    "bootstrap (the same rows before and after forgetting resampled together; chance fixed).",
+    interval="paired_bootstrap",
 )
 _register(
     "correct_probability",
@@ -80,7 +96,9 @@ _register(
     "probe",
     "remembers",
     "Per layer: accuracy on forget-heldout of a linear probe fitted on forget-train hidden states (last token of "
-    "each prompt + choice; label = correct choice); knowledge still linearly readable from that layer.",
+    "each prompt + choice; label = correct choice); knowledge still linearly readable from that layer. Interval: "
+    "Wilson over the heldout rows.",
+    interval="wilson",
 )
 
 # Question answering (TOFU-style; worker/engine/metrics/qa.py).
@@ -147,7 +165,9 @@ _register(
     ("text",),
     "text",
     "forgets",
-    "exp(total NLL / total tokens) of the split's passages, each after an EOS context (token-weighted).",
+    "exp(total NLL / total tokens) of the split's passages, each after an EOS context (token-weighted). "
+    "Interval: bootstrap over passages of the ratio total NLL / total tokens (each passage's NLL and tokens "
+    "resampled together).",
 )
 
 _register(

@@ -18,6 +18,7 @@ from models.tables import (
     AuditResult,
     Base,
     BaseModel,
+    CurvePoint,
     Dataset,
     IdempotencyKey,
     Job,
@@ -306,6 +307,12 @@ class JobRepository(TenantScopedRepository[Job]):
         )
         return result.rowcount == 1  # type: ignore[attr-defined]
 
+    def set_forgetting(self, claim: Claim, forgetting: dict[str, Any]) -> bool:
+        """Record the outcome of the job's forgetting (`lethe.forgetting.Forgetting.as_dict`); False when the claim
+        is no longer the job's."""
+        result = self.session.execute(update(Job).where(*_held(claim)).values(forgetting=forgetting))
+        return result.rowcount == 1  # type: ignore[attr-defined]
+
     def mark_sent(self, job_id: uuid.UUID, now: datetime) -> None:
         """Record that a message for this queued job is being sent (the relay counts its timeout from here)."""
         self.session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(sent_at=now))
@@ -399,6 +406,22 @@ class MetricRepository(Repository[Metric]):
 
     def list_for_job(self, job_id: uuid.UUID) -> Sequence[Metric]:
         return self.session.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.id)).all()
+
+
+class CurvePointRepository(Repository[CurvePoint]):
+    table = CurvePoint
+
+    def add_many(self, points: Iterable[CurvePoint]) -> None:
+        self.session.add_all(list(points))
+        self.session.flush()
+
+    def list_for_job(self, job_id: uuid.UUID) -> Sequence[CurvePoint]:
+        """A job's curve points by split, metric and step."""
+        return self.session.scalars(
+            select(CurvePoint)
+            .where(CurvePoint.job_id == job_id)
+            .order_by(CurvePoint.split, CurvePoint.name, CurvePoint.step)
+        ).all()
 
 
 class AdapterRepository(TenantScopedRepository[Adapter]):

@@ -11,11 +11,13 @@ from sqlalchemy import (
     Dialect,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Text,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -132,6 +134,9 @@ class Job(Base):
     evidence_key: Mapped[str | None] = mapped_column(Text, default=None)
     # Bytes of the job's evidence objects (per-example values, pre-forgetting state): counted in the tenant's quota.
     evidence_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # A succeeded forget job's outcome of forgetting (lethe.forgetting.Forgetting.as_dict): target, whether the
+    # adapter reached it, why forgetting stopped, its steps, the forget splits whose score rose. Null otherwise.
+    forgetting: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -152,6 +157,9 @@ class JobEvent(Base):
 
 
 class Metric(Base):
+    """One value per (job, stage, split, name, layer): a stage's measurement (the `forgotten` stage's is the stored
+    adapter's). Points measured during forgetting are `CurvePoint`s."""
+
     __tablename__ = "metrics"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -161,11 +169,37 @@ class Metric(Base):
     name: Mapped[str] = mapped_column(String(60))
     value: Mapped[float] = mapped_column(Float)
     layer: Mapped[int | None] = mapped_column(Integer, default=None)
-    step: Mapped[int | None] = mapped_column(Integer, default=None)
     # Rows the value rests on and its 95% interval (worker/engine/metrics/intervals.py); null where none is drawn.
     n: Mapped[int | None] = mapped_column(Integer, default=None)
     ci_low: Mapped[float | None] = mapped_column(Float, default=None)
     ci_high: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+# Unique with a NULL layer too: a plain UNIQUE treats NULLs as distinct on SQLite (and on Postgres without NULLS NOT
+# DISTINCT), so the key indexes coalesce(layer, -1); layers are >= 0.
+Index(
+    "uq_metrics_key",
+    Metric.job_id,
+    Metric.stage,
+    Metric.split,
+    Metric.name,
+    func.coalesce(Metric.layer, -1),
+    unique=True,
+)
+
+
+class CurvePoint(Base):
+    """A split's primary score measured during a forget job's forgetting, after `step` optimiser steps."""
+
+    __tablename__ = "curve_points"
+    __table_args__ = (UniqueConstraint("job_id", "split", "name", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id"), index=True)
+    split: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(60))
+    step: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float] = mapped_column(Float)
 
 
 class Adapter(Base):

@@ -14,7 +14,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 OURS = {"cli", "api", "worker", "models", "storage", "migrations", "lethe"}
 # The core's modules the engine may use: what a method, metric or attack is and the rows it runs on.
-ENGINE_CORE = {"lethe.rows", "lethe.methods", "lethe.attacks", "lethe.metrics", "lethe.registry", "lethe.specs"}
+ENGINE_CORE = {
+    "lethe.rows",
+    "lethe.methods",
+    "lethe.attacks",
+    "lethe.metrics",
+    "lethe.forgetting",
+    "lethe.registry",
+    "lethe.specs",
+}
 # Packages no torch-free layer may load: the engine's ML stack.
 ML_STACK = {"torch", "transformers", "peft", "accelerate", "sklearn", "safetensors", "numpy", "matplotlib"}
 

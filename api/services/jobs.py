@@ -11,11 +11,18 @@ from typing import TypedDict
 from sqlalchemy.orm import Session
 
 from api.errors import Conflict, NotFound
-from api.schemas import JobError, JobOut, JobStatus, MetricOut
+from api.schemas import CurvePointOut, ForgettingOut, JobError, JobOut, JobStatus, MetricOut
+from lethe.forgetting import Forgetting
 from lethe.queue import JOB_KINDS
 from lethe.settings import Settings
 from models.db import UnitOfWork
-from models.repositories import AdapterRepository, AuditRepository, JobRepository, MetricRepository
+from models.repositories import (
+    AdapterRepository,
+    AuditRepository,
+    CurvePointRepository,
+    JobRepository,
+    MetricRepository,
+)
 from models.tables import Adapter, Job, utcnow
 from storage import ObjectStore
 from storage.keys import checkpoint_keys
@@ -47,6 +54,7 @@ def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobOut
         raise NotFound(f"job {job_id} not found")
     adapter = AdapterRepository(session).get_for_job(job.id)
     metrics = MetricRepository(session).list_for_job(job.id)
+    curves = CurvePointRepository(session).list_for_job(job.id)
     return JobOut(
         id=job.id,
         kind=job.kind,
@@ -54,10 +62,19 @@ def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobOut
         adapter_id=adapter.id if adapter else None,
         audit_ids=_audit_ids(session, job, adapter),
         metrics=[MetricOut.model_validate(m, from_attributes=True) for m in metrics],
+        curves=[CurvePointOut.model_validate(p, from_attributes=True) for p in curves],
+        forgetting=_forgetting(job),
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
     )
+
+
+def _forgetting(job: Job) -> ForgettingOut | None:
+    if job.forgetting is None:
+        return None
+    forgetting = Forgetting.from_dict(job.forgetting)
+    return ForgettingOut.model_validate({**forgetting.as_dict(), "summary": forgetting.summary()})
 
 
 def _audit_ids(session: Session, job: Job, adapter: Adapter | None) -> list[uuid.UUID]:

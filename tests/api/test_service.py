@@ -83,6 +83,10 @@ def test_metrics_publish_their_definitions(client: TestClient) -> None:
     assert metrics["truth_ratio"]["kinds"] == ["qa"]
     assert metrics["mia_auc_min_k_plus_plus"]["higher_means"] == "remembers"
     assert all(m["description"] for m in metrics.values())
+    # Each says which 95% interval its values carry.
+    assert (metrics["accuracy"]["interval"], metrics["forget_ratio"]["interval"]) == ("wilson", "paired_bootstrap")
+    assert metrics["perplexity"]["interval"] == "bootstrap"
+    assert {m["interval"] for m in metrics.values()} <= {"wilson", "bootstrap", "paired_bootstrap", "none"}
 
 
 def test_committed_openapi_matches_code() -> None:

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lethe.rows import ChoiceRow, split_heldout
 from lethe.settings import Settings
 from models.db import session_scope
-from models.repositories import AdapterRepository, JobEventRepository, MetricRepository
+from models.repositories import AdapterRepository, CurvePointRepository, JobEventRepository, MetricRepository
 from storage import open_store
 from tests.e2e.conftest import BOOTSTRAP_KEY, own_redis_db, start_lethe, upload_rows, wait_for_job
 from tests.tiny_lm import synthetic_choice_rows
@@ -50,18 +50,30 @@ def _forget_tiny_lm(tmp_path: Path, env: dict[str, str], settings: Settings, sta
         job = wait_for_job(client, submitted.json()["job_id"], services, timeout_s=300)
         assert job["status"] == "succeeded", (job, [s.log() for s in services])
 
-        # Stage metrics; the points of the forgetting curve carry a step.
-        metrics = {
-            (m["stage"], m["split"], m["name"], m["layer"]): m["value"] for m in job["metrics"] if m["step"] is None
-        }
-        curve = [m for m in job["metrics"] if m["step"] is not None]
-        assert curve and all(m["name"] == "accuracy" for m in curve)
-        assert {m["split"] for m in curve} == {"forget_train", "forget_heldout", "retain:categories-retain"}
+        # One value per (stage, split, name, layer); the points of the forgetting curve are apart, with their step.
+        metrics = {(m["stage"], m["split"], m["name"], m["layer"]): m["value"] for m in job["metrics"]}
+        assert len(metrics) == len(job["metrics"])
+        curve = job["curves"]
+        assert curve and all(p["name"] == "accuracy" for p in curve)
+        assert {p["split"] for p in curve} == {"forget_train", "forget_heldout", "retain:categories-retain"}
+        forgetting = job["forgetting"]
+        assert max(p["step"] for p in curve) == forgetting["steps"]
+        assert abs(forgetting["target"] - (0.5 + 0.05)) < 1e-9  # chance of a two-choice task + the default tolerance
+        assert forgetting["target_reached"] == (metrics[("forgotten", "forget_train", "accuracy", None)] <= 0.55)
+        words = "reached its target" if forgetting["target_reached"] else "did NOT reach its target"
+        assert words in forgetting["summary"]
         for stage in ("base", "finetuned", "forgotten"):
             for split in ("forget_train", "forget_heldout", "retain:categories-retain"):
                 accuracy = metrics[(stage, split, "accuracy", None)]
                 assert 0 <= accuracy <= 1
                 assert metrics[(stage, split, "forget_gap", None)] == accuracy - 0.5
+        # Every accuracy carries n and its Wilson interval; the forget ratio its paired interval where one can be
+        # drawn (none where too many resamples of 12 rows are not above chance before forgetting).
+        for m in job["metrics"]:
+            if m["name"] == "accuracy":
+                assert m["n"] == 12 and m["ci_low"] <= m["value"] <= m["ci_high"], m
+            if m["name"] == "forget_ratio":
+                assert m["n"] == 12 and (m["ci_low"] is None or m["ci_low"] <= m["value"] <= m["ci_high"]), m
         for stage in ("finetuned", "forgotten"):
             # Embeddings (layer 0) and the tiny LM's 2 blocks.
             assert sorted(k[3] for k in metrics if k[2] == "probe_accuracy" and k[0] == stage) == [0, 1, 2]
@@ -70,6 +82,7 @@ def _forget_tiny_lm(tmp_path: Path, env: dict[str, str], settings: Settings, sta
         job_uuid = uuid.UUID(job["id"])
         with session_scope(settings.database_url) as session:
             assert len(MetricRepository(session).list_for_job(job_uuid)) == len(job["metrics"])
+            assert len(CurvePointRepository(session).list_for_job(job_uuid)) == len(job["curves"])
             adapter_row = AdapterRepository(session).get_for_job(job_uuid)
             events = [e.type for e in JobEventRepository(session).list(job_uuid)]
         assert adapter_row is not None and str(adapter_row.id) == job["adapter_id"]
@@ -89,7 +102,8 @@ def _forget_tiny_lm(tmp_path: Path, env: dict[str, str], settings: Settings, sta
         tar.extractall(adapter_dir, filter="data")
     names = {p.name for p in adapter_dir.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "manifest.json"} <= names
-    assert job["id"] in (adapter_dir / "README.md").read_text()
+    card = (adapter_dir / "README.md").read_text()
+    assert job["id"] in card and forgetting["summary"] in card
 
     # The downloaded adapter, loaded with peft, reproduces the reported forget-train accuracy.
     lm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), adapter_dir).eval()

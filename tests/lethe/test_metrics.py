@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from lethe.metrics import FAMILIES, KINDS, METRICS, MetricSpec
+from lethe.metrics import FAMILIES, INTERVALS, KINDS, METRICS, MetricSpec
 
 
 def test_the_metric_registry_does_not_import_torch() -> None:
@@ -38,7 +38,18 @@ def test_every_metric_is_registered_with_a_valid_spec() -> None:
     }
     for name, spec in METRICS.items():
         assert spec.name == name and set(spec.kinds) <= set(KINDS) and spec.family in FAMILIES
-        assert spec.description
+        assert spec.description and spec.interval in INTERVALS
+
+
+def test_every_metric_says_which_interval_it_carries() -> None:
+    by_interval = {name: spec.interval for name, spec in METRICS.items()}
+    assert {name for name, interval in by_interval.items() if interval == "wilson"} == {
+        "accuracy",
+        "forget_gap",
+        "probe_accuracy",
+    }
+    assert {name for name, interval in by_interval.items() if interval == "paired_bootstrap"} == {"forget_ratio"}
+    assert by_interval["perplexity"] == by_interval["answer_probability"] == "bootstrap"
 
 
 def test_a_bad_spec_or_a_duplicate_is_refused() -> None:
@@ -48,5 +59,7 @@ def test_a_bad_spec_or_a_duplicate_is_refused() -> None:
         MetricSpec("x", ("qa",), "vision", "d", "remembers")
     with pytest.raises(ValueError):
         MetricSpec("x", ("qa",), "qa", "d", "up")
+    with pytest.raises(ValueError, match="interval"):
+        MetricSpec("x", ("qa",), "qa", "d", "remembers", "normal")
     with pytest.raises(ValueError):
         METRICS.register("accuracy", METRICS.get("accuracy"))

@@ -11,6 +11,9 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from scipy.stats import binomtest
+
+from lethe.forgetting import Forgetting, ScoreRise
 from lethe.signing import sign
 from worker.engine.audit.outcome import recovery_rate
 from worker.reports.report import DIAGNOSTICS_NOTE
@@ -205,22 +208,36 @@ def _training_curves(retain_sets: tuple[str, ...]) -> list[dict[str, Any]]:
     return curves
 
 
+# The forget job of the report: 12 steps to chance (0.5) on a two-choice task.
+REACHED = Forgetting("accuracy", 0.55, 0.5, True, "target", 12)
+MISSED = Forgetting(
+    "accuracy", 0.55, 0.76, False, "max_steps", 20, (ScoreRise("forget_heldout", 0.64, 0.80, 0.66, 0.89),)
+)
+
+
+def _wilson(accuracy: float, n: int) -> tuple[float, float]:
+    interval = binomtest(round(accuracy * n), n).proportion_ci(method="wilson")
+    return round(float(interval.low), 4), round(float(interval.high), 4)
+
+
 def build_report(
     *,
     retain_sets: tuple[str, ...] = ("piqa", XSS_NAME),
     attacks: Iterable[str] = ALL_ATTACKS,
     training_curves: bool = True,
     diagnostics: Iterable[str] = ALL_DIAGNOSTICS,
+    forgetting: Forgetting = REACHED,
 ) -> dict[str, Any]:
     """An unsigned report with the named attacks and diagnostics (in that order) and retain sets (user-chosen
-    names)."""
+    names), and the forget job's outcome of forgetting."""
     by_name = _attacks(retain_sets)
     chosen = [by_name[name] for name in attacks]
     verdicts = [a["verdict"] for a in chosen]
     verdict = "shallow" if "shallow" in verdicts else ("robust" if "robust" in verdicts else "inconclusive")
     splits = {"forget_train": 36, "forget_heldout": 36} | {f"retain:{name}": 64 for name in retain_sets}
     stage_metrics = [
-        {"stage": stage, "split": split, "name": "accuracy", "value": value}
+        {"stage": stage, "split": split, "name": "accuracy", "value": value, "n": splits[split]}
+        | dict(zip(("ci_low", "ci_high"), _wilson(value, splits[split]), strict=True))
         for split in splits
         for stage, value in zip(
             ("base", "finetuned", "forgotten"),
@@ -249,6 +266,7 @@ def build_report(
             "steps": 12,
             "stop_reason": "target",
             "splits": splits,
+            "forgetting": {**forgetting.as_dict(), "summary": forgetting.summary()},
         },
         "thresholds": {**THRESHOLDS, "attacks": dict(THRESHOLDS["attacks"])},
         "verdict": verdict,

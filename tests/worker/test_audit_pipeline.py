@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lethe.forgetting import Forgetting
 from lethe.settings import Settings
 from lethe.signing import signing_key, verify
 from models.db import session_scope
@@ -46,7 +47,8 @@ def test_the_requested_audit_runs_once_and_stores_a_signed_report(
     forget_job_id, audit_job_id = _forgotten_with_audit(stack_settings, tiny_lm_dir, cache, "tiny-audit")
     with session_scope(stack_settings.database_url) as session:
         forget_job = JobRepository(session).get_any_tenant(forget_job_id)
-        assert forget_job is not None
+        assert forget_job is not None and forget_job.forgetting is not None
+        forgetting = Forgetting.from_dict(forget_job.forgetting)
         assert store.exists(before_forgetting_key(forget_job.tenant_id, forget_job_id))
         audit_job = JobRepository(session).get_any_tenant(audit_job_id)
         assert audit_job is not None and audit_job.kind == "audit" and audit_job.status == "queued"
@@ -80,6 +82,16 @@ def test_the_requested_audit_runs_once_and_stores_a_signed_report(
     assert "can be removed outright" in signed["report"]["diagnostics_note"]
     page = store.get(html_key or "").decode()
     assert "Diagnostics: where the change sits" in page and "mlp@0-0" not in page and "0–0" in page
+    # The forget job's outcome of forgetting, its stage metrics (one per key, with n) and its curve points.
+    report = signed["report"]
+    expected = json.loads(json.dumps({**forgetting.as_dict(), "summary": forgetting.summary()}))
+    assert report["forget_job"]["forgetting"] == expected
+    keys = [(m["stage"], m["split"], m["name"]) for m in report["stage_metrics"]]
+    assert len(keys) == len(set(keys))
+    accuracies = [m for m in report["stage_metrics"] if m["name"] == "accuracy"]
+    assert accuracies and all(m["n"] and m["ci_low"] <= m["value"] <= m["ci_high"] for m in accuracies)
+    forget_curve = [c for c in report["training_curves"] if c["split"] == "forget_train"]
+    assert len(forget_curve) == 1 and forget_curve[0]["points"][-1][0] == forgetting.steps
 
 
 def test_a_tampered_adapter_fails_the_audit(

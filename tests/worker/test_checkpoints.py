@@ -10,7 +10,7 @@ import torch
 from storage.keys import checkpoint_manifest_key, checkpoint_tensors_key
 from storage.local import LocalObjectStore
 from worker.engine.forget.snapshot import ForgetSnapshot
-from worker.engine.metrics.values import MetricValue
+from worker.engine.metrics.values import CurvePoint, MetricValue
 from worker.engine.training.snapshot import TrainingSnapshot, rng_state
 from worker.pipelines.checkpoints import JobCheckpoint
 
@@ -35,7 +35,8 @@ def snapshot(steps: int) -> ForgetSnapshot:
     return ForgetSnapshot(
         stage="forget",
         training=training,
-        metrics=[MetricValue("base", "forget_train", "mean", 0.7), MetricValue("forgotten", "a", "b", 0.5, step=2)],
+        metrics=[MetricValue("base", "forget_train", "mean", 0.7, n=4, ci_low=0.5, ci_high=0.9)],
+        curves=[CurvePoint("forget_train", "accuracy", 2, 0.5)],
         per_example={"base": {"forget_train": {"correct": [1.0, None]}}},
         base_mia={"loss_auc": 0.5},
         progress_done=12.5,

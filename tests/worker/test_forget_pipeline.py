@@ -9,15 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load as load_safetensors
+from scipy.stats import binomtest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from api.schemas import MetricOut
 from api.services.base_models import register_base_model
+from api.services.jobs import get_job
 from lethe.settings import Settings
 from models.db import session_scope
 from models.repositories import (
     AdapterRepository,
     Claim,
+    CurvePointRepository,
     DatasetRepository,
     JobEventRepository,
     JobRepository,
@@ -211,10 +215,14 @@ def test_a_job_killed_after_a_checkpoint_resumes_from_it_when_delivered_again(
 
         def measured(job_id: uuid.UUID) -> list[tuple]:
             rows = MetricRepository(session).list_for_job(job_id)
-            return sorted((m.stage, m.split, m.name, m.layer or -1, m.step or -1, m.value) for m in rows)
+            return sorted((m.stage, m.split, m.name, m.layer or -1, m.value, m.n, m.ci_low, m.ci_high) for m in rows)
+
+        def curve(job_id: uuid.UUID) -> list[tuple]:
+            return [(p.split, p.name, p.step, p.value) for p in CurvePointRepository(session).list_for_job(job_id)]
 
         assert measured(killed) == measured(uninterrupted)
-        assert any(step > 6 for _, _, _, _, step, _ in measured(killed))
+        assert curve(killed) == curve(uninterrupted)
+        assert any(step > 6 for _, _, step, _ in curve(killed))
         jobs = [JobRepository(session).get_any_tenant(i) for i in (uninterrupted, killed)]
         evidence = [store.get(j.evidence_key) for j in jobs if j is not None and j.evidence_key is not None]
         assert len(evidence) == 2 and evidence[0] == evidence[1]
@@ -282,3 +290,49 @@ def test_a_worker_whose_job_was_requeued_while_it_stored_writes_no_results(
         assert job is not None and (job.status, job.attempts, job.evidence_key) == ("running", 2, None)
         assert AdapterRepository(session).get_for_job(job_id) is None
         JobRepository(session).finish(job_id, "cancelled", utcnow())
+
+
+def test_a_job_serves_one_metric_per_key_its_curves_and_whether_forgetting_reached_its_target(
+    stack_settings: Settings, tiny_lm_dir: Path, tmp_path: Path
+) -> None:
+    # Fine-tuned to know the task, then a budget of 2 tiny steps evaluated after each: forget-train stays far above
+    # chance + tolerance, and the job must say so.
+    method = {
+        "name": "gradient_ascent",
+        "params": {"max_steps": 2, "evaluate_every": 1, "learning_rate": 1e-6, "batch_size": 2},
+    }
+    finetune = {"epochs": 10, "learning_rate": 1e-2}
+    job_id = _queued_job(stack_settings, "tiny-outcome", f"path:{tiny_lm_dir}", method=method, finetune=finetune)
+    store = open_store(stack_settings)
+    assert run_forget_job(stack_settings, store, BaseLMCache(tmp_path), job_id) == "succeeded"
+    with session_scope(stack_settings.database_url) as session:
+        job = JobRepository(session).get_any_tenant(job_id)
+        assert job is not None and job.evidence_key is not None
+        served = get_job(session, job.tenant_id, job_id)
+        per_example = json.loads(store.get(job.evidence_key))
+
+    keys = [(m.stage, m.split, m.name, m.layer) for m in served.metrics]
+    assert len(keys) == len(set(keys))
+    assert {(p.split, p.step) for p in served.curves} == {
+        (s, step) for s in ("forget_train", "forget_heldout") for step in (1, 2)
+    }
+    assert {p.name for p in served.curves} == {"accuracy"}
+
+    def metric(stage: str, split: str, name: str) -> MetricOut:
+        [m] = [m for m in served.metrics if (m.stage, m.split, m.name, m.layer) == (stage, split, name, None)]
+        return m
+
+    # The stage metric is the stored adapter's: its accuracy is the last curve point's, and its Wilson interval is
+    # the one of the per-example values the job stored.
+    final = metric("forgotten", "forget_train", "accuracy")
+    [last] = [p for p in served.curves if p.split == "forget_train" and p.step == 2]
+    assert final.value == last.value
+    correct = [int(v) for v in per_example["forgotten"]["forget_train"]["correct"]]
+    interval = binomtest(sum(correct), len(correct)).proportion_ci(method="wilson")
+    assert (final.n, final.ci_low, final.ci_high) == (6, pytest.approx(interval.low), pytest.approx(interval.high))
+
+    forgetting = served.forgetting
+    assert forgetting is not None
+    assert (forgetting.stop_reason, forgetting.steps, forgetting.target_reached) == ("max_steps", 2, False)
+    assert forgetting.score == final.value > forgetting.target
+    assert forgetting.summary.startswith("Forgetting did NOT reach its target")

@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 
 from PIL import Image
 
-from tests.worker.report_factory import XSS_NAME, build_signed_report
+from tests.worker.report_factory import MISSED, REACHED, XSS_NAME, build_signed_report
 from worker.reports.html import render_html
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -160,3 +160,18 @@ def test_rendering_is_a_pure_function_of_the_report() -> None:
     first = render_html(signed)
     assert signed == untouched
     assert render_html(signed) == first
+
+
+def test_the_page_says_whether_forgetting_reached_its_target_and_shows_metric_intervals() -> None:
+    page = render_html(build_signed_report())
+    text = " ".join(" ".join(_Page(page).text).split())
+    assert REACHED.summary() in text
+    assert 'class="forgetting warning"' not in page
+    # The stage table: forget_train's accuracy after forgetting (0.5 of 36 rows) with its Wilson interval and n.
+    assert "0.500 [0.345, 0.655] n=36" in text
+
+    missed = render_html(build_signed_report(forgetting=MISSED))
+    missed_text = " ".join(" ".join(_Page(missed).text).split())
+    assert 'class="forgetting warning"' in missed
+    assert "Forgetting did NOT reach its target: forget_train accuracy is 0.760 after 20 steps" in missed_text
+    assert "forget_heldout accuracy ROSE during forgetting: 0.640 before, 0.800 after" in missed_text

@@ -16,13 +16,20 @@ from typing import Any
 from safetensors.torch import load as load_safetensors
 from sqlalchemy.orm import Session
 
+from lethe.forgetting import Forgetting
 from lethe.rows import kind_of, split_heldout
 from lethe.settings import Settings
 from lethe.signing import sign, signing_key
 from lethe.specs import AuditJobSpec
 from models.db import session_scope, unit_of_work
-from models.repositories import AdapterRepository, AuditRepository, JobRepository, MetricRepository
-from models.tables import AuditDiagnostic, AuditResult, Metric, utcnow
+from models.repositories import (
+    AdapterRepository,
+    AuditRepository,
+    CurvePointRepository,
+    JobRepository,
+    MetricRepository,
+)
+from models.tables import AuditDiagnostic, AuditResult, CurvePoint, Metric, utcnow
 from storage import ObjectStore
 from storage.keys import before_forgetting_key, report_key
 from worker.engine.audit.run import (
@@ -52,6 +59,8 @@ class AuditTarget:
     adapter_key: str
     forget_job_id: uuid.UUID
     forget_metrics: list[Metric]
+    forget_curves: list[CurvePoint]
+    forgetting: Forgetting | None
 
 
 def run_audit_job(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, job_id: uuid.UUID) -> str:
@@ -75,6 +84,9 @@ def _target(settings: Settings, job_id: uuid.UUID) -> AuditTarget:
         if adapter is None:
             raise JobFailure("adapter_missing", f"adapter {audit.adapter_id} no longer exists")
         metrics = list(MetricRepository(session).list_for_job(adapter.job_id))
+        curves = list(CurvePointRepository(session).list_for_job(adapter.job_id))
+        forget_job = JobRepository(session).get(audit.tenant_id, adapter.job_id)
+        forgetting = forget_job.forgetting if forget_job is not None else None
         session.expunge_all()
         return AuditTarget(
             audit_id=audit.id,
@@ -89,6 +101,8 @@ def _target(settings: Settings, job_id: uuid.UUID) -> AuditTarget:
             adapter_key=adapter.object_key,
             forget_job_id=adapter.job_id,
             forget_metrics=metrics,
+            forget_curves=curves,
+            forgetting=Forgetting.from_dict(forgetting) if forgetting is not None else None,
         )
 
 
@@ -159,12 +173,14 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
             "splits": splits,
             "steps": manifest.get("steps"),
             "stop_reason": manifest.get("stop_reason"),
+            "forgetting": _forgetting_entry(target.forgetting),
         },
         thresholds=thresholds,
         attacks=audited,
         skipped=[*skipped, *skipped_diagnostics],
         forget_metrics=target.forget_metrics,
         diagnostics=diagnosed,
+        forget_curves=target.forget_curves,
     )
     signed = sign(unsigned, signing_key(settings))
     signed_json = json.dumps(signed, indent=2, sort_keys=True).encode("utf-8")
@@ -177,6 +193,13 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
         _record(
             work.session, job_id, target, audited, diagnosed, signed, json_key, html_key, len(signed_json) + len(page)
         )
+
+
+def _forgetting_entry(forgetting: Forgetting | None) -> dict[str, Any] | None:
+    """The forget job's outcome of forgetting with its summary in words (None for jobs recorded before it was)."""
+    if forgetting is None:
+        return None
+    return {**forgetting.as_dict(), "summary": forgetting.summary()}
 
 
 def _record(

@@ -31,12 +31,13 @@ from models.db import BrokerUnavailable, session_scope, unit_of_work
 from models.repositories import (
     AdapterRepository,
     AuditRepository,
+    CurvePointRepository,
     DatasetRepository,
     JobEventRepository,
     JobRepository,
     MetricRepository,
 )
-from models.tables import Adapter, Dataset, Metric, utcnow
+from models.tables import Adapter, CurvePoint, Dataset, Metric, utcnow
 from storage import ObjectStore
 from storage.keys import adapter_key, before_forgetting_key, per_example_key
 from worker.engine.forget.run import ForgetOutcome, ForgetPlan, run_forget
@@ -110,8 +111,9 @@ def _provenance(job_id: uuid.UUID, inputs: ForgetInputs, outcome: ForgetOutcome)
         "heldout_fraction": spec.heldout_fraction,
         "seed": spec.seed,
         "dataset_sha256": inputs.dataset_hashes,
-        "steps": outcome.steps,
-        "stop_reason": outcome.stop_reason,
+        "steps": outcome.forgetting.steps,
+        "stop_reason": outcome.forgetting.stop_reason,
+        "target_reached": outcome.forgetting.target_reached,
         "method_outcome": outcome.method_outcome,
         # adapter_archive adds the ML libraries' versions; Lethe's own is known only here.
         "lethe_version": metadata.version("lethe"),
@@ -214,8 +216,14 @@ def _forget(
 
     report("storing", 0.0)
     provenance = _provenance(job_id, inputs, outcome)
-    card_metrics = [m.__dict__ for m in outcome.metrics]
-    archive = adapter_archive(outcome.peft_lm, spec.base_model, card_metrics, provenance)
+    archive = adapter_archive(
+        outcome.peft_lm,
+        spec.base_model,
+        outcome.metrics,
+        provenance,
+        forgetting=outcome.forgetting,
+        curves=outcome.curves,
+    )
     adapter_id = uuid.uuid4()
     adapter = Adapter(
         id=adapter_id,
@@ -250,15 +258,25 @@ def _record_success(
     evidence_key: str,
     evidence_size_bytes: int,
 ) -> uuid.UUID | None:
-    """Write the adapter, metrics and final status (and the requested audit with its queued job); its job id."""
+    """Write the adapter, metrics, curve points, the outcome of forgetting and the final status (and the requested
+    audit with its queued job); its job id."""
     claim = held_claim(job_id)
     # The job must still be this worker's attempt (not re-queued and claimed again meanwhile) for any of it to stay.
-    if not JobRepository(session).set_evidence(claim, evidence_key, evidence_size_bytes):
+    jobs = JobRepository(session)
+    if not (
+        jobs.set_evidence(claim, evidence_key, evidence_size_bytes)
+        and jobs.set_forgetting(claim, outcome.forgetting.as_dict())
+    ):
         raise JobFailure("job_closed", "the job was closed or re-queued while it ran (reaped or cancelled)")
     AdapterRepository(session).add(adapter)
-    # A metric row is the engine's measurement, field for field.
+    # A metric row (a curve point row) is the engine's measurement, field for field.
     MetricRepository(session).add_many(Metric(job_id=job_id, **asdict(m)) for m in outcome.metrics)
-    succeeded = {"adapter_id": str(adapter.id), "steps": outcome.steps}
+    CurvePointRepository(session).add_many(CurvePoint(job_id=job_id, **asdict(p)) for p in outcome.curves)
+    succeeded = {
+        "adapter_id": str(adapter.id),
+        "steps": outcome.forgetting.steps,
+        "target_reached": outcome.forgetting.target_reached,
+    }
     if not JobRepository(session).finish(job_id, "succeeded", utcnow(), succeeded, attempt=claim.attempt):
         raise JobFailure("job_closed", "the job was closed or re-queued while it ran (reaped or cancelled)")
     audit = inputs.spec.audit

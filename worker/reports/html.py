@@ -68,13 +68,14 @@ def _names(attacks: list[dict[str, Any]]) -> str:
 
 
 def _stage_metrics(metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """Metrics as a table: a row per (split, metric), a column per stage in pipeline order."""
+    """Metrics as a table: a row per (split, metric), a column per stage in pipeline order; each cell the value,
+    its 95% interval and n (as the report has them)."""
     stages = sorted(
         {str(m.get("stage")) for m in metrics}, key=lambda s: (STAGES.index(s) if s in STAGES else len(STAGES), s)
     )
     values: dict[tuple[str, str], dict[str, Any]] = {}
     for m in metrics:
-        values.setdefault((str(m.get("split")), str(m.get("name"))), {})[str(m.get("stage"))] = m.get("value")
+        values.setdefault((str(m.get("split")), str(m.get("name"))), {})[str(m.get("stage"))] = m
     rows = [
         {"split": split, "name": name, "scores": [by_stage.get(stage) for stage in stages]}
         for (split, name), by_stage in values.items()

@@ -130,6 +130,10 @@ def _training_plot(report: Report) -> Plot | None:
         style = "-" if split.startswith("forget") else "--"
         ax.plot(steps, values, linestyle=style, marker="o", markersize=3, label=_label(label))
         last_step = max(last_step, *steps)
+    forgetting = (report.get("forget_job") or {}).get("forgetting") or {}
+    if finite(forgetting.get("target")):
+        # The stop rule's target for forget_train's primary score: where the solid forget_train line should end.
+        ax.axhline(forgetting["target"], color="#757575", linestyle=":", label="target (forget_train)")
     splits = ", ".join(str(c.get("split")) for c in curves)
     return _plot(
         fig,

@@ -88,12 +88,12 @@ def diagnostic_entry(diagnostic: AuditedDiagnostic) -> dict[str, Any]:
     }
 
 
-def training_curves(metrics: Iterable[Any]) -> list[dict[str, Any]]:
-    """The forget job's curves (metrics measured at a training step), one per (split, metric), by step."""
+def training_curves(points: Iterable[Any]) -> list[dict[str, Any]]:
+    """The forget job's curves (its curve points: scores measured during forgetting), one per (split, metric), by
+    step."""
     curves: dict[tuple[str, str], list[list[float | None]]] = {}
-    for m in metrics:
-        if m.step is not None:
-            curves.setdefault((m.split, m.name), []).append([m.step, finite(m.value)])
+    for point in points:
+        curves.setdefault((point.split, point.name), []).append([point.step, finite(point.value)])
     return [
         {"split": split, "name": name, "points": sorted(points, key=lambda point: point[0] or 0)}
         for (split, name), points in sorted(curves.items())
@@ -101,11 +101,20 @@ def training_curves(metrics: Iterable[Any]) -> list[dict[str, Any]]:
 
 
 def stage_metrics(metrics: Iterable[Any]) -> list[dict[str, Any]]:
-    """The forget job's metrics of each stage (base, finetuned, forgotten), without curves or probe layers."""
+    """The forget job's metrics of each stage (base, finetuned, forgotten) with n and 95% interval, without probe
+    layers."""
     return [
-        {"stage": m.stage, "split": m.split, "name": m.name, "value": finite(m.value)}
+        {
+            "stage": m.stage,
+            "split": m.split,
+            "name": m.name,
+            "value": finite(m.value),
+            "n": m.n,
+            "ci_low": finite(m.ci_low),
+            "ci_high": finite(m.ci_high),
+        }
         for m in metrics
-        if m.step is None and m.layer is None
+        if m.layer is None
     ]
 
 
@@ -122,8 +131,10 @@ def build_report(
     skipped: Sequence[SkippedAttack],
     forget_metrics: Iterable[Any],
     diagnostics: Sequence[AuditedDiagnostic] = (),
+    forget_curves: Iterable[Any] = (),
 ) -> dict[str, Any]:
-    """The unsigned report; `diagnostics` are listed apart from the attacks and never enter the verdict."""
+    """The unsigned report; `diagnostics` are listed apart from the attacks and never enter the verdict.
+    `forget_job` carries its `forgetting` outcome with the summary in words."""
     metrics = list(forget_metrics)
     return {
         "schema": SCHEMA,
@@ -139,6 +150,6 @@ def build_report(
         "diagnostics": [diagnostic_entry(diagnostic) for diagnostic in diagnostics],
         "diagnostics_note": DIAGNOSTICS_NOTE,
         "skipped": [{"name": s.name, "reason": s.reason} for s in skipped],
-        "training_curves": training_curves(metrics),
+        "training_curves": training_curves(forget_curves),
         "stage_metrics": stage_metrics(metrics),
     }

@@ -1,6 +1,7 @@
 import pytest
 import torch
 from pydantic import ValidationError
+from scipy.stats import binomtest
 
 from lethe.registry import UnknownNameError
 from lethe.rows import ChoiceRow, QARow, chance, split_heldout
@@ -8,7 +9,8 @@ from lethe.specs import FinetuneSpec
 from tests.tiny_lm import synthetic_choice_rows, synthetic_qa_rows
 from worker.engine.forget.run import ForgetOutcome, ForgetPlan, run_forget
 from worker.engine.lm.load import LoadedLM, load_base_lm
-from worker.engine.metrics.values import MetricValue
+from worker.engine.metrics.choice_scores import score_choices
+from worker.engine.metrics.values import CurvePoint, MetricValue
 
 FORGET_TRAIN, FORGET_HELDOUT = split_heldout(
     [ChoiceRow.from_dict(r) for r in synthetic_choice_rows(128, seed=0)], 0.25, seed=0
@@ -31,8 +33,11 @@ class Run:
         return [m for m in self.outcome.metrics if all(getattr(m, k) == v for k, v in where.items())]
 
     def value(self, stage: str, split: str, name: str, layer: int | None = None) -> float:
-        [metric] = self.metrics(stage=stage, split=split, name=name, layer=layer, step=None)
+        [metric] = self.metrics(stage=stage, split=split, name=name, layer=layer)
         return metric.value
+
+    def curve(self, split: str) -> list[CurvePoint]:
+        return [p for p in self.outcome.curves if p.split == split]
 
 
 def plan(method: str, probe: bool, finetune: FinetuneSpec | None = FINETUNE, **params) -> ForgetPlan:
@@ -62,22 +67,28 @@ def test_finetuning_teaches_the_task(run_name: str, request: pytest.FixtureReque
 
 def test_random_label_brings_forget_train_accuracy_to_chance(random_label: Run) -> None:
     after = random_label.value("forgotten", "forget_train", "accuracy")
-    assert random_label.outcome.stop_reason == "target"
+    forgetting = random_label.outcome.forgetting
+    assert forgetting.stop_reason == "target" and forgetting.target_reached
+    assert forgetting.target == pytest.approx(chance(FORGET_TRAIN) + TOLERANCE)
+    assert forgetting.score == after and "reached its target" in forgetting.summary()
     assert abs(after - chance(FORGET_TRAIN)) <= TOLERANCE
     # The per-epoch checks form the forgetting curve; the run stopped at the first one at chance.
-    curve = random_label.metrics(stage="forgotten", split="forget_train", name="accuracy", layer=None)
-    checks = [m for m in curve if m.step is not None]
-    steps = [m.step for m in checks if m.step is not None]
-    assert steps == sorted(set(steps)) and len(steps) == len(checks)
-    assert checks[-1].step == random_label.outcome.steps
-    assert all(m.value > chance(FORGET_TRAIN) + TOLERANCE for m in checks[:-1])
+    checks = random_label.curve("forget_train")
+    assert {p.name for p in checks} == {"accuracy"}
+    steps = [p.step for p in checks]
+    assert steps == sorted(set(steps)) and len(steps) >= 2
+    assert checks[-1].step == forgetting.steps
+    assert all(p.value > chance(FORGET_TRAIN) + TOLERANCE for p in checks[:-1])
+    # Every tracked split has its curve, measured at the same steps.
+    for split in SPLITS:
+        assert [p.step for p in random_label.curve(split)] == steps
 
 
 def test_gradient_ascent_lowers_forget_train_accuracy(gradient_ascent: Run) -> None:
     finetuned = gradient_ascent.value("finetuned", "forget_train", "accuracy")
     after = gradient_ascent.value("forgotten", "forget_train", "accuracy")
     assert after <= finetuned - 0.3
-    assert gradient_ascent.outcome.stop_reason == "target"
+    assert gradient_ascent.outcome.forgetting.stop_reason == "target"
 
 
 def test_accuracy_and_forget_gap_at_every_stage_and_split(random_label: Run) -> None:
@@ -130,7 +141,7 @@ def test_the_cached_base_lm_stays_pristine(random_label: Run, tiny_base: LoadedL
 def test_without_finetune_the_base_stage_comes_before_forgetting(tiny_base: LoadedLM) -> None:
     first = Run(tiny_base, plan("gradient_ascent", probe=True, finetune=None, max_steps=2, stop_at_target=False))
     assert {m.stage for m in first.outcome.metrics} == {"base", "forgotten"}
-    assert (first.outcome.steps, first.outcome.stop_reason) == (2, "max_steps")
+    assert (first.outcome.forgetting.steps, first.outcome.forgetting.stop_reason) == (2, "max_steps")
     assert len(first.metrics(stage="base", name="probe_accuracy")) == tiny_base.lm.config.num_hidden_layers + 1
     for split in SPLITS:
         headroom = first.value("base", split, "forget_gap")
@@ -139,6 +150,7 @@ def test_without_finetune_the_base_stage_comes_before_forgetting(tiny_base: Load
     # Same plan, same seed: same numbers.
     second = Run(tiny_base, plan("gradient_ascent", probe=True, finetune=None, max_steps=2, stop_at_target=False))
     assert second.outcome.metrics == first.outcome.metrics
+    assert second.outcome.curves == first.outcome.curves
 
 
 def test_unknown_methods_and_bad_params_fail_before_any_work(tiny_base: LoadedLM) -> None:
@@ -163,19 +175,22 @@ def test_utility_floor_stops_and_restores_the_best_checkpoint_that_kept_it(tiny_
         tiny_base,
         plan("gradient_ascent", probe=False, learning_rate=1e-2, epochs=20, evaluate_every=1, utility_floor=floor),
     )
-    assert run.outcome.stop_reason == "utility_floor"
-    curve = run.metrics(stage="forgotten", split="retain:more", name="accuracy")
-    points = [m for m in curve if m.step is not None]
-    assert [m.step for m in points] == list(range(1, len(points) + 1))
+    assert run.outcome.forgetting.stop_reason == "utility_floor"
+    points = run.curve("retain:more")
+    assert [p.step for p in points] == list(range(1, len(points) + 1))
     before = run.value("finetuned", "retain:more", "accuracy")
     assert points[-1].value < before - floor  # the evaluation that broke the floor
     # The stored LM is the most-forgotten checkpoint that kept the floor, not the last one.
     after = run.value("forgotten", "retain:more", "accuracy")
     assert after >= before - floor
-    kept = [m for m in points[:-1] if m.value >= before - floor]
-    train_curve = {m.step: m.value for m in run.metrics(stage="forgotten", split="forget_train", name="accuracy")}
-    best = min([run.value("finetuned", "forget_train", "accuracy")] + [train_curve[m.step] for m in kept])
+    kept = [p for p in points[:-1] if p.value >= before - floor]
+    train_curve = {p.step: p.value for p in run.curve("forget_train")}
+    best = min([run.value("finetuned", "forget_train", "accuracy")] + [train_curve[p.step] for p in kept])
     assert run.value("forgotten", "forget_train", "accuracy") == pytest.approx(best)
+    # The floor restored an earlier checkpoint: whether the target is reached is judged on it, not on the last step.
+    forgetting = run.outcome.forgetting
+    assert forgetting.score == run.value("forgotten", "forget_train", "accuracy")
+    assert forgetting.target_reached == (forgetting.score <= chance(FORGET_TRAIN) + TOLERANCE)
 
 
 def test_every_stage_has_per_example_values_aligned_with_the_rows(random_label: Run) -> None:
@@ -202,16 +217,90 @@ def test_a_qa_run_stops_when_forget_train_is_no_better_known_than_unseen_rows(ti
         seed=0,
     )
     outcome = run_forget(tiny_base, qa_plan, train, heldout, RETAIN, lambda stage, f: None)
-    metrics = {(m.stage, m.split, m.name, m.layer, m.step): m.value for m in outcome.metrics}
-    assert outcome.stop_reason == "target"
-    target = metrics[("finetuned", "forget_heldout", "answer_probability", None, None)] + 0.02
-    last = max(m.step for m in outcome.metrics if m.step is not None and m.split == "forget_train")
-    assert metrics[("forgotten", "forget_train", "answer_probability", None, last)] <= target
+    metrics = {(m.stage, m.split, m.name, m.layer): m.value for m in outcome.metrics}
+    assert len(metrics) == len(outcome.metrics)  # one value per key
+    assert outcome.forgetting.stop_reason == "target" and outcome.forgetting.target_reached
+    assert outcome.forgetting.metric == "answer_probability"
+    target = metrics[("finetuned", "forget_heldout", "answer_probability", None)] + 0.02
+    assert outcome.forgetting.target == pytest.approx(target)
+    last = [p for p in outcome.curves if p.split == "forget_train"][-1]
+    assert last.name == "answer_probability" and last.step == outcome.forgetting.steps and last.value <= target
+    # The check that stopped forgetting scored the adapter that was kept: the stage metric is that value.
+    assert metrics[("forgotten", "forget_train", "answer_probability", None)] == pytest.approx(last.value, abs=1e-6)
     assert (
-        metrics[("forgotten", "forget_train", "answer_probability", None, None)]
-        < metrics[("finetuned", "forget_train", "answer_probability", None, None)]
+        metrics[("forgotten", "forget_train", "answer_probability", None)]
+        < metrics[("finetuned", "forget_train", "answer_probability", None)]
     )
     # The qa probe: true vs perturbed answer, per layer, before and after.
     assert {k[3] for k in metrics if k[2] == "probe_accuracy"} == set(range(tiny_base.lm.config.num_hidden_layers + 1))
     for name in ("truth_ratio", "rouge_l_recall", "extraction_strength", "exact_memorization", "privleak_loss"):
-        assert ("forgotten", "forget_train", name, None, None) in metrics, name
+        assert ("forgotten", "forget_train", name, None) in metrics, name
+    # qa means carry a bootstrap interval over the rows they apply to, around their value (of width 0 only where
+    # every row has the same value, as a ROUGE of 0 on an untrained LM).
+    for m in outcome.metrics:
+        if m.name in ("answer_probability", "rouge_l_recall", "exact_memorization"):
+            assert m.n == len(train if m.split == "forget_train" else heldout), m
+            assert m.ci_low is not None and m.ci_high is not None and m.ci_low <= m.value <= m.ci_high, m
+            assert m.ci_low < m.ci_high or m.name != "answer_probability", m
+
+
+@pytest.mark.parametrize("run_name", ["random_label", "gradient_ascent"])
+def test_one_metric_per_stage_split_name_and_layer(run_name: str, request: pytest.FixtureRequest) -> None:
+    run: Run = request.getfixturevalue(run_name)
+    keys = [(m.stage, m.split, m.name, m.layer) for m in run.outcome.metrics]
+    assert len(keys) == len(set(keys))
+    # The curve is apart: several points per split, none of them a stage metric.
+    assert len(run.curve("forget_train")) >= 2
+    assert all(p.step >= 1 for p in run.outcome.curves)
+
+
+def test_the_forgotten_metrics_are_a_rescoring_of_the_returned_lm(gradient_ascent: Run, tiny_base: LoadedLM) -> None:
+    rows = {"forget_train": FORGET_TRAIN, "forget_heldout": FORGET_HELDOUT, "retain:more": RETAIN["more"]}
+    peft_lm = gradient_ascent.outcome.peft_lm
+    peft_lm.eval()
+    for split, split_rows in rows.items():
+        scores = score_choices(peft_lm, tiny_base.tokenizer, split_rows, batch_size=7)
+        assert gradient_ascent.value("forgotten", split, "accuracy") == pytest.approx(scores.accuracy), split
+        assert gradient_ascent.outcome.per_example["forgotten"][split]["correct"] == [float(c) for c in scores.correct]
+
+
+@pytest.mark.parametrize("run_name", ["random_label", "gradient_ascent"])
+def test_accuracy_intervals_are_wilsons_from_the_stored_per_example_values(
+    run_name: str, request: pytest.FixtureRequest
+) -> None:
+    run: Run = request.getfixturevalue(run_name)
+    checked = 0
+    for stage, splits in run.outcome.per_example.items():
+        for split, values in splits.items():
+            correct = [int(v) for v in values["correct"] if v is not None]
+            interval = binomtest(sum(correct), len(correct)).proportion_ci(method="wilson")
+            [accuracy] = run.metrics(stage=stage, split=split, name="accuracy")
+            assert accuracy.n == len(correct)
+            assert accuracy.ci_low == pytest.approx(interval.low, abs=1e-12)
+            assert accuracy.ci_high == pytest.approx(interval.high, abs=1e-12)
+            checked += 1
+    assert checked == len(run.outcome.per_example) * len(SPLITS)
+
+
+def test_probe_accuracy_and_forget_ratio_carry_intervals(random_label: Run) -> None:
+    for probe in random_label.metrics(name="probe_accuracy"):
+        assert probe.n == len(FORGET_HELDOUT)
+        interval = binomtest(round(probe.value * probe.n), probe.n).proportion_ci(method="wilson")
+        assert (probe.ci_low, probe.ci_high) == (pytest.approx(interval.low), pytest.approx(interval.high))
+    for ratio in random_label.metrics(name="forget_ratio"):
+        assert ratio.n is not None and ratio.ci_low is not None and ratio.ci_high is not None
+        assert ratio.ci_low <= ratio.value <= ratio.ci_high
+
+
+def test_a_run_stopped_by_its_budget_above_the_target_says_so(tiny_base: LoadedLM) -> None:
+    # Fine-tuned to know the task, then one tiny step: forget-train stays far above chance + tolerance.
+    run = Run(tiny_base, plan("gradient_ascent", probe=False, max_steps=1, learning_rate=1e-6))
+    forgetting = run.outcome.forgetting
+    assert (forgetting.stop_reason, forgetting.steps) == ("max_steps", 1)
+    assert forgetting.score == run.value("forgotten", "forget_train", "accuracy") > forgetting.target
+    assert not forgetting.target_reached
+    summary = forgetting.summary()
+    assert "did NOT reach its target" in summary and "step budget" in summary
+    assert f"{forgetting.score:.3f}" in summary and f"{forgetting.target:.3f}" in summary
+    # Nothing rose: one step at a tiny rate leaves the scores within their intervals.
+    assert forgetting.rose == ()

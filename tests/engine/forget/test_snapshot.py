@@ -1,5 +1,6 @@
 """A forget run killed after a snapshot and resumed from it (through its safetensors + JSON form) ends exactly as the
-run that was never killed: the same adapter, bit for bit, the same steps, stop reason and metrics."""
+run that was never killed: the same adapter, bit for bit, the same steps, stop reason, metrics (with their intervals)
+and curve points."""
 
 import json
 import math
@@ -119,12 +120,12 @@ def same(a: float | None, b: float | None) -> bool:
 def test_a_resumed_run_ends_as_the_uninterrupted_one(tiny_base: LoadedLM, name: str) -> None:
     case = CASES[name]
     uninterrupted = run(tiny_base, case)
-    assert uninterrupted.stop_reason == case.stop_reason
+    assert uninterrupted.forgetting.stop_reason == case.stop_reason
     snapshot = killed_run(tiny_base, case)
     assert snapshot.stage == case.killed_stage and snapshot.training.steps > 0
     resumed = run(tiny_base, case, Snapshots(every=2, save=lambda _: None, resume=snapshot))
 
-    assert (resumed.steps, resumed.stop_reason) == (uninterrupted.steps, uninterrupted.stop_reason)
+    assert resumed.forgetting == uninterrupted.forgetting
     expected, actual = lora_state(uninterrupted.peft_lm), lora_state(resumed.peft_lm)
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[n], actual[n]) for n in expected)
@@ -133,12 +134,14 @@ def test_a_resumed_run_ends_as_the_uninterrupted_one(tiny_base: LoadedLM, name: 
     assert probed == ({"finetuned", "forgotten"} if case.probe else set())
     assert len(resumed.metrics) == len(uninterrupted.metrics)
     for mine, theirs in zip(resumed.metrics, uninterrupted.metrics, strict=True):
-        assert (mine.stage, mine.split, mine.name, mine.layer, mine.step) == (
+        assert (mine.stage, mine.split, mine.name, mine.layer, mine.n) == (
             theirs.stage,
             theirs.split,
             theirs.name,
             theirs.layer,
-            theirs.step,
+            theirs.n,
         )
         assert same(mine.value, theirs.value), mine
+        assert same(mine.ci_low, theirs.ci_low) and same(mine.ci_high, theirs.ci_high), mine
+    assert resumed.curves == uninterrupted.curves and uninterrupted.curves
     assert json.dumps(resumed.per_example, sort_keys=True) == json.dumps(uninterrupted.per_example, sort_keys=True)

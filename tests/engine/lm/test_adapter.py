@@ -9,11 +9,13 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
+from lethe.forgetting import Forgetting, ScoreRise
 from tests.engine.forget.test_run import FORGET_HELDOUT, FORGET_TRAIN, Run, plan
 from worker.engine.lm.adapter import (
     adapter_archive,
     export_adapter,
     library_versions,
+    model_card,
     open_adapter,
     open_adapter_archive,
 )
@@ -33,7 +35,15 @@ PROVENANCE = {
 def test_exported_adapter_loads_with_peft_and_reproduces_the_scores(tiny_base: LoadedLM, tiny_lm_dir, tmp_path) -> None:
     run = Run(tiny_base, plan("gradient_ascent", probe=False, max_steps=3, stop_at_target=False))
     peft_lm = run.outcome.peft_lm
-    out_dir = export_adapter(peft_lm, tmp_path / "adapter", "tiny-base", run.outcome.metrics, PROVENANCE)
+    out_dir = export_adapter(
+        peft_lm,
+        tmp_path / "adapter",
+        "tiny-base",
+        run.outcome.metrics,
+        PROVENANCE,
+        forgetting=run.outcome.forgetting,
+        curves=run.outcome.curves,
+    )
 
     assert {p.name for p in out_dir.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "README.md"}
     config = json.loads((out_dir / "adapter_config.json").read_text())
@@ -84,15 +94,30 @@ def test_an_adapter_trained_against_the_finetuned_reference_exports_without_it(
     assert (actual - before).abs().max() > 1e-3
 
 
-def test_model_card_lists_metrics_and_provenance(tiny_base: LoadedLM, tmp_path) -> None:
+def test_model_card_lists_forgetting_metrics_with_intervals_curves_and_provenance(
+    tiny_base: LoadedLM, tmp_path
+) -> None:
     run = Run(tiny_base, plan("random_label", probe=True, finetune=None, max_steps=1, stop_at_target=False))
     as_dicts = [m.__dict__ for m in run.outcome.metrics]  # plain dicts are accepted too
-    out_dir = export_adapter(run.outcome.peft_lm, tmp_path, "tiny-base", as_dicts, PROVENANCE)
+    out_dir = export_adapter(
+        run.outcome.peft_lm,
+        tmp_path,
+        "tiny-base",
+        as_dicts,
+        PROVENANCE,
+        forgetting=run.outcome.forgetting,
+        curves=run.outcome.curves,
+    )
     card = (out_dir / "README.md").read_text()
-    assert "| stage | split | metric | layer | step | value |" in card
-    accuracy = next(m for m in run.outcome.metrics if m.name == "accuracy")
-    assert f"| {accuracy.stage} | {accuracy.split} | accuracy |  |  | {accuracy.value:.4f} |" in card
+    assert f"## Forgetting\n\n{run.outcome.forgetting.summary()}\n" in card
+    assert "| stage | split | metric | layer | value | n | 95% interval |" in card
+    for m in run.outcome.metrics:
+        if m.name == "accuracy":
+            row = f"| {m.stage} | {m.split} | accuracy |  | {m.value:.4f} | {m.n} | {m.ci_low:.4f} to {m.ci_high:.4f} |"
+            assert row in card
     assert "| base | forget_heldout | probe_accuracy | 2 |" in card
+    [point] = [p for p in run.outcome.curves if p.split == "forget_train"]  # one step: one point
+    assert f"| forget_train | accuracy | 1 | {point.value:.4f} |" in card
     provenance = json.loads(card.split("```json\n")[1].split("\n```")[0])
     assert provenance["method"] == "gradient_ascent"
     assert provenance["data_sha256"] == PROVENANCE["data_sha256"]
@@ -122,9 +147,32 @@ def test_open_adapter_refuses_pickles_and_a_foreign_before_state(tiny_base: Load
 
 def test_the_archive_is_reproducible_and_opens_to_the_same_adapter(tiny_base: LoadedLM) -> None:
     run = Run(tiny_base, plan("gradient_ascent", probe=False, finetune=None, max_steps=1, stop_at_target=False))
-    archive = adapter_archive(run.outcome.peft_lm, "tiny-base", run.outcome.metrics, PROVENANCE)
-    assert adapter_archive(run.outcome.peft_lm, "tiny-base", run.outcome.metrics, PROVENANCE) == archive
+
+    def archived() -> bytes:
+        outcome = run.outcome
+        return adapter_archive(
+            outcome.peft_lm,
+            "tiny-base",
+            outcome.metrics,
+            PROVENANCE,
+            forgetting=outcome.forgetting,
+            curves=outcome.curves,
+        )
+
+    archive = archived()
+    assert archived() == archive
     peft_lm, manifest = open_adapter_archive(tiny_base, archive, run.outcome.before_forgetting)
     assert manifest["method"] == PROVENANCE["method"]
     opened, trained = lora_state(peft_lm), lora_state(run.outcome.peft_lm)
     assert opened.keys() == trained.keys() and all(torch.equal(opened[n], trained[n]) for n in trained)
+
+
+def test_model_card_says_in_words_when_the_target_was_missed_or_a_score_rose() -> None:
+    forgetting = Forgetting(
+        "accuracy", 0.55, 0.76, False, "max_steps", 20, (ScoreRise("forget_heldout", 0.64, 0.80, 0.66, 0.89),)
+    )
+    card = model_card("tiny-base", [], PROVENANCE, forgetting=forgetting, curves=[])
+    forgetting_section = card.split("## Forgetting\n\n")[1].split("\n")[0]
+    assert forgetting_section == forgetting.summary()
+    assert "did NOT reach its target" in forgetting_section
+    assert "forget_heldout accuracy ROSE during forgetting" in forgetting_section

@@ -3,8 +3,10 @@ stopping at the target, the step budget or the utility floor), evaluate again, p
 
 Every split is evaluated with the metrics of its kind (choice|qa|text); the forget splits also get the
 membership-inference AUCs (members = forget-train, non-members = forget-heldout) and PrivLeak relative to the base
-LM. Aggregates become `MetricValue`s; per-example values are kept in `ForgetOutcome.per_example` for the object
-store. A run hands its snapshots to `Snapshots.save` and can resume from one (see `snapshot.py`).
+LM. Aggregates become `MetricValue`s, one per (stage, split, name, layer), with their 95% intervals seeded by the
+plan's seed; the scores measured during forgetting are `CurvePoint`s, apart; per-example values are kept in
+`ForgetOutcome.per_example` for the object store. Whether forgetting reached its target is `ForgetOutcome.forgetting`.
+A run hands its snapshots to `Snapshots.save` and can resume from one (see `snapshot.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 from peft import PeftModel
 
+from lethe.forgetting import Forgetting, score_rises
 from lethe.methods import METHODS, MethodParams
 from lethe.rows import Row, TextRow, kind_of
 from lethe.specs import FinetuneSpec
@@ -29,6 +32,7 @@ from worker.engine.lm.load import CausalLM, LoadedLM
 from worker.engine.lm.lora import LoraState, attach_lora, load_lora_state, lora_state
 from worker.engine.methods.implementations import build_objective
 from worker.engine.methods.plugins import build_plugins
+from worker.engine.metrics.choice import forget_ratio
 from worker.engine.metrics.choice_scores import ChoiceScores
 from worker.engine.metrics.evaluate import (
     PRIMARY_METRIC,
@@ -37,8 +41,9 @@ from worker.engine.metrics.evaluate import (
     membership_metrics,
     primary_score,
 )
+from worker.engine.metrics.intervals import Estimate, wilson
 from worker.engine.metrics.probes import probe_accuracy_by_layer
-from worker.engine.metrics.values import MetricValue, PerExample, SplitResult
+from worker.engine.metrics.values import CurvePoint, MetricValue, PerExample, SplitResult
 from worker.engine.training.loop import Schedule, TrainingResult, train
 from worker.engine.training.objective import Objective
 from worker.engine.training.snapshot import TrainingSnapshot
@@ -57,21 +62,24 @@ class ForgetPlan:
 
 @dataclass
 class ForgetOutcome:
-    """Metrics of every stage, per-example values, the LM with its trained adapter, steps and why forgetting ended.
+    """Metrics of every stage, the forgetting curve, per-example values, the LM with its trained adapter, and
+    whether forgetting reached its target (with its steps and why it stopped).
 
-    `per_example[stage][split][metric]` lists one value per row of the split (None where undefined).
-    `before_forgetting` is the adapter's state right before forgetting (after the fine-tune, or LoRA's
-    initialisation, whose zero B matrices leave the base LM unchanged): what audits compare against.
-    `method_outcome` is what the method says of its run beyond the metrics (`Objective.outcome`; lwf: the counts
-    and indices of forget-train rows it never unlearned, `never_unlearned_rows` > 0 to be told the user); {} if none.
+    `metrics` hold one value per (stage, split, name, layer): the `forgotten` ones are the stored adapter's.
+    `curves` are the primary scores measured during forgetting, by step. `per_example[stage][split][metric]` lists
+    one value per row of the split (None where undefined). `before_forgetting` is the adapter's state right before
+    forgetting (after the fine-tune, or LoRA's initialisation, whose zero B matrices leave the base LM unchanged):
+    what audits compare against. `method_outcome` is what the method says of its run beyond the metrics
+    (`Objective.outcome`; lwf: the counts and indices of forget-train rows it never unlearned,
+    `never_unlearned_rows` > 0 to be told the user); {} if none.
     """
 
     metrics: list[MetricValue]
+    curves: list[CurvePoint]
     per_example: PerExample
     peft_lm: PeftModel
     before_forgetting: LoraState
-    steps: int
-    stop_reason: str
+    forgetting: Forgetting
     method_outcome: dict[str, Any] = field(default_factory=dict)
 
 
@@ -85,7 +93,7 @@ class _Evaluation:
     mia: dict[str, float] = field(default_factory=dict)
 
     def primary(self, split: str, kind: str) -> float:
-        return self.results[split].aggregates[PRIMARY_METRIC[kind]]
+        return self.results[split].estimates[PRIMARY_METRIC[kind]].value
 
 
 def run_forget(
@@ -149,17 +157,17 @@ def run_forget(
     result = run.forget(peft_lm, objective, resume)
 
     after = run.evaluate(peft_lm, "forgotten", collect_hidden=plan.probe, base_mia=run.base_mia)
-    run.forget_ratios(after)
+    run.forget_ratios(after, before_stage)
     if plan.probe:
         run.probe("forgotten", after)
     on_progress("probing" if plan.probe else "evaluating", 1.0)
     return ForgetOutcome(
         metrics=run.metrics,
+        curves=run.curves,
         per_example=run.per_example,
         peft_lm=peft_lm,
         before_forgetting=run.before_forgetting,
-        steps=result.steps,
-        stop_reason=result.stop_reason,
+        forgetting=run.forgetting(after, result),
         method_outcome=objective.outcome(result.steps),
     )
 
@@ -180,6 +188,7 @@ class _Run:
         self.limit = max_length(base.lm, base.tokenizer)
         self.plan, self.params, self.splits, self.snapshots = plan, params, splits, snapshots
         self.metrics: list[MetricValue] = []
+        self.curves: list[CurvePoint] = []
         self.per_example: PerExample = {}
         finetune_epochs = plan.finetune.epochs if plan.finetune else 0
         self.progress = Progress(splits, params, finetune_epochs, plan.probe, on_progress)
@@ -191,7 +200,7 @@ class _Run:
 
     def restore(self, snapshot: ForgetSnapshot) -> None:
         """Take up the measurements and progress of the run `snapshot` came from."""
-        self.metrics, self.per_example = snapshot.copy_measurements()
+        self.metrics, self.curves, self.per_example = snapshot.copy_measurements()
         self.base_mia = dict(snapshot.base_mia)
         self.before_forgetting = snapshot.before_forgetting
         self.before_scores = dict(snapshot.before_scores)
@@ -203,6 +212,7 @@ class _Run:
             stage=stage,
             training=training,
             metrics=list(self.metrics),
+            curves=list(self.curves),
             per_example=copy.deepcopy(self.per_example),
             base_mia=dict(self.base_mia),
             progress_done=self.progress.done,
@@ -222,7 +232,9 @@ class _Run:
         for split, rows in self.splits.rows.items():
             if split == GENERAL_TEXT:
                 text_rows = [row for row in rows if isinstance(row, TextRow)]
-                result = evaluate_perplexity(lm, self.tokenizer, text_rows, self.params.batch_size, on_progress=advance)
+                result = evaluate_perplexity(
+                    lm, self.tokenizer, text_rows, self.params.batch_size, on_progress=advance, seed=self.plan.seed
+                )
                 probe_scores = None
             else:
                 is_forget = split in FORGET_SPLITS
@@ -234,16 +246,17 @@ class _Run:
                     membership=is_forget,
                     collect_hidden=collect_hidden and is_forget,
                     on_progress=advance,
+                    seed=self.plan.seed,
                 )
             evaluation.results[split] = result
             if probe_scores is not None:
                 evaluation.probe_scores[split] = probe_scores
-            self._record(stage, split, result.aggregates)
+            self.metrics.extend(MetricValue.of(stage, split, name, e) for name, e in result.estimates.items())
             self.per_example.setdefault(stage, {})[split] = result.per_example
         # Membership inference: can the stage tell forget-train (members) from forget-heldout (non-members)?
         members, nonmembers = evaluation.results[FORGET_TRAIN].mia, evaluation.results[FORGET_HELDOUT].mia
         evaluation.mia = membership_metrics(members, nonmembers, base_mia)
-        self._record(stage, FORGET_TRAIN, evaluation.mia)
+        self.metrics.extend(MetricValue(stage, FORGET_TRAIN, name, value) for name, value in evaluation.mia.items())
         for split in FORGET_SPLITS:
             for attack, scores in evaluation.results[split].mia.items():
                 self.per_example[stage][split][f"mia_{attack}"] = list(scores)
@@ -268,7 +281,8 @@ class _Run:
         )
 
     def probe(self, stage: str, evaluation: _Evaluation) -> None:
-        """Per-layer probe accuracy on forget-heldout; frees the hidden states afterwards."""
+        """Per-layer probe accuracy on forget-heldout, with its Wilson interval over the heldout rows; frees the
+        hidden states afterwards."""
         train_scores = evaluation.probe_scores.get(FORGET_TRAIN)
         heldout_scores = evaluation.probe_scores.get(FORGET_HELDOUT)
         if train_scores is None or heldout_scores is None or train_scores.hidden is None:
@@ -277,8 +291,12 @@ class _Run:
         accuracies = probe_accuracy_by_layer(
             train_scores, heldout_scores, lambda: self.progress.advance("probing", per_layer)
         )
+        n = len(heldout_scores.answers)
         for layer, accuracy in enumerate(accuracies):
-            self.metrics.append(MetricValue(stage, FORGET_HELDOUT, "probe_accuracy", accuracy, layer=layer))
+            # accuracy = correct rows / n exactly, so rounding recovers the count of correct rows.
+            low, high = wilson(round(accuracy * n), n)
+            estimate = Estimate(accuracy, n, low, high, "wilson")
+            self.metrics.append(MetricValue.of(stage, FORGET_HELDOUT, "probe_accuracy", estimate, layer=layer))
         evaluation.probe_scores.clear()
 
     def forget(self, peft_lm: PeftModel, objective: Objective, resume: ForgetSnapshot | None) -> TrainingResult:
@@ -316,8 +334,7 @@ class _Run:
                 scores[split] = primary_score(peft_lm, self.tokenizer, rows, params.batch_size)
                 self.progress.advance("forgetting", len(rows))
             for split, value in scores.items():
-                name = PRIMARY_METRIC[self.splits.kinds[split]]
-                self.metrics.append(MetricValue("forgotten", split, name, value, step=steps))
+                self.curves.append(CurvePoint(split, PRIMARY_METRIC[self.splits.kinds[split]], steps, value))
             return stop(scores)
 
         result = train(
@@ -347,16 +364,27 @@ class _Run:
         self.progress.forgetting_stopped(trained_rows, checks)
         return result
 
-    def forget_ratios(self, after: _Evaluation) -> None:
-        """forget ratio = (acc_before − acc_after) / (acc_before − chance) of every choice split: the share of the
-        above-chance accuracy that forgetting removed. Undefined when the LM was not above chance before: omitted."""
+    def forget_ratios(self, after: _Evaluation, before_stage: str) -> None:
+        """forget ratio (`choice.forget_ratio`, with its paired interval) of every choice split, from the same rows
+        scored before and after forgetting. Undefined when the LM was not above chance before: omitted."""
         for split, chance_accuracy in self.splits.chances.items():
-            before = self.before_scores[split]
-            headroom = before - chance_accuracy
-            if headroom > 0:
-                ratio = (before - after.primary(split, "choice")) / headroom
-                self.metrics.append(MetricValue("forgotten", split, "forget_ratio", ratio))
+            if self.before_scores[split] - chance_accuracy <= 0:
+                continue
+            correct_before = self.per_example[before_stage][split]["correct"]
+            correct_after = after.results[split].per_example["correct"]
+            estimate = forget_ratio(correct_before, correct_after, chance_accuracy, self.plan.seed)
+            self.metrics.append(MetricValue.of("forgotten", split, "forget_ratio", estimate))
 
-    def _record(self, stage: str, split: str, values: Mapping[str, float]) -> None:
-        for name, value in values.items():
-            self.metrics.append(MetricValue(stage, split, name, value))
+    def forgetting(self, after: _Evaluation, result: TrainingResult) -> Forgetting:
+        """Whether the delivered adapter reached forgetting's target, and which forget splits' primary score rose
+        beyond its interval (the interval after forgetting lies wholly above the score before)."""
+        kind = self.splits.kinds[FORGET_TRAIN]
+        metric = PRIMARY_METRIC[kind]
+        target = StopRule.target_of(self.params, self.splits, self.before_scores)
+        score = after.primary(FORGET_TRAIN, kind)
+        after_scores = {split: after.results[split].estimates[metric] for split in FORGET_SPLITS}
+        rose = score_rises(
+            {split: self.before_scores[split] for split in FORGET_SPLITS},
+            {split: (e.value, e.ci_low, e.ci_high) for split, e in after_scores.items()},
+        )
+        return Forgetting(metric, target, score, score <= target, result.stop_reason, result.steps, rose)

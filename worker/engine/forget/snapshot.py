@@ -18,7 +18,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from worker.engine.lm.lora import LoraState
-from worker.engine.metrics.values import MetricValue, PerExample
+from worker.engine.metrics.values import CurvePoint, MetricValue, PerExample
 from worker.engine.training.snapshot import TrainingSnapshot
 
 Stage = Literal["finetune", "forget"]
@@ -28,16 +28,17 @@ Stage = Literal["finetune", "forget"]
 class ForgetSnapshot:
     """A forget run in its fine-tune or forget stage.
 
-    `metrics` and `per_example`: everything measured so far (forgetting's curve points included); `base_mia`: the
-    base LM's MIA AUCs, PrivLeak's reference. In the forget stage also: the adapter before forgetting, every
-    tracked split's primary score then (the stopping target and forget ratios are relative to it), the best
-    weights the utility floor may restore and their forget score, and the evaluations and rows forgetting has
-    done (the progress estimate's correction). `progress_done`: the progress estimate's units done.
+    `metrics`, `curves` and `per_example`: everything measured so far (forgetting's curve points in `curves`);
+    `base_mia`: the base LM's MIA AUCs, PrivLeak's reference. In the forget stage also: the adapter before
+    forgetting, every tracked split's primary score then (the stopping target and forget ratios are relative to
+    it), the best weights the utility floor may restore and their forget score, and the evaluations and rows
+    forgetting has done (the progress estimate's correction). `progress_done`: the progress estimate's units done.
     """
 
     stage: Stage
     training: TrainingSnapshot
     metrics: list[MetricValue]
+    curves: list[CurvePoint]
     per_example: PerExample
     base_mia: dict[str, float]
     progress_done: float
@@ -48,9 +49,10 @@ class ForgetSnapshot:
     checks: int = 0
     trained_rows: int = 0
 
-    def copy_measurements(self) -> tuple[list[MetricValue], PerExample]:
-        """Fresh copies of the metrics and per-example values, for a resumed run to go on appending to."""
-        return list(self.metrics), copy.deepcopy(self.per_example)
+    def copy_measurements(self) -> tuple[list[MetricValue], list[CurvePoint], PerExample]:
+        """Fresh copies of the metrics, curve points and per-example values, for a resumed run to go on appending
+        to."""
+        return list(self.metrics), list(self.curves), copy.deepcopy(self.per_example)
 
 
 def encode_snapshot(snapshot: ForgetSnapshot) -> tuple[bytes, dict[str, Any]]:
@@ -61,6 +63,7 @@ def encode_snapshot(snapshot: ForgetSnapshot) -> tuple[bytes, dict[str, Any]]:
         "stage": snapshot.stage,
         "training": snapshot.training.fields(),
         "metrics": [asdict(m) for m in snapshot.metrics],
+        "curves": [asdict(point) for point in snapshot.curves],
         "per_example": snapshot.per_example,
         "base_mia": snapshot.base_mia,
         "progress_done": snapshot.progress_done,
@@ -85,6 +88,7 @@ def decode_snapshot(data: bytes, fields: Mapping[str, Any]) -> ForgetSnapshot:
         stage=stage,
         training=TrainingSnapshot.from_parts(groups["training"], fields["training"]),
         metrics=[MetricValue(**m) for m in fields["metrics"]],
+        curves=[CurvePoint(**point) for point in fields["curves"]],
         per_example=fields["per_example"],
         base_mia=dict(fields["base_mia"]),
         progress_done=float(fields["progress_done"]),

@@ -41,11 +41,17 @@ class StopRule:
     def __init__(self, params: MethodParams, splits: Splits, before: Mapping[str, float], peft_lm: PeftModel) -> None:
         self.params = params
         self.retain_before = {split: before[split] for split in splits.retain}
-        kind = splits.kinds[FORGET_TRAIN]
-        reference = splits.chances[FORGET_TRAIN] if kind == "choice" else before[FORGET_HELDOUT]
-        self.target = reference + params.target_tolerance
+        self.target = self.target_of(params, splits, before)
         self.checkpoints = Checkpoints(peft_lm)
         self.checkpoints.offer(before[FORGET_TRAIN])  # forgetting nothing always keeps the floor
+
+    @staticmethod
+    def target_of(params: MethodParams, splits: Splits, before: Mapping[str, float]) -> float:
+        """Forget-train's target primary score: chance + tolerance (choice rows), else forget-heldout's score before
+        forgetting + tolerance."""
+        kind = splits.kinds[FORGET_TRAIN]
+        reference = splits.chances[FORGET_TRAIN] if kind == "choice" else before[FORGET_HELDOUT]
+        return reference + params.target_tolerance
 
     def __call__(self, scores: Mapping[str, float]) -> str | None:
         """`target`, `utility_floor` (the best checkpoint restored), or None to go on."""

@@ -1,5 +1,6 @@
-"""The adapter format: a trained LoRA adapter in PEFT format (safetensors) with a model card (metrics and
-provenance) and a manifest, stored as a reproducible tar.gz, and opened again on a private copy of its base LM."""
+"""The adapter format: a trained LoRA adapter in PEFT format (safetensors) with a model card (whether forgetting
+reached its target, metrics with their intervals, the forgetting curve, provenance) and a manifest, stored as a
+reproducible tar.gz, and opened again on a private copy of its base LM."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from typing import Any
 import torch
 from peft import PeftModel
 
+from lethe.forgetting import Forgetting
 from worker.engine.lm.load import LoadedLM
 from worker.engine.lm.lora import lora_state
-from worker.engine.metrics.values import MetricValue
+from worker.engine.metrics.values import CurvePoint, MetricValue
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MANIFEST = "manifest.json"
@@ -44,10 +46,14 @@ def export_adapter(
     base_model: str,
     card_metrics: Iterable[MetricValue | Mapping[str, Any]],
     provenance: Mapping[str, Any],
+    *,
+    forgetting: Forgetting,
+    curves: Iterable[CurvePoint],
 ) -> Path:
     """Write adapter_config.json, adapter_model.safetensors, README.md (model card) and manifest.json into `out_dir`.
 
-    `card_metrics` are MetricValues or dicts of their fields. The provenance gets a `library_versions` entry unless
+    `card_metrics` are MetricValues or dicts of their fields; `forgetting` and `curves` are the run's (the card
+    says in words whether the target was reached). The provenance gets a `library_versions` entry unless
     the caller supplied one; manifest.json is the same provenance as canonical JSON (the reproducibility manifest).
     """
     metrics = [m if isinstance(m, MetricValue) else MetricValue(**m) for m in card_metrics]
@@ -62,14 +68,23 @@ def export_adapter(
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     full_provenance = {"library_versions": library_versions(), **provenance}
-    (out_dir / "README.md").write_text(model_card(base_model, metrics, full_provenance))
+    card = model_card(base_model, metrics, full_provenance, forgetting=forgetting, curves=curves)
+    (out_dir / "README.md").write_text(card)
     manifest = json.dumps(full_provenance, indent=2, sort_keys=True, default=str)
     (out_dir / MANIFEST).write_text(manifest + "\n")
     return out_dir
 
 
-def model_card(base_model: str, metrics: Iterable[MetricValue], provenance: Mapping[str, Any]) -> str:
-    """Markdown model card: how to load the adapter, a metrics table and the provenance as JSON."""
+def model_card(
+    base_model: str,
+    metrics: Iterable[MetricValue],
+    provenance: Mapping[str, Any],
+    *,
+    forgetting: Forgetting,
+    curves: Iterable[CurvePoint],
+) -> str:
+    """Markdown model card: how to load the adapter, whether forgetting reached its target (in words), a metrics
+    table with each value's n and 95% interval, the forgetting curve and the provenance as JSON."""
     lines = [
         "---",
         "library_name: peft",
@@ -84,22 +99,37 @@ def model_card(base_model: str, metrics: Iterable[MetricValue], provenance: Mapp
         "A LoRA adapter produced by Lethe. Load it with "
         "`PeftModel.from_pretrained(base_lm, adapter_dir)` on top of the base LM named above.",
         "",
+        "## Forgetting",
+        "",
+        forgetting.summary(),
+        "",
         "## Metrics",
         "",
-        "| stage | split | metric | layer | step | value |",
-        "|---|---|---|---|---|---|",
+        "| stage | split | metric | layer | value | n | 95% interval |",
+        "|---|---|---|---|---|---|---|",
     ]
     for m in metrics:
         layer = "" if m.layer is None else str(m.layer)
-        step = "" if m.step is None else str(m.step)
-        cells = [m.stage, m.split, m.name, layer, step, f"{m.value:.4f}"]
-        # A pipe inside a cell (e.g. in a retain set's name) would split the table column.
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        n = "" if m.n is None else str(m.n)
+        interval = "" if m.ci_low is None or m.ci_high is None else f"{m.ci_low:.4f} to {m.ci_high:.4f}"
+        lines.append(_row([m.stage, m.split, m.name, layer, f"{m.value:.4f}", n, interval]))
     lines += [
         "",
         "`forget_gap` = accuracy − chance; `forget_ratio` = (acc_before − acc_after) / (acc_before − chance), "
         "omitted where the LM was not above chance before forgetting; `probe_accuracy` is the heldout accuracy "
-        "of a linear probe on each layer's hidden states (layer 0 = embeddings).",
+        "of a linear probe on each layer's hidden states (layer 0 = embeddings). `n` is the rows a value rests on; "
+        "the 95% interval is Wilson's for accuracies and a bootstrap over rows (seeded by the job's seed) for the "
+        "rest, paired for forget_ratio (the same rows before and after forgetting); `GET /v1/metrics` names each "
+        "metric's. A blank interval: none was drawn.",
+        "",
+        "## Forgetting curve",
+        "",
+        "Each split's primary score measured during forgetting, after the given number of optimiser steps. The "
+        "metrics above (stage `forgotten`) are the delivered adapter's; these points are not.",
+        "",
+        "| split | metric | step | value |",
+        "|---|---|---|---|",
+        *(_row([p.split, p.name, str(p.step), f"{p.value:.4f}"]) for p in curves),
         "",
         "## Provenance",
         "",
@@ -111,15 +141,25 @@ def model_card(base_model: str, metrics: Iterable[MetricValue], provenance: Mapp
     return "\n".join(lines)
 
 
+def _row(cells: list[str]) -> str:
+    # A pipe inside a cell (e.g. in a retain set's name) would split the table column.
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
 def adapter_archive(
     peft_lm: PeftModel,
     base_model: str,
     card_metrics: Iterable[MetricValue | Mapping[str, Any]],
     provenance: Mapping[str, Any],
+    *,
+    forgetting: Forgetting,
+    curves: Iterable[CurvePoint],
 ) -> bytes:
     """The adapter exported as `export_adapter` writes it, as a reproducible tar.gz: what the object store keeps."""
     with tempfile.TemporaryDirectory(prefix="lethe-adapter-") as tmp:
-        directory = export_adapter(peft_lm, tmp, base_model, card_metrics, provenance)
+        directory = export_adapter(
+            peft_lm, tmp, base_model, card_metrics, provenance, forgetting=forgetting, curves=curves
+        )
         buffer = io.BytesIO()
         # Sorted names, zeroed times (the gzip header's too) and owners, mode 0644: the same files, the same bytes.
         with (

@@ -4,6 +4,10 @@ of a forget set; the primary score a split is tracked by.
 A qa or text split costs one teacher-forced pass (shared by every teacher-forced metric and the MIA scores of its
 rows) and one batched greedy generation pass; a choice split one scoring pass of its (prompt, choice) pairs, and
 one more over its (prompt, answer) pairs for their MIA scores.
+
+Every aggregate carries its 95% interval (`intervals.py`), drawn from the per-example values: Wilson for
+accuracies, a bootstrap over rows (seeded by the caller's seed, the job's) for means, and for perplexity a
+bootstrap of the ratio total NLL / total tokens over rows, since perplexity is token-weighted.
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from lethe.rows import QA_TEMPLATE, ChoiceRow, QARow, Row, TextRow, chance, kind_of
+from lethe.rows import QA_TEMPLATE, ChoiceRow, QARow, Row, TextRow, kind_of
 from worker.engine.lm.inputs import encode_pair
 from worker.engine.lm.load import CausalLM
 from worker.engine.metrics.choice import choice_result
 from worker.engine.metrics.choice_scores import ChoiceScores, score_choices
 from worker.engine.metrics.generation import generate_greedy
+from worker.engine.metrics.intervals import Estimate, bootstrap_mean, paired_bootstrap
 from worker.engine.metrics.privacy import (
     MIN_K_FRACTION,
     loss_score,
@@ -69,12 +74,14 @@ def evaluate_split(
     membership: bool = False,
     collect_hidden: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    seed: int = 0,
 ) -> tuple[SplitResult, ChoiceScores | None]:
     """Every metric of the rows' kind, and with `collect_hidden` the choice scores with hidden states a probe is
     fitted on (choice rows; qa rows' true-vs-perturbed answers, None when no row has perturbed answers; text: None).
 
     `membership`: choice rows get the MIA scores of their (prompt, answer) pairs too, one pass more (qa and text
     rows always have them). on_progress(n) after each batch of n sequences; they add up to `progress_total`.
+    `seed` seeds the bootstrap intervals.
     """
     kind = kind_of(rows)
     if kind == "choice":
@@ -82,16 +89,16 @@ def evaluate_split(
         scores = score_choices(
             lm, tokenizer, choice_rows, batch_size, collect_hidden=collect_hidden, on_pairs_scored=on_progress
         )
-        result = choice_result(scores, chance(choice_rows))
+        result = choice_result(scores, seed)
         if membership:
             result.mia = mia_scores(lm, tokenizer, choice_rows, batch_size, on_progress=on_progress)
         return result, scores if collect_hidden else None
     if kind == "qa":
         qa_rows = [row for row in rows if isinstance(row, QARow)]
-        result = evaluate_qa(lm, tokenizer, qa_rows, batch_size, on_progress=on_progress)
+        result = evaluate_qa(lm, tokenizer, qa_rows, batch_size, on_progress=on_progress, seed=seed)
         return result, qa_probe_scores(lm, tokenizer, qa_rows, batch_size) if collect_hidden else None
     text_rows = [row for row in rows if isinstance(row, TextRow)]
-    return evaluate_text(lm, tokenizer, text_rows, batch_size, on_progress=on_progress), None
+    return evaluate_text(lm, tokenizer, text_rows, batch_size, on_progress=on_progress, seed=seed), None
 
 
 def progress_total(rows: Sequence[Row], membership: bool = False) -> int:
@@ -118,6 +125,7 @@ def evaluate_qa(
     batch_size: int,
     max_new_tokens: int = QA_MAX_NEW_TOKENS,
     on_progress: Callable[[int], None] | None = None,
+    seed: int = 0,
 ) -> SplitResult:
     """answer_probability, rouge_l_recall, extraction_strength, exact_memorization and, when some rows have a
     paraphrased answer and perturbed answers, truth_ratio and truth_ratio_balance (None for the other rows).
@@ -126,7 +134,8 @@ def evaluate_qa(
     retain-type sets and min(R, 1/R) (`truth_ratio_balance`) for the forget set.
 
     Greedy answers stop at EOS, at the template's next "Question:" or after `max_new_tokens`.
-    on_progress(n) after each batch of n sequences; they add up to `qa_progress_total(rows)`.
+    on_progress(n) after each batch of n sequences; they add up to `qa_progress_total(rows)`. Each aggregate is the
+    mean over the rows it applies to, with a bootstrap interval over those rows seeded by `seed`.
     """
     if not rows:
         raise ValueError("cannot evaluate an empty split")
@@ -159,8 +168,8 @@ def evaluate_qa(
             position += 1 + n_perturbed
         per_example["truth_ratio"] = [_apply(truth_ratio_true_better, ratios.get(i)) for i in range(len(rows))]
         per_example["truth_ratio_balance"] = [_apply(truth_ratio_balance, ratios.get(i)) for i in range(len(rows))]
-    aggregates = {name: _mean(values) for name, values in per_example.items()}
-    return SplitResult(aggregates, per_example, _mia_from(tokenizer, answer_scores, MIN_K_FRACTION))
+    estimates = {name: _mean(values, seed) for name, values in per_example.items()}
+    return SplitResult(estimates, per_example, _mia_from(tokenizer, answer_scores, MIN_K_FRACTION))
 
 
 def evaluate_text(
@@ -171,11 +180,13 @@ def evaluate_text(
     prefix_tokens: int = VERBMEM_PREFIX_TOKENS,
     continuation_tokens: int = VERBMEM_CONTINUATION_TOKENS,
     on_progress: Callable[[int], None] | None = None,
+    seed: int = 0,
 ) -> SplitResult:
     """verbatim_memorization (None for passages under 2 tokens) and perplexity (the aggregate token-weighted).
 
     Passages longer than the LM's window are scored on their beginning. on_progress(n) after each batch of n
-    sequences; they add up to 2 · len(rows).
+    sequences; they add up to 2 · len(rows). Intervals: bootstrap over rows seeded by `seed` (perplexity's of the
+    ratio total NLL / total tokens, see `perplexity_estimate`).
     """
     if not rows:
         raise ValueError("cannot evaluate an empty split")
@@ -207,10 +218,13 @@ def evaluate_text(
         "perplexity": [perplexity([s]) for s in scores],
         "text_probability": list(text_probabilities),
     }
-    aggregates = {"perplexity": perplexity(scores), "text_probability": float(np.mean(text_probabilities))}
+    estimates = {
+        "perplexity": perplexity_estimate(scores, seed),
+        "text_probability": bootstrap_mean(text_probabilities, seed),
+    }
     if measured:
-        aggregates["verbatim_memorization"] = _mean(verbmem)
-    return SplitResult(aggregates, per_example, _mia_from(tokenizer, scores, MIN_K_FRACTION))
+        estimates["verbatim_memorization"] = _mean(verbmem, seed)
+    return SplitResult(estimates, per_example, _mia_from(tokenizer, scores, MIN_K_FRACTION))
 
 
 def evaluate_perplexity(
@@ -219,11 +233,29 @@ def evaluate_perplexity(
     rows: Sequence[TextRow],
     batch_size: int,
     on_progress: Callable[[int], None] | None = None,
+    seed: int = 0,
 ) -> SplitResult:
     """Perplexity only (token-weighted aggregate, per passage per example): the utility check on general text."""
     pairs = [encode_pair(tokenizer, row.context, row.target) for row in rows]
     scores = score_tokens(lm, tokenizer, pairs, batch_size, on_progress)
-    return SplitResult({"perplexity": perplexity(scores)}, {"perplexity": [perplexity([s]) for s in scores]})
+    return SplitResult(
+        {"perplexity": perplexity_estimate(scores, seed)}, {"perplexity": [perplexity([s]) for s in scores]}
+    )
+
+
+def perplexity_estimate(passages: Sequence[TokenScores], seed: int) -> Estimate:
+    """`perplexity` with its interval: exp(mean NLL_i / mean tokens_i) over the passages i (= exp(total NLL / total
+    tokens)), bootstrapped over passages with each passage's NLL and token count resampled together."""
+    nll = [-float(scores.log_probs.sum()) for scores in passages]
+    tokens = [float(len(scores)) for scores in passages]
+
+    def token_weighted(means: np.ndarray) -> np.ndarray:
+        # A resample of passages without tokens has no perplexity (NaN, dropped by the bootstrap).
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(means[1] > 0, np.exp(means[0] / means[1]), np.nan)
+
+    estimate = paired_bootstrap([nll, tokens], token_weighted, seed)
+    return Estimate(perplexity(passages), estimate.n, estimate.ci_low, estimate.ci_high, "bootstrap")
 
 
 def target_probabilities(
@@ -307,5 +339,6 @@ def _apply(function: Callable[[float], float], value: float | None) -> float | N
     return None if value is None else function(value)
 
 
-def _mean(values: Sequence[float | None]) -> float:
-    return float(np.mean([v for v in values if v is not None]))
+def _mean(values: Sequence[float | None], seed: int) -> Estimate:
+    """The mean over the rows a metric applies to (not None), with its bootstrap interval over those rows."""
+    return bootstrap_mean([v for v in values if v is not None], seed)
