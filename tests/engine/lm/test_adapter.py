@@ -73,7 +73,15 @@ def test_an_adapter_trained_against_the_finetuned_reference_exports_without_it(
     delivered adapter is the trained one alone, and plain peft on the base LM reproduces the engine's LM exactly."""
     run = Run(tiny_base, plan("npo", probe=False, max_steps=3, stop_at_target=False, retain_kl_weight=1.0))
     peft_lm = run.outcome.peft_lm
-    out_dir = export_adapter(peft_lm, tmp_path / "adapter", "tiny-base", run.outcome.metrics, PROVENANCE)
+    out_dir = export_adapter(
+        peft_lm,
+        tmp_path / "adapter",
+        "tiny-base",
+        run.outcome.metrics,
+        PROVENANCE,
+        forgetting=run.outcome.forgetting,
+        curves=run.outcome.curves,
+    )
 
     assert sorted(p.name for p in out_dir.iterdir()) == [
         "README.md",
