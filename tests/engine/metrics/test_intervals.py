@@ -10,6 +10,7 @@ from worker.engine.metrics.intervals import (
     bootstrap_mean,
     paired_bootstrap,
     proportion,
+    stratified_bootstrap,
     wilson,
 )
 
@@ -90,6 +91,29 @@ def test_paired_bootstrap_drops_undefined_resamples_and_gives_up_when_too_many()
     # Accuracy before at chance: the ratio is undefined in about half the resamples.
     murky = paired_bootstrap([[1.0] * 15 + [0.0] * 15, [0.0] * 30], ratio, seed=0)
     assert (murky.ci_low, murky.ci_high) == (None, None)
+
+
+def test_stratified_bootstrap_resamples_each_stratum_apart_and_covers_a_difference_of_means() -> None:
+    sizes: set[tuple[int, int]] = set()
+
+    def difference(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        sizes.add((first.shape[-1], second.shape[-1]))
+        return first[0].mean(axis=-1) - second[0].mean(axis=-1)
+
+    rng = np.random.default_rng(5)
+    covered = 0
+    for trial in range(100):
+        a, b = rng.normal(1.0, 1, 12), rng.normal(0.0, 2, 30)
+        estimate = stratified_bootstrap([[a.tolist()], [b.tolist()]], difference, seed=trial, resamples=500)
+        assert estimate.value == pytest.approx(a.mean() - b.mean()) and estimate.n == 42
+        assert estimate.method == "bootstrap" and estimate.ci_low is not None and estimate.ci_high is not None
+        covered += estimate.ci_low <= 1.0 <= estimate.ci_high
+    assert sizes == {(12, 30)}  # every resample keeps each stratum's size
+    assert 0.88 <= covered / 100 <= 0.99
+    single = stratified_bootstrap([[[1.0]], [[0.0, 1.0]]], difference, seed=0)
+    assert (single.value, single.ci_low, single.ci_high, single.n) == (0.5, None, None, 3)
+    paired = stratified_bootstrap([[[1.0, 2.0], [1.0, 2.0]], [[0.0, 1.0], [0.0, 1.0]]], difference, seed=0)
+    assert paired.method == "paired_bootstrap"
 
 
 def test_bonferroni_confidence() -> None:

@@ -34,8 +34,11 @@ class MetricValue:
 @dataclass
 class SplitResult:
     """Aggregates by metric name, per-example values aligned with the rows (None where a metric does not apply),
-    and the MIA scores of every row's (context, target) pair by attack (see `evaluate.mia_scores`)."""
+    the MIA scores of every row's (context, target) pair by attack (see `evaluate.mia_scores`), and for qa rows
+    every row's truth ratio R by the TOFU paper (None where the row has no perturbed answers; forget quality
+    compares its distributions)."""
 
     aggregates: dict[str, float]
     per_example: dict[str, list[float | None]]
     mia: dict[str, list[float]] = field(default_factory=dict)
+    truth_ratios: list[float | None] = field(default_factory=list)
