@@ -273,7 +273,7 @@ def mia_scores(
     return _mia_from(tokenizer, score_tokens(lm, tokenizer, pairs, batch_size, on_progress), k)
 
 
-def mia_metrics(member: dict[str, list[float]], nonmember: dict[str, list[float]]) -> dict[str, float]:
+def mia_metrics(member: Mapping[str, Sequence[float]], nonmember: Mapping[str, Sequence[float]]) -> dict[str, float]:
     """mia_auc_<attack> for every attack: how well its scores tell members (e.g. forget) from non-members."""
     return {f"mia_auc_{attack}": mia_auc(member[attack], nonmember[attack]) for attack in MIA_ATTACKS}
 
