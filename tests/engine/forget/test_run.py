@@ -246,11 +246,22 @@ def test_a_qa_run_stops_when_forget_train_is_no_better_known_than_unseen_rows(ti
     assert all(m.ci_low is not None for m in outcome.metrics if m.name.startswith("mia_auc"))
 
 
-def test_a_qa_run_without_finetune_has_no_forget_quality(tiny_base: LoadedLM) -> None:
+def test_forget_quality_needs_a_finetune_and_perturbed_answers(tiny_base: LoadedLM) -> None:
     rows = [QARow.from_dict(r) for r in synthetic_qa_rows(12, seed=6)]
     train, heldout = split_heldout(rows, 0.5, seed=0)
-    qa_plan = ForgetPlan("gradient_ascent", {"batch_size": 8, "max_steps": 1, "stop_at_target": False}, None, False, 0)
-    outcome = run_forget(tiny_base, qa_plan, train, heldout, {}, lambda stage, f: None)
+    params = {"batch_size": 8, "max_steps": 1, "stop_at_target": False}
+
+    def ignore(stage: str, fraction: float) -> None:
+        pass
+
+    # No fine-tune: the base LM is no never-learned reference.
+    outcome = run_forget(tiny_base, ForgetPlan("gradient_ascent", params, None, False, 0), train, heldout, {}, ignore)
     names = {m.name for m in outcome.metrics}
     assert "forget_quality" not in names and "privleak_loss" not in names
     assert {"privleak_vs_base_loss", "truth_ratio", "truth_ratio_open_unlearning"} <= names
+    # A fine-tune, but no row with perturbed answers: no truth ratio to compare.
+    bare = [QARow(row.question, row.answer) for row in train], [QARow(row.question, row.answer) for row in heldout]
+    finetune = FinetuneSpec(epochs=1, learning_rate=1e-2)
+    outcome = run_forget(tiny_base, ForgetPlan("gradient_ascent", params, finetune, False, 0), *bare, {}, ignore)
+    names = {m.name for m in outcome.metrics}
+    assert "forget_quality" not in names and "truth_ratio" not in names and "privleak_loss" in names

@@ -77,7 +77,7 @@ def test_evaluate_qa_without_truth_ratio_data_reports_no_truth_ratio(tiny_base: 
     rows = [QARow("What is the big saw?", "The big saw is a tool"), QARow("What?", "A fig", paraphrased_answer="Fig")]
     result = evaluate_qa(tiny_base.lm, tiny_base.tokenizer, rows, batch_size=2, max_new_tokens=4)
     assert set(result.aggregates) == set(result.per_example) == QA_METRICS
-    assert result.truth_ratios == [None, None]
+    assert result.truth_ratios == []
 
 
 def _manual_answer_log_probs(

@@ -209,8 +209,8 @@ class _Run:
         )
 
     def evaluate(self, lm: CausalLM, stage: str, collect_hidden: bool) -> _Evaluation:
-        """Every split's metrics at `stage` and the forget splits' MIA AUCs; after the base stage also what compares
-        the stage with the base LM (`compare_with_base`)."""
+        """Every split's metrics at `stage` and the forget splits' MIA AUCs; after the base stage also their PrivLeak
+        against the base LM (`base_reference`) and TOFU's forget quality (`forget_quality`)."""
         evaluation = _Evaluation()
 
         def advance(n: int) -> None:

@@ -131,6 +131,9 @@ def evaluate_qa(
     (`qa.truth_ratio_open_unlearning`), each aggregated both ways on every split: TOFU reports max(0, 1 − R)
     (`truth_ratio`, `truth_ratio_open_unlearning`) for retain-type sets and min(R, 1/R) (`truth_ratio_balance`,
     `truth_ratio_balance_open_unlearning`) for the forget set.
+
+    Greedy answers stop at EOS, at the template's next "Question:" or after `max_new_tokens`.
+    on_progress(n) after each batch of n sequences; they add up to `qa_progress_total(rows)`.
     """
     if not rows:
         raise ValueError("cannot evaluate an empty split")
@@ -173,7 +176,8 @@ def evaluate_qa(
             ]
     aggregates = {name: _mean(values) for name, values in per_example.items()}
     mia = _mia_from(tokenizer, answer_scores, MIN_K_FRACTION)
-    return SplitResult(aggregates, per_example, mia, [ratios.get(i) for i in range(len(rows))])
+    truth_ratios = [ratios.get(i) for i in range(len(rows))] if truth_rows else []
+    return SplitResult(aggregates, per_example, mia, truth_ratios)
 
 
 def evaluate_text(

@@ -35,8 +35,8 @@ class MetricValue:
 class SplitResult:
     """Aggregates by metric name, per-example values aligned with the rows (None where a metric does not apply),
     the MIA scores of every row's (context, target) pair by attack (see `evaluate.mia_scores`), and for qa rows
-    every row's truth ratio R by the TOFU paper (None where the row has no perturbed answers; forget quality
-    compares its distributions)."""
+    every row's truth ratio R by the TOFU paper (None where the row has no perturbed answers; empty when no row
+    has; forget quality compares its distributions)."""
 
     aggregates: dict[str, float]
     per_example: dict[str, list[float | None]]
