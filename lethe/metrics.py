@@ -201,6 +201,8 @@ _register(
 
 # Membership inference (worker/engine/metrics/privacy.py): members = forget-train, non-members = forget-heldout.
 _MEMBERSHIP = (
+    " Above 0.5 higher = remembers, and 0.5 is the goal after forgetting; well below 0.5 the members look less like "
+    "training data than unseen rows: over-unlearning, which singles the forget set out, not better forgetting."
     " Members are forget-train, non-members forget-heldout; the AUC measures membership only when the job's fine-tune "
     "introduced the forget rows (then only forget-train was trained on). Without a fine-tune, or when the heldout "
     "rows share what the fine-tune taught (the same task or facts), an AUC away from 0.5 can come from differences "

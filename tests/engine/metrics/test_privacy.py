@@ -11,11 +11,11 @@ from worker.engine.metrics.privacy import (
     loss_score,
     mia_auc,
     mia_auc_estimate,
-    mia_aucs,
     min_k_plus_plus_score,
     min_k_score,
     privleak,
     privleak_estimate,
+    resampled_aucs,
     zlib_score,
 )
 
@@ -61,12 +61,20 @@ def test_mia_auc_is_the_probability_a_member_scores_lower() -> None:
         mia_auc([], [1.0])
 
 
-def test_mia_aucs_equal_sklearn_row_by_row_with_ties() -> None:
+def test_resampled_aucs_equal_sklearn_on_every_draw_with_ties() -> None:
     rng = np.random.default_rng(0)
-    members = rng.integers(0, 5, size=(6, 7)).astype(float)  # few distinct values: many ties
-    nonmembers = rng.integers(0, 5, size=(6, 4)).astype(float)
-    expected = [roc_auc_score([0] * 7 + [1] * 4, [*m, *h]) for m, h in zip(members, nonmembers, strict=True)]
-    assert mia_aucs(members, nonmembers) == pytest.approx(expected)
+    members = rng.integers(0, 5, size=7).astype(float)  # few distinct values: many ties
+    nonmembers = rng.integers(0, 5, size=4).astype(float)
+    member_draws, nonmember_draws = rng.integers(0, 7, size=(6, 7)), rng.integers(0, 4, size=(6, 4))
+    expected = [
+        roc_auc_score([0] * 7 + [1] * 4, [*members[i], *nonmembers[j]])
+        for i, j in zip(member_draws, nonmember_draws, strict=True)
+    ]
+    aucs = resampled_aucs(members.tolist(), nonmembers.tolist(), member_draws, nonmember_draws)
+    assert aucs == pytest.approx(expected)
+    assert mia_auc(list(members), list(nonmembers)) == pytest.approx(
+        roc_auc_score([0] * 7 + [1] * 4, [*members, *nonmembers])
+    )
 
 
 def _muse_auc(forget_losses: list[float], holdout_losses: list[float]) -> float:

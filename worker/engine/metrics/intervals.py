@@ -9,9 +9,10 @@ the rest, paired (rows resampled jointly) where the same rows are scored more th
   drawing one set of row indices for all columns. A forget ratio compares the same rows before and after
   forgetting; a recovery rate the same rows before, after forgetting and after the attack: resampling them jointly
   keeps their correlation, which an interval from independent resamples would ignore (and overstate).
-- `stratified_bootstrap(strata, statistic, seed)`: any statistic of several groups of rows that are sampled apart
+- `stratified_bootstrap(sizes, statistic, seed)`: any statistic of several groups of rows that are sampled apart
   (an MIA AUC's members and non-members), each group resampled on its own so every resample keeps the groups'
-  sizes; within a group, several columns of the same rows are resampled jointly (paired), as above.
+  sizes; the statistic gets the drawn row indices, so values of the same rows (two LMs' scores) are read at the
+  same indices: paired, as above.
 
 A resample whose statistic is undefined (NaN: e.g. a ratio whose denominator is not positive) is dropped; if more
 than `MAX_UNDEFINED_FRACTION` of them are, the interval is None: the data do not pin the number down.
@@ -148,29 +149,30 @@ def paired_bootstrap(
 
 
 def stratified_bootstrap(
-    strata: Sequence[Sequence[Sequence[float]]],
+    sizes: Sequence[int],
     statistic: Callable[..., np.ndarray],
     seed: int,
+    paired: bool = False,
     confidence: float = CONFIDENCE,
     resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> Estimate:
     """A statistic of several strata of rows, with the interval from resampling each stratum's rows on its own.
 
-    Each stratum is (columns, rows): per-row values of the same rows, resampled jointly. `statistic(*arrays)` gets
-    one array of shape (columns, k, rows) per stratum and returns k values, NaN where undefined; it is called once
-    on the observed rows (k = 1) and once on every resample's (k = resamples). `n` is the rows of all strata; a
-    stratum of one row gives no interval. The method is `paired_bootstrap` when the strata have several columns.
+    `sizes` are the strata's row counts. `statistic(*indices)` gets one integer array of shape (k, size) per
+    stratum, each row a draw of that stratum's row indices, and returns k values (NaN where undefined); it is
+    called once with the observed rows (k = 1, every index once) and once with every resample's (k = resamples).
+    A statistic that reads several columns of the same rows (two LMs' scores of them) reads them at the same
+    indices: resampled jointly, `paired`. `n` is the rows of all strata; a stratum of one row gives no interval.
     """
-    arrays = [np.asarray(stratum, dtype=np.float64) for stratum in strata]
-    if not arrays or any(a.ndim != 2 or a.shape[1] == 0 for a in arrays):
-        raise ValueError("stratified_bootstrap needs strata of columns of equal, non-zero length")
-    n = sum(int(a.shape[1]) for a in arrays)
-    method: IntervalMethod = "paired_bootstrap" if any(a.shape[0] > 1 for a in arrays) else "bootstrap"
-    value = float(statistic(*(a[:, None, :] for a in arrays))[0])
-    if any(a.shape[1] == 1 for a in arrays):
+    if not sizes or any(size < 1 for size in sizes):
+        raise ValueError("stratified_bootstrap needs strata of at least one row")
+    n = sum(sizes)
+    method: IntervalMethod = "paired_bootstrap" if paired else "bootstrap"
+    value = float(statistic(*(np.arange(size)[None] for size in sizes))[0])
+    if any(size == 1 for size in sizes):
         return Estimate(value, n, None, None, method)
     # One generator draws every stratum's indices in turn: the same rows and seed give the same interval.
     rng = np.random.default_rng(seed)
-    resampled = [a[:, rng.integers(0, a.shape[1], size=(resamples, a.shape[1]))] for a in arrays]
-    low, high = _percentile_interval(np.asarray(statistic(*resampled), dtype=np.float64), confidence)
+    indices = [rng.integers(0, size, size=(resamples, size)) for size in sizes]
+    low, high = _percentile_interval(np.asarray(statistic(*indices), dtype=np.float64), confidence)
     return Estimate(value, n, low, high, method)

@@ -11,7 +11,6 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 from worker.engine.metrics.intervals import Estimate, stratified_bootstrap
 from worker.engine.metrics.token_scores import TokenScores
@@ -61,18 +60,36 @@ def min_k_plus_plus_score(target: TokenScores, k: float = MIN_K_FRACTION) -> flo
     return -_lowest_mean((target.log_probs - target.mean) / std, k)
 
 
-def mia_aucs(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> np.ndarray:
-    """AUC of every row of (k, m) member and (k, n) non-member scores: P(member score < non-member score), ties ½.
+def resampled_aucs(
+    member_scores: Sequence[float],
+    nonmember_scores: Sequence[float],
+    member_indices: np.ndarray,
+    nonmember_indices: np.ndarray,
+) -> np.ndarray:
+    """`mia_auc` of every row of (k, m) member and (k, n) non-member row indices into the scores (bootstrap draws).
 
-    Mann–Whitney: rank the m + n pooled scores of a row (ties get their mean rank); the non-members' rank sum
-    minus n(n + 1)/2 counts the (member, non-member) pairs where the non-member scores higher (a tie counts ½),
-    and there are m · n pairs. So AUC = (Σ rank(non-member) − n(n + 1)/2) / (m · n).
+    A draw counts every (member, non-member) pair it holds, with multiplicity: AUC = Σ_j below(j) / (m · n) over its
+    non-members j, below(j) = its members scoring lower than j's score plus half those tied with it. With the
+    members sorted by score, below(j) is a difference of cumulative counts of the draw's members at the sorted
+    positions where j's score falls: O(k · (m + n)) in all, no sort per draw.
     """
-    m, n = member_scores.shape[-1], nonmember_scores.shape[-1]
+    members, nonmembers = np.asarray(member_scores, np.float64), np.asarray(nonmember_scores, np.float64)
+    m, n = len(members), len(nonmembers)
     if m == 0 or n == 0:
         raise ValueError("the MIA AUC needs at least one member and one non-member")
-    ranks = rankdata(np.concatenate([member_scores, nonmember_scores], axis=-1), axis=-1)
-    return (ranks[..., m:].sum(axis=-1) - n * (n + 1) / 2) / (m * n)
+    order = np.argsort(members, kind="stable")
+    position = np.empty(m, dtype=np.int64)
+    position[order] = np.arange(m)
+    strictly_below = np.searchsorted(members[order], nonmembers, side="left")
+    at_or_below = np.searchsorted(members[order], nonmembers, side="right")
+    draws = len(member_indices)
+    # counts[b, p + 1] = how often draw b holds the member at sorted position p; cumulative[b, q] = its members
+    # among the q lowest.
+    flat = (np.arange(draws)[:, None] * (m + 1) + position[member_indices] + 1).ravel()
+    cumulative = np.bincount(flat, minlength=draws * (m + 1)).reshape(draws, m + 1).cumsum(axis=1)
+    lower, tied = cumulative[:, strictly_below], cumulative[:, at_or_below] - cumulative[:, strictly_below]
+    below = lower + 0.5 * tied  # (draws, n): per non-member of the original rows
+    return np.take_along_axis(below, nonmember_indices, axis=1).sum(axis=1) / (m * n)
 
 
 def mia_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
@@ -81,18 +98,18 @@ def mia_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -
     1 = every member looks more like training data than every non-member; 0.5 = indistinguishable.
     (open-unlearning: labels 0 for forget, 1 for holdout, scores as they are.)
     """
-    members, nonmembers = np.asarray(member_scores, np.float64), np.asarray(nonmember_scores, np.float64)
-    return float(mia_aucs(members[None], nonmembers[None])[0])
+    every_member, every_nonmember = np.arange(len(member_scores))[None], np.arange(len(nonmember_scores))[None]
+    return float(resampled_aucs(member_scores, nonmember_scores, every_member, every_nonmember)[0])
 
 
 def mia_auc_estimate(member_scores: Sequence[float], nonmember_scores: Sequence[float], seed: int) -> Estimate:
     """`mia_auc` with its stratified bootstrap interval: members and non-members resampled apart, so every resample
     has as many of each as the data (the two groups are sampled apart: a forget set and a heldout set)."""
 
-    def auc(members: np.ndarray, nonmembers: np.ndarray) -> np.ndarray:
-        return mia_aucs(members[0], nonmembers[0])
+    def auc(member_indices: np.ndarray, nonmember_indices: np.ndarray) -> np.ndarray:
+        return resampled_aucs(member_scores, nonmember_scores, member_indices, nonmember_indices)
 
-    return stratified_bootstrap([[member_scores], [nonmember_scores]], auc, seed)
+    return stratified_bootstrap([len(member_scores), len(nonmember_scores)], auc, seed)
 
 
 def privleak(auc_model: np.ndarray | float, auc_reference: np.ndarray | float) -> np.ndarray:
@@ -125,7 +142,9 @@ def privleak_estimate(
     stratified bootstrap interval: every resample draws members and non-members apart, and the same rows for both
     LMs (the rows' difficulty is shared by both AUCs; resampling them jointly keeps that)."""
 
-    def statistic(member: np.ndarray, nonmember: np.ndarray) -> np.ndarray:
-        return privleak(mia_aucs(member[0], nonmember[0]), mia_aucs(member[1], nonmember[1]))
+    def statistic(member_indices: np.ndarray, nonmember_indices: np.ndarray) -> np.ndarray:
+        model = resampled_aucs(members, nonmembers, member_indices, nonmember_indices)
+        reference = resampled_aucs(reference_members, reference_nonmembers, member_indices, nonmember_indices)
+        return privleak(model, reference)
 
-    return stratified_bootstrap([[members, reference_members], [nonmembers, reference_nonmembers]], statistic, seed)
+    return stratified_bootstrap([len(members), len(nonmembers)], statistic, seed, paired=True)
