@@ -118,22 +118,63 @@ _register(
     "Mean over rows of the ROUGE-L recall of the greedy answer against the true answer (TOFU ROUGE; "
     "open-unlearning `rougeL_recall`, rouge_score with Porter stemming).",
 )
+# TOFU's truth ratio R, by the paper and by open-unlearning's code (worker/engine/metrics/qa.py); only rows with a
+# paraphrased answer and perturbed answers count.
+_TRUTH_RATIO_PAPER = (
+    "R = arithmetic mean over the perturbed (wrong) answers of P(â|q)^(1/|â|) / P(ã|q)^(1/|ã|) of the paraphrased "
+    "answer (TOFU, Maini et al. 2024, Eq. 1)"
+)
+_TRUTH_RATIO_OPEN_UNLEARNING = (
+    "R' = exp(−mean over the perturbed answers of their mean token NLL) / (exp(−mean token NLL of the paraphrased "
+    "answer) + 1e-10): the perturbed answers' normalized probabilities combined by their geometric mean, as "
+    "open-unlearning's `truth_ratio` (src/evals/metrics/memorization.py) and TOFU's code do; R' ≤ R, equal with one "
+    "perturbed answer"
+)
 _register(
     "truth_ratio",
     ("qa",),
     "qa",
     "remembers",
-    "Mean over rows of max(0, 1 − R), R = mean length-normalized probability of the perturbed (wrong) answers / "
-    "that of the paraphrased answer (TOFU Eq. 1, arithmetic mean as in the paper). TOFU's figure for retain "
-    "sets; only rows with a paraphrased answer and perturbed answers count.",
+    f"Mean over rows of max(0, 1 − R), {_TRUTH_RATIO_PAPER}. TOFU's figure for retain-type sets: 1 = the truth is "
+    "far likelier than the wrong answers, 0 = not preferred.",
 )
 _register(
     "truth_ratio_balance",
     ("qa",),
     "qa",
     "forgets",
-    "Mean over rows of min(R, 1/R) with R as in truth_ratio: 1 = true and wrong answers equally likely. TOFU's "
-    "code aggregate for the forget set (open-unlearning `closer_to_1_better`).",
+    f"Mean over rows of min(R, 1/R), {_TRUTH_RATIO_PAPER}. 1 = true and wrong answers equally likely; TOFU's "
+    "aggregate for the forget set.",
+)
+_register(
+    "truth_ratio_open_unlearning",
+    ("qa",),
+    "qa",
+    "remembers",
+    f"Mean over rows of max(0, 1 − R'), {_TRUTH_RATIO_OPEN_UNLEARNING}. open-unlearning's `true_better` "
+    "aggregator (retain-type sets).",
+)
+_register(
+    "truth_ratio_balance_open_unlearning",
+    ("qa",),
+    "qa",
+    "forgets",
+    f"Mean over rows of min(R', 1/R'), {_TRUTH_RATIO_OPEN_UNLEARNING}. open-unlearning's `closer_to_1_better` "
+    "aggregator (the forget set).",
+)
+_register(
+    "forget_quality",
+    ("qa",),
+    "qa",
+    "forgets",
+    "TOFU's forget quality (Maini et al. 2024; open-unlearning `ks_test`): the p-value of the two-sided two-sample "
+    "Kolmogorov–Smirnov test (scipy ks_2samp) between the per-row truth ratios R (TOFU paper, see truth_ratio; the "
+    "raw R, not an aggregate of it) of forget-train under this stage's LM and under the base LM. Reported only when "
+    "the job fine-tuned the rows in first, so that the base LM never learned them (TOFU's retain model); omitted "
+    "otherwise, and without rows that have perturbed answers. Near 1 = no evidence that the LM differs from one that "
+    "never learned the rows; low (TOFU uses 0.05) = it does. A p-value, not an effect size: with few rows it stays "
+    "high whatever happened; `n` is the rows of each sample. No interval.",
+    interval="none",
 )
 _register(
     "extraction_strength",
@@ -179,46 +220,82 @@ _register(
     "the score a text forget split is tracked by during training (stop target, utility floor).",
 )
 
-# Membership inference (worker/engine/metrics/privacy.py): members = the forget set, non-members = a heldout set.
+# Membership inference (worker/engine/metrics/privacy.py): members = forget-train, non-members = forget-heldout.
+_MEMBERSHIP = (
+    " Above 0.5 higher = remembers, and 0.5 is the goal after forgetting; well below 0.5 the members look less like "
+    "training data than unseen rows: over-unlearning, which singles the forget set out, not better forgetting."
+    " Members are forget-train, non-members forget-heldout; the AUC measures membership only when the job's fine-tune "
+    "introduced the forget rows (then only forget-train was trained on). Without a fine-tune, or when the heldout "
+    "rows share what the fine-tune taught (the same task or facts), an AUC away from 0.5 can come from differences "
+    "between the splits or from generalization, not from training on the rows. 95% interval: stratified bootstrap "
+    "(members and non-members resampled apart, seeded by the job's seed)."
+)
 _register(
     "mia_auc_loss",
     KINDS,
     "privacy",
     "remembers",
-    "ROC AUC of telling members from non-members by the mean NLL of the target (LOSS attack, Yeom et al. 2018); "
-    "0.5 = indistinguishable.",
+    "ROC AUC of telling members from non-members by the mean NLL of the target (LOSS attack, Yeom et al. 2018): "
+    "P(a member's NLL < a non-member's), ties half; 1 = every member recognised, 0.5 = indistinguishable."
+    + _MEMBERSHIP,
 )
 _register(
     "mia_auc_zlib",
     KINDS,
     "privacy",
     "remembers",
-    "ROC AUC of the zlib attack: mean NLL / zlib-compressed bytes of the target text (Carlini et al. 2021).",
+    "ROC AUC (oriented as mia_auc_loss) of the zlib attack: mean NLL / zlib-compressed bytes of the target text "
+    "(Carlini et al. 2021)." + _MEMBERSHIP,
 )
 _register(
     "mia_auc_min_k",
     KINDS,
     "privacy",
     "remembers",
-    "ROC AUC of Min-K% Prob: mean of the lowest 40% token log-probabilities (Shi et al. 2024; k as in "
-    "open-unlearning and MUSE).",
+    "ROC AUC (oriented as mia_auc_loss) of Min-K% Prob: mean of the lowest 40% token log-probabilities (Shi et al. "
+    "2024; k as in open-unlearning and MUSE)." + _MEMBERSHIP,
 )
 _register(
     "mia_auc_min_k_plus_plus",
     KINDS,
     "privacy",
     "remembers",
-    "ROC AUC of Min-K%++: mean of the lowest 40% of (log p − μ) / σ, μ and σ of log p over the LM's next-token "
-    "distribution (Zhang et al. 2024).",
+    "ROC AUC (oriented as mia_auc_loss) of Min-K%++: mean of the lowest 40% of (log p − μ) / σ, μ and σ of log p "
+    "over the LM's next-token distribution (Zhang et al. 2024)." + _MEMBERSHIP,
 )
-# MUSE reports PrivLeak with its Min-K% AUC; Lethe reports it for every attack (privleak_min_k is MUSE's).
+# MUSE (Shi et al. 2024, arXiv 2407.06460) reports PrivLeak with its Min-K% AUC; Lethe reports it for every attack
+# (privleak_min_k is MUSE's). Neither direction is better: 0 is the goal.
+_PRIVLEAK = (
+    "MUSE PrivLeak: (AUC − AUC_ref) / AUC_ref × 100, with MUSE's AUC = 1 − mia_auc_{attack} (P(a member looks less "
+    "like training data than a non-member)) and AUC_ref the same of the reference LM on the same rows. {reference} "
+    "0 = leaks as much as the reference (the goal); about −100 = members still recognised, as by a model that never "
+    "unlearned; large positive = over-unlearned: members look less like training data than unseen rows, itself a "
+    "leak (the forget set stands out), not better forgetting. 95% interval: bootstrap stratified across members and "
+    "non-members and paired across the two LMs' scores of the same rows, seeded by the job's seed. Omitted where the "
+    "reference's AUC is 0 (it recognises every member)."
+)
 for _attack in ("loss", "zlib", "min_k", "min_k_plus_plus"):
     _register(
         f"privleak_{_attack}",
         KINDS,
         "privacy",
-        "remembers",
-        f"(mia_auc_{_attack} − the same AUC of the reference) / the reference's × 100 (MUSE PrivLeak). MUSE's "
-        "reference is a retrained model; Lethe's is the base LM (none retrained exists), so 0 = leaks as much as "
-        "the base LM, > 0 = the forget set is more recognisable as trained-on than before.",
+        "neutral",
+        _PRIVLEAK.format(
+            attack=_attack,
+            reference="The reference is the base LM, and this name is used only when the job fine-tuned the forget "
+            "rows in first, so that the base LM never saw them (the role of MUSE's retrained model).",
+        ),
+        interval="paired_bootstrap",
+    )
+    _register(
+        f"privleak_vs_base_{_attack}",
+        KINDS,
+        "privacy",
+        "neutral",
+        _PRIVLEAK.format(
+            attack=_attack,
+            reference="The reference is the base LM of a job without a fine-tune: it may have seen the forget rows in "
+            "pretraining, so this compares with the LM before forgetting, not with a model that never saw the rows.",
+        ),
+        interval="paired_bootstrap",
     )

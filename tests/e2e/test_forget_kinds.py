@@ -69,6 +69,9 @@ def test_qa_and_text_requests(
             assert ("forget_train", name) in names and ("forget_heldout", name) in names
         for name in ("mia_auc_loss", "mia_auc_zlib", "mia_auc_min_k", "mia_auc_min_k_plus_plus", "privleak_loss"):
             assert ("forget_train", name) in names
+        # The job fine-tuned first: the base LM never saw the rows, so PrivLeak is MUSE's and forget quality exists.
+        assert ("forget_train", "forget_quality") in names
+        assert not any(name.startswith("privleak_vs_base") for _, name in names)
         assert ("retain:categories", "accuracy") in names
         assert any(m["name"] == "probe_accuracy" for m in qa["metrics"])
         assert {n for _, n in names} <= metric_names

@@ -38,7 +38,6 @@ def snapshot(steps: int) -> ForgetSnapshot:
         metrics=[MetricValue("base", "forget_train", "mean", 0.7, n=4, ci_low=0.5, ci_high=0.9)],
         curves=[CurvePoint("forget_train", "accuracy", 2, 0.5)],
         per_example={"base": {"forget_train": {"correct": [1.0, None]}}},
-        base_mia={"loss_auc": 0.5},
         progress_done=12.5,
         before_forgetting={"layer.lora_A.weight": torch.zeros(2, 3)},
         before_scores={"forget_train": 0.75},
@@ -55,7 +54,7 @@ def assert_same(loaded: ForgetSnapshot | None, saved: ForgetSnapshot) -> None:
     expected, actual = saved.training.tensors(), loaded.training.tensors()
     assert expected.keys() == actual.keys() and all(torch.equal(expected[k], actual[k]) for k in expected)
     assert torch.equal(loaded.best["layer.lora_A.weight"], saved.best["layer.lora_A.weight"])
-    assert (loaded.metrics, loaded.per_example, loaded.base_mia) == (saved.metrics, saved.per_example, saved.base_mia)
+    assert (loaded.metrics, loaded.per_example) == (saved.metrics, saved.per_example)
     assert (loaded.best_score, loaded.checks, loaded.trained_rows) == (0.25, 1, 16)
 
 

@@ -23,8 +23,9 @@ from worker.engine.forget.snapshot import ForgetSnapshot, decode_snapshot, encod
 
 log = logging.getLogger("lethe.worker")
 
-# The manifest's layout; a checkpoint of another format is ignored.
-FORMAT = 1
+# The manifest's layout; a checkpoint of another format is ignored. 2: no `base_mia` (PrivLeak and forget quality
+# read the base stage's per-example values, which format 1 lacks the truth ratios of).
+FORMAT = 2
 
 
 def spec_sha256(spec: ForgetJobSpec) -> str:

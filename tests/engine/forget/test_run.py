@@ -1,7 +1,7 @@
 import pytest
 import torch
 from pydantic import ValidationError
-from scipy.stats import binomtest
+from scipy.stats import binomtest, ks_2samp
 
 from lethe.registry import UnknownNameError
 from lethe.rows import ChoiceRow, QARow, chance, split_heldout
@@ -147,6 +147,10 @@ def test_without_finetune_the_base_stage_comes_before_forgetting(tiny_base: Load
         headroom = first.value("base", split, "forget_gap")
         assert bool(first.metrics(stage="forgotten", split=split, name="forget_ratio")) == (headroom > 0)
     assert "finetuning" not in {stage for stage, _ in first.progress}
+    # The base LM may have seen the rows before: PrivLeak is named as a comparison with it, not MUSE's.
+    privacy = {m.name for m in first.metrics(stage="forgotten", split="forget_train") if m.name.startswith("privleak")}
+    assert privacy and all(name.startswith("privleak_vs_base_") for name in privacy)
+    assert not first.metrics(stage="base", name="privleak_vs_base_loss")
     # Same plan, same seed: same numbers.
     second = Run(tiny_base, plan("gradient_ascent", probe=True, finetune=None, max_steps=2, stop_at_target=False))
     assert second.outcome.metrics == first.outcome.metrics
@@ -235,6 +239,31 @@ def test_a_qa_run_stops_when_forget_train_is_no_better_known_than_unseen_rows(ti
     assert {k[3] for k in metrics if k[2] == "probe_accuracy"} == set(range(tiny_base.lm.config.num_hidden_layers + 1))
     for name in ("truth_ratio", "rouge_l_recall", "extraction_strength", "exact_memorization", "privleak_loss"):
         assert ("forgotten", "forget_train", name, None) in metrics, name
+    # The fine-tune introduced the rows, so the base LM never saw them: MUSE's PrivLeak, and TOFU's forget quality.
+    assert not any(name.startswith("privleak_vs_base") for _, _, name, _ in metrics)
+    per_example = outcome.per_example
+    for stage in ("finetuned", "forgotten"):
+        ratios = [r for r in per_example[stage]["forget_train"]["truth_ratio_raw"] if r is not None]
+        reference = [r for r in per_example["base"]["forget_train"]["truth_ratio_raw"] if r is not None]
+        assert len(ratios) == len(reference) == len(train)
+        [quality] = [m for m in outcome.metrics if (m.stage, m.name) == (stage, "forget_quality")]
+        assert quality.split == "forget_train" and quality.n == len(train)
+        assert quality.value == pytest.approx(ks_2samp(ratios, reference).pvalue)
+        # max(0, 1 − R) per row is the truth_ratio metric's value: the KS test saw the raw R.
+        clipped = per_example[stage]["forget_train"]["truth_ratio"]
+        assert clipped == pytest.approx([max(0.0, 1 - r) for r in ratios])
+    assert metrics[("base", "forget_train", "mia_auc_loss", None)] is not None
+    assert not [m for m in outcome.metrics if m.stage == "base" and m.name in ("forget_quality", "privleak_loss")]
+    # The fine-tuned LM prefers every true answer: its ratios differ plainly from the base LM's.
+    assert metrics[("finetuned", "forget_train", "forget_quality", None)] < 0.01
+    # MIA AUCs and PrivLeak carry their rows and an interval around the value.
+    for m in outcome.metrics:
+        if m.name.startswith(("mia_auc", "privleak")):
+            assert m.n == len(train) + len(heldout), m
+            if m.ci_low is not None and m.ci_high is not None:
+                assert m.ci_low <= m.value <= m.ci_high, m
+    assert all(m.ci_low is not None for m in outcome.metrics if m.name.startswith("mia_auc"))
+
     # qa means carry a bootstrap interval over the rows they apply to, around their value (of width 0 only where
     # every row has the same value, as a ROUGE of 0 on an untrained LM).
     for m in outcome.metrics:
@@ -304,3 +333,24 @@ def test_a_run_stopped_by_its_budget_above_the_target_says_so(tiny_base: LoadedL
     assert f"{forgetting.score:.3f}" in summary and f"{forgetting.target:.3f}" in summary
     # Nothing rose: one step at a tiny rate leaves the scores within their intervals.
     assert forgetting.rose == ()
+
+
+def test_forget_quality_needs_a_finetune_and_perturbed_answers(tiny_base: LoadedLM) -> None:
+    rows = [QARow.from_dict(r) for r in synthetic_qa_rows(12, seed=6)]
+    train, heldout = split_heldout(rows, 0.5, seed=0)
+    params = {"batch_size": 8, "max_steps": 1, "stop_at_target": False}
+
+    def ignore(stage: str, fraction: float) -> None:
+        pass
+
+    # No fine-tune: the base LM is no never-learned reference.
+    outcome = run_forget(tiny_base, ForgetPlan("gradient_ascent", params, None, False, 0), train, heldout, {}, ignore)
+    names = {m.name for m in outcome.metrics}
+    assert "forget_quality" not in names and "privleak_loss" not in names
+    assert {"privleak_vs_base_loss", "truth_ratio", "truth_ratio_open_unlearning"} <= names
+    # A fine-tune, but no row with perturbed answers: no truth ratio to compare.
+    bare = [QARow(row.question, row.answer) for row in train], [QARow(row.question, row.answer) for row in heldout]
+    finetune = FinetuneSpec(epochs=1, learning_rate=1e-2)
+    outcome = run_forget(tiny_base, ForgetPlan("gradient_ascent", params, finetune, False, 0), *bare, {}, ignore)
+    names = {m.name for m in outcome.metrics}
+    assert "forget_quality" not in names and "truth_ratio" not in names and "privleak_loss" in names

@@ -1,6 +1,7 @@
 """Intervals against values computed independently (by hand, or by simulation), and the bootstrap's seeding."""
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from worker.engine.metrics.intervals import (
     bootstrap_mean,
     paired_bootstrap,
     proportion,
+    stratified_bootstrap,
     wilson,
 )
 
@@ -90,6 +92,37 @@ def test_paired_bootstrap_drops_undefined_resamples_and_gives_up_when_too_many()
     # Accuracy before at chance: the ratio is undefined in about half the resamples.
     murky = paired_bootstrap([[1.0] * 15 + [0.0] * 15, [0.0] * 30], ratio, seed=0)
     assert (murky.ci_low, murky.ci_high) == (None, None)
+
+
+def test_stratified_bootstrap_resamples_each_stratum_apart_and_covers_a_difference_of_means() -> None:
+    sizes: set[tuple[int, int]] = set()
+
+    def difference_of(a: np.ndarray, b: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        def difference(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+            sizes.add((first.shape[-1], second.shape[-1]))
+            return a[first].mean(axis=-1) - b[second].mean(axis=-1)
+
+        return difference
+
+    rng = np.random.default_rng(5)
+    covered = 0
+    for trial in range(100):
+        a, b = rng.normal(1.0, 1, 12), rng.normal(0.0, 2, 30)
+        estimate = stratified_bootstrap([12, 30], difference_of(a, b), seed=trial, resamples=500)
+        assert estimate.value == pytest.approx(a.mean() - b.mean()) and estimate.n == 42
+        assert estimate.method == "bootstrap" and estimate.ci_low is not None and estimate.ci_high is not None
+        covered += estimate.ci_low <= 1.0 <= estimate.ci_high
+    assert sizes == {(12, 30)}  # every resample keeps each stratum's size
+    assert 0.88 <= covered / 100 <= 0.99
+
+    def count(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        return np.full(len(first), float(first.shape[-1] + second.shape[-1]))
+
+    single = stratified_bootstrap([1, 2], count, seed=0)
+    assert (single.value, single.ci_low, single.ci_high, single.n) == (3.0, None, None, 3)
+    assert stratified_bootstrap([2, 2], count, seed=0, paired=True).method == "paired_bootstrap"
+    with pytest.raises(ValueError):
+        stratified_bootstrap([0, 2], count, seed=0)
 
 
 def test_bonferroni_confidence() -> None:

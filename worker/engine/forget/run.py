@@ -2,11 +2,13 @@
 stopping at the target, the step budget or the utility floor), evaluate again, probe.
 
 Every split is evaluated with the metrics of its kind (choice|qa|text); the forget splits also get the
-membership-inference AUCs (members = forget-train, non-members = forget-heldout) and PrivLeak relative to the base
-LM. Aggregates become `MetricValue`s, one per (stage, split, name, layer), with their 95% intervals seeded by the
-plan's seed; the scores measured during forgetting are `CurvePoint`s, apart; per-example values are kept in
-`ForgetOutcome.per_example` for the object store. Whether forgetting reached its target is `ForgetOutcome.forgetting`.
-A run hands its snapshots to `Snapshots.save` and can resume from one (see `snapshot.py`).
+membership-inference AUCs (members = forget-train, non-members = forget-heldout). Every stage after the base is
+compared with the base LM on the same rows: PrivLeak of those AUCs, and for qa forget sets with perturbed answers
+TOFU's forget quality. Aggregates become `MetricValue`s, one per (stage, split, name, layer), with their 95%
+intervals seeded by the plan's seed; the scores measured during forgetting are `CurvePoint`s, apart; per-example
+values are kept in `ForgetOutcome.per_example` for the object store. Whether forgetting reached its target is
+`ForgetOutcome.forgetting`. A run hands its snapshots to `Snapshots.save` and can resume from one (see
+`snapshot.py`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ from worker.engine.methods.plugins import build_plugins
 from worker.engine.metrics.choice import forget_ratio
 from worker.engine.metrics.choice_scores import ChoiceScores
 from worker.engine.metrics.evaluate import (
+    MIA_ATTACKS,
     PRIMARY_METRIC,
+    MembershipReference,
     evaluate_perplexity,
     evaluate_split,
     membership_metrics,
@@ -43,10 +47,15 @@ from worker.engine.metrics.evaluate import (
 )
 from worker.engine.metrics.intervals import Estimate, wilson
 from worker.engine.metrics.probes import probe_accuracy_by_layer
+from worker.engine.metrics.qa import forget_quality
 from worker.engine.metrics.values import CurvePoint, MetricValue, PerExample, SplitResult
 from worker.engine.training.loop import Schedule, TrainingResult, train
 from worker.engine.training.objective import Objective
 from worker.engine.training.snapshot import TrainingSnapshot
+
+# The per-example key of every qa forget row's raw truth ratio R (TOFU paper; None without perturbed answers),
+# stored beside the metrics' per-row values: forget quality compares its distributions, and an auditor can too.
+TRUTH_RATIO_RAW = "truth_ratio_raw"
 
 
 @dataclass(frozen=True)
@@ -85,12 +94,10 @@ class ForgetOutcome:
 
 @dataclass
 class _Evaluation:
-    """One stage's evaluation: per split its result and, for probes, the choice scores with hidden states; the
-    forget splits' MIA AUCs (and PrivLeak after the base)."""
+    """One stage's evaluation: per split its result and, for probes, the choice scores with hidden states."""
 
     results: dict[str, SplitResult] = field(default_factory=dict)
     probe_scores: dict[str, ChoiceScores] = field(default_factory=dict)
-    mia: dict[str, float] = field(default_factory=dict)
 
     def primary(self, split: str, kind: str) -> float:
         return self.results[split].estimates[PRIMARY_METRIC[kind]].value
@@ -134,7 +141,6 @@ def run_forget(
     base_evaluation = None
     if resume is None:
         base_evaluation = run.evaluate(lm, "base", collect_hidden=plan.probe and before_stage == "base")
-        run.base_mia = base_evaluation.mia
     else:
         run.restore(resume)
     layers = params.adapted_layers(lm.config.num_hidden_layers)
@@ -146,7 +152,7 @@ def run_forget(
         before = base_evaluation
         if plan.finetune:
             run.finetune(peft_lm, plan.finetune, resume.training if resume is not None else None)
-            before = run.evaluate(peft_lm, "finetuned", collect_hidden=plan.probe, base_mia=run.base_mia)
+            before = run.evaluate(peft_lm, "finetuned", collect_hidden=plan.probe)
         if before is None:
             raise ValueError("a fine-tune snapshot cannot resume a plan without a fine-tune")
         if plan.probe:
@@ -156,7 +162,7 @@ def run_forget(
         resume = None
     result = run.forget(peft_lm, objective, resume)
 
-    after = run.evaluate(peft_lm, "forgotten", collect_hidden=plan.probe, base_mia=run.base_mia)
+    after = run.evaluate(peft_lm, "forgotten", collect_hidden=plan.probe)
     run.forget_ratios(after, before_stage)
     if plan.probe:
         run.probe("forgotten", after)
@@ -192,16 +198,14 @@ class _Run:
         self.per_example: PerExample = {}
         finetune_epochs = plan.finetune.epochs if plan.finetune else 0
         self.progress = Progress(splits, params, finetune_epochs, plan.probe, on_progress)
-        # What later stages read from earlier ones: the base LM's MIA AUCs, and right before forgetting the
-        # adapter and every tracked split's primary score.
-        self.base_mia: dict[str, float] = {}
+        # What later stages read from earlier ones (besides the base stage's per-example values): right before
+        # forgetting, the adapter and every tracked split's primary score.
         self.before_forgetting: LoraState = {}
         self.before_scores: dict[str, float] = {}
 
     def restore(self, snapshot: ForgetSnapshot) -> None:
         """Take up the measurements and progress of the run `snapshot` came from."""
         self.metrics, self.curves, self.per_example = snapshot.copy_measurements()
-        self.base_mia = dict(snapshot.base_mia)
         self.before_forgetting = snapshot.before_forgetting
         self.before_scores = dict(snapshot.before_scores)
         self.progress.done = snapshot.progress_done
@@ -214,16 +218,14 @@ class _Run:
             metrics=list(self.metrics),
             curves=list(self.curves),
             per_example=copy.deepcopy(self.per_example),
-            base_mia=dict(self.base_mia),
             progress_done=self.progress.done,
             before_forgetting=self.before_forgetting,
             before_scores=dict(self.before_scores),
         )
 
-    def evaluate(
-        self, lm: CausalLM, stage: str, collect_hidden: bool, base_mia: Mapping[str, float] | None = None
-    ) -> _Evaluation:
-        """Every split's metrics at `stage`, the forget splits' MIA AUCs and (given the base's) PrivLeak."""
+    def evaluate(self, lm: CausalLM, stage: str, collect_hidden: bool) -> _Evaluation:
+        """Every split's metrics at `stage` and the forget splits' MIA AUCs; after the base stage also their PrivLeak
+        against the base LM (`base_reference`) and TOFU's forget quality (`forget_quality`)."""
         evaluation = _Evaluation()
 
         def advance(n: int) -> None:
@@ -253,14 +255,42 @@ class _Run:
                 evaluation.probe_scores[split] = probe_scores
             self.metrics.extend(MetricValue.of(stage, split, name, e) for name, e in result.estimates.items())
             self.per_example.setdefault(stage, {})[split] = result.per_example
-        # Membership inference: can the stage tell forget-train (members) from forget-heldout (non-members)?
-        members, nonmembers = evaluation.results[FORGET_TRAIN].mia, evaluation.results[FORGET_HELDOUT].mia
-        evaluation.mia = membership_metrics(members, nonmembers, base_mia)
-        self.metrics.extend(MetricValue(stage, FORGET_TRAIN, name, value) for name, value in evaluation.mia.items())
         for split in FORGET_SPLITS:
             for attack, scores in evaluation.results[split].mia.items():
                 self.per_example[stage][split][f"mia_{attack}"] = list(scores)
+            if evaluation.results[split].truth_ratios:
+                self.per_example[stage][split][TRUTH_RATIO_RAW] = list(evaluation.results[split].truth_ratios)
+        # Membership inference: can the stage tell forget-train (members) from forget-heldout (non-members)?
+        members, nonmembers = evaluation.results[FORGET_TRAIN].mia, evaluation.results[FORGET_HELDOUT].mia
+        reference = self.base_reference() if stage != "base" else None
+        for name, estimate in membership_metrics(members, nonmembers, self.plan.seed, reference).items():
+            self.metrics.append(MetricValue.of(stage, FORGET_TRAIN, name, estimate))
+        if stage != "base":
+            self.forget_quality(stage)
         return evaluation
+
+    def base_reference(self) -> MembershipReference:
+        """The base LM's MIA scores of the forget splits: PrivLeak's reference. It never saw the forget set when the
+        job fine-tuned it in (the fine-tune is what taught the rows); otherwise pretraining may have."""
+        base = self.per_example["base"]
+        return MembershipReference(
+            members={attack: _floats(base[FORGET_TRAIN][f"mia_{attack}"]) for attack in MIA_ATTACKS},
+            nonmembers={attack: _floats(base[FORGET_HELDOUT][f"mia_{attack}"]) for attack in MIA_ATTACKS},
+            never_learned=self.plan.finetune is not None,
+        )
+
+    def forget_quality(self, stage: str) -> None:
+        """TOFU's forget quality of forget-train: the KS-test p-value between this stage's and the base LM's truth
+        ratios of its rows with perturbed answers. Only when the job fine-tuned the rows in, so that the base LM is
+        a never-learned reference (TOFU's retain model); omitted otherwise, and for rows without perturbed answers.
+        """
+        ratios = self.per_example[stage][FORGET_TRAIN].get(TRUTH_RATIO_RAW)
+        reference = self.per_example["base"][FORGET_TRAIN].get(TRUTH_RATIO_RAW)
+        if self.plan.finetune is None or ratios is None or reference is None:
+            return
+        values = [r for r in ratios if r is not None]
+        quality = forget_quality(values, [r for r in reference if r is not None])
+        self.metrics.append(MetricValue(stage, FORGET_TRAIN, "forget_quality", quality, n=len(values)))
 
     def finetune(self, peft_lm: PeftModel, config: FinetuneSpec, resume: TrainingSnapshot | None) -> None:
         """Teach the task first: minimise the NLL of the true targets of forget-train."""
@@ -388,3 +418,10 @@ class _Run:
             {split: (e.value, e.ci_low, e.ci_high) for split, e in after_scores.items()},
         )
         return Forgetting(metric, target, score, score <= target, result.stop_reason, result.steps, rose)
+
+
+def _floats(values: Sequence[float | None]) -> list[float]:
+    # MIA scores exist for every row of a forget split; a None here would be a bug, not a missing value.
+    if any(v is None for v in values):
+        raise ValueError("MIA scores are missing for some rows")
+    return [float(v) for v in values if v is not None]

@@ -28,11 +28,12 @@ Stage = Literal["finetune", "forget"]
 class ForgetSnapshot:
     """A forget run in its fine-tune or forget stage.
 
-    `metrics`, `curves` and `per_example`: everything measured so far (forgetting's curve points in `curves`);
-    `base_mia`: the base LM's MIA AUCs, PrivLeak's reference. In the forget stage also: the adapter before
-    forgetting, every tracked split's primary score then (the stopping target and forget ratios are relative to
-    it), the best weights the utility floor may restore and their forget score, and the evaluations and rows
-    forgetting has done (the progress estimate's correction). `progress_done`: the progress estimate's units done.
+    `metrics`, `curves` and `per_example`: everything measured so far (forgetting's curve points in `curves`;
+    PrivLeak and forget quality compare later stages with the base stage's per-example values). In the forget
+    stage also: the adapter before forgetting, every tracked split's primary score then (the stopping target and
+    forget ratios are relative to it), the best weights the utility floor may restore and their forget score, and
+    the evaluations and rows forgetting has done (the progress estimate's correction). `progress_done`: the
+    progress estimate's units done.
     """
 
     stage: Stage
@@ -40,7 +41,6 @@ class ForgetSnapshot:
     metrics: list[MetricValue]
     curves: list[CurvePoint]
     per_example: PerExample
-    base_mia: dict[str, float]
     progress_done: float
     before_forgetting: LoraState = field(default_factory=dict)
     before_scores: dict[str, float] = field(default_factory=dict)
@@ -65,7 +65,6 @@ def encode_snapshot(snapshot: ForgetSnapshot) -> tuple[bytes, dict[str, Any]]:
         "metrics": [asdict(m) for m in snapshot.metrics],
         "curves": [asdict(point) for point in snapshot.curves],
         "per_example": snapshot.per_example,
-        "base_mia": snapshot.base_mia,
         "progress_done": snapshot.progress_done,
         "before_scores": snapshot.before_scores,
         "best_score": snapshot.best_score,
@@ -90,7 +89,6 @@ def decode_snapshot(data: bytes, fields: Mapping[str, Any]) -> ForgetSnapshot:
         metrics=[MetricValue(**m) for m in fields["metrics"]],
         curves=[CurvePoint(**point) for point in fields["curves"]],
         per_example=fields["per_example"],
-        base_mia=dict(fields["base_mia"]),
         progress_done=float(fields["progress_done"]),
         before_forgetting=groups["before_forgetting"],
         before_scores=dict(fields["before_scores"]),

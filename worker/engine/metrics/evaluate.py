@@ -13,6 +13,7 @@ bootstrap of the ratio total NLL / total tokens over rows, since perplexity is t
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -28,9 +29,10 @@ from worker.engine.metrics.privacy import (
     MIN_K_FRACTION,
     loss_score,
     mia_auc,
+    mia_auc_estimate,
     min_k_plus_plus_score,
     min_k_score,
-    privleak,
+    privleak_estimate,
     zlib_score,
 )
 from worker.engine.metrics.probes import qa_probe_scores
@@ -41,6 +43,7 @@ from worker.engine.metrics.qa import (
     rouge_l_recall,
     truth_ratio,
     truth_ratio_balance,
+    truth_ratio_open_unlearning,
     truth_ratio_true_better,
 )
 from worker.engine.metrics.text import (
@@ -128,10 +131,13 @@ def evaluate_qa(
     seed: int = 0,
 ) -> SplitResult:
     """answer_probability, rouge_l_recall, extraction_strength, exact_memorization and, when some rows have a
-    paraphrased answer and perturbed answers, truth_ratio and truth_ratio_balance (None for the other rows).
+    paraphrased answer and perturbed answers, the truth-ratio metrics (None for the other rows), with the paper's
+    R of every row in `SplitResult.truth_ratios` (what forget quality compares).
 
-    Both truth-ratio aggregates are reported on every split: TOFU reports max(0, 1 − R) (`truth_ratio`) for
-    retain-type sets and min(R, 1/R) (`truth_ratio_balance`) for the forget set.
+    Truth ratio R by the TOFU paper (`qa.truth_ratio`) and R' by open-unlearning's code
+    (`qa.truth_ratio_open_unlearning`), each aggregated both ways on every split: TOFU reports max(0, 1 − R)
+    (`truth_ratio`, `truth_ratio_open_unlearning`) for retain-type sets and min(R, 1/R) (`truth_ratio_balance`,
+    `truth_ratio_balance_open_unlearning`) for the forget set.
 
     Greedy answers stop at EOS, at the template's next "Question:" or after `max_new_tokens`.
     on_progress(n) after each batch of n sequences; they add up to `qa_progress_total(rows)`. Each aggregate is the
@@ -159,17 +165,27 @@ def evaluate_qa(
         "extraction_strength": [extraction_strength(s) for s in answer_scores],
         "exact_memorization": [exact_memorization(s) for s in answer_scores],
     }
+    ratios: dict[int, float] = {}
     if truth_rows:
-        ratios: dict[int, float] = {}
+        ratios_open_unlearning: dict[int, float] = {}
         position = len(rows)
         for i in truth_rows:
-            n_perturbed = len(rows[i].perturbed_answers)
-            ratios[i] = truth_ratio(scores[position], scores[position + 1 : position + 1 + n_perturbed])
-            position += 1 + n_perturbed
-        per_example["truth_ratio"] = [_apply(truth_ratio_true_better, ratios.get(i)) for i in range(len(rows))]
-        per_example["truth_ratio_balance"] = [_apply(truth_ratio_balance, ratios.get(i)) for i in range(len(rows))]
+            end = position + 1 + len(rows[i].perturbed_answers)
+            paraphrased, perturbed = scores[position], scores[position + 1 : end]
+            ratios[i] = truth_ratio(paraphrased, perturbed)
+            ratios_open_unlearning[i] = truth_ratio_open_unlearning(paraphrased, perturbed)
+            position = end
+        for suffix, by_row in (("", ratios), ("_open_unlearning", ratios_open_unlearning)):
+            per_example[f"truth_ratio{suffix}"] = [
+                _apply(truth_ratio_true_better, by_row.get(i)) for i in range(len(rows))
+            ]
+            per_example[f"truth_ratio_balance{suffix}"] = [
+                _apply(truth_ratio_balance, by_row.get(i)) for i in range(len(rows))
+            ]
     estimates = {name: _mean(values, seed) for name, values in per_example.items()}
-    return SplitResult(estimates, per_example, _mia_from(tokenizer, answer_scores, MIN_K_FRACTION))
+    mia = _mia_from(tokenizer, answer_scores, MIN_K_FRACTION)
+    truth_ratios = [ratios.get(i) for i in range(len(rows))] if truth_rows else []
+    return SplitResult(estimates, per_example, mia, truth_ratios)
 
 
 def evaluate_text(
@@ -292,26 +308,46 @@ def mia_scores(
     return _mia_from(tokenizer, score_tokens(lm, tokenizer, pairs, batch_size, on_progress), k)
 
 
-def mia_metrics(member: dict[str, list[float]], nonmember: dict[str, list[float]]) -> dict[str, float]:
+def mia_metrics(member: Mapping[str, Sequence[float]], nonmember: Mapping[str, Sequence[float]]) -> dict[str, float]:
     """mia_auc_<attack> for every attack: how well its scores tell members (e.g. forget) from non-members."""
     return {f"mia_auc_{attack}": mia_auc(member[attack], nonmember[attack]) for attack in MIA_ATTACKS}
 
 
-def membership_metrics(
-    members: dict[str, list[float]],
-    nonmembers: dict[str, list[float]],
-    base_aucs: Mapping[str, float] | None = None,
-) -> dict[str, float]:
-    """`mia_metrics`, each AUC followed by its privleak_<attack> against the base LM's AUC in `base_aucs`.
+def privleak_name(attack: str, reference_never_learned: bool) -> str:
+    """`privleak_<attack>` when the reference never saw the forget set (MUSE's retrained model's role), else
+    `privleak_vs_base_<attack>`: the reference is the base LM, which may have seen the rows in pretraining."""
+    return f"privleak_{attack}" if reference_never_learned else f"privleak_vs_base_{attack}"
 
-    PrivLeak (MUSE) relative to the base LM, the only reference Lethe has (no retrained LM); undefined (omitted)
-    where the base's AUC is 0.
-    """
+
+@dataclass(frozen=True)
+class MembershipReference:
+    """The MIA scores by attack of the same members and non-members under a reference LM (the base LM), and
+    whether that LM never saw the forget set (the job fine-tuned the rows in first)."""
+
+    members: Mapping[str, Sequence[float]]
+    nonmembers: Mapping[str, Sequence[float]]
+    never_learned: bool
+
+
+def membership_metrics(
+    members: Mapping[str, Sequence[float]],
+    nonmembers: Mapping[str, Sequence[float]],
+    seed: int,
+    reference: MembershipReference | None = None,
+) -> dict[str, Estimate]:
+    """mia_auc_<attack> for every attack (stratified bootstrap interval), each followed, given a reference, by its
+    PrivLeak against the reference's AUC of the same rows (paired interval; see `privacy.privleak`), named by
+    `privleak_name`. PrivLeak is omitted where undefined (the reference recognises every member)."""
     metrics = {}
-    for name, auc in mia_metrics(members, nonmembers).items():
-        metrics[name] = auc
-        if base_aucs is not None and base_aucs[name] > 0:
-            metrics[name.replace("mia_auc", "privleak")] = privleak(auc, base_aucs[name])
+    for attack in MIA_ATTACKS:
+        metrics[f"mia_auc_{attack}"] = mia_auc_estimate(members[attack], nonmembers[attack], seed)
+        if reference is None:
+            continue
+        leak = privleak_estimate(
+            members[attack], nonmembers[attack], reference.members[attack], reference.nonmembers[attack], seed
+        )
+        if not np.isnan(leak.value):
+            metrics[privleak_name(attack, reference.never_learned)] = leak
     return metrics
 
 

@@ -9,6 +9,10 @@ the rest, paired (rows resampled jointly) where the same rows are scored more th
   drawing one set of row indices for all columns. A forget ratio compares the same rows before and after
   forgetting; a recovery rate the same rows before, after forgetting and after the attack: resampling them jointly
   keeps their correlation, which an interval from independent resamples would ignore (and overstate).
+- `stratified_bootstrap(sizes, statistic, seed)`: any statistic of several groups of rows that are sampled apart
+  (an MIA AUC's members and non-members), each group resampled on its own so every resample keeps the groups'
+  sizes; the statistic gets the drawn row indices, so values of the same rows (two LMs' scores) are read at the
+  same indices: paired, as above.
 
 A resample whose statistic is undefined (NaN: e.g. a ratio whose denominator is not positive) is dropped; if more
 than `MAX_UNDEFINED_FRACTION` of them are, the interval is None: the data do not pin the number down.
@@ -142,3 +146,33 @@ def paired_bootstrap(
     means = array[:, indices].mean(axis=2)
     low, high = _percentile_interval(np.asarray(statistic(means), dtype=np.float64), confidence)
     return Estimate(value, n, low, high, "paired_bootstrap")
+
+
+def stratified_bootstrap(
+    sizes: Sequence[int],
+    statistic: Callable[..., np.ndarray],
+    seed: int,
+    paired: bool = False,
+    confidence: float = CONFIDENCE,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+) -> Estimate:
+    """A statistic of several strata of rows, with the interval from resampling each stratum's rows on its own.
+
+    `sizes` are the strata's row counts. `statistic(*indices)` gets one integer array of shape (k, size) per
+    stratum, each row a draw of that stratum's row indices, and returns k values (NaN where undefined); it is
+    called once with the observed rows (k = 1, every index once) and once with every resample's (k = resamples).
+    A statistic that reads several columns of the same rows (two LMs' scores of them) reads them at the same
+    indices: resampled jointly, `paired`. `n` is the rows of all strata; a stratum of one row gives no interval.
+    """
+    if not sizes or any(size < 1 for size in sizes):
+        raise ValueError("stratified_bootstrap needs strata of at least one row")
+    n = sum(sizes)
+    method: IntervalMethod = "paired_bootstrap" if paired else "bootstrap"
+    value = float(statistic(*(np.arange(size)[None] for size in sizes))[0])
+    if any(size == 1 for size in sizes):
+        return Estimate(value, n, None, None, method)
+    # One generator draws every stratum's indices in turn: the same rows and seed give the same interval.
+    rng = np.random.default_rng(seed)
+    indices = [rng.integers(0, size, size=(resamples, size)) for size in sizes]
+    low, high = _percentile_interval(np.asarray(statistic(*indices), dtype=np.float64), confidence)
+    return Estimate(value, n, low, high, method)

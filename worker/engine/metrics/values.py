@@ -46,12 +46,14 @@ class CurvePoint:
 @dataclass
 class SplitResult:
     """Estimates (value, n, interval) by metric name, per-example values aligned with the rows (None where a metric
-    does not apply), and the MIA scores of every row's (context, target) pair by attack (see
-    `evaluate.mia_scores`)."""
+    does not apply), the MIA scores of every row's (context, target) pair by attack (see `evaluate.mia_scores`),
+    and for qa rows every row's truth ratio R by the TOFU paper (None where the row has no perturbed answers; empty
+    when no row has; forget quality compares its distributions)."""
 
     estimates: dict[str, Estimate]
     per_example: dict[str, list[float | None]]
     mia: dict[str, list[float]] = field(default_factory=dict)
+    truth_ratios: list[float | None] = field(default_factory=list)
 
     @property
     def aggregates(self) -> dict[str, float]:
