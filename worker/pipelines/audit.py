@@ -111,6 +111,7 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
         inputs.retain,
         batch_size=forget_spec.method.parsed().batch_size,
         seed=forget_spec.seed,
+        finetuned=forget_spec.finetune is not None,
     )
     thresholds = target.spec.thresholds
     try:
