@@ -37,13 +37,17 @@ def list_metrics(_tenant_id: TenantDep) -> list[MetricSpecOut]:
 
 @router.get("/attacks", response_model=list[AttackOut], responses=error_responses(401, 429))
 def list_attacks(_tenant_id: TenantDep) -> list[AttackOut]:
-    """Recovery attacks an audit can run, with the JSON schema (and defaults) of their params."""
+    """Recovery attacks an audit can run, with the JSON schema (and defaults) of their params and how their results
+    are judged: 95% paired-bootstrap intervals over rows (Bonferroni over an attack's variants), shallow only when an
+    interval lies above the threshold, robust only when below, otherwise inconclusive with a reason."""
     return [
         AttackOut(
             name=name,
             description=spec.description,
             kinds=list(spec.kinds),
             needs_retain=spec.needs_retain,
+            controlled=spec.controlled,
+            verdict_rule=spec.verdict_rule(),
             params=spec.json_schema(),
         )
         for name, spec in ATTACKS.items()

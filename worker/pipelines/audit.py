@@ -184,6 +184,7 @@ def _record(
         target.audit_id,
         results,
         verdict=verdict,
+        verdict_reasons=signed["report"]["verdict_reasons"],
         report_key=json_key,
         report_html_key=html_key,
         signature=signed["signature"]["value"],
