@@ -16,7 +16,9 @@ from worker.engine.lm.load import LoadedLM
 def test_run_audit_skips_an_attack_with_nothing_to_measure(tiny_base: LoadedLM, saved_adapter) -> None:
     directory, before = saved_adapter
     rows = [QARow(question=r["question"], answer=r["answer"]) for r in synthetic_qa_rows(8, seed=0)]  # no paraphrase
-    ctx = audit_context(tiny_base, open_adapter(tiny_base, directory, before), before, rows[:4], rows[4:], {}, 4, 0, finetuned=False)
+    ctx = audit_context(
+        tiny_base, open_adapter(tiny_base, directory, before), before, rows[:4], rows[4:], {}, 4, 0, finetuned=False
+    )
     stages: list[tuple[str, float]] = []
     audited, skipped = run_audit(
         ctx,

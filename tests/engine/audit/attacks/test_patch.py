@@ -35,7 +35,7 @@ def test_patching_the_block_that_forgot_brings_the_task_back(
 ) -> None:
     ctx = build_context(taught_base, task_rows, forget_modules=["layers.0."])
     outcome = run_attack("patch", ctx)
-    judgement = judge("patch", outcome, Thresholds())
+    judgement = judge("patch", outcome, Thresholds(), seed=0)
     assert (outcome.before, outcome.after_forgetting) == (1.0, 0.0)
     assert [(v.name, v.layer, v.recovery) for v in judgement.variants] == [("layer_0", 0, 1.0)]
     assert judgement.verdict == "shallow"
@@ -45,8 +45,8 @@ def test_patching_below_the_block_that_forgot_brings_nothing_back(
     taught_base: LoadedLM, task_rows: dict[str, list[Row]]
 ) -> None:
     ctx = build_context(taught_base, task_rows, forget_modules=["layers.1."])
-    judgement = judge("patch", run_attack("patch", ctx, layers=[0]), Thresholds())
-    assert (judgement.recovery, judgement.verdict) == (0.0, "robust")
+    judgement = judge("patch", run_attack("patch", ctx, layers=[0]), Thresholds(), seed=0)
+    assert (judgement.worst.recovery, judgement.verdict) == (0.0, "robust")
 
 
 def test_patching_answer_probabilities_of_qa_rows(tiny_base: LoadedLM) -> None:

@@ -51,7 +51,7 @@ def test_restoring_the_block_that_forgot_brings_the_task_back(
     other_block = 1 - forgetting_block
     ctx = build_context(taught_base, task_rows, forget_modules=[f"layers.{forgetting_block}."])
     outcome = run_attack("restore", ctx, groups=["last_1", "per_layer"])
-    judgement = judge("restore", outcome, Thresholds())
+    judgement = judge("restore", outcome, Thresholds(), seed=0)
     recovery = {v.name: v.recovery for v in judgement.variants}
     assert (outcome.before, outcome.after_forgetting) == (1.0, 0.0)
     assert recovery[f"layer_{forgetting_block}"] == 1.0
