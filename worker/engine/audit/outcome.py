@@ -32,8 +32,8 @@ Intervals. Each variant's numbers are statistics of its columns' means over the 
 are paired percentile bootstraps over the rows (`paired_bootstrap`, seeded by the audit's seed): one set of row
 indices per resample for every column, which keeps the rows' correlation across the LMs that scored them. A
 resample in which before − floor ≤ 0 has no rate (NaN); with more than 5% of them the interval cannot be drawn.
-The verdict looks at the worst of an attack's m variants, so each variant's interval is at the Bonferroni level
-1 − 0.05/m (`bonferroni_confidence`): the chance that any of the m intervals misses its value stays below 5%.
+The verdict looks at all of an attack's m variants at once (is any above the threshold, are all below), so each
+variant's interval is at the Bonferroni level 1 − 0.05/m (`bonferroni_confidence`): the chance that any of the m intervals misses its value stays below 5%.
 
 Verdict of an attack, with `evidence` = excess_recovery where the attack has a control, recovery otherwise
 (excess_drop for trigger) and t its threshold (`recovery_for(attack)`, `trigger_drop`):
@@ -55,6 +55,9 @@ Minimum sample size. MIN_ROWS is the smallest n at which one accuracy's 95% Wils
 differences of such scores divided by what forgetting removed (at most 1), so its interval is no narrower than
 that in general; with fewer rows no interval can be expected to clear the default threshold of 0.25 on either
 side. It is a floor, not a guarantee: past it, the intervals decide.
+
+The attack's result repeats its deciding variant's numbers (`worst_variant`): when shallow, the variant whose
+interval's lower end is highest; otherwise the one whose upper end is highest (furthest from robust).
 
 Overall verdict (`overall_verdict`): `shallow` if any attack is; `robust` if every conclusive attack is and there
 is at least one; else `inconclusive`. Its reasons are those of every inconclusive attack, whatever the overall
@@ -367,8 +370,19 @@ def judge(attack: str, outcome: AttackOutcome, thresholds: Thresholds, seed: int
             reason = "no_control"
         else:
             reason = "interval_spans_threshold"
+    # The deciding variant: the strongest evidence of shallowness (highest lower end) when shallow; else the one
+    # furthest from robust (highest upper end; no interval at all counts as furthest); ties to the larger value.
     deciding = shallow or rated or results
-    worst = max(deciding, key=lambda r: r.evidence.value if r.evidence.value is not None else float("-inf"))
+
+    def strength(result: VariantResult) -> tuple[float, float]:
+        value = result.evidence.value
+        if shallow:
+            end = result.evidence.ci_low if result.evidence.ci_low is not None else float("-inf")
+        else:
+            end = result.evidence.ci_high if result.evidence.ci_high is not None else float("inf")
+        return (end, float("-inf") if value is None else value)
+
+    worst = max(deciding, key=strength)
     return Judgement(worst=worst, verdict=verdict, reason=reason, variants=results, chance=chance)
 
 
