@@ -10,7 +10,13 @@ import pytest
 from lethe.settings import Settings
 from lethe.signing import signing_key, verify
 from models.db import session_scope
-from models.repositories import AdapterRepository, AuditRepository, JobEventRepository, JobRepository
+from models.repositories import (
+    AdapterRepository,
+    AuditRepository,
+    JobEventRepository,
+    JobRepository,
+    MetricRepository,
+)
 from storage import open_store
 from storage.keys import before_forgetting_key
 from tests.worker.test_forget_pipeline import _queued_job
@@ -114,13 +120,15 @@ def test_after_a_fine_tune_relearning_is_judged_against_the_never_learned_base(
     the excess over it (6 heldout rows: too few to conclude, whatever the numbers)."""
     cache = BaseLMCache(tmp_path)
     store = open_store(stack_settings)
-    audit_request = {"attacks": [{"name": "relearn", "params": {"examples": [2], "steps": 2, "benign": False}}]}
+    relearn = {"name": "relearn", "params": {"examples": [2], "steps": 4, "learning_rate": 0.05, "benign": False}}
+    audit_request = {"attacks": [relearn], "thresholds": AUDIT["thresholds"]}
     job_id = _queued_job(
         stack_settings,
         "tiny-audit-5",
         f"path:{tiny_lm_dir}",
         audit=audit_request,
-        finetune={"epochs": 2, "learning_rate": 0.01},
+        finetune={"epochs": 20, "learning_rate": 0.01},
+        method={"name": "gradient_ascent", "params": {"epochs": 4, "batch_size": 4, "learning_rate": 0.01}},
     )
     enqueued: list[uuid.UUID] = []
     assert run_forget_job(stack_settings, store, cache, job_id, enqueue_audit=enqueued.append) == "succeeded"
@@ -134,13 +142,21 @@ def test_after_a_fine_tune_relearning_is_judged_against_the_never_learned_base(
         # The control's curve starts at the base LM's score and ends at its control_after; the control's gain is in
         # recovery's units, and the excess is the difference (when forgetting removed enough for a rate).
         control_curve = result.curves["control k=2"]
-        assert [step for step, _ in control_curve] == [0, 2]
-        if result.recovery is not None:
-            floor = max(result.after_forgetting, result.chance or 0.0)
-            gain = control_curve[-1][1] - control_curve[0][1]
-            assert result.control_recovery == pytest.approx(min(max(gain / (result.before - floor), 0.0), 1.0))
-            assert result.excess_recovery == pytest.approx(result.recovery - result.control_recovery)
-            assert variant["excess_recovery"] == result.excess_recovery
+        assert [step for step, _ in control_curve] == [0, 2, 4]
+        # The control starts where the forget job measured its base LM (stage `base`): it is the base LM.
+        base_heldout = [
+            m.value
+            for m in MetricRepository(session).list_for_job(job_id)
+            if (m.stage, m.split, m.name, m.step, m.layer) == ("base", "forget_heldout", "accuracy", None, None)
+        ]
+        assert base_heldout == [pytest.approx(control_curve[0][1])]
+        # The fine-tune raised heldout above the base LM and forgetting took some of it away: a rate is defined.
+        assert result.recovery is not None and result.before > result.after_forgetting
+        floor = max(result.after_forgetting, result.chance or 0.0)
+        gain = control_curve[-1][1] - control_curve[0][1]
+        assert result.control_recovery == pytest.approx(min(max(gain / (result.before - floor), 0.0), 1.0))
+        assert result.excess_recovery == pytest.approx(result.recovery - result.control_recovery)
+        assert variant["excess_recovery"] == result.excess_recovery
 
 
 def test_a_tampered_adapter_fails_the_audit(
