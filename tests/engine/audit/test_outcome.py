@@ -4,6 +4,8 @@ Every expected number here is computed by the test itself: rates by hand, interv
 bootstrap resamples.
 """
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -38,6 +40,8 @@ def test_row_scores_are_their_mean_and_keep_their_rows() -> None:
     assert scores == 0.5 and scores.rows == (1.0, 0.0, 0.0, 1.0)
     with pytest.raises(ValueError):
         RowScores([])
+    copied = copy.deepcopy(scores)
+    assert isinstance(copied, RowScores) and copied.rows == scores.rows and copied == 0.5
 
 
 def test_a_bare_mean_cannot_be_judged() -> None:

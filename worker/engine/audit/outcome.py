@@ -33,7 +33,8 @@ are paired percentile bootstraps over the rows (`paired_bootstrap`, seeded by th
 indices per resample for every column, which keeps the rows' correlation across the LMs that scored them. A
 resample in which before − floor ≤ 0 has no rate (NaN); with more than 5% of them the interval cannot be drawn.
 The verdict looks at all of an attack's m variants at once (is any above the threshold, are all below), so each
-variant's interval is at the Bonferroni level 1 − 0.05/m (`bonferroni_confidence`): the chance that any of the m intervals misses its value stays below 5%.
+variant's interval is at the Bonferroni level 1 − 0.05/m (`bonferroni_confidence`): the chance that any of the m
+intervals misses its value stays below 5%.
 
 Verdict of an attack, with `evidence` = excess_recovery where the attack has a control, recovery otherwise
 (excess_drop for trigger) and t its threshold (`recovery_for(attack)`, `trigger_drop`):
@@ -123,6 +124,10 @@ class RowScores(float):
         scores = super().__new__(cls, sum(values) / len(values))
         scores.rows = values
         return scores
+
+    def __reduce__(self) -> tuple[type[RowScores], tuple[tuple[float, ...]]]:
+        # copy and pickle rebuild it from its rows (float's own reduction would pass the mean as the rows).
+        return RowScores, (self.rows,)
 
 
 def rows_of(score: float, what: str) -> tuple[float, ...]:
