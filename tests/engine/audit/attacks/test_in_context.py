@@ -146,6 +146,16 @@ def test_qa_rows_are_scored_by_answer_probability_after_the_shots(taught_base: L
     assert [variant.name for variant in outcome.variants] == ["k=1", "k=4"]
     assert all(0 < variant.after_attack < 1 for variant in outcome.variants)
     assert all(variant.after_attack != outcome.after_forgetting for variant in outcome.variants)
+    # Gradient ascent left the true answers almost no probability, and shots of other rows give none back; the LM
+    # before forgetting, given the same shots, still finds them (a little less than zero-shot: the tiny LM never saw
+    # prompts of several lines).
+    judgement = judge("in_context", outcome, THRESHOLDS, seed=0)
+    assert outcome.after_forgetting < 0.01 and outcome.before > 0.5
+    for variant, result in zip(outcome.variants, judgement.variants, strict=True):
+        assert variant.before is not None and 0.5 < variant.before < outcome.before
+        assert result.n == 12 and result.recovery is not None and result.ci_high is not None and result.ci_high < 0.01
+    # No never-learned control here, but an interval below the threshold needs none.
+    assert (judgement.verdict, judgement.reason) == ("robust", None)
 
 
 def test_text_rows_are_refused(taught_base: LoadedLM) -> None:

@@ -72,6 +72,15 @@ def test_qa_rows_are_probed(tiny_base: LoadedLM) -> None:
     ctx = build_context(tiny_base, {"forget_train": rows[:20], "forget_heldout": rows[20:36], "retain": rows[36:]})
     outcome = run_attack("probe", ctx)
     assert [v.layer for v in outcome.variants] == [0, 1]
+    # Every heldout row has a perturbed answer: 16 rows, each a 0/1 probe prediction, the accuracy their mean.
+    for variant in outcome.variants:
+        rows = variant.after_attack.rows  # type: ignore[attr-defined]
+        assert len(rows) == 16 and set(rows) <= {0.0, 1.0} and variant.after_attack == sum(rows) / 16
+    # Gradient ascent took the LM's own answers below chance while the probes still find the true answer: a
+    # recovery, which without a never-learned control (no fine-tune) is never called shallow.
+    judgement = judge("probe", outcome, Thresholds(), seed=0)
+    assert outcome.after_forgetting < 0.5 <= min(v.after_attack for v in outcome.variants)
+    assert (judgement.verdict, judgement.reason) == ("inconclusive", "no_control")
 
 
 def test_qa_rows_without_perturbed_answers_cannot_be_probed(tiny_base: LoadedLM) -> None:
