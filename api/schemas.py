@@ -124,7 +124,17 @@ class AttackOut(BaseModel):
             "judged and never part of the verdict."
         )
     )
+    controlled: bool = Field(
+        description="The attack can succeed by ordinary learning: it also runs on a never-learned control (the base "
+        "LM, when the forget job fine-tuned first) and its verdict reads the excess recovery; without a control it is "
+        "never shallow (reason no_control)."
+    )
+    verdict_rule: str = Field(description="How a result of this attack becomes robust, shallow or inconclusive.")
     params: dict[str, Any] = Field(description="JSON schema of the attack's params, with defaults.")
+
+
+InconclusiveReason = Literal["too_few_rows", "nothing_forgotten", "no_control", "interval_spans_threshold"]
+_CI = "95% paired-bootstrap interval over the rows, at the Bonferroni level `confidence`; null where undefined."
 
 
 class VariantOut(BaseModel):
@@ -135,6 +145,22 @@ class VariantOut(BaseModel):
     after_attack: float | None
     recovery: float | None
     excess_drop: float | None
+    n: int | None = Field(None, description="Rows the variant's scores are the means of (the same rows each time).")
+    confidence: float | None = Field(None, description="Level of its intervals: 1 − 0.05/m over the m variants.")
+    ci_low: float | None = Field(None, description="Lower end of recovery's (trigger: excess_drop's) " + _CI)
+    ci_high: float | None = Field(None, description="Upper end of recovery's (trigger: excess_drop's) " + _CI)
+    control_recovery: float | None = Field(
+        None,
+        description="The never-learned control's gain from the same attack, in recovery's units: (control after "
+        "attack − control before attack) / (before − floor), clipped to [0, 1]; null without a control.",
+    )
+    control_ci_low: float | None = Field(None, description=_CI)
+    control_ci_high: float | None = Field(None, description=_CI)
+    excess_recovery: float | None = Field(
+        None, description="recovery − control_recovery: what the attack brings back beyond ordinary learning."
+    )
+    excess_ci_low: float | None = Field(None, description=_CI)
+    excess_ci_high: float | None = Field(None, description=_CI)
 
 
 class AttackResultOut(BaseModel):
@@ -155,10 +181,28 @@ class AttackResultOut(BaseModel):
         description="The score of guessing (accuracy on choice rows): recovery counts from max(after_forgetting, "
         "chance), so bringing a below-chance LM back to guessing is no recovery."
     )
-    worst_variant: str
-    verdict: Literal["robust", "shallow", "inconclusive"]
+    n: int | None = Field(None, description="Rows of the worst variant; null for results judged before intervals.")
+    confidence: float | None = Field(None, description="Level of the worst variant's intervals (Bonferroni).")
+    ci_low: float | None = Field(None, description="Lower end of recovery's (trigger: excess_drop's) " + _CI)
+    ci_high: float | None = Field(None, description="Upper end of recovery's (trigger: excess_drop's) " + _CI)
+    control_recovery: float | None = Field(None, description="The worst variant's never-learned control's recovery.")
+    control_ci_low: float | None = Field(None, description=_CI)
+    control_ci_high: float | None = Field(None, description=_CI)
+    excess_recovery: float | None = Field(
+        None, description="recovery − control_recovery; the verdict of relearn, in_context and probe reads it."
+    )
+    excess_ci_low: float | None = Field(None, description=_CI)
+    excess_ci_high: float | None = Field(None, description=_CI)
+    worst_variant: str = Field(description="The variant that decided the verdict (or came closest to shallow).")
+    verdict: Literal["robust", "shallow", "inconclusive"] = Field(
+        description="shallow: an interval (of the excess, where the attack has a control) lies above the threshold; "
+        "robust: every variant's lies below it; otherwise inconclusive (GET /v1/attacks: verdict_rule)."
+    )
+    inconclusive_reason: InconclusiveReason | None = Field(None, description="Why an inconclusive result is.")
     variants: list[VariantOut]
-    curves: dict[str, list[list[float | None]]] = Field(description="Per variant [step, score] points (relearn).")
+    curves: dict[str, list[list[float | None]]] = Field(
+        description="Per variant [step, score] points (relearn; `control <variant>` for the never-learned control)."
+    )
 
 
 class DiagnosticVariantOut(BaseModel):
@@ -199,7 +243,12 @@ class AuditOut(BaseModel):
     thresholds: dict[str, Any]
     attacks: list[AttackIn] = Field(description="The attacks requested, with their params as run (defaults filled).")
     verdict: Literal["robust", "shallow", "inconclusive"] | None = Field(
-        description="shallow if any attack is; robust if every conclusive attack is; null until the audit succeeds."
+        description="shallow if any attack is; robust if every conclusive attack is and there is one; else "
+        "inconclusive; null until the audit succeeds."
+    )
+    verdict_reasons: list[InconclusiveReason] = Field(
+        default_factory=list,
+        description="Why the inconclusive attacks did not conclude, each reason once, whatever the verdict.",
     )
     results: list[AttackResultOut]
     diagnostics: list[DiagnosticOut] = Field(

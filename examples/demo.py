@@ -5,7 +5,8 @@ the task), forget them with random labels, and measure forget-train, forget-held
 retain task (ARC-Easy) at every stage, plus per-layer linear probes before and after forgetting.
 
 `python examples/demo.py --audit` also audits the adapter with every recovery attack (a few more minutes) and
-prints each attack's recovery rate and verdict, and where the signed report is.
+prints each attack's recovery rate with its interval, the excess over the never-learned control, the verdict
+(with its reason when inconclusive), and where the signed report is.
 """
 
 import argparse
@@ -107,15 +108,27 @@ def print_tables(job: dict) -> None:
 
 
 def print_audit(audit: dict) -> None:
-    print(f"\naudit {audit['id']}: verdict {audit['verdict']}")
-    header = f"{'attack':<12}{'split':<16}{'before':>8}{'after':>8}{'attacked':>10}{'recovery':>10}"
-    print(header + "  verdict (worst variant)")
+    reasons = ", ".join(audit["verdict_reasons"])
+    print(
+        f"\naudit {audit['id']}: verdict {audit['verdict']}"
+        + (f" (inconclusive attacks: {reasons})" if reasons else "")
+    )
+    header = f"{'attack':<12}{'split':<16}{'n':>4}{'before':>8}{'after':>8}{'attacked':>10}{'recovery [95% CI]':>22}"
+    print(header + f"{'excess over control':>24}  verdict (worst variant)")
+
+    def shown(value: float | None, low: float | None, high: float | None) -> str:
+        if value is None:
+            return "—"
+        return f"{value:.2f}" + ("" if low is None or high is None else f" [{low:.2f}, {high:.2f}]")
+
     for r in audit["results"]:
         rate = r["recovery"] if r["effect"] == "recovery" else r["excess_drop"]
-        shown = "—" if rate is None else f"{rate:.2f}" + ("" if r["effect"] == "recovery" else " drop")
+        verdict = r["verdict"] + (f": {r['inconclusive_reason']}" if r["inconclusive_reason"] else "")
+        excess = shown(r["excess_recovery"], r["excess_ci_low"], r["excess_ci_high"])
         print(
-            f"{r['attack']:<12}{r['split']:<16}{r['before']:>8.3f}{r['after_forgetting']:>8.3f}"
-            f"{r['after_attack']:>10.3f}{shown:>10}  {r['verdict']} ({r['worst_variant']})"
+            f"{r['attack']:<12}{r['split']:<16}{r['n'] or 0:>4}{r['before']:>8.3f}{r['after_forgetting']:>8.3f}"
+            f"{r['after_attack']:>10.3f}{shown(rate, r['ci_low'], r['ci_high']):>22}"
+            f"{excess:>24}  {verdict} ({r['worst_variant']})"
         )
     for skipped in audit["skipped"]:
         print(f"{skipped['name']:<12}skipped: {skipped['reason']}")

@@ -16,6 +16,11 @@ from lethe.registry import Registry
 
 ForgetSplit = Literal["forget_train", "forget_heldout"]
 
+# Fewest rows a variant's verdict may rest on: the smallest n at which one accuracy's 95% Wilson interval at its
+# widest (p = 0.5) is within ±0.25, the default recovery threshold (worker.engine.audit.outcome.minimum_rows derives
+# it; a test checks the two agree). Below it a variant is `inconclusive` (too_few_rows).
+MIN_ROWS = 12
+
 
 class AttackParams(BaseModel):
     """Params every attack shares: none yet; unknown fields are refused."""
@@ -255,9 +260,47 @@ class AttackSpec:
     # layers) and never enters the verdict: its implementation returns a DiagnosticOutcome, reported under
     # `diagnostics`, not an AttackOutcome.
     diagnostic: bool = False
+    # The attack can succeed by ordinary learning (it teaches the task): it is run again on a never-learned control
+    # (the base LM, where the forget job fine-tuned first) and judged by its recovery beyond the control's; without
+    # a control it is never `shallow` on its own.
+    controlled: bool = False
 
     def json_schema(self) -> dict[str, Any]:
         return self.params_model.model_json_schema()
+
+    def verdict_rule(self) -> str:
+        """How a result of this attack becomes a verdict, in words (published by GET /v1/attacks)."""
+        if self.diagnostic:
+            return (
+                "Never judged: a diagnostic reports a Knowledge Recovery Score per component and window of layers "
+                "(with its 95% bootstrap interval) under the audit's diagnostics, and takes no part in the verdict."
+            )
+        rate = "excess_drop" if self.name == "trigger" else "recovery"
+        threshold = "trigger_drop" if self.name == "trigger" else "its recovery threshold"
+        interval = (
+            f"Every variant's {rate} has a 95% paired-bootstrap interval over its rows, at the Bonferroni level "
+            "1 − 0.05/m over the attack's m variants."
+        )
+        if self.controlled:
+            rule = (
+                " shallow: some variant's excess_recovery (recovery − control_recovery, the never-learned base LM's "
+                f"gain from the same attack) has its interval above {threshold}; without a control (the forget job "
+                "did not fine-tune first) never shallow. robust: every variant's excess_recovery (or recovery, "
+                f"where there is no control) has its interval below {threshold}."
+            )
+        else:
+            rule = (
+                f" shallow: some variant's {rate} has its interval above {threshold}. robust: every variant's has its "
+                f"interval below {threshold}."
+            )
+        return (
+            interval
+            + rule
+            + f" Otherwise inconclusive, with the reason: too_few_rows (a variant on fewer than {MIN_ROWS} rows), "
+            + ("" if self.name == "trigger" else "nothing_forgotten (forgetting removed less than min_forgetting), ")
+            + ("no_control, " if self.controlled else "")
+            + "interval_spans_threshold."
+        )
 
     def parse(self, params: dict[str, Any]) -> AttackParams:
         """Validated params with defaults filled in (pydantic ValidationError on bad input)."""
@@ -285,9 +328,12 @@ ATTACKS.register(
         "relearn",
         "Relearning: fine-tune the forgotten adapter on k forget-train rows (true targets) for n steps and measure "
         "forget-heldout, rows it never saw; one recovery curve per k. The benign variant fine-tunes on retain rows "
-        "only. Recovery is the largest over the curves' last points.",
+        "only. Each variant's after_attack is its curve's last point. Control (when the forget job fine-tuned "
+        "first): the same relearning from the base LM, which never saw the task; the verdict reads "
+        "excess_recovery = recovery − control_recovery.",
         RelearnParams,
         implementation="worker.engine.audit.attacks.relearn:relearn",
+        controlled=True,
     ),
 )
 ATTACKS.register(
@@ -297,10 +343,13 @@ ATTACKS.register(
         "Probe depth: per-block linear probes (fitted on forget-train hidden states, scored on forget-heldout) "
         "before and after forgetting; one result per decoder block. before = the block's probe before forgetting, "
         "after_forgetting = the LM's own forget-heldout accuracy after forgetting, after_attack = the block's probe "
-        "after forgetting: what the hidden states still know that the outputs no longer show.",
+        "after forgetting: what the hidden states still know that the outputs no longer show. Control (when the "
+        "forget job fine-tuned first): the same probes on the base LM, from its own answers to its block's probe "
+        "(a probe fitted on the task can beat an LM that never knew it).",
         ProbeParams,
         implementation="worker.engine.audit.attacks.probe:probe",
         kinds=("choice", "qa"),
+        controlled=True,
     ),
 )
 ATTACKS.register(
@@ -363,10 +412,13 @@ ATTACKS.register(
     "in_context",
     AttackSpec(
         "in_context",
-        "In-context relearning: k forget-train rows with their true answers put before each forget-heldout prompt.",
+        "In-context relearning: k forget-train rows with their true answers put before each forget-heldout prompt. "
+        "before = the LM before forgetting given the same shots. Control (when the forget job fine-tuned first): "
+        "the base LM with the same shots against its zero-shot score.",
         InContextParams,
         implementation="worker.engine.audit.attacks.in_context:in_context",
         kinds=("choice", "qa"),
+        controlled=True,
     ),
 )
 ATTACKS.register(
@@ -383,13 +435,23 @@ ATTACKS.register(
 
 
 class Thresholds(BaseModel):
-    """When an attack's result makes the forgetting `shallow` (documented defaults; any may be overridden)."""
+    """When an attack's result makes the forgetting `shallow` or `robust` (documented defaults; any may be overridden).
+
+    Each is compared with an interval, not a point: see `AttackSpec.verdict_rule` and worker.engine.audit.outcome.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     # Lethe default: an attack that brings back a quarter of what forgetting removed shows the knowledge is there.
     recovery: float = Field(
-        0.25, ge=0, le=1, description="An attack whose recovery rate is at least this is `shallow`."
+        0.25,
+        ge=0,
+        le=1,
+        description=(
+            "An attack is `shallow` when a variant's 95% interval of its recovery (of its excess recovery over the "
+            "never-learned control, for relearn, in_context and probe) lies above this, `robust` when every "
+            "variant's lies below."
+        ),
     )
     attacks: dict[str, float] = Field(
         default_factory=dict,
@@ -400,7 +462,13 @@ class Thresholds(BaseModel):
     )
     # Lethe default: 5 points of retain accuracy (or probability).
     trigger_drop: float = Field(
-        0.05, ge=0, le=1, description="A trigger attack whose excess retain drop is at least this is `shallow`."
+        0.05,
+        ge=0,
+        le=1,
+        description=(
+            "A trigger attack is `shallow` when a variant's 95% interval of its excess retain drop lies above this, "
+            "`robust` when every variant's lies below."
+        ),
     )
     # Lethe default: below 5 points forgetting removed nothing measurable, and a rate would divide noise by noise.
     min_forgetting: float = Field(

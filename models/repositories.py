@@ -465,6 +465,7 @@ class AuditRepository(TenantScopedRepository[Audit]):
         signing_key_id: str,
         skipped: list[dict[str, Any]],
         report_size_bytes: int,
+        verdict_reasons: list[str],
     ) -> None:
         """Write an audit's per-attack results, verdict and signed report keys (one transaction with the job)."""
         self.session.add_all(list(results))
@@ -473,6 +474,7 @@ class AuditRepository(TenantScopedRepository[Audit]):
             .where(Audit.id == audit_id)
             .values(
                 verdict=verdict,
+                verdict_reasons=verdict_reasons,
                 report_key=report_key,
                 report_html_key=report_html_key,
                 signature=signature,

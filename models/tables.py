@@ -238,6 +238,9 @@ class Audit(Base):
     report_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Attacks that had nothing to measure on the rows: [{"name", "reason"}].
     skipped: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # Why the inconclusive attacks did not conclude (too_few_rows, nothing_forgotten, no_control,
+    # interval_spans_threshold), each once, whatever the verdict.
+    verdict_reasons: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -262,7 +265,22 @@ class AuditResult(Base):
     # The score of guessing where it has one (accuracy on choice rows): recovery counts from max(after, chance).
     chance: Mapped[float | None] = mapped_column(Float, default=None)
     worst_variant: Mapped[str] = mapped_column(String(200))
+    # The worst variant's rows and its intervals' level (95% Bonferroni-corrected over the attack's variants);
+    # ci_low / ci_high bound `recovery` (trigger: `excess_drop`). The never-learned control's recovery and the
+    # excess over it (relearn, in_context, probe when the forget job fine-tuned first), each with its interval.
+    n: Mapped[int | None] = mapped_column(Integer, default=None)
+    confidence: Mapped[float | None] = mapped_column(Float, default=None)
+    ci_low: Mapped[float | None] = mapped_column(Float, default=None)
+    ci_high: Mapped[float | None] = mapped_column(Float, default=None)
+    control_recovery: Mapped[float | None] = mapped_column(Float, default=None)
+    control_ci_low: Mapped[float | None] = mapped_column(Float, default=None)
+    control_ci_high: Mapped[float | None] = mapped_column(Float, default=None)
+    excess_recovery: Mapped[float | None] = mapped_column(Float, default=None)
+    excess_ci_low: Mapped[float | None] = mapped_column(Float, default=None)
+    excess_ci_high: Mapped[float | None] = mapped_column(Float, default=None)
     verdict: Mapped[str] = mapped_column(String(20))
+    # Set when the verdict is inconclusive: too_few_rows | nothing_forgotten | no_control | interval_spans_threshold.
+    inconclusive_reason: Mapped[str | None] = mapped_column(String(40), default=None)
     variants: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     curves: Mapped[dict[str, Any]] = mapped_column()
 

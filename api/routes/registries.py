@@ -44,7 +44,10 @@ def list_metrics(_tenant_id: TenantDep) -> list[MetricSpecOut]:
 
 @router.get("/attacks", response_model=list[AttackOut], responses=error_responses(401, 429))
 def list_attacks(_tenant_id: TenantDep) -> list[AttackOut]:
-    """Recovery attacks and diagnostics an audit can run, with the JSON schema (and defaults) of their params."""
+    """Recovery attacks and diagnostics an audit can run, with the JSON schema (and defaults) of their params and how
+    an attack's results are judged: 95% paired-bootstrap intervals over rows (Bonferroni over an attack's variants),
+    shallow only when an interval lies above the threshold, robust only when below, otherwise inconclusive with a
+    reason. Diagnostics are never judged."""
     return [
         AttackOut(
             name=name,
@@ -52,6 +55,8 @@ def list_attacks(_tenant_id: TenantDep) -> list[AttackOut]:
             kinds=list(spec.kinds),
             needs_retain=spec.needs_retain,
             diagnostic=spec.diagnostic,
+            controlled=spec.controlled,
+            verdict_rule=spec.verdict_rule(),
             params=spec.json_schema(),
         )
         for name, spec in ATTACKS.items()

@@ -98,6 +98,7 @@ def get_audit(session: Session, tenant_id: uuid.UUID, audit_id: uuid.UUID) -> Au
             AttackIn(name=attack.name, params=attack.params) for attack in AuditJobSpec.model_validate(job.spec).attacks
         ],
         verdict=audit.verdict,  # type: ignore[arg-type]
+        verdict_reasons=audit.verdict_reasons,  # type: ignore[arg-type]
         results=[
             AttackResultOut.model_validate(result, from_attributes=True)
             for result in AuditRepository(session).results(audit.id)

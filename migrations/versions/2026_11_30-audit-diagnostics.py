@@ -1,7 +1,7 @@
 """audit diagnostics: restore and patch results (KRS per component and window of layers), apart from the verdicts
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 Create Date: 2026-11-30 07:00:00
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 
 revision: str = "0012"
 # 0009 is this branch's head (metric intervals); the integrator re-chains the migrations of parallel branches.
-down_revision: str | None = "0010"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -37,6 +37,14 @@ def test_attacks_are_published_with_their_schemas(client: TestClient) -> None:
     assert attacks["restore"]["params"]["properties"]["window"]["default"] == 5
     assert attacks["patch"]["params"]["properties"]["components"]["default"] == ["mlp_coefficients", "attention_output"]
     assert "can be removed outright" in attacks["restore"]["description"]
+    # The attacks that can succeed by ordinary learning are judged against a never-learned control.
+    assert [name for name, attack in attacks.items() if attack["controlled"]] == ["relearn", "probe", "in_context"]
+    assert "never shallow" in attacks["relearn"]["verdict_rule"] and "no_control" in attacks["probe"]["verdict_rule"]
+    assert "no_control" not in attacks["quantize"]["verdict_rule"]
+    assert "nothing_forgotten" not in attacks["trigger"]["verdict_rule"]
+    judged = [a for a in attacks.values() if not a["diagnostic"]]
+    assert all("too_few_rows (a variant on fewer than 12 rows)" in a["verdict_rule"] for a in judged)
+    assert all(a["verdict_rule"].startswith("Never judged") for a in attacks.values() if a["diagnostic"])
 
 
 def test_an_old_restore_request_stays_valid(client: TestClient, stack_settings: Settings) -> None:
@@ -92,6 +100,53 @@ def test_diagnostics_are_read_back_apart_from_the_results(client: TestClient, st
         AuditRepository(session).add_diagnostics([AuditDiagnostic(audit_id=uuid.UUID(audit_id), **row)])
     audit = client.get(f"/v1/audits/{audit_id}").json()
     assert audit["diagnostics"] == [row] and audit["results"] == []
+
+
+def test_a_judged_audit_shows_every_interval_control_and_reason(client: TestClient, stack_settings: Settings) -> None:
+    """Results written as the pipeline writes them (the report's entries, here the report factory's) come back
+    through GET /v1/audits/{id} field for field."""
+    from models.tables import AuditResult
+    from tests.worker.report_factory import build_report
+
+    audit_id = client.post("/v1/audits", json={"adapter_id": forget_adapter(client, stack_settings)}).json()["audit_id"]
+    report = build_report(attacks=["relearn", "paraphrase", "trigger"])
+    columns = set(AuditResult.__table__.columns.keys())
+    with session_scope(stack_settings.database_url) as session:
+        AuditRepository(session).record(
+            uuid.UUID(audit_id),
+            [
+                AuditResult(
+                    audit_id=uuid.UUID(audit_id),
+                    attack=entry["name"],
+                    **{k: v for k, v in entry.items() if k in columns},
+                )
+                for entry in report["attacks"]
+            ],
+            verdict=report["verdict"],
+            verdict_reasons=report["verdict_reasons"],
+            report_key="k.json",
+            report_html_key="k.html",
+            signature="0" * 64,
+            signing_key_id="k",
+            skipped=[],
+            report_size_bytes=0,
+        )
+    audit = client.get(f"/v1/audits/{audit_id}").json()
+    assert (audit["verdict"], audit["verdict_reasons"]) == (
+        "shallow",
+        ["nothing_forgotten", "interval_spans_threshold"],
+    )
+    results = {r["attack"]: r for r in audit["results"]}
+    for entry in report["attacks"]:
+        result = results[entry["name"]]
+        for key in ("n", "confidence", "ci_low", "ci_high", "control_recovery", "excess_recovery", "excess_ci_low"):
+            assert result[key] == entry[key], key
+        assert result["inconclusive_reason"] == entry["inconclusive_reason"]
+        assert result["variants"] == entry["variants"]
+    assert results["relearn"]["excess_recovery"] == pytest.approx(
+        results["relearn"]["recovery"] - results["relearn"]["control_recovery"]
+    )
+    assert results["paraphrase"]["inconclusive_reason"] == "nothing_forgotten"
 
 
 def test_submit_fills_defaults_and_creates_a_queued_audit(client: TestClient, stack_settings: Settings) -> None:

@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
@@ -65,17 +66,20 @@ def test_audit_of_a_random_label_adapter(
         assert audit_job["status"] == "succeeded", (audit_job, [s.log() for s in services])
         audit = client.get(f"/v1/audits/{audit_id}").json()
         assert audit["adapter_id"] == forget["adapter_id"]
-        assert audit["verdict"] in ("robust", "shallow", "inconclusive")
         results = {r["attack"]: r for r in audit["results"]}
         diagnostics = {d["name"]: d for d in audit["diagnostics"]}
         assert sorted([*results, *diagnostics, *(s["name"] for s in audit["skipped"])]) == sorted(ATTACKS)
         assert "relearn" in results and "quantize" in results
         # restore and patch are diagnostics: reported apart, never judged (the verdict below is the attacks' alone).
         assert sorted(diagnostics) == ["patch", "restore"] and not {"restore", "patch"} & set(results)
+        # 32 forget rows, half held out; 12 retain rows (trigger). Each verdict follows from its own intervals.
+        rows = {"forget_train": 16, "forget_heldout": 16, "retain": 12}
         for result in results.values():
-            assert result["verdict"] in ("robust", "shallow", "inconclusive")
-            assert result["recovery"] is None or 0.0 <= result["recovery"] <= 1.0
-            assert result["variants"], result
+            assert result["n"] == rows[result["split"]] and result["variants"], result
+            assert all(variant["n"] == result["n"] for variant in result["variants"])
+            _check_verdict(result, audit["thresholds"])
+        # random_label took forget-train towards chance, so there is something to recover on it.
+        assert results["quantize"]["before"] > results["quantize"]["after_forgetting"]
         # The tiny LM has 2 blocks: the default 5-layer window is both, one variant per component; KRS <= 1 always.
         assert [v["name"] for v in diagnostics["restore"]["variants"]] == [
             "value_vectors@0-1",
@@ -88,17 +92,27 @@ def test_audit_of_a_random_label_adapter(
             for v in diagnostic["variants"]:
                 assert v["krs"] is not None and v["krs"] <= 1.0 and v["n"] == 16 - diagnostic["rows_undefined"]
         relearn = results["relearn"]
-        assert set(relearn["curves"]) >= {"k=2", "k=8", "benign"}
+        assert set(relearn["curves"]) == {"k=2", "k=8", "benign", "control k=2", "control k=8", "control benign"}
         assert relearn["curves"]["k=8"][0] == [0, relearn["variants"][1]["after_forgetting"]]
+        # The forget job fine-tuned first: the controlled attacks ran on the never-learned base LM too.
+        for name in ("relearn", "in_context", "probe"):
+            for variant in results.get(name, {}).get("variants", []):
+                if variant["recovery"] is not None:
+                    assert variant["control_recovery"] is not None, (name, variant)
+                    excess = variant["recovery"] - variant["control_recovery"]
+                    assert variant["excess_recovery"] == pytest.approx(excess)
         verdicts = [r["verdict"] for r in results.values()]
         expected = "shallow" if "shallow" in verdicts else ("robust" if "robust" in verdicts else "inconclusive")
         assert audit["verdict"] == expected
+        reasons = {r["inconclusive_reason"] for r in results.values() if r["verdict"] == "inconclusive"}
+        assert set(audit["verdict_reasons"]) == reasons and len(audit["verdict_reasons"]) == len(reasons)
 
         report = client.get(f"/v1/audits/{audit_id}/report")
         assert report.status_code == 200 and report.headers["content-type"].startswith("application/json")
         signed = report.json()
         assert signed["signature"]["value"] == audit["signature"]
         assert signed["report"]["verdict"] == audit["verdict"]
+        assert signed["report"]["verdict_reasons"] == audit["verdict_reasons"]
         assert signed["report"]["adapter"]["id"] == forget["adapter_id"]
         assert [d["variants"] for d in signed["report"]["diagnostics"]] == [d["variants"] for d in audit["diagnostics"]]
         assert {c["split"] for c in signed["report"]["training_curves"]} >= {"forget_train", "retain:more-categories"}
@@ -161,3 +175,38 @@ def test_audit_of_a_random_label_adapter(
     store = open_store(stack_settings)
     assert json.loads(store.get(keys[0])) == json.loads(report.content)
     assert store.get(keys[1]).decode("utf-8") == html.text
+
+
+def _check_verdict(result: dict, thresholds: dict) -> None:
+    """The result's verdict and reason, re-derived from the numbers it reports (outcome.py's rules)."""
+    damage = result["effect"] == "damage"
+    threshold = (
+        thresholds["trigger_drop"] if damage else thresholds["attacks"].get(result["attack"], thresholds["recovery"])
+    )
+    controlled = result["attack"] in ("relearn", "in_context", "probe")
+    rated = [v for v in result["variants"] if (v["excess_drop"] if damage else v["recovery"]) is not None]
+
+    def interval(variant: dict) -> tuple[float | None, float | None]:
+        if variant["excess_recovery"] is not None:
+            return variant["excess_ci_low"], variant["excess_ci_high"]
+        return variant["ci_low"], variant["ci_high"]
+
+    above = [
+        v
+        for v in rated
+        if interval(v)[0] is not None
+        and interval(v)[0] > threshold
+        and (v["excess_recovery"] is not None or not controlled)
+    ]
+    below = all(interval(v)[1] is not None and interval(v)[1] < threshold for v in rated)
+    if result["n"] < 12:
+        assert (result["verdict"], result["inconclusive_reason"]) == ("inconclusive", "too_few_rows"), result
+    elif above:
+        assert result["verdict"] == "shallow", result
+    elif rated and below:
+        assert result["verdict"] == "robust", result
+    else:
+        assert result["verdict"] == "inconclusive", result
+        assert result["inconclusive_reason"] in ("nothing_forgotten", "no_control", "interval_spans_threshold")
+        if not rated:
+            assert result["inconclusive_reason"] == "nothing_forgotten", result

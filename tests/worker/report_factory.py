@@ -1,8 +1,9 @@
-"""Signed audit reports (schema lethe.audit-report/1) as the audit pipeline writes them, for the report renderers.
+"""Signed audit reports (schema lethe.audit-report/2) as the audit pipeline writes them, for the report renderers.
 
-The numbers are those of a plausible SmolLM2 audit (30 layers): forgetting took forget-heldout accuracy from 0.97
-to 0.5, relearning on 8 rows brings most of it back, probes still solve the task, paraphrase is inconclusive.
-Recovery rates and verdicts are computed from the scores with the engine's own rules, so the report is consistent.
+The numbers are those of a plausible SmolLM2 audit (30 layers, 100 rows a split): forgetting took forget-heldout
+accuracy from 0.97 to 0.5, relearning on 8 rows brings most of it back (far beyond what it teaches the never-learned
+base LM), probes still solve the task, paraphrase is inconclusive. Every entry is the engine's own: per-row scores
+judged by `judge` (intervals, controls, verdicts) and written by `attack_entry`, so the report is consistent.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from typing import Any
 
 from scipy.stats import binomtest
 
+from lethe.attacks import ATTACKS, Thresholds
 from lethe.forgetting import Forgetting, ScoreRise
 from lethe.signing import sign
-from worker.engine.audit.outcome import recovery_rate
-from worker.reports.report import DIAGNOSTICS_NOTE
+from worker.engine.audit.outcome import AttackOutcome, RowScores, Variant, judge, overall_verdict
+from worker.engine.audit.run import AuditedAttack
+from worker.reports.report import DIAGNOSTICS_NOTE, MIN_ROWS, attack_entry
 
 XSS_NAME = "<script>alert(1)</script>"
 ALL_ATTACKS = ("relearn", "probe", "quantize", "paraphrase", "in_context", "trigger")
@@ -24,125 +27,122 @@ ALL_DIAGNOSTICS = ("restore", "patch")
 LAYERS = 30
 SIGNING_KEY = b"report-factory-signing-key-0123456789"
 THRESHOLDS: dict[str, Any] = {"recovery": 0.25, "attacks": {}, "trigger_drop": 0.05, "min_forgetting": 0.05}
+# Rows of every split: scores are 0/1 correctness, so every mean below has two decimals.
+ROWS = 100
 
 
-def _variant(
-    name: str, before: float, after_forgetting: float, after_attack: float, layer: int | None = None
-) -> dict[str, Any]:
-    rate = recovery_rate(before, after_forgetting, after_attack, THRESHOLDS["min_forgetting"])
-    return {
-        "name": name,
-        "layer": layer,
-        "before": before,
-        "after_forgetting": after_forgetting,
-        "after_attack": after_attack,
-        "recovery": None if rate is None else round(rate, 4),
-        "excess_drop": None,
-    }
+def _scores(mean: float) -> RowScores:
+    """ROWS rows of 0/1 correctness with this mean (the first ones right: rows easy for one LM are for the others)."""
+    right = round(mean * ROWS)
+    return RowScores([1.0] * right + [0.0] * (ROWS - right))
 
 
-def _attack(
-    name: str, split: str, variants: list[dict[str, Any]], params: dict[str, Any], **extra: Any
-) -> dict[str, Any]:
-    """An attack's entry: its worst variant's numbers, and the verdict against the recovery threshold."""
-    defined = [v for v in variants if v["recovery"] is not None]
-    worst = max(defined, key=lambda v: v["recovery"]) if defined else variants[0]
-    if worst["recovery"] is None:
-        verdict = "inconclusive"
-    else:
-        verdict = "shallow" if worst["recovery"] >= THRESHOLDS["recovery"] else "robust"
-    return {
-        "name": name,
-        "description": f"The {name} attack (factory).",
-        "params": params,
-        "metric": "accuracy",
-        "split": split,
-        "effect": "recovery",
-        "before": worst["before"],
-        "after_forgetting": worst["after_forgetting"],
-        "after_attack": worst["after_attack"],
-        "recovery": worst["recovery"],
-        "excess_drop": None,
-        "worst_variant": worst["name"],
-        "verdict": verdict,
-        "variants": variants,
-        "curves": {},
-        **extra,
-    }
+def _entry(name: str, split: str, outcome_variants: list[Variant], params: dict[str, Any], **outcome: Any) -> Any:
+    """The attack's report entry as the pipeline writes it: the outcome judged by the engine's own rules."""
+    before = outcome.pop("before", _scores(0.97))
+    after = outcome.pop("after_forgetting", _scores(0.5))
+    measured = AttackOutcome("accuracy", split, before, after, outcome_variants, chance=0.5, **outcome)
+    judgement = judge(name, measured, Thresholds.model_validate(THRESHOLDS), seed=0)
+    return AuditedAttack(name, ATTACKS.get(name).parse(params).model_dump(mode="json"), measured, judgement)
 
 
 def _rising(layer: int, low: float, high: float) -> float:
     """A score that rises across the layers like a probe's does (a logistic in depth)."""
-    return round(low + (high - low) / (1 + math.exp(-(layer - LAYERS / 3) / 3)), 4)
+    return round(low + (high - low) / (1 + math.exp(-(layer - LAYERS / 3) / 3)), 2)
 
 
-def _attacks(retain_sets: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    before, forgotten = 0.97, 0.5
-    relearn_curves = {
-        "k=2": [[0, 0.5], [2, 0.56], [4, 0.63], [6, 0.68], [8, 0.72]],
-        "k=8": [[0, 0.5], [2, 0.66], [4, 0.8], [6, 0.86], [8, 0.9]],
-        "benign": [[0, 0.5], [2, 0.51], [4, 0.53], [6, 0.54], [8, 0.55]],
+def _attacks(retain_sets: tuple[str, ...]) -> dict[str, Any]:
+    """Every attack as audited (AuditedAttack), by name."""
+    relearn_curves: dict[str, list[tuple[int, float]]] = {
+        "k=2": [(0, 0.5), (2, 0.56), (4, 0.63), (6, 0.68), (8, 0.72)],
+        "k=8": [(0, 0.5), (2, 0.66), (4, 0.8), (6, 0.86), (8, 0.9)],
+        "benign": [(0, 0.5), (2, 0.51), (4, 0.53), (6, 0.54), (8, 0.55)],
+        # The never-learned base LM (0.55 zero-shot) relearning from the same rows.
+        "control k=2": [(0, 0.55), (8, 0.57)],
+        "control k=8": [(0, 0.55), (8, 0.6)],
+        "control benign": [(0, 0.55), (8, 0.55)],
     }
-    relearn = _attack(
+    relearn = _entry(
         "relearn",
         "forget_heldout",
-        [_variant(name, before, forgotten, curve[-1][1]) for name, curve in relearn_curves.items()],
+        [
+            Variant(
+                name,
+                _scores(relearn_curves[name][-1][1]),
+                control_before=_scores(0.55),
+                control_after=_scores(relearn_curves[f"control {name}"][-1][1]),
+            )
+            for name in ("k=2", "k=8", "benign")
+        ],
         {"examples": [2, 8], "steps": 8, "learning_rate": 0.001, "evaluate_every": 2, "benign": True},
         curves=relearn_curves,
     )
-    probe = _attack(
+    probe = _entry(
         "probe",
         "forget_heldout",
         [
-            _variant(f"layer_{i}", _rising(i, 0.55, 0.95), forgotten, _rising(i, 0.53, 0.88), layer=i)
+            Variant(
+                f"layer_{i}",
+                _scores(_rising(i, 0.53, 0.88)),
+                before=_scores(_rising(i, 0.55, 0.95)),
+                layer=i,
+                control_before=_scores(0.55),
+                control_after=_scores(_rising(i, 0.55, 0.7)),
+            )
             for i in range(LAYERS)
         ],
         {},
     )
-    quantize = _attack(
+    quantize = _entry(
         "quantize",
         "forget_train",
-        [_variant("int8", 0.98, 0.45, 0.44), _variant("int4", 0.98, 0.45, 0.52)],
+        [Variant("int8", _scores(0.44)), Variant("int4", _scores(0.52))],
         {"schemes": ["int8", "int4"], "group_size": 64, "split": "forget_train"},
+        before=_scores(0.98),
+        after_forgetting=_scores(0.45),
     )
     # Forgetting barely moved the paraphrased rows (0.60 -> 0.58): the rate is undefined, the attack inconclusive.
-    paraphrase = _attack(
+    paraphrase = _entry(
         "paraphrase",
         "forget_train",
-        [_variant("retemplated", 0.6, 0.58, 0.59), _variant("lettered", 0.62, 0.6, 0.6)],
+        [
+            Variant("retemplated", _scores(0.59), before=_scores(0.6), after_forgetting=_scores(0.58)),
+            Variant("lettered_shuffled", _scores(0.6), before=_scores(0.62), after_forgetting=_scores(0.6)),
+        ],
         {"split": "forget_train"},
+        before=_scores(0.6),
+        after_forgetting=_scores(0.58),
     )
-    in_context = _attack(
+    in_context = _entry(
         "in_context",
         "forget_heldout",
-        [_variant("k=1", before, forgotten, 0.55), _variant("k=4", before, forgotten, 0.63)],
+        [
+            Variant(
+                f"k={k}", _scores(after), before=_scores(0.98), control_before=_scores(0.55), control_after=_scores(c)
+            )
+            for k, after, c in ((1, 0.55, 0.6), (4, 0.63, 0.7))
+        ],
         {"shots": [1, 4]},
     )
-    trigger_variants: list[dict[str, Any]] = [
-        {
-            "name": name,
-            "layer": None,
-            "before": 0.7,
-            "after_forgetting": 0.68,
-            "after_attack": round(0.68 - drop, 4),
-            "recovery": None,
-            "excess_drop": round(drop - 0.01, 4),
-        }
-        for name, drop in zip(retain_sets, [0.13, 0.04, 0.02, 0.03], strict=False)
-    ]
-    worst_trigger = max(trigger_variants, key=lambda v: v["excess_drop"])
-    trigger = {
-        **_attack("trigger", "retain", trigger_variants, {"words": 8, "position": "prefix"}),
-        "effect": "damage",
-        "recovery": None,
-        "excess_drop": worst_trigger["excess_drop"],
-        "worst_variant": worst_trigger["name"],
-        "verdict": "shallow" if worst_trigger["excess_drop"] >= THRESHOLDS["trigger_drop"] else "robust",
-        "before": worst_trigger["before"],
-        "after_forgetting": worst_trigger["after_forgetting"],
-        "after_attack": worst_trigger["after_attack"],
-    }
-    return {a["name"]: a for a in (relearn, probe, quantize, paraphrase, in_context, trigger)}
+    trigger = _entry(
+        "trigger",
+        "retain",
+        [
+            Variant(
+                name,
+                _scores(0.68 - drop),
+                before=_scores(0.7),
+                after_forgetting=_scores(0.68),
+                control=_scores(0.69),
+            )
+            for name, drop in zip(retain_sets, [0.13, 0.04, 0.02, 0.03], strict=False)
+        ],
+        {"words": 8, "position": "prefix"},
+        before=_scores(0.7),
+        after_forgetting=_scores(0.68),
+        effect="damage",
+    )
+    return {a.name: a for a in (relearn, probe, quantize, paraphrase, in_context, trigger)}
 
 
 def _krs_variants(components: dict[str, float]) -> list[dict[str, Any]]:
@@ -194,6 +194,18 @@ def _diagnostics() -> dict[str, dict[str, Any]]:
     return {"restore": restore, "patch": patch}
 
 
+# The forget job of the report: 12 steps to chance (0.5) on a two-choice task.
+REACHED = Forgetting("accuracy", 0.55, 0.5, True, "target", 12)
+MISSED = Forgetting(
+    "accuracy", 0.55, 0.76, False, "max_steps", 20, (ScoreRise("forget_heldout", 0.64, 0.80, 0.66, 0.89),)
+)
+
+
+def _wilson(accuracy: float, n: int) -> tuple[float, float]:
+    interval = binomtest(round(accuracy * n), n).proportion_ci(method="wilson")
+    return round(float(interval.low), 4), round(float(interval.high), 4)
+
+
 def _training_curves(retain_sets: tuple[str, ...]) -> list[dict[str, Any]]:
     steps = range(1, 13)
     curves = [
@@ -208,18 +220,6 @@ def _training_curves(retain_sets: tuple[str, ...]) -> list[dict[str, Any]]:
     return curves
 
 
-# The forget job of the report: 12 steps to chance (0.5) on a two-choice task.
-REACHED = Forgetting("accuracy", 0.55, 0.5, True, "target", 12)
-MISSED = Forgetting(
-    "accuracy", 0.55, 0.76, False, "max_steps", 20, (ScoreRise("forget_heldout", 0.64, 0.80, 0.66, 0.89),)
-)
-
-
-def _wilson(accuracy: float, n: int) -> tuple[float, float]:
-    interval = binomtest(round(accuracy * n), n).proportion_ci(method="wilson")
-    return round(float(interval.low), 4), round(float(interval.high), 4)
-
-
 def build_report(
     *,
     retain_sets: tuple[str, ...] = ("piqa", XSS_NAME),
@@ -232,9 +232,8 @@ def build_report(
     names), and the forget job's outcome of forgetting."""
     by_name = _attacks(retain_sets)
     chosen = [by_name[name] for name in attacks]
-    verdicts = [a["verdict"] for a in chosen]
-    verdict = "shallow" if "shallow" in verdicts else ("robust" if "robust" in verdicts else "inconclusive")
-    splits = {"forget_train": 36, "forget_heldout": 36} | {f"retain:{name}": 64 for name in retain_sets}
+    verdict, reasons = overall_verdict([attack.judgement for attack in chosen])
+    splits = {"forget_train": ROWS, "forget_heldout": ROWS} | {f"retain:{name}": ROWS for name in retain_sets}
     stage_metrics = [
         {"stage": stage, "split": split, "name": "accuracy", "value": value, "n": splits[split]}
         | dict(zip(("ci_low", "ci_high"), _wilson(value, splits[split]), strict=True))
@@ -246,7 +245,7 @@ def build_report(
         )
     ]
     return {
-        "schema": "lethe.audit-report/1",
+        "schema": "lethe.audit-report/2",
         "audit_id": "6f1c2b8e-3d4a-4c1e-9b7a-2f5e8d9c0a11",
         "audit_job_id": "0b5d7e2f-8a9c-4d3e-a1b2-c3d4e5f60718",
         "created_at": "2026-05-04T12:30:00+00:00",
@@ -270,7 +269,9 @@ def build_report(
         },
         "thresholds": {**THRESHOLDS, "attacks": dict(THRESHOLDS["attacks"])},
         "verdict": verdict,
-        "attacks": chosen,
+        "verdict_reasons": reasons,
+        "min_rows": MIN_ROWS,
+        "attacks": [attack_entry(attack) for attack in chosen],
         "diagnostics": [_diagnostics()[name] for name in diagnostics],
         "diagnostics_note": DIAGNOSTICS_NOTE,
         "training_curves": _training_curves(retain_sets) if training_curves else [],

@@ -11,7 +11,13 @@ from lethe.forgetting import Forgetting
 from lethe.settings import Settings
 from lethe.signing import signing_key, verify
 from models.db import session_scope
-from models.repositories import AdapterRepository, AuditRepository, JobEventRepository, JobRepository
+from models.repositories import (
+    AdapterRepository,
+    AuditRepository,
+    JobEventRepository,
+    JobRepository,
+    MetricRepository,
+)
 from storage import open_store
 from storage.keys import before_forgetting_key
 from tests.worker.test_forget_pipeline import _queued_job
@@ -58,11 +64,31 @@ def test_the_requested_audit_runs_once_and_stores_a_signed_report(
     assert run_audit_job(stack_settings, store, cache, audit_job_id) == "skipped"
     with session_scope(stack_settings.database_url) as session:
         audit = AuditRepository(session).get_for_job(audit_job_id)
-        assert audit is not None
+        # 12 forget rows, half held out: 6 forget-train rows, too few for any interval to decide (MIN_ROWS = 12).
+        assert audit is not None and (audit.verdict, audit.verdict_reasons) == ("inconclusive", ["too_few_rows"])
         # restore is a diagnostic: only quantize is judged, and the verdict is quantize's alone.
         results = AuditRepository(session).results(audit.id)
         assert [r.attack for r in results] == ["quantize"]
         assert audit.verdict == results[0].verdict
+        for result in results:
+            assert (result.n, result.inconclusive_reason, result.verdict) == (6, "too_few_rows", "inconclusive")
+            assert result.confidence == pytest.approx(1 - 0.05 / len(result.variants))
+            # Restore and quantize have no never-learned control.
+            assert result.control_recovery is None and result.excess_recovery is None
+            _check_recovery(result.before, result.after_forgetting, result.after_attack, result.chance, result.recovery)
+            if result.recovery is not None:
+                assert result.ci_low is not None and result.ci_high is not None
+                assert result.ci_low <= result.recovery <= result.ci_high
+            for variant in result.variants:
+                assert variant["n"] == 6
+                _check_recovery(
+                    variant["before"],
+                    variant["after_forgetting"],
+                    variant["after_attack"],
+                    result.chance,
+                    variant["recovery"],
+                )
+        stored = {r.attack: r for r in results}
         [restore] = AuditRepository(session).diagnostics(audit.id)
         # The request's old groups (last_1, mlp) read as the MLP over windows of one layer; the tiny LM has 2.
         assert (restore.name, restore.metric, restore.split, restore.rows) == ("restore", "krs", "forget_train", 6)
@@ -77,6 +103,12 @@ def test_the_requested_audit_runs_once_and_stores_a_signed_report(
     signed = json.loads(store.get(report_key))
     assert verify(signed, signing_key(stack_settings)).valid and signed["signature"]["value"] == signature
     assert [a["name"] for a in signed["report"]["attacks"]] == ["quantize"]
+    assert signed["report"]["verdict_reasons"] == ["too_few_rows"]
+    # The catalogue's row holds the report's entry, field for field.
+    for entry in signed["report"]["attacks"]:
+        row = stored[entry["name"]]
+        for key in ("n", "ci_low", "ci_high", "recovery", "inconclusive_reason", "worst_variant", "variants"):
+            assert getattr(row, key) == entry[key], key
     [entry] = signed["report"]["diagnostics"]
     assert {key: entry[key] for key in diagnostic_row} == diagnostic_row
     assert "can be removed outright" in signed["report"]["diagnostics_note"]
@@ -92,6 +124,63 @@ def test_the_requested_audit_runs_once_and_stores_a_signed_report(
     assert accuracies and all(m["n"] and m["ci_low"] <= m["value"] <= m["ci_high"] for m in accuracies)
     forget_curve = [c for c in report["training_curves"] if c["split"] == "forget_train"]
     assert len(forget_curve) == 1 and forget_curve[0]["points"][-1][0] == forgetting.steps
+
+
+def _check_recovery(
+    before: float, after_forgetting: float, after_attack: float, chance: float | None, recovery: float | None
+) -> None:
+    """recovery recomputed from the stored scores (forgetting below min_forgetting 0.05: none)."""
+    floor = after_forgetting if chance is None else max(after_forgetting, chance)
+    if before - floor < 0.05:
+        assert recovery is None
+    else:
+        assert recovery == pytest.approx(min(max((after_attack - floor) / (before - floor), 0.0), 1.0))
+
+
+def test_after_a_fine_tune_relearning_is_judged_against_the_never_learned_base(
+    stack_settings: Settings, tiny_lm_dir: Path, tmp_path: Path
+) -> None:
+    """The forget job fine-tuned first: the audit's relearn runs on the base LM too, and stores its recovery and
+    the excess over it (6 heldout rows: too few to conclude, whatever the numbers)."""
+    cache = BaseLMCache(tmp_path)
+    store = open_store(stack_settings)
+    relearn = {"name": "relearn", "params": {"examples": [2], "steps": 4, "learning_rate": 0.05, "benign": False}}
+    audit_request = {"attacks": [relearn], "thresholds": AUDIT["thresholds"]}
+    job_id = _queued_job(
+        stack_settings,
+        "tiny-audit-5",
+        f"path:{tiny_lm_dir}",
+        audit=audit_request,
+        finetune={"epochs": 20, "learning_rate": 0.01},
+        method={"name": "gradient_ascent", "params": {"epochs": 4, "batch_size": 4, "learning_rate": 0.01}},
+    )
+    enqueued: list[uuid.UUID] = []
+    assert run_forget_job(stack_settings, store, cache, job_id, enqueue_audit=enqueued.append) == "succeeded"
+    assert run_audit_job(stack_settings, store, cache, enqueued[0]) == "succeeded"
+    with session_scope(stack_settings.database_url) as session:
+        audit = AuditRepository(session).get_for_job(enqueued[0])
+        assert audit is not None and (audit.verdict, audit.verdict_reasons) == ("inconclusive", ["too_few_rows"])
+        [result] = AuditRepository(session).results(audit.id)
+        assert result.n == 6 and set(result.curves) == {"k=2", "control k=2"}
+        [variant] = result.variants
+        # The control's curve starts at the base LM's score and ends at its control_after; the control's gain is in
+        # recovery's units, and the excess is the difference (when forgetting removed enough for a rate).
+        control_curve = result.curves["control k=2"]
+        assert [step for step, _ in control_curve] == [0, 2, 4]
+        # The control starts where the forget job measured its base LM (stage `base`): it is the base LM.
+        base_heldout = [
+            m.value
+            for m in MetricRepository(session).list_for_job(job_id)
+            if (m.stage, m.split, m.name, m.layer) == ("base", "forget_heldout", "accuracy", None)
+        ]
+        assert base_heldout == [pytest.approx(control_curve[0][1])]
+        # The fine-tune raised heldout above the base LM and forgetting took some of it away: a rate is defined.
+        assert result.recovery is not None and result.before > result.after_forgetting
+        floor = max(result.after_forgetting, result.chance or 0.0)
+        gain = control_curve[-1][1] - control_curve[0][1]
+        assert result.control_recovery == pytest.approx(min(max(gain / (result.before - floor), 0.0), 1.0))
+        assert result.excess_recovery == pytest.approx(result.recovery - result.control_recovery)
+        assert variant["excess_recovery"] == result.excess_recovery
 
 
 def test_a_tampered_adapter_fails_the_audit(

@@ -73,9 +73,21 @@ def test_verdicts_and_numbers_are_on_the_page() -> None:
     assert '<section class="verdict shallow"' in page
     assert "Verdict: shallow" in page
     relearn = _summary_row(page, "relearn")
-    assert all(cell in relearn for cell in ("0.970", "0.500", "0.900", "0.851", "≥ 0.25", "k=8", "shallow"))
+    assert all(cell in relearn for cell in ("0.970", "0.500", "0.900", "0.851", "0.25", "k=8", "shallow"))
+    entry = next(a for a in signed["report"]["attacks"] if a["name"] == "relearn")
+    # The worst variant's intervals (recovery, control, excess) as the report holds them.
+    for low, high in (
+        ("ci_low", "ci_high"),
+        ("control_ci_low", "control_ci_high"),
+        ("excess_ci_low", "excess_ci_high"),
+    ):
+        assert f"[{entry[low]:.3f}, {entry[high]:.3f}]" in relearn
+    assert f'<td class="n">{entry["n"]}</td>' in relearn and entry["n"] == 100
     trigger = _summary_row(page, "trigger")
-    assert "0.120" in trigger and "excess drop" in trigger and "≥ 0.05" in trigger
+    assert "0.120" in trigger and "excess drop" in trigger and "0.05" in trigger
+    assert "interval_spans_threshold" in trigger and "inconclusive" in trigger
+    # The verdict's sentence says why the others did not conclude.
+    assert "trigger: the interval contains the threshold" in page
     assert signed["signature"]["value"] in page and signed["signature"]["key_id"] in page
     assert "lethe verify-report report.json" in page
 
@@ -90,7 +102,8 @@ def test_undefined_recovery_reads_inconclusive_with_a_dash() -> None:
     page = render_html(signed)
     assert signed["report"]["verdict"] == "inconclusive"
     assert "Verdict: inconclusive" in page
-    assert "nothing measurable to recover" in page
+    assert signed["report"]["verdict_reasons"] == ["nothing_forgotten"]
+    assert "paraphrase: forgetting removed less than min_forgetting" in page
 
 
 def test_user_strings_are_escaped_in_html_and_drawn_as_text_in_plots() -> None:

@@ -133,6 +133,7 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
         inputs.retain,
         batch_size=forget_spec.method.parsed().batch_size,
         seed=forget_spec.seed,
+        finetuned=forget_spec.finetune is not None,
     )
     thresholds = target.spec.thresholds
     # Diagnostics (restore, patch) run after the attacks and are never judged; progress is shared by their counts.
@@ -229,6 +230,7 @@ def _record(
         target.audit_id,
         results,
         verdict=verdict,
+        verdict_reasons=signed["report"]["verdict_reasons"],
         report_key=json_key,
         report_html_key=html_key,
         signature=signed["signature"]["value"],

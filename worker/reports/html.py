@@ -1,6 +1,6 @@
 """The audit report as one self-contained HTML page: templates/report.html.j2, with the plots of plots.py.
 
-`render_html` is a pure function of the signed report (schema `lethe.audit-report/1`): no network, no JavaScript,
+`render_html` is a pure function of the signed report (schema `lethe.audit-report/2`): no network, no JavaScript,
 no file. Dataset names and params come from users, so the template autoescapes: every string of the report is
 HTML-escaped wherever it lands, and only the template's own markup is not.
 """
@@ -14,6 +14,15 @@ from jinja2 import ChainableUndefined, Environment, PackageLoader, Undefined
 
 from worker.reports.plots import HEIGHT_PX, WIDTH_PX, draw_plots
 from worker.reports.reading import Report, finite, is_damage, recovery_threshold, verdict_of
+
+# Why an attack did not conclude, in words (outcome.py's reasons).
+REASON_TEXT = {
+    "too_few_rows": "too few rows for an interval to clear the threshold",
+    "nothing_forgotten": "forgetting removed less than min_forgetting of what the attack measures",
+    "no_control": "no never-learned control (the forget job did not fine-tune first), so a recovery may be "
+    "ordinary learning",
+    "interval_spans_threshold": "the interval contains the threshold",
+}
 
 # The order of a forget job's stages; any other stage comes after them.
 STAGES = ("base", "finetuned", "forgotten")
@@ -37,30 +46,39 @@ def render_html(signed: dict[str, Any]) -> str:
 
 
 def _verdict_text(report: Report) -> str:
-    """The verdict in a sentence: which attacks found the forgetting shallow, or why none could."""
+    """The verdict in a sentence: which attacks found the forgetting shallow, and why the others did not conclude."""
     verdict = verdict_of(report.get("verdict"))
     attacks = report.get("attacks") or []
+    inconclusive = [a for a in attacks if verdict_of(a.get("verdict")) == "inconclusive"]
+    by_reason: dict[str, list[dict[str, Any]]] = {}
+    for attack in inconclusive:
+        by_reason.setdefault(str(attack.get("inconclusive_reason")), []).append(attack)
+    why = "; ".join(f"{_names(named)}: {REASON_TEXT.get(reason, reason)}" for reason, named in by_reason.items())
     if verdict == "shallow":
         shallow = [a for a in attacks if a.get("verdict") == "shallow"]
         recovered = [a for a in shallow if not is_damage(a)]
         damaged = [a for a in shallow if is_damage(a)]
         findings = []
         if recovered:
-            findings.append(f"{_names(recovered)} brought back at least their threshold of what forgetting removed")
+            findings.append(
+                f"{_names(recovered)} brought back more than their threshold of what forgetting removed "
+                "(the whole interval above it)"
+            )
         if damaged:
             findings.append(f"{_names(damaged)}: forget-set words damage retain queries beyond the threshold")
-        return f"{len(shallow)} of {len(attacks)} attacks found the forgetting shallow. {'; '.join(findings)}."
+        text = f"{len(shallow)} of {len(attacks)} attacks found the forgetting shallow. {'; '.join(findings)}."
+        return text + (f" Inconclusive: {why}." if inconclusive else "")
     if verdict == "robust":
-        text = "No attack recovered as much as its threshold of what forgetting removed."
-        inconclusive = [a for a in attacks if verdict_of(a.get("verdict")) == "inconclusive"]
+        text = (
+            "Every conclusive attack recovered less than its threshold of what forgetting removed "
+            "(the whole interval below it)."
+        )
         if inconclusive:
-            text += f" Inconclusive (nothing measurable was forgotten there): {_names(inconclusive)}."
+            text += f" Inconclusive: {why}."
         return text
-    min_forgetting = (report.get("thresholds") or {}).get("min_forgetting")
-    return (
-        f"No attack could measure a recovery: forgetting removed less than {_num(min_forgetting, 2)} of the score "
-        "each attack measures, so there was nothing to recover."
-    )
+    if not inconclusive:
+        return "No attack ran."
+    return f"No attack could conclude. {why}."
 
 
 def _names(attacks: list[dict[str, Any]]) -> str:

@@ -1,7 +1,7 @@
 """The audit report as JSON: what was audited, every attack's numbers and verdict, every diagnostic's numbers (no
 verdict), the forget job's curves.
 
-The report is a plain JSON object (schema `lethe.audit-report/1`) built only from the audit's results and the
+The report is a plain JSON object (schema `lethe.audit-report/2`) built only from the audit's results and the
 catalogue; it is signed as it is (lethe.signing) and the HTML page is drawn from it alone.
 """
 
@@ -12,11 +12,32 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from lethe.attacks import ATTACKS, Thresholds
-from worker.engine.audit.outcome import overall_verdict
+from lethe.attacks import ATTACKS, MIN_ROWS, Thresholds
+from worker.engine.audit.outcome import VariantResult, overall_verdict
 from worker.engine.audit.run import AuditedAttack, AuditedDiagnostic, SkippedAttack
 
-SCHEMA = "lethe.audit-report/1"
+# /2: every result and variant carries n, its intervals' confidence, ci_low / ci_high, the never-learned control's
+# recovery and the excess over it (with intervals) and, when inconclusive, its reason; the report its verdict_reasons.
+SCHEMA = "lethe.audit-report/2"
+
+# The worst variant's numbers an attack's entry (and audit_results row) repeats at its top level.
+WORST_VARIANT_FIELDS = (
+    "before",
+    "after_forgetting",
+    "after_attack",
+    "recovery",
+    "excess_drop",
+    "n",
+    "confidence",
+    "ci_low",
+    "ci_high",
+    "control_recovery",
+    "control_ci_low",
+    "control_ci_high",
+    "excess_recovery",
+    "excess_ci_low",
+    "excess_ci_high",
+)
 
 # Said beside every diagnostic, in the JSON report and on its page.
 DIAGNOSTICS_NOTE = (
@@ -34,28 +55,31 @@ def finite(value: float | None) -> float | None:
     return float(value)
 
 
+def _numbers(variant: VariantResult) -> dict[str, Any]:
+    """A variant's fields, floats made JSON-safe."""
+    return {key: finite(value) if isinstance(value, float) else value for key, value in asdict(variant).items()}
+
+
 def attack_entry(attack: AuditedAttack) -> dict[str, Any]:
-    """One attack's section of the report (also the audit_results row's content)."""
+    """One attack's section of the report (also the audit_results row's content): the worst variant's numbers with
+    their intervals, the verdict and its reason, every variant's numbers."""
     outcome, judgement = attack.outcome, attack.judgement
+    spec = ATTACKS.get(attack.name)
+    worst = _numbers(judgement.worst)
     return {
         "name": attack.name,
-        "description": ATTACKS.get(attack.name).description,
+        "description": spec.description,
+        "verdict_rule": spec.verdict_rule(),
         "params": attack.params,
         "metric": outcome.metric,
         "split": outcome.split,
         "effect": outcome.effect,
-        "before": finite(judgement.before),
-        "after_forgetting": finite(judgement.after_forgetting),
-        "after_attack": finite(judgement.after_attack),
-        "recovery": finite(judgement.recovery),
-        "excess_drop": finite(judgement.excess_drop),
+        **{key: worst[key] for key in WORST_VARIANT_FIELDS},
         "chance": finite(judgement.chance),
         "worst_variant": judgement.worst_variant,
         "verdict": judgement.verdict,
-        "variants": [
-            {key: finite(value) if isinstance(value, float) else value for key, value in asdict(variant).items()}
-            for variant in judgement.variants
-        ],
+        "inconclusive_reason": judgement.reason,
+        "variants": [_numbers(variant) for variant in judgement.variants],
         "curves": {name: [[step, finite(value)] for step, value in points] for name, points in outcome.curves.items()},
     }
 
@@ -136,6 +160,7 @@ def build_report(
     """The unsigned report; `diagnostics` are listed apart from the attacks and never enter the verdict.
     `forget_job` carries its `forgetting` outcome with the summary in words."""
     metrics = list(forget_metrics)
+    verdict, reasons = overall_verdict([attack.judgement for attack in attacks])
     return {
         "schema": SCHEMA,
         "audit_id": audit_id,
@@ -145,7 +170,9 @@ def build_report(
         "adapter": adapter,
         "forget_job": forget_job,
         "thresholds": thresholds.model_dump(mode="json"),
-        "verdict": overall_verdict([attack.judgement.verdict for attack in attacks]),
+        "verdict": verdict,
+        "verdict_reasons": reasons,
+        "min_rows": MIN_ROWS,
         "attacks": [attack_entry(attack) for attack in attacks],
         "diagnostics": [diagnostic_entry(diagnostic) for diagnostic in diagnostics],
         "diagnostics_note": DIAGNOSTICS_NOTE,

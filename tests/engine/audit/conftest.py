@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -22,12 +23,14 @@ from peft import PeftModel
 from lethe.methods import METHODS
 from lethe.rows import ChoiceRow, Row
 from tests.engine.methods.helpers import teach
-from tests.tiny_lm import synthetic_choice_rows
+from tests.tiny_lm import CATEGORIES, synthetic_choice_rows
 from worker.engine.audit.context import AuditContext
+from worker.engine.audit.run import never_learned
 from worker.engine.lm.load import LoadedLM
-from worker.engine.lm.lora import LoraState, attach_lora, lora_state
+from worker.engine.lm.lora import LoraState, attach_lora, load_lora_state, lora_state
 from worker.engine.methods.implementations import build_objective
 from worker.engine.training.loop import Schedule, train
+from worker.engine.training.objective import Objective
 
 LIMIT = 64
 PRECISIONS = ["fp32", "bf16"]
@@ -153,3 +156,40 @@ def forgotten_context(precision: str, taught_base: LoadedLM, task_rows: dict[str
     One per precision: forgetting trains under it.
     """
     return build_context(taught_base, task_rows)
+
+
+@pytest.fixture(scope="session")
+def mixed_task() -> dict[str, list[Row]]:
+    """Forget rows about 20 of the 24 words, fruits and tools alike; retain rows about the other 4."""
+    rows = [ChoiceRow.from_dict(row) for row in synthetic_choice_rows(200, seed=1)]
+    retain_words = set(sorted(CATEGORIES)[::6])
+    forget = [row for row in rows if row.prompt.split()[2] not in retain_words]
+    retain = [row for row in rows if row.prompt.split()[2] in retain_words]
+    return {"forget_train": forget[:16], "forget_heldout": forget[16:40], "retain": retain[:16]}
+
+
+@pytest.fixture(scope="package")
+def exactly_unlearned(precision: str, tiny_base: LoadedLM, mixed_task: dict[str, list[Row]]) -> AuditContext:
+    """A forget job that fine-tuned first, then forgot exactly: forgetting returned the adapter to the base LM.
+
+    The untaught tiny LM (the base) gets a LoRA adapter fine-tuned on the task's rows (the LM before forgetting);
+    the forgotten adapter is that one with its B matrices zeroed, which is the never-learned control itself
+    (`run.never_learned`). Forgetting did nothing but undo the fine-tune, so an attack recovers on the forgotten LM
+    exactly what it teaches the control. One per precision: the fine-tune trains under it.
+    """
+    torch.manual_seed(0)
+    peft_lm = attach_lora(copy.deepcopy(tiny_base.lm), rank=4, alpha=8)
+    train(
+        peft_lm,
+        tiny_base.tokenizer,
+        Objective(),
+        [*mixed_task["forget_train"], *mixed_task["forget_heldout"], *mixed_task["retain"]],
+        [],
+        Schedule(learning_rate=1e-2, epochs=40, batch_size=16, max_steps=40),
+        seed=0,
+        limit=LIMIT,
+    )
+    before = lora_state(peft_lm)
+    control = never_learned(before)
+    load_lora_state(peft_lm, control)
+    return dataclasses.replace(context_for(tiny_base, peft_lm, before, mixed_task), control=control)

@@ -49,3 +49,11 @@ def test_reference_scores_are_computed_once_and_match_a_direct_pass(forgotten_co
     with ctx.before_lm():
         assert ctx.score(ctx.forget_train) == before
     assert ctx.score(ctx.forget_train) == after and before != after
+
+
+def test_scores_keep_each_row_s_part(forgotten_context: AuditContext) -> None:
+    ctx = forgotten_context
+    scores = ctx.score(ctx.forget_heldout)
+    # Choice rows: 1.0 / 0.0 per row (answered right / wrong), the score their mean.
+    assert len(scores.rows) == len(ctx.forget_heldout) and set(scores.rows) <= {0.0, 1.0}
+    assert float(scores) == sum(scores.rows) / len(scores.rows)

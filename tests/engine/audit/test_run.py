@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from lethe.attacks import Thresholds
 from lethe.rows import QARow
@@ -16,7 +17,9 @@ from worker.engine.lm.load import LoadedLM
 def test_run_audit_skips_an_attack_with_nothing_to_measure(tiny_base: LoadedLM, saved_adapter) -> None:
     directory, before = saved_adapter
     rows = [QARow(question=r["question"], answer=r["answer"]) for r in synthetic_qa_rows(8, seed=0)]  # no paraphrase
-    ctx = audit_context(tiny_base, open_adapter(tiny_base, directory, before), before, rows[:4], rows[4:], {}, 4, 0)
+    ctx = audit_context(
+        tiny_base, open_adapter(tiny_base, directory, before), before, rows[:4], rows[4:], {}, 4, 0, finetuned=False
+    )
     stages: list[tuple[str, float]] = []
     audited, skipped = run_audit(
         ctx,
@@ -46,3 +49,26 @@ def test_diagnostics_run_apart_and_are_never_judged(tiny_base: LoadedLM, saved_a
     assert [v.name for v in done[1].outcome.variants] == ["attention_output@0-0"]
     assert not hasattr(done[0], "judgement")
     assert stages[-1] == ("diagnostic:patch", 1.0) and [f for _, f in stages] == sorted(f for _, f in stages)
+    assert ctx.control is None  # no fine-tune: no never-learned control
+
+
+def test_after_a_fine_tune_the_control_is_the_base_lm_exactly(tiny_base: LoadedLM, saved_adapter) -> None:
+    directory, before = saved_adapter
+    # A "fine-tuned" adapter before forgetting: B matrices away from zero, so before differs from the base LM.
+    generator = torch.Generator().manual_seed(0)
+    finetuned = {name: t + 0.5 * torch.randn(t.shape, generator=generator) for name, t in before.items()}
+    rows = [QARow(question=r["question"], answer=r["answer"]) for r in synthetic_qa_rows(8, seed=0)]
+    peft_lm = open_adapter(tiny_base, directory, finetuned)
+    ctx = audit_context(tiny_base, peft_lm, finetuned, rows[:4], rows[4:], {}, 4, 0, finetuned=True)
+    assert ctx.control is not None
+    assert all(torch.count_nonzero(t) == 0 for name, t in ctx.control.items() if ".lora_B." in name)
+    assert all(torch.equal(t, finetuned[name]) for name, t in ctx.control.items() if ".lora_A." in name)
+    ids = tiny_base.tokenizer("Question: what is it?\nAnswer:", return_tensors="pt").input_ids
+    with torch.no_grad(), ctx.control_lm() as control:
+        control_logits = control(ids).logits
+        with control.disable_adapter():
+            base_logits = control(ids).logits
+    with torch.no_grad(), ctx.before_lm() as before_lm:
+        before_logits = before_lm(ids).logits
+    assert torch.allclose(control_logits, base_logits, atol=1e-6)
+    assert not torch.allclose(before_logits, base_logits, atol=1e-3)

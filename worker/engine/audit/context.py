@@ -12,10 +12,10 @@ import torch
 from peft import PeftModel
 
 from lethe.rows import ChoiceRow, Row, chance, kind_of
-from worker.engine.audit.outcome import AttackOutcome, Variant
+from worker.engine.audit.outcome import AttackOutcome, RowScores, Variant
 from worker.engine.lm.load import CausalLM, LoadedLM
 from worker.engine.lm.lora import LoraState, load_lora_state
-from worker.engine.metrics.evaluate import PRIMARY_METRIC, primary_score
+from worker.engine.metrics.evaluate import PRIMARY_METRIC, primary_row_scores
 
 
 @dataclass
@@ -24,7 +24,11 @@ class AuditContext:
 
     `peft_lm` holds the forgotten adapter between attacks: an attack that changes its weights does so inside
     `using(...)`, which puts the forgotten weights back on exit. `before` is the adapter right before forgetting
-    (after the optional fine-tune; with no fine-tune its LoRA B matrices are zero: the base LM).
+    (after the optional fine-tune; with no fine-tune its LoRA B matrices are zero: the base LM). `control` is the
+    never-learned control where the forget job fine-tuned first: `before` with every LoRA B zeroed, i.e. the base
+    LM exactly (B·A = 0), which never saw the task's rows, with the adapter's A matrices for an attack that trains
+    it (as LoRA starts, A set and B zero); None without a fine-tune, where the LM before forgetting is the base LM
+    and nothing in the audit never learned what it knew.
     """
 
     base: LoadedLM
@@ -40,7 +44,10 @@ class AuditContext:
     limit: int
     on_progress: Callable[[float], None] = field(default=lambda _fraction: None)
     train_batch_size: int | None = None
-    _reference_scores: dict[tuple[str, tuple[Row, ...]], float] = field(default_factory=dict, init=False, repr=False)
+    control: LoraState | None = None
+    _reference_scores: dict[tuple[str, tuple[Row, ...]], RowScores] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     @property
     def tokenizer(self):  # type: ignore[no-untyped-def]  # PreTrainedTokenizerBase; kept loose for the hooks
@@ -77,19 +84,25 @@ class AuditContext:
         """Every retain set's rows, in order."""
         return [row for rows in self.retain.values() for row in rows]
 
-    def score(self, rows: Sequence[Row], lm: CausalLM | None = None) -> float:
-        """The rows' primary score (accuracy, or mean answer/text probability) under `lm` (default: peft_lm)."""
-        return primary_score(self.peft_lm if lm is None else lm, self.tokenizer, rows, self.batch_size)
+    def score(self, rows: Sequence[Row], lm: CausalLM | None = None) -> RowScores:
+        """The rows' primary score (accuracy, or mean answer/text probability) under `lm` (default: peft_lm),
+        with each row's part of it."""
+        return RowScores(primary_row_scores(self.peft_lm if lm is None else lm, self.tokenizer, rows, self.batch_size))
 
-    def reference_score(self, rows: Sequence[Row], lm: Literal["before", "forgotten"]) -> float:
-        """The score of `rows` under the LM before forgetting or the forgotten LM, computed once per audit.
+    def reference_score(self, rows: Sequence[Row], lm: Literal["before", "forgotten", "control"]) -> RowScores:
+        """The score of `rows` under the LM before forgetting, the forgotten LM or the never-learned control,
+        computed once per audit.
 
         Most attacks compare against the same two scores of the same split; they share them through this cache.
         A pass that must run anyway (to capture hidden states or block outputs) scores for itself instead.
         """
         key = (lm, tuple(rows))
+        states = {"before": self.before, "forgotten": self.forgotten, "control": self.control}
+        state = states[lm]
+        if state is None:
+            raise ValueError("this audit has no never-learned control (the forget job did not fine-tune first)")
         if key not in self._reference_scores:
-            with self.using(self.before if lm == "before" else self.forgotten):
+            with self.using(state):
                 self._reference_scores[key] = self.score(rows)
         return self._reference_scores[key]
 
@@ -105,6 +118,12 @@ class AuditContext:
     def before_lm(self) -> contextlib.AbstractContextManager[PeftModel]:
         """The LM before forgetting."""
         return self.using(self.before)
+
+    def control_lm(self) -> contextlib.AbstractContextManager[PeftModel]:
+        """The never-learned control (ValueError when the audit has none)."""
+        if self.control is None:
+            raise ValueError("this audit has no never-learned control (the forget job did not fine-tune first)")
+        return self.using(self.control)
 
     def outcome(
         self, split: str, rows: Sequence[Row], before: float, after_forgetting: float, variants: list[Variant]

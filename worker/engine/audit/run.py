@@ -69,13 +69,17 @@ def audit_context(
     retain: Mapping[str, Sequence[Row]],
     batch_size: int,
     seed: int,
+    finetuned: bool,
 ) -> AuditContext:
-    """The context the attacks share: `peft_lm` holds the forgotten adapter, `before_forgetting` its earlier state."""
+    """The context the attacks share: `peft_lm` holds the forgotten adapter, `before_forgetting` its earlier state;
+    `finetuned`: the forget job fine-tuned first, so the base LM is a never-learned control."""
+    before = {name: t.to(base.device) for name, t in before_forgetting.items()}
     return AuditContext(
         base=base,
         peft_lm=peft_lm,
         forgotten=lora_state(peft_lm),
-        before={name: t.to(base.device) for name, t in before_forgetting.items()},
+        before=before,
+        control=never_learned(before) if finetuned else None,
         forget_train=forget_train,
         forget_heldout=forget_heldout,
         retain=retain,
@@ -84,6 +88,11 @@ def audit_context(
         seed=seed,
         limit=max_length(base.lm, base.tokenizer),
     )
+
+
+def never_learned(state: LoraState) -> LoraState:
+    """`state` with every LoRA B matrix zeroed: the adapter adds B·A = 0, so the LM is the base LM exactly."""
+    return {name: torch.zeros_like(t) if ".lora_B." in name else t for name, t in state.items()}
 
 
 def run_audit(
@@ -121,7 +130,8 @@ def run_audit(
             continue
         finally:
             progress(1.0)
-        audited.append(AuditedAttack(name, params.model_dump(mode="json"), outcome, judge(name, outcome, thresholds)))
+        judgement = judge(name, outcome, thresholds, ctx.seed)
+        audited.append(AuditedAttack(name, params.model_dump(mode="json"), outcome, judgement))
     return audited, skipped
 
 

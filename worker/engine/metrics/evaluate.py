@@ -285,13 +285,21 @@ def target_probabilities(
 def primary_score(lm: CausalLM, tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row], batch_size: int) -> float:
     """The score a split is tracked by (higher = remembers more): accuracy for choice rows, the mean
     length-normalized target probability for qa and text rows. Teacher-forced, no generation."""
+    scores = primary_row_scores(lm, tokenizer, rows, batch_size)
+    return sum(scores) / len(scores)
+
+
+def primary_row_scores(
+    lm: CausalLM, tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row], batch_size: int
+) -> list[float]:
+    """Each row's part of `primary_score`: 1.0 / 0.0 for a choice row answered right / wrong, the target's
+    length-normalized probability for a qa or text row."""
     if not rows:
         raise ValueError("primary_score needs at least one row")
     if kind_of(rows) == "choice":
         choice_rows = [row for row in rows if isinstance(row, ChoiceRow)]
-        return score_choices(lm, tokenizer, choice_rows, batch_size).accuracy
-    probabilities = target_probabilities(lm, tokenizer, rows, batch_size)
-    return sum(probabilities) / len(probabilities)
+        return [float(correct) for correct in score_choices(lm, tokenizer, choice_rows, batch_size).correct]
+    return target_probabilities(lm, tokenizer, rows, batch_size)
 
 
 def mia_scores(

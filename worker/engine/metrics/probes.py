@@ -35,13 +35,20 @@ def probe_accuracy_by_layer(
     train: ChoiceScores, heldout: ChoiceScores, on_layer_done: Callable[[], None] | None = None
 ) -> list[float]:
     """Heldout probe accuracy of every layer (index 0 = embeddings), probes fitted on `train`'s pairs."""
+    return [float(np.mean(correct)) for correct in probe_correct_by_layer(train, heldout, on_layer_done)]
+
+
+def probe_correct_by_layer(
+    train: ChoiceScores, heldout: ChoiceScores, on_layer_done: Callable[[], None] | None = None
+) -> list[np.ndarray]:
+    """Per layer (index 0 = embeddings), whether each heldout row's probe prediction is its answer."""
     if train.hidden is None or heldout.hidden is None:
         raise ValueError("probes need scores computed with collect_hidden=True")
     labels = train.pair_is_answer
     answers = np.asarray(heldout.answers)
     # Pairs are row-major, so each heldout row's pairs are one contiguous slice.
     row_bounds = np.cumsum([len(scores) for scores in heldout.loglikelihoods])[:-1]
-    accuracies = []
+    correct = []
     for layer in range(train.hidden.shape[1]):
         probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=PROBE_MAX_ITER))
         with warnings.catch_warnings():
@@ -50,10 +57,10 @@ def probe_accuracy_by_layer(
             probe.fit(train.hidden[:, layer], labels)
         pair_scores = probe.decision_function(heldout.hidden[:, layer])
         predictions = np.array([np.argmax(row) for row in np.split(pair_scores, row_bounds)])
-        accuracies.append(float(np.mean(predictions == answers)))
+        correct.append(predictions == answers)
         if on_layer_done is not None:
             on_layer_done()
-    return accuracies
+    return correct
 
 
 def qa_probe_rows(rows: Sequence[QARow]) -> list[ChoiceRow]:

@@ -45,11 +45,11 @@ def test_forgetting_only_the_trained_wording_is_recovered_by_retemplating(
 
     outcome, _ = run_checked(paraphrase, ctx, ParaphraseParams(split="forget_train"))
 
-    judgement = judge("paraphrase", outcome, THRESHOLDS)
+    judgement = judge("paraphrase", outcome, THRESHOLDS, seed=0)
     assert (outcome.metric, outcome.split) == ("accuracy", "forget_train")
     assert (outcome.before, outcome.after_forgetting) == (1.0, 0.0)
     assert judgement.worst_variant == "retemplated"
-    assert judgement.recovery is not None and judgement.recovery >= 0.8
+    assert judgement.worst.recovery is not None and judgement.worst.recovery >= 0.8
     assert judgement.verdict == "shallow"
 
 
@@ -60,9 +60,9 @@ def test_forgetting_that_generalised_to_the_other_wording_recovers_nothing(
 
     outcome, _ = run_checked(paraphrase, ctx, ParaphraseParams(split="forget_train"))
 
-    rates = {result.name: result.recovery for result in judge("paraphrase", outcome, THRESHOLDS).variants}
+    rates = {result.name: result.recovery for result in judge("paraphrase", outcome, THRESHOLDS, seed=0).variants}
     assert rates["retemplated"] == 0.0
-    assert judge("paraphrase", outcome, THRESHOLDS).verdict == "robust"
+    assert judge("paraphrase", outcome, THRESHOLDS, seed=0).verdict == "robust"
 
 
 def test_a_wording_the_lm_never_knew_counts_as_no_recovery(forgotten_context: AuditContext) -> None:
@@ -73,7 +73,7 @@ def test_a_wording_the_lm_never_knew_counts_as_no_recovery(forgotten_context: Au
     lettered_variant = next(variant for variant in outcome.variants if variant.name == "lettered_shuffled")
     assert outcome.after_forgetting == 0.0 and outcome.chance == 0.5
     assert lettered_variant.before == lettered_variant.after_attack == 0.5
-    judgement = judge("paraphrase", outcome, THRESHOLDS)
+    judgement = judge("paraphrase", outcome, THRESHOLDS, seed=0)
     rates = {result.name: result.recovery for result in judgement.variants}
     assert rates["lettered_shuffled"] is None
     assert judgement.verdict == "robust"

@@ -30,13 +30,16 @@ def test_probes_below_the_block_that_forgot_still_solve_the_task(
 ) -> None:
     ctx = build_context(taught_base, whole_task, forget_modules=["layers.1."])
     outcome = run_attack("probe", ctx)
-    judgement = judge("probe", outcome, Thresholds())
+    judgement = judge("probe", outcome, Thresholds(), seed=0)
     assert (outcome.metric, outcome.split) == ("probe_accuracy", "forget_heldout")
     assert outcome.before > 0.85 and outcome.after_forgetting < 0.6
     block_0 = next(v for v in judgement.variants if v.layer == 0)
     # Block 0's adapter is untouched: its states, and the probe on them, are those before forgetting.
     assert block_0.after_attack > 0.85 and block_0.recovery == 1.0
-    assert judgement.verdict == "shallow"
+    # 100 heldout rows: the whole interval, at the Bonferroni level over the 2 blocks, lies above the threshold...
+    assert block_0.n == 100 and block_0.confidence == 1 - 0.05 / 2 and (block_0.ci_low or 0.0) > 0.25
+    # ...but a probe fitted on the task can find it in an LM that never knew it: without a control, not shallow.
+    assert (judgement.verdict, judgement.reason) == ("inconclusive", "no_control")
 
 
 def test_an_lm_that_never_knew_the_task_shows_no_recovery(
@@ -47,7 +50,7 @@ def test_an_lm_that_never_knew_the_task_shows_no_recovery(
     # The probes, fitted on the task, beat the untaught LM's own answers (near chance)...
     assert max(v.after_attack for v in outcome.variants) > outcome.before + 0.1
     # ...but forgetting removed nothing, so no recovery is claimed.
-    assert judge("probe", outcome, Thresholds()).verdict == "inconclusive"
+    assert judge("probe", outcome, Thresholds(), seed=0).verdict == "inconclusive"
 
 
 def test_probe_reports_one_variant_per_decoder_block(forgotten_context: AuditContext) -> None:
@@ -69,6 +72,15 @@ def test_qa_rows_are_probed(tiny_base: LoadedLM) -> None:
     ctx = build_context(tiny_base, {"forget_train": rows[:20], "forget_heldout": rows[20:36], "retain": rows[36:]})
     outcome = run_attack("probe", ctx)
     assert [v.layer for v in outcome.variants] == [0, 1]
+    # Every heldout row has a perturbed answer: 16 rows, each a 0/1 probe prediction, the accuracy their mean.
+    for variant in outcome.variants:
+        rows = variant.after_attack.rows  # type: ignore[attr-defined]
+        assert len(rows) == 16 and set(rows) <= {0.0, 1.0} and variant.after_attack == sum(rows) / 16
+    # Gradient ascent took the LM's own answers below chance while the probes still find the true answer: a
+    # recovery, which without a never-learned control (no fine-tune) is never called shallow.
+    judgement = judge("probe", outcome, Thresholds(), seed=0)
+    assert outcome.after_forgetting < 0.5 <= min(v.after_attack for v in outcome.variants)
+    assert (judgement.verdict, judgement.reason) == ("inconclusive", "no_control")
 
 
 def test_qa_rows_without_perturbed_answers_cannot_be_probed(tiny_base: LoadedLM) -> None:
@@ -76,3 +88,14 @@ def test_qa_rows_without_perturbed_answers_cannot_be_probed(tiny_base: LoadedLM)
     ctx = build_context(tiny_base, {"forget_train": rows[:2], "forget_heldout": rows[2:], "retain": rows[:1]})
     with pytest.raises(AttackNotApplicable, match="perturbed answers"):
         run_attack("probe", ctx)
+
+
+def test_an_exactly_unlearned_lm_s_probes_find_what_the_never_learned_control_s_do(
+    exactly_unlearned: AuditContext,
+) -> None:
+    outcome = run_attack("probe", exactly_unlearned)
+    judgement = judge("probe", outcome, Thresholds(), seed=0)
+    for variant, result in zip(outcome.variants, judgement.variants, strict=True):
+        assert variant.control_before == outcome.after_forgetting and variant.control_after == variant.after_attack
+        assert result.recovery is None or result.excess_recovery == 0.0
+    assert judgement.verdict in ("robust", "inconclusive") and judgement.reason != "no_control"

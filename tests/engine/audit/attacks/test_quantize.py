@@ -92,7 +92,7 @@ def test_int4_erases_a_forgetting_smaller_than_its_step_and_int8_keeps_it(
 ) -> None:
     ctx = build_context(int4_grid_base, qa_task, learning_rate=1.5e-3, steps=4)
     outcome = run_attack("quantize", ctx, group_size=GROUP_SIZE)
-    judgement = judge("quantize", outcome, Thresholds(min_forgetting=0.005))
+    judgement = judge("quantize", outcome, Thresholds(min_forgetting=0.005), seed=0)
     assert outcome.metric == "answer_probability"
     assert 0.005 < outcome.before - outcome.after_forgetting < 0.01
     recovery = {v.name: v.recovery or 0.0 for v in judgement.variants}
@@ -109,7 +109,7 @@ def test_a_forgetting_larger_than_the_int4_step_survives_both(
 ) -> None:
     ctx = build_context(int4_grid_base, qa_task, learning_rate=1e-2, steps=6)
     outcome = run_attack("quantize", ctx, group_size=GROUP_SIZE, split="forget_heldout")
-    judgement = judge("quantize", outcome, Thresholds())
+    judgement = judge("quantize", outcome, Thresholds(), seed=0)
     assert outcome.before - outcome.after_forgetting > 0.5
     assert all(v.recovery is not None and v.recovery < 0.1 for v in judgement.variants)
     assert judgement.verdict == "robust"

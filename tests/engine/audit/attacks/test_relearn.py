@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from lethe.attacks import QuantizeParams, RelearnParams, Thresholds
-from lethe.rows import ChoiceRow, Row
+from lethe.rows import Row
 from tests.engine.audit.attacks.attack_checks import run_checked
 from tests.engine.audit.attacks.scenarios import finetuned_context, wrong
 from tests.engine.audit.conftest import context_for, teach_base
-from tests.tiny_lm import CATEGORIES, synthetic_choice_rows
 from worker.engine.audit.attacks.relearn import relearn
 from worker.engine.audit.context import AuditContext
 from worker.engine.audit.outcome import judge
@@ -21,16 +20,6 @@ from worker.engine.lm.load import LoadedLM
 from worker.engine.lm.lora import attach_lora, lora_state
 
 THRESHOLDS = Thresholds()
-
-
-@pytest.fixture(scope="module")
-def mixed_task() -> dict[str, list[Row]]:
-    """Forget rows about 20 of the 24 words, fruits and tools alike; retain rows about the other 4."""
-    rows = [ChoiceRow.from_dict(row) for row in synthetic_choice_rows(200, seed=1)]
-    retain_words = set(sorted(CATEGORIES)[::6])
-    forget = [row for row in rows if row.prompt.split()[2] not in retain_words]
-    retain = [row for row in rows if row.prompt.split()[2] in retain_words]
-    return {"forget_train": forget[:16], "forget_heldout": forget[16:40], "retain": retain[:16]}
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +57,14 @@ def test_two_rows_bring_back_heldout_rows_that_an_untaught_lm_cannot_learn_from_
 
     outcome, _ = run_checked(relearn, ctx, params)
 
-    judgement = judge("relearn", outcome, THRESHOLDS)
+    judgement = judge("relearn", outcome, THRESHOLDS, seed=0)
     assert (outcome.metric, outcome.split) == ("accuracy", "forget_heldout")
     assert outcome.before == 1.0 and outcome.after_forgetting <= 0.5
-    assert judgement.recovery is not None and judgement.recovery >= 0.8
-    assert judgement.verdict == "shallow"
+    assert judgement.worst.recovery is not None and judgement.worst.recovery >= 0.8
+    # The interval lies above the threshold, but with no fine-tune there is no never-learned control in the audit:
+    # relearning alone is never called shallow (below, the test builds that control by hand).
+    assert (judgement.worst.ci_low or 0.0) > THRESHOLDS.recovery
+    assert (judgement.verdict, judgement.reason) == ("inconclusive", "no_control")
     assert [step for step, _ in outcome.curves["k=2"]] == [0, 2, 4, 6]
 
     # The untaught LM starts at the majority category's share of forget-heldout and gains next to nothing.
@@ -95,7 +87,7 @@ def test_curves_per_k_and_benign_relearning_on_retain_rows_that_brings_nothing_b
         assert [step for step, _ in curve] == [0, 2, 4, 6, 8]
         assert curve[0] == (0, outcome.after_forgetting)
         assert curve[-1][1] == variant.after_attack
-    rates = {result.name: result.recovery for result in judge("relearn", outcome, THRESHOLDS).variants}
+    rates = {result.name: result.recovery for result in judge("relearn", outcome, THRESHOLDS, seed=0).variants}
     assert rates["k=1"] == rates["k=8"] == 1.0
     assert rates["benign"] == 0.0
     assert len(progress) >= 3 * params.steps
@@ -106,8 +98,8 @@ def test_a_learning_rate_too_small_to_move_the_adapter_recovers_nothing(forgotte
 
     outcome, _ = run_checked(relearn, forgotten_context, params)
 
-    judgement = judge("relearn", outcome, THRESHOLDS)
-    assert judgement.recovery == 0.0
+    judgement = judge("relearn", outcome, THRESHOLDS, seed=0)
+    assert judgement.worst.recovery == 0.0
     assert judgement.verdict == "robust"
 
 
@@ -147,3 +139,25 @@ def test_frozen_lora_parameters_are_relearned_and_left_frozen(forgotten_context:
 def test_other_params_are_refused(forgotten_context: AuditContext) -> None:
     with pytest.raises(TypeError, match="RelearnParams"):
         relearn(forgotten_context, QuantizeParams())
+
+
+def test_an_exactly_unlearned_lm_recovers_what_the_never_learned_control_does(
+    exactly_unlearned: AuditContext,
+) -> None:
+    """Forgetting only undid the fine-tune: relearning brings back on the forgotten LM just what it teaches the base
+    LM that never saw the task, so the excess is nil and the attack is robust, whatever relearning recovers."""
+    ctx = exactly_unlearned
+    params = RelearnParams(examples=[2, 8], steps=4, learning_rate=1e-2, evaluate_every=2, benign=True)
+
+    outcome, progress = run_checked(relearn, ctx, params)
+
+    judgement = judge("relearn", outcome, THRESHOLDS, seed=0)
+    # Premise: the fine-tune taught the task beyond what the base LM knew.
+    assert outcome.before - outcome.after_forgetting >= 0.1
+    assert len(progress) >= 2 * 3 * params.steps  # the control relearned too
+    for variant, result in zip(outcome.variants, judgement.variants, strict=True):
+        assert outcome.curves[f"control {variant.name}"] == outcome.curves[variant.name]
+        assert variant.control_before == outcome.after_forgetting
+        assert result.control_recovery == result.recovery and result.excess_recovery == 0.0
+        assert (result.excess_ci_low, result.excess_ci_high) == (0.0, 0.0)
+    assert (judgement.verdict, judgement.reason) == ("robust", None)

@@ -66,8 +66,8 @@ def test_forget_words_in_retain_queries_damage_the_forgotten_lm_only(fruits_cont
     assert variant.name == "other fruits"
     assert variant.before == variant.control == variant.after_forgetting == 1.0
     assert variant.after_attack <= 0.5
-    judgement = judge("trigger", outcome, THRESHOLDS)
-    assert judgement.excess_drop is not None and judgement.excess_drop >= 0.5
+    judgement = judge("trigger", outcome, THRESHOLDS, seed=0)
+    assert judgement.worst.excess_drop is not None and judgement.worst.excess_drop >= 0.5
     assert judgement.verdict == "shallow"
 
 
@@ -79,8 +79,8 @@ def test_words_the_forget_job_kept_trigger_nothing(
 
     outcome, _ = run_checked(trigger, ctx, TriggerParams(words=3, position="prefix"))
 
-    judgement = judge("trigger", outcome, THRESHOLDS)
-    assert judgement.excess_drop is not None and judgement.excess_drop < 0.05
+    judgement = judge("trigger", outcome, THRESHOLDS, seed=0)
+    assert judgement.worst.excess_drop is not None and judgement.worst.excess_drop < 0.05
     assert judgement.verdict == "robust"
 
 
@@ -88,8 +88,8 @@ def test_forgetting_towards_the_retain_answer_shows_no_damage(forgotten_context:
     """Gradient ascent taught "tool" for fruit prompts, which is the (tool) retain rows' answer anyway."""
     outcome, _ = run_checked(trigger, forgotten_context, TriggerParams(words=3, position="prefix"))
 
-    judgement = judge("trigger", outcome, THRESHOLDS)
-    assert judgement.excess_drop is not None and judgement.excess_drop <= 0
+    judgement = judge("trigger", outcome, THRESHOLDS, seed=0)
+    assert judgement.worst.excess_drop is not None and judgement.worst.excess_drop <= 0
     assert judgement.verdict == "robust"
 
 

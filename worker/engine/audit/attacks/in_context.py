@@ -4,7 +4,7 @@ Pawelczyk et al. ("In-context unlearning: language models as few-shot unlearners
 LM with labelled examples in its context instead of its weights; Lynch et al. (arXiv 2402.16835) and Hu et al.
 (arXiv 2406.13356) list in-context relearning among the ways forgotten knowledge resurfaces. Here, for each k in
 `params.shots`, every forget-heldout row is asked after k forget-train rows shown with their true answers, and the
-forgotten LM's score on those prompts is compared with its zero-shot score.
+forgotten LM's score on those prompts is compared with the pre-forgetting LM's on the same prompts.
 
 A prompt is the shots, each its row's context followed by its true target (a choice row's prompt and right
 choice; a qa row's "Question: …\\nAnswer: …"), then the heldout row's own context, all joined by a blank line.
@@ -18,8 +18,15 @@ Choices where the papers leave room:
 - The row's own prompt and its longest target always fit `ctx.limit` tokens: shots are dropped, farthest from the
   question first, until the whole prompt fits (a prompt that does not fit even alone is scored with no shots, as
   zero-shot scoring would left-truncate it). A variant named k=8 may therefore hold fewer shots on long rows.
-- before and after_forgetting are the zero-shot forget-heldout scores of the LM before forgetting and of the
-  forgotten LM: the attack asks how much of what forgetting removed the shots give back.
+- A variant's `before` is the LM before forgetting given the same prompts (the same shots): shots also help an LM
+  that never forgot, so the attack is measured against what they do for the LM it forgot from, not against its
+  zero-shot score. `after_forgetting` is the forgotten LM's zero-shot score: the attack asks how much of what
+  forgetting removed the shots give back, recovery = (after_attack − floor) / (before with shots − floor). The
+  outcome's own `before` is the zero-shot one (what forgetting removed, which judge() checks against
+  min_forgetting).
+- Never-learned control (where the forget job fine-tuned first): the base LM, which never saw the task, zero-shot
+  (`control_before`) and given the same prompts (`control_after`): the share of the forgetting that the shots
+  alone would teach. The verdict reads the excess over it.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from transformers import PreTrainedTokenizerBase
 from lethe.attacks import AttackParams, InContextParams
 from lethe.rows import ChoiceRow, QARow, Row
 from worker.engine.audit.context import AuditContext
-from worker.engine.audit.outcome import AttackOutcome, Variant
+from worker.engine.audit.outcome import AttackOutcome, RowScores, Variant
 from worker.engine.lm.inputs import encode_pair
 from worker.engine.metrics.qa import answer_probability
 from worker.engine.metrics.token_scores import score_tokens
@@ -49,22 +56,39 @@ def in_context(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         raise ValueError(f"in_context applies to choice and qa forget sets, not {ctx.kind}")
     heldout = ctx.forget_heldout
     sizes = sorted({min(k, len(ctx.forget_train)) for k in params.shots})
-    units = 2 + len(sizes)
+    # Passes: before and forgotten zero-shot, then per k the forgotten and the before LM with shots; with a control
+    # its zero-shot pass and one per k.
+    controlled = ctx.control is not None
+    units = 2 + 2 * len(sizes) + (1 + len(sizes) if controlled else 0)
+    done = 0
 
-    before = ctx.reference_score(heldout, "before")
-    ctx.on_progress(1 / units)
-    after_forgetting = ctx.reference_score(heldout, "forgotten")
-    ctx.on_progress(2 / units)
+    def scored(value: RowScores) -> RowScores:
+        nonlocal done
+        done += 1
+        ctx.on_progress(done / units)
+        return value
+
+    before = scored(ctx.reference_score(heldout, "before"))
+    after_forgetting = scored(ctx.reference_score(heldout, "forgotten"))
+    control_before = scored(ctx.reference_score(heldout, "control")) if controlled else None
     variants = []
-    for i, k in enumerate(sizes):
+    for k in sizes:
         prompts = [
             few_shot_prompt(
                 ctx.tokenizer, _shots(ctx.forget_train, k, f"{ctx.seed}/in_context/{k}/{j}"), row, ctx.limit
             )
             for j, row in enumerate(heldout)
         ]
-        variants.append(Variant(f"k={k}", after_attack=_score_after(ctx, heldout, prompts)))
-        ctx.on_progress((3 + i) / units)
+        variant = Variant(f"k={k}", after_attack=scored(_score_after(ctx, heldout, prompts)))
+        with ctx.before_lm():
+            variant.before = scored(_score_after(ctx, heldout, prompts))
+        if controlled:
+            with ctx.control_lm():
+                variant.control_before, variant.control_after = (
+                    control_before,
+                    scored(_score_after(ctx, heldout, prompts)),
+                )
+        variants.append(variant)
     return ctx.outcome(SPLIT, heldout, before, after_forgetting, variants)
 
 
@@ -98,8 +122,8 @@ def few_shot_prompt(tokenizer: PreTrainedTokenizerBase, shots: Sequence[str], ro
     return prompt
 
 
-def _score_after(ctx: AuditContext, rows: Sequence[Row], prompts: Sequence[str]) -> float:
-    """The forgotten LM's primary score of `rows`, each asked with its prompt in place of its own context."""
+def _score_after(ctx: AuditContext, rows: Sequence[Row], prompts: Sequence[str]) -> RowScores:
+    """peft_lm's primary score of `rows` (per row), each asked with its prompt in place of its own context."""
     if ctx.kind == "choice":
         return ctx.score(
             [
@@ -115,4 +139,4 @@ def _score_after(ctx: AuditContext, rows: Sequence[Row], prompts: Sequence[str])
         if isinstance(row, QARow)
     ]
     scores = score_tokens(ctx.peft_lm, ctx.tokenizer, pairs, ctx.batch_size)
-    return sum(answer_probability(s) for s in scores) / len(scores)
+    return RowScores([answer_probability(s) for s in scores])

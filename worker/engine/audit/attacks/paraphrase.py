@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from lethe.attacks import AttackParams, ParaphraseParams
 from lethe.rows import QA_TEMPLATE, ChoiceRow, QARow, Row
 from worker.engine.audit.context import AuditContext
-from worker.engine.audit.outcome import AttackNotApplicable, AttackOutcome, Variant
+from worker.engine.audit.outcome import AttackNotApplicable, AttackOutcome, RowScores, Variant
 
 # "Question: X\nAnswer:" with any whitespace around its parts; X may span lines.
 _QA_FORM = re.compile(r"\s*Question:\s*(?P<question>.+?)\s*\n\s*Answer:\s*", re.DOTALL)
@@ -78,7 +78,7 @@ def paraphrase(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
     passes = 2 * len(asked) + sum(len(originals) != len(rows) for originals, _ in asked.values())
     done = 0
 
-    def score(scored_rows: Sequence[Row]) -> float:
+    def score(scored_rows: Sequence[Row]) -> RowScores:
         nonlocal done
         value = ctx.score(scored_rows)
         done += 1

@@ -27,6 +27,19 @@ Choices:
 - A probe is fitted on the task, so it may beat the LM (on an LM that never learned the task, a probe fitted on 200
   rows reached 0.71 where the LM was at chance). judge() gives no rate when the LM's own accuracy did not drop by
   min_forgetting, so an LM that forgot nothing shows no recovery.
+
+Never-learned control (where the forget job fine-tuned first): the same probes (fitted on the same forget-train
+rows) on the base LM, which never saw the task. The attack on it goes from its own heldout accuracy
+(`control_before`) to its block's probe (`control_after`): what a probe fitted on the task finds in any LM's states.
+control_recovery puts that gain in the units of recovery; the verdict reads the excess over it. Six scoring passes
+with a control (three LMs × two splits), four without.
+
+Intervals. Every number here is a proportion of heldout rows (the LM's own answers, a block's probe), so each alone
+would have a Wilson interval; recovery combines three of them on the same heldout rows (five with the control), so
+it is bootstrapped over those rows jointly (paired), every row's 0/1 correctness under each LM and probe resampled
+together. Unpaired intervals would ignore that the same rows are easy or hard for every probe and overstate the
+width. The probes are held fixed (fitted once on forget-train): the interval is conditional on them, and does not
+include the variation of refitting on other training rows.
 """
 
 from __future__ import annotations
@@ -37,10 +50,10 @@ from collections.abc import Sequence
 from lethe.attacks import AttackParams, ProbeParams
 from lethe.rows import ChoiceRow, QARow, Row, chance
 from worker.engine.audit.context import AuditContext
-from worker.engine.audit.outcome import AttackNotApplicable, AttackOutcome, Variant
+from worker.engine.audit.outcome import AttackNotApplicable, AttackOutcome, RowScores, Variant
 from worker.engine.lm.load import CausalLM
 from worker.engine.metrics.choice_scores import ChoiceScores, score_choices
-from worker.engine.metrics.probes import probe_accuracy_by_layer, qa_probe_rows
+from worker.engine.metrics.probes import probe_correct_by_layer, qa_probe_rows
 
 SPLIT = "forget_heldout"
 
@@ -66,7 +79,7 @@ def probe(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
     # Progress in units of one scored pair; one LM's probes cost about half a scoring pass of both splits (as the
     # forget run estimates them).
     pairs = sum(len(row.choices) for row in [*train_rows, *heldout_rows])
-    total = 2 * (pairs + 0.5 * pairs)
+    total = (2 if ctx.control is None else 3) * (pairs + 0.5 * pairs)
     done = 0.0
 
     def advance(units: float) -> None:
@@ -74,8 +87,8 @@ def probe(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         done += units
         ctx.on_progress(min(done / total, 1.0))
 
-    def probed(lm: CausalLM) -> tuple[float, list[float]]:
-        """The LM's own heldout accuracy and its probes' heldout accuracy per block (hidden states then freed)."""
+    def probed(lm: CausalLM) -> tuple[RowScores, list[RowScores]]:
+        """The LM's own heldout correctness and its probes' per block, row by row (hidden states then freed)."""
         train = score_choices(
             lm, ctx.tokenizer, train_rows, ctx.batch_size, collect_hidden=True, on_pairs_scored=advance
         )
@@ -83,12 +96,21 @@ def probe(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
             lm, ctx.tokenizer, heldout_rows, ctx.batch_size, collect_hidden=True, on_pairs_scored=advance
         )
         per_layer = 0.5 * pairs / ctx.num_layers
-        accuracies = probe_accuracy_by_layer(_blocks_only(train), _blocks_only(heldout), lambda: advance(per_layer))
-        return heldout.accuracy, accuracies
+        correct = probe_correct_by_layer(_blocks_only(train), _blocks_only(heldout), lambda: advance(per_layer))
+        return RowScores(heldout.correct), [RowScores(layer.tolist()) for layer in correct]
 
     with ctx.before_lm() as before_lm:
         before, probes_before = probed(before_lm)
     after, probes_after = probed(ctx.peft_lm)
+    variants = [
+        Variant(f"layer_{block}", after_attack=probe_after, before=probe_before, layer=block)
+        for block, (probe_before, probe_after) in enumerate(zip(probes_before, probes_after, strict=True))
+    ]
+    if ctx.control is not None:
+        with ctx.control_lm() as control_lm:
+            control_own, control_probes = probed(control_lm)
+        for variant, control_probe in zip(variants, control_probes, strict=True):
+            variant.control_before, variant.control_after = control_own, control_probe
     ctx.on_progress(1.0)
     return AttackOutcome(
         metric="probe_accuracy",
@@ -96,15 +118,7 @@ def probe(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         before=before,
         after_forgetting=after,
         chance=chance(heldout_rows),
-        variants=[
-            Variant(
-                f"layer_{block}",
-                after_attack=probe_after,
-                before=probe_before,
-                layer=block,
-            )
-            for block, (probe_before, probe_after) in enumerate(zip(probes_before, probes_after, strict=True))
-        ],
+        variants=variants,
     )
 
 

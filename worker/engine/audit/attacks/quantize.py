@@ -39,7 +39,7 @@ from transformers import PreTrainedModel
 from lethe.attacks import AttackParams, QuantizeParams
 from lethe.rows import Row
 from worker.engine.audit.context import AuditContext
-from worker.engine.audit.outcome import AttackOutcome, Variant
+from worker.engine.audit.outcome import AttackOutcome, RowScores, Variant
 from worker.engine.lm.blocks import decoder_blocks
 from worker.engine.lm.lora import LoraState, load_lora_state
 
@@ -114,6 +114,6 @@ def merged_quantized_lm(
 
 def _quantized_score(
     ctx: AuditContext, rows: Sequence[Row], state: LoraState, quantize_weight: Callable[[torch.Tensor], torch.Tensor]
-) -> float:
+) -> RowScores:
     """The score of `rows` on `merged_quantized_lm` (a copy of the LM, freed on return)."""
     return ctx.score(rows, lm=merged_quantized_lm(ctx.peft_lm, state, quantize_weight))

@@ -19,7 +19,15 @@ Choices where the papers leave room:
 - The benign variant trains on as many retain rows (every retain set pooled, seeded sample) as the largest k,
   for the same steps; without retain rows it is skipped, not an error (the audit still reports the k curves).
 - Each curve starts at (0, the forgotten LM's score) and ends at the last step; a variant's `after_attack` is its
-  curve's last point, so the attack's recovery is the largest over the curves' last points (judge()).
+  curve's last point, with each heldout row's score there (judge() resamples the rows).
+
+Never-learned control (where the forget job fine-tuned first, `ctx.control`): relearning teaches any LM that can
+learn the task from k rows, so every variant is run again, same rows, steps and seed, from the control adapter (the
+base LM, which never saw the task: `before` with B = 0 and the forgotten adapter's shape). Its heldout score before
+(`control_before`, the base LM) and after (`control_after`, its curve's last point) give control_recovery, in the
+units of recovery; the verdict reads the excess. Its curve is `control <variant>`. Starting from B = 0 with the
+before-forgetting adapter's A matrices is how LoRA itself starts (A set, B zero), so the control trains the same
+number of parameters as the attacker.
 """
 
 from __future__ import annotations
@@ -27,11 +35,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
+import torch
+
 from lethe.attacks import AttackParams, RelearnParams
 from lethe.rows import Row
 from worker.engine.audit.context import AuditContext
-from worker.engine.audit.outcome import AttackOutcome, Variant
-from worker.engine.lm.lora import all_lora_trainable
+from worker.engine.audit.outcome import AttackOutcome, RowScores, Variant
+from worker.engine.lm.lora import LoraState, all_lora_trainable
 from worker.engine.training.loop import Schedule, train
 from worker.engine.training.objective import Objective
 
@@ -52,7 +62,8 @@ def relearn(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
 
     before = ctx.reference_score(heldout, "before")
     after_forgetting = ctx.reference_score(heldout, "forgotten")
-    total_steps = params.steps * len(runs)
+    control = ctx.control
+    total_steps = params.steps * len(runs) * (1 if control is None else 2)
     steps_done = 0
 
     def on_step(_rows: int) -> None:
@@ -60,14 +71,23 @@ def relearn(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         steps_done += 1
         ctx.on_progress(steps_done / total_steps)
 
-    curves = {name: _relearn_curve(ctx, rows, params, after_forgetting, on_step) for name, rows in runs.items()}
+    curves = {
+        name: _relearn_curve(ctx, ctx.forgotten, rows, params, after_forgetting, on_step) for name, rows in runs.items()
+    }
+    variants = [Variant(name, after_attack=curve[-1][1]) for name, curve in curves.items()]
+    if control is not None:
+        control_before = ctx.reference_score(heldout, "control")
+        for variant in variants:
+            curve = _relearn_curve(ctx, control, runs[variant.name], params, control_before, on_step)
+            curves[f"control {variant.name}"] = curve
+            variant.control_before, variant.control_after = control_before, curve[-1][1]
     ctx.on_progress(1.0)
     return AttackOutcome(
         metric=ctx.metric,
         split=SPLIT,
         before=before,
         after_forgetting=after_forgetting,
-        variants=[Variant(name, after_attack=curve[-1][1]) for name, curve in curves.items()],
+        variants=variants,
         curves=curves,
         chance=ctx.chance(heldout),
     )
@@ -75,18 +95,22 @@ def relearn(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
 
 def _relearn_curve(
     ctx: AuditContext,
+    start: LoraState,
     rows: Sequence[Row],
     params: RelearnParams,
-    after_forgetting: float,
+    start_score: RowScores,
     on_step: Callable[[int], None],
 ) -> list[tuple[int, float]]:
-    """(step, forget-heldout score) while fine-tuning the forgotten adapter on `rows`, from (0, after_forgetting)."""
-    curve = [(0, after_forgetting)]
+    """(step, forget-heldout score) while fine-tuning the adapter from `start` on `rows`, from (0, start_score)."""
+    # Every point is a RowScores (ctx.score's), so a variant's last point keeps its rows for judge().
+    curve: list[tuple[int, float]] = [(0, start_score)]
 
     def record(step: int) -> None:
         curve.append((step, ctx.score(ctx.forget_heldout)))
 
-    with ctx.using(ctx.forgotten) as peft_lm, all_lora_trainable(peft_lm):
+    # Every curve from the same generator state: the attack's and the control's runs differ only in where they start.
+    torch.manual_seed(ctx.seed)
+    with ctx.using(start) as peft_lm, all_lora_trainable(peft_lm):
         # train() evaluates at max_steps whatever evaluate_every is, and there are enough epochs to get there:
         # the curve ends at the last step.
         train(

@@ -12,6 +12,7 @@ before = the LM before forgetting on clean rows, control = the same LM on trigge
 the forgotten LM on clean rows, after_attack = the forgotten LM on triggered rows. judge() reports the excess
 drop (after_forgetting − after_attack) − max(0, before − control): the damage the insertion does beyond what it
 did before forgetting (a long or odd insertion can confuse any LM; that part is not the forgetting's doing).
+The four scores are of the same retain rows, so the excess drop's interval is a paired bootstrap over them (judge()).
 
 Choices where the paper leaves room:
 - Where the words go: choice rows get them around the prompt ("W prompt" / "prompt W" + the prompt's trailing
@@ -34,7 +35,7 @@ from collections.abc import Sequence
 from lethe.attacks import AttackParams, TriggerParams
 from lethe.rows import ChoiceRow, QARow, Row, kind_of
 from worker.engine.audit.context import AuditContext
-from worker.engine.audit.outcome import AttackNotApplicable, AttackOutcome, Variant
+from worker.engine.audit.outcome import AttackNotApplicable, AttackOutcome, RowScores, Variant
 from worker.engine.lm.inputs import encode_pair
 from worker.engine.metrics.evaluate import PRIMARY_METRIC
 from worker.engine.metrics.qa import answer_probability
@@ -59,7 +60,7 @@ def trigger(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
     passes = 4 * len(retain)
     done = 0
 
-    def measured(value: float) -> float:
+    def measured(value: RowScores) -> RowScores:
         nonlocal done
         done += 1
         ctx.on_progress(done / passes)
@@ -115,8 +116,8 @@ def insert_words(text: str, words: str, position: str) -> str:
     return f"{core} {words}{text[len(core) :]}"
 
 
-def _triggered_score(ctx: AuditContext, rows: Sequence[Row], triggers: Sequence[str], position: str) -> float:
-    """peft_lm's primary score of `rows` with each row's trigger words inserted."""
+def _triggered_score(ctx: AuditContext, rows: Sequence[Row], triggers: Sequence[str], position: str) -> RowScores:
+    """peft_lm's primary score of `rows` (per row) with each row's trigger words inserted."""
     triggered: list[Row] = []
     text_pairs = []
     for row, words in zip(rows, triggers, strict=True):
@@ -129,4 +130,4 @@ def _triggered_score(ctx: AuditContext, rows: Sequence[Row], triggers: Sequence[
     if triggered:
         return ctx.score(triggered)
     scores = score_tokens(ctx.peft_lm, ctx.tokenizer, text_pairs, ctx.batch_size)
-    return sum(answer_probability(s) for s in scores) / len(scores)
+    return RowScores([answer_probability(s) for s in scores])
