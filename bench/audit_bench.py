@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from api.schemas import ForgetRequestIn
@@ -36,7 +36,7 @@ from worker.engine.audit.run import audit_context, is_diagnostic, run_audit, run
 from worker.engine.forget.run import ForgetPlan, run_forget
 from worker.engine.lm.load import BaseLMCache, LoadedLM
 from worker.pipelines.forget import general_text_rows
-from worker.reports.report import diagnostic_entry
+from worker.reports.report import attack_entry, diagnostic_entry
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 DEMO_REQUEST = EXAMPLES / "demo_request.json"
@@ -179,6 +179,8 @@ def measure(base: LoadedLM, job: AuditedJob) -> dict:
         # The audit pipeline's: the forget job's batch size (its method's) and seed.
         batch_size=METHODS.get(job.plan.method).parse(job.plan.method_params).batch_size,
         seed=job.plan.seed,
+        # As the pipeline: the base LM is a never-learned control only when the forget job fine-tuned first.
+        finetuned=job.plan.finetune is not None,
     )
     thresholds = Thresholds.model_validate({})
     # As the audit pipeline: the attacks, then the diagnostics (restore, patch: never judged).
@@ -202,21 +204,15 @@ def measure(base: LoadedLM, job: AuditedJob) -> dict:
         elif name in measured:
             entry |= {"diagnostic": True, **diagnostic_entry(measured[name])}
         else:
-            attack = results[name]
-            entry |= {
-                "params": attack.params,
-                "metric": attack.outcome.metric,
-                "split": attack.outcome.split,
-                "effect": attack.outcome.effect,
-                **{key: value for key, value in asdict(attack.judgement).items() if key != "variants"},
-                "variants": [asdict(variant) for variant in attack.judgement.variants],
-            }
+            # The report's entry of the attack: the worst variant's numbers with intervals, verdict and reason.
+            entry |= attack_entry(results[name])
         per_attack.append(entry)
 
     forget_stages: dict[str, float] = defaultdict(float)
     for stage in forget_clock.stages:
         forget_stages[stage.name] += stage.seconds
     plan = job.plan
+    verdict, verdict_reasons = overall_verdict([attack.judgement for attack in audited])
     return {
         "date": machine()["date"],
         "method": plan.method,
@@ -239,7 +235,8 @@ def measure(base: LoadedLM, job: AuditedJob) -> dict:
         "audit_load_average": audit_load,
         "ratio": audit_seconds / forget_seconds,
         "thresholds": thresholds.model_dump(mode="json"),
-        "verdict": overall_verdict([attack.judgement.verdict for attack in audited]),
+        "verdict": verdict,
+        "verdict_reasons": verdict_reasons,
         "attacks": per_attack,
         "not_applicable": audit.not_applicable,
         "peak_rss_after_forget_mb": rss_after_forget,

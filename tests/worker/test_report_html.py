@@ -180,8 +180,8 @@ def test_the_page_says_whether_forgetting_reached_its_target_and_shows_metric_in
     text = " ".join(" ".join(_Page(page).text).split())
     assert REACHED.summary() in text
     assert 'class="forgetting warning"' not in page
-    # The stage table: forget_train's accuracy after forgetting (0.5 of 36 rows) with its Wilson interval and n.
-    assert "0.500 [0.345, 0.655] n=36" in text
+    # The stage table: forget_train's accuracy after forgetting (0.5 of 100 rows) with its Wilson interval and n.
+    assert "0.500 [0.404, 0.596] n=100" in text
 
     missed = render_html(build_signed_report(forgetting=MISSED))
     missed_text = " ".join(" ".join(_Page(missed).text).split())

@@ -35,7 +35,8 @@ def test_run_audit_skips_an_attack_with_nothing_to_measure(tiny_base: LoadedLM, 
 def test_diagnostics_run_apart_and_are_never_judged(tiny_base: LoadedLM, saved_adapter) -> None:
     directory, before = saved_adapter
     rows = [QARow(question=r["question"], answer=r["answer"]) for r in synthetic_qa_rows(8, seed=0)]
-    ctx = audit_context(tiny_base, open_adapter(tiny_base, directory, before), before, rows[:4], rows[4:], {}, 4, 0)
+    peft_lm = open_adapter(tiny_base, directory, before)
+    ctx = audit_context(tiny_base, peft_lm, before, rows[:4], rows[4:], {}, 4, 0, finetuned=False)
     restore = AttackChoice(name="restore", params={"components": ["value_vectors"], "window": 1})
     with pytest.raises(ValueError, match="restore is a diagnostic"):
         run_audit(ctx, [restore], Thresholds.model_validate({}), lambda _stage, _fraction: None)
