@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from lethe.registry import Registry
 
+# target: forget-train at its target (stop_at_target); heldout_below_chance: forget-heldout accuracy below chance
+# (Unforgettable Generalization's rule); budget: no early stop.
+StopRuleName = Literal["target", "heldout_below_chance", "budget"]
+
 
 class MethodParams(BaseModel):
     """Parameters every method shares: optimiser, schedule, LoRA shape and the chance stop."""
@@ -71,6 +75,10 @@ class MethodParams(BaseModel):
     def needs_retain(self) -> bool:
         """Whether training with these params draws retain batches (then the run needs retain rows)."""
         return False
+
+    def stop_rule(self) -> StopRuleName:
+        """When forgetting stops early: `target` (stop_at_target), or `budget` (only epochs and max_steps end it)."""
+        return "target" if self.stop_at_target else "budget"
 
     def adapted_layers(self, n_layers: int) -> list[int] | None:
         """The decoder blocks of an LM with `n_layers` blocks that get LoRA adapters; None = every block."""
@@ -162,7 +170,29 @@ class GradientAscentParams(PluginParams):
 
 
 class RandomLabelParams(MethodParams):
-    """Random-label fine-tuning has no parameters beyond the shared ones."""
+    """Random-label fine-tuning: the shared params and a choice of stopping rule."""
+
+    # Lethe default: the shared target. Zhang, Choshen & Andreas (arXiv 2409.02228, section 3) train with random
+    # labels "for 100 epochs or until test accuracy < 0.5" on binary tasks: heldout_below_chance.
+    stopping: StopRuleName = Field(
+        "target",
+        description=(
+            "target = stop when forget-train reaches chance + target_tolerance (when stop_at_target); "
+            "heldout_below_chance = the paper's rule: stop at the first evaluation where forget-heldout accuracy is "
+            "strictly below chance (stop_reason heldout_below_chance; the paper caps it at 100 epochs: raise "
+            "epochs); budget = a fixed budget: no early stop, train for max_steps optimiser steps (required), "
+            "epochs only capping it (stop_reason max_steps, or epochs if they run out first)."
+        ),
+    )
+
+    def stop_rule(self) -> StopRuleName:
+        return super().stop_rule() if self.stopping == "target" else self.stopping
+
+    @model_validator(mode="after")
+    def _budget_has_steps(self) -> RandomLabelParams:
+        if self.stopping == "budget" and self.max_steps is None:
+            raise ValueError("stopping=budget needs max_steps (the number of optimiser steps to train for)")
+        return self
 
 
 class RetainParams(PluginParams):
@@ -252,12 +282,38 @@ class RMUParams(MethodParams):
             "null = layer-2, layer-1 and layer."
         ),
     )
-    # Li et al. (arXiv 2403.03218) for Zephyr-7B: c = 6.5. It scales with the LM's activation norms: tune it.
-    steering_coefficient: float = Field(
-        6.5,
+    # Lethe default: null = adaptive. Li et al.'s c = 6.5 was tuned for Zephyr-7B's activations at its layer 7; a
+    # fixed c means nothing on another LM (hidden-state norms differ by orders of magnitude between LMs and layers).
+    steering_coefficient: float | None = Field(
+        None,
         gt=0,
         le=1e4,
-        description="Coefficient c: forget activations are pushed towards c * u, u a fixed random unit vector.",
+        description=(
+            "Fixed coefficient c: forget activations are pushed towards c * u, u a fixed random unit vector "
+            "(Li et al. used 6.5 on Zephyr-7B). null = adaptive: c = steering_scale * the mean norm of the "
+            "steered block's output on the forget-train rows, measured once before forgetting."
+        ),
+    )
+    # Adaptive RMU (Dang et al., 'On Effects of Steering Latent Representation for LLM Unlearning', AAAI 2025,
+    # arXiv 2408.06223): c = beta * mean |h_frozen(x_forget)| at the layer; its code's default scale is 5.0.
+    steering_scale: float = Field(
+        5.0,
+        gt=0,
+        le=1000,
+        description=(
+            "beta of adaptive RMU: c = beta * mean over forget-train rows of the mean over their tokens of "
+            "|h_ref|, h_ref the steered block's output in the LM before forgetting. Unused when "
+            "steering_coefficient is set."
+        ),
+    )
+    # Lethe default: every linear layer, as every other method. WMDP's rmu/unlearn.py updates only parameter 6 of
+    # each of layer_ids (param_ids "6" = mlp.down_proj.weight; open-unlearning's RMU: layers.(5|6|7).mlp.down_proj).
+    trained_modules: Literal["all", "down_proj"] = Field(
+        "all",
+        description=(
+            "all = train the LoRA adapters of every linear layer of trained_layers; down_proj = only those of the "
+            "MLP's down_proj (the WMDP code's choice), the others frozen at their values before forgetting."
+        ),
     )
     # Li et al. for Zephyr-7B: alpha = 1200.
     alpha: float = Field(
