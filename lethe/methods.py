@@ -531,7 +531,10 @@ METHODS.register(
             "Representation misdirection for unlearning (Li et al., WMDP, arXiv 2403.03218): at decoder block "
             "`layer`, loss = mean over forget tokens of |h_theta - c * u|^2 / d + alpha * mean over retain tokens "
             "of |h_theta - h_ref|^2 / d, u a fixed random unit vector, d the hidden size, h_ref the LM's "
-            "activation with its adapter disabled. Only trained_layers get LoRA adapters."
+            "activation with its adapter disabled. c is adaptive by default (Dang et al., arXiv 2408.06223): "
+            "steering_scale * the mean norm of the layer's activations on the forget-train rows before forgetting, "
+            "so that it fits any LM's scale. Only trained_layers get LoRA adapters (with trained_modules=down_proj "
+            "only their MLP down_proj ones train, as WMDP's code)."
         ),
         params_model=RMUParams,
     ),
