@@ -14,9 +14,10 @@ The coefficient c is fixed (`steering_coefficient`) or adaptive (Dang et al., ar
 c = β · mean_f mean_t |h_ref(x_f)_t|, the norm of the steered block's output averaged over each forget-train row's
 attended tokens, then over rows, in the LM before forgetting (measured once, in `prepare`). A direction of that
 length is as far from the LM's forget activations as they are long, whatever the LM's scale: on SmolLM2-135M
-the mean norm at block 7 is about NORM (see bench/method_defaults.json), so Li et al.'s c = 6.5 for Zephyr-7B
-would barely move it. The Adaptive RMU code measures the norm on its first forget batch, padding included; this
-uses every forget-train row and excludes padding, so that c does not depend on the batch order or the padding.
+the mean norm at block 7 is about 212 on the addition rows of bench/method_defaults.py (c = 5 · 212 ≈ 1060), so
+Li et al.'s c = 6.5 for Zephyr-7B asks for activations 30 times shorter than the LM's own. The Adaptive RMU code
+measures the norm on its first forget batch, padding included; this uses every forget-train row and excludes
+padding, so that c depends on neither the batch order nor the padding.
 """
 
 from __future__ import annotations
