@@ -12,8 +12,8 @@ only their MLP down_proj adapters train (WMDP's code updates only down_proj).
 
 The coefficient c is fixed (`steering_coefficient`) or adaptive (Dang et al., arXiv 2408.06223):
 c = β · mean_f mean_t |h_ref(x_f)_t|, the norm of the steered block's output averaged over each forget-train row's
-attended tokens, then over rows, in the LM before forgetting (measured once, in `prepare`). A direction of that
-length is as far from the LM's forget activations as they are long, whatever the LM's scale: on SmolLM2-135M
+attended tokens, then over rows, in the LM before forgetting (measured once, in `prepare`). The target c·u is then
+β times as long as the LM's own forget activations, whatever the LM's scale (β = 5 by default): on SmolLM2-135M
 the mean norm at block 7 is about 212 on the addition rows of bench/method_defaults.py (c = 5 · 212 ≈ 1060), so
 Li et al.'s c = 6.5 for Zephyr-7B asks for activations 30 times shorter than the LM's own. The Adaptive RMU code
 measures the norm on its first forget batch, padding included; this uses every forget-train row and excludes
