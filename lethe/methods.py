@@ -312,10 +312,13 @@ class RMUParams(MethodParams):
         "all",
         description=(
             "all = train the LoRA adapters of every linear layer of trained_layers; down_proj = only those of the "
-            "MLP's down_proj (the WMDP code's choice), the others frozen at their values before forgetting."
+            "MLP's down_proj (the WMDP code's choice), the others frozen at their values before forgetting. "
+            "down_proj trains fewer weights and needs more steps: on SmolLM2 without a fine-tune its 20 default "
+            "steps took a choice task's forget-train accuracy from 0.64 to 0.60 only, short of the target."
         ),
     )
-    # Li et al. for Zephyr-7B: alpha = 1200.
+    # Li et al. for Zephyr-7B: alpha = 1200. With an adaptive c both terms grow with the squared activation norm,
+    # so their balance does not depend on the LM's scale.
     alpha: float = Field(
         1200.0,
         ge=0,
@@ -441,6 +444,24 @@ class MethodSpec:
         return params.needs_retain()
 
 
+# Every method's defaults on the bundled SmolLM2-135M-Instruct without a fine-tune stage, measured by
+# bench/method_defaults.py (bench/method_defaults.json; 2026-11-30, AMD EPYC, 1 torch thread on a shared 2-core
+# machine): issue 10's 50 rows "Question: What is {a} plus {b}?" with the true sum and a near miss, 25 forget-train
+# and 25 forget-heldout, 8 ARC-Easy retain rows, seed 0; target = chance + 0.05 = 0.55 forget-train accuracy.
+#   method (params)                  reached  stop_reason  steps  forget-train  forget-heldout  seconds
+#   gradient_ascent                  yes      target       16     0.64 -> 0.52  0.60 -> 0.36    76
+#   random_label                     no       epochs       20     0.64 -> 0.72  0.60 -> 0.92    274
+#   random_label (20 epochs, paper)  no       epochs       80     0.64 -> 0.56  0.60 -> 0.76    423
+#   grad_diff                        yes      target       4      0.64 -> 0.52  0.60 -> 0.44    45
+#   npo                              yes      target       4      0.64 -> 0.52  0.60 -> 0.48    57
+#   simnpo                           no       epochs       20     0.64 -> 0.64  0.60 -> 0.48    127
+#   idk                              yes      target       8      0.64 -> 0.52  0.60 -> 0.40    112
+#   rmu                              yes      target       20     0.64 -> 0.52  0.60 -> 0.52    279
+#   rmu (trained_modules=down_proj)  no       epochs       20     0.64 -> 0.60  0.60 -> 0.60    96
+#   rmu (steering_coefficient=6.5)   no       epochs       20     0.64 -> 0.56  0.60 -> 0.52    70
+#   lwf                              no       epochs       10     0.64 -> 0.76  0.60 -> 0.64    115
+# One row of 25 is 0.04: rmu's adaptive c and Li et al.'s c = 6.5 differ by one row here. The descriptions of the
+# methods that missed say what they need; lwf's is being rewritten with its schedule (measured before that).
 METHODS: Registry[MethodSpec] = Registry("method")
 
 METHODS.register(
@@ -463,7 +484,10 @@ METHODS.register(
         description=(
             "Random-label fine-tuning (Zhang, Choshen & Andreas, 'Unforgettable Generalization in Language "
             "Models', arXiv 2409.02228): fine-tune on the forget-train rows with each answer replaced by a "
-            "label drawn uniformly at random from the row's choices, drawn anew every epoch."
+            "label drawn uniformly at random from the row's choices, drawn anew every epoch. Needs a fine-tune "
+            "stage first, as in the paper: on an LM that only half knows the task, random labels first teach the "
+            "answer format (on SmolLM2 without a fine-tune the defaults raised forget-train accuracy from 0.64 to "
+            "0.72 and forget-heldout from 0.60 to 0.92; 80 steps still left forget-train at 0.56, above its target)."
         ),
         params_model=RandomLabelParams,
         kinds=("choice",),
@@ -501,7 +525,10 @@ METHODS.register(
         implementation="worker.engine.methods.simnpo:build",
         description=(
             "SimNPO (Fan et al., arXiv 2410.07163), reference-free: loss = gamma * mean -(2/beta) log sigmoid(beta * "
-            "(NLL(y|x) / |y| - delta)) + alpha * retain loss, |y| being the forget target's token count."
+            "(NLL(y|x) / |y| - delta)) + alpha * retain loss, |y| being the forget target's token count. Its "
+            "TOFU-tuned defaults (gamma = 0.125 against alpha = 1) forget slowly: on SmolLM2 without a fine-tune "
+            "stage they left a choice task's forget-train accuracy where it was (0.64) after 20 steps; give it a "
+            "fine-tune stage, more steps or a larger gamma (not measured here)."
         ),
         params_model=SimNPOParams,
     ),
