@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from lethe.registry import Registry
 
+# target: forget-train at its target (stop_at_target); heldout_below_chance: forget-heldout accuracy below chance
+# (Unforgettable Generalization's rule); budget: no early stop.
+StopRuleName = Literal["target", "heldout_below_chance", "budget"]
+
 
 class MethodParams(BaseModel):
     """Parameters every method shares: optimiser, schedule, LoRA shape and the chance stop."""
@@ -79,6 +83,9 @@ class MethodParams(BaseModel):
     def interleaved_steps(self, epoch_steps: int) -> int:
         """Optimiser steps a run takes between its `epoch_steps` epoch batches (lwf: its unlearning steps)."""
         return 0
+    def stop_rule(self) -> StopRuleName:
+        """When forgetting stops early: `target` (stop_at_target), or `budget` (only epochs and max_steps end it)."""
+        return "target" if self.stop_at_target else "budget"
 
     def adapted_layers(self, n_layers: int) -> list[int] | None:
         """The decoder blocks of an LM with `n_layers` blocks that get LoRA adapters; None = every block."""
@@ -170,7 +177,29 @@ class GradientAscentParams(PluginParams):
 
 
 class RandomLabelParams(MethodParams):
-    """Random-label fine-tuning has no parameters beyond the shared ones."""
+    """Random-label fine-tuning: the shared params and a choice of stopping rule."""
+
+    # Lethe default: the shared target. Zhang, Choshen & Andreas (arXiv 2409.02228, section 3) train with random
+    # labels "for 100 epochs or until test accuracy < 0.5" on binary tasks: heldout_below_chance.
+    stopping: StopRuleName = Field(
+        "target",
+        description=(
+            "target = stop when forget-train reaches chance + target_tolerance (when stop_at_target); "
+            "heldout_below_chance = the paper's rule: stop at the first evaluation where forget-heldout accuracy is "
+            "strictly below chance (stop_reason heldout_below_chance; the paper caps it at 100 epochs: raise "
+            "epochs); budget = a fixed budget: no early stop, train for max_steps optimiser steps (required), "
+            "epochs only capping it (stop_reason max_steps, or epochs if they run out first)."
+        ),
+    )
+
+    def stop_rule(self) -> StopRuleName:
+        return super().stop_rule() if self.stopping == "target" else self.stopping
+
+    @model_validator(mode="after")
+    def _budget_has_steps(self) -> RandomLabelParams:
+        if self.stopping == "budget" and self.max_steps is None:
+            raise ValueError("stopping=budget needs max_steps (the number of optimiser steps to train for)")
+        return self
 
 
 class RetainParams(PluginParams):
@@ -261,14 +290,43 @@ class RMUParams(MethodParams):
             "null = layer-2, layer-1 and layer."
         ),
     )
-    # Li et al. (arXiv 2403.03218) for Zephyr-7B: c = 6.5. It scales with the LM's activation norms: tune it.
-    steering_coefficient: float = Field(
-        6.5,
+    # Lethe default: null = adaptive. Li et al.'s c = 6.5 was tuned for Zephyr-7B's activations at its layer 7; a
+    # fixed c means nothing on another LM (hidden-state norms differ by orders of magnitude between LMs and layers).
+    steering_coefficient: float | None = Field(
+        None,
         gt=0,
         le=1e4,
-        description="Coefficient c: forget activations are pushed towards c * u, u a fixed random unit vector.",
+        description=(
+            "Fixed coefficient c: forget activations are pushed towards c * u, u a fixed random unit vector "
+            "(Li et al. used 6.5 on Zephyr-7B). null = adaptive: c = steering_scale * the mean norm of the "
+            "steered block's output on the forget-train rows, measured once before forgetting."
+        ),
     )
-    # Li et al. for Zephyr-7B: alpha = 1200.
+    # Adaptive RMU (Dang et al., 'On Effects of Steering Latent Representation for LLM Unlearning', AAAI 2025,
+    # arXiv 2408.06223): c = beta * mean |h_frozen(x_forget)| at the layer; its code's default scale is 5.0.
+    steering_scale: float = Field(
+        5.0,
+        gt=0,
+        le=1000,
+        description=(
+            "beta of adaptive RMU: c = beta * mean over forget-train rows of the mean over their tokens of "
+            "|h_ref|, h_ref the steered block's output in the LM before forgetting. Unused when "
+            "steering_coefficient is set."
+        ),
+    )
+    # Lethe default: every linear layer, as every other method. WMDP's rmu/unlearn.py updates only parameter 6 of
+    # each of layer_ids (param_ids "6" = mlp.down_proj.weight; open-unlearning's RMU: layers.(5|6|7).mlp.down_proj).
+    trained_modules: Literal["all", "down_proj"] = Field(
+        "all",
+        description=(
+            "all = train the LoRA adapters of every linear layer of trained_layers; down_proj = only those of the "
+            "MLP's down_proj (the WMDP code's choice), the others frozen at their values before forgetting. "
+            "down_proj trains fewer weights and needs more steps: on SmolLM2 without a fine-tune its 20 default "
+            "steps took a choice task's forget-train accuracy from 0.64 to 0.60 only, short of the target."
+        ),
+    )
+    # Li et al. for Zephyr-7B: alpha = 1200. With an adaptive c both terms grow with the squared activation norm,
+    # so their balance does not depend on the LM's scale.
     alpha: float = Field(
         1200.0,
         ge=0,
@@ -423,6 +481,24 @@ class MethodSpec:
         return params.needs_retain()
 
 
+# Every method's defaults on the bundled SmolLM2-135M-Instruct without a fine-tune stage, measured by
+# bench/method_defaults.py (bench/method_defaults.json; 2026-11-30, AMD EPYC, 1 torch thread on a shared 2-core
+# machine): issue 10's 50 rows "Question: What is {a} plus {b}?" with the true sum and a near miss, 25 forget-train
+# and 25 forget-heldout, 8 ARC-Easy retain rows, seed 0; target = chance + 0.05 = 0.55 forget-train accuracy.
+#   method (params)                  reached  stop_reason  steps  forget-train  forget-heldout  seconds
+#   gradient_ascent                  yes      target       16     0.64 -> 0.52  0.60 -> 0.36    76
+#   random_label                     no       epochs       20     0.64 -> 0.72  0.60 -> 0.92    274
+#   random_label (20 epochs, paper)  no       epochs       80     0.64 -> 0.56  0.60 -> 0.76    423
+#   grad_diff                        yes      target       4      0.64 -> 0.52  0.60 -> 0.44    45
+#   npo                              yes      target       4      0.64 -> 0.52  0.60 -> 0.48    57
+#   simnpo                           no       epochs       20     0.64 -> 0.64  0.60 -> 0.48    127
+#   idk                              yes      target       8      0.64 -> 0.52  0.60 -> 0.40    112
+#   rmu                              yes      target       20     0.64 -> 0.52  0.60 -> 0.52    279
+#   rmu (trained_modules=down_proj)  no       epochs       20     0.64 -> 0.60  0.60 -> 0.60    96
+#   rmu (steering_coefficient=6.5)   no       epochs       20     0.64 -> 0.56  0.60 -> 0.52    70
+#   lwf                              no       epochs       10     0.64 -> 0.76  0.60 -> 0.64    115
+# One row of 25 is 0.04: rmu's adaptive c and Li et al.'s c = 6.5 differ by one row here. The descriptions of the
+# methods that missed say what they need; lwf's is being rewritten with its schedule (measured before that).
 METHODS: Registry[MethodSpec] = Registry("method")
 
 METHODS.register(
@@ -445,7 +521,10 @@ METHODS.register(
         description=(
             "Random-label fine-tuning (Zhang, Choshen & Andreas, 'Unforgettable Generalization in Language "
             "Models', arXiv 2409.02228): fine-tune on the forget-train rows with each answer replaced by a "
-            "label drawn uniformly at random from the row's choices, drawn anew every epoch."
+            "label drawn uniformly at random from the row's choices, drawn anew every epoch. Needs a fine-tune "
+            "stage first, as in the paper: on an LM that only half knows the task, random labels first teach the "
+            "answer format (on SmolLM2 without a fine-tune the defaults raised forget-train accuracy from 0.64 to "
+            "0.72 and forget-heldout from 0.60 to 0.92; 80 steps still left forget-train at 0.56, above its target)."
         ),
         params_model=RandomLabelParams,
         kinds=("choice",),
@@ -484,7 +563,10 @@ METHODS.register(
         implementation="worker.engine.methods.simnpo:build",
         description=(
             "SimNPO (Fan et al., arXiv 2410.07163), reference-free: loss = gamma * mean -(2/beta) log sigmoid(beta * "
-            "(NLL(y|x) / |y| - delta)) + alpha * retain loss, |y| being the forget target's token count."
+            "(NLL(y|x) / |y| - delta)) + alpha * retain loss, |y| being the forget target's token count. Its "
+            "TOFU-tuned defaults (gamma = 0.125 against alpha = 1) forget slowly: on SmolLM2 without a fine-tune "
+            "stage they left a choice task's forget-train accuracy where it was (0.64) after 20 steps; give it a "
+            "fine-tune stage, more steps or a larger gamma (not measured here)."
         ),
         params_model=SimNPOParams,
     ),
@@ -514,7 +596,10 @@ METHODS.register(
             "Representation misdirection for unlearning (Li et al., WMDP, arXiv 2403.03218): at decoder block "
             "`layer`, loss = mean over forget tokens of |h_theta - c * u|^2 / d + alpha * mean over retain tokens "
             "of |h_theta - h_ref|^2 / d, u a fixed random unit vector, d the hidden size, h_ref the LM's "
-            "activation with its adapter disabled. Only trained_layers get LoRA adapters."
+            "activation with its adapter disabled. c is adaptive by default (Dang et al., arXiv 2408.06223): "
+            "steering_scale * the mean norm of the layer's activations on the forget-train rows before forgetting, "
+            "so that it fits any LM's scale. Only trained_layers get LoRA adapters (with trained_modules=down_proj "
+            "only their MLP down_proj ones train, as WMDP's code)."
         ),
         params_model=RMUParams,
     ),

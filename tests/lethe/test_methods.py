@@ -9,6 +9,7 @@ from lethe.methods import (
     IdkParams,
     MethodParams,
     NPOParams,
+    RandomLabelParams,
     RMUParams,
     SimNPOParams,
     relative_layer,
@@ -56,7 +57,12 @@ def test_defaults_follow_their_sources() -> None:
     assert (idk.beta, idk.refusals) == (0.1, None)  # DPO.yaml; None = TOFU's refusals
     params = METHODS.get("rmu").parse({})
     assert isinstance(params, RMUParams)
-    assert (params.steering_coefficient, params.alpha, params.layer, params.trained_layers) == (6.5, 1200, None, None)
+    assert (params.steering_coefficient, params.alpha, params.layer, params.trained_layers) == (None, 1200, None, None)
+    # Adaptive RMU (Dang et al., arXiv 2408.06223): c = 5 * the mean hidden-state norm; all linear layers trained.
+    assert (params.steering_scale, params.trained_modules) == (5.0, "all")
+    random_label = METHODS.get("random_label").parse({})
+    assert isinstance(random_label, RandomLabelParams)
+    assert (random_label.stopping, random_label.stop_rule()) == ("target", "target")
 
 
 @pytest.mark.parametrize(
@@ -96,6 +102,10 @@ def test_kinds() -> None:
         ("idk", {"refusals": []}),
         ("idk", {"refusals": [""]}),
         ("rmu", {"steering_coefficient": 0}),
+        ("rmu", {"steering_scale": 0}),
+        ("rmu", {"trained_modules": "up_proj"}),
+        ("random_label", {"stopping": "budget"}),  # a budget is max_steps steps
+        ("random_label", {"stopping": "heldout"}),
         ("rmu", {"trained_layers": []}),
         ("rmu", {"trained_layers": [1, 1]}),
         ("rmu", {"layer": 3, "trained_layers": [4]}),
@@ -214,3 +224,18 @@ def test_every_param_naming_a_layer_is_listed_for_the_api_to_check() -> None:
             assert any(name.startswith(field) and layer == 999 for name, layer in named), (what, field, named)
             checked.add(field)
     assert checked == {"rna_layer", "layer", "trained_layers", "layers"}
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "rule"),
+    [
+        ("random_label", {}, "target"),
+        ("random_label", {"stop_at_target": False}, "budget"),
+        ("random_label", {"stopping": "heldout_below_chance"}, "heldout_below_chance"),
+        ("random_label", {"stopping": "budget", "max_steps": 40}, "budget"),
+        ("npo", {}, "target"),
+        ("npo", {"stop_at_target": False}, "budget"),
+    ],
+)
+def test_the_stop_rule_a_run_uses(name: str, params: dict, rule: str) -> None:
+    assert METHODS.get(name).parse(params).stop_rule() == rule

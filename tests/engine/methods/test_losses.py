@@ -26,6 +26,37 @@ def test_npo_loss_matches_the_formula() -> None:
     assert float(npo_loss(torch.tensor([-5.0]), beta)) < float(npo_loss(torch.tensor([0.0]), beta))
 
 
+def test_npo_loss_and_its_gradient_at_beta_2_match_hand_computations() -> None:
+    # β = 2, r = (0, 1.5, −3): −(2/β)·log σ(−β·r) = log 2, log(1 + e³), log(1 + e⁻⁶)
+    # = 0.693147, 3.048587, 0.002476; mean 1.248070.
+    ratios = torch.tensor([0.0, 1.5, -3.0], requires_grad=True)
+    loss = npo_loss(ratios, beta=2.0)
+    assert float(loss) == pytest.approx(1.248070, abs=1e-6)
+    # ∂loss/∂r_i = 2·σ(β·r_i)/n = (2·0.5, 2·σ(3), 2·σ(−6))/3 = 0.333333, 0.635049, 0.001648.
+    loss.backward()
+    assert ratios.grad is not None
+    assert ratios.grad.tolist() == pytest.approx([0.333333, 0.635049, 0.001648], abs=1e-6)
+
+
+@pytest.mark.parametrize("beta", [0.1, 1e-2, 1e-4])
+def test_the_npo_gradient_tends_to_gradient_ascent_s_as_beta_goes_to_0(beta: float) -> None:
+    """Zhang et al. (arXiv 2404.05868, section 4): ∇L_NPO = E[W·∇ log π_θ(y|x)], W = 2π_θ^β / (π_θ^β + π_ref^β)
+    = 2σ(β·r); W → 1 as β → 0, where E[∇ log π_θ(y|x)] is the gradient of gradient ascent's loss E[log π_θ(y|x)]
+    (−NLL summed over the target's tokens). So per sequence ∂L_NPO/∂log π_θ = W/n → 1/n = ∂L_GA/∂log π_θ, and
+    |W − 1| ≤ β·|r|/2 (σ has slope at most 1/4)."""
+    logprob = torch.tensor([-2.0, -7.5, -0.3, -12.0], requires_grad=True)
+    reference = torch.tensor([-4.0, -1.0, -0.5, -3.0])
+    npo_grad = torch.autograd.grad(npo_loss(logprob - reference, beta), logprob)[0]
+    ascent_grad = torch.autograd.grad(logprob.mean(), logprob)[0]  # = 1/n each
+    weights = npo_grad / ascent_grad
+    bound = beta * (logprob - reference).abs().detach() / 2
+    assert ((weights - 1).abs() <= bound + 1e-6).all()
+    # Not only bounded: W really is 2σ(β·r) at this β (a β hard-wired inside the loss fails here).
+    assert weights.tolist() == pytest.approx((2 * torch.sigmoid(beta * (logprob - reference))).tolist(), rel=1e-5)
+    if beta == 1e-4:
+        assert torch.allclose(npo_grad, ascent_grad, rtol=1e-3)
+
+
 def test_simnpo_loss_normalises_by_length_and_subtracts_the_margin() -> None:
     beta, delta = 2.0, 0.5
     nll, n_tokens = torch.tensor([6.0, 2.0]), torch.tensor([3, 2])

@@ -18,6 +18,7 @@ from tests.engine.methods.helpers import (
     train_method,
 )
 from worker.engine.methods.grad_diff import GradDiff
+from worker.engine.methods.implementations import build_objective
 from worker.engine.methods.losses import log_ratio, retain_batch
 from worker.engine.methods.npo import NPO
 from worker.engine.methods.simnpo import SimNPO
@@ -79,6 +80,36 @@ def test_npo_loss_at_init_is_2_over_beta_log_2(task: Task) -> None:
         loss = NPO(params).losses(step_of(task, fresh_peft_lm(task), task.forget[:4]))
     assert loss.retain is None
     assert float(loss.forget) == pytest.approx(params.gamma * 2 / 0.25 * math.log(2), rel=1e-5)
+
+
+def test_at_small_beta_the_npo_step_is_gradient_ascent_s(task: Task) -> None:
+    """NPO's gradient is E[2σ(β·r)·∇ log π_θ(y|x)] (Zhang et al., section 4), which tends to the gradient of
+    E[log π_θ(y|x)] as β → 0. Lethe's gradient ascent minimises −NLL per target token, i.e. (n/T)·E[log π_θ(y|x)]
+    over n sequences with T target tokens in all, so its gradient times T/n is the limit."""
+    peft_lm = fresh_peft_lm(task)
+    perturb_adapter(peft_lm)  # π_θ ≠ π_ref, so the weights 2σ(β·r) differ between rows unless β is small
+    step = step_of(task, peft_lm, task.forget[:8])
+    lora = [p for n, p in peft_lm.named_parameters() if "lora_" in n]
+
+    def gradient(loss: torch.Tensor) -> torch.Tensor:
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, lora)])
+
+    ascent = METHODS.get("gradient_ascent")
+    ascent_objective = build_objective("gradient_ascent", ascent.parse({}), 0)
+    scale = step.forget.target_tokens / step.forget.size
+    ascent_grad = scale * gradient(ascent_objective.losses(step).forget)
+    assert abs(float(log_ratio(step, step.forget).abs().max())) > 1.0  # the rows' log-ratios are far from 0
+
+    def npo_grad(beta: float) -> torch.Tensor:
+        return gradient(NPO(NPOParams.model_validate({"beta": beta, "alpha": 0})).losses(step).forget)
+
+    def relative_error(beta: float) -> float:
+        return float((npo_grad(beta) - ascent_grad).norm() / ascent_grad.norm())
+
+    assert relative_error(1e-4) < 1e-3
+    # The default β = 0.1 is measurably not gradient ascent (the NPO weights matter), and the gap shrinks with β.
+    assert relative_error(1.0) > relative_error(0.1) > relative_error(1e-4)
+    assert relative_error(1.0) > 0.05
 
 
 def test_the_reference_is_the_lm_with_its_adapter_disabled(task: Task) -> None:

@@ -70,6 +70,20 @@ def load_lora_state(peft_lm: PeftModel, state: Mapping[str, torch.Tensor]) -> No
             parameter.copy_(state[name])
 
 
+def train_only_modules(peft_lm: PeftModel, module: str) -> None:
+    """Freeze every LoRA parameter but those of the linear layers named `module` (e.g. down_proj).
+
+    The frozen adapters keep their values (LoRA's zero B at initialisation: they leave the LM unchanged).
+    ValueError when the LM has no adapter on such a layer.
+    """
+    parameters = _lora_parameters(peft_lm)
+    kept = {name for name in parameters if f".{module}.lora_" in name}
+    if not kept:
+        raise ValueError(f"the LM has no LoRA adapter on a {module} layer")
+    for name, parameter in parameters.items():
+        parameter.requires_grad_(name in kept)
+
+
 @contextlib.contextmanager
 def all_lora_trainable(peft_lm: PeftModel) -> Iterator[None]:
     """Every LoRA parameter trainable inside; each one's requires_grad flag as it was on exit."""
