@@ -24,7 +24,7 @@ import torch
 
 from bench.machine import load_average, machine
 from lethe.methods import METHODS, RMUParams
-from lethe.rows import ChoiceRow, Row, chance, split_heldout
+from lethe.rows import ChoiceRow, Row, split_heldout
 from worker.engine.forget.run import ForgetPlan, run_forget
 from worker.engine.lm.load import BaseLMCache, LoadedLM
 
@@ -91,17 +91,16 @@ def one_run(base: LoadedLM, method: str, params: dict[str, Any], forget_train, f
 
     outcome = run_forget(base, plan, forget_train, forget_heldout, {"arc_easy": retain}, progress)
     seconds = time.perf_counter() - started
-    final = {(m.stage, m.split, m.name): m.value for m in outcome.metrics if m.step is None and m.layer is None}
-    parsed = METHODS.get(method).parse(params)
-    target = chance(forget_train) + parsed.target_tolerance
+    final = {(m.stage, m.split, m.name): m.value for m in outcome.metrics if m.layer is None}
+    forgetting = outcome.forgetting
     after = final[("forgotten", "forget_train", "accuracy")]
     return {
         "method": method,
         "params": params,
-        "target": target,
-        "reached": after <= target,
-        "stop_reason": outcome.stop_reason,
-        "steps": outcome.steps,
+        "target": forgetting.target,
+        "reached": forgetting.target_reached,
+        "stop_reason": forgetting.stop_reason,
+        "steps": forgetting.steps,
         "forget_train_before": final[("base", "forget_train", "accuracy")],
         "forget_train_after": after,
         "forget_heldout_before": final[("base", "forget_heldout", "accuracy")],

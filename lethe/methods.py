@@ -83,6 +83,7 @@ class MethodParams(BaseModel):
     def interleaved_steps(self, epoch_steps: int) -> int:
         """Optimiser steps a run takes between its `epoch_steps` epoch batches (lwf: its unlearning steps)."""
         return 0
+
     def stop_rule(self) -> StopRuleName:
         """When forgetting stops early: `target` (stop_at_target), or `budget` (only epochs and max_steps end it)."""
         return "target" if self.stop_at_target else "budget"
