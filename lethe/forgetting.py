@@ -14,6 +14,8 @@ from typing import Any
 # Why forgetting stopped (`worker/engine/forget/run.py::_Run.forget`), in words.
 STOP_REASONS = {
     "target": "it reached the target",
+    "heldout_below_chance": "forget_heldout accuracy fell below chance (the stopping rule of Unforgettable "
+    "Generalization)",
     "utility_floor": "the retain score fell past the utility floor (the best checkpoint that kept it was restored)",
     "max_steps": "the step budget (max_steps) ran out",
     "epochs": "the epochs ran out",
@@ -53,7 +55,9 @@ class Forgetting:
     tolerance for choice rows, else forget-heldout's score before forgetting plus the tolerance). `score` is
     forget_train's score after forgetting; `target_reached` = score ≤ target, whatever stopped the training
     (a run stopped by its budget may still be there, and the utility floor restores an earlier checkpoint).
-    `steps` are the optimiser steps forgetting took; `stop_reason` is one of `STOP_REASONS`.
+    `steps` are the optimiser steps forgetting took; `stop_reason` is one of `STOP_REASONS`. `never_unlearned_rows`
+    counts the forget_train rows the method never trained on (lwf unlearns only its most confident share of them:
+    `ForgetOutcome.method_outcome` names them); 0 for methods that train on every row.
     """
 
     metric: str
@@ -63,6 +67,7 @@ class Forgetting:
     stop_reason: str
     steps: int
     rose: tuple[ScoreRise, ...] = ()
+    never_unlearned_rows: int = 0
 
     def __post_init__(self) -> None:
         if self.stop_reason not in STOP_REASONS:
@@ -91,6 +96,11 @@ class Forgetting:
                 f"Forgetting did NOT reach its target: forget_train {self.metric} is {self.score:.3f} after {steps}, "
                 f"above the target {self.target:.3f} (it stopped because {stopped}). The adapter is delivered as "
                 "it is: it has not forgotten as much as the target asks."
+            )
+        if self.never_unlearned_rows:
+            words += (
+                f" The method never unlearned {self.never_unlearned_rows} of the forget_train rows (it unlearns only "
+                "a selected share of them; see its description)."
             )
         for rise in self.rose:
             words += (

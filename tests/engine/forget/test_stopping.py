@@ -71,7 +71,7 @@ def final(outcome: ForgetOutcome, split: str) -> float:
     [value] = [
         m.value
         for m in outcome.metrics
-        if (m.stage, m.split, m.name, m.step, m.layer) == ("forgotten", split, "accuracy", None, None)
+        if (m.stage, m.split, m.name, m.layer) == ("forgotten", split, "accuracy", None)
     ]
     return value
 
@@ -83,24 +83,25 @@ def finetuned(outcome: ForgetOutcome, split: str) -> float:
 
 def test_the_paper_s_rule_stops_at_the_first_evaluation_with_forget_heldout_below_chance(tiny_base: LoadedLM) -> None:
     outcome = run(tiny_base, stopping="heldout_below_chance", epochs=40)
-    assert outcome.stop_reason == "heldout_below_chance"
+    assert outcome.forgetting.stop_reason == "heldout_below_chance"
     assert finetuned(outcome, FORGET_HELDOUT) >= 0.7  # the taught LM knew the heldout rows
     assert final(outcome, FORGET_HELDOUT) < CHANCE
     # The same seeded run one step shorter (a budget) had not got there yet: the rule stopped at the first chance.
-    shorter = run(tiny_base, stopping="budget", max_steps=outcome.steps - 1, epochs=40)
-    assert (shorter.steps, shorter.stop_reason) == (outcome.steps - 1, "max_steps")
+    shorter = run(tiny_base, stopping="budget", max_steps=outcome.forgetting.steps - 1, epochs=40)
+    assert (shorter.forgetting.steps, shorter.forgetting.stop_reason) == (outcome.forgetting.steps - 1, "max_steps")
     assert final(shorter, FORGET_HELDOUT) >= CHANCE
 
 
 def test_a_budget_trains_exactly_max_steps_even_past_the_target(tiny_base: LoadedLM) -> None:
     # The target rule with these params stops early; the budget ignores it.
     early = run(tiny_base, epochs=40, target_tolerance=0.3)
-    assert early.stop_reason == "target"
-    budget = run(tiny_base, stopping="budget", max_steps=early.steps + 5, epochs=40, target_tolerance=0.3)
-    assert (budget.steps, budget.stop_reason) == (early.steps + 5, "max_steps")
+    assert early.forgetting.stop_reason == "target"
+    budget = run(tiny_base, stopping="budget", max_steps=early.forgetting.steps + 5, epochs=40, target_tolerance=0.3)
+    assert (budget.forgetting.steps, budget.forgetting.stop_reason) == (early.forgetting.steps + 5, "max_steps")
     # An epoch cap shorter than the budget ends it first, and says so.
     capped = run(tiny_base, stopping="budget", max_steps=1000, epochs=1)
-    assert (capped.steps, capped.stop_reason) == (2, "epochs")  # 32 forget-train rows in batches of 16
+    # 32 forget-train rows in batches of 16.
+    assert (capped.forgetting.steps, capped.forgetting.stop_reason) == (2, "epochs")
 
 
 def test_a_budget_needs_max_steps() -> None:

@@ -265,6 +265,9 @@ def test_a_forget_run_reports_the_rows_lwf_never_unlearned(tiny_base: LoadedLM) 
     # top_fraction 0.5 of 16 rows: 8 selected, 8 never unlearned; steps 1 and 3 (interval 1) ascend on all 8.
     assert outcome.method_outcome["never_unlearned_rows"] == 8
     assert outcome.method_outcome["unlearned_rows"] == 8
+    # The job's outcome of forgetting says it, in its field and in words.
+    assert outcome.forgetting.never_unlearned_rows == 8
+    assert "never unlearned 8 of the forget_train rows" in outcome.forgetting.summary()
 
 
 def test_lwf_forgets_and_spares_retain_more_than_gradient_ascent(

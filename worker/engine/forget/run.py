@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -167,14 +167,16 @@ def run_forget(
     if plan.probe:
         run.probe("forgotten", after)
     on_progress("probing" if plan.probe else "evaluating", 1.0)
+    method_outcome = objective.outcome(result.steps)
+    forgetting = run.forgetting(after, result)
     return ForgetOutcome(
         metrics=run.metrics,
         curves=run.curves,
         per_example=run.per_example,
         peft_lm=peft_lm,
         before_forgetting=run.before_forgetting,
-        forgetting=run.forgetting(after, result),
-        method_outcome=objective.outcome(result.steps),
+        forgetting=replace(forgetting, never_unlearned_rows=int(method_outcome.get("never_unlearned_rows", 0))),
+        method_outcome=method_outcome,
     )
 
 
