@@ -165,7 +165,7 @@ def test_control_and_attack_score_the_retain_rows_with_the_forget_words_inserted
     forget_row = forgotten_context.forget_train[0]
     assert isinstance(forget_row, ChoiceRow)
     words = " ".join(forget_row.prompt.split()[:2])
-    tool = list(forgotten_context.retain["tool"])
+    tool = [row for row in forgotten_context.retain["tool"] if isinstance(row, ChoiceRow)]
     facts = [QARow.from_dict(row) for row in synthetic_qa_rows(6, seed=1)]
     passages = [TextRow.from_dict(row) for row in synthetic_text_rows(6, seed=1)]
     ctx = dataclasses.replace(
@@ -193,7 +193,8 @@ def test_control_and_attack_score_the_retain_rows_with_the_forget_words_inserted
         assert variants[name].after_attack == pytest.approx(after_attack[name], rel=1e-5), name
     # The inserted words change the continuous scores before forgetting too, so the control is not the clean score
     # (measured: facts' answer probability 0.74 -> 0.70 prefix, 0.72 suffix; passages' 4.5e-4 -> 2.7e-4).
-    facts, passages_variant = variants["facts"], variants["passages"]
-    assert facts.before is not None and passages_variant.before is not None
-    assert abs(facts.control - facts.before) > 0.01
+    facts_variant, passages_variant = variants["facts"], variants["passages"]
+    assert facts_variant.control is not None and facts_variant.before is not None
+    assert passages_variant.control is not None and passages_variant.before is not None
+    assert abs(facts_variant.control - facts_variant.before) > 0.01
     assert abs(passages_variant.control - passages_variant.before) > 0.1 * passages_variant.before
