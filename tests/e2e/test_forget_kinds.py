@@ -84,8 +84,10 @@ def test_qa_and_text_requests(
         assert any(m["name"] == "probe_accuracy" for m in qa["metrics"])
         assert {n for _, n in names} <= metric_names
 
-        # The fine-tune teaches the forget rows' answers, NPO takes them away again (answer probability, forget-train).
-        # On the tiny LM both effects are small: measured 0.0032 -> 0.0059 -> 0.0054.
+        # The fine-tune teaches the forget rows' answers, forgetting takes some away again (answer probability,
+        # forget-train). On the tiny LM both effects are small: measured 0.0032 -> 0.0059 -> 0.0054. The drop is not
+        # NPO's own doing here: with NPO's sign flipped it drops as much (tried; the same for SimNPO below), so the
+        # methods' directions are pinned in tests/engine/methods; this catches a forget stage that changes nothing.
         probability = {stage: final[(stage, "forget_train", "answer_probability", None)] for stage in STAGES}
         assert probability["finetuned"] > 1.5 * probability["base"]
         assert probability["forgotten"] < 0.95 * probability["finetuned"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import torch
@@ -158,7 +158,7 @@ def _passage_probability(lm: Any, tokenizer: Any, words: str, passages: list[Tex
 
 @pytest.mark.parametrize("position", ["prefix", "suffix"])
 def test_control_and_attack_score_the_retain_rows_with_the_forget_words_inserted(
-    forgotten_context: AuditContext, position: str
+    forgotten_context: AuditContext, position: Literal["prefix", "suffix"]
 ) -> None:
     """One forget-train row, so every retain row gets its first two words: each variant's control (LM before
     forgetting) and after_attack (forgotten LM) equal the test's own insertion and scoring of the triggered rows."""
