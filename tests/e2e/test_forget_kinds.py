@@ -7,10 +7,14 @@ import tarfile
 from pathlib import Path
 
 import httpx
+import pytest
 
 from lethe.settings import Settings
 from tests.e2e.conftest import BOOTSTRAP_KEY, own_redis_db, start_lethe, upload_rows, wait_for_job
+from tests.e2e.job_metrics import final_metrics
 from tests.tiny_lm import synthetic_choice_rows, synthetic_qa_rows, synthetic_text_rows
+
+STAGES = ("base", "finetuned", "forgotten")
 
 
 def _submit(client: httpx.Client, forget_id: str, retain_ids: list[str], method: dict) -> dict:
@@ -21,7 +25,8 @@ def _submit(client: httpx.Client, forget_id: str, retain_ids: list[str], method:
             "forget_dataset": forget_id,
             "retain_datasets": retain_ids,
             "heldout_fraction": 0.5,
-            "finetune": {"epochs": 5, "learning_rate": 0.01},
+            # 40 epochs: the tiny LM learns qa answers and passages slowly (5 barely moved them).
+            "finetune": {"epochs": 40, "learning_rate": 0.01},
             "method": method,
             "probe": True,
             "general_text_perplexity": False,
@@ -58,7 +63,8 @@ def test_qa_and_text_requests(
 
         qa = wait_for_job(client, qa_job["job_id"], services, timeout_s=300)
         assert qa["status"] == "succeeded", (qa, [s.log() for s in services])
-        names = {(m["split"], m["name"]) for m in qa["metrics"] if m["stage"] == "forgotten"}
+        final = final_metrics(qa)
+        names = {(split, name) for stage, split, name, _ in final if stage == "forgotten"}
         for name in (
             "answer_probability",
             "rouge_l_recall",
@@ -76,10 +82,21 @@ def test_qa_and_text_requests(
         assert any(m["name"] == "probe_accuracy" for m in qa["metrics"])
         assert {n for _, n in names} <= metric_names
 
+        # The fine-tune teaches the forget rows' answers, forgetting takes some away again (answer probability,
+        # forget-train). On the tiny LM both effects are small: measured 0.0032 -> 0.0059 -> 0.0054. The drop is not
+        # NPO's own doing here: with NPO's sign flipped it drops as much (tried; the same for SimNPO below), so the
+        # methods' directions are pinned in tests/engine/methods; this catches a forget stage that changes nothing.
+        probability = {stage: final[(stage, "forget_train", "answer_probability", None)] for stage in STAGES}
+        assert probability["finetuned"] > 1.5 * probability["base"]
+        assert probability["forgotten"] < 0.95 * probability["finetuned"]
+
         per_example = client.get(f"/v1/jobs/{qa['id']}/per-example")
         assert per_example.status_code == 200
-        values = per_example.json()["forgotten"]["forget_train"]["answer_probability"]
-        assert len(values) == 8 and all(0 <= v <= 1 for v in values)
+        # The aggregate is the mean of the 8 forget-train rows' own values, at every stage.
+        for stage in STAGES:
+            values = per_example.json()[stage]["forget_train"]["answer_probability"]
+            assert len(values) == 8 and all(0 <= v <= 1 for v in values)
+            assert sum(values) / len(values) == pytest.approx(probability[stage], rel=1e-6)
 
         archive = client.get(f"/v1/adapters/{qa['adapter_id']}/download").content
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
@@ -94,9 +111,17 @@ def test_qa_and_text_requests(
 
         text = wait_for_job(client, text_job["job_id"], services, timeout_s=300)
         assert text["status"] == "succeeded", (text, [s.log() for s in services])
-        names = {(m["split"], m["name"]) for m in text["metrics"] if m["stage"] == "forgotten"}
+        final = final_metrics(text)
+        names = {(split, name) for stage, split, name, _ in final if stage == "forgotten"}
         for name in ("verbatim_memorization", "perplexity", "text_probability", "mia_auc_loss"):
             assert ("forget_train", name) in names
+        # The fine-tune makes the passages likelier, SimNPO unlikelier again; perplexity moves the other way
+        # (measured: text probability 0.0031 -> 0.0053 -> 0.0045, perplexity 324 -> 188 -> 223).
+        text_probability = {stage: final[(stage, "forget_train", "text_probability", None)] for stage in STAGES}
+        perplexity = {stage: final[(stage, "forget_train", "perplexity", None)] for stage in STAGES}
+        assert text_probability["finetuned"] > 1.5 * text_probability["base"]
+        assert text_probability["forgotten"] < 0.95 * text_probability["finetuned"]
+        assert perplexity["forgotten"] > perplexity["finetuned"]
         # evaluate_every=1: one curve point per optimiser step, for forget and retain.
         curve = [p for p in text["curves"] if p["split"] == "forget_train"]
         assert [p["step"] for p in curve] == list(range(1, len(curve) + 1)) and len(curve) >= 2

@@ -22,10 +22,10 @@ from sqlalchemy import update
 from lethe.queue import enqueue_forget_job, make_celery
 from lethe.settings import Settings
 from models.db import session_scope
-from models.repositories import AdapterRepository, JobEventRepository, JobRepository
+from models.repositories import AdapterRepository, JobEventRepository, JobRepository, MetricRepository
 from models.tables import Job
 from storage import ObjectNotFoundError, open_store
-from storage.keys import checkpoint_manifest_key
+from storage.keys import before_forgetting_key, checkpoint_keys, checkpoint_manifest_key, per_example_key
 from tests.conftest import REDIS_DB
 from tests.e2e.conftest import BOOTSTRAP_KEY, ROOT, own_redis_db, start_lethe, upload_rows, wait_for_job
 from tests.tiny_lm import synthetic_choice_rows
@@ -57,29 +57,105 @@ def _wait_for_stage(client: httpx.Client, job_id: str, stage: str, timeout_s: fl
     raise AssertionError(f"job {job_id} never reached stage {stage}")
 
 
+def _job_row(settings: Settings, job_id: str) -> Job:
+    with session_scope(settings.database_url) as session:
+        job = JobRepository(session).get_any_tenant(uuid.UUID(job_id))
+        assert job is not None
+        session.expunge(job)
+        return job
+
+
+def _assert_nothing_stored(settings: Settings, job_id: str) -> None:
+    """No adapter row, no metric rows, and none of the job's own objects (evidence, checkpoint) in the S3 server."""
+    job = _job_row(settings, job_id)
+    with session_scope(settings.database_url) as session:
+        assert AdapterRepository(session).get_for_job(job.id) is None
+        assert list(MetricRepository(session).list_for_job(job.id)) == []
+    store = open_store(settings)
+    keys = [
+        per_example_key(job.tenant_id, job.id),
+        before_forgetting_key(job.tenant_id, job.id),
+        *checkpoint_keys(job.tenant_id, job.id),
+    ]
+    assert [key for key in keys if store.exists(key)] == []
+    assert job.evidence_key is None
+
+
 def test_cancel_a_running_job(
     tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service
 ) -> None:
-    base_url, services, _ = start_lethe(tmp_path, own_redis_db(stack_env, REDIS_DB), start_service, with_worker=True)
+    """The worker stops the cancelled job within seconds (its log says so, its checkpoint is not written again, it
+    takes the next job long before the cancelled one could have ended), appends nothing after the cancel, and
+    stores nothing."""
+    # A checkpoint every 4 steps: a worker still training after the cancel would keep rewriting it in the store.
+    env = {**own_redis_db(stack_env, REDIS_DB), "LETHE_CHECKPOINT_EVERY_STEPS": "4"}
+    base_url, services, _ = start_lethe(tmp_path, env, start_service, with_worker=True)
+    worker = services[1]
     with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as client:
         job_id = _submit_slow_job(client)
         _wait_for_stage(client, job_id, "forgetting")
+        cancelled_at = time.monotonic()
         cancelled = client.post(f"/v1/jobs/{job_id}/cancel")
         assert cancelled.status_code == 200, cancelled.text
         assert cancelled.json()["status"] == "cancelled"
         assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
-        # The worker notices at its next progress report and stops; the job stays cancelled, no adapter.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "job_closed" not in services[1].log():
-            time.sleep(0.5)
+        # The worker notices at its next progress report (or heartbeat) and stops: its own log line, within
+        # seconds, where the 100 epochs it was asked for take minutes.
+        stopped = f"job {job_id} stopped: job_closed"
+        while time.monotonic() < cancelled_at + 30 and stopped not in worker.log_path.read_text():
+            time.sleep(0.2)
+        assert stopped in worker.log_path.read_text(), worker.log()
+        frozen = client.get(f"/v1/jobs/{job_id}").json()
+        next_job_id = _submit_quick_job(client)
+        # Two heartbeats and well over 4 training steps later: nothing of the cancelled job has moved.
+        time.sleep(3)
         job = client.get(f"/v1/jobs/{job_id}").json()
         assert job["status"] == "cancelled" and job["adapter_id"] is None
-        # A queued job is cancelled before any worker claims it... and the worker still serves the next job.
-        next_job = wait_for_job(client, _submit_quick_job(client), services, timeout_s=120)
+        assert job["stage"] == "cancelled" and job["progress"] == frozen["progress"] < 1.0
+        _assert_nothing_stored(stack_settings, job_id)
+        # The one worker (solo pool) is free: it runs the next job to the end.
+        next_job = wait_for_job(client, next_job_id, services, timeout_s=120)
         assert next_job["status"] == "succeeded"
+        assert next_job["started_at"] is not None
     with session_scope(stack_settings.database_url) as session:
-        assert AdapterRepository(session).get_for_job(uuid.UUID(job_id)) is None
-        assert [e.type for e in JobEventRepository(session).list(uuid.UUID(job_id))][-1] == "cancelled"
+        types = [e.type for e in JobEventRepository(session).list(uuid.UUID(job_id))]
+    assert types[0] == "queued" and types.count("started") == 1
+    # The cancel is the job's last event: no stage, failure or success from the worker after it.
+    assert types.index("cancelled") == len(types) - 1, types
+    _assert_nothing_stored(stack_settings, job_id)
+
+
+def test_cancel_a_queued_job(
+    tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service
+) -> None:
+    """A job cancelled before any worker claimed it is never run: no attempt, no start, nothing stored, while the
+    worker that then starts runs the job queued after it."""
+    env = own_redis_db(stack_env, REDIS_DB)
+    base_url, services, _ = start_lethe(tmp_path, env, start_service, with_worker=True)
+    api, worker = services
+    worker.stop()  # nobody claims the job before the cancel
+    with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as client:
+        job_id = _submit_quick_job(client)
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+        cancelled = client.post(f"/v1/jobs/{job_id}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert (cancelled.json()["status"], cancelled.json()["stage"]) == ("cancelled", "cancelled")
+        next_job_id = _submit_quick_job(client)
+        # The new worker is woken by both messages (the cancelled job's too) and runs only the queued one.
+        new_worker = start_service(["worker"], env)
+        next_job = wait_for_job(client, next_job_id, [api, new_worker], timeout_s=180)
+        assert next_job["status"] == "succeeded", next_job
+        # Long enough for the relay (every 2 s here) to send anything it still thought queued.
+        time.sleep(5)
+        job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "cancelled" and job["stage"] == "cancelled" and job["progress"] == 0.0
+    assert job["started_at"] is None and job["adapter_id"] is None
+    row = _job_row(stack_settings, job_id)
+    assert row.attempts == 0
+    with session_scope(stack_settings.database_url) as session:
+        assert [e.type for e in JobEventRepository(session).list(row.id)] == ["queued", "cancelled"]
+    assert f"job {job_id}, attempt" not in new_worker.log_path.read_text()
+    _assert_nothing_stored(stack_settings, job_id)
 
 
 def _submit_quick_job(client: httpx.Client) -> str:

@@ -1,23 +1,30 @@
-"""The real LM: a forget request on SmolLM2-135M-Instruct through `lethe serve` (embedded default).
+"""The real LM: forget requests on SmolLM2-135M-Instruct through `lethe serve` (embedded default).
 
-Marked `smollm2`: minutes on a CPU. It asserts that forgetting really happened: forget-train accuracy ends
-within 0.1 of chance while the retain set stays within 0.1 of where it was before forgetting.
+Marked `smollm2`: minutes on a CPU. One asserts that forgetting really happened: forget-train accuracy ends
+within 0.1 of chance while the retain set stays within 0.1 of where it was before forgetting. The other re-scores
+the downloaded adapter with plain `peft` and the test's own scoring, and finds every accuracy the API reported.
 """
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import httpx
 import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from lethe.rows import ChoiceRow, split_heldout
 from tests.conftest import free_port
-from tests.e2e.conftest import BOOTSTRAP_KEY, ROOT, wait_for_job, wait_until_healthy
+from tests.e2e.conftest import BOOTSTRAP_KEY, ROOT, Service, StartService, wait_for_job, wait_until_healthy
 
 DATA = ROOT / "examples" / "data"
 
 
-@pytest.mark.smollm2
-def test_random_label_forgets_piqa_and_keeps_arc(tmp_path: Path, start_service, smollm2_cache_dir: Path) -> None:
+def _serve_embedded(tmp_path: Path, start_service: StartService, smollm2_cache_dir: Path) -> tuple[str, Service]:
+    """`lethe serve` alone (SQLite, folder queue, local store), sharing the suite's converted SmolLM2."""
     env = {
         "LETHE_DATA_DIR": str(tmp_path / "lethe-data"),
         "LETHE_DATABASE_URL": "",
@@ -32,6 +39,12 @@ def test_random_label_forgets_piqa_and_keeps_arc(tmp_path: Path, start_service, 
     server = start_service(["serve", "--port", str(port)], env)
     base_url = f"http://127.0.0.1:{port}"
     wait_until_healthy(base_url, server)
+    return base_url, server
+
+
+@pytest.mark.smollm2
+def test_random_label_forgets_piqa_and_keeps_arc(tmp_path: Path, start_service, smollm2_cache_dir: Path) -> None:
+    base_url, server = _serve_embedded(tmp_path, start_service, smollm2_cache_dir)
     with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=60) as client:
         ids = {}
         for name, path in [("piqa", DATA / "piqa_demo.jsonl"), ("arc_easy", DATA / "arc_easy_demo.jsonl")]:
@@ -51,3 +64,84 @@ def test_random_label_forgets_piqa_and_keeps_arc(tmp_path: Path, start_service, 
     before = "finetuned" if request.get("finetune") else "base"
     assert abs(accuracy[("forgotten", "forget_train")] - 0.5) <= 0.1, accuracy
     assert abs(accuracy[("forgotten", "retain:arc_easy")] - accuracy[(before, "retain:arc_easy")]) <= 0.1, accuracy
+
+
+def _choice_accuracy(lm: torch.nn.Module, tokenizer, rows: list[ChoiceRow]) -> float:  # type: ignore[no-untyped-def]
+    """lm-eval's `acc`, in a few lines: each choice scored by the sum of its tokens' log-probabilities after the
+    prompt (prompt + choice tokenized whole, the choice's tokens being those past the prompt's), argmax."""
+    correct = 0
+    for row in rows:
+        context = tokenizer.encode(row.prompt, add_special_tokens=False)
+        scores = []
+        for choice in row.choices:
+            ids = tokenizer.encode(row.prompt + choice, add_special_tokens=False)
+            with torch.no_grad():
+                log_probs = lm(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
+            scores.append(sum(float(log_probs[t - 1, ids[t]]) for t in range(len(context), len(ids))))
+        correct += int(max(range(len(scores)), key=scores.__getitem__) == row.answer)
+    return correct / len(rows)
+
+
+@pytest.mark.smollm2
+def test_the_downloaded_adapter_scores_what_the_api_reported(
+    tmp_path: Path, start_service, smollm2_cache_dir: Path
+) -> None:
+    """Forget 24 PIQA rows (12 train, 12 heldout), retain 16 ARC-Easy rows, no fine-tune, 2 epochs; then the
+    archive from the API, loaded with `PeftModel.from_pretrained` on the base LM as Lethe stores it (the bundled
+    GGUF converted to safetensors), scores every choice split within one row of the reported final accuracy."""
+    forget = [json.loads(line) for line in (DATA / "piqa_demo.jsonl").read_text().splitlines()[:24]]
+    retain = [json.loads(line) for line in (DATA / "arc_easy_demo.jsonl").read_text().splitlines()[:16]]
+    base_url, server = _serve_embedded(tmp_path, start_service, smollm2_cache_dir)
+    with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=60) as client:
+        ids = {}
+        for name, rows in [("piqa", forget), ("arc_easy", retain)]:
+            content = "".join(json.dumps(row) + "\n" for row in rows).encode()
+            response = client.post(
+                "/v1/datasets", files={"file": ("rows.jsonl", content)}, data={"name": name, "kind": "choice"}
+            )
+            assert response.status_code == 201, response.text
+            ids[name] = response.json()["id"]
+        request = {
+            "base_model": "smollm2-135m-instruct",
+            "forget_dataset": ids["piqa"],
+            "retain_datasets": [ids["arc_easy"]],
+            "heldout_fraction": 0.5,
+            "method": {"name": "random_label", "params": {"learning_rate": 1e-3, "epochs": 2, "batch_size": 4}},
+            "probe": False,
+            "general_text_perplexity": False,
+            "seed": 0,
+        }
+        submitted = client.post("/v1/forget-requests", json=request)
+        assert submitted.status_code == 202, submitted.text
+        job = wait_for_job(client, submitted.json()["job_id"], [server], timeout_s=1800)
+        assert job["status"] == "succeeded", (job, server.log())
+        archive = client.get(f"/v1/adapters/{job['adapter_id']}/download")
+        assert archive.status_code == 200, archive.text
+
+    adapter_dir = tmp_path / "adapter"
+    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
+        tar.extractall(adapter_dir, filter="data")
+    base_dir = smollm2_cache_dir / "bundled" / "smollm2-135m-instruct"
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    lm = PeftModel.from_pretrained(base, adapter_dir).eval()
+
+    forget_rows = [ChoiceRow.from_dict(row) for row in forget]
+    forget_train, forget_heldout = split_heldout(forget_rows, 0.5, seed=0)
+    splits = {
+        "forget_train": forget_train,
+        "forget_heldout": forget_heldout,
+        "retain:arc_easy": [ChoiceRow.from_dict(row) for row in retain],
+    }
+    reported = {
+        m["split"]: m["value"]
+        for m in job["metrics"]
+        if m["stage"] == "forgotten" and m["name"] == "accuracy" and m.get("step") is None
+    }
+    assert reported.keys() == splits.keys(), reported
+    for split, rows in splits.items():
+        rescored = _choice_accuracy(lm, tokenizer, rows)
+        print(f"{split}: reported {reported[split]:.4f}, re-scored {rescored:.4f} ({len(rows)} rows)")
+        # Within one row: the worker scores a row's choices together (tree attention mask, batches), this test one
+        # sequence at a time; float sums in another order may flip a near tie.
+        assert abs(rescored - reported[split]) <= 1 / len(rows) + 1e-9, (split, reported[split], rescored)

@@ -1,4 +1,5 @@
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,10 +15,29 @@ from worker.engine.training.loop import Schedule, train
 from worker.engine.training.objective import Objective
 
 
-def test_bf16_support_follows_the_cpu_flags() -> None:
-    expected = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    assert bf16_supported("cpu") is expected
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags as the kernel reports them (first processor of /proc/cpuinfo)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    raise AssertionError("/proc/cpuinfo lists no flags")
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the CPU flags from Linux's /proc/cpuinfo")
+def test_bf16_support_on_this_cpu_follows_its_flags() -> None:
+    """Native bf16 on x86: AVX512-BF16 (VDPBF16PS) or AMX-BF16 (tile matmuls), read from the kernel, not torch."""
+    native = bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+    assert bf16_supported("cpu") is native
+    assert bf16_supported(torch.device("cpu")) is native
     assert bf16_supported(torch.device("meta")) is False
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx"), [(True, False), (False, True), (True, True), (False, False)])
+def test_either_bf16_instruction_set_is_enough(monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool) -> None:
+    """A CPU with AVX512-BF16 only (Cooper Lake, Zen 4) or AMX only counts as native; one with neither does not."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert bf16_supported("cpu") is (avx512_bf16 or amx)
 
 
 @pytest.mark.parametrize("supported", [True, False])

@@ -1,5 +1,7 @@
-"""Signed reports: canonical JSON, HMAC, tampering, the key file of the embedded default, `lethe verify-report`."""
+"""Signed reports: canonical JSON, HMAC, tampering, forgery, the embedded default key file, `lethe verify-report`."""
 
+import hashlib
+import hmac
 import json
 import subprocess
 import sys
@@ -48,6 +50,48 @@ def test_tampering_is_detected_and_explained(tamper, reason: str) -> None:
 
 def test_another_key_does_not_verify() -> None:
     assert not verify(sign(REPORT, KEY), b"x" * 32).valid
+
+
+# REPORT's canonical JSON written out by hand (keys sorted by code point, so "é" after "verdict"), not by
+# canonical_json: the signature must be the RFC 2104 HMAC-SHA256 of exactly these bytes under KEY.
+REPORT_CANONICAL = (
+    '{"attacks":[{"name":"relearn","recovery":0.8}],"audit_id":"a1","verdict":"shallow","é":"ü"}'.encode()
+)
+
+
+def test_the_signature_is_hmac_sha256_of_the_canonical_json_under_the_key() -> None:
+    expected = hmac.new(KEY, REPORT_CANONICAL, hashlib.sha256).hexdigest()
+    assert sign(REPORT, KEY)["signature"]["value"] == expected
+    assert sign(REPORT, b"x" * 32)["signature"]["value"] == hmac.new(b"x" * 32, REPORT_CANONICAL, "sha256").hexdigest()
+    assert sign(REPORT, b"x" * 32)["signature"]["value"] != expected  # the key is part of the signature
+
+
+def _forged(report: dict, value: str) -> dict:
+    """A signed report as a forger would write it: claiming this server's key and algorithm, with `value`."""
+    return {"report": report, "signature": {"algorithm": "HMAC-SHA256", "key_id": key_id(KEY), "value": value}}
+
+
+def test_forgeries_without_the_key_do_not_verify() -> None:
+    changed = {**REPORT, "verdict": "robust"}
+    changed_bytes = json.dumps(changed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    other_key = b"x" * 32
+    forgeries = {
+        # a changed report keeping the original signature
+        "changed report": _forged(changed, sign(REPORT, KEY)["signature"]["value"]),
+        # a valid HMAC, but under another key, presented as this server's
+        "another key": _forged(changed, hmac.new(other_key, changed_bytes, hashlib.sha256).hexdigest()),
+        # hashes anyone can compute without a key
+        "plain hash": _forged(changed, hashlib.sha256(changed_bytes).hexdigest()),
+        "plain hash of the original": _forged(REPORT, hashlib.sha256(REPORT_CANONICAL).hexdigest()),
+        # a keyed hash that is not HMAC (sha256(key || message) is open to length extension)
+        "key-prefixed hash": _forged(REPORT, hashlib.sha256(KEY + REPORT_CANONICAL).hexdigest()),
+    }
+    for name, forged in forgeries.items():
+        result = verify(forged, KEY)
+        assert not result.valid, name
+        assert "the report was changed after it was signed" in result.reason, name
+    # the genuine signature of the changed report, made with the key, does verify: the forgeries failed on the value
+    assert verify(_forged(changed, hmac.new(KEY, changed_bytes, hashlib.sha256).hexdigest()), KEY).valid
 
 
 def test_embedded_default_keeps_one_random_key_in_the_data_dir(tmp_path: Path) -> None:

@@ -1,13 +1,16 @@
 """The ascent-style methods on the taught tiny LM: they forget, the retain term protects retain, and their losses
 compare against the reference = the same LM with its adapter disabled."""
 
+import dataclasses
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import torch
 
-from lethe.methods import METHODS, GradDiffParams, NPOParams, SimNPOParams
-from lethe.rows import QARow, TextRow
+from lethe.methods import METHODS, GradDiffParams, NPOParams, RMUParams, SimNPOParams
+from lethe.rows import QARow, Row, TextRow
 from tests.engine.methods.helpers import (
     Task,
     batch_of,
@@ -15,6 +18,7 @@ from tests.engine.methods.helpers import (
     nll,
     perturb_adapter,
     step_of,
+    teach,
     train_method,
 )
 from worker.engine.methods.grad_diff import GradDiff
@@ -153,11 +157,74 @@ def test_grad_diff_weights_its_terms_and_drops_the_retain_term_at_alpha_0(task: 
     assert kl is not None and float(kl) == pytest.approx(0.0, abs=1e-6)
 
 
+def _answer_nll(lm: Any, tokenizer: Any, rows: Sequence[QARow | TextRow]) -> float:
+    """Mean per-token NLL of each row's answer (qa: " answer" after "Question: q\nAnswer:"; text: the passage after
+    EOS), by a plain forward pass per row; written here, not taken from the trainer's batches."""
+    total = 0.0
+    for row in rows:
+        if isinstance(row, QARow):
+            context, target = tokenizer(f"Question: {row.question}\nAnswer:").input_ids, tokenizer(" " + row.answer)
+        else:
+            context, target = [tokenizer.eos_token_id], tokenizer(row.text)
+        ids = torch.tensor([context + target.input_ids])
+        with torch.no_grad():
+            log_probs = lm(input_ids=ids).logits[0].float().log_softmax(-1)
+        positions = range(len(context), ids.shape[1])
+        total += -sum(float(log_probs[t - 1, ids[0, t]]) for t in positions) / len(positions)
+    return total / len(rows)
+
+
+def _hidden_states(lm: Any, tokenizer: Any, rows: Sequence[Row], layer: int) -> torch.Tensor:
+    """Every token's hidden state after block `layer` (transformers' hidden_states[layer + 1]), rows one by one."""
+    texts = [row.context + row.target for row in rows]
+    with torch.no_grad():
+        states = [lm(**tokenizer(t, return_tensors="pt"), output_hidden_states=True).hidden_states for t in texts]
+    return torch.cat([state[layer + 1][0].float() for state in states])
+
+
+QA_ROWS = [QARow("What is a pear?", "a fruit")] * 8
+TEXT_ROWS = [TextRow("The old pear is a fruit")] * 8
+
+
+@pytest.fixture(scope="module")
+def knows_qa_and_text(task: Task) -> Task:
+    """The task's LM also taught the qa and text rows, so that there is something to forget in them."""
+    return dataclasses.replace(task, lm=teach(task.lm, task.tokenizer, [*QA_ROWS[:1], *TEXT_ROWS[:1]]))
+
+
+# Each method's forget objective, measured on the rows it trained on by the test's own forward passes: the
+# likelihood-based ones raise the answers' NLL (grad_diff, NPO, SimNPO all push the forget likelihood down; measured
+# +0.8 to +5 nats per token in 8 steps); RMU pushes the steered block's output towards c·u (c > 0), so the forget
+# tokens' projection on u rises, and they move further than the retain tokens, which its retain term holds.
 @pytest.mark.parametrize("kind", ["qa", "text"])
 @pytest.mark.parametrize("name", ["grad_diff", "npo", "simnpo", "rmu"])
-def test_methods_train_on_qa_and_text_rows(task: Task, name: str, kind: str) -> None:
+def test_methods_train_on_qa_and_text_rows(knows_qa_and_text: Task, name: str, kind: str) -> None:
+    task = knows_qa_and_text
     assert kind in METHODS.get(name).kinds
-    rows = [QARow("What is a pear?", "a fruit")] * 8 if kind == "qa" else [TextRow("The old pear is a fruit")] * 8
-    peft_lm = train_method(task, name, {}, steps=2, rows=rows)
-    changed = [p for n, p in peft_lm.named_parameters() if "lora_B" in n and bool(p.abs().sum() > 0)]
-    assert changed
+    rows: list[QARow | TextRow] = [*QA_ROWS] if kind == "qa" else [*TEXT_ROWS]
+    peft_lm = train_method(task, name, {}, rows=rows)
+    if name != "rmu":
+        before, after = _answer_nll(task.lm, task.tokenizer, rows), _answer_nll(peft_lm, task.tokenizer, rows)
+        assert after > before + 0.5, (before, after)
+        return
+    params = RMUParams.model_validate({})
+    layer = params.steered_layer(task.lm.config.num_hidden_layers)
+    # u as RMU documents it: uniform [0, 1) entries from the run's seed (0 in train_method), unit length.
+    u = torch.rand(task.lm.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    u = u / u.norm()
+    forget_before = _hidden_states(task.lm, task.tokenizer, rows, layer)
+    forget_after = _hidden_states(peft_lm, task.tokenizer, rows, layer)
+    retain_shift = (
+        (
+            _hidden_states(peft_lm, task.tokenizer, task.retain, layer)
+            - _hidden_states(task.lm, task.tokenizer, task.retain, layer)
+        )
+        .norm(dim=-1)
+        .mean()
+    )
+    forget_shift = (forget_after - forget_before).norm(dim=-1).mean()
+    rise = float((forget_after @ u).mean() - (forget_before @ u).mean())
+    # Measured: the projection rises by 0.10 (qa) and 0.04 (text), the forget states move 3-4x as far as the
+    # retain states (α = 1200 holds those at the reference's).
+    assert rise > 0.02, rise
+    assert forget_shift > 2 * retain_shift, (forget_shift, retain_shift)

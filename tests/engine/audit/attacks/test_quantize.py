@@ -115,6 +115,53 @@ def test_a_forgetting_larger_than_the_int4_step_survives_both(
     assert judgement.verdict == "robust"
 
 
+def _rtn(weight: torch.Tensor, levels: int, group: int) -> torch.Tensor:
+    """Symmetric round-to-nearest in groups of `group` weights along each row: step = max|w| / levels."""
+    rows, columns = weight.shape
+    quantized = torch.empty_like(weight)
+    for start in range(0, columns, group):
+        w = weight[:, start : start + group].float()
+        step = w.abs().amax(dim=1, keepdim=True) / levels
+        step[step == 0] = 1.0  # an all-zero group stays zero
+        quantized[:, start : start + group] = (torch.round(w / step).clamp(-levels - 1, levels) * step).to(weight.dtype)
+    return quantized
+
+
+def _quantized_merged_score(ctx: AuditContext, state: dict, rows: list[Row], levels: int, group: int) -> float:
+    """The rows' score on a copy of the LM with adapter `state` merged by peft and every decoder-block projection
+    weight rounded by `_rtn`, written here, not taken from the attack."""
+    with ctx.using(state):
+        merged = copy.deepcopy(ctx.peft_lm).merge_and_unload()
+    with torch.no_grad():
+        for name, parameter in merged.named_parameters():
+            if ".layers." in name and name.endswith("_proj.weight"):
+                parameter.copy_(_rtn(parameter, levels, group))
+    return ctx.score(rows, lm=merged.eval())
+
+
+def test_each_variant_scores_the_quantized_merged_lm_on_the_requested_split(
+    int4_grid_base: LoadedLM, qa_task: dict[str, list[Row]]
+) -> None:
+    """int8 (127 levels per output row) and int4 in groups of 32 (not the default 64), on forget_heldout: every
+    score equals the test's own merge, rounding and scoring of that split. The forgetting is partial (0.98 -> 0.04)
+    so that the two splits' scores differ (by 3% after forgetting); saturated scores would not tell them apart."""
+    ctx = build_context(int4_grid_base, qa_task, learning_rate=4e-3, steps=6)
+    rows = qa_task["forget_heldout"]
+    outcome = run_attack("quantize", ctx, schemes=["int8", "int4"], group_size=32, split="forget_heldout")
+
+    assert [v.name for v in outcome.variants] == ["int8", "int4"] and outcome.split == "forget_heldout"
+    with ctx.before_lm():
+        assert outcome.before == pytest.approx(ctx.score(rows), rel=1e-6)
+    assert outcome.after_forgetting == pytest.approx(ctx.score(rows), rel=1e-6)
+    for variant, (levels, group) in zip(outcome.variants, [(127, 10**6), (7, 32)], strict=True):
+        expected_before = _quantized_merged_score(ctx, ctx.before, rows, levels, group)
+        expected_after = _quantized_merged_score(ctx, ctx.forgotten, rows, levels, group)
+        assert variant.before == pytest.approx(expected_before, rel=1e-6), variant.name
+        assert variant.after_attack == pytest.approx(expected_after, rel=1e-6), variant.name
+        # The forgetting (answer probability 0.98 -> 0.04) survives either rounding.
+        assert expected_before - expected_after > 0.5
+
+
 def test_quantize_one_scheme(forgotten_context: AuditContext) -> None:
     outcome = run_attack("quantize", forgotten_context, schemes=["int8"])
     assert [v.name for v in outcome.variants] == ["int8"] and outcome.split == "forget_train"

@@ -15,8 +15,11 @@ much changed with the precision and the seed.
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Any, Literal
 
 import pytest
+import torch
 
 from lethe.attacks import Thresholds, TriggerParams
 from lethe.rows import ChoiceRow, QARow, Row, TextRow
@@ -130,3 +133,68 @@ def test_every_retain_set_is_a_variant_scored_by_its_kind(forgotten_context: Aud
 def test_no_retain_rows_is_an_error(forgotten_context: AuditContext) -> None:
     with pytest.raises(ValueError, match="retain rows"):
         trigger(dataclasses.replace(forgotten_context, retain={"empty": []}), TriggerParams())
+
+
+def _inserted(text: str, words: str, position: str) -> str:
+    """`words` before the text, or after it and before its trailing whitespace (the module's documented rule)."""
+    if position == "prefix":
+        return f"{words} {text}"
+    stripped = text.rstrip()
+    return f"{stripped} {words}{text[len(stripped) :]}"
+
+
+def _passage_probability(lm: Any, tokenizer: Any, words: str, passages: list[TextRow]) -> float:
+    """Mean over passages of exp(mean log p(passage token | words, earlier tokens)), the passage read as " text"."""
+    values = []
+    for row in passages:
+        context = tokenizer.encode(words, add_special_tokens=False)
+        ids = tokenizer.encode(f"{words} {row.text}", add_special_tokens=False)
+        with torch.no_grad():
+            log_probs = lm(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
+        target = [float(log_probs[t - 1, ids[t]]) for t in range(len(context), len(ids))]
+        values.append(math.exp(sum(target) / len(target)))
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize("position", ["prefix", "suffix"])
+def test_control_and_attack_score_the_retain_rows_with_the_forget_words_inserted(
+    forgotten_context: AuditContext, position: Literal["prefix", "suffix"]
+) -> None:
+    """One forget-train row, so every retain row gets its first two words: each variant's control (LM before
+    forgetting) and after_attack (forgotten LM) equal the test's own insertion and scoring of the triggered rows."""
+    forget_row = forgotten_context.forget_train[0]
+    assert isinstance(forget_row, ChoiceRow)
+    words = " ".join(forget_row.prompt.split()[:2])
+    tool = [row for row in forgotten_context.retain["tool"] if isinstance(row, ChoiceRow)]
+    facts = [QARow.from_dict(row) for row in synthetic_qa_rows(6, seed=1)]
+    passages = [TextRow.from_dict(row) for row in synthetic_text_rows(6, seed=1)]
+    ctx = dataclasses.replace(
+        forgotten_context, forget_train=[forget_row], retain={"tool": tool, "facts": facts, "passages": passages}
+    )
+
+    outcome, _ = run_checked(trigger, ctx, TriggerParams(words=2, position=position))
+
+    triggered_tool = [dataclasses.replace(r, prompt=_inserted(r.prompt, words, position)) for r in tool]
+    triggered_facts = [dataclasses.replace(r, question=_inserted(r.question, words, position)) for r in facts]
+
+    def expected() -> dict[str, float]:
+        return {
+            "tool": ctx.score(triggered_tool),
+            "facts": ctx.score(triggered_facts),
+            "passages": _passage_probability(ctx.peft_lm, ctx.tokenizer, words, passages),
+        }
+
+    with ctx.before_lm():
+        control = expected()
+    after_attack = expected()
+    variants = {variant.name: variant for variant in outcome.variants}
+    for name in ("tool", "facts", "passages"):
+        assert variants[name].control == pytest.approx(control[name], rel=1e-5), name
+        assert variants[name].after_attack == pytest.approx(after_attack[name], rel=1e-5), name
+    # The inserted words change the continuous scores before forgetting too, so the control is not the clean score
+    # (measured: facts' answer probability 0.74 -> 0.70 prefix, 0.72 suffix; passages' 4.5e-4 -> 2.7e-4).
+    facts_variant, passages_variant = variants["facts"], variants["passages"]
+    assert facts_variant.control is not None and facts_variant.before is not None
+    assert passages_variant.control is not None and passages_variant.before is not None
+    assert abs(facts_variant.control - facts_variant.before) > 0.01
+    assert abs(passages_variant.control - passages_variant.before) > 0.1 * passages_variant.before
