@@ -133,7 +133,29 @@ def _centres(values: list[int] | None) -> list[int] | None:
     return _distinct_sorted(values)
 
 
-class RestoreParams(AttackParams):
+class _WindowedParams(AttackParams):
+    """What restore and patch share: their components, each over windows of layers centred on `layers`."""
+
+    window: int = _window_field()
+    layers: list[int] | None = _centres_field()
+    split: ForgetSplit = Field("forget_train", description="The forget split measured.")
+
+    @field_validator("components", check_fields=False)
+    @classmethod
+    def _components(cls, values: list[str]) -> list[str]:
+        return _distinct(values, "components")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, values: list[int] | None) -> list[int] | None:
+        return _centres(values)
+
+    def named_layers(self) -> list[tuple[str, int]]:
+        # `layers` is sorted once validated, so a block is named by its value, not by its place in the request.
+        return [("layers", layer) for layer in self.layers or []]
+
+
+class RestoreParams(_WindowedParams):
     components: list[RestoreComponent] = Field(
         ["value_vectors", "mlp", "attention"],
         min_length=1,
@@ -143,9 +165,6 @@ class RestoreParams(AttackParams):
             "down projections; attention = q, k, v and o projections."
         ),
     )
-    window: int = _window_field()
-    layers: list[int] | None = _centres_field()
-    split: ForgetSplit = Field("forget_train", description="The forget split measured.")
 
     @model_validator(mode="before")
     @classmethod
@@ -172,21 +191,8 @@ class RestoreParams(AttackParams):
             translated["window"] = min(sizes)
         return translated
 
-    @field_validator("components")
-    @classmethod
-    def _components(cls, values: list[str]) -> list[str]:
-        return _distinct(values, "components")
 
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, values: list[int] | None) -> list[int] | None:
-        return _centres(values)
-
-    def named_layers(self) -> list[tuple[str, int]]:
-        return [("layers", layer) for layer in self.layers or []]
-
-
-class PatchParams(AttackParams):
+class PatchParams(_WindowedParams):
     components: list[PatchComponent] = Field(
         ["mlp_coefficients", "attention_output"],
         min_length=1,
@@ -196,23 +202,6 @@ class PatchParams(AttackParams):
             "attention_output = the attention module's output. Never the whole residual stream."
         ),
     )
-    window: int = _window_field()
-    layers: list[int] | None = _centres_field()
-    split: ForgetSplit = Field("forget_train", description="The forget split measured.")
-
-    @field_validator("components")
-    @classmethod
-    def _components(cls, values: list[str]) -> list[str]:
-        return _distinct(values, "components")
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, values: list[int] | None) -> list[int] | None:
-        return _centres(values)
-
-    def named_layers(self) -> list[tuple[str, int]]:
-        # `layers` is sorted once validated, so a block is named by its value, not by its place in the request.
-        return [("layers", layer) for layer in self.layers or []]
 
 
 class ParaphraseParams(AttackParams):

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import secrets
 import statistics
@@ -56,8 +55,10 @@ ROWS_PER_TASK = 200
 # Short rows keep the run in CPU minutes (characters of the longest prompt + choice).
 MAX_CHARS = 220
 
-sys.path.insert(0, str(ROOT / "examples"))
+sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
 from demo import follow, free_port, wait_healthy  # noqa: E402  (the demo's helpers to start and poll Lethe)
+
+from bench.machine import cpu_model  # noqa: E402
 
 
 def _qa(record: dict[str, Any], choices: list[str], answer: int) -> dict[str, Any]:
@@ -347,20 +348,10 @@ def run(seed: int, tasks: list[str], rows: int, request: dict[str, Any]) -> dict
         "curves": {r: jobs[r].get("curves", []) for r in tasks},
         "job_wall_s": durations,
         "wall_s": time.monotonic() - started,
-        "cpu": _cpu(),
+        "cpu": cpu_model(),
         "commit": commit.stdout.strip(),
         "finished_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> int:

@@ -9,10 +9,8 @@ import io
 import tarfile
 import uuid
 from pathlib import Path
-from typing import Any
 
 import httpx
-import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -22,7 +20,7 @@ from models.db import session_scope
 from models.repositories import AdapterRepository, CurvePointRepository, JobEventRepository, MetricRepository
 from storage import open_store
 from tests.e2e.conftest import BOOTSTRAP_KEY, own_redis_db, start_lethe, upload_rows, wait_for_job
-from tests.e2e.job_metrics import final_metrics
+from tests.e2e.job_metrics import choice_accuracy, final_metrics
 from tests.tiny_lm import synthetic_choice_rows
 
 SEED = 7
@@ -126,21 +124,6 @@ def _forget_tiny_lm(tmp_path: Path, env: dict[str, str], settings: Settings, sta
     lm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), adapter_dir).eval()
     for split, split_rows in splits.items():
         assert choice_accuracy(lm, tokenizer, split_rows) == accuracy[("forgotten", split)], split
-
-
-def choice_accuracy(lm: Any, tokenizer: Any, rows: list[ChoiceRow]) -> float:
-    """lm-eval's `acc` in a few lines: each choice's summed token log-probabilities after the prompt, argmax."""
-    correct = 0
-    for row in rows:
-        context = tokenizer.encode(row.prompt, add_special_tokens=False)
-        scores = []
-        for choice in row.choices:
-            ids = tokenizer.encode(row.prompt + choice, add_special_tokens=False)
-            with torch.no_grad():
-                log_probs = lm(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
-            scores.append(sum(float(log_probs[t - 1, ids[t]]) for t in range(len(context), len(ids))))
-        correct += int(max(range(len(scores)), key=scores.__getitem__) == row.answer)
-    return correct / len(rows)
 
 
 def test_on_the_stack(tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service) -> None:

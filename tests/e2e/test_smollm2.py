@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lethe.rows import ChoiceRow, split_heldout
 from tests.conftest import free_port
 from tests.e2e.conftest import BOOTSTRAP_KEY, ROOT, Service, StartService, wait_for_job, wait_until_healthy
+from tests.e2e.job_metrics import choice_accuracy
 
 DATA = ROOT / "examples" / "data"
 
@@ -64,22 +65,6 @@ def test_random_label_forgets_piqa_and_keeps_arc(tmp_path: Path, start_service, 
     before = "finetuned" if request.get("finetune") else "base"
     assert abs(accuracy[("forgotten", "forget_train")] - 0.5) <= 0.1, accuracy
     assert abs(accuracy[("forgotten", "retain:arc_easy")] - accuracy[(before, "retain:arc_easy")]) <= 0.1, accuracy
-
-
-def _choice_accuracy(lm: torch.nn.Module, tokenizer, rows: list[ChoiceRow]) -> float:  # type: ignore[no-untyped-def]
-    """lm-eval's `acc`, in a few lines: each choice scored by the sum of its tokens' log-probabilities after the
-    prompt (prompt + choice tokenized whole, the choice's tokens being those past the prompt's), argmax."""
-    correct = 0
-    for row in rows:
-        context = tokenizer.encode(row.prompt, add_special_tokens=False)
-        scores = []
-        for choice in row.choices:
-            ids = tokenizer.encode(row.prompt + choice, add_special_tokens=False)
-            with torch.no_grad():
-                log_probs = lm(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
-            scores.append(sum(float(log_probs[t - 1, ids[t]]) for t in range(len(context), len(ids))))
-        correct += int(max(range(len(scores)), key=scores.__getitem__) == row.answer)
-    return correct / len(rows)
 
 
 @pytest.mark.smollm2
@@ -136,7 +121,7 @@ def test_the_downloaded_adapter_scores_what_the_api_reported(
     reported = {m["split"]: m["value"] for m in job["metrics"] if m["stage"] == "forgotten" and m["name"] == "accuracy"}
     assert reported.keys() == splits.keys(), reported
     for split, rows in splits.items():
-        rescored = _choice_accuracy(lm, tokenizer, rows)
+        rescored = choice_accuracy(lm, tokenizer, rows)
         print(f"{split}: reported {reported[split]:.4f}, re-scored {rescored:.4f} ({len(rows)} rows)")
         # Within one row: the worker scores a row's choices together (tree attention mask, batches), this test one
         # sequence at a time; float sums in another order may flip a near tie.

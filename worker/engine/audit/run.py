@@ -3,14 +3,14 @@ thresholds, and the requested diagnostics (restore, patch) run after them, never
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from peft import PeftModel
 
-from lethe.attacks import ATTACKS, Thresholds
+from lethe.attacks import ATTACKS, AttackParams, Thresholds
 from lethe.rows import Row
 from lethe.specs import AttackChoice
 from worker.engine.audit.attacks.implementations import attack_implementation, diagnostic_implementation
@@ -106,30 +106,9 @@ def run_audit(
     Each attack starts from the forgotten adapter and torch's generator seeded with the audit's seed, so an attack's
     result does not depend on which attacks ran before it. An attack that does not apply to the rows is skipped.
     """
-    audited, skipped = [], []
-    for index, attack in enumerate(attacks):
-        name = attack.name
-        spec = ATTACKS.get(name)
-        if ctx.kind not in spec.kinds:
-            raise ValueError(f"attack {name} does not apply to {ctx.kind} rows (it supports: {', '.join(spec.kinds)})")
-        if spec.diagnostic:
-            raise ValueError(f"{name} is a diagnostic, not an attack: run it with run_diagnostics")
-        params = attack.parsed()
-        stage = f"attack:{name}"
-
-        def progress(fraction: float, index: int = index, stage: str = stage) -> None:
-            on_progress(stage, (index + min(max(fraction, 0.0), 1.0)) / len(attacks))
-
-        ctx.on_progress = progress
-        progress(0.0)
-        torch.manual_seed(ctx.seed)
-        try:
-            outcome = attack_implementation(name)(ctx, params)
-        except AttackNotApplicable as exc:
-            skipped.append(SkippedAttack(name, str(exc)))
-            continue
-        finally:
-            progress(1.0)
+    audited: list[AuditedAttack] = []
+    skipped: list[SkippedAttack] = []
+    for name, params, outcome in _run_in_turn(ctx, attacks, False, on_progress, skipped):
         judgement = judge(name, outcome, thresholds, ctx.seed)
         audited.append(AuditedAttack(name, params.model_dump(mode="json"), outcome, judgement))
     return audited, skipped
@@ -142,29 +121,50 @@ def run_diagnostics(
 ) -> tuple[list[AuditedDiagnostic], list[SkippedAttack]]:
     """Run every diagnostic in order, as `run_audit` runs attacks (torch seeded anew for each; one that does not
     apply to the rows is skipped), without judging any: on_progress(stage, fraction of the diagnostics done)."""
-    done, skipped = [], []
-    for index, choice in enumerate(diagnostics):
+    done: list[AuditedDiagnostic] = []
+    skipped: list[SkippedAttack] = []
+    for name, params, outcome in _run_in_turn(ctx, diagnostics, True, on_progress, skipped):
+        done.append(AuditedDiagnostic(name, params.model_dump(mode="json"), outcome))
+    return done, skipped
+
+
+def _run_in_turn(
+    ctx: AuditContext,
+    choices: Sequence[AttackChoice],
+    diagnostic: bool,
+    on_progress: Callable[[str, float], None],
+    skipped: list[SkippedAttack],
+) -> Iterator[tuple[str, AttackParams, Any]]:
+    """Each attack (or, with `diagnostic`, each diagnostic) of `choices` run in order: (name, params, outcome).
+
+    Each starts from the forgotten adapter with torch seeded anew; one that does not apply to the rows is added to
+    `skipped`. on_progress(stage, fraction of `choices` done), the stage `attack:<name>` or `diagnostic:<name>`.
+    """
+    word = "diagnostic" if diagnostic else "attack"
+    for index, choice in enumerate(choices):
         name = choice.name
         spec = ATTACKS.get(name)
-        if not spec.diagnostic:
+        if spec.diagnostic and not diagnostic:
+            raise ValueError(f"{name} is a diagnostic, not an attack: run it with run_diagnostics")
+        if diagnostic and not spec.diagnostic:
             raise ValueError(f"{name} is an attack, not a diagnostic: run it with run_audit")
         if ctx.kind not in spec.kinds:
-            raise ValueError(f"diagnostic {name} does not apply to {ctx.kind} rows")
+            raise ValueError(f"{word} {name} does not apply to {ctx.kind} rows (it supports: {', '.join(spec.kinds)})")
         params = choice.parsed()
-        stage = f"diagnostic:{name}"
+        stage = f"{word}:{name}"
 
         def progress(fraction: float, index: int = index, stage: str = stage) -> None:
-            on_progress(stage, (index + min(max(fraction, 0.0), 1.0)) / len(diagnostics))
+            on_progress(stage, (index + min(max(fraction, 0.0), 1.0)) / len(choices))
 
         ctx.on_progress = progress
         progress(0.0)
         torch.manual_seed(ctx.seed)
+        implementation = diagnostic_implementation if diagnostic else attack_implementation
         try:
-            outcome = diagnostic_implementation(name)(ctx, params)
+            outcome = implementation(name)(ctx, params)
         except AttackNotApplicable as exc:
             skipped.append(SkippedAttack(name, str(exc)))
             continue
         finally:
             progress(1.0)
-        done.append(AuditedDiagnostic(name, params.model_dump(mode="json"), outcome))
-    return done, skipped
+        yield name, params, outcome
