@@ -234,7 +234,8 @@ def write_markdown(results: dict[str, Any], plots: list[str], path: Path) -> Non
         "",
         "Forget ratio = (accuracy before forgetting − after) / (accuracy before − chance); 1 = back to guessing, "
         "0 = unchanged; 95% paired-bootstrap interval over the rows. Diagonal: forget-heldout (same task, rows "
-        "not trained on); elsewhere: all 200 rows of the other task (a retain dataset of the job). "
+        f"not trained on); elsewhere: all {results['rows_per_task']} rows of the other task (a retain dataset of the "
+        "job). "
         "— = the LM was not above chance on those rows before forgetting (ratio undefined).",
         "",
         "| forgotten \\ evaluated | " + " | ".join(tasks) + " |",
