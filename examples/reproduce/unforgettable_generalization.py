@@ -9,7 +9,10 @@ Here, on SmolLM2-135M-Instruct (the bundled base model) and four binary tasks fr
 (`TASKS`, 200 rows each), one forget request per task:
 - the forget set is the task's rows (half forget-train, half forget-heldout), the other three tasks are retain
   datasets, so every job measures every task;
-- `finetune` teaches forget-train first (the paper's first stage), then `random_label` forgets it (the second);
+- `finetune` teaches forget-train first (the paper's first stage), then `random_label` forgets it (the second) with
+  the paper's stopping rule (`stopping: heldout_below_chance`: stop once forget-heldout accuracy is below chance,
+  checked every 26 steps, two epochs of 100 rows in batches of 8, since every check scores all 800 rows), at most
+  10 epochs;
 - `probe: true` fits per-layer linear probes on forget-train hidden states and scores them on forget-heldout, before
   and after forgetting.
 
