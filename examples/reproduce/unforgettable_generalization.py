@@ -155,7 +155,15 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     tasks = results["tasks"]
-    names = []
+    names: list[str] = []
+
+    def save(fig: Any, suffix: str) -> str:
+        fig.tight_layout()
+        name = f"{NAME}_{suffix}.png"
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        return name
+
     matrix = results["matrix"]
     grid = [[matrix[r][c]["value"] if matrix[r][c] else float("nan") for c in tasks] for r in tasks]
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
@@ -168,12 +176,10 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
         for j, value in enumerate(row):
             ax.text(j, i, "—" if value != value else f"{value:.2f}", ha="center", va="center", color="w")
     fig.colorbar(image, label="forget ratio")
-    fig.tight_layout()
-    names.append(f"{NAME}_matrix.png")
-    fig.savefig(out / names[-1], dpi=120)
-    plt.close(fig)
+    names.append(save(fig, "matrix"))
 
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), sharey=True)
+    fig, grid_axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), sharey=True, squeeze=False)
+    axes = grid_axes[0]
     for ax, task in zip(axes, tasks, strict=True):
         for stage, style in (("finetuned", "-o"), ("forgotten", "-s")):
             points = results["probes"][task].get(stage, {})
@@ -184,12 +190,10 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
         ax.set_xlabel("layer")
     axes[0].set_ylabel("probe accuracy (forget-heldout)")
     axes[0].legend()
-    fig.tight_layout()
-    names.append(f"{NAME}_probes.png")
-    fig.savefig(out / names[-1], dpi=120)
-    plt.close(fig)
+    names.append(save(fig, "probes"))
 
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), sharey=True)
+    fig, grid_axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), sharey=True, squeeze=False)
+    axes = grid_axes[0]
     for ax, task in zip(axes, tasks, strict=True):
         for split in ("forget_train", "forget_heldout"):
             points = sorted(
@@ -203,10 +207,7 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
         ax.set_xlabel("step")
     axes[0].set_ylabel("accuracy")
     axes[0].legend()
-    fig.tight_layout()
-    names.append(f"{NAME}_curves.png")
-    fig.savefig(out / names[-1], dpi=120)
-    plt.close(fig)
+    names.append(save(fig, "curves"))
     return names
 
 
