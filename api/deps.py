@@ -62,6 +62,25 @@ def get_tenant_id(request: Request, _api_key: Annotated[str | None, Security(_ap
 
 TenantDep = Annotated[uuid.UUID, Depends(get_tenant_id)]
 
+# The admin key's scheme: the same header, another scheme name, so the spec (and the request gate, which reads it)
+# tell an admin operation from a tenant's.
+ADMIN_SCHEME = "AdminAPIKey"
+_admin_key_header = APIKeyHeader(
+    name="X-API-Key",
+    scheme_name=ADMIN_SCHEME,
+    auto_error=False,
+    description="The installation's admin key (LETHE_ADMIN_API_KEY), not a tenant's.",
+)
+
+
+def require_admin(request: Request, _api_key: Annotated[str | None, Security(_admin_key_header)]) -> None:
+    """Admits a request the gate checked for the admin key (`api/gate.py`); the header parameter puts the scheme
+    into the spec."""
+    assert getattr(request.state, "admin", False), "the request gate checks the admin key of every admin operation"
+
+
+AdminDep = Annotated[None, Depends(require_admin)]
+
 
 def get_writing_tenant_id(request: Request, tenant_id: TenantDep) -> uuid.UUID:
     """The tenant of a request that writes, within its request rate (api/rate_limit.py); 429 otherwise."""

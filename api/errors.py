@@ -56,6 +56,13 @@ class Conflict(LetheError):
     code = "conflict"
 
 
+class Forbidden(LetheError):
+    """The key is valid but not allowed to do this (a tenant's key on an admin operation)."""
+
+    status_code = status.HTTP_403_FORBIDDEN
+    code = "forbidden"
+
+
 class QuotaExceeded(LetheError):
     """The tenant stores as many bytes as it may: 403, since waiting does not help."""
 

@@ -4,10 +4,12 @@ Content-Type and the body's size, and for a JSON body the limits of `lethe.safe_
 A pure ASGI middleware, so that it runs before FastAPI reads anything: an unauthenticated or oversized request is
 answered without its body being received, a chunked body is counted as it streams and cut off at the limit, and a
 JSON body is checked (depth, integer digits, NUL characters, lone surrogates) before any route parses it. What each
-operation asks comes from the app's OpenAPI spec, the contract clients read: a key if it names the X-API-Key
-security scheme (every route that depends on `get_tenant_id` does), and the body media types it lists.
+operation asks comes from the app's OpenAPI spec, the contract clients read: a tenant's key if it names the
+X-API-Key security scheme (every route that depends on `get_tenant_id` does), the admin key (LETHE_ADMIN_API_KEY) if
+it names the AdminAPIKey scheme (`require_admin`), and the body media types it lists.
 """
 
+import hmac
 import json
 import math
 import re
@@ -16,7 +18,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -24,7 +26,9 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.deps import ADMIN_SCHEME
 from api.errors import (
+    Forbidden,
     InvalidInput,
     LetheError,
     MalformedBody,
@@ -48,7 +52,8 @@ MULTIPART_ENVELOPE_BYTES = 64 * 1024
 class RouteRule:
     """What a route asks of a request before it runs."""
 
-    needs_key: bool
+    # Whose key: a tenant's, the installation's admin key, or none (public).
+    key: Literal["tenant", "admin"] | None
     # The Content-Types its body may have; empty: it takes no body.
     media_types: tuple[str, ...]
     max_body_bytes: int
@@ -121,8 +126,11 @@ class RequestGate:
     async def _admit(self, scope: Scope, receive: Receive) -> Receive:
         """The `receive` the route will read the body from; LetheError if the request goes no further."""
         rule, allowed = self._rule(scope)
-        if rule.needs_key:
+        if rule.key == "tenant":
             scope.setdefault("state", {})["tenant_id"] = await self._tenant_id(scope)
+        elif rule.key == "admin":
+            self._check_admin_key(scope)
+            scope.setdefault("state", {})["admin"] = True
         if allowed:
             raise MethodNotAllowed(f"{scope['method']} {scope['path']}: allowed are {', '.join(allowed)}", allowed)
         if not rule.media_types:
@@ -161,6 +169,28 @@ class RequestGate:
                 self.failures.record(address)
             raise
 
+    def _check_admin_key(self, scope: Scope) -> None:
+        """Unauthorized without a key, Forbidden with another key than LETHE_ADMIN_API_KEY (or when none is set); a
+        wrong key counts as a failed check, like a tenant's."""
+        address = scope["client"][0] if scope.get("client") else "unknown"
+        retry_after_s = self.failures.retry_after_s(address)
+        if retry_after_s is not None:
+            raise TooManyRequests(
+                "too_many_failed_keys",
+                f"X-API-Key: too many failed key checks from {address}; retry in {retry_after_s} s",
+                retry_after_s,
+            )
+        admin_key = self.settings.admin_api_key
+        if admin_key is None:
+            raise Forbidden("this operation needs the admin key, and none is configured (set LETHE_ADMIN_API_KEY)")
+        key = Headers(scope=scope).get("x-api-key")
+        if not key:
+            raise Unauthorized("X-API-Key: missing; this operation needs the admin key (LETHE_ADMIN_API_KEY)")
+        # Constant time: the comparison leaks nothing of how much of a guess was right.
+        if not hmac.compare_digest(key.encode("utf-8"), admin_key.get_secret_value().encode("utf-8")):
+            self.failures.record(address)
+            raise Forbidden("X-API-Key: not the admin key (LETHE_ADMIN_API_KEY); a tenant's key cannot do this")
+
     def _authenticate(self, key: str | None) -> uuid.UUID:
         with get_sessionmaker(self.settings.database_url)() as session:
             return authenticate(session, key)
@@ -181,7 +211,7 @@ class RequestGate:
             allowed = {operation.upper() for operation, _ in on_path}
             return on_path[0][1], sorted(allowed | ({"HEAD"} if "GET" in allowed else set()))
         # An unknown path needs a key too (then 404), so that an anonymous client finds only the public operations.
-        return self._json_rule(needs_key=True, media_types=()), []
+        return self._json_rule("tenant", media_types=()), []
 
     def _operations_of(self, app: FastAPI) -> list[tuple[re.Pattern[str], str, RouteRule]]:
         """Each operation of the app's OpenAPI spec with its path as a pattern and its rule; the spec and the docs
@@ -189,7 +219,7 @@ class RequestGate:
         operations = []
         for path in (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url):
             if path:
-                operations.append((re.compile(f"^{re.escape(path)}$"), "get", self._json_rule(False, ())))
+                operations.append((re.compile(f"^{re.escape(path)}$"), "get", self._json_rule(None, ())))
         for path, path_item in app.openapi()["paths"].items():
             pattern = re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + "$")
             for method, operation in path_item.items():
@@ -197,15 +227,16 @@ class RequestGate:
         return operations
 
     def _operation_rule(self, operation: dict[str, Any]) -> RouteRule:
-        needs_key = bool(operation.get("security"))
+        schemes = {name for requirement in operation.get("security", []) for name in requirement}
+        key: Literal["tenant", "admin"] | None = "admin" if ADMIN_SCHEME in schemes else "tenant" if schemes else None
         media_types = tuple(operation.get("requestBody", {}).get("content", {}))
         if "multipart/form-data" in media_types:
             limit = self.settings.max_upload_bytes + MULTIPART_ENVELOPE_BYTES
-            return RouteRule(needs_key, media_types, limit, "LETHE_MAX_UPLOAD_BYTES")
-        return self._json_rule(needs_key, media_types)
+            return RouteRule(key, media_types, limit, "LETHE_MAX_UPLOAD_BYTES")
+        return self._json_rule(key, media_types)
 
-    def _json_rule(self, needs_key: bool, media_types: tuple[str, ...]) -> RouteRule:
-        return RouteRule(needs_key, media_types, self.settings.max_json_bytes, "LETHE_MAX_JSON_BYTES")
+    def _json_rule(self, key: Literal["tenant", "admin"] | None, media_types: tuple[str, ...]) -> RouteRule:
+        return RouteRule(key, media_types, self.settings.max_json_bytes, "LETHE_MAX_JSON_BYTES")
 
 
 async def _read_body(receive: Receive, rule: RouteRule) -> bytes:

@@ -20,10 +20,37 @@ class DatasetOut(BaseModel):
     created_at: datetime
 
 
+class BaseModelIn(BaseModel):
+    """A base model to register (or re-point: a name registered before gets the new source)."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="The name forget requests use: letters, digits, '.', '_', '-'.",
+    )
+    source: str = Field(
+        min_length=1,
+        max_length=1000,
+        description="`hf:org/name@revision` (a hub repository with safetensors weights; the revision, `main` when "
+        "left out, is pinned to its commit), `path:/abs/dir` (a safetensors checkpoint directory the API and the "
+        "workers can read) or `bundled:<id>`.",
+    )
+    description: str = Field(default="", max_length=2000)
+
+
 class BaseModelOut(BaseModel):
     name: str
-    source: str
-    revision: str | None
+    source: str = Field(description="Where its weights come from; a hub source is pinned to a commit.")
+    revision: str | None = Field(description="A hub source's commit (40 hex digits); null for other sources.")
+    requested_revision: str | None = Field(
+        description="The revision a hub source was registered with (a branch, tag or commit), before pinning."
+    )
+    weights_sha256: str | None = Field(
+        description="sha256 over its safetensors files: of the lines `<file sha256>  <file name>` sorted by name, "
+        "as `LC_ALL=C sha256sum <files> | sha256sum` prints it; workers refuse other weights. null: not known when "
+        "registered (the worker's digest is in each adapter's provenance)."
+    )
     description: str
     n_layers: int | None = Field(
         description="Decoder blocks of the LM: a param naming a layer takes 0..n_layers-1; null = not known until a "

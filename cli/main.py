@@ -63,14 +63,24 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _base_models_add(args: argparse.Namespace) -> int:
-    from api.services.base_models import register_base_model
+    from api.services.base_models import add_base_model
+    from lethe.base_model_sources import BaseModelSourceError
+    from lethe.hub import HubOptions
     from models.db import session_scope
 
     source = args.source if ":" in args.source else f"path:{Path(args.source).resolve()}"
+    settings = get_settings()
     _ensure_embedded_catalogue()
-    with session_scope(get_settings().database_url) as session:
-        register_base_model(session, args.name, source, args.description)
-    print(f"registered base model {args.name} -> {source}")
+    try:
+        with session_scope(settings.database_url) as session:
+            base_model = add_base_model(
+                session, HubOptions.from_settings(settings), args.name, source, args.description
+            )
+            registered, digest = base_model.source, base_model.weights_sha256
+    except BaseModelSourceError as exc:
+        print(f"lethe base-models add: {exc}", file=sys.stderr)
+        return 2
+    print(f"registered base model {args.name} -> {registered}" + (f" (weights sha256 {digest})" if digest else ""))
     return 0
 
 
@@ -127,9 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     base_models = commands.add_parser("base-models", help="manage base models").add_subparsers(
         dest="action", required=True
     )
-    add = base_models.add_parser("add", help="register a local safetensors checkpoint as a base model")
+    add = base_models.add_parser(
+        "add", help="register a base model: a hub repository or a local safetensors checkpoint (checked first)"
+    )
     add.add_argument("name")
-    add.add_argument("source", help="a directory (or path:/abs/dir)")
+    add.add_argument(
+        "source",
+        help="hf:org/name@revision (pinned to its commit; LETHE_HF_ENDPOINT, LETHE_HF_OFFLINE apply), a directory "
+        "(or path:/abs/dir), or bundled:<id>",
+    )
     add.add_argument("--description", default="")
     add.set_defaults(run=_base_models_add)
 

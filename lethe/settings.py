@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     s3_secure: bool = True
     s3_region: str = "us-east-1"
     bootstrap_api_key: SecretStr | None = None
+    # The key of the operations that change the installation, not a tenant (`POST /v1/base-models`): requests send
+    # it as X-API-Key. Unset: those operations are refused (403) and base models are registered with the CLI.
+    admin_api_key: SecretStr | None = None
     # Signs audit reports (HMAC-SHA256). Empty: a random key kept in data_dir (the embedded default); a stack
     # with several containers must set one key for the API, workers and `lethe verify-report`.
     report_signing_key: SecretStr | None = None
@@ -72,6 +75,17 @@ class Settings(BaseSettings):
     # A creating POST's Idempotency-Key and its first response are kept this long; after that the key is new again.
     idempotency_ttl_s: float = 24 * 3600.0
 
+    # Hub base models (`hf:org/name@revision`, lethe/hub.py). The hub's URL: empty means huggingface_hub's (HF_ENDPOINT,
+    # or https://huggingface.co); a mirror's URL otherwise.
+    hf_endpoint: str = ""
+    # The hub cache workers load snapshots from (and download into): unset means huggingface_hub's own (HF_HUB_CACHE,
+    # HF_HOME/hub, ~/.cache/huggingface/hub). A pre-populated cache may be mounted read-only.
+    hf_cache: Path | None = None
+    # Read the hub cache only, never the network; HF_HUB_OFFLINE=1 does the same.
+    hf_offline: bool = False
+    # Seconds one metadata request to the hub may take (registration resolves a revision synchronously).
+    hf_timeout_s: float = Field(default=30.0, gt=0)
+
     @field_validator("data_dir")
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:
@@ -86,6 +100,21 @@ class Settings(BaseSettings):
         if len(key) < 16 or key.lower() in _WEAK_SECRETS:
             raise ValueError("LETHE_BOOTSTRAP_API_KEY must be at least 16 characters and not a well-known value")
         return value
+
+    @field_validator("admin_api_key")
+    @classmethod
+    def _strong_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        key = value.get_secret_value()
+        if len(key) < 16 or key.lower() in _WEAK_SECRETS:
+            raise ValueError("LETHE_ADMIN_API_KEY must be at least 16 characters and not a well-known value")
+        return value
+
+    @field_validator("hf_cache")
+    @classmethod
+    def _absolute_hf_cache(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
 
     @field_validator("report_signing_key")
     @classmethod

@@ -67,6 +67,11 @@ class ForgetJobSpec(_Spec):
     base_model: str
     # The source the base model's name resolved to when the job was accepted (see the catalogue's base_models).
     base_model_source: str
+    # What the catalogue recorded of the base model's weights when the job was accepted (lethe/base_model_sources.py);
+    # a worker refuses weights with another digest. None: not recorded (the worker's digest goes into provenance).
+    base_model_weights_sha256: str | None = None
+    # A hub source's commit; None for other sources.
+    base_model_revision: str | None = None
     forget_dataset: uuid.UUID
     retain_datasets: list[uuid.UUID]
     heldout_fraction: float = Field(gt=0, lt=1)

@@ -134,15 +134,29 @@ class BaseModelRepository(Repository[BaseModel]):
         return self.session.scalars(select(BaseModel).order_by(BaseModel.name)).all()
 
     def upsert(
-        self, name: str, source: str, description: str, n_layers: int | None, revision: str | None = None
+        self,
+        name: str,
+        source: str,
+        description: str,
+        n_layers: int | None,
+        revision: str | None = None,
+        requested_revision: str | None = None,
+        weights_sha256: str | None = None,
     ) -> BaseModel:
+        """Register `name`, or re-point it to another source (every field replaced)."""
+        fields = {
+            "source": source,
+            "description": description,
+            "n_layers": n_layers,
+            "revision": revision,
+            "requested_revision": requested_revision,
+            "weights_sha256": weights_sha256,
+        }
         base_model = self.get_by_name(name)
         if base_model is None:
-            return self.add(
-                BaseModel(name=name, source=source, description=description, n_layers=n_layers, revision=revision)
-            )
-        base_model.source, base_model.description, base_model.revision = source, description, revision
-        base_model.n_layers = n_layers
+            return self.add(BaseModel(name=name, **fields))
+        for field, value in fields.items():
+            setattr(base_model, field, value)
         self.session.flush()
         return base_model
 

@@ -101,9 +101,15 @@ class BaseModel(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(100), unique=True)
-    # `bundled:<name>` or `path:/abs/dir` (safetensors only).
+    # `bundled:<name>`, `path:/abs/dir` or `hf:org/name@<commit>` (safetensors only; lethe/base_model_sources.py).
     source: Mapped[str] = mapped_column(Text)
+    # A hub source's commit (the 40 hex digits its source is pinned to); None for other sources.
     revision: Mapped[str | None] = mapped_column(String(100), default=None)
+    # The revision a hub source was registered with (`main`, a tag, or the commit itself), before it was pinned.
+    requested_revision: Mapped[str | None] = mapped_column(String(200), default=None)
+    # lethe/base_model_sources.py::weights_sha256 of its safetensors files, recorded when it was registered; a worker
+    # refuses weights that do not match it. None when unknown then (bundled: converted by the worker).
+    weights_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     description: Mapped[str] = mapped_column(Text, default="")
     # Decoder blocks of its LM, read when it is registered; None when the source did not say (then the worker
     # checks layer params once it has loaded the LM).

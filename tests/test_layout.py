@@ -22,6 +22,10 @@ ENGINE_CORE = {
     "lethe.forgetting",
     "lethe.registry",
     "lethe.specs",
+    # What a base model's source is, which files of a checkpoint are its weights and their digest, and the hub
+    # snapshot a hub source loads from: the loader's inputs.
+    "lethe.base_model_sources",
+    "lethe.hub",
 }
 # Packages no torch-free layer may load: the engine's ML stack.
 ML_STACK = {"torch", "transformers", "peft", "accelerate", "sklearn", "safetensors", "numpy", "matplotlib"}

@@ -9,6 +9,7 @@ from typing import Any
 from celery import signals
 from transformers.utils import logging as hf_logging
 
+from lethe.hub import HubOptions
 from lethe.queue import AUDIT_TASK, FORGET_TASK, enqueue_audit_job, make_celery
 from lethe.settings import get_settings
 from storage import ObjectStore, open_store
@@ -32,7 +33,8 @@ def _store() -> ObjectStore:
 @lru_cache(maxsize=1)
 def _lm_cache() -> BaseLMCache:
     # One per worker process: the base LM stays loaded across jobs.
-    return BaseLMCache(get_settings().base_model_cache_dir)
+    settings = get_settings()
+    return BaseLMCache(settings.base_model_cache_dir, HubOptions.from_settings(settings))
 
 
 # A message is a wake-up: the task claims the next queued job of its kind in fair order across tenants, which need

@@ -1,12 +1,17 @@
 """The registries a request names its choices from: base models, methods, metrics and attacks."""
 
-from fastapi import APIRouter
+from typing import Any
 
-from api.deps import SessionDep, TenantDep
-from api.errors import error_responses
-from api.schemas import AttackOut, BaseModelOut, MethodOut, MetricSpecOut
+from fastapi import APIRouter, status
+
+from api.deps import AdminDep, SessionDep, SettingsDep, TenantDep
+from api.errors import ErrorBody, InvalidInput, ServiceUnavailable, error_responses
+from api.schemas import AttackOut, BaseModelIn, BaseModelOut, MethodOut, MetricSpecOut
+from api.services.base_models import add_base_model
 from api.services.base_models import list_base_models as list_registered
 from lethe.attacks import ATTACKS
+from lethe.base_model_sources import BaseModelSourceError, HubUnreachable
+from lethe.hub import HubOptions
 from lethe.methods import METHODS
 from lethe.metrics import METRICS
 
@@ -18,6 +23,48 @@ router = APIRouter(prefix="/v1", tags=["catalog"])
 def list_base_models(session: SessionDep, _tenant_id: TenantDep) -> list[BaseModelOut]:
     """Base models a forget request can name."""
     return [BaseModelOut.model_validate(b, from_attributes=True) for b in list_registered(session)]
+
+
+def _admin_responses() -> dict[int | str, dict[str, Any]]:
+    responses = error_responses(400, 401, 413, 415, 422, 429, 503)
+    responses[401] = {**responses[401], "description": "No X-API-Key: this operation needs the admin key."}
+    responses[403] = {
+        "model": ErrorBody,
+        "description": "forbidden: the key is not LETHE_ADMIN_API_KEY (a tenant's key cannot register base models), "
+        "or no admin key is configured.",
+    }
+    responses[422] = {
+        **responses[422],
+        "description": "The source cannot be used; `detail` names why (unknown scheme, repository or revision not "
+        "on the hub with its answer, no safetensors weights, custom code, not a directory, a bundled name).",
+    }
+    responses[503] = {**responses[503], "description": "The hub did not answer; nothing was registered."}
+    return responses
+
+
+@router.post(
+    "/base-models",
+    response_model=BaseModelOut,
+    status_code=status.HTTP_201_CREATED,
+    responses=_admin_responses(),
+)
+def register_base_model(
+    body: BaseModelIn, session: SessionDep, settings: SettingsDep, _admin: AdminDep
+) -> BaseModelOut:
+    """Register a base model (or re-point a name to another source); admin key only. A hub source is resolved here:
+    its revision pinned to the commit, its safetensors weights' sha256 taken from the hub's file metadata (the
+    weights are downloaded by a worker on first use, which checks that digest)."""
+    # A plain `def`: the hub's round trips block, and run in the threadpool (each bounded by LETHE_HF_TIMEOUT_S).
+    try:
+        base_model = add_base_model(
+            session, HubOptions.from_settings(settings), body.name, body.source, body.description
+        )
+    except HubUnreachable as exc:
+        raise ServiceUnavailable(str(exc), retry_after_s=30) from exc
+    except BaseModelSourceError as exc:
+        message = str(exc)
+        raise InvalidInput(message if message.startswith(("source", "name")) else f"source: {message}") from exc
+    return BaseModelOut.model_validate(base_model, from_attributes=True)
 
 
 @router.get("/methods", response_model=list[MethodOut], responses=error_responses(401, 429))

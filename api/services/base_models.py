@@ -1,4 +1,12 @@
-"""The base models a forget request can name, and how deep each LM is (its decoder block count)."""
+"""The base models a forget request can name: registering one (the API's admin route and `lethe base-models add`
+share it), and how deep each LM is (its decoder block count).
+
+Registering a source checks it before anything is written: a hub source is resolved on the hub (lethe/hub.py:
+the commit it is pinned to, safetensors weights, no custom code, the weights' digest from the hub's LFS metadata,
+without downloading the weights; a worker downloads them on first use and checks that digest); a path source's
+directory is read here (its config and, to compute the digest, its weight files in full: a 7B bf16 checkpoint is
+about 14 GB read once).
+"""
 
 import json
 from collections.abc import Sequence
@@ -8,6 +16,16 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from api.errors import InvalidInput
+from lethe.base_model_sources import (
+    BaseModelSourceError,
+    check_no_custom_code,
+    directory_weights_sha256,
+    layers_in_config,
+    parse_source,
+    read_index,
+    weight_files,
+)
+from lethe.hub import HubOptions, resolve
 from models.repositories import BaseModelRepository
 from models.tables import BaseModel
 
@@ -46,14 +64,82 @@ def config_layers(directory: Path) -> int | None:
         config = json.loads((directory / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    # transformers reads GPT-2's `n_layer` as num_hidden_layers, the attribute the worker uses.
-    layers = config.get("num_hidden_layers", config.get("n_layer")) if isinstance(config, dict) else None
-    return layers if type(layers) is int and layers > 0 else None
+    return layers_in_config(config)
+
+
+@dataclass(frozen=True)
+class CheckedSource:
+    """A source as it is registered: pinned, with what is known of its weights."""
+
+    source: str
+    n_layers: int | None
+    revision: str | None = None
+    requested_revision: str | None = None
+    weights_sha256: str | None = None
+
+
+def check_source(source: str, hub: HubOptions) -> CheckedSource:
+    """The source checked (and a hub source pinned); BaseModelSourceError naming what is wrong (HubUnreachable when
+    the hub did not answer). Touches no catalogue: a hub source takes network round trips."""
+    parsed = parse_source(source)
+    if parsed.scheme == "bundled":
+        builtin = next((b for b in BUILTIN_BASE_MODELS if b.source == source), None)
+        if builtin is None:
+            known = ", ".join(b.source for b in BUILTIN_BASE_MODELS)
+            raise BaseModelSourceError(f"source {source!r}: no such bundled base model (bundled: {known})")
+        return CheckedSource(source, builtin.n_layers)
+    if parsed.scheme == "path":
+        directory = Path(parsed.location)
+        if not directory.is_dir():
+            raise BaseModelSourceError(f"source {source!r}: {directory} is not a directory this server can read")
+        try:
+            config = json.loads((directory / "config.json").read_text("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BaseModelSourceError(f"source {source!r}: no readable config.json in {directory} ({exc})") from None
+        check_no_custom_code(config, f"source {source!r}")
+        files = weight_files(read_index(directory))
+        missing = [name for name in files if not (directory / name).is_file()]
+        if missing:
+            raise BaseModelSourceError(
+                f"source {source!r}: no safetensors weights ({', '.join(missing)}) in {directory}; pickled weights "
+                "(*.bin, *.pt) are never loaded"
+            )
+        return CheckedSource(
+            source, layers_in_config(config), weights_sha256=directory_weights_sha256(directory, files)
+        )
+    assert parsed.hub is not None
+    resolved = resolve(parsed.hub, hub)
+    return CheckedSource(
+        str(resolved.source),
+        resolved.n_layers,
+        revision=resolved.source.revision,
+        requested_revision=resolved.requested_revision,
+        weights_sha256=resolved.weights_sha256,
+    )
+
+
+def add_base_model(session: Session, hub: HubOptions, name: str, source: str, description: str = "") -> BaseModel:
+    """Register (or re-point) `name` to `source` once the source checks out (`check_source`); what the admin route
+    and `lethe base-models add` do. BaseModelSourceError naming what is wrong, and then nothing is written."""
+    builtin = next((b for b in BUILTIN_BASE_MODELS if b.name == name), None)
+    if builtin is not None and source != builtin.source:
+        raise BaseModelSourceError(f"name: {name!r} is a bundled base model; choose another name")
+    # Before the session is used: the hub's round trips happen with no transaction open.
+    checked = check_source(source, hub)
+    return BaseModelRepository(session).upsert(
+        name,
+        checked.source,
+        description,
+        checked.n_layers,
+        revision=checked.revision,
+        requested_revision=checked.requested_revision,
+        weights_sha256=checked.weights_sha256,
+    )
 
 
 def register_base_model(session: Session, name: str, source: str, description: str = "") -> BaseModel:
-    """Register (or re-point) a base model; `source` is `path:/abs/dir` of a safetensors checkpoint. Its depth is
-    read from the checkpoint's config.json when that is readable here."""
+    """Register (or re-point) a `path:` or `bundled:` source as given, without checking it (test fixtures name
+    directories that do not exist); its depth is read from the checkpoint's config.json when that is readable."""
     if not source.startswith(("path:/", "bundled:")):
         raise ValueError("source must be path:/absolute/dir or bundled:<name>")
     if source.startswith("path:"):

@@ -81,6 +81,8 @@ def submit_forget_request(session: Session, settings: Settings, tenant_id: uuid.
     spec = ForgetJobSpec(
         base_model=request.base_model,
         base_model_source=base_model.source,
+        base_model_weights_sha256=base_model.weights_sha256,
+        base_model_revision=base_model.revision,
         forget_dataset=request.forget_dataset,
         retain_datasets=request.retain_datasets,
         heldout_fraction=request.heldout_fraction,

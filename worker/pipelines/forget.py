@@ -60,9 +60,10 @@ class ForgetInputs:
 
 
 def load_base(lm_cache: BaseLMCache, spec: ForgetJobSpec) -> LoadedLM:
-    """The forget job's base LM, from the worker's cache."""
+    """The forget job's base LM, from the worker's cache, with the weights the catalogue recorded when the job was
+    accepted (base_model_unavailable otherwise)."""
     try:
-        return lm_cache.get(spec.base_model, spec.base_model_source)
+        return lm_cache.get(spec.base_model, spec.base_model_source, spec.base_model_weights_sha256)
     except (OSError, ValueError) as exc:
         raise JobFailure("base_model_unavailable", f"{spec.base_model}: {exc}") from exc
 
@@ -99,12 +100,17 @@ def load_forget_inputs(settings: Settings, store: ObjectStore, job_id: uuid.UUID
     )
 
 
-def _provenance(job_id: uuid.UUID, inputs: ForgetInputs, outcome: ForgetOutcome) -> dict[str, Any]:
+def _provenance(
+    job_id: uuid.UUID, inputs: ForgetInputs, outcome: ForgetOutcome, base_weights_sha256: str | None
+) -> dict[str, Any]:
     spec = inputs.spec
     return {
         "job_id": str(job_id),
         "base_model": spec.base_model,
         "base_model_source": spec.base_model_source,
+        # A hub source's commit, and the digest of the weights the job loaded (lethe/base_model_sources.py).
+        "base_model_revision": spec.base_model_revision,
+        "base_model_weights_sha256": base_weights_sha256,
         "method": spec.method.name,
         "method_params": spec.method.params,
         "finetune": spec.finetune.model_dump() if spec.finetune else None,
@@ -215,7 +221,7 @@ def _forget(
     outcome = run_forget(base, plan, forget_train, forget_heldout, inputs.retain, report, general_text, snapshots)
 
     report("storing", 0.0)
-    provenance = _provenance(job_id, inputs, outcome)
+    provenance = _provenance(job_id, inputs, outcome, base.weights_sha256)
     archive = adapter_archive(
         outcome.peft_lm,
         spec.base_model,

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from lethe.base_model_sources import directory_weights_sha256
 from worker.engine.lm.load import BaseLMCache, LoadedLM, device_and_dtype, load_base_lm
 
 
@@ -37,8 +38,12 @@ def test_a_directory_without_safetensors_is_refused(tiny_lm_dir, tmp_path) -> No
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (tmp_path / name).write_text((tiny_lm_dir / name).read_text())
     torch.save({}, tmp_path / "pytorch_model.bin")
-    with pytest.raises(OSError):
+    with pytest.raises(ValueError, match=r"no safetensors weights \(model.safetensors\); pickled weights are never"):
         load_base_lm("x", f"path:{tmp_path}", tmp_path)
+
+
+def test_a_path_source_records_its_weights_digest(tiny_base: LoadedLM, tiny_lm_dir) -> None:
+    assert tiny_base.weights_sha256 == directory_weights_sha256(tiny_lm_dir, ["model.safetensors"])
 
 
 def test_cache_keeps_the_last_base_lm(tiny_lm_dir, tmp_path) -> None:

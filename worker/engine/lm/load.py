@@ -1,5 +1,9 @@
-"""Loading a base model's LM into memory (bundled GGUF converted once to safetensors, or a local safetensors
-directory), and the per-worker cache that keeps the last one loaded."""
+"""Loading a base model's LM into memory (bundled GGUF converted once to safetensors, a local safetensors directory,
+or a hub snapshot in the hub cache), and the per-worker cache that keeps the last one loaded.
+
+Every load computes the weights' digest (lethe/base_model_sources.py::weights_sha256) from the files it loads: it goes
+into each adapter's provenance, and when the catalogue recorded one at registration, another digest refuses the load.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,14 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from lethe.base_model_sources import (
+    BaseModelSourceError,
+    directory_weights_sha256,
+    parse_source,
+    read_index,
+    weight_files,
+)
+from lethe.hub import HubOptions, local_snapshot
 from lethe.registry import Registry, UnknownNameError
 
 # A base LM, or one wrapped with LoRA adapters (PeftModel forwards `config` and the call).
@@ -42,6 +54,8 @@ class LoadedLM:
     tokenizer: PreTrainedTokenizerBase
     base_model: str
     device: torch.device
+    # weights_sha256 of the safetensors files the LM was loaded from.
+    weights_sha256: str | None = None
 
 
 def device_and_dtype() -> tuple[torch.device, torch.dtype]:
@@ -51,37 +65,69 @@ def device_and_dtype() -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def load_base_lm(base_model: str, source: str, cache_dir: Path | str) -> LoadedLM:
-    """Load a base LM from `bundled:<id>` (converted once under cache_dir) or `path:/abs/dir` (safetensors)."""
-    kind, _, location = source.partition(":")
-    if kind == "bundled":
-        directory = _bundled_safetensors_dir(location, Path(cache_dir))
-    elif kind == "path":
-        directory = Path(location)
-        if not directory.is_absolute() or not directory.is_dir():
-            raise ValueError(f"base LM source {source!r}: expected path:/absolute/directory")
+def load_base_lm(
+    base_model: str,
+    source: str,
+    cache_dir: Path | str,
+    hub: HubOptions | None = None,
+    expected_weights_sha256: str | None = None,
+) -> LoadedLM:
+    """Load a base LM from `bundled:<id>` (converted once under cache_dir), `path:/abs/dir` (safetensors) or
+    `hf:org/name@<commit>` (from the hub cache of `hub`, downloaded there on first use unless offline). ValueError
+    (or OSError) naming what is wrong, also when the weights' digest is not `expected_weights_sha256`."""
+    parsed = parse_source(source)
+    if parsed.scheme == "bundled":
+        directory = _bundled_safetensors_dir(parsed.location, Path(cache_dir))
+        files = weight_files(read_index(directory))
+    elif parsed.scheme == "path":
+        directory = Path(parsed.location)
+        if not directory.is_dir():
+            raise BaseModelSourceError(f"base LM source {source!r}: {directory} is not a directory")
+        files = weight_files(read_index(directory))
+        missing = [name for name in files if not (directory / name).is_file()]
+        if missing:
+            raise BaseModelSourceError(
+                f"base LM source {source!r}: no safetensors weights ({', '.join(missing)}); pickled weights are never "
+                "loaded"
+            )
     else:
-        raise ValueError(f"unsupported base LM source {source!r}; expected bundled:<id> or path:/abs/dir")
-    return _load_safetensors_dir(base_model, directory)
+        assert parsed.hub is not None
+        directory, files = local_snapshot(parsed.hub, hub or HubOptions(cache_dir=None, endpoint=None, offline=False))
+    digest = directory_weights_sha256(directory, files)
+    if expected_weights_sha256 is not None and digest != expected_weights_sha256:
+        raise BaseModelSourceError(
+            f"base LM source {source!r}: the weights' sha256 is {digest}, not {expected_weights_sha256} as registered "
+            f"(files {', '.join(files)} in {directory})"
+        )
+    loaded = _load_safetensors_dir(base_model, directory)
+    loaded.weights_sha256 = digest
+    return loaded
 
 
 class BaseLMCache:
     """Keeps the most recently loaded base LM in memory so consecutive jobs on it skip loading."""
 
-    def __init__(self, cache_dir: Path | str) -> None:
+    def __init__(self, cache_dir: Path | str, hub: HubOptions | None = None) -> None:
         self.cache_dir = Path(cache_dir)
+        self.hub = hub
         self._lock = threading.Lock()
         self._key: tuple[str, str] | None = None
         self._loaded: LoadedLM | None = None
 
-    def get(self, base_model: str, source: str) -> LoadedLM:
-        """The LM of `base_model` from `source`, loaded unless it is the one already in memory."""
+    def get(self, base_model: str, source: str, expected_weights_sha256: str | None = None) -> LoadedLM:
+        """The LM of `base_model` from `source`, loaded unless it is the one already in memory; ValueError when its
+        weights' digest is not `expected_weights_sha256` (when given)."""
         with self._lock:
             if self._loaded is None or self._key != (base_model, source):
                 # Drop the old LM before loading the new one: only one base LM fits in memory at a time.
                 self._key, self._loaded = None, None
-                self._loaded = load_base_lm(base_model, source, self.cache_dir)
+                self._loaded = load_base_lm(base_model, source, self.cache_dir, self.hub, expected_weights_sha256)
                 self._key = (base_model, source)
+            elif expected_weights_sha256 is not None and self._loaded.weights_sha256 != expected_weights_sha256:
+                raise BaseModelSourceError(
+                    f"base LM source {source!r}: the loaded weights' sha256 is {self._loaded.weights_sha256}, not "
+                    f"{expected_weights_sha256} as registered"
+                )
             return self._loaded
 
 
