@@ -2,12 +2,20 @@
 
 import importlib.util
 import json
+import re
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
+from api.app import create_app
 from api.services.base_models import BUILTIN_BASE_MODELS, config_layers
+from lethe.base_model_sources import directory_weights_sha256
+from lethe.settings import Settings
+from tests.hub_server import LoopbackHub, files_of
 
 
 def test_the_bundled_base_models_depth_is_its_gguf_block_count() -> None:
@@ -48,3 +56,115 @@ def test_base_models_publish_their_depth(client: TestClient) -> None:
     published = {b["name"]: b["n_layers"] for b in client.get("/v1/base-models").json()}
     assert published["smollm2-135m-instruct"] == 30
     assert published["tiny-registered"] is None
+
+
+# Registering base models through the API (admin key), against a loopback hub.
+
+ADMIN_KEY = "admin-key-for-the-base-model-tests"
+REPO = "lethe-test/tiny-api"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_lm import build_tiny_lm, task_corpus
+
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny-api-lm"), task_corpus())
+
+
+@pytest.fixture
+def hub(tiny_dir: Path) -> Iterator[LoopbackHub]:
+    server = LoopbackHub().start()
+    server.add(REPO).commit({**files_of(tiny_dir), "pytorch_model.bin": b"pickled"})
+    server.add("lethe-test/pickled").commit({"config.json": (tiny_dir / "config.json").read_bytes(), "x.bin": b"p"})
+    config = {**json.loads((tiny_dir / "config.json").read_text()), "auto_map": {"AutoModelForCausalLM": "m.Tiny"}}
+    server.add("lethe-test/custom").commit({**files_of(tiny_dir), "config.json": json.dumps(config).encode()})
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def admin(stack_settings: Settings, hub: LoopbackHub, app_client: TestClient) -> Iterator[TestClient]:
+    """A client of an app with an admin key and the loopback hub as its hub (X-API-Key: the admin key)."""
+    settings = stack_settings.model_copy(update={"admin_api_key": SecretStr(ADMIN_KEY), "hf_endpoint": hub.url})
+    with TestClient(create_app(settings), headers={"X-API-Key": ADMIN_KEY}) as client:
+        yield client
+
+
+def _names(client: TestClient, api_key: str) -> set[str]:
+    return {b["name"] for b in client.get("/v1/base-models", headers={"X-API-Key": api_key}).json()}
+
+
+def test_an_admin_registers_a_hub_model_pinned_to_its_commit(
+    admin: TestClient, hub: LoopbackHub, tiny_dir: Path, api_key: str
+) -> None:
+    name = f"tiny-hub-{uuid.uuid4().hex[:8]}"
+    response = admin.post("/v1/base-models", json={"name": name, "source": f"hf:{REPO}@main", "description": "t"})
+    assert response.status_code == 201, response.text
+    commit = hub.repos[REPO].refs["main"]
+    body = response.json()
+    assert body["source"] == f"hf:{REPO}@{commit}"
+    assert (body["revision"], body["requested_revision"], body["n_layers"]) == (commit, "main", 2)
+    assert body["weights_sha256"] == directory_weights_sha256(tiny_dir, ["model.safetensors"])
+    assert hub.downloads == ["config.json"]
+    published = {b["name"]: b for b in admin.get("/v1/base-models", headers={"X-API-Key": api_key}).json()}
+    assert published[name]["source"] == body["source"]
+
+
+def test_an_admin_registers_a_local_checkpoint_with_its_digest(admin: TestClient, tiny_dir: Path) -> None:
+    response = admin.post("/v1/base-models", json={"name": "tiny-path-api", "source": f"path:{tiny_dir}"})
+    assert response.status_code == 201, response.text
+    assert response.json()["weights_sha256"] == directory_weights_sha256(tiny_dir, ["model.safetensors"])
+    assert response.json()["revision"] is None
+
+
+def test_registering_needs_the_admin_key(admin: TestClient, app_client: TestClient, api_key: str) -> None:
+    body = {"name": "not-registered", "source": f"hf:{REPO}@main"}
+    missing = admin.post("/v1/base-models", json=body, headers={"X-API-Key": ""})
+    assert (missing.status_code, missing.json()["error"]) == (401, "unauthorized")
+    tenant = admin.post("/v1/base-models", json=body, headers={"X-API-Key": api_key})
+    assert (tenant.status_code, tenant.json()["error"]) == (403, "forbidden")
+    assert "LETHE_ADMIN_API_KEY" in tenant.json()["detail"]
+    # The session's app has no admin key configured: refused, naming the setting.
+    unconfigured = app_client.post("/v1/base-models", json=body, headers={"X-API-Key": ADMIN_KEY})
+    assert unconfigured.status_code == 403
+    assert "none is configured (set LETHE_ADMIN_API_KEY)" in unconfigured.json()["detail"]
+    assert "not-registered" not in _names(admin, api_key)
+
+
+@pytest.mark.parametrize(
+    ("source", "detail"),
+    [
+        ("s3://bucket/model", "unknown scheme 's3'"),
+        ("hf:not a repo", "is not a hub repository id"),
+        ("hf:lethe-test/nope@main", "repository 'lethe-test/nope' not found on the hub"),
+        (f"hf:{REPO}@v9", "revision 'v9' not found on the hub"),
+        ("hf:lethe-test/pickled", "no safetensors weights .* x.bin, and pickled weights are never loaded"),
+        ("hf:lethe-test/custom@main", "auto_map.*trust_remote_code"),
+        ("path:/no/such/dir", "/no/such/dir is not a directory"),
+        ("path:relative/dir", "path:/absolute/dir"),
+        ("bundled:gpt-5", "no such bundled base model"),
+    ],
+)
+def test_a_bad_source_is_a_422_naming_it_and_writes_nothing(
+    admin: TestClient, api_key: str, source: str, detail: str
+) -> None:
+    name = f"bad-{uuid.uuid4().hex[:8]}"
+    response = admin.post("/v1/base-models", json={"name": name, "source": source})
+    assert (response.status_code, response.json()["error"]) == (422, "invalid_input"), response.text
+    assert response.json()["detail"].startswith("source")
+    assert re.search(detail, response.json()["detail"]), response.json()["detail"]
+    assert name not in _names(admin, api_key)
+
+
+def test_a_bundled_name_cannot_be_repointed(admin: TestClient, tiny_dir: Path) -> None:
+    response = admin.post("/v1/base-models", json={"name": "smollm2-135m-instruct", "source": f"path:{tiny_dir}"})
+    assert response.status_code == 422
+    assert "is a bundled base model" in response.json()["detail"]
+
+
+def test_an_unreachable_hub_is_a_503_and_writes_nothing(admin: TestClient, hub: LoopbackHub, api_key: str) -> None:
+    hub.stop()
+    response = admin.post("/v1/base-models", json={"name": "tiny-hub-down", "source": f"hf:{REPO}@main"})
+    assert response.status_code == 503, response.text
+    assert "could not be reached" in response.json()["detail"]
+    assert "tiny-hub-down" not in _names(admin, api_key)
