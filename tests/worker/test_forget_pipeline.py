@@ -16,10 +16,13 @@ from sqlalchemy.orm import Session
 from api.schemas import MetricOut
 from api.services.base_models import register_base_model
 from api.services.jobs import get_job
+from lethe.base_model_sources import HubSource
+from lethe.hub import HubOptions, resolve
 from lethe.settings import Settings
 from models.db import session_scope
 from models.repositories import (
     AdapterRepository,
+    BaseModelRepository,
     Claim,
     CurvePointRepository,
     DatasetRepository,
@@ -31,6 +34,7 @@ from models.repositories import (
 from models.tables import Dataset, Job, utcnow
 from storage import ObjectStore, open_store
 from storage.keys import before_forgetting_key, checkpoint_manifest_key, checkpoint_tensors_key, dataset_key
+from tests.hub_server import LoopbackHub, files_of
 from tests.tiny_lm import synthetic_choice_rows
 from worker.engine.forget.snapshot import ForgetSnapshot
 from worker.engine.lm.load import BaseLMCache
@@ -46,10 +50,14 @@ def _queued_job(
     audit: dict | None = None,
     method: dict | None = None,
     finetune: dict | None = None,
+    spec_fields: dict | None = None,
 ) -> uuid.UUID:
     content = "".join(json.dumps(r) + "\n" for r in synthetic_choice_rows(12, seed=5)).encode()
     with session_scope(settings.database_url) as session:
-        register_base_model(session, base_model, source)
+        if source.startswith("hf:"):
+            BaseModelRepository(session).upsert(base_model, source, "", None)
+        else:
+            register_base_model(session, base_model, source)
         tenant = TenantRepository(session).get_or_create("pipeline-tests")
         dataset_id = uuid.uuid4()
         key = dataset_key(tenant.id, dataset_id)
@@ -80,6 +88,7 @@ def _queued_job(
         }
         if audit is not None:
             spec["audit"] = audit
+        spec.update(spec_fields or {})
         return JobRepository(session).add(Job(tenant_id=tenant.id, kind="forget", status="queued", spec=spec)).id
 
 
@@ -110,6 +119,45 @@ def test_a_missing_base_model_fails_the_job_with_a_code(stack_settings: Settings
         assert job is not None and job.status == "failed" and job.error_code == "base_model_unavailable"
         assert "tiny-gone" in (job.error_message or "")
         assert AdapterRepository(session).get_for_job(job_id) is None
+
+
+def test_a_hub_base_model_is_loaded_and_named_in_the_adapters_provenance(
+    stack_settings: Settings, tiny_lm_dir: Path, tmp_path: Path
+) -> None:
+    hub = LoopbackHub().start()
+    try:
+        hub.add("lethe-test/tiny-pipeline").commit(files_of(tiny_lm_dir))
+        options = HubOptions(cache_dir=tmp_path / "hf", endpoint=hub.url, offline=False)
+        resolved = resolve(HubSource("lethe-test/tiny-pipeline", "main"), options)
+        recorded = {
+            "base_model_weights_sha256": resolved.weights_sha256,
+            "base_model_revision": resolved.source.revision,
+        }
+        job_id = _queued_job(stack_settings, "tiny-hub", str(resolved.source), spec_fields=recorded)
+        store, cache = open_store(stack_settings), BaseLMCache(tmp_path / "lm", options)
+        assert run_forget_job(stack_settings, store, cache, job_id) == "succeeded"
+        with session_scope(stack_settings.database_url) as session:
+            adapter = AdapterRepository(session).get_for_job(job_id)
+            assert adapter is not None
+        with tarfile.open(fileobj=io.BytesIO(store.get(adapter.object_key)), mode="r:gz") as archive:
+            member = next(m for m in archive.getmembers() if m.name.endswith("manifest.json"))
+            handle = archive.extractfile(member)
+            assert handle is not None
+            manifest = json.loads(handle.read())
+        assert manifest["base_model_source"] == str(resolved.source)
+        assert {k: manifest[k] for k in recorded} == recorded
+
+        # Other weights under the same source (the registered digest says otherwise): the job fails, with a code.
+        tampered = {**recorded, "base_model_weights_sha256": "f" * 64}
+        job_id = _queued_job(stack_settings, "tiny-hub", str(resolved.source), spec_fields=tampered)
+        fresh = BaseLMCache(tmp_path / "lm", options)
+        assert run_forget_job(stack_settings, store, fresh, job_id) == "failed"
+        with session_scope(stack_settings.database_url) as session:
+            job = JobRepository(session).get_any_tenant(job_id)
+            assert job is not None and job.error_code == "base_model_unavailable"
+            assert f"not {'f' * 64} as registered" in (job.error_message or "")
+    finally:
+        hub.stop()
 
 
 def test_a_failed_catalogue_write_leaves_no_objects(

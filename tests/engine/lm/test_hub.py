@@ -47,9 +47,10 @@ def test_the_digest_is_sha256sum_of_the_sorted_weight_files(tiny_lm_dir: Path) -
     # What `LC_ALL=C sha256sum model.safetensors | sha256sum` prints.
     expected = hashlib.sha256(f"{file_hash}  model.safetensors\n".encode()).hexdigest()
     assert directory_weights_sha256(tiny_lm_dir, ["model.safetensors"]) == expected
-    assert weights_sha256({"b.safetensors": "2", "a.safetensors": "1"}) == hashlib.sha256(
-        b"1  a.safetensors\n2  b.safetensors\n"
-    ).hexdigest()
+    assert (
+        weights_sha256({"b.safetensors": "2", "a.safetensors": "1"})
+        == hashlib.sha256(b"1  a.safetensors\n2  b.safetensors\n").hexdigest()
+    )
 
 
 def test_registration_pins_the_commit_and_digests_without_downloading_weights(
@@ -75,9 +76,7 @@ def test_a_worker_downloads_the_snapshot_once_and_only_the_allowed_files(
     assert "model.safetensors" in hub.downloads and "config.json" in hub.downloads
     assert not {"pytorch_model.bin", "modeling_tiny.py", "README.md"} & set(hub.downloads)
     reference = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
-    assert all(
-        (p.detach() == q).all() for p, q in zip(loaded.lm.parameters(), reference.parameters(), strict=True)
-    )
+    assert all((p.detach() == q).all() for p, q in zip(loaded.lm.parameters(), reference.parameters(), strict=True))
 
 
 def test_offline_loads_from_the_cache_and_names_a_missing_model(hub: LoopbackHub, tmp_path: Path) -> None:
