@@ -19,9 +19,11 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     # The column has existed since 0001 and nothing wrote it: renamed, with its foreign key renamed to match the
     # naming convention (batch mode: SQLite rebuilds the table).
+    # Two batches: SQLite's rebuild loses a foreign key created in the batch that renames its column.
     with op.batch_alter_table("adapters") as batch:
         batch.drop_constraint("fk_adapters_parent_id_adapters", type_="foreignkey")
         batch.alter_column("parent_id", new_column_name="parent_adapter_id")
+    with op.batch_alter_table("adapters") as batch:
         batch.create_foreign_key(
             op.f("fk_adapters_parent_adapter_id_adapters"), "adapters", ["parent_adapter_id"], ["id"]
         )
@@ -31,4 +33,5 @@ def downgrade() -> None:
     with op.batch_alter_table("adapters") as batch:
         batch.drop_constraint("fk_adapters_parent_adapter_id_adapters", type_="foreignkey")
         batch.alter_column("parent_adapter_id", new_column_name="parent_id")
+    with op.batch_alter_table("adapters") as batch:
         batch.create_foreign_key(op.f("fk_adapters_parent_id_adapters"), "adapters", ["parent_id"], ["id"])
