@@ -317,6 +317,19 @@ class ForgetRequestIn(BaseModel):
     audit: AuditSpecIn | None = Field(
         None, description="Audit the adapter right after forgetting: the audit's id appears on the job (audit_ids)."
     )
+    parent_adapter: uuid.UUID | None = Field(
+        None,
+        description=(
+            "Stack this request on an earlier adapter of yours (GET /v1/adapters/{id}): the job starts from the base "
+            "LM with the parent's LoRA weights, so the new adapter is the parent continued and applies to the base "
+            "LM alone. The parent must be on the same base model, with the same method.params lora_rank, lora_alpha "
+            "and LoRA layers. The stage `parent` measures that starting point (the LM before forgetting unless "
+            "`finetune` is given: a fine-tune then continues from the parent's weights); every stage also scores "
+            "the forget sets of the parent and its ancestors, split as their own jobs split them "
+            "(parent_forget_train:<name>, parent_forget_heldout:<name>), to show that forgetting did not bring them "
+            "back. The new adapter records its parent (parent_adapter_id, lineage)."
+        ),
+    )
 
 
 class JobAccepted(BaseModel):
@@ -325,8 +338,11 @@ class JobAccepted(BaseModel):
 
 
 class MetricOut(BaseModel):
-    stage: str = Field(description="base | finetuned | forgotten")
-    split: str = Field(description="forget_train | forget_heldout | retain:<dataset name> | utility:general_text")
+    stage: str = Field(description="base | parent (stacked requests) | finetuned | forgotten")
+    split: str = Field(
+        description="forget_train | forget_heldout | retain:<dataset name> | utility:general_text | "
+        "parent_forget_train:<dataset name> | parent_forget_heldout:<dataset name> (stacked requests)"
+    )
     name: str = Field(description="A metric from GET /v1/metrics.")
     value: float
     layer: int | None = Field(description="Layer of a probe metric (0 = embeddings); null otherwise.")
@@ -338,7 +354,10 @@ class MetricOut(BaseModel):
 
 
 class CurvePointOut(BaseModel):
-    split: str = Field(description="forget_train | forget_heldout | retain:<dataset name>")
+    split: str = Field(
+        description="forget_train | forget_heldout | retain:<dataset name> | parent_forget_train:<dataset name> | "
+        "parent_forget_heldout:<dataset name>"
+    )
     name: str = Field(description="The split's primary metric: accuracy | answer_probability | text_probability.")
     step: int = Field(description="Optimiser steps of forgetting done when it was measured.")
     value: float
@@ -406,6 +425,12 @@ class AdapterOut(BaseModel):
     base_model: str
     sha256: str
     size_bytes: int
+    parent_adapter_id: uuid.UUID | None = Field(
+        description="The adapter this one continued (a forget request's parent_adapter); null for a root adapter."
+    )
+    lineage: list[uuid.UUID] = Field(
+        description="The adapters this one descends from: its parent first, up to the root; empty for a root."
+    )
 
 
 class Health(BaseModel):

@@ -54,9 +54,12 @@ class _Split:
         return cls(train=rows - heldout, heldout=heldout)
 
 
-def forget_request_cost(spec: ForgetJobSpec, forget_rows: int, retain_rows: int) -> CostEstimate:
+def forget_request_cost(
+    spec: ForgetJobSpec, forget_rows: int, retain_rows: int, parent_forget_rows: int = 0
+) -> CostEstimate:
     """The cost of a forget job (and of the audit it requests), forget_rows and retain_rows being the row counts
-    of its forget dataset and of its retain datasets together.
+    of its forget dataset and of its retain datasets together, parent_forget_rows those of the forget datasets of
+    a stacked request's parent and ancestors (scored at every evaluation too).
 
     With n forget-train rows, R retain rows, batch size b, E forgetting epochs and max_steps S:
         finetune   = n * finetune epochs
@@ -67,7 +70,8 @@ def forget_request_cost(spec: ForgetJobSpec, forget_rows: int, retain_rows: int)
         retain     = steps * min(b, R) if the method trains on retain rows (lwf: min(E * R, (steps − U') * b)
                      learning rows, plus its fisher_rows)
         lwf adds     2 * n for generating each row's continuation and its confidence gradient
-        evaluation = (2 evaluations, 3 with a fine-tune, + one per check while forgetting) * all rows / 3,
+        evaluation = (2 evaluations, 3 with a fine-tune, one more from a parent adapter, + one per check while
+                     forgetting) * all rows / 3,
                      a check coming every evaluate_every steps, or every epoch
         audit      = audit_cost(...) of the requested audit
     """
@@ -92,7 +96,7 @@ def forget_request_cost(spec: ForgetJobSpec, forget_rows: int, retain_rows: int)
         "retain": float(retain),
         "preparation": 2.0 * n if isinstance(params, LWFParams) else 0.0,
         "evaluation": _evaluation_rows(params, spec, steps, (epoch_steps + interleaved) / params.epochs)
-        * (forget_rows + retain_rows)
+        * (forget_rows + retain_rows + parent_forget_rows)
         * SCORED_ROW,
     }
     if spec.audit is not None:
@@ -103,7 +107,7 @@ def forget_request_cost(spec: ForgetJobSpec, forget_rows: int, retain_rows: int)
 def _evaluation_rows(params: MethodParams, spec: ForgetJobSpec, steps: float, steps_per_epoch: float) -> float:
     """How many times every row is scored: before forgetting, after the fine-tune, after forgetting, and at each
     check while forgetting (worker/engine/forget/progress.py plans the same)."""
-    full = 3 if spec.finetune else 2
+    full = (3 if spec.finetune else 2) + (1 if spec.parent_adapter is not None else 0)
     checks = math.ceil(steps / steps_per_epoch) if params.evaluate_every is None else steps // params.evaluate_every
     return float(full + checks)
 

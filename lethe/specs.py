@@ -82,3 +82,6 @@ class ForgetJobSpec(_Spec):
     seed: int = Field(ge=0)
     # An audit to run on the adapter as soon as the job succeeds.
     audit: AuditSpec | None = None
+    # A stacked request: the tenant's earlier adapter (same base model, LoRA rank, alpha and layers) whose weights
+    # the job's LoRA starts from; the new adapter records it as its parent.
+    parent_adapter: uuid.UUID | None = None

@@ -444,6 +444,22 @@ class AdapterRepository(TenantScopedRepository[Adapter]):
     def get_for_job(self, job_id: uuid.UUID) -> Adapter | None:
         return self.session.scalar(select(Adapter).where(Adapter.job_id == job_id))
 
+    def ancestors(self, adapter: Adapter) -> list[Adapter]:
+        """The adapters `adapter` descends from, its parent first, up to the root (one query per generation: a
+        lineage is as long as the requests a user stacked)."""
+        chain: list[Adapter] = []
+        seen = {adapter.id}
+        parent_id = adapter.parent_adapter_id
+        while parent_id is not None:
+            parent = self.get(adapter.tenant_id, parent_id)
+            # A parent is written before its child, so a lineage has no cycle; the guard keeps a corrupt one finite.
+            if parent is None or parent.id in seen:
+                break
+            chain.append(parent)
+            seen.add(parent.id)
+            parent_id = parent.parent_adapter_id
+        return chain
+
 
 class AuditRepository(TenantScopedRepository[Audit]):
     table = Audit

@@ -218,8 +218,8 @@ class Adapter(Base):
     object_key: Mapped[str] = mapped_column(String(300))
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer)
-    # Lineage: the adapter this one was derived from (later: audits, re-forgetting).
-    parent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("adapters.id"), default=None)
+    # Lineage: the adapter a stacked forget request continued (its job started from this parent's weights).
+    parent_adapter_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("adapters.id"), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -22,8 +22,18 @@ def _adapter(session: SessionDep, tenant_id: uuid.UUID, adapter_id: uuid.UUID) -
 
 @router.get("/{adapter_id}", response_model=AdapterOut, responses=error_responses(401, 404, 422, 429))
 def get_adapter(adapter_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> AdapterOut:
-    """An adapter's provenance and checksum."""
-    return AdapterOut.model_validate(_adapter(session, tenant_id, adapter_id), from_attributes=True)
+    """An adapter's provenance, checksum and lineage."""
+    adapter = _adapter(session, tenant_id, adapter_id)
+    lineage = [a.id for a in AdapterRepository(session).ancestors(adapter)]
+    return AdapterOut(
+        id=adapter.id,
+        job_id=adapter.job_id,
+        base_model=adapter.base_model,
+        sha256=adapter.sha256,
+        size_bytes=adapter.size_bytes,
+        parent_adapter_id=adapter.parent_adapter_id,
+        lineage=lineage,
+    )
 
 
 @router.get(

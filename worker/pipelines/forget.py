@@ -15,7 +15,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from importlib import metadata
 from importlib.resources import files
@@ -40,9 +40,9 @@ from models.repositories import (
 from models.tables import Adapter, CurvePoint, Dataset, Metric, utcnow
 from storage import ObjectStore
 from storage.keys import adapter_key, before_forgetting_key, per_example_key
-from worker.engine.forget.run import ForgetOutcome, ForgetPlan, run_forget
+from worker.engine.forget.run import ForgetOutcome, ForgetPlan, ParentAdapter, run_forget
 from worker.engine.forget.snapshot import Snapshots
-from worker.engine.lm.adapter import adapter_archive
+from worker.engine.lm.adapter import adapter_archive, archived_weights
 from worker.engine.lm.load import BaseLMCache, LoadedLM
 from worker.pipelines.checkpoints import JobCheckpoint, spec_sha256
 from worker.pipelines.jobs import JobFailure, ProgressReporter, held_claim, put_undoable, run_job, run_next_job
@@ -57,6 +57,11 @@ class ForgetInputs:
     forget_rows: list[Row]
     retain: dict[str, list[Row]]
     dataset_hashes: dict[str, str]
+    # A stacked request's parent adapter (weights and its lineage's forget sets), its lineage (parent first) and
+    # the hashes of the lineage's forget datasets by split name.
+    parent: ParentAdapter | None = None
+    lineage: list[uuid.UUID] = field(default_factory=list)
+    parent_dataset_hashes: dict[str, str] = field(default_factory=dict)
 
 
 def load_base(lm_cache: BaseLMCache, spec: ForgetJobSpec) -> LoadedLM:
@@ -80,24 +85,84 @@ def general_text_rows() -> list[TextRow]:
 
 
 def load_forget_inputs(settings: Settings, store: ObjectStore, job_id: uuid.UUID) -> ForgetInputs:
-    """The forget job's spec and rows (forget set, retain sets by name) with the datasets' hashes."""
+    """The forget job's spec and rows (forget set, retain sets by name) with the datasets' hashes, and a stacked
+    request's parent adapter."""
     with session_scope(settings.database_url) as session:
         job = JobRepository(session).get_any_tenant(job_id)
         assert job is not None
         spec = ForgetJobSpec.model_validate(job.spec)
         datasets: dict[uuid.UUID, Dataset] = {}
         for dataset_id in [spec.forget_dataset, *spec.retain_datasets]:
-            dataset = DatasetRepository(session).get(job.tenant_id, dataset_id)
-            if dataset is None:
-                raise JobFailure("dataset_missing", f"dataset {dataset_id} no longer exists")
-            datasets[dataset_id] = dataset
-    return ForgetInputs(
+            datasets[dataset_id] = _dataset(session, job.tenant_id, dataset_id)
+        lineage = _lineage(session, job.tenant_id, spec.parent_adapter) if spec.parent_adapter is not None else []
+    inputs = ForgetInputs(
         tenant_id=job.tenant_id,
         spec=spec,
         forget_rows=_rows(store, datasets[spec.forget_dataset]),
         retain={datasets[i].name: _rows(store, datasets[i]) for i in spec.retain_datasets},
         dataset_hashes={d.name: d.sha256 for d in datasets.values()},
     )
+    if lineage:
+        _add_parent(inputs, store, lineage)
+    return inputs
+
+
+@dataclass
+class _Ancestor:
+    """An adapter of a stacked request's lineage, with what its job forgot and how it split it."""
+
+    adapter: Adapter
+    forget_dataset: Dataset
+    heldout_fraction: float
+    seed: int
+
+
+def _dataset(session: Session, tenant_id: uuid.UUID, dataset_id: uuid.UUID) -> Dataset:
+    dataset = DatasetRepository(session).get(tenant_id, dataset_id)
+    if dataset is None:
+        raise JobFailure("dataset_missing", f"dataset {dataset_id} no longer exists")
+    return dataset
+
+
+def _lineage(session: Session, tenant_id: uuid.UUID, parent_id: uuid.UUID) -> list[_Ancestor]:
+    """The parent adapter and its ancestors, parent first, each with its job's forget dataset and split."""
+    adapters = AdapterRepository(session)
+    parent = adapters.get(tenant_id, parent_id)
+    if parent is None:
+        raise JobFailure("parent_adapter_missing", f"parent adapter {parent_id} no longer exists")
+    lineage = []
+    for adapter in [parent, *adapters.ancestors(parent)]:
+        job = JobRepository(session).get_any_tenant(adapter.job_id)
+        if job is None:
+            raise JobFailure("parent_adapter_missing", f"the job of adapter {adapter.id} no longer exists")
+        spec = ForgetJobSpec.model_validate(job.spec)
+        dataset = _dataset(session, tenant_id, spec.forget_dataset)
+        lineage.append(_Ancestor(adapter, dataset, spec.heldout_fraction, spec.seed))
+    return lineage
+
+
+def _add_parent(inputs: ForgetInputs, store: ObjectStore, lineage: list[_Ancestor]) -> None:
+    """The parent's weights (read from its archive's safetensors, no LM opened) and each ancestor's forget set,
+    split as its own job split it, by dataset name (a name a different split already took gets the adapter's id)."""
+    forget_sets: dict[str, tuple[list[Row], list[Row]]] = {}
+    taken: dict[str, tuple[uuid.UUID, float, int]] = {}
+    for ancestor in lineage:
+        split_key = (ancestor.forget_dataset.id, ancestor.heldout_fraction, ancestor.seed)
+        name = ancestor.forget_dataset.name
+        if taken.get(name) == split_key:
+            continue  # the same rows, split the same way, by an earlier generation: scored once
+        if name in taken:
+            name = f"{name} (adapter {ancestor.adapter.id})"
+        taken[name] = split_key
+        rows = _rows(store, ancestor.forget_dataset)
+        forget_sets[name] = split_heldout(rows, ancestor.heldout_fraction, ancestor.seed)
+        inputs.parent_dataset_hashes[name] = ancestor.forget_dataset.sha256
+    try:
+        weights = archived_weights(store.get(lineage[0].adapter.object_key))
+    except ValueError as exc:
+        raise JobFailure("parent_adapter_unreadable", f"parent adapter {lineage[0].adapter.id}: {exc}") from exc
+    inputs.parent = ParentAdapter(weights, forget_sets)
+    inputs.lineage = [ancestor.adapter.id for ancestor in lineage]
 
 
 def _provenance(
@@ -117,6 +182,9 @@ def _provenance(
         "heldout_fraction": spec.heldout_fraction,
         "seed": spec.seed,
         "dataset_sha256": inputs.dataset_hashes,
+        "parent_adapter": str(spec.parent_adapter) if spec.parent_adapter else None,
+        "lineage": [str(adapter_id) for adapter_id in inputs.lineage],
+        "parent_forget_dataset_sha256": inputs.parent_dataset_hashes,
         "steps": outcome.forgetting.steps,
         "stop_reason": outcome.forgetting.stop_reason,
         "target_reached": outcome.forgetting.target_reached,
@@ -218,7 +286,17 @@ def _forget(
         seed=spec.seed,
     )
     general_text = general_text_rows() if spec.general_text_perplexity else []
-    outcome = run_forget(base, plan, forget_train, forget_heldout, inputs.retain, report, general_text, snapshots)
+    outcome = run_forget(
+        base,
+        plan,
+        forget_train,
+        forget_heldout,
+        inputs.retain,
+        report,
+        general_text,
+        snapshots,
+        parent=inputs.parent,
+    )
 
     report("storing", 0.0)
     provenance = _provenance(job_id, inputs, outcome, base.weights_sha256)
@@ -227,6 +305,7 @@ def _forget(
         spec.base_model,
         outcome.metrics,
         provenance,
+        base_model_source=spec.base_model_source,
         forgetting=outcome.forgetting,
         curves=outcome.curves,
     )
@@ -239,6 +318,7 @@ def _forget(
         object_key=adapter_key(inputs.tenant_id, adapter_id),
         sha256=hashlib.sha256(archive).hexdigest(),
         size_bytes=len(archive),
+        parent_adapter_id=spec.parent_adapter,
     )
     evidence = per_example_key(inputs.tenant_id, job_id)
     # A broker that refuses the audit job fails that job, not this one (the unit of work logs it).

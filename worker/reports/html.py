@@ -24,8 +24,8 @@ REASON_TEXT = {
     "interval_spans_threshold": "the interval contains the threshold",
 }
 
-# The order of a forget job's stages; any other stage comes after them.
-STAGES = ("base", "finetuned", "forgotten")
+# The order of a forget job's stages (`parent`: a stacked job's starting point); any other stage comes after them.
+STAGES = ("base", "parent", "finetuned", "forgotten")
 
 
 def render_html(signed: dict[str, Any]) -> str:

@@ -17,7 +17,8 @@ TRAIN_COST = 3.0
 class Progress:
     """Reports the estimated fraction of the run done; the estimate shrinks when forgetting stops early.
 
-    The plan: every split evaluated before forgetting, after the optional fine-tune and after forgetting; the
+    The plan: every split evaluated before forgetting (the base LM, and a stacked run's parent adapter: `parent`),
+    after the optional fine-tune and after forgetting; the
     fine-tune's and forgetting's trained examples; forgetting's evaluations (the primary score of every tracked
     split); a probe of the forget splits' hidden states before and after forgetting.
     """
@@ -29,6 +30,7 @@ class Progress:
         finetune_epochs: int,
         probe: bool,
         on_progress: Callable[[str, float], None],
+        parent: bool = False,
     ) -> None:
         self.on_progress = on_progress
         self.done = 0.0
@@ -37,7 +39,7 @@ class Progress:
             float(len(rows)) if split == GENERAL_TEXT else float(progress_total(rows, split in FORGET_SPLITS))
             for split, rows in splits.rows.items()
         )
-        evaluations = 3 if finetune_epochs else 2
+        evaluations = (3 if finetune_epochs else 2) + (1 if parent else 0)
         finetune_units = finetune_epochs * n_train * TRAIN_COST
         # An epoch passes over the forget-train rows (lwf: the retain rows, with its unlearning steps between).
         epoch_rows = params.epoch_rows(n_train, sum(len(splits.rows[split]) for split in splits.retain))

