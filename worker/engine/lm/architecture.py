@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
@@ -100,7 +101,7 @@ def block_layout(block: torch.nn.Module) -> BlockLayout:
         if all(_has_module(block, path) for path in layout.paths()):
             return layout
     known = "; ".join(f"{layout.name}: {', '.join(layout.paths())}" for layout in LAYOUTS)
-    raise ValueError(f"unsupported decoder block {type(block).__name__}: it has none of the known layouts ({known})")
+    raise ValueError(f"decoder block {type(block).__name__} matches none of the known layouts ({known})")
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,15 @@ class Architecture:
         return self.block(layer).get_submodule(self.layout.attention_value)
 
     def linear_paths(self) -> list[str]:
-        """The paths inside a block of its linear layers (Linear or Conv1D), as in block 0, sorted."""
-        return sorted(name for name, module in self.blocks[0].named_modules() if isinstance(module, LINEAR_TYPES))
+        """The paths inside a block of its linear layers (Linear or Conv1D), as in block 0, sorted; where peft
+        wrapped one with an adapter, the wrapper's (not those of the base layer and adapter matrices inside it)."""
+        paths: list[str] = []
+        for name, module in self.blocks[0].named_modules():
+            if any(name.startswith(path + ".") for path in paths):
+                continue
+            if isinstance(module, (*LINEAR_TYPES, BaseTunerLayer)):
+                paths.append(name)
+        return sorted(paths)
 
     def locate(self, name: str) -> tuple[int, str] | None:
         """(block, path inside the block) of the parameter or module `name`, e.g. `base_model.model.model.layers.3.
