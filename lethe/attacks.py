@@ -161,8 +161,9 @@ class RestoreParams(_WindowedParams):
         min_length=1,
         description=(
             "Adapter parameters put back to their pre-forgetting values, per window of layers: value_vectors = the "
-            "MLP's output projection (down_proj, whose columns are the MLP's value vectors); mlp = gate, up and "
-            "down projections; attention = q, k, v and o projections."
+            "MLP's output projection (whose columns are the MLP's value vectors: down_proj in Llama-like LMs and "
+            "Phi-3, dense_4h_to_h in GPT-NeoX, the MLP's c_proj in GPT-2); mlp = the whole MLP (Llama: gate, up "
+            "and down projections); attention = the whole attention (Llama: q, k, v and o projections)."
         ),
     )
 
@@ -198,7 +199,8 @@ class PatchParams(_WindowedParams):
         min_length=1,
         description=(
             "Activations of the pre-forgetting LM (same input) patched into the forgotten LM, per window of layers: "
-            "mlp_coefficients = the input of the MLP's down_proj (the coefficients of its value vectors); "
+            "mlp_coefficients = the input of the MLP's output projection (down_proj in Llama; the coefficients of "
+            "its value vectors); "
             "attention_output = the attention module's output. Never the whole residual stream."
         ),
     )
@@ -363,9 +365,10 @@ ATTACKS.register(
     AttackSpec(
         "restore",
         "Parameter restoration (Hong et al., arXiv 2410.06606): per window of consecutive layers, put one component's "
-        "adapter parameters back to their pre-forgetting values (value_vectors: down_proj only; mlp: gate, up and "
-        "down; attention: q, k, v, o) and score the Knowledge Recovery Score on the answer logits, KRS = 1 - "
-        "MSE(before, restored) / MSE(before, forgotten), averaged over rows." + _LOCALIZATION,
+        "adapter parameters back to their pre-forgetting values (value_vectors: the MLP's output projection only, "
+        "down_proj in Llama; mlp: the whole MLP; attention: the whole attention) and score the Knowledge Recovery "
+        "Score on the answer logits, KRS = 1 - MSE(before, restored) / MSE(before, forgotten), averaged over "
+        "rows." + _LOCALIZATION,
         RestoreParams,
         implementation="worker.engine.audit.attacks.restore:restore",
         diagnostic=True,
@@ -377,9 +380,9 @@ ATTACKS.register(
         "patch",
         "Activation patching (Hong et al., arXiv 2410.06606): per window of consecutive layers, replace one "
         "component's activations in the forgotten LM by the pre-forgetting LM's on the same input (mlp_coefficients: "
-        "the input of down_proj; attention_output: the attention module's output; never the residual stream) and "
-        "score the Knowledge Recovery Score on the answer logits, KRS = 1 - MSE(before, patched) / MSE(before, "
-        "forgotten), averaged over rows." + _LOCALIZATION,
+        "the input of the MLP's output projection, down_proj in Llama; attention_output: the attention module's "
+        "output; never the residual stream) and score the Knowledge Recovery Score on the answer logits, KRS = 1 - "
+        "MSE(before, patched) / MSE(before, forgotten), averaged over rows." + _LOCALIZATION,
         PatchParams,
         implementation="worker.engine.audit.attacks.patch:patch",
         diagnostic=True,

@@ -321,7 +321,8 @@ class RMUParams(MethodParams):
         "all",
         description=(
             "all = train the LoRA adapters of every linear layer of trained_layers; down_proj = only those of the "
-            "MLP's down_proj (the WMDP code's choice), the others frozen at their values before forgetting. "
+            "MLP's output projection (the WMDP code's choice; down_proj in Llama-like LMs and Phi-3, dense_4h_to_h "
+            "in GPT-NeoX, the MLP's c_proj in GPT-2), the others frozen at their values before forgetting. "
             "down_proj trains fewer weights and needs more steps: on SmolLM2 without a fine-tune its 20 default "
             "steps took a choice task's forget-train accuracy from 0.64 to 0.60 only, short of the target."
         ),
@@ -600,7 +601,7 @@ METHODS.register(
             "activation with its adapter disabled. c is adaptive by default (Dang et al., arXiv 2408.06223): "
             "steering_scale * the mean norm of the layer's activations on the forget-train rows before forgetting, "
             "so that it fits any LM's scale. Only trained_layers get LoRA adapters (with trained_modules=down_proj "
-            "only their MLP down_proj ones train, as WMDP's code)."
+            "only those of their MLP's output projection train, as WMDP's code)."
         ),
         params_model=RMUParams,
     ),

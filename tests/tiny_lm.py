@@ -7,7 +7,20 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    GemmaConfig,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    MistralConfig,
+    OlmoConfig,
+    Phi3Config,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
 
 EOS = "<|endoftext|>"
 PAD = "<pad>"
@@ -76,8 +89,8 @@ def task_corpus() -> list[str]:
     ]
 
 
-def build_tiny_lm(directory: Path, corpus: list[str]) -> Path:
-    """Save a byte-level BPE tokenizer trained on `corpus` and a randomly initialised tiny Llama (seed 0)."""
+def _save_tokenizer(directory: Path, corpus: list[str]) -> PreTrainedTokenizerFast:
+    """Save a byte-level BPE tokenizer trained on `corpus` into `directory` and return it."""
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -88,7 +101,20 @@ def build_tiny_lm(directory: Path, corpus: list[str]) -> Path:
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=PAD)
     fast.save_pretrained(directory)
+    return fast
 
+
+def _save_lm(directory: Path, config: PretrainedConfig) -> None:
+    """Save a randomly initialised causal LM of `config` (seed 0) into `directory`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        lm = AutoModelForCausalLM.from_config(config)
+    lm.save_pretrained(directory)
+
+
+def build_tiny_lm(directory: Path, corpus: list[str]) -> Path:
+    """Save a byte-level BPE tokenizer trained on `corpus` and a randomly initialised tiny Llama (seed 0)."""
+    fast = _save_tokenizer(directory, corpus)
     config = LlamaConfig(
         vocab_size=len(fast),
         hidden_size=32,
@@ -102,8 +128,54 @@ def build_tiny_lm(directory: Path, corpus: list[str]) -> Path:
         bos_token_id=None,
         tie_word_embeddings=False,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        lm = LlamaForCausalLM(config)
-    lm.save_pretrained(directory)
+    _save_lm(directory, config)
+    return directory
+
+
+# The decoder families Lethe supports, each as its transformers config class (the LM class follows from it).
+FAMILY_CONFIGS: dict[str, type[PretrainedConfig]] = {
+    "llama": LlamaConfig,
+    "mistral": MistralConfig,
+    "qwen2": Qwen2Config,
+    "qwen3": Qwen3Config,
+    "gemma": GemmaConfig,
+    "phi3": Phi3Config,
+    "olmo": OlmoConfig,
+    "gpt_neox": GPTNeoXConfig,
+    "gpt2": GPT2Config,
+}
+FAMILIES = list(FAMILY_CONFIGS)
+
+
+def tiny_family_config(family: str, vocab_size: int, eos_token_id: int, pad_token_id: int) -> PretrainedConfig:
+    """A tiny config of `family`: 2 blocks, width 32, 4 heads of 8, MLP width 64, 128 positions, no dropout; every
+    other setting is the family's default (Gemma and GPT-2 tie their head to the embeddings, as their LMs do)."""
+    tokens = {
+        "vocab_size": vocab_size,
+        "eos_token_id": eos_token_id,
+        "pad_token_id": pad_token_id,
+        "bos_token_id": None,
+    }
+    if family == "gpt2":
+        # GPT-2's MLP is 4 × n_embd wide (n_inner=None); its dropouts default to 0.1.
+        return GPT2Config(
+            n_embd=32, n_layer=2, n_head=4, n_positions=128, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **tokens
+        )
+    shape = {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "max_position_embeddings": 128,
+    }
+    if family != "gpt_neox":
+        # Qwen3's and Gemma's head_dim default to 128 and 256 whatever the width.
+        shape |= {"num_key_value_heads": 4, "head_dim": 8}
+    return FAMILY_CONFIGS[family](**shape, **tokens)
+
+
+def build_tiny_family_lm(directory: Path, corpus: list[str], family: str) -> Path:
+    """Save the tokenizer of `build_tiny_lm` and a randomly initialised tiny LM of `family` (seed 0)."""
+    fast = _save_tokenizer(directory, corpus)
+    _save_lm(directory, tiny_family_config(family, len(fast), fast.eos_token_id, fast.pad_token_id))
     return directory

@@ -11,6 +11,9 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
+
+from worker.engine.lm.architecture import describe
 
 # The adapter's weights by their parameter names in the PeftModel.
 LoraState = dict[str, torch.Tensor]
@@ -23,23 +26,26 @@ REFERENCE = "reference"
 
 
 def attach_lora(lm: PreTrainedModel, rank: int, alpha: int, layers: Sequence[int] | None = None) -> PeftModel:
-    """Wrap `lm` with fresh LoRA adapters on every linear layer (the output head excluded), or those of `layers`."""
+    """Wrap `lm` with fresh LoRA adapters on every linear layer (the output head excluded), or those of `layers`.
+
+    Linear layers are torch's Linear and GPT-2's Conv1D (peft's `all-linear` takes both); Conv1D stores its weight
+    as [in, out], which peft must be told (fan_in_fan_out). With `layers`, peft takes `layers_to_transform` only
+    with module names (the last names of the decoder blocks' linear layers) and finds the block index after
+    `layers_pattern`, the name of the LM's list of blocks (`layers`, GPT-2's `h`).
+    """
+    architecture = describe(lm)
     target_modules: str | list[str] = "all-linear"
+    layers_pattern: str | None = None
     if layers is not None:
-        # peft takes `layers_to_transform` only with module names: those of every linear layer but the head.
-        head = lm.get_output_embeddings()
-        target_modules = sorted(
-            {
-                name.rsplit(".", 1)[-1]
-                for name, m in lm.named_modules()
-                if isinstance(m, torch.nn.Linear) and m is not head
-            }
-        )
+        target_modules = sorted({path.rsplit(".", 1)[-1] for path in architecture.linear_paths()})
+        layers_pattern = architecture.blocks_name.rsplit(".", 1)[-1]
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
         target_modules=target_modules,
         layers_to_transform=list(layers) if layers is not None else None,
+        layers_pattern=layers_pattern,
+        fan_in_fan_out=isinstance(architecture.mlp_output(0), Conv1D),
         lora_dropout=0.0,
         task_type="CAUSAL_LM",
     )
@@ -71,15 +77,17 @@ def load_lora_state(peft_lm: PeftModel, state: Mapping[str, torch.Tensor]) -> No
 
 
 def train_only_modules(peft_lm: PeftModel, module: str) -> None:
-    """Freeze every LoRA parameter but those of the linear layers named `module` (e.g. down_proj).
+    """Freeze every LoRA parameter but those of the decoder blocks' module at `module`, a path inside a block
+    (e.g. `describe(lm).layout.mlp_output`: the MLP's output projection, down_proj in Llama).
 
     The frozen adapters keep their values (LoRA's zero B at initialisation: they leave the LM unchanged).
-    ValueError when the LM has no adapter on such a layer.
+    ValueError when the LM has no adapter on such a module.
     """
+    architecture = describe(peft_lm)
     parameters = _lora_parameters(peft_lm)
-    kept = {name for name in parameters if f".{module}.lora_" in name}
+    kept = {name for name in parameters if architecture.in_module(name, module)}
     if not kept:
-        raise ValueError(f"the LM has no LoRA adapter on a {module} layer")
+        raise ValueError(f"the LM has no LoRA adapter on a {module} module of its decoder blocks")
     for name, parameter in parameters.items():
         parameter.requires_grad_(name in kept)
 

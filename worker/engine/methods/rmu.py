@@ -8,7 +8,9 @@ unit vector, and retain activations are held at the reference's (the LM with its
 over every real (attended) token of each sequence, padding excluded, then over sequences. u has independent
 entries uniform in [0, 1), normalised to unit length, drawn from the run's seed. Only `trained_layers` (by default
 layer−2..layer, as Li et al.) carry LoRA adapters: see `RMUParams.adapted_layers`; with trained_modules=down_proj
-only their MLP down_proj adapters train (WMDP's code updates only down_proj).
+only the adapters of their MLP's output projection train (WMDP's code updates only down_proj): the API keeps the
+Llama name, and in every family it means that projection (`architecture.BlockLayout.mlp_output`: down_proj in
+Llama-like LMs and Phi-3, dense_4h_to_h in GPT-NeoX, the MLP's c_proj in GPT-2).
 
 The coefficient c is fixed (`steering_coefficient`) or adaptive (Dang et al., arXiv 2408.06223):
 c = β · mean_f mean_t |h_ref(x_f)_t|, the norm of the steered block's output averaged over each forget-train row's
@@ -28,7 +30,8 @@ from typing import Any
 import torch
 
 from lethe.methods import RMUParams
-from worker.engine.lm.blocks import block_outputs, decoder_block
+from worker.engine.lm.architecture import describe
+from worker.engine.lm.blocks import block_outputs
 from worker.engine.lm.lora import train_only_modules
 from worker.engine.methods.losses import activation_distance, retain_batch
 from worker.engine.training.batches import Batch, collate, examples_of
@@ -76,7 +79,8 @@ class RMU(Objective):
     def prepare(self, context: TrainContext) -> None:
         """Find the steered block, fix c (measuring the norm before any step when adaptive) and u."""
         config = context.lm.config
-        self.block = decoder_block(context.lm, self.params.steered_layer(config.num_hidden_layers))
+        architecture = describe(context.lm)
+        self.block = architecture.block(self.params.steered_layer(config.num_hidden_layers))
         fixed = self.params.steering_coefficient
         self.coefficient = (
             fixed if fixed is not None else self.params.steering_scale * mean_hidden_norm(context, self.block)
@@ -85,7 +89,7 @@ class RMU(Objective):
         u = random_unit_vector(config.hidden_size, self.seed)
         self.control = (self.coefficient * u).to(device)
         if self.params.trained_modules == "down_proj":
-            train_only_modules(context.lm, "down_proj")
+            train_only_modules(context.lm, architecture.layout.mlp_output)
 
     def activations(self, forward: Callable[[Batch], Any], batch: Batch) -> torch.Tensor:
         """The steered block's output on `batch` in the forward pass `forward(batch)`."""

@@ -20,6 +20,7 @@ from worker.engine.audit.attacks.restore import component_parameters, restored_s
 from worker.engine.audit.context import AuditContext
 from worker.engine.audit.diagnostics import ANSWER_TOKENS, DiagnosticOutcome, Window
 from worker.engine.audit.outcome import AttackNotApplicable
+from worker.engine.lm.architecture import describe
 from worker.engine.lm.load import LoadedLM
 from worker.engine.lm.lora import lora_state
 
@@ -36,24 +37,27 @@ def adapter_names(blocks: list[int]) -> list[str]:
     ]
 
 
-def test_components_select_modules_in_the_window() -> None:
+def test_components_select_modules_in_the_window(tiny_base: LoadedLM) -> None:
+    llama = describe(tiny_base.lm)
     names = adapter_names([0, 1, 2, 11])
     window = Window(1, 2)
-    value_vectors = component_parameters(names, "value_vectors", window)
+    value_vectors = component_parameters(llama, names, "value_vectors", window)
     assert value_vectors == {n for n in adapter_names([1, 2]) if "down_proj" in n} and len(value_vectors) == 4
-    assert component_parameters(names, "mlp", window) == {n for n in adapter_names([1, 2]) if ".mlp." in n}
-    assert component_parameters(names, "attention", window) == {n for n in adapter_names([1, 2]) if "self_attn" in n}
+    assert component_parameters(llama, names, "mlp", window) == {n for n in adapter_names([1, 2]) if ".mlp." in n}
+    assert component_parameters(llama, names, "attention", window) == {
+        n for n in adapter_names([1, 2]) if "self_attn" in n
+    }
     # "layers.1." is block 1 only, not block 11.
-    assert component_parameters(names, "value_vectors", Window(1, 1)) == {
+    assert component_parameters(llama, names, "value_vectors", Window(1, 1)) == {
         n for n in adapter_names([1]) if "down_proj" in n
     }
 
 
-def test_restored_state_takes_only_the_restored_parameters_from_before() -> None:
+def test_restored_state_takes_only_the_restored_parameters_from_before(tiny_base: LoadedLM) -> None:
     names = adapter_names([0, 1])
     forgotten = {name: torch.full((2,), 1.0) for name in names}
     before = {name: torch.full((2,), 0.0) for name in names}
-    parameters = component_parameters(names, "value_vectors", Window(1, 1))
+    parameters = component_parameters(describe(tiny_base.lm), names, "value_vectors", Window(1, 1))
     state = restored_state(forgotten, before, parameters)
     assert {n for n in names if state[n] is before[n]} == parameters
     assert all(state[n] is forgotten[n] for n in names if n not in parameters)

@@ -1,17 +1,18 @@
 """Activation patching (a diagnostic): which component's activations, in which layers, carry the forgetting?
 
-Hong et al. ("Dissecting fine-tuning unlearning in LLMs", arXiv 2410.06606) patch the MLP coefficients (the input
-of `down_proj`: how much of each value vector the MLP writes) and the attention outputs of the LM before unlearning
-into the unlearned LM, over windows of layers, and find the coefficients of the last layers bring the knowledge
-back: unlearning changes how knowledge is retrieved. Here, for each component and window, the forgotten LM runs on
-the split's rows with that component's activations in the window's blocks replaced by the pre-forgetting LM's on
-the same input (every position), and the KRS on the answer logits is measured (audit/diagnostics.py).
+Hong et al. ("Dissecting fine-tuning unlearning in LLMs", arXiv 2410.06606) patch the MLP coefficients (the input of the
+MLP's output projection, Llama's `down_proj`: how much of each value vector the MLP writes) and the attention outputs of
+the LM before unlearning into the unlearned LM, over windows of layers, and find the coefficients of the last layers
+bring the knowledge back: unlearning changes how knowledge is retrieved. Here, for each component and window, the
+forgotten LM runs on the split's rows with that component's activations in the window's blocks replaced by the pre-
+forgetting LM's on the same input (every position), and the KRS on the answer logits is measured (audit/diagnostics.py).
 
-Components (params.components), by module as in Llama-family LMs:
-- mlp_coefficients: the input of block l's `mlp.down_proj` (a forward pre-hook; with a LoRA adapter on
-  down_proj, the base weight and the adapter both see the patched input);
-- attention_output: the output of block l's `self_attn` (its o_proj's output, the term the attention adds to the
-  residual stream).
+Components (params.components), by module of block l in the family's layout (`architecture.BlockLayout`):
+- mlp_coefficients: the input of the MLP's output projection (down_proj in Llama-like LMs and Phi-3, dense_4h_to_h
+  in GPT-NeoX, the MLP's c_proj in GPT-2; a forward pre-hook; with a LoRA adapter on it, the base weight and the
+  adapter both see the patched input);
+- attention_output: the output of the attention module (self_attn, GPT-NeoX's attention, GPT-2's attn: the output
+  of its output projection, the term the attention adds to the residual stream).
 The residual stream itself is never replaced: patching a block's whole output gives the LM before forgetting from
 that block up (recovery by construction at the last adapted block), which says nothing about where forgetting sits.
 
@@ -52,23 +53,25 @@ from worker.engine.audit.diagnostics import (
 )
 from worker.engine.audit.outcome import AttackNotApplicable
 from worker.engine.audit.replay import captured, replayed_below
-from worker.engine.lm.blocks import block_of, decoder_blocks
+from worker.engine.lm.architecture import BlockLayout, block_layout, describe
 
-# The module each component is read at, inside a decoder block, and whether it is the module's input (True) or
-# output (False).
-COMPONENT_SITES: dict[str, tuple[str, bool]] = {
-    "mlp_coefficients": ("mlp.down_proj", True),
-    "attention_output": ("self_attn", False),
-}
+# Whether each component is its module's input (True) or output (False).
+COMPONENT_IS_INPUT: dict[str, bool] = {"mlp_coefficients": True, "attention_output": False}
+
+
+def component_path(layout: BlockLayout, component: str) -> str:
+    """The module of a decoder block whose input or output is `component`."""
+    paths = {"mlp_coefficients": layout.mlp_output, "attention_output": layout.attention}
+    return paths[component]
 
 
 def component_module(block: torch.nn.Module, component: str) -> torch.nn.Module:
     """The module of `block` whose input or output is `component`; AttackNotApplicable if the block has none."""
-    path, _ = COMPONENT_SITES[component]
     try:
-        return block.get_submodule(path)
-    except AttributeError as exc:
-        raise AttackNotApplicable(f"the LM's decoder blocks have no {path} module to patch {component} at") from exc
+        layout = block_layout(block)
+    except ValueError as exc:
+        raise AttackNotApplicable(f"cannot patch {component}: {exc}") from exc
+    return block.get_submodule(component_path(layout, component))
 
 
 @contextlib.contextmanager
@@ -76,7 +79,7 @@ def recorded(
     blocks: torch.nn.ModuleList, component: str, layers: Sequence[int]
 ) -> Iterator[dict[int, list[torch.Tensor]]]:
     """`component`'s activations in blocks `layers` in every forward call made inside the context, by layer."""
-    _, is_input = COMPONENT_SITES[component]
+    is_input = COMPONENT_IS_INPUT[component]
     records: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     handles = []
     for layer in layers:
@@ -108,7 +111,7 @@ def patched(blocks: torch.nn.ModuleList, component: str, activations: dict[int, 
 
     RuntimeError when the passes do not batch like the recording pass (a shape differs, or the number of calls).
     """
-    _, is_input = COMPONENT_SITES[component]
+    is_input = COMPONENT_IS_INPUT[component]
     handles = []
     remaining = {layer: iter(values) for layer, values in activations.items()}
 
@@ -148,14 +151,15 @@ def patch(ctx: AuditContext, params: AttackParams) -> DiagnosticOutcome:
     forgetting."""
     if not isinstance(params, PatchParams):
         raise TypeError(f"patch takes PatchParams, got {type(params).__name__}")
-    adapted = {block for name in ctx.forgotten if (block := block_of(name)) is not None}
+    architecture = describe(ctx.peft_lm)
+    adapted = {block for name in ctx.forgotten if (block := architecture.block_of(name)) is not None}
     selected = [w for w in windows(params.window, ctx.num_layers, params.layers) if adapted and w.last >= min(adapted)]
     if not selected:
         raise AttackNotApplicable(
             "no window reaches a block with an adapter: below the first adapted block the LM before forgetting and "
             f"the forgotten LM compute the same activations (blocks with an adapter: {sorted(adapted)})"
         )
-    blocks = decoder_blocks(ctx.peft_lm)
+    blocks = architecture.blocks
     for component in params.components:
         component_module(blocks[0], component)
     rows = ctx.split(params.split)

@@ -18,9 +18,9 @@ a small change survives; it is erased outright where the weights before forgetti
 in an LM dequantized from a checkpoint quantized the same way.
 
 Choices:
-- Only the decoder blocks' linear weights are quantized, not the embeddings, the LM head or the norms: the adapter
-  changes nothing else, and weight-only quantizers (GPTQ, AWQ, bitsandbytes) usually keep the embeddings and the
-  head in higher precision (SmolLM2 ties its head to the embeddings).
+- Only the decoder blocks' linear weights (torch's Linear, GPT-2's Conv1D) are quantized, not the embeddings, the
+  LM head or the norms: the adapter changes nothing else, and weight-only quantizers (GPTQ, AWQ, bitsandbytes)
+  usually keep the embeddings and the head in higher precision (SmolLM2 ties its head to the embeddings).
 - Quantization also damages what was never forgotten, so each variant's `before` is the LM before forgetting under
   the same quantization: recovery compares like with like (a scheme that wrecks the task even before forgetting
   comes out inconclusive, not robust). The outcome's `before` is the unquantized LM before forgetting.
@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
 
 from lethe.attacks import AttackParams, QuantizeParams
 from lethe.rows import Row
@@ -108,6 +109,9 @@ def merged_quantized_lm(
         for module in blocks.modules():
             if isinstance(module, torch.nn.Linear):
                 module.weight.copy_(quantize_weight(module.weight))
+            elif isinstance(module, Conv1D):
+                # GPT-2's Conv1D stores its weight as [in, out]: quantized per output channel as a Linear's [out, in].
+                module.weight.copy_(quantize_weight(module.weight.T).T)
     merged.eval()
     return merged
 

@@ -1,17 +1,19 @@
 """Parameter restoration (a diagnostic): which component of which layers holds the forgetting?
 
-Hong et al. ("Dissecting fine-tuning unlearning in LLMs", arXiv 2410.06606) put the MLP value vectors (the
-`down_proj` weights: its columns are what the MLP writes to the residual stream) of a window of layers back to their
-values before unlearning and find they bring little back: unlearning leaves the stored values alone and changes how
-they are retrieved. Here forgetting is the change of the LoRA adapter, so a component's parameters in a window take
-their pre-forgetting values (the adapter before forgetting: after the optional fine-tune, or LoRA's B = 0), every
-other adapter parameter keeps its forgotten value, and the KRS on the answer logits is measured
+Hong et al. ("Dissecting fine-tuning unlearning in LLMs", arXiv 2410.06606) put the MLP value vectors (the weights of
+the MLP's output projection, Llama's `down_proj`: its columns are what the MLP writes to the residual stream) of a
+window of layers back to their values before unlearning and find they bring little back: unlearning leaves the stored
+values alone and changes how they are retrieved. Here forgetting is the change of the LoRA adapter, so a component's
+parameters in a window take their pre-forgetting values (the adapter before forgetting: after the optional fine-tune, or
+LoRA's B = 0), every other adapter parameter keeps its forgotten value, and the KRS on the answer logits is measured
 (audit/diagnostics.py).
 
-Components (params.components), by adapter parameter name as in Llama-family LMs (`...layers.<i>.mlp.down_proj...`):
-- value_vectors: the adapters of `mlp.down_proj` only;
-- mlp: those of the whole MLP (`mlp.`: gate, up and down);
-- attention: those of the attention (`self_attn.`: q, k, v, o).
+Components (params.components), by the module of a decoder block an adapter parameter belongs to
+(`architecture.describe`: the block from the name of the LM's list of blocks, the module from the family's layout):
+- value_vectors: the adapters of the MLP's output projection only (down_proj in Llama-like LMs and Phi-3,
+  dense_4h_to_h in GPT-NeoX, the MLP's c_proj in GPT-2);
+- mlp: those of the whole MLP (Llama: gate, up and down; GPT-2: c_fc and c_proj);
+- attention: those of the attention (Llama: q, k, v, o; fused q/k/v and the output projection elsewhere).
 LoRA adds B·A (times alpha / rank) to a module's weight; both matrices of a module are restored together, so the
 module is exactly at its pre-forgetting weight.
 
@@ -47,17 +49,24 @@ from worker.engine.audit.diagnostics import (
 )
 from worker.engine.audit.outcome import AttackNotApplicable
 from worker.engine.audit.replay import captured, replayed_below
-from worker.engine.lm.blocks import block_of, decoder_blocks
+from worker.engine.lm.architecture import Architecture, BlockLayout, describe
 from worker.engine.lm.lora import LoraState
 
-# The adapter parameters of each component, by a part of their names (Llama-family module names).
-COMPONENT_MODULES: dict[str, str] = {"value_vectors": ".mlp.down_proj.", "mlp": ".mlp.", "attention": ".self_attn."}
+
+def component_path(layout: BlockLayout, component: str) -> str:
+    """The module of a decoder block whose adapter parameters are `component` (value_vectors, mlp, attention)."""
+    paths = {"value_vectors": layout.mlp_output, "mlp": layout.mlp, "attention": layout.attention}
+    return paths[component]
 
 
-def component_parameters(names: Sequence[str], component: str, window: Window) -> frozenset[str]:
+def component_parameters(
+    architecture: Architecture, names: Sequence[str], component: str, window: Window
+) -> frozenset[str]:
     """The adapter parameters among `names` of `component` in the blocks of `window`."""
-    marker = COMPONENT_MODULES[component]
-    return frozenset(name for name in names if marker in name and block_of(name) in window)
+    path = component_path(architecture.layout, component)
+    return frozenset(
+        name for name in names if architecture.in_module(name, path) and architecture.block_of(name) in window
+    )
 
 
 def restored_state(
@@ -72,11 +81,12 @@ def restore(ctx: AuditContext, params: AttackParams) -> DiagnosticOutcome:
     if not isinstance(params, RestoreParams):
         raise TypeError(f"restore takes RestoreParams, got {type(params).__name__}")
     names = list(ctx.forgotten)
+    architecture = describe(ctx.peft_lm)
     selected = windows(params.window, ctx.num_layers, params.layers)
     plan: list[tuple[str, Window, frozenset[str]]] = []
     skipped: dict[str, str] = {}
     for component in params.components:
-        groups = [(component, w, component_parameters(names, component, w)) for w in selected]
+        groups = [(component, w, component_parameters(architecture, names, component, w)) for w in selected]
         kept = [group for group in groups if 0 < len(group[2]) < len(names)]
         if not kept:
             skipped[component] = (
@@ -91,7 +101,7 @@ def restore(ctx: AuditContext, params: AttackParams) -> DiagnosticOutcome:
 
     rows = ctx.split(params.split)
     passes = 2 + len(plan)
-    blocks = decoder_blocks(ctx.peft_lm)
+    blocks = architecture.blocks
     with ctx.before_lm():
         before = answer_logits(ctx.peft_lm, ctx.tokenizer, rows, ctx.batch_size, ctx.limit)
     ctx.on_progress(1 / passes)
