@@ -1,7 +1,7 @@
 """adapter lineage: adapters.parent_id becomes parent_adapter_id, the adapter a stacked forget request continued
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-11-30 10:00:00
 """
 
@@ -11,7 +11,7 @@ from alembic import op
 
 revision: str = "0014"
 # The integrator re-chains the migrations of parallel branches.
-down_revision: str | None = "0012"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
