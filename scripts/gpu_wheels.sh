@@ -33,8 +33,11 @@ fail() { printf 'gpu_wheels: FAIL: %s\n' "$*" >&2; exit 1; }
 REQUIREMENTS=(
     fastapi "uvicorn[standard]" python-multipart sqlalchemy alembic "psycopg[binary]" pydantic pydantic-settings
     "celery[redis]" redis minio httpx
-    rouge-score
+    nltk
 )
+# Published as source only: built here into a (pure-Python) wheel, its dependencies being in the list above
+# or on the host (rouge-score: absl-py, nltk, numpy, six).
+BUILT_HERE=(rouge-score)
 
 # Distributions the host image already has (its package list as last read, 2026-11-17): their wheels are not
 # carried, so the host's own, which its torch stack was built against, stay in charge. Names are normalised
@@ -68,6 +71,15 @@ platforms+=(--platform manylinux2014_x86_64 --platform manylinux1_x86_64)
     --python-version 3.12 --implementation cp --abi cp312 "${platforms[@]}" \
     --constraint "$tmp/constraints.txt" "${REQUIREMENTS[@]}" \
     || fail "pip download failed (see above)"
+log "pip wheel --no-deps ${BUILT_HERE[*]} (source only on PyPI; pure Python)"
+"${PIP[@]}" wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$tmp/all" \
+    --constraint "$tmp/constraints.txt" "${BUILT_HERE[@]}" || fail "pip wheel failed (see above)"
+for wheel in "$tmp"/all/*.whl; do
+    case "$(basename "$wheel")" in
+        *-none-any.whl|*-cp312-*|*-abi3-*) ;;
+        *) fail "$(basename "$wheel") is not for CPython 3.12 on any platform" ;;
+    esac
+done
 
 kept=0 dropped=0
 for wheel in "$tmp"/all/*.whl; do

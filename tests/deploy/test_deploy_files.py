@@ -626,3 +626,78 @@ def test_ensure_services_only_checks_an_overridden_server(variable: str, url: st
     assert result.returncode != 0
     assert f"{variable} is set but {complaint} at 127.0.0.1:{port}" in result.stderr
     assert "apt-get" not in result.stderr and "starting" not in result.stderr
+
+
+# --- the GPU check (scripts/gpu_check.sh, scripts/gpu_wheels.sh, bench/configs) ------------------------------
+
+GPU_CHECK = REPO / "scripts" / "gpu_check.sh"
+GPU_WHEELS = REPO / "scripts" / "gpu_wheels.sh"
+
+
+@pytest.mark.parametrize("script", [GPU_CHECK, GPU_WHEELS])
+def test_gpu_scripts_exist_and_parse(script: Path) -> None:
+    assert script.is_file()
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_gpu_wheels_folder_is_ignored_by_git() -> None:
+    result = subprocess.run(
+        ["git", "check-ignore", "-q", "gpu-wheels/x.whl"], cwd=REPO, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, "gpu-wheels/ must be git-ignored (wheels travel with the tree, never committed)"
+
+
+def _gpu_check(**env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(GPU_CHECK)],
+        env={**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_gpu_check_refuses_to_run_without_cuda() -> None:
+    result = _gpu_check()
+    assert result.returncode == 2
+    assert "torch sees no CUDA device here" in result.stderr
+    assert "GPU_CHECK_ALLOW_CPU=1" in result.stderr
+
+
+def test_gpu_check_reports_every_step_it_skipped(tmp_path: Path) -> None:
+    result = _gpu_check(
+        GPU_CHECK_ALLOW_CPU="1", GPU_CHECK_SKIP="install pytest pipeline bench", GPU_CHECK_RESULTS=str(tmp_path)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "DRY RUN" in result.stderr
+    for step in ("install", "pytest", "pipeline", "bench"):
+        assert f"step {step}: skipped (GPU_CHECK_SKIP)" in result.stderr
+        assert re.search(rf"gpu_check:\s+{step}\s+skipped", result.stderr)
+
+
+def test_gpu_check_stops_starting_steps_when_the_budget_is_spent(tmp_path: Path) -> None:
+    result = _gpu_check(GPU_CHECK_ALLOW_CPU="1", GPU_CHECK_BUDGET_S="3", GPU_CHECK_RESULTS=str(tmp_path))
+    assert result.returncode != 0  # a step that could not run is not a pass
+    assert "step install: not started, the time budget (3 s) is spent" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [
+        ("smollm2-135m", {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
+                          "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152,
+                          "tie_word_embeddings": True, "rope_theta": 100000}),
+        ("llama-3.2-1b", {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32,
+                          "num_key_value_heads": 8, "intermediate_size": 8192, "vocab_size": 128256,
+                          "tie_word_embeddings": True, "rope_theta": 500000.0}),
+    ],
+)  # fmt: skip
+def test_gpu_check_configs_are_the_real_shapes(name: str, shape: dict[str, Any]) -> None:
+    import json
+
+    config = json.loads((REPO / "bench" / "configs" / f"{name}.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert {key: config[key] for key in shape} == shape
+    if name == "llama-3.2-1b":
+        assert config["rope_scaling"]["rope_type"] == "llama3"
