@@ -209,7 +209,7 @@ def main() -> int:
     }
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     _log(
-        f"Lethe {lethe_tps:,.0f} tokens/s, MFU {mfu:.1%} of {peak / 1e12:.0f} TFLOP/s; "
+        f"Lethe {lethe_tps:,.0f} tokens/s, MFU {mfu:.1%} of {peak / 1e12:.2f} TFLOP/s; "
         + ", ".join(
             f"naive {k} {v['tokens_per_s']:,.0f} tokens/s ({v['speedup_of_lethe']:.2f}×)" for k, v in naive_runs.items()
         )

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -96,6 +97,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600, help="seconds for each job")
     parser.add_argument("--out", type=Path, default=BENCH / "results-gpu-pipeline.json")
     args = parser.parse_args()
+    # gpu_check.sh's `timeout` sends SIGTERM: exit through the `finally` below, which stops `lethe serve`.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     cuda = torch.cuda.is_available()
     if not cuda and not args.allow_cpu:
         _log("no CUDA device: not run (--allow-cpu for a dry run)")
