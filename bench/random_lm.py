@@ -67,10 +67,16 @@ def build_random_lm(config_name: str, directory: Path, *, tiny: bool = False, se
     if len(fast) > settings["vocab_size"]:
         raise ValueError(f"the tokenizer's {len(fast)} tokens do not fit {config_name}'s vocabulary")
     config = AutoConfig.for_model(**settings)
-    with torch.random.fork_rng(devices=[]):
+    # Initialised on the GPU where there is one: a billion random weights take a CPU tens of seconds of the GPU
+    # check's budget, a GPU a fraction of one. (So the weights differ between the two; no figure depends on them.)
+    init_device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.random.fork_rng(devices=[]), torch.device(init_device):
         torch.manual_seed(seed)
         lm = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     lm.save_pretrained(directory)  # safetensors
+    del lm
+    if init_device == "cuda":
+        torch.cuda.empty_cache()
     return directory
 
 
