@@ -1,7 +1,8 @@
 # The API image: the service only (FastAPI, catalogue, storage, queue client). No torch: the engine's ML
 # stack is the `engine` extra and lives in Dockerfile.gpu. The same image runs `lethe migrate`.
+# Docker Hub's official python image, its tag the pin (scripts/check_deploy.sh `images` says why no digest).
 
-FROM python:3.11.13-slim-bookworm AS build
+FROM docker.io/library/python:3.11.13-slim-bookworm AS build
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -13,7 +14,7 @@ COPY . .
 RUN /opt/venv/bin/pip install --no-cache-dir .
 
 
-FROM python:3.11.13-slim-bookworm
+FROM docker.io/library/python:3.11.13-slim-bookworm
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

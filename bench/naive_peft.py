@@ -34,12 +34,24 @@ class TrainingRun:
 
 
 def naive_gradient_ascent(
-    model_dir: Path, rows: Sequence[ChoiceRow], *, epochs: int, batch_size: int, learning_rate: float, seed: int
+    model_dir: Path,
+    rows: Sequence[ChoiceRow],
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> TrainingRun:
-    """Gradient ascent on the answers of `rows` with LoRA, timed from the first batch to the last step."""
+    """Gradient ascent on the answers of `rows` with LoRA, timed from the first batch to the last step.
+
+    On `device` (a user with a GPU moves the model there) with the weights in `dtype` (fp32 by default, as above;
+    bench/gpu_bench.py also runs it in bf16, the other way a GPU user loads a model).
+    """
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
     config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM")
     torch.manual_seed(seed)  # LoRA's A matrices (B starts at zero)
     peft_model = get_peft_model(model, config)
@@ -70,10 +82,11 @@ def naive_gradient_ascent(
                 attention_mask[j, : len(ids)] = 1
                 labels[j, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
                 tokens += len(ids)
-            loss = -peft_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+            loss = -peft_model(**{name: tensor.to(device) for name, tensor in inputs.items()}).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(peft_model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad()
-            losses.append(float(loss.detach()))
+            losses.append(float(loss.detach()))  # on CUDA this waits for the step: the timing is the GPU's
     return TrainingRun(steps=len(losses), tokens=tokens, seconds=time.perf_counter() - started, losses=losses)

@@ -12,7 +12,6 @@ import psycopg
 import pytest
 import redis
 from minio import Minio
-from moto.server import ThreadedMotoServer
 
 from lethe.settings import Settings
 from lethe.specs import ForgetJobSpec, MethodChoice
@@ -29,6 +28,20 @@ REDIS_URL = os.environ.get("LETHE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 # share one server).
 REDIS_DB = int(os.environ.get("LETHE_TEST_REDIS_DB", "11"))
 S3_ACCESS_KEY, S3_SECRET_KEY, BUCKET = "lethe-test-access", "lethe-test-secret-key", "lethe-test"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run on CUDA only: skipped, saying so, where no CUDA device is visible."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_tests:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="gpu: needs a CUDA device (none visible here); scripts/gpu_check.sh runs these")
+    for item in gpu_tests:
+        item.add_marker(skip)
 
 
 def forget_job_spec(forget_dataset: uuid.UUID, retain_datasets: list[uuid.UUID] | None = None) -> ForgetJobSpec:
@@ -88,6 +101,9 @@ def redis_url() -> str:
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """moto's S3 server on a loopback port, with the test bucket created through the minio SDK."""
+    # Imported here, not at the top: the GPU host's `pytest -m gpu` (scripts/gpu_check.sh) has no moto.
+    from moto.server import ThreadedMotoServer
+
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

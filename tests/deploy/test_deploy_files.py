@@ -35,8 +35,9 @@ REQUIRED_SECRETS = [
     "LETHE_S3_ACCESS_KEY",
     "LETHE_S3_SECRET_KEY",
 ]
-SERVICES = {"postgres", "redis", "minio", "minio-init", "migrate", "api", "worker"}
-APP_SERVICES = ("migrate", "api", "worker")
+SERVICES = {"postgres", "redis", "minio", "minio-init", "migrate", "api", "worker-gpu0"}
+APP_SERVICES = ("migrate", "api", "worker-gpu0")
+WORKER = "worker-gpu0"
 
 
 def _example_env() -> dict[str, str]:
@@ -156,6 +157,72 @@ def test_whole_check_script_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_image_check_passes() -> None:
+    result = _run_check("images")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "image references pinned to allowed registries" in result.stderr
+
+
+MINIO_PIN = (
+    "quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z"
+    "@sha256:14cea493d9a34af32f524e538b8346cf79f3321eff8e708c1e2960462bd8936e"
+)
+CUDA_FROM = (
+    "FROM docker.io/nvidia/cuda:13.0.2-base-ubuntu24.04"
+    "@sha256:2ab6381d970b211fb93853796dc6707eb8a72575a375c422b17cf4d8b2641701"
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "old", "new", "complaint"),
+    [
+        # Docker Hub's minio/ namespace, as an env-var default, bare, or in the example env's overrides.
+        ("docker-compose.yml", MINIO_PIN, "minio/minio:RELEASE.2025-04-22T22-12-26Z", "minio/ namespace was removed"),
+        ("docker-compose.yml", MINIO_PIN, "docker.io/minio/minio:RELEASE.2025-04-22T22-12-26Z", "minio/ namespace"),
+        (".env.example", "# LETHE_MC_IMAGE=quay.io/minio/mc", "# LETHE_MC_IMAGE=minio/mc", "minio/ namespace"),
+        # A digest the list asks for, dropped.
+        ("docker-compose.yml", MINIO_PIN, MINIO_PIN.split("@")[0], "must be pinned by digest too"),
+        ("docker-compose.yml", MINIO_PIN, MINIO_PIN[:-1], "is not sha256:<64 hex digits>"),
+        # Not pinned, or from a registry that is not on the list.
+        ("docker-compose.yml", "postgres:16.10-bookworm}", "postgres:latest}", "tag 'latest' is not a pin"),
+        ("docker-compose.yml", "postgres:16.10-bookworm}", "postgres}", "no tag"),
+        ("docker-compose.yml", "docker.io/library/redis:7.4.5-bookworm", "docker.io/bitnami/redis:7.4.5", "allowlist"),
+        (
+            "docker-compose.yml",
+            "${LETHE_REDIS_IMAGE:-docker.io/library/redis:7.4.5-bookworm}",
+            "${LETHE_REDIS_IMAGE}",
+            "without a default cannot be checked",
+        ),
+        ("Dockerfile", "FROM docker.io/library/python:", "FROM python:", "python is not on the allowlist"),
+        (
+            "Dockerfile.gpu",
+            CUDA_FROM,
+            "FROM nvidia/cuda:13.0.2-base-ubuntu24.04",
+            "nvidia/cuda is not on the allowlist",
+        ),
+        (
+            "Dockerfile.gpu",
+            "COPY --from=uv /uv",
+            "COPY --from=ghcr.io/astral-sh/uv:latest /uv",
+            "'latest' is not a pin",
+        ),
+    ],
+)
+def test_image_check_fails_on_an_unpinned_or_unserved_image(
+    path: str, old: str, new: str, complaint: str, tmp_path: Path
+) -> None:
+    for name in ("docker-compose.yml", ".env.example", "Dockerfile", "Dockerfile.gpu", "scripts/check_deploy.sh"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, tmp_path / name)
+    text = (tmp_path / path).read_text()
+    assert old in text, f"{path} no longer contains {old!r}: update this test"
+    (tmp_path / path).write_text(text.replace(old, new, 1))
+    result = _run_check("images", root=tmp_path)
+    assert result.returncode != 0, f"{new!r} in {path} passed"
+    assert complaint in result.stderr
+    assert "FAIL" in result.stderr
+
+
 @pytest.mark.parametrize("secret", REQUIRED_SECRETS)
 def test_compose_config_fails_naming_a_missing_secret(secret: str, docker_compose: str, tmp_path: Path) -> None:
     env_file = tmp_path / "partial.env"
@@ -200,31 +267,47 @@ def test_stack_has_the_services(services: dict[str, Any]) -> None:
     assert set(services) == SERVICES
 
 
-def test_worker_reserves_all_nvidia_gpus(services: dict[str, Any]) -> None:
-    devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
-    for name in SERVICES - {"worker"}:
+def test_each_worker_reserves_one_gpu_by_id(services: dict[str, Any]) -> None:
+    workers = sorted(name for name in services if name.startswith("worker"))
+    assert workers == [WORKER]
+    for index, name in enumerate(workers):
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        # One GPU by id, not `count: all`: two workers on one GPU would contend for its memory.
+        assert devices == [{"driver": "nvidia", "device_ids": [str(index)], "capabilities": ["gpu"]}]
+        assert services[name]["environment"]["LETHE_REQUIRE_GPU"] == "1"
+    for name in SERVICES - set(workers):
         assert "deploy" not in services[name], f"{name} should not reserve devices"
+        assert "LETHE_REQUIRE_GPU" not in services[name].get("environment", {})
 
 
-def test_images_and_builds(services: dict[str, Any]) -> None:
-    for name in ("migrate", "api"):
-        assert services[name]["build"]["dockerfile"] == "Dockerfile"
-        assert Path(services[name]["build"]["context"]) == REPO
-    # migrate and api run one image, built once.
-    assert services["migrate"]["image"] == services["api"]["image"]
-    assert services["worker"]["build"]["dockerfile"] == "Dockerfile.gpu"
-    assert services["worker"]["image"] != services["api"]["image"]
-
-    assert re.fullmatch(r"postgres:16(\.\d+)?(-[a-z]+)?", services["postgres"]["image"])
-    assert re.fullmatch(r"redis:7(\.\d+)*(-[a-z]+)?", services["redis"]["image"])
-    assert services["minio"]["image"].startswith("minio/minio:RELEASE.")
-    assert services["minio-init"]["image"].startswith("minio/mc:RELEASE.")
+def test_the_scale_recipe_adds_a_worker_on_the_next_gpu(docker_compose: str, tmp_path: Path) -> None:
+    # README's recipe for a second GPU, applied to a copy: a worker on GPU 1 with a volume of its own.
+    for name in ("docker-compose.yml", ".env.example"):
+        shutil.copy(REPO / name, tmp_path / name)
+    compose = tmp_path / "docker-compose.yml"
+    text = compose.read_text()
+    gpu0 = text[text.index("x-gpu0: &gpu0") : text.index("\nservices:")]
+    text = text.replace(gpu0, gpu0 + "\n" + gpu0.replace("gpu0", "gpu1").replace('["0"]', '["1"]'))
+    text = text.replace(
+        "\nvolumes:\n",
+        '\n  worker-gpu1:\n    <<: *lethe-worker\n    volumes: ["worker-gpu1-data:/var/lib/lethe"]\n'
+        "    deploy: *gpu1\n\nvolumes:\n  worker-gpu1-data:\n",
+    )
+    compose.write_text(text)
+    result = _compose_config(docker_compose, tmp_path / ".env.example", compose)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    first, second = services["worker-gpu0"], services["worker-gpu1"]
+    assert second["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["1"]
+    assert first["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["0"]
+    assert second["environment"] == first["environment"]
+    assert second["image"] == first["image"] and second["command"] == first["command"]
+    assert [v.split(":")[0] for v in second["volumes"]] != [v.split(":")[0] for v in first["volumes"]]
 
 
 def test_commands(services: dict[str, Any]) -> None:
     assert services["api"]["command"] == ["lethe", "serve", "--host", "0.0.0.0", "--port", "8000"]
-    assert services["worker"]["command"] == ["lethe", "worker"]
+    assert services[WORKER]["command"] == ["lethe", "worker"]
     assert services["migrate"]["command"] == ["lethe", "migrate"]
 
 
@@ -241,7 +324,7 @@ def _depends(service: dict[str, Any]) -> dict[str, str]:
 def test_start_order(services: dict[str, Any]) -> None:
     assert _depends(services["migrate"]) == {"postgres": "service_healthy"}
     assert _depends(services["minio-init"]) == {"minio": "service_healthy"}
-    for name in ("api", "worker"):
+    for name in ("api", WORKER):
         depends = _depends(services[name])
         assert depends["migrate"] == "service_completed_successfully"
         assert depends["minio-init"] == "service_completed_successfully"
@@ -260,7 +343,7 @@ def test_backing_services_have_healthchecks_and_volumes(services: dict[str, Any]
         ("postgres", "/var/lib/postgresql/data"),
         ("redis", "/data"),
         ("minio", "/data"),
-        ("worker", "/var/lib/lethe"),
+        (WORKER, "/var/lib/lethe"),
     ):
         mounts = [str(volume).split(":")[1] for volume in services[name]["volumes"]]
         assert target in mounts, f"{name} keeps its data in a volume"
@@ -268,7 +351,8 @@ def test_backing_services_have_healthchecks_and_volumes(services: dict[str, Any]
 
 def test_app_services_share_one_environment(services: dict[str, Any]) -> None:
     envs = [services[name]["environment"] for name in APP_SERVICES]
-    assert envs[0] == envs[1] == envs[2]
+    # The same environment, plus the worker's refusal to run without CUDA.
+    assert envs[0] == envs[1] == {k: v for k, v in envs[2].items() if k != "LETHE_REQUIRE_GPU"}
     env = envs[0]
     example = _example_env()
     assert env["LETHE_DATABASE_URL"] == (
@@ -388,7 +472,7 @@ def _pinned(image: str) -> bool:
 def test_api_dockerfile() -> None:
     text = (REPO / "Dockerfile").read_text()
     stage = _final_stage(REPO / "Dockerfile")
-    assert re.match(r"FROM python:3\.11\.\d+-slim", stage[0])
+    assert re.match(r"FROM docker\.io/library/python:3\.11\.\d+-slim", stage[0])
     assert all(_pinned(line.split()[1]) for line in text.splitlines() if line.startswith("FROM "))
     users = [line.split()[1] for line in stage if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("root", "0")
@@ -403,7 +487,11 @@ def test_api_dockerfile() -> None:
 def test_worker_dockerfile() -> None:
     text = (REPO / "Dockerfile.gpu").read_text()
     stage = _final_stage(REPO / "Dockerfile.gpu")
-    assert re.match(r"FROM nvidia/cuda:\d+\.\d+\.\d+-\S*runtime", stage[0])
+    # CUDA 13.0's `base` flavour: the CUDA torch==2.13.0's wheel is built for, none of the libraries it bundles.
+    assert re.match(r"FROM docker\.io/nvidia/cuda:13\.0\.\d+-base-ubuntu\d+\.\d+@sha256:[0-9a-f]{64}$", stage[0])
+    assert "cudnn" not in " ".join(line for line in _instructions(REPO / "Dockerfile.gpu") if line.startswith("FROM"))
+    assert "torch==2.13.0" in (REPO / "pyproject.toml").read_text()
+    assert "torch.version.cuda == '13.0'" in text, "the build checks the wheel's CUDA against the base's"
     assert all(_pinned(line.split()[1]) for line in text.splitlines() if line.startswith("FROM "))
     users = [line.split()[1] for line in stage if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("root", "0")
@@ -538,3 +626,78 @@ def test_ensure_services_only_checks_an_overridden_server(variable: str, url: st
     assert result.returncode != 0
     assert f"{variable} is set but {complaint} at 127.0.0.1:{port}" in result.stderr
     assert "apt-get" not in result.stderr and "starting" not in result.stderr
+
+
+# --- the GPU check (scripts/gpu_check.sh, scripts/gpu_wheels.sh, bench/configs) ------------------------------
+
+GPU_CHECK = REPO / "scripts" / "gpu_check.sh"
+GPU_WHEELS = REPO / "scripts" / "gpu_wheels.sh"
+
+
+@pytest.mark.parametrize("script", [GPU_CHECK, GPU_WHEELS])
+def test_gpu_scripts_exist_and_parse(script: Path) -> None:
+    assert script.is_file()
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_gpu_wheels_folder_is_ignored_by_git() -> None:
+    result = subprocess.run(
+        ["git", "check-ignore", "-q", "gpu-wheels/x.whl"], cwd=REPO, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, "gpu-wheels/ must be git-ignored (wheels travel with the tree, never committed)"
+
+
+def _gpu_check(**env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(GPU_CHECK)],
+        env={**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_gpu_check_refuses_to_run_without_cuda() -> None:
+    result = _gpu_check()
+    assert result.returncode == 2
+    assert "torch sees no CUDA device here" in result.stderr
+    assert "GPU_CHECK_ALLOW_CPU=1" in result.stderr
+
+
+def test_gpu_check_reports_every_step_it_skipped(tmp_path: Path) -> None:
+    result = _gpu_check(
+        GPU_CHECK_ALLOW_CPU="1", GPU_CHECK_SKIP="install pytest pipeline bench", GPU_CHECK_RESULTS=str(tmp_path)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "DRY RUN" in result.stderr
+    for step in ("install", "pytest", "pipeline", "bench"):
+        assert f"step {step}: skipped (GPU_CHECK_SKIP)" in result.stderr
+        assert re.search(rf"gpu_check:\s+{step}\s+skipped", result.stderr)
+
+
+def test_gpu_check_stops_starting_steps_when_the_budget_is_spent(tmp_path: Path) -> None:
+    result = _gpu_check(GPU_CHECK_ALLOW_CPU="1", GPU_CHECK_BUDGET_S="3", GPU_CHECK_RESULTS=str(tmp_path))
+    assert result.returncode != 0  # a step that could not run is not a pass
+    assert "step install: not started, the time budget (3 s) is spent" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [
+        ("smollm2-135m", {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
+                          "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152,
+                          "tie_word_embeddings": True, "rope_theta": 100000}),
+        ("llama-3.2-1b", {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32,
+                          "num_key_value_heads": 8, "intermediate_size": 8192, "vocab_size": 128256,
+                          "tie_word_embeddings": True, "rope_theta": 500000.0}),
+    ],
+)  # fmt: skip
+def test_gpu_check_configs_are_the_real_shapes(name: str, shape: dict[str, Any]) -> None:
+    import json
+
+    config = json.loads((REPO / "bench" / "configs" / f"{name}.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert {key: config[key] for key in shape} == shape
+    if name == "llama-3.2-1b":
+        assert config["rope_scaling"]["rope_type"] == "llama3"
