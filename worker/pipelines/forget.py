@@ -40,7 +40,7 @@ from models.repositories import (
 from models.tables import Adapter, CurvePoint, Dataset, Metric, utcnow
 from storage import ObjectStore
 from storage.keys import adapter_key, before_forgetting_key, per_example_key
-from worker.engine.forget.run import ForgetOutcome, ForgetPlan, ParentAdapter, run_forget
+from worker.engine.forget.run import ForgetOutcome, ForgetPlan, ParentAdapter, ParentMismatch, run_forget
 from worker.engine.forget.snapshot import Snapshots
 from worker.engine.lm.adapter import adapter_archive, archived_weights
 from worker.engine.lm.load import BaseLMCache, LoadedLM
@@ -286,17 +286,21 @@ def _forget(
         seed=spec.seed,
     )
     general_text = general_text_rows() if spec.general_text_perplexity else []
-    outcome = run_forget(
-        base,
-        plan,
-        forget_train,
-        forget_heldout,
-        inputs.retain,
-        report,
-        general_text,
-        snapshots,
-        parent=inputs.parent,
-    )
+    try:
+        outcome = run_forget(
+            base,
+            plan,
+            forget_train,
+            forget_heldout,
+            inputs.retain,
+            report,
+            general_text,
+            snapshots,
+            parent=inputs.parent,
+        )
+    except ParentMismatch as exc:
+        # The API checks rank, alpha and layers; this is what it could not (a base model of unknown depth).
+        raise JobFailure("parent_adapter_mismatch", str(exc)) from exc
 
     report("storing", 0.0)
     provenance = _provenance(job_id, inputs, outcome, base.weights_sha256)

@@ -8,7 +8,7 @@ from lethe.rows import ChoiceRow, split_heldout
 from tests.engine.forget.test_run import FORGET_HELDOUT, FORGET_TRAIN, RETAIN, plan
 from tests.engine.lm.test_adapter import MISSED, PROVENANCE
 from tests.tiny_lm import synthetic_choice_rows
-from worker.engine.forget.run import PARENT_STAGE, ForgetOutcome, ParentAdapter, run_forget
+from worker.engine.forget.run import PARENT_STAGE, ForgetOutcome, ParentAdapter, ParentMismatch, run_forget
 from worker.engine.lm.adapter import adapter_archive, archived_weights
 from worker.engine.lm.load import LoadedLM
 from worker.engine.lm.lora import lora_state
@@ -82,7 +82,7 @@ def test_the_child_reports_the_parent_forget_splits_at_every_stage(child) -> Non
 
 def test_a_parent_of_another_rank_is_refused(tiny_base: LoadedLM, parent_weights) -> None:
     stacked = ParentAdapter(parent_weights, {})
-    with pytest.raises(ValueError, match="needs the parent's LoRA rank"):
+    with pytest.raises(ParentMismatch, match="needs the parent's LoRA rank"):
         _run(tiny_base, CHILD_TRAIN, CHILD_HELDOUT, stacked, max_steps=1, lora_rank=4)
-    with pytest.raises(ValueError, match="needs the parent's LoRA layers"):
+    with pytest.raises(ParentMismatch, match="needs the parent's LoRA layers"):
         _run(tiny_base, CHILD_TRAIN, CHILD_HELDOUT, ParentAdapter(dict(list(parent_weights.items())[2:]), {}))

@@ -77,6 +77,10 @@ class ParentAdapter:
     forget_sets: Mapping[str, tuple[Sequence[Row], Sequence[Row]]]
 
 
+class ParentMismatch(ValueError):
+    """The parent adapter's LoRA is not the run's (other layers or rank): the run cannot start from it."""
+
+
 @dataclass(frozen=True)
 class ForgetPlan:
     """What to run: the method and its raw params, optional fine-tune, whether to probe, the seed."""
@@ -456,13 +460,13 @@ def _start_from(peft_lm: PeftModel, weights: LoraState) -> None:
     fresh = lora_state(peft_lm)
     if set(weights) != set(fresh):
         differ = sorted(set(weights) ^ set(fresh))
-        raise ValueError(
+        raise ParentMismatch(
             f"the parent adapter's LoRA parameters are not this run's ({len(differ)} differ, e.g. {differ[0]}): "
             "a stacked run needs the parent's LoRA layers"
         )
     for name, tensor in fresh.items():
         if weights[name].shape != tensor.shape:
-            raise ValueError(
+            raise ParentMismatch(
                 f"the parent adapter's {name} has shape {tuple(weights[name].shape)}, this run's "
                 f"{tuple(tensor.shape)}: a stacked run needs the parent's LoRA rank"
             )
