@@ -84,6 +84,11 @@ class HubOptions:
             timeout_s=settings.hf_timeout_s,
         )
 
+    @classmethod
+    def default(cls) -> "HubOptions":
+        """huggingface_hub's own cache and endpoint, offline when HF_HUB_OFFLINE says so."""
+        return cls(cache_dir=None, endpoint=None, offline=constants.HF_HUB_OFFLINE)
+
     @property
     def cache_description(self) -> str:
         return str(self.cache_dir or constants.HF_HUB_CACHE)

@@ -50,9 +50,11 @@ def files_of(directory: Path) -> dict[str, bytes]:
 
 
 class LoopbackHub:
-    """The server; `repos` may be changed while it runs. Counts the file downloads (GET resolve) it served."""
+    """The server; `repos` may be changed while it runs. Records the file downloads (GET resolve) it served.
+    `lfs=False` serves every file as stored in git itself (no LFS metadata, the git blob id as ETag)."""
 
-    def __init__(self) -> None:
+    def __init__(self, lfs: bool = True) -> None:
+        self.lfs_suffixes = _LFS_SUFFIXES if lfs else ()
         self.repos: dict[str, HubRepo] = {}
         self.downloads: list[str] = []
         hub = self
@@ -94,9 +96,10 @@ class LoopbackHub:
             if files is None or commit is None:
                 return
             if kind == "revision":
-                self._json(request, {"id": repo_id, "modelId": repo_id, "sha": commit, "siblings": _siblings(files)})
+                siblings = _siblings(files, self.lfs_suffixes)
+                self._json(request, {"id": repo_id, "modelId": repo_id, "sha": commit, "siblings": siblings})
             else:
-                self._json(request, _tree(files))
+                self._json(request, _tree(files, self.lfs_suffixes))
             return
         if len(parts) >= 5 and parts[2] == "resolve":
             repo_id, revision, filename = f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:])
@@ -107,7 +110,8 @@ class LoopbackHub:
                 self._error(request, 404, "EntryNotFound", f"{filename} does not exist at {revision}")
                 return
             content = files[filename]
-            etag = hashlib.sha256(content).hexdigest() if filename.endswith(_LFS_SUFFIXES) else git_blob_id(content)
+            lfs = self.lfs_suffixes and filename.endswith(self.lfs_suffixes)
+            etag = hashlib.sha256(content).hexdigest() if lfs else git_blob_id(content)
             request.send_response(200)
             request.send_header("X-Repo-Commit", commit)
             request.send_header("ETag", f'"{etag}"')
@@ -155,27 +159,27 @@ class LoopbackHub:
             request.wfile.write(body)
 
 
-def _lfs(name: str, content: bytes) -> dict[str, object] | None:
-    if not name.endswith(_LFS_SUFFIXES):
+def _lfs(name: str, content: bytes, suffixes: tuple[str, ...]) -> dict[str, object] | None:
+    if not suffixes or not name.endswith(suffixes):
         return None
     return {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content), "pointerSize": 134}
 
 
-def _siblings(files: dict[str, bytes]) -> list[dict[str, object]]:
+def _siblings(files: dict[str, bytes], suffixes: tuple[str, ...]) -> list[dict[str, object]]:
     siblings: list[dict[str, object]] = []
     for name, content in sorted(files.items()):
         sibling: dict[str, object] = {"rfilename": name, "size": len(content), "blobId": git_blob_id(content)}
-        if (lfs := _lfs(name, content)) is not None:
+        if (lfs := _lfs(name, content, suffixes)) is not None:
             sibling["lfs"] = lfs
         siblings.append(sibling)
     return siblings
 
 
-def _tree(files: dict[str, bytes]) -> list[dict[str, object]]:
+def _tree(files: dict[str, bytes], suffixes: tuple[str, ...]) -> list[dict[str, object]]:
     entries: list[dict[str, object]] = []
     for name, content in sorted(files.items()):
         entry: dict[str, object] = {"type": "file", "path": name, "size": len(content), "oid": git_blob_id(content)}
-        if (lfs := _lfs(name, content)) is not None:
+        if (lfs := _lfs(name, content, suffixes)) is not None:
             entry["lfs"] = {"oid": lfs["sha256"], "size": lfs["size"], "pointerSize": lfs["pointerSize"]}
         entries.append(entry)
     return entries

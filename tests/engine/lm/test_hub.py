@@ -125,6 +125,19 @@ def test_weights_that_differ_from_the_registered_digest_are_refused(hub: Loopbac
         cache.get("tiny-hub", str(resolved.source), "1" * 64)
 
 
+def test_weights_stored_in_git_itself_are_downloaded_and_hashed_at_registration(
+    tiny_lm_dir: Path, tmp_path: Path
+) -> None:
+    server = LoopbackHub(lfs=False).start()  # no LFS metadata: the hub gives no sha256 to read
+    try:
+        server.add(REPO).commit(files_of(tiny_lm_dir))
+        resolved = resolve(HubSource(REPO, "main"), _options(server, tmp_path / "cache"))
+        assert resolved.weights_sha256 == directory_weights_sha256(tiny_lm_dir, ["model.safetensors"])
+        assert server.downloads == ["config.json", "model.safetensors"]
+    finally:
+        server.stop()
+
+
 def test_a_sharded_checkpoint_is_named_by_its_shards(tiny_lm_dir: Path, tmp_path: Path) -> None:
     sharded = tmp_path / "sharded"
     AutoModelForCausalLM.from_pretrained(tiny_lm_dir).save_pretrained(sharded, max_shard_size="20KB")

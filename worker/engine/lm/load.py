@@ -97,7 +97,7 @@ def load_base_lm(
             )
     else:
         assert parsed.hub is not None
-        directory, files = local_snapshot(parsed.hub, hub or HubOptions(cache_dir=None, endpoint=None, offline=False))
+        directory, files = local_snapshot(parsed.hub, hub or HubOptions.default())
     digest = directory_weights_sha256(directory, files)
     if expected_weights_sha256 is not None and digest != expected_weights_sha256:
         raise BaseModelSourceError(
