@@ -79,7 +79,9 @@ def test_the_structure_of_each_family_is_found(family_base: LoadedLM) -> None:
 
 def test_adapter_parameters_map_to_their_block_and_module(family_base: LoadedLM) -> None:
     torch.manual_seed(0)
-    peft_lm = attach_lora(copy.deepcopy(family_base.lm), rank=4, alpha=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. peft's "fan_in_fan_out is set to False but the target is Conv1D"
+        peft_lm = attach_lora(copy.deepcopy(family_base.lm), rank=4, alpha=8)
     architecture = describe(peft_lm)
     names = list(lora_state(peft_lm))
     # Every linear layer of every block has an adapter: A and B per module per block.
