@@ -16,6 +16,7 @@ from lethe.attacks import Thresholds
 from lethe.rows import ChoiceRow, Row
 from lethe.specs import AttackChoice
 from tests.tiny_lm import FAMILIES, build_tiny_family_lm, synthetic_choice_rows, task_corpus
+from worker.engine.audit.attacks.quantize import fake_quantize_int8, merged_quantized_lm
 from worker.engine.audit.run import audit_context, run_audit, run_diagnostics
 from worker.engine.forget.run import ForgetOutcome, ForgetPlan, run_forget
 from worker.engine.lm.architecture import describe
@@ -79,7 +80,9 @@ def test_the_structure_of_each_family_is_found(family_base: LoadedLM) -> None:
 
 def test_adapter_parameters_map_to_their_block_and_module(family_base: LoadedLM) -> None:
     torch.manual_seed(0)
-    peft_lm = attach_lora(copy.deepcopy(family_base.lm), rank=4, alpha=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. peft's "fan_in_fan_out is set to False but the target is Conv1D"
+        peft_lm = attach_lora(copy.deepcopy(family_base.lm), rank=4, alpha=8)
     architecture = describe(peft_lm)
     names = list(lora_state(peft_lm))
     # Every linear layer of every block has an adapter: A and B per module per block.
@@ -120,6 +123,21 @@ def test_rna_noise_perturbs_the_requested_block(family_base: LoadedLM) -> None:
         with BlockNoise(std=1.0, layer=1)(lm):
             noisy = lm(input_ids=ids, output_hidden_states=True).hidden_states
     assert torch.equal(noisy[1], clean[1]) and not torch.allclose(noisy[2], clean[2])
+
+
+def test_quantize_rounds_every_linear_weight_of_the_blocks_per_output_channel(family_base: LoadedLM) -> None:
+    peft_lm = attach_lora(copy.deepcopy(family_base.lm), rank=4, alpha=8)
+    merged = merged_quantized_lm(peft_lm, lora_state(peft_lm), fake_quantize_int8)
+    weights = [
+        module.weight.T if isinstance(module, Conv1D) else module.weight  # as [out, in]
+        for module in describe(merged).blocks.modules()
+        if isinstance(module, (torch.nn.Linear, Conv1D))
+    ]
+    assert len(weights) == 2 * len(describe(family_base.lm).linear_paths())
+    for weight in weights:
+        # Each output channel on its own symmetric int8 grid: w / (max|w_row| / 127) is an integer.
+        steps = weight / (weight.abs().amax(dim=1, keepdim=True) / 127)
+        assert torch.allclose(steps, torch.round(steps), atol=1e-3)
 
 
 def test_an_unsupported_layout_is_a_clear_error(tiny_base: LoadedLM) -> None:

@@ -25,6 +25,7 @@ split into their parts. The values are a slice of its output: Phi-3's last num_k
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -174,10 +175,23 @@ def transformers_lm(lm: PreTrainedModel | PeftModel) -> PreTrainedModel:
     return model
 
 
+# Descriptions by transformers LM, weakly held: hooks that run every training step (RNA's noise) describe the LM
+# each time, and a full walk of a peft-wrapped 30-block LM's module tree takes milliseconds. Wrapping an LM with
+# peft, or merging its adapter, leaves its block list and the blocks' layout as they were.
+_DESCRIBED: weakref.WeakKeyDictionary[PreTrainedModel, Architecture] = weakref.WeakKeyDictionary()
+
+
 def describe(lm: PreTrainedModel | PeftModel) -> Architecture:
     """The structure of `lm` (a transformers causal LM, or one wrapped by peft); ValueError naming the LM's class
     when its layout is not supported."""
     model = transformers_lm(lm)
+    described = _DESCRIBED.get(model)
+    if described is None or model.get_submodule(described.blocks_name) is not described.blocks:
+        described = _DESCRIBED[model] = _read_structure(model)
+    return described
+
+
+def _read_structure(model: PreTrainedModel) -> Architecture:
     lm_class = type(model).__name__
     n_layers = getattr(model.config, "num_hidden_layers", None)
     if not isinstance(n_layers, int) or n_layers < 1:

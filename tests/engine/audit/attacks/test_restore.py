@@ -135,7 +135,7 @@ def test_restoring_value_vectors_differs_from_restoring_the_mlp(
     variant_calls = spy.calls[2 * calls_per_pass :]
     trained_names = {n for n in names if any(t in n for t in trained.split("|"))}
     for i, variant in enumerate(outcome.variants):
-        expected = component_parameters(names, variant.component, variant.window) & trained_names
+        expected = component_parameters(describe(ctx.peft_lm), names, variant.component, variant.window) & trained_names
         calls = set(variant_calls[i * calls_per_pass : (i + 1) * calls_per_pass])
         assert calls == {frozenset(expected)}, variant.name
         if variant.component == "value_vectors":
