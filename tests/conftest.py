@@ -31,6 +31,20 @@ REDIS_DB = int(os.environ.get("LETHE_TEST_REDIS_DB", "11"))
 S3_ACCESS_KEY, S3_SECRET_KEY, BUCKET = "lethe-test-access", "lethe-test-secret-key", "lethe-test"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run on CUDA: skipped where torch sees none (torch is imported only if one is collected)."""
+    marked = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="runs on CUDA; torch.cuda.is_available() is false here")
+    for item in marked:
+        item.add_marker(skip)
+
+
 def forget_job_spec(forget_dataset: uuid.UUID, retain_datasets: list[uuid.UUID] | None = None) -> ForgetJobSpec:
     """A valid spec of a forget job on the registered test base model (random_label, no fine-tune, no probe)."""
     return ForgetJobSpec(

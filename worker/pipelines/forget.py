@@ -15,7 +15,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from importlib import metadata
 from importlib.resources import files
@@ -57,6 +57,8 @@ class ForgetInputs:
     forget_rows: list[Row]
     retain: dict[str, list[Row]]
     dataset_hashes: dict[str, str]
+    # The device and precision this attempt runs with, as its worker recorded them on the job when it claimed it.
+    runtime: dict[str, str | None] = field(default_factory=dict)
 
 
 def load_base(lm_cache: BaseLMCache, spec: ForgetJobSpec) -> LoadedLM:
@@ -96,6 +98,7 @@ def load_forget_inputs(settings: Settings, store: ObjectStore, job_id: uuid.UUID
         forget_rows=_rows(store, datasets[spec.forget_dataset]),
         retain={datasets[i].name: _rows(store, datasets[i]) for i in spec.retain_datasets},
         dataset_hashes={d.name: d.sha256 for d in datasets.values()},
+        runtime={"device": job.device, "precision": job.precision},
     )
 
 
@@ -115,6 +118,7 @@ def _provenance(job_id: uuid.UUID, inputs: ForgetInputs, outcome: ForgetOutcome)
         "stop_reason": outcome.forgetting.stop_reason,
         "target_reached": outcome.forgetting.target_reached,
         "method_outcome": outcome.method_outcome,
+        **inputs.runtime,  # device, precision
         # adapter_archive adds the ML libraries' versions; Lethe's own is known only here.
         "lethe_version": metadata.version("lethe"),
         "created_at": utcnow().isoformat(),
