@@ -78,9 +78,8 @@ def full_precision(module: torch.nn.Module) -> Iterator[None]:
     Llama-3.2) and stay in memory through training, where the head is frozen and runs under autocast anyway.
     For scoring (no gradient reaches the module's weights through the copies; its inputs get theirs).
     """
-    originals = {
-        name: p for name, p in module.named_parameters(recurse=False) if p.is_floating_point() and p.dtype != torch.float32
-    }
+    own = module.named_parameters(recurse=False)
+    originals = {name: p for name, p in own if p.is_floating_point() and p.dtype != torch.float32}
     device_type = next(module.parameters()).device.type
     contexts: list[torch.autocast] = []
 

@@ -132,10 +132,11 @@ def spread_device_map(lm: PreTrainedModel, memory: Sequence[int]) -> dict[str, i
     layers are never split (`_no_split_modules`), tied weights (the LM head and the embeddings of SmolLM2 or
     Llama-3.2-1B) share a GPU, and the weights are balanced over the GPUs (about the same share on each, so each
     keeps its headroom), each given at most WEIGHTS_SHARE of its memory. PlacementError when they do not fit:
-    nothing goes to the CPU or the disk, where it would run silently slowly.
+    nothing goes to the CPU or the disk, where it would run silently slowly. The fit is conservative: accelerate
+    keeps room for the largest part (the head or the embeddings) on every GPU but the last.
     """
     budget: dict[int | str, int | str] = {index: int(total * WEIGHTS_SHARE) for index, total in enumerate(memory)}
-    no_split = lm._no_split_modules
+    no_split = set(lm._no_split_modules or ())
     balanced = get_balanced_memory(lm, max_memory=budget, no_split_module_classes=no_split)
     device_map = infer_auto_device_map(lm, max_memory=balanced, no_split_module_classes=no_split)
     elsewhere = sorted(name for name, device in device_map.items() if not isinstance(device, int))
