@@ -4,8 +4,9 @@ and LoRA training (with a reference LM, and with a method that steers a block's 
 On the CPU every part stays on the CPU (on a GPU machine, on `cuda:0`): accelerate's hooks are forced onto each
 block (as a spread LM has them), but nothing moves between devices. That shows the engine runs a dispatched LM
 and gets the plain LM's results; it cannot show that tensors on different devices meet correctly, which no
-CPU-only machine can. That is the `gpu` test at the end: the worker's own loader spreads the tiny LM over two GPUs (the embeddings on one, the head on
-the other) and it must score and train as the LM on one GPU does. It needs two GPUs and is skipped otherwise.
+CPU-only machine can. That is the `gpu` test at the end: the worker's own loader spreads the tiny LM over two
+GPUs (the embeddings on one, the head on the other) and it must score and train as the LM on one GPU does. It
+needs two GPUs and is skipped otherwise.
 """
 
 from __future__ import annotations
