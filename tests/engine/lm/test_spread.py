@@ -48,18 +48,28 @@ class Run:
     adapters: dict[str, dict[str, torch.Tensor]]
 
 
+# What adds tensors from several parameters or layers, which an LM spread over GPUs holds on several devices: a
+# reference LM and the projection of the forget gradient (npo), a block's activations (rmu), generated texts and
+# Fisher-weighted confidences (lwf).
+METHODS_RUN: dict[str, dict] = {
+    "npo": {"retain_kl_weight": 1.0, "project_gradients": True},
+    "rmu": {},
+    "lwf": {"max_new_tokens": 4, "interval": 1},
+}
+
+
 def run_engine(base: LoadedLM) -> Run:
-    """Score, generate, then train a fresh adapter 2 steps with npo (a reference LM) and rmu (block activations)."""
+    """Score, generate, then train a fresh adapter 2 steps with each of METHODS_RUN."""
     tokenizer = base.tokenizer
     pairs = [encode_pair(tokenizer, row.question, " " + row.answer) for row in QA_ROWS]
     choices = score_choices(base.lm, tokenizer, CHOICE_ROWS, batch_size=8).loglikelihoods
     tokens = [s.log_probs.tolist() for s in score_tokens(base.lm, tokenizer, pairs, batch_size=4)]
     generated = generate_greedy(base.lm, tokenizer, [context for context, _ in pairs[:4]], 4, batch_size=4)
     adapters = {}
-    for method in ("npo", "rmu"):
-        parsed = METHODS.get(method).parse({"learning_rate": 1e-2})
+    for method, params in METHODS_RUN.items():
+        parsed = METHODS.get(method).parse({"learning_rate": 1e-2, **params})
         torch.manual_seed(0)
-        peft_lm = attach_lora(base.lm, rank=4, alpha=8)
+        peft_lm = attach_lora(base.lm, rank=4, alpha=8, layers=parsed.adapted_layers(base.lm.config.num_hidden_layers))
         train(
             peft_lm,
             tokenizer,

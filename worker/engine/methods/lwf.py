@@ -111,7 +111,8 @@ def diagonal_fisher(gradients: Iterable[list[torch.Tensor]]) -> list[torch.Tenso
 
 def forgetting_confidence(fisher: Sequence[torch.Tensor], gradient: Sequence[torch.Tensor]) -> float:
     """Σ_i F_i g_i²: the intended update's squared length in the Fisher metric (up to η²/2)."""
-    return float(sum((f.double() * g.double().pow(2)).sum() for f, g in zip(fisher, gradient, strict=True)))
+    # Each parameter's term on the CPU: the adapters of an LM spread over GPUs sit on several devices.
+    return float(sum((f.double() * g.double().pow(2)).sum().cpu() for f, g in zip(fisher, gradient, strict=True)))
 
 
 def top_fraction(confidences: Sequence[float], fraction: float) -> list[int]:
