@@ -76,7 +76,7 @@ def full_precision(module: torch.nn.Module) -> Iterator[None]:
     Llama-3.2-1B's head (128,256 × 2,048) 1.05 GB on its GPU during a scoring pass, instead of an fp32 head kept
     for the worker's life, which would also untie the head from the embeddings where the LM ties them (SmolLM2,
     Llama-3.2) and stay in memory through training, where the head is frozen and runs under autocast anyway.
-    For scoring (no gradient reaches the module's weights through the copies; its inputs get theirs).
+    Meant for scoring: gradients reach the module's inputs, not its weights (the copies are detached).
     """
     own = module.named_parameters(recurse=False)
     originals = {name: p for name, p in own if p.is_floating_point() and p.dtype != torch.float32}
@@ -95,11 +95,11 @@ def full_precision(module: torch.nn.Module) -> Iterator[None]:
     def after(_module: torch.nn.Module, _args: tuple, _output: object) -> None:
         contexts.pop().__exit__(None, None, None)
 
-    with torch.no_grad():
-        for name, parameter in originals.items():
-            setattr(module, name, torch.nn.Parameter(parameter.float(), requires_grad=False))
     handles = [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
     try:
+        with torch.no_grad():  # inside the `try`: a copy that runs out of memory leaves every original in place
+            for name, parameter in originals.items():
+                setattr(module, name, torch.nn.Parameter(parameter.float(), requires_grad=False))
         yield
     finally:
         for handle in handles:
