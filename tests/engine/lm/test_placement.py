@@ -4,12 +4,14 @@ the device map of an LM spread over GPUs, planned on an empty (meta) LM of a rea
 The planning needs no GPU (it reads sizes only); running on several devices does: tests/engine/lm/test_spread.py.
 """
 
+from pathlib import Path
+
 import pytest
 import torch
 from accelerate import init_empty_weights
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from worker.engine.lm import placement
+from worker.engine.lm import load, placement
 from worker.engine.lm.load import LoadedLM
 from worker.engine.lm.placement import (
     WEIGHTS_SHARE,
@@ -150,3 +152,13 @@ def test_an_lm_too_large_for_the_gpus_is_refused_naming_the_setting() -> None:
 
 def test_the_input_device_is_the_embeddings_device(tiny_base: LoadedLM) -> None:
     assert input_device(tiny_base.lm) == tiny_base.device == tiny_base.lm.get_input_embeddings().weight.device
+
+
+def test_the_loader_plans_a_saved_lm_on_an_empty_copy(tiny_lm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What load_base_lm does before loading a spread LM: the plan from the directory's config alone, in the dtype
+    it loads in (two GPUs' memory stood in for: planning reads sizes only)."""
+    monkeypatch.setattr(load, "gpu_memory", lambda _placement: [80 * GB, 80 * GB])
+    two_gpus = Placement((torch.device("cuda", 0), torch.device("cuda", 1)), torch.bfloat16)
+    device_map = load._spread_device_map(tiny_lm_dir, two_gpus)
+    assert set(device_map.values()) == {0, 1}
+    assert device_map["model.embed_tokens"] == 0 and device_map["lm_head"] == 1
