@@ -405,6 +405,16 @@ class JobOut(BaseModel):
     )
     curves: list[CurvePointOut] = Field(description="Primary scores measured during forgetting, by split and step.")
     forgetting: ForgettingOut | None = Field(description="A succeeded forget job's outcome of forgetting; else null.")
+    device: str | None = Field(
+        description="The device the latest attempt ran on, with its model, e.g. `cuda:0 (NVIDIA H200)`, "
+        "`cuda:0-1 (2× NVIDIA H200)` for a base model spread over two GPUs, `cpu (AMD EPYC 7B13)`; null until a "
+        "worker claims the job."
+    )
+    precision: str | None = Field(
+        description="How the latest attempt computed: `fp32`, `bf16-autocast` (fp32 weights, matmuls in bf16) or "
+        "`bf16-autocast, bf16 weights` (weights stored in bf16, as on a GPU); the LM head's scores are fp32 in every "
+        "case. Null until a worker claims the job."
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -5,7 +5,9 @@ two workers on one data dir. Three layers see to it:
 - `stop()` from the server's shutdown: SIGTERM (Celery's warm shutdown), SIGKILL after `STOP_TIMEOUT_S`;
 - the worker asks the kernel to SIGKILL it when its parent dies (`die_with_parent`, Linux `PR_SET_PDEATHSIG`),
   which covers a server that is SIGKILLed or crashes and never runs its shutdown;
-- a supervisor thread restarts a worker that exits on its own, with back-off, so jobs never wait on a dead one.
+- a supervisor thread restarts a worker that exits on its own, with back-off, so jobs never wait on a dead one;
+  except a worker that refused to start for its configuration (`EX_CONFIG`, e.g. LETHE_REQUIRE_GPU=1 without
+  CUDA): it would refuse again every time, so the supervisor logs it and stops.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ STOP_TIMEOUT_S = 30.0
 # Back-off between restarts of a worker that keeps exiting: 1 s, doubling, at most a minute; a worker that ran
 # for longer than the longest wait counts as healthy again.
 FIRST_BACKOFF_S, MAX_BACKOFF_S = 1.0, 60.0
+# The exit status of a worker that refuses to start for its configuration (sysexits.h EX_CONFIG, as
+# worker/startup.py exits): never restarted.
+EX_CONFIG = 78
 _PR_SET_PDEATHSIG = 1
 
 
@@ -54,6 +59,8 @@ class EmbeddedWorker:
         self.poll_interval_s = poll_interval_s
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        # Whether the worker exited with EX_CONFIG, after which it is not restarted.
+        self.refused = False
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._supervisor = threading.Thread(target=self._supervise, name="embedded-worker", daemon=True)
@@ -78,6 +85,10 @@ class EmbeddedWorker:
             process = self.process
             if process is None or process.poll() is None:
                 continue
+            if process.returncode == EX_CONFIG:
+                log.error("embedded worker refused to start (its reason is above); not restarted")
+                self.refused = True
+                return
             if time.monotonic() - started > MAX_BACKOFF_S:
                 backoff = FIRST_BACKOFF_S
             log.error("embedded worker exited with %s; restarting in %.0f s", process.returncode, backoff)

@@ -37,6 +37,11 @@ def _serve(args: argparse.Namespace) -> int:
     worker = None
     # The embedded default has no separate worker service: run one beside the API, for as long as the API runs.
     if settings.embedded_broker and not args.no_worker:
+        if settings.require_gpu:
+            # Refuse here rather than serve an API whose worker will never start (it would say the same and exit).
+            from worker.startup import check_worker_devices
+
+            check_worker_devices(settings)
         worker = EmbeddedWorker([sys.executable, "-m", "cli.main", "worker"])
         worker.start()
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler it found installed:
@@ -53,6 +58,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     die_with_parent()  # a no-op unless `lethe serve` started this worker beside it
+    from worker.startup import check_worker_devices
+
+    # Before Celery's banner: a worker that must not run (LETHE_REQUIRE_GPU without CUDA) exits with EX_CONFIG.
+    check_worker_devices(get_settings())
     from worker.tasks import celery_app
 
     # One job at a time per process: a job already uses every core (or the whole GPU).

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     checkpoint_every_steps: int = Field(default=25, ge=0)
     # A creating POST's Idempotency-Key and its first response are kept this long; after that the key is new again.
     idempotency_ttl_s: float = 24 * 3600.0
+    # A worker without CUDA refuses to start (exit status 78, the reason on stderr) instead of training on the CPU:
+    # for GPU hosts, where a missing driver or device would otherwise make every job silently 50× slower.
+    require_gpu: bool = False
 
     # Hub base models (`hf:org/name@revision`, lethe/hub.py). The hub's URL: empty means huggingface_hub's (HF_ENDPOINT,
     # or https://huggingface.co); a mirror's URL otherwise.

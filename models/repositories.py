@@ -321,6 +321,12 @@ class JobRepository(TenantScopedRepository[Job]):
         )
         return result.rowcount == 1  # type: ignore[attr-defined]
 
+    def set_runtime(self, claim: Claim, device: str, precision: str) -> bool:
+        """Record the device and precision the claim's attempt runs with; False when the claim is no longer the
+        job's."""
+        result = self.session.execute(update(Job).where(*_held(claim)).values(device=device, precision=precision))
+        return result.rowcount == 1  # type: ignore[attr-defined]
+
     def set_forgetting(self, claim: Claim, forgetting: dict[str, Any]) -> bool:
         """Record the outcome of the job's forgetting (`lethe.forgetting.Forgetting.as_dict`); False when the claim
         is no longer the job's."""

@@ -143,6 +143,11 @@ class Job(Base):
     # A succeeded forget job's outcome of forgetting (lethe.forgetting.Forgetting.as_dict): target, whether the
     # adapter reached it, why forgetting stopped, its steps, the forget splits whose score rose. Null otherwise.
     forgetting: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # Where and how the latest attempt computes, written by its worker as it claims the job: the device
+    # ("cuda:0 (NVIDIA H200)", "cpu (AMD EPYC 7B13)") and the precision ("bf16-autocast", "fp32", ...; see
+    # worker/engine/lm/placement.py). Null until a worker claims it.
+    device: Mapped[str | None] = mapped_column(String(200), default=None)
+    precision: Mapped[str | None] = mapped_column(String(60), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)

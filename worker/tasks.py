@@ -17,6 +17,7 @@ from worker.engine.lm.load import BaseLMCache
 from worker.pipelines.audit import run_next_audit_job
 from worker.pipelines.forget import run_next_forget_job
 from worker.pipelines.jobs import Heartbeat, worker_liveness
+from worker.startup import check_worker_devices
 
 celery_app = make_celery(get_settings())
 
@@ -54,6 +55,12 @@ def forget_job(job_id: str) -> str:
 @celery_app.task(name=AUDIT_TASK)
 def audit_job(job_id: str) -> str:
     return run_next_audit_job(get_settings(), _store(), _lm_cache(), woken_by=uuid.UUID(job_id))
+
+
+@signals.worker_init.connect
+def _check_devices(**_kwargs: Any) -> None:
+    # Before the worker consumes anything: exits with EX_CONFIG when it must not run (LETHE_REQUIRE_GPU without CUDA).
+    check_worker_devices(get_settings())
 
 
 _liveness: list[Heartbeat] = []

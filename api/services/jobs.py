@@ -64,6 +64,8 @@ def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobOut
         metrics=[MetricOut.model_validate(m, from_attributes=True) for m in metrics],
         curves=[CurvePointOut.model_validate(p, from_attributes=True) for p in curves],
         forgetting=_forgetting(job),
+        device=job.device,
+        precision=job.precision,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,

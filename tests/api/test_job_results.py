@@ -28,6 +28,7 @@ def _succeeded_job(client: TestClient, settings: Settings) -> uuid.UUID:
         job = JobRepository(session).get_any_tenant(job_id)
         assert job is not None
         job.forgetting = FORGETTING.as_dict()
+        job.device, job.precision = "cuda:0 (NVIDIA H200)", "bf16-autocast, bf16 weights"
         MetricRepository(session).add_many(
             [
                 Metric(job_id=job_id, stage="base", split="forget_train", name="accuracy", value=0.84, n=25),
@@ -91,6 +92,7 @@ def test_a_job_serves_its_metrics_curves_and_outcome_of_forgetting(
     ]
     assert forgetting["summary"] == FORGETTING.summary()
     assert "did NOT reach its target" in forgetting["summary"] and "ROSE" in forgetting["summary"]
+    assert (job["device"], job["precision"]) == ("cuda:0 (NVIDIA H200)", "bf16-autocast, bf16 weights")
 
 
 def test_a_queued_job_has_no_curves_and_no_outcome_yet(client: TestClient, stack_settings: Settings) -> None:
@@ -101,6 +103,7 @@ def test_a_queued_job_has_no_curves_and_no_outcome_yet(client: TestClient, stack
         queued = JobRepository(session).add(type(job)(tenant_id=job.tenant_id, kind="forget", status="queued", spec={}))
     served = client.get(f"/v1/jobs/{queued.id}").json()
     assert (served["metrics"], served["curves"], served["forgetting"]) == ([], [], None)
+    assert (served["device"], served["precision"]) == (None, None)  # no worker has claimed it
 
 
 @pytest.mark.parametrize("layer", [None, 0])

@@ -3,11 +3,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from lethe.rows import ChoiceRow
 from tests.tiny_lm import synthetic_choice_rows
 from worker.engine import precision
-from worker.engine.lm.load import LoadedLM
+from worker.engine.lm.load import LoadedLM, load_base_lm
 from worker.engine.lm.lora import attach_lora
 from worker.engine.metrics.choice_scores import score_choices
 from worker.engine.precision import autocast, bf16_supported, full_precision, mixed_precision_enabled
@@ -148,3 +149,60 @@ def test_training_and_scoring_follow_lethe_precision(
     score_choices(peft_lm, tiny_base.tokenizer, rows, batch_size=8)
     hook.remove()
     assert len(autocasting) == 2 and set(autocasting) == {expected}
+
+
+def _head_logits_and_inputs(lm: torch.nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LM's logits under bf16 autocast with its head in `full_precision`, and what its head was given."""
+    head = lm.get_output_embeddings()
+    given: list[torch.Tensor] = []
+    # Registered first, so it sees the head's input before full_precision's cast.
+    handle = head.register_forward_pre_hook(lambda _module, args: given.append(args[0].detach().clone()))
+    try:
+        with torch.inference_mode(), autocast(input_ids.device, enabled=True), full_precision(head):
+            logits = lm(input_ids=input_ids).logits
+    finally:
+        handle.remove()
+    return logits, given[0]
+
+
+def _assert_head_in_fp32(lm: torch.nn.Module, input_ids: torch.Tensor) -> None:
+    """The head's logits equal an fp32 product of its inputs and weights; its weights are as they were after."""
+    head = lm.get_output_embeddings()
+    stored, tied = head.weight, head.weight is lm.get_input_embeddings().weight
+    logits, given = _head_logits_and_inputs(lm, input_ids)
+    with torch.no_grad():
+        expected = torch.nn.functional.linear(given.float(), stored.float())
+        bf16_product = torch.nn.functional.linear(given.to(stored.dtype), stored).float()
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, expected, rtol=1.3e-6, atol=1e-6)
+    # What the head computed before (inputs cast to the bf16 weights' dtype, a bf16 product) fails that check.
+    assert not torch.allclose(bf16_product, expected, rtol=1.3e-6, atol=1e-6)
+    assert head.weight is stored and head.weight.dtype == torch.bfloat16
+    assert (head.weight is lm.get_input_embeddings().weight) is tied
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_bf16_head_computes_in_fp32(tied: bool) -> None:
+    """Weights stored in bf16 (as on a GPU), head tied to the embeddings (SmolLM2, Llama-3.2) or not."""
+    config = LlamaConfig(
+        vocab_size=320,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        tie_word_embeddings=tied,
+    )
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    assert (lm.get_output_embeddings().weight is lm.get_input_embeddings().weight) is tied
+    _assert_head_in_fp32(lm, torch.randint(0, 320, (2, 12)))
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_loaded_lm_has_bf16_weights_and_an_fp32_head(tiny_lm_dir: Path, tmp_path: Path) -> None:
+    """The worker's loader on CUDA: bf16 weights (where the GPU has bf16), the head's logits still fp32 products."""
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16: the LM loads in fp32")
+    base = load_base_lm("tiny", f"path:{tiny_lm_dir}", tmp_path)
+    assert base.device.type == "cuda" and base.lm.get_output_embeddings().weight.dtype == torch.bfloat16
+    _assert_head_in_fp32(base.lm, torch.randint(0, 300, (2, 12), device=base.device))

@@ -38,6 +38,7 @@ from tests.hub_server import LoopbackHub, files_of
 from tests.tiny_lm import synthetic_choice_rows
 from worker.engine.forget.snapshot import ForgetSnapshot
 from worker.engine.lm.load import BaseLMCache
+from worker.engine.lm.placement import worker_placement
 from worker.pipelines import forget as forget_pipeline
 from worker.pipelines.checkpoints import JobCheckpoint
 from worker.pipelines.forget import run_forget_job
@@ -108,7 +109,18 @@ def test_a_job_runs_once_even_when_delivered_twice(stack_settings: Settings, tin
         before = store.get(before_forgetting_key(job.tenant_id, job_id))
         assert job.evidence_size_bytes == len(store.get(job.evidence_key)) + len(before)
         events = [e.type for e in JobEventRepository(session).list(job_id)]
+        served = get_job(session, job.tenant_id, job_id)
+        archive = store.get(adapter.object_key)
     assert events[0] == "started" and events[-1] == "succeeded" and events.count("started") == 1
+    # Where and how it ran, as its worker recorded it at the claim: on the job, served, and in the adapter's manifest.
+    placement = worker_placement()
+    assert (job.device, job.precision) == (placement.device_label(), placement.precision_label())
+    assert (served.device, served.precision) == (job.device, job.precision)
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        manifest_file = tar.extractfile("manifest.json")
+        assert manifest_file is not None
+        manifest = json.load(manifest_file)
+    assert (manifest["device"], manifest["precision"]) == (job.device, job.precision)
 
 
 def test_a_missing_base_model_fails_the_job_with_a_code(stack_settings: Settings, tmp_path: Path) -> None:

@@ -5,10 +5,13 @@ import threading
 import time
 import uuid
 
+import torch
+
 from lethe.settings import Settings
 from models.db import session_scope
 from models.repositories import Claim, JobEventRepository, JobRepository, TenantRepository
 from models.tables import Job, utcnow
+from worker.engine.lm.placement import worker_placement
 from worker.pipelines.jobs import HARD_LIMIT_EXIT_STATUS, ProgressReporter, TimeLimit, run_job, run_next_job
 
 
@@ -42,6 +45,29 @@ def test_two_deliveries_of_one_job_run_it_once(stack_settings: Settings) -> None
     with session_scope(stack_settings.database_url) as session:
         started = [e.payload for e in JobEventRepository(session).list(job_id) if e.type == "started"]
     assert [payload["attempt"] for payload in started] == [1]
+
+
+def test_a_claimed_job_records_its_device_and_precision(stack_settings: Settings, monkeypatch) -> None:
+    """As the worker places its base LM (`worker_placement`), recorded at the claim, before the job's body runs."""
+    monkeypatch.setenv("LETHE_PRECISION", "bf16")
+    job_id = _queued_job(stack_settings, _kind())
+    seen: list[tuple[str | None, str | None]] = []
+
+    def body() -> None:
+        job = _job(stack_settings, job_id)
+        seen.append((job.device, job.precision))
+
+    assert run_job(stack_settings, job_id, body) == "succeeded"
+    job = _job(stack_settings, job_id)
+    assert seen == [(job.device, job.precision)]
+    placement = worker_placement()
+    assert (job.device, job.precision) == (placement.device_label(), placement.precision_label())
+    on_gpu = torch.cuda.is_available()
+    assert job.device is not None and job.device.startswith("cuda:0 (" if on_gpu else "cpu (")
+    assert job.precision == ("bf16-autocast, bf16 weights" if on_gpu else "bf16-autocast")
+    with session_scope(stack_settings.database_url) as session:
+        started = [e.payload for e in JobEventRepository(session).list(job_id) if e.type == "started"]
+    assert [(p["device"], p["precision"]) for p in started] == [(job.device, job.precision)]
 
 
 def test_a_worker_whose_job_was_requeued_and_claimed_again_writes_nothing(stack_settings: Settings) -> None:

@@ -1,8 +1,9 @@
 """bf16 autocast where the hardware computes bf16 natively, fp32 everywhere else (LETHE_PRECISION overrides).
 
-Weights stay fp32; under autocast matmuls run in bf16 (with fp32 accumulation) while norms, softmax and the
-residual stream stay fp32. A CPU without native bf16 (AVX512-BF16 or AMX) emulates it, slower than fp32, so
-autocast is off there by default.
+On a CPU weights stay fp32; under autocast matmuls run in bf16 (with fp32 accumulation) while norms, softmax and
+the residual stream stay fp32. A CPU without native bf16 (AVX512-BF16 or AMX) emulates it, slower than fp32, so
+autocast is off there by default. On a GPU the weights are stored in bf16 where autocast is on (half the memory;
+`lm/placement.py`), in fp32 where it is off. Either way the LM head scores in fp32 (`full_precision`).
 
 LETHE_PRECISION is read here and nowhere else: `auto` (the default) is the rule above, `fp32` never autocasts,
 `bf16` always does (on a CPU without native bf16 too: same results, only slower). It is read on every call, so
@@ -65,12 +66,20 @@ def autocast(device: torch.device | str, enabled: bool | None = None) -> Iterato
 
 @contextmanager
 def full_precision(module: torch.nn.Module) -> Iterator[None]:
-    """Within this block, `module` runs with autocast off, on inputs cast to its weights' dtype.
+    """Within this block, `module` (the LM head) computes in fp32 with autocast off, whatever its weights' dtype.
 
-    For the LM head: its logits become log-probabilities summed over tokens, and bf16 logits (8 bits of
-    mantissa: ±0.06 at a logit of 20) would blur close choices.
+    Its logits become log-probabilities summed over tokens, and bf16 logits (8 bits of mantissa: ±0.06 at a logit
+    of 20) would blur close choices. Casting the inputs to the weights' dtype is not enough where the weights are
+    stored in bf16 (on a GPU): the product would be rounded to bf16 before any upcast. So the module's own floating
+    parameters are swapped, for the block, for fp32 copies made once on entry, and its inputs are cast to fp32.
+    Where they are fp32 already (the CPU) nothing is copied. A copy lives only as long as the block: for
+    Llama-3.2-1B's head (128,256 × 2,048) 1.05 GB on its GPU during a scoring pass, instead of an fp32 head kept
+    for the worker's life, which would also untie the head from the embeddings where the LM ties them (SmolLM2,
+    Llama-3.2) and stay in memory through training, where the head is frozen and runs under autocast anyway.
+    Meant for scoring: gradients reach the module's inputs, not its weights (the copies are detached).
     """
-    dtype = next(module.parameters()).dtype
+    own = module.named_parameters(recurse=False)
+    originals = {name: p for name, p in own if p.is_floating_point() and p.dtype != torch.float32}
     device_type = next(module.parameters()).device.type
     contexts: list[torch.autocast] = []
 
@@ -80,7 +89,7 @@ def full_precision(module: torch.nn.Module) -> Iterator[None]:
         # contiguous: a slice (logits_to_keep) would send the product to bmm with a broadcast weight, several
         # times slower than one mm.
         return tuple(
-            a.to(dtype).contiguous() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args
+            a.float().contiguous() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args
         )
 
     def after(_module: torch.nn.Module, _args: tuple, _output: object) -> None:
@@ -88,9 +97,14 @@ def full_precision(module: torch.nn.Module) -> Iterator[None]:
 
     handles = [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
     try:
+        with torch.no_grad():  # inside the `try`: a copy that runs out of memory leaves every original in place
+            for name, parameter in originals.items():
+                setattr(module, name, torch.nn.Parameter(parameter.float(), requires_grad=False))
         yield
     finally:
         for handle in handles:
             handle.remove()
         while contexts:  # a forward that raised never reached `after`
             contexts.pop().__exit__(None, None, None)
+        for name, parameter in originals.items():
+            setattr(module, name, parameter)

@@ -62,6 +62,8 @@ class ForgetInputs:
     parent: ParentAdapter | None = None
     lineage: list[uuid.UUID] = field(default_factory=list)
     parent_dataset_hashes: dict[str, str] = field(default_factory=dict)
+    # The device and precision this attempt runs with, as its worker recorded them on the job when it claimed it.
+    runtime: dict[str, str | None] = field(default_factory=dict)
 
 
 def load_base(lm_cache: BaseLMCache, spec: ForgetJobSpec) -> LoadedLM:
@@ -101,6 +103,7 @@ def load_forget_inputs(settings: Settings, store: ObjectStore, job_id: uuid.UUID
         forget_rows=_rows(store, datasets[spec.forget_dataset]),
         retain={datasets[i].name: _rows(store, datasets[i]) for i in spec.retain_datasets},
         dataset_hashes={d.name: d.sha256 for d in datasets.values()},
+        runtime={"device": job.device, "precision": job.precision},
     )
     if lineage:
         _add_parent(inputs, store, lineage)
@@ -189,6 +192,7 @@ def _provenance(
         "stop_reason": outcome.forgetting.stop_reason,
         "target_reached": outcome.forgetting.target_reached,
         "method_outcome": outcome.method_outcome,
+        **inputs.runtime,  # device, precision
         # adapter_archive adds the ML libraries' versions; Lethe's own is known only here.
         "lethe_version": metadata.version("lethe"),
         "created_at": utcnow().isoformat(),

@@ -21,6 +21,7 @@ from models.db import UnitOfWork, session_scope, unavailable
 from models.repositories import Claim, JobEventRepository, JobRepository, WorkerRepository
 from models.tables import utcnow
 from storage import ObjectStore
+from worker.engine.lm.placement import worker_placement
 
 log = logging.getLogger("lethe.worker")
 
@@ -273,7 +274,17 @@ def run_next_job(
 
 
 def _started(session: Session, claim: Claim) -> None:
-    JobEventRepository(session).append(claim.job_id, "started", {"worker": platform.node(), "attempt": claim.attempt})
+    """Record who runs the claimed attempt, on which device and in which precision (the job's `device` and
+    `precision`, and its `started` event); `worker_placement` is the rule the base LM is loaded by."""
+    placement = worker_placement()
+    device, precision = placement.device_label(), placement.precision_label()
+    JobRepository(session).set_runtime(claim, device, precision)
+    JobEventRepository(session).append(
+        claim.job_id,
+        "started",
+        {"worker": platform.node(), "attempt": claim.attempt, "device": device, "precision": precision},
+    )
+    log.info("job %s, attempt %d: runs on %s in %s", claim.job_id, claim.attempt, device, precision)
 
 
 def _run_claimed_job(settings: Settings, claim: Claim, body: Callable[[], None]) -> str:

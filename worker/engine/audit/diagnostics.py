@@ -38,6 +38,7 @@ from transformers import PreTrainedTokenizerBase
 from lethe.rows import Row
 from worker.engine.lm.inputs import encode_pair, fit_pair, longest_first, pad
 from worker.engine.lm.load import CausalLM
+from worker.engine.lm.placement import input_device
 from worker.engine.metrics.intervals import Estimate, bootstrap_mean
 from worker.engine.precision import autocast, full_precision
 
@@ -125,7 +126,7 @@ def answer_logits(
         context_ids, target_ids = encode_pair(tokenizer, row.context, row.target)
         sequences.append(fit_pair(context_ids, target_ids[:ANSWER_TOKENS], limit))
     logits_of: dict[int, torch.Tensor] = {}
-    device = next(lm.parameters()).device
+    device = input_device(lm)
     lm.eval()
     with torch.inference_mode(), autocast(device), full_precision(lm.get_output_embeddings()):
         for batch in longest_first([len(sequence) for sequence, _ in sequences], batch_size):

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lethe.base_model_sources import (
     BaseModelSourceError,
@@ -28,6 +29,7 @@ from lethe.base_model_sources import (
 )
 from lethe.hub import HubOptions, local_snapshot
 from lethe.registry import Registry, UnknownNameError
+from worker.engine.lm.placement import Placement, gpu_memory, input_device, spread_device_map, worker_placement
 
 # A base LM, or one wrapped with LoRA adapters (PeftModel forwards `config` and the call).
 CausalLM = PreTrainedModel | PeftModel
@@ -53,7 +55,8 @@ BUNDLED_LMS.register(
 @dataclass
 class LoadedLM:
     """A causal LM in eval mode with frozen weights, its tokenizer (pad token set), the base model it was loaded
-    from (its catalogue name) and its device."""
+    from (its catalogue name) and its input device: where its inputs go, the only device unless the LM is spread
+    over several GPUs (`placement.py`), and then the embeddings' one."""
 
     lm: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
@@ -64,10 +67,11 @@ class LoadedLM:
 
 
 def device_and_dtype() -> tuple[torch.device, torch.dtype]:
-    """CUDA with bf16 when available (fp32 on GPUs without bf16), otherwise CPU with fp32."""
-    if torch.cuda.is_available():
-        return torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.device("cpu"), torch.float32
+    """The input device and the weights' dtype of this worker's LMs: CUDA with bf16 weights where it trains under
+    bf16 autocast (fp32 on GPUs without bf16, or with LETHE_PRECISION=fp32), otherwise CPU with fp32 (see
+    `placement.worker_placement`)."""
+    placement = worker_placement()
+    return placement.input_device, placement.dtype
 
 
 def load_base_lm(
@@ -137,7 +141,7 @@ class BaseLMCache:
 
 
 def _load_safetensors_dir(base_model: str, directory: Path) -> LoadedLM:
-    device, dtype = device_and_dtype()
+    placement = worker_placement()
     tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False, local_files_only=True)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -145,13 +149,30 @@ def _load_safetensors_dir(base_model: str, directory: Path) -> LoadedLM:
         # Padding is always masked out (and sits after the real tokens), so any id will do.
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
+    # Spread over several GPUs: each decoder layer on the GPU `spread_device_map` chose, loaded straight there.
+    device_map = _spread_device_map(directory, placement) if placement.spread else None
     lm = AutoModelForCausalLM.from_pretrained(
-        directory, dtype=dtype, use_safetensors=True, trust_remote_code=False, local_files_only=True
+        directory,
+        dtype=placement.dtype,
+        device_map=device_map,
+        use_safetensors=True,
+        trust_remote_code=False,
+        local_files_only=True,
     )
-    lm.to(device)  # type: ignore[arg-type]  # transformers' wrapper of .to hides the device overload
+    if device_map is None:
+        lm.to(placement.input_device)  # type: ignore[arg-type]  # transformers' .to wrapper hides the overload
     lm.eval()
     lm.requires_grad_(False)
-    return LoadedLM(lm=lm, tokenizer=tokenizer, base_model=base_model, device=device)
+    return LoadedLM(lm=lm, tokenizer=tokenizer, base_model=base_model, device=input_device(lm))
+
+
+def _spread_device_map(directory: Path, placement: Placement) -> dict[str, int]:
+    """The device map of the LM in `directory` over the placement's GPUs, planned on an empty (meta) copy."""
+    config = AutoConfig.from_pretrained(directory, trust_remote_code=False, local_files_only=True)
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(config, dtype=placement.dtype, trust_remote_code=False)
+    empty.tie_weights()  # tied weights must be seen as tied to be kept on one GPU
+    return spread_device_map(empty, gpu_memory(placement))
 
 
 def _bundled_safetensors_dir(bundled_id: str, cache_dir: Path) -> Path:

@@ -48,7 +48,7 @@ def activation_distance(hidden: torch.Tensor, target: torch.Tensor, mask: torch.
     α = 1200 were tuned with the code.
     """
     per_token = (hidden.float() - target.float()).pow(2).mean(-1)
-    weights = mask.to(per_token.dtype)
+    weights = mask.to(per_token.device, per_token.dtype)  # the block's device, for an LM spread over GPUs
     return ((per_token * weights).sum(-1) / weights.sum(-1).clamp(min=1)).mean()
 
 

@@ -42,6 +42,7 @@ from transformers import PreTrainedTokenizerBase
 from lethe.methods import LWFParams
 from lethe.rows import Row, TextRow
 from worker.engine.lm.inputs import encode_pair, fit_pair, pad
+from worker.engine.lm.placement import input_device
 from worker.engine.training.batches import Example, collate, examples_of, shuffled_batches
 from worker.engine.training.logprobs import mean_nll, sequence_logprob
 from worker.engine.training.objective import LossTerms, Objective, Step, TrainContext
@@ -62,7 +63,7 @@ def generate_continuations(
     """Greedy continuations of the prompts by the reference LM (the LM before forgetting), each cut after its first
     EOS."""
     tokenizer = context.tokenizer
-    device = next(context.lm.parameters()).device
+    device = input_device(context.lm)
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     continuations = []
     with context.reference() as lm:
@@ -85,7 +86,7 @@ def example_gradients(
     lm: PeftModel, examples: Iterable[Example], pad_id: int, per_token: bool
 ) -> Iterator[list[torch.Tensor]]:
     """Each example's gradient (fp32) over the trainable parameters of its target's NLL: token mean or sum."""
-    device = next(lm.parameters()).device
+    device = input_device(lm)
     trainable = [p for p in lm.parameters() if p.requires_grad]
     for example in examples:
         batch = collate([example], pad_id, device)
@@ -110,7 +111,8 @@ def diagonal_fisher(gradients: Iterable[list[torch.Tensor]]) -> list[torch.Tenso
 
 def forgetting_confidence(fisher: Sequence[torch.Tensor], gradient: Sequence[torch.Tensor]) -> float:
     """Σ_i F_i g_i²: the intended update's squared length in the Fisher metric (up to η²/2)."""
-    return float(sum((f.double() * g.double().pow(2)).sum() for f, g in zip(fisher, gradient, strict=True)))
+    # Each parameter's term on the CPU: the adapters of an LM spread over GPUs sit on several devices.
+    return float(sum((f.double() * g.double().pow(2)).sum().cpu() for f, g in zip(fisher, gradient, strict=True)))
 
 
 def top_fraction(confidences: Sequence[float], fraction: float) -> list[int]:

@@ -41,13 +41,15 @@ def retain_kl_term(weight: float) -> Callable[[Step], torch.Tensor]:
 
 def project_out_retain(forget_grads: list[torch.Tensor], retain_grads: list[torch.Tensor]) -> list[torch.Tensor]:
     """g_f − (⟨g_f, g_r⟩ / ‖g_r‖²)·g_r over all parameters as one vector; g_f unchanged when g_r = 0."""
-    dot = torch.stack([(f.double() * r.double()).sum() for f, r in zip(forget_grads, retain_grads, strict=True)]).sum()
-    norm2 = torch.stack([r.double().pow(2).sum() for r in retain_grads]).sum()
+    # The sums meet on one device: the adapters of an LM spread over GPUs sit on several (a no-op on one device).
+    device = forget_grads[0].device
+    pairs = list(zip(forget_grads, retain_grads, strict=True))
+    dot = torch.stack([(f.double() * r.double()).sum().to(device) for f, r in pairs]).sum()
+    norm2 = torch.stack([r.double().pow(2).sum().to(device) for r in retain_grads]).sum()
     if norm2 == 0:
         return forget_grads
     coefficient = dot / norm2
-    pairs = zip(forget_grads, retain_grads, strict=True)
-    return [(f.double() - coefficient * r.double()).to(f.dtype) for f, r in pairs]
+    return [(f.double() - coefficient.to(r.device) * r.double()).to(f.dtype) for f, r in pairs]
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from lethe.methods import RMUParams
 from worker.engine.lm.architecture import describe
 from worker.engine.lm.blocks import block_outputs
 from worker.engine.lm.lora import train_only_modules
+from worker.engine.lm.placement import input_device
 from worker.engine.methods.losses import activation_distance, retain_batch
 from worker.engine.training.batches import Batch, collate, examples_of
 from worker.engine.training.objective import LossTerms, Objective, Step, TrainContext
@@ -51,7 +52,7 @@ NORM_BATCH = 16
 def mean_hidden_norm(context: TrainContext, block: torch.nn.Module) -> float:
     """mean over forget-train rows of the mean over their attended tokens of |h|, h = `block`'s output, no grad."""
     lm = context.lm
-    device = next(lm.parameters()).device
+    device = input_device(lm)
     examples = examples_of(context.tokenizer, context.forget_rows, context.limit)
     per_row: list[torch.Tensor] = []
     with torch.no_grad():
@@ -60,7 +61,7 @@ def mean_hidden_norm(context: TrainContext, block: torch.nn.Module) -> float:
             with block_outputs(block) as captured:
                 lm(**batch.lm_inputs())
             norms = captured[-1].float().norm(dim=-1)
-            mask = batch.attention_mask.to(norms.dtype)
+            mask = batch.attention_mask.to(norms.device, norms.dtype)
             per_row.append((norms * mask).sum(-1) / mask.sum(-1).clamp(min=1))
     return float(torch.cat(per_row).mean())
 
@@ -85,9 +86,9 @@ class RMU(Objective):
         self.coefficient = (
             fixed if fixed is not None else self.params.steering_scale * mean_hidden_norm(context, self.block)
         )
-        device = next(context.lm.parameters()).device
         u = random_unit_vector(config.hidden_size, self.seed)
-        self.control = (self.coefficient * u).to(device)
+        # On the steered block's device: an LM spread over GPUs holds its blocks on different ones.
+        self.control = (self.coefficient * u).to(next(self.block.parameters()).device)
         if self.params.trained_modules == "down_proj":
             train_only_modules(context.lm, architecture.layout.mlp_output)
 

@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from lethe.rows import ChoiceRow
 from worker.engine.lm.inputs import encode_pair, max_length, pair_sequence
 from worker.engine.lm.load import CausalLM
+from worker.engine.lm.placement import input_device
 from worker.engine.precision import autocast, full_precision
 
 
@@ -170,7 +171,7 @@ def score_choices(
     packed = [_pack(group) for group in groups]
     pair_loglikelihoods = np.zeros(n_pairs)
     pair_hidden: np.ndarray | None = None
-    device = next(lm.parameters()).device
+    device = input_device(lm)
     lm.eval()
     with torch.inference_mode(), autocast(device, enabled=bf16), full_precision(lm.get_output_embeddings()):
         for batch in _batches(packed, batch_size):
@@ -249,7 +250,8 @@ def _head_only_at(head: torch.nn.Module, selection: tuple[torch.Tensor, torch.Te
     """
 
     def gather(_module: torch.nn.Module, args: tuple) -> tuple:
-        return (args[0][selection][None], *args[1:])
+        states = args[0]  # on the last block's device, for an LM spread over GPUs
+        return (states[tuple(index.to(states.device) for index in selection)][None], *args[1:])
 
     # Prepended: the gather runs before full_precision's cast, which then casts the gathered states only.
     handle = head.register_forward_pre_hook(gather, prepend=True)

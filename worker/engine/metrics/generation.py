@@ -9,6 +9,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from worker.engine.lm.inputs import longest_first, max_length, pad
 from worker.engine.lm.load import CausalLM
+from worker.engine.lm.placement import input_device
 
 
 def eos_ids(lm: CausalLM, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -44,7 +45,7 @@ def generate_greedy(
         raise ValueError("a context must have at least one token")
     stops = eos_ids(lm, tokenizer)
     texts: dict[int, str] = {}
-    device = next(lm.parameters()).device
+    device = input_device(lm)
     lm.eval()
     with torch.inference_mode():
         # Each batch generates up to its largest limit and rows are cut to their own.

@@ -15,6 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from worker.engine.lm.inputs import fit_pair, longest_first, max_length, pad
 from worker.engine.lm.load import CausalLM
+from worker.engine.lm.placement import input_device
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def score_tokens(
     limit = max_length(lm, tokenizer)
     sequences = [fit_pair(context, target, limit) for context, target in pairs]
     scored: dict[int, TokenScores] = {}
-    device = next(lm.parameters()).device
+    device = input_device(lm)
     lm.eval()
     with torch.inference_mode():
         for batch in longest_first([len(sequence) for sequence, _ in sequences], batch_size):

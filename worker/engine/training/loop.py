@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lethe.rows import Row
 from worker.engine.lm.lora import LoraState, load_lora_state, reference_adapter
+from worker.engine.lm.placement import input_device
 from worker.engine.precision import autocast
 from worker.engine.training.batches import Example, RetainStream, collate, examples_of, shuffled_batches
 from worker.engine.training.objective import GradientFilter, LossTerms, Objective, Plugins, Step, TrainContext
@@ -124,7 +125,7 @@ def _train(
     plugins = plugins or Plugins()
     if (objective.uses_retain or plugins.needs_retain) and not retain_rows:
         raise ValueError("this method needs retain rows (a retain dataset) and none were given")
-    device = next(peft_lm.parameters()).device
+    device = input_device(peft_lm)
     pad_id = tokenizer.pad_token_id
     objective.prepare(TrainContext(peft_lm, tokenizer, forget_rows, retain_rows, limit, seed))
     forget_examples = examples_of(tokenizer, forget_rows, limit)
