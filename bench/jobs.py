@@ -11,6 +11,8 @@ import sys
 import time
 from collections.abc import Callable
 
+import torch
+
 from bench.memory import RssSampler, cpu_breakdown, lora_bytes, peak_rss_mb, rss_mb, tensor_bytes
 from bench.tasks import TASKS
 from lethe.methods import GradientAscentParams
@@ -84,11 +86,20 @@ def measure_memory(cache_dir: str) -> dict:
     loaded: list[tuple[LoadedLM, float]] = []
     with RssSampler() as sampler:
 
+        def on_loaded(base: LoadedLM) -> None:
+            # Loading maps the safetensors file: its pages become resident when read. Read them all (as the first
+            # forward pass would), so that the RSS here holds the weights.
+            with torch.no_grad():
+                for parameter in base.lm.parameters():
+                    parameter.sum()
+            loaded.append((base, rss_mb()))
+            sampler.stage = "starting"
+
         def on_progress(stage: str, _fraction: float) -> None:
             sampler.stage = stage
 
         sampler.stage = "loading"
-        seconds = run_whole_job(cache_dir, on_progress, lambda base: loaded.append((base, rss_mb())))
+        seconds = run_whole_job(cache_dir, on_progress, on_loaded)
     peak = peak_rss_mb()
     base, after_load = loaded[0]
     params = GradientAscentParams.model_validate({})
