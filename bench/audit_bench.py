@@ -5,7 +5,7 @@ the API reads it (defaults filled, general-text perplexity on by default) and ru
 `run_forget` on the base LM already in the cache (a warm worker). The audit is every attack that applies, with
 its default params and the default thresholds (what `POST /v1/audits` runs when it names no attacks), on the job's
 outcome: the audit context is built from the outcome in memory, which holds what the audit pipeline reads back
-from the object store (the forgotten adapter on a copy of the base LM, the adapter before forgetting, the same
+from the object store (the forgotten adapter attached to the base LM, the adapter before forgetting, the same
 rows, batch size and seed). Neither side's time includes the pipelines' object-store and database I/O.
 
 `python -m bench.audit_bench CACHE_DIR` measures it and prints the results, with its peak RSS, as one JSON line
@@ -35,6 +35,7 @@ from worker.engine.audit.outcome import overall_verdict
 from worker.engine.audit.run import audit_context, is_diagnostic, run_audit, run_diagnostics
 from worker.engine.forget.run import ForgetPlan, run_forget
 from worker.engine.lm.load import BaseLMCache, LoadedLM
+from worker.engine.lm.lora import attached_lora
 from worker.pipelines.forget import general_text_rows
 from worker.reports.report import attack_entry, diagnostic_entry
 
@@ -169,27 +170,31 @@ def measure(base: LoadedLM, job: AuditedJob) -> dict:
 
     audit_load = load_average()
     audit_clock = _StageClock("audit")
-    ctx = audit_context(
-        base,
-        outcome.peft_lm,
-        outcome.before_forgetting,
-        job.forget_train,
-        job.forget_heldout,
-        job.retain,
-        # The audit pipeline's: the forget job's batch size (its method's) and seed.
-        batch_size=METHODS.get(job.plan.method).parse(job.plan.method_params).batch_size,
-        seed=job.plan.seed,
-        # As the pipeline: the base LM is a never-learned control only when the forget job fine-tuned first.
-        finetuned=job.plan.finetune is not None,
-    )
     thresholds = Thresholds.model_validate({})
-    # As the audit pipeline: the attacks, then the diagnostics (restore, patch: never judged).
+    # As the audit pipeline: the adapter on the base LM itself, the attacks, then the diagnostics (restore, patch:
+    # never judged).
     judged = [name for name in attacks if not is_diagnostic(name)]
     diagnostics = [name for name in attacks if is_diagnostic(name)]
-    audited, skipped = run_audit(ctx, [AttackChoice(name=name, params={}) for name in judged], thresholds, audit_clock)
-    diagnosed, skipped_diagnostics = run_diagnostics(
-        ctx, [AttackChoice(name=name, params={}) for name in diagnostics], audit_clock
-    )
+    with attached_lora(base.lm, outcome.adapter.config, outcome.adapter.state) as peft_lm:
+        ctx = audit_context(
+            base,
+            peft_lm,
+            outcome.before_forgetting,
+            job.forget_train,
+            job.forget_heldout,
+            job.retain,
+            # The audit pipeline's: the forget job's batch size (its method's) and seed.
+            batch_size=METHODS.get(job.plan.method).parse(job.plan.method_params).batch_size,
+            seed=job.plan.seed,
+            # As the pipeline: the base LM is a never-learned control only when the forget job fine-tuned first.
+            finetuned=job.plan.finetune is not None,
+        )
+        audited, skipped = run_audit(
+            ctx, [AttackChoice(name=name, params={}) for name in judged], thresholds, audit_clock
+        )
+        diagnosed, skipped_diagnostics = run_diagnostics(
+            ctx, [AttackChoice(name=name, params={}) for name in diagnostics], audit_clock
+        )
     audit_seconds = audit_clock.stop()
 
     results = {attack.name: attack for attack in audited}

@@ -1,21 +1,24 @@
 """A small SmolLM2 forget job as the worker runs it: for the cached-start time and the peak-memory figure.
 
-`python -m bench.jobs CACHE_DIR` runs one whole job and prints its peak RSS as JSON (run in a fresh process,
-so the figure is the job's own).
+`python -m bench.jobs CACHE_DIR` runs one whole job and prints its peak RSS, the peak of each stage and the
+breakdown of `bench.memory` as JSON (run in a fresh process, so the figures are the job's own).
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from collections.abc import Callable
 
+import torch
+
+from bench.memory import RssSampler, cpu_breakdown, lora_bytes, peak_rss_mb, rss_mb, tensor_bytes
 from bench.tasks import TASKS
+from lethe.methods import GradientAscentParams
 from lethe.rows import ChoiceRow
 from worker.engine.forget.run import ForgetPlan, run_forget
-from worker.engine.lm.load import BaseLMCache
+from worker.engine.lm.load import BaseLMCache, LoadedLM
 
 BASE_LM = ("smollm2-135m-instruct", "bundled:smollm2-135m-instruct")
 # Rows past the ones the scoring benchmark uses, so no row is both scored and forgotten.
@@ -63,17 +66,51 @@ def seconds_to_first_step(cache: BaseLMCache) -> float:
     raise RuntimeError("the job ended without a forgetting step")
 
 
-def run_whole_job(cache_dir: str, on_progress: Callable[[str, float], None] = lambda _s, _f: None) -> float:
-    """One complete job (probes included); its wall time."""
+def run_whole_job(
+    cache_dir: str,
+    on_progress: Callable[[str, float], None] = lambda _s, _f: None,
+    on_loaded: Callable[[LoadedLM], None] = lambda _base: None,
+) -> float:
+    """One complete job (probes included); its wall time. `on_loaded(base)` runs once the base LM is loaded."""
     forget_train, forget_heldout, retain = job_rows()
     started = time.perf_counter()
     base = BaseLMCache(cache_dir).get(*BASE_LM)
+    on_loaded(base)
     run_forget(base, plan(max_steps=4, probe=True), forget_train, forget_heldout, retain, on_progress)
     return time.perf_counter() - started
 
 
+def measure_memory(cache_dir: str) -> dict:
+    """One whole job (`run_whole_job`) with its RSS sampled: peak, per-stage peaks and the breakdown, in MiB."""
+    baseline = rss_mb()
+    loaded: list[tuple[LoadedLM, float]] = []
+    with RssSampler() as sampler:
+
+        def on_loaded(base: LoadedLM) -> None:
+            # Loading maps the safetensors file: its pages become resident when read. Read them all (as the first
+            # forward pass would), so that the RSS here holds the weights.
+            with torch.no_grad():
+                for parameter in base.lm.parameters():
+                    parameter.sum()
+            loaded.append((base, rss_mb()))
+            sampler.stage = "starting"
+
+        def on_progress(stage: str, _fraction: float) -> None:
+            sampler.stage = stage
+
+        sampler.stage = "loading"
+        seconds = run_whole_job(cache_dir, on_progress, on_loaded)
+    peak = peak_rss_mb()
+    base, after_load = loaded[0]
+    params = GradientAscentParams.model_validate({})
+    lora = lora_bytes(base, params.lora_rank, params.lora_alpha)
+    return {
+        "peak_rss_mb": peak,
+        "job_seconds": seconds,
+        "breakdown": cpu_breakdown(baseline, after_load, tensor_bytes(base.lm), lora, peak),
+        "stage_peaks_mb": sampler.peaks,
+    }
+
+
 if __name__ == "__main__":
-    seconds = run_whole_job(sys.argv[1])
-    # Linux reports ru_maxrss in KiB.
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_rss_mb": peak_mb, "job_seconds": seconds}))
+    print(json.dumps(measure_memory(sys.argv[1])))

@@ -1,7 +1,7 @@
 """`make bench`: every benchmark in one run on this machine; writes bench/results.json and BENCHMARKS.md.
 
 python -m bench.run [--scoring-rows N] [--skip-lmeval] ...   (from the repository root, in the project venv)
-python -m bench.run --only audit   one step alone, its results merged into the existing results.json
+python -m bench.run --only audit   one step alone (audit or memory), its results merged into the existing results.json
 """
 
 from __future__ import annotations
@@ -50,6 +50,21 @@ def _audit_step(cache_dir: Path) -> dict:
     return json.loads(measured.stdout.strip().splitlines()[-1])
 
 
+def _memory_step(cache_dir: Path) -> dict:
+    """The peak RSS of one whole forget job and its breakdown, in a fresh process (so the figures are its own)."""
+    _log("peak memory of a whole job, in a fresh process")
+    job = subprocess.run(
+        [sys.executable, "-m", "bench.jobs", str(cache_dir)], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    measured = json.loads(job.stdout.strip().splitlines()[-1])
+    return {
+        "peak_rss_mb": measured["peak_rss_mb"],
+        "memory_job_s": measured["job_seconds"],
+        "memory_breakdown": measured["breakdown"],
+        "memory_stage_peaks_mb": measured["stage_peaks_mb"],
+    }
+
+
 def _write(results: dict, out: Path, markdown: Path) -> None:
     out.write_text(json.dumps(results, indent=2) + "\n")
     markdown.write_text(report.render(results))
@@ -69,17 +84,20 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument(
         "--only",
-        choices=["audit"],
+        choices=["audit", "memory"],
         help="run this step alone and merge its results into the existing --out file (then re-render --markdown)",
     )
     args = parser.parse_args()
-    if args.only == "audit":
+    if args.only is not None:
         if not args.out.is_file():
             parser.error(f"--only merges into an existing results file; {args.out} does not exist (run make bench)")
         earlier: dict = json.loads(args.out.read_text())
-        earlier["audit"] = _audit_step(args.cache_dir)
+        if args.only == "audit":
+            earlier["audit"] = _audit_step(args.cache_dir)
+        else:
+            earlier.update(_memory_step(args.cache_dir))
         _write(earlier, args.out, args.markdown)
-        _log(f"wrote the audit step into {args.out} and {args.markdown}")
+        _log(f"wrote the {args.only} step into {args.out} and {args.markdown}")
         return
     args.work_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -149,13 +167,7 @@ def main() -> None:
     results["cached_start_s"] = warm
     results["cold_start_s"] = cold
 
-    _log("peak memory of a whole job, in a fresh process")
-    job = subprocess.run(
-        [sys.executable, "-m", "bench.jobs", str(args.cache_dir)], cwd=REPO, capture_output=True, text=True, check=True
-    )
-    measured = json.loads(job.stdout.strip().splitlines()[-1])
-    results["peak_rss_mb"] = measured["peak_rss_mb"]
-    results["memory_job_s"] = measured["job_seconds"]
+    results.update(_memory_step(args.cache_dir))
 
     results["audit"] = _audit_step(args.cache_dir)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Sequence
 
@@ -13,7 +12,7 @@ from lethe.methods import GradientAscentParams
 from lethe.rows import ChoiceRow
 from worker.engine.lm.inputs import max_length
 from worker.engine.lm.load import LoadedLM
-from worker.engine.lm.lora import attach_lora
+from worker.engine.lm.lora import attached_lora, lora_config
 from worker.engine.methods import gradient_ascent
 from worker.engine.training.batches import Example
 from worker.engine.training.loop import Schedule, train
@@ -51,13 +50,14 @@ def lethe_gradient_ascent(
     The one place that calls Lethe's training API: when that API changes, only this function changes.
     """
     torch.manual_seed(seed)  # LoRA's A matrices, drawn as in the naive loop
-    peft_lm = attach_lora(copy.deepcopy(base.lm), LORA_RANK, LORA_ALPHA)
     objective = _RecordingObjective(gradient_ascent.build(GradientAscentParams.model_validate({}), seed))
-    limit = max_length(peft_lm, base.tokenizer)
+    limit = max_length(base.lm, base.tokenizer)
     schedule = Schedule(learning_rate=learning_rate, epochs=epochs, batch_size=batch_size)
-    started = time.perf_counter()
-    result = train(peft_lm, base.tokenizer, objective, rows, [], schedule, seed=seed, limit=limit)
-    seconds = time.perf_counter() - started
+    # As a job: the adapter on the cached base LM itself, taken off again afterwards.
+    with attached_lora(base.lm, lora_config(base.lm, LORA_RANK, LORA_ALPHA)) as peft_lm:
+        started = time.perf_counter()
+        result = train(peft_lm, base.tokenizer, objective, rows, [], schedule, seed=seed, limit=limit)
+        seconds = time.perf_counter() - started
     # Tokens fed: every row's prompt and answer once per epoch (padding excluded).
     tokens_per_epoch = sum(len(base.tokenizer(row.prompt + row.choices[row.answer])["input_ids"]) for row in rows)
     return TrainingRun(result.steps, epochs * tokens_per_epoch, seconds, objective.losses_seen)

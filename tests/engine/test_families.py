@@ -16,13 +16,13 @@ from lethe.attacks import Thresholds
 from lethe.rows import ChoiceRow, Row
 from lethe.specs import AttackChoice
 from tests.tiny_lm import FAMILIES, build_tiny_family_lm, synthetic_choice_rows, task_corpus
-from worker.engine.audit.attacks.quantize import fake_quantize_int8, merged_quantized_lm
+from worker.engine.audit.attacks.quantize import fake_quantize_int8, quantized_lm
 from worker.engine.audit.run import audit_context, run_audit, run_diagnostics
 from worker.engine.forget.run import ForgetOutcome, ForgetPlan, run_forget
 from worker.engine.lm.architecture import describe
 from worker.engine.lm.blocks import block_outputs
 from worker.engine.lm.load import LoadedLM, load_base_lm
-from worker.engine.lm.lora import attach_lora, lora_state
+from worker.engine.lm.lora import attach_lora, attached_lora, lora_state
 from worker.engine.methods.plugins import BlockNoise
 
 # Per family: the LM class, the qualified name of its block list, its MLP output projection, its attention's value
@@ -127,12 +127,25 @@ def test_rna_noise_perturbs_the_requested_block(family_base: LoadedLM) -> None:
 
 def test_quantize_rounds_every_linear_weight_of_the_blocks_per_output_channel(family_base: LoadedLM) -> None:
     peft_lm = attach_lora(copy.deepcopy(family_base.lm), rank=4, alpha=8)
-    merged = merged_quantized_lm(peft_lm, lora_state(peft_lm), fake_quantize_int8)
-    weights = [
-        module.weight.T if isinstance(module, Conv1D) else module.weight  # as [out, in]
-        for module in describe(merged).blocks.modules()
-        if isinstance(module, (torch.nn.Linear, Conv1D))
-    ]
+    ids = family_base.tokenizer("The red apple is a fruit", return_tensors="pt").input_ids.to(family_base.device)
+    weights: list[torch.Tensor] = []  # as each linear layer of the blocks runs, as [out, in]
+
+    def record(layer: torch.nn.Module, _args: tuple) -> None:
+        weight = layer.weight.detach().clone()
+        weights.append(weight.T if isinstance(layer, Conv1D) else weight)
+
+    with quantized_lm(peft_lm, fake_quantize_int8) as lm:
+        # The base layers inside the LoRA layers: they run with the weight quantized_lm swapped in.
+        handles = [
+            module.register_forward_pre_hook(record)
+            for name, module in describe(lm).blocks.named_modules()
+            if isinstance(module, (torch.nn.Linear, Conv1D)) and ".lora_" not in name
+        ]
+        try:
+            lm(input_ids=ids)
+        finally:
+            for handle in handles:
+                handle.remove()
     assert len(weights) == 2 * len(describe(family_base.lm).linear_paths())
     for weight in weights:
         # Each output channel on its own symmetric int8 grid: w / (max|w_row| / 127) is an integer.
@@ -177,7 +190,7 @@ def forget(base: LoadedLM, method: str, probe: bool = False, **params: object) -
 
 def moved(outcome: ForgetOutcome) -> set[str]:
     """The adapter parameters forgetting changed."""
-    state = lora_state(outcome.peft_lm)
+    state = outcome.adapter.state
     return {name for name, t in state.items() if not torch.equal(t, outcome.before_forgetting[name])}
 
 
@@ -185,48 +198,49 @@ def check_forget_and_audit(base: LoadedLM) -> None:
     """A gradient ascent job with probes and an RMU job on the MLP output projections, then an audit of the
     gradient ascent adapter with relearn, probe and quantize attacks and the restore and patch diagnostics."""
     ascent = forget(base, "gradient_ascent", probe=True)
-    architecture = describe(ascent.peft_lm)
+    architecture = describe(base.lm)
     assert ascent.forgetting.steps > 0
-    assert all(t.device.type == base.device.type for t in lora_state(ascent.peft_lm).values())
+    assert all(t.device.type == base.device.type for t in ascent.adapter.state.values())
     assert {architecture.block_of(name) for name in moved(ascent)} == {0, 1}
     probes = [m for m in ascent.metrics if m.name == "probe_accuracy" and m.stage == "forgotten"]
     assert sorted({m.layer for m in probes}) == [0, 1, 2]  # the embeddings and each block
 
     # RMU's down_proj variant trains the MLP output projections of its adapted blocks only, in every family.
     rmu = forget(base, "rmu", layer=1, trained_modules="down_proj", epochs=2)
-    rmu_architecture = describe(rmu.peft_lm)
+    rmu_architecture = describe(base.lm)
     trained = moved(rmu)
     assert trained and all(rmu_architecture.in_module(name, rmu_architecture.layout.mlp_output) for name in trained)
     assert {rmu_architecture.block_of(name) for name in trained} == {0, 1}
 
-    ctx = audit_context(
-        base, ascent.peft_lm, ascent.before_forgetting, FORGET_TRAIN, FORGET_HELDOUT, RETAIN, 8, 0, finetuned=False
-    )
-    attacks = [
-        AttackChoice(name="relearn", params={"examples": [2], "steps": 2, "evaluate_every": 2}),
-        AttackChoice(name="probe", params={}),
-        AttackChoice(name="quantize", params={"schemes": ["int8"]}),
-    ]
-    audited, skipped = run_audit(ctx, attacks, Thresholds.model_validate({}), lambda _stage, _fraction: None)
-    assert [a.name for a in audited] == ["relearn", "probe", "quantize"] and skipped == []
-    [probe] = [a for a in audited if a.name == "probe"]
-    assert [v.name for v in probe.outcome.variants] == ["layer_0", "layer_1"]
+    with attached_lora(base.lm, ascent.adapter.config, ascent.adapter.state) as peft_lm:
+        ctx = audit_context(
+            base, peft_lm, ascent.before_forgetting, FORGET_TRAIN, FORGET_HELDOUT, RETAIN, 8, 0, finetuned=False
+        )
+        attacks = [
+            AttackChoice(name="relearn", params={"examples": [2], "steps": 2, "evaluate_every": 2}),
+            AttackChoice(name="probe", params={}),
+            AttackChoice(name="quantize", params={"schemes": ["int8"]}),
+        ]
+        audited, skipped = run_audit(ctx, attacks, Thresholds.model_validate({}), lambda _stage, _fraction: None)
+        assert [a.name for a in audited] == ["relearn", "probe", "quantize"] and skipped == []
+        [probe] = [a for a in audited if a.name == "probe"]
+        assert [v.name for v in probe.outcome.variants] == ["layer_0", "layer_1"]
 
-    diagnostics = [
-        AttackChoice(name="restore", params={"window": 1}),
-        AttackChoice(name="patch", params={"window": 1}),
-    ]
-    done, skipped_diagnostics = run_diagnostics(ctx, diagnostics, lambda _stage, _fraction: None)
-    assert skipped_diagnostics == []
-    restore, patch = done
-    components = ("value_vectors", "mlp", "attention")
-    assert {v.name for v in restore.outcome.variants} == {f"{c}@{i}-{i}" for c in components for i in (0, 1)}
-    patched = ("mlp_coefficients", "attention_output")
-    assert {v.name for v in patch.outcome.variants} == {f"{c}@{i}-{i}" for c in patched for i in (0, 1)}
-    # Forgetting moved the answer logits of every row measured, so every variant has a KRS.
-    assert all(v.krs is not None for v in [*restore.outcome.variants, *patch.outcome.variants])
-    # The audit left the forgotten adapter as it found it.
-    assert all(torch.equal(t, ctx.forgotten[name]) for name, t in lora_state(ctx.peft_lm).items())
+        diagnostics = [
+            AttackChoice(name="restore", params={"window": 1}),
+            AttackChoice(name="patch", params={"window": 1}),
+        ]
+        done, skipped_diagnostics = run_diagnostics(ctx, diagnostics, lambda _stage, _fraction: None)
+        assert skipped_diagnostics == []
+        restore, patch = done
+        components = ("value_vectors", "mlp", "attention")
+        assert {v.name for v in restore.outcome.variants} == {f"{c}@{i}-{i}" for c in components for i in (0, 1)}
+        patched = ("mlp_coefficients", "attention_output")
+        assert {v.name for v in patch.outcome.variants} == {f"{c}@{i}-{i}" for c in patched for i in (0, 1)}
+        # Forgetting moved the answer logits of every row measured, so every variant has a KRS.
+        assert all(v.krs is not None for v in [*restore.outcome.variants, *patch.outcome.variants])
+        # The audit left the forgotten adapter as it found it.
+        assert all(torch.equal(t, ctx.forgotten[name]) for name, t in lora_state(ctx.peft_lm).items())
 
 
 def test_a_forget_job_and_an_audit_run_on_each_family(family_base: LoadedLM) -> None:

@@ -10,6 +10,7 @@ import pytest
 from lethe.forgetting import Forgetting
 from lethe.settings import Settings
 from lethe.signing import signing_key, verify
+from lethe.specs import AuditJobSpec
 from models.db import session_scope
 from models.repositories import (
     AdapterRepository,
@@ -20,6 +21,7 @@ from models.repositories import (
 )
 from storage import open_store
 from storage.keys import before_forgetting_key
+from tests.engine.lm.test_lora import assert_pristine
 from tests.worker.test_forget_pipeline import _queued_job
 from worker.engine.lm.load import BaseLMCache
 from worker.pipelines.audit import run_audit_job
@@ -247,3 +249,37 @@ def test_an_audit_the_broker_refuses_is_failed_and_the_forget_job_still_succeeds
         audit_job = JobRepository(session).get_any_tenant(audit.job_id)
         assert audit_job is not None and (audit_job.status, audit_job.error_code) == ("failed", "broker_unavailable")
         assert "connection refused" in (audit_job.error_message or "")
+
+
+def test_forget_and_audit_jobs_leave_the_cached_base_lm_as_they_found_it(
+    stack_settings: Settings, tiny_lm_dir: Path, tmp_path: Path
+) -> None:
+    """The worker's one copy of the base LM carries each job's adapter for a while: after a forget job, an audit,
+    and an audit that fails half-way (quantize ran, then patch names a layer the LM lacks), it has no LoRA layer
+    and the same weights, bit for bit, and is still the cached one."""
+    cache = BaseLMCache(tmp_path)
+    store = open_store(stack_settings)
+    source = f"path:{tiny_lm_dir}"
+    base = cache.get("tiny-audit-6", source)
+    weights = {name: t.clone() for name, t in base.lm.state_dict().items()}
+    failing = {"name": "patch", "params": {"layers": [99], "window": 1, "components": ["attention_output"]}}
+    audit_request = {"attacks": [*AUDIT["attacks"], failing], "thresholds": AUDIT["thresholds"]}
+    job_id = _queued_job(stack_settings, "tiny-audit-6", source, audit=audit_request)
+    enqueued: list[uuid.UUID] = []
+    assert run_forget_job(stack_settings, store, cache, job_id, enqueue_audit=enqueued.append) == "succeeded"
+    assert_pristine(base.lm, weights)
+
+    assert run_audit_job(stack_settings, store, cache, enqueued[0]) == "failed"
+    with session_scope(stack_settings.database_url) as session:
+        job = JobRepository(session).get_any_tenant(enqueued[0])
+        assert job is not None and job.error_code == "attack_rejected"
+        adapter = AdapterRepository(session).get_for_job(job_id)
+        assert adapter is not None
+        again = AuditRepository(session).create_with_job(
+            adapter.tenant_id, AuditJobSpec.model_validate({"adapter_id": adapter.id, **AUDIT})
+        )
+    assert_pristine(base.lm, weights)
+
+    assert run_audit_job(stack_settings, store, cache, again.job_id) == "succeeded"
+    assert_pristine(base.lm, weights)
+    assert cache.get("tiny-audit-6", source) is base

@@ -40,9 +40,9 @@ from worker.engine.audit.run import (
     run_audit,
     run_diagnostics,
 )
-from worker.engine.lm.adapter import open_adapter_archive
+from worker.engine.lm.adapter import opened_adapter_archive
 from worker.engine.lm.load import BaseLMCache
-from worker.pipelines.forget import load_base, load_forget_inputs
+from worker.pipelines.forget import leased_base, load_forget_inputs
 from worker.pipelines.jobs import JobFailure, ProgressReporter, held_claim, put_undoable, run_job, run_next_job
 from worker.reports.html import render_html
 from worker.reports.report import attack_entry, build_report, diagnostic_entry
@@ -112,7 +112,6 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
     target = _target(settings, job_id)
     inputs = load_forget_inputs(settings, store, target.forget_job_id)
     forget_spec = inputs.spec
-    base = load_base(lm_cache, forget_spec)
     forget_train, forget_heldout = split_heldout(inputs.forget_rows, forget_spec.heldout_fraction, forget_spec.seed)
     archive = store.get(target.adapter_key)
     if hashlib.sha256(archive).hexdigest() != target.adapter["sha256"]:
@@ -123,35 +122,38 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
         raise JobFailure(
             "evidence_missing", "the adapter's pre-forgetting state is not stored (made before audits existed?)"
         ) from exc
-    peft_lm, manifest = open_adapter_archive(base, archive, before_forgetting)
-    ctx = audit_context(
-        base,
-        peft_lm,
-        before_forgetting,
-        forget_train,
-        forget_heldout,
-        inputs.retain,
-        batch_size=forget_spec.method.parsed().batch_size,
-        seed=forget_spec.seed,
-        finetuned=forget_spec.finetune is not None,
-    )
     thresholds = target.spec.thresholds
     # Diagnostics (restore, patch) run after the attacks and are never judged; progress is shared by their counts.
     attacks = [choice for choice in target.spec.attacks if not is_diagnostic(choice.name)]
     diagnostics = [choice for choice in target.spec.attacks if is_diagnostic(choice.name)]
     attacks_share = len(attacks) / len(target.spec.attacks)
-    try:
-        audited, skipped = run_audit(
-            ctx, attacks, thresholds, lambda stage, fraction: report(stage, fraction * attacks_share)
+    with (
+        leased_base(lm_cache, forget_spec) as base,
+        opened_adapter_archive(base, archive, before_forgetting) as (peft_lm, manifest),
+    ):
+        ctx = audit_context(
+            base,
+            peft_lm,
+            before_forgetting,
+            forget_train,
+            forget_heldout,
+            inputs.retain,
+            batch_size=forget_spec.method.parsed().batch_size,
+            seed=forget_spec.seed,
+            finetuned=forget_spec.finetune is not None,
         )
-        diagnosed, skipped_diagnostics = run_diagnostics(
-            ctx,
-            diagnostics,
-            lambda stage, fraction: report(stage, attacks_share + fraction * (1 - attacks_share)),
-        )
-    except ValueError as exc:
-        # Params the API could not check without the LM (e.g. a patch layer beyond the LM's depth).
-        raise JobFailure("attack_rejected", str(exc)) from exc
+        try:
+            audited, skipped = run_audit(
+                ctx, attacks, thresholds, lambda stage, fraction: report(stage, fraction * attacks_share)
+            )
+            diagnosed, skipped_diagnostics = run_diagnostics(
+                ctx,
+                diagnostics,
+                lambda stage, fraction: report(stage, attacks_share + fraction * (1 - attacks_share)),
+            )
+        except ValueError as exc:
+            # Params the API could not check without the LM (e.g. a patch layer beyond the LM's depth).
+            raise JobFailure("attack_rejected", str(exc)) from exc
 
     report("reporting", 0.0)
     splits = {"forget_train": len(forget_train), "forget_heldout": len(forget_heldout)}

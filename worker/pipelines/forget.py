@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from importlib import metadata
@@ -44,6 +44,7 @@ from worker.engine.forget.run import ForgetOutcome, ForgetPlan, ParentAdapter, P
 from worker.engine.forget.snapshot import Snapshots
 from worker.engine.lm.adapter import adapter_archive, archived_weights
 from worker.engine.lm.load import BaseLMCache, LoadedLM
+from worker.engine.lm.lora import attached_lora
 from worker.pipelines.checkpoints import JobCheckpoint, spec_sha256
 from worker.pipelines.jobs import JobFailure, ProgressReporter, held_claim, put_undoable, run_job, run_next_job
 
@@ -66,13 +67,18 @@ class ForgetInputs:
     runtime: dict[str, str | None] = field(default_factory=dict)
 
 
-def load_base(lm_cache: BaseLMCache, spec: ForgetJobSpec) -> LoadedLM:
-    """The forget job's base LM, from the worker's cache, with the weights the catalogue recorded when the job was
-    accepted (base_model_unavailable otherwise)."""
-    try:
-        return lm_cache.get(spec.base_model, spec.base_model_source, spec.base_model_weights_sha256)
-    except (OSError, ValueError) as exc:
-        raise JobFailure("base_model_unavailable", f"{spec.base_model}: {exc}") from exc
+@contextlib.contextmanager
+def leased_base(lm_cache: BaseLMCache, spec: ForgetJobSpec) -> Iterator[LoadedLM]:
+    """The forget job's base LM, from the worker's cache, for this job alone until the block ends, with the weights
+    the catalogue recorded when the job was accepted (base_model_unavailable otherwise)."""
+    with contextlib.ExitStack() as held:
+        try:
+            base = held.enter_context(
+                lm_cache.lease(spec.base_model, spec.base_model_source, spec.base_model_weights_sha256)
+            )
+        except (OSError, ValueError) as exc:
+            raise JobFailure("base_model_unavailable", f"{spec.base_model}: {exc}") from exc
+        yield base
 
 
 def _rows(store: ObjectStore, dataset: Dataset) -> list[Row]:
@@ -280,7 +286,6 @@ def _forget(
     snapshots = None
     if settings.checkpoint_every_steps > 0:
         snapshots = Snapshots(settings.checkpoint_every_steps, checkpoint.save, resume=checkpoint.load())
-    base = load_base(lm_cache, spec)
     forget_train, forget_heldout = split_heldout(inputs.forget_rows, spec.heldout_fraction, spec.seed)
     plan = ForgetPlan(
         method=spec.method.name,
@@ -290,33 +295,35 @@ def _forget(
         seed=spec.seed,
     )
     general_text = general_text_rows() if spec.general_text_perplexity else []
-    try:
-        outcome = run_forget(
-            base,
-            plan,
-            forget_train,
-            forget_heldout,
-            inputs.retain,
-            report,
-            general_text,
-            snapshots,
-            parent=inputs.parent,
-        )
-    except ParentMismatch as exc:
-        # The API checks rank, alpha and layers; this is what it could not (a base model of unknown depth).
-        raise JobFailure("parent_adapter_mismatch", str(exc)) from exc
+    with leased_base(lm_cache, spec) as base:
+        try:
+            outcome = run_forget(
+                base,
+                plan,
+                forget_train,
+                forget_heldout,
+                inputs.retain,
+                report,
+                general_text,
+                snapshots,
+                parent=inputs.parent,
+            )
+        except ParentMismatch as exc:
+            # The API checks rank, alpha and layers; this is what it could not (a base model of unknown depth).
+            raise JobFailure("parent_adapter_mismatch", str(exc)) from exc
 
-    report("storing", 0.0)
-    provenance = _provenance(job_id, inputs, outcome, base.weights_sha256)
-    archive = adapter_archive(
-        outcome.peft_lm,
-        spec.base_model,
-        outcome.metrics,
-        provenance,
-        base_model_source=spec.base_model_source,
-        forgetting=outcome.forgetting,
-        curves=outcome.curves,
-    )
+        report("storing", 0.0)
+        provenance = _provenance(job_id, inputs, outcome, base.weights_sha256)
+        with attached_lora(base.lm, outcome.adapter.config, outcome.adapter.state) as peft_lm:
+            archive = adapter_archive(
+                peft_lm,
+                spec.base_model,
+                outcome.metrics,
+                provenance,
+                base_model_source=spec.base_model_source,
+                forgetting=outcome.forgetting,
+                curves=outcome.curves,
+            )
     adapter_id = uuid.uuid4()
     adapter = Adapter(
         id=adapter_id,

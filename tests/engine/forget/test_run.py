@@ -9,6 +9,7 @@ from lethe.specs import FinetuneSpec
 from tests.tiny_lm import synthetic_choice_rows, synthetic_qa_rows
 from worker.engine.forget.run import ForgetOutcome, ForgetPlan, run_forget
 from worker.engine.lm.load import LoadedLM, load_base_lm
+from worker.engine.lm.lora import attached_lora
 from worker.engine.metrics.choice_scores import score_choices
 from worker.engine.metrics.values import CurvePoint, MetricValue
 
@@ -135,7 +136,7 @@ def test_the_cached_base_lm_stays_pristine(random_label: Run, tiny_base: LoadedL
     on_disk = load_base_lm("tiny", f"path:{tiny_lm_dir}", tmp_path).lm.state_dict()
     for name, tensor in tiny_base.lm.state_dict().items():
         assert torch.equal(tensor, on_disk[name]), name
-    assert any("lora" in name for name, _ in random_label.outcome.peft_lm.named_modules())
+    assert random_label.outcome.adapter.state and all(".lora_" in name for name in random_label.outcome.adapter.state)
 
 
 def test_without_finetune_the_base_stage_comes_before_forgetting(tiny_base: LoadedLM) -> None:
@@ -285,12 +286,14 @@ def test_one_metric_per_stage_split_name_and_layer(run_name: str, request: pytes
 
 def test_the_forgotten_metrics_are_a_rescoring_of_the_returned_lm(gradient_ascent: Run, tiny_base: LoadedLM) -> None:
     rows = {"forget_train": FORGET_TRAIN, "forget_heldout": FORGET_HELDOUT, "retain:more": RETAIN["more"]}
-    peft_lm = gradient_ascent.outcome.peft_lm
-    peft_lm.eval()
-    for split, split_rows in rows.items():
-        scores = score_choices(peft_lm, tiny_base.tokenizer, split_rows, batch_size=7)
-        assert gradient_ascent.value("forgotten", split, "accuracy") == pytest.approx(scores.accuracy), split
-        assert gradient_ascent.outcome.per_example["forgotten"][split]["correct"] == [float(c) for c in scores.correct]
+    adapter = gradient_ascent.outcome.adapter
+    with attached_lora(tiny_base.lm, adapter.config, adapter.state) as peft_lm:
+        peft_lm.eval()
+        for split, split_rows in rows.items():
+            scores = score_choices(peft_lm, tiny_base.tokenizer, split_rows, batch_size=7)
+            assert gradient_ascent.value("forgotten", split, "accuracy") == pytest.approx(scores.accuracy), split
+            per_example = gradient_ascent.outcome.per_example["forgotten"][split]["correct"]
+            assert per_example == [float(c) for c in scores.correct]
 
 
 @pytest.mark.parametrize("run_name", ["random_label", "gradient_ascent"])

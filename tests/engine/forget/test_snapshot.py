@@ -15,7 +15,6 @@ from tests.tiny_lm import synthetic_choice_rows
 from worker.engine.forget.run import ForgetOutcome, ForgetPlan, run_forget
 from worker.engine.forget.snapshot import ForgetSnapshot, Snapshots, decode_snapshot, encode_snapshot
 from worker.engine.lm.load import LoadedLM
-from worker.engine.lm.lora import lora_state
 
 FORGET_TRAIN, FORGET_HELDOUT = split_heldout(
     [ChoiceRow.from_dict(r) for r in synthetic_choice_rows(48, seed=0)], 0.25, seed=0
@@ -126,7 +125,7 @@ def test_a_resumed_run_ends_as_the_uninterrupted_one(tiny_base: LoadedLM, name: 
     resumed = run(tiny_base, case, Snapshots(every=2, save=lambda _: None, resume=snapshot))
 
     assert resumed.forgetting == uninterrupted.forgetting
-    expected, actual = lora_state(uninterrupted.peft_lm), lora_state(resumed.peft_lm)
+    expected, actual = uninterrupted.adapter.state, resumed.adapter.state
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[n], actual[n]) for n in expected)
     assert all(torch.equal(uninterrupted.before_forgetting[n], resumed.before_forgetting[n]) for n in expected)

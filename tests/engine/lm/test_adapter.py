@@ -13,17 +13,18 @@ from safetensors.torch import load_file
 
 from lethe.forgetting import Forgetting, ScoreRise
 from tests.engine.forget.test_run import FORGET_HELDOUT, FORGET_TRAIN, Run, plan
+from tests.engine.lm.test_lora import assert_pristine
 from worker.engine.lm.adapter import (
     adapter_archive,
     base_model_reference,
     export_adapter,
     library_versions,
     model_card,
-    open_adapter,
-    open_adapter_archive,
+    opened_adapter,
+    opened_adapter_archive,
 )
 from worker.engine.lm.load import LoadedLM, load_base_lm
-from worker.engine.lm.lora import lora_state
+from worker.engine.lm.lora import attached_lora, carries_lora, lora_state
 from worker.engine.metrics.choice_scores import score_choices
 from worker.engine.metrics.values import CurvePoint, MetricValue
 
@@ -41,25 +42,25 @@ PROVENANCE = {
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")  # peft vs transformers
 def test_exported_adapter_loads_with_peft_and_reproduces_the_scores(tiny_base: LoadedLM, tiny_lm_dir, tmp_path) -> None:
     run = Run(tiny_base, plan("gradient_ascent", probe=False, max_steps=3, stop_at_target=False))
-    peft_lm = run.outcome.peft_lm
-    out_dir = export_adapter(
-        peft_lm,
-        tmp_path / "adapter",
-        "tiny-base",
-        run.outcome.metrics,
-        PROVENANCE,
-        base_model_source=f"path:{tiny_lm_dir}",
-        forgetting=run.outcome.forgetting,
-        curves=run.outcome.curves,
-    )
+    splits = {"forget_train": FORGET_TRAIN, "forget_heldout": FORGET_HELDOUT}
+    with attached_lora(tiny_base.lm, run.outcome.adapter.config, run.outcome.adapter.state) as peft_lm:
+        out_dir = export_adapter(
+            peft_lm,
+            tmp_path / "adapter",
+            "tiny-base",
+            run.outcome.metrics,
+            PROVENANCE,
+            base_model_source=f"path:{tiny_lm_dir}",
+            forgetting=run.outcome.forgetting,
+            curves=run.outcome.curves,
+        )
+        expected = {split: score_choices(peft_lm, tiny_base.tokenizer, rows, 16) for split, rows in splits.items()}
 
     assert {p.name for p in out_dir.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "README.md"}
     config = json.loads((out_dir / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(tiny_lm_dir)
     assert config["peft_type"] == "LORA"
 
-    splits = {"forget_train": FORGET_TRAIN, "forget_heldout": FORGET_HELDOUT}
-    expected = {split: score_choices(peft_lm, tiny_base.tokenizer, rows, 16) for split, rows in splits.items()}
     fresh_base = load_base_lm("tiny", f"path:{tiny_lm_dir}", tmp_path / "cache").lm
     # The adapter really changed the LM: the base alone scores differently.
     base_only = score_choices(fresh_base, tiny_base.tokenizer, FORGET_TRAIN, 16)
@@ -80,28 +81,31 @@ def test_auto_peft_resolves_the_base_from_the_adapter_alone_offline(
     """An adapter exported against a `path:` source names that directory: AutoPeftModelForCausalLM loads base and
     adapter from the adapter directory alone, with the hub unreachable, and computes Lethe's logits."""
     run = Run(tiny_base, plan("gradient_ascent", probe=False, finetune=None, max_steps=2, stop_at_target=False))
-    out_dir = export_adapter(
-        run.outcome.peft_lm,
-        tmp_path / "adapter",
-        "tiny-base",
-        run.outcome.metrics,
-        PROVENANCE,
-        base_model_source=f"path:{tiny_lm_dir}",
-        forgetting=run.outcome.forgetting,
-        curves=run.outcome.curves,
-    )
+    input_ids = [torch.tensor([tiny_base.tokenizer.encode(row.context + row.target)]) for row in FORGET_TRAIN[:3]]
+    with attached_lora(tiny_base.lm, run.outcome.adapter.config, run.outcome.adapter.state) as peft_lm:
+        out_dir = export_adapter(
+            peft_lm,
+            tmp_path / "adapter",
+            "tiny-base",
+            run.outcome.metrics,
+            PROVENANCE,
+            base_model_source=f"path:{tiny_lm_dir}",
+            forgetting=run.outcome.forgetting,
+            curves=run.outcome.curves,
+        )
+        with torch.no_grad():
+            expected = [peft_lm(input_ids=ids).logits for ids in input_ids]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))  # nothing cached to fall back on
 
     loaded = AutoPeftModelForCausalLM.from_pretrained(str(out_dir))
-    for row in FORGET_TRAIN[:3]:
-        input_ids = torch.tensor([tiny_base.tokenizer.encode(row.context + row.target)])
+    for ids, logits in zip(input_ids, expected, strict=True):
         with torch.no_grad():
-            expected, actual = run.outcome.peft_lm(input_ids=input_ids).logits, loaded(input_ids=input_ids).logits
-            base_only = tiny_base.lm(input_ids=input_ids).logits
-        torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
-        assert (expected - base_only).abs().max() > 1e-4  # the adapter is on: the base alone differs
+            actual = loaded(input_ids=ids).logits
+            base_only = tiny_base.lm(input_ids=ids).logits
+        torch.testing.assert_close(actual, logits, rtol=0, atol=1e-5)
+        assert (logits - base_only).abs().max() > 1e-4  # the adapter is on: the base alone differs
 
 
 @pytest.mark.parametrize(
@@ -144,17 +148,20 @@ def test_an_adapter_trained_against_the_finetuned_reference_exports_without_it(
     """NPO with retain-KL after a fine-tune holds the fine-tuned adapter in a second slot while it trains; the
     delivered adapter is the trained one alone, and plain peft on the base LM reproduces the engine's LM exactly."""
     run = Run(tiny_base, plan("npo", probe=False, max_steps=3, stop_at_target=False, retain_kl_weight=1.0))
-    peft_lm = run.outcome.peft_lm
-    out_dir = export_adapter(
-        peft_lm,
-        tmp_path / "adapter",
-        "tiny-base",
-        run.outcome.metrics,
-        PROVENANCE,
-        base_model_source="path:/models/tiny",
-        forgetting=run.outcome.forgetting,
-        curves=run.outcome.curves,
-    )
+    input_ids = torch.tensor([tiny_base.tokenizer.encode(row.context + row.target) for row in FORGET_TRAIN[:1]])
+    with attached_lora(tiny_base.lm, run.outcome.adapter.config, run.outcome.adapter.state) as peft_lm:
+        out_dir = export_adapter(
+            peft_lm,
+            tmp_path / "adapter",
+            "tiny-base",
+            run.outcome.metrics,
+            PROVENANCE,
+            base_model_source="path:/models/tiny",
+            forgetting=run.outcome.forgetting,
+            curves=run.outcome.curves,
+        )
+        with torch.no_grad():
+            expected = peft_lm(input_ids=input_ids).logits
 
     assert sorted(p.name for p in out_dir.iterdir()) == [
         "README.md",
@@ -167,10 +174,8 @@ def test_an_adapter_trained_against_the_finetuned_reference_exports_without_it(
     assert len(saved) == len(run.outcome.before_forgetting)
 
     reloaded = PeftModel.from_pretrained(load_base_lm("tiny", f"path:{tiny_lm_dir}", tmp_path / "cache").lm, out_dir)
-    input_ids = torch.tensor([tiny_base.tokenizer.encode(row.context + row.target) for row in FORGET_TRAIN[:1]])
     with torch.no_grad():
-        expected, actual = peft_lm(input_ids=input_ids).logits, reloaded(input_ids=input_ids).logits
-        before = tiny_base.lm(input_ids=input_ids).logits
+        actual, before = reloaded(input_ids=input_ids).logits, tiny_base.lm(input_ids=input_ids).logits
     assert torch.equal(actual, expected)
     assert (actual - before).abs().max() > 1e-3
 
@@ -180,16 +185,17 @@ def test_model_card_lists_forgetting_metrics_with_intervals_curves_and_provenanc
 ) -> None:
     run = Run(tiny_base, plan("random_label", probe=True, finetune=None, max_steps=1, stop_at_target=False))
     as_dicts = [m.__dict__ for m in run.outcome.metrics]  # plain dicts are accepted too
-    out_dir = export_adapter(
-        run.outcome.peft_lm,
-        tmp_path,
-        "tiny-base",
-        as_dicts,
-        PROVENANCE,
-        base_model_source="path:/models/tiny",
-        forgetting=run.outcome.forgetting,
-        curves=run.outcome.curves,
-    )
+    with attached_lora(tiny_base.lm, run.outcome.adapter.config, run.outcome.adapter.state) as peft_lm:
+        out_dir = export_adapter(
+            peft_lm,
+            tmp_path,
+            "tiny-base",
+            as_dicts,
+            PROVENANCE,
+            base_model_source="path:/models/tiny",
+            forgetting=run.outcome.forgetting,
+            curves=run.outcome.curves,
+        )
     card = (out_dir / "README.md").read_text()
     assert f"## Forgetting\n\n{run.outcome.forgetting.summary()}\n" in card
     assert "| stage | split | metric | layer | value | n | 95% interval |" in card
@@ -207,24 +213,34 @@ def test_model_card_lists_forgetting_metrics_with_intervals_curves_and_provenanc
     assert {"python", "torch", "transformers", "peft"} <= set(provenance["library_versions"])
 
 
-def test_open_adapter_loads_the_saved_weights(tiny_base: LoadedLM, saved_adapter) -> None:
+def test_an_opened_adapter_holds_the_saved_weights_on_the_base_lm_until_closed(
+    tiny_base: LoadedLM, saved_adapter
+) -> None:
     directory, before = saved_adapter
-    peft_lm = open_adapter(tiny_base, directory, before)
-    assert not peft_lm.training
-    assert any(not torch.equal(value, before[name]) for name, value in lora_state(peft_lm).items())
+    weights = {name: t.clone() for name, t in tiny_base.lm.state_dict().items()}
+    with opened_adapter(tiny_base, directory, before) as peft_lm:
+        assert not peft_lm.training
+        assert any(not torch.equal(value, before[name]) for name, value in lora_state(peft_lm).items())
+        assert carries_lora(tiny_base.lm)  # attached to the base LM itself, not to a copy
+    assert_pristine(tiny_base.lm, weights)
 
 
 def test_open_adapter_refuses_pickles_and_a_foreign_before_state(tiny_base: LoadedLM, saved_adapter) -> None:
     directory, before = saved_adapter
+    weights = {name: t.clone() for name, t in tiny_base.lm.state_dict().items()}
     (directory / "adapter_model.bin").write_bytes(b"not loaded")
     with pytest.raises(ValueError, match=r"pickled files \(adapter_model.bin\)"):
-        open_adapter(tiny_base, directory, before)
+        opened_adapter(tiny_base, directory, before).__enter__()
     (directory / "adapter_model.bin").unlink()
-    with pytest.raises(ValueError, match="not the same adapter"):
-        open_adapter(tiny_base, directory, dict(list(before.items())[1:]))
+    with (
+        pytest.raises(ValueError, match="not the same adapter"),
+        opened_adapter(tiny_base, directory, dict(list(before.items())[1:])),
+    ):
+        pass
+    assert_pristine(tiny_base.lm, weights)  # refused after attaching: taken off again
     (directory / "adapter_model.safetensors").unlink()
     with pytest.raises(ValueError, match="has no adapter_model.safetensors"):
-        open_adapter(tiny_base, directory, before)
+        opened_adapter(tiny_base, directory, before).__enter__()
 
 
 def test_the_archive_is_reproducible_and_opens_to_the_same_adapter(tiny_base: LoadedLM) -> None:
@@ -232,21 +248,23 @@ def test_the_archive_is_reproducible_and_opens_to_the_same_adapter(tiny_base: Lo
 
     def archived() -> bytes:
         outcome = run.outcome
-        return adapter_archive(
-            outcome.peft_lm,
-            "tiny-base",
-            outcome.metrics,
-            PROVENANCE,
-            base_model_source="path:/models/tiny",
-            forgetting=outcome.forgetting,
-            curves=outcome.curves,
-        )
+        with attached_lora(tiny_base.lm, outcome.adapter.config, outcome.adapter.state) as peft_lm:
+            return adapter_archive(
+                peft_lm,
+                "tiny-base",
+                outcome.metrics,
+                PROVENANCE,
+                base_model_source="path:/models/tiny",
+                forgetting=outcome.forgetting,
+                curves=outcome.curves,
+            )
 
     archive = archived()
     assert archived() == archive
-    peft_lm, manifest = open_adapter_archive(tiny_base, archive, run.outcome.before_forgetting)
+    with opened_adapter_archive(tiny_base, archive, run.outcome.before_forgetting) as (peft_lm, manifest):
+        opened = lora_state(peft_lm)
     assert manifest["method"] == PROVENANCE["method"]
-    opened, trained = lora_state(peft_lm), lora_state(run.outcome.peft_lm)
+    trained = run.outcome.adapter.state
     assert opened.keys() == trained.keys() and all(torch.equal(opened[n], trained[n]) for n in trained)
 
 

@@ -1,8 +1,11 @@
+import threading
+
 import pytest
 import torch
 
 from lethe.base_model_sources import directory_weights_sha256
 from worker.engine.lm.load import BaseLMCache, LoadedLM, device_and_dtype, load_base_lm
+from worker.engine.lm.lora import attach_lora, carries_lora
 
 
 def test_a_path_source_loads_frozen_in_eval_mode(tiny_base: LoadedLM) -> None:
@@ -53,3 +56,38 @@ def test_cache_keeps_the_last_base_lm(tiny_lm_dir, tmp_path) -> None:
     other = cache.get("tiny-again", f"path:{tiny_lm_dir}")
     assert other is not first and other.base_model == "tiny-again"
     assert cache.get("tiny", f"path:{tiny_lm_dir}") is not first
+
+
+def test_a_lease_hands_the_cached_lm_to_one_job_at_a_time(tiny_lm_dir, tmp_path) -> None:
+    cache = BaseLMCache(tmp_path)
+    source = f"path:{tiny_lm_dir}"
+    events: list[str] = []
+    first_holds = threading.Event()
+
+    def second_job() -> None:
+        first_holds.wait()
+        with cache.lease("tiny", source):
+            events.append("second")
+
+    other = threading.Thread(target=second_job)
+    other.start()
+    with cache.lease("tiny", source) as base:
+        assert base is cache.get("tiny", source)
+        first_holds.set()
+        other.join(timeout=0.5)
+        assert other.is_alive()  # waiting for this lease to end
+        events.append("first")
+    other.join(timeout=30)
+    assert events == ["first", "second"]
+
+
+def test_the_cache_never_hands_out_an_lm_that_carries_an_adapter(tiny_lm_dir, tmp_path) -> None:
+    cache = BaseLMCache(tmp_path)
+    source = f"path:{tiny_lm_dir}"
+    with cache.lease("tiny", source) as base:
+        attach_lora(base.lm, rank=4, alpha=8)  # a job that never takes its adapter off again (a bug)
+        with pytest.raises(RuntimeError, match="still carries a job's LoRA layers"):
+            cache.get("tiny", source)
+    # The lease dropped it: the next job gets a freshly loaded LM.
+    again = cache.get("tiny", source)
+    assert again is not base and not carries_lora(again.lm)

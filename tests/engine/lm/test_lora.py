@@ -1,13 +1,35 @@
-"""Attaching LoRA adapters (which layers get one) and the frozen reference slot."""
+"""Attaching LoRA adapters (which layers get one, in place on a shared LM and off again) and the frozen reference
+slot."""
 
 import copy
+from collections.abc import Mapping
 
 import pytest
 import torch
-from peft import PeftModel
+from peft import PeftModel, get_peft_model
 
 from worker.engine.lm.load import LoadedLM
-from worker.engine.lm.lora import REFERENCE, attach_lora, lora_state, reference_adapter, reference_lm
+from worker.engine.lm.lora import (
+    REFERENCE,
+    attach_lora,
+    attached,
+    attached_lora,
+    carries_lora,
+    lora_config,
+    lora_state,
+    reference_adapter,
+    reference_lm,
+)
+
+
+def assert_pristine(lm: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
+    """`lm` is a plain LM again: no peft layer or config, the same weights bit for bit, frozen, in eval mode."""
+    assert not carries_lora(lm) and not any("lora" in name for name, _ in lm.named_modules())
+    assert "peft_config" not in vars(lm)
+    state = lm.state_dict()
+    assert state.keys() == weights.keys()
+    assert all(torch.equal(state[name], weights[name]) for name in weights)
+    assert not lm.training and not any(p.requires_grad for p in lm.parameters())
 
 
 def test_lora_is_attached_to_every_linear_layer_but_the_head(tiny_base: LoadedLM) -> None:
@@ -73,3 +95,54 @@ def test_the_reference_slot_is_the_given_state_frozen_and_leaves_no_trace(tiny_b
     with pytest.raises(ValueError, match="not a state"), reference_adapter(peft_lm, {}):
         pass
     assert list(peft_lm.peft_config) == ["default"]
+
+
+def test_attached_lora_works_on_the_lm_itself_and_leaves_it_as_it_was(tiny_base: LoadedLM) -> None:
+    lm = tiny_base.lm
+    weights = {name: t.clone() for name, t in lm.state_dict().items()}
+    input_ids = torch.tensor([tiny_base.tokenizer.encode("The red apple is a fruit")])
+    base_logits = _logits(lm, input_ids)
+    q_proj_weight = lm.model.layers[0].self_attn.q_proj.weight
+    torch.manual_seed(0)
+    with attached_lora(lm, lora_config(lm, rank=4, alpha=8)) as peft_lm:
+        # No copy: the LoRA layers wrap the LM's own linear layers, whose weights are the very same tensors.
+        assert carries_lora(lm) and peft_lm.get_base_model() is lm
+        assert lm.model.layers[0].self_attn.q_proj.base_layer.weight is q_proj_weight
+        _randomise_b(peft_lm, seed=1)
+        peft_lm.train()
+        trained = lora_state(peft_lm)
+        assert not torch.allclose(_logits(peft_lm, input_ids), base_logits, atol=1e-3)
+    assert_pristine(lm, weights)
+    assert torch.equal(_logits(lm, input_ids), base_logits)
+
+    # Put back on the LM with the same weights, the adapter is the same adapter; and off again on an exception.
+    config = lora_config(lm, rank=4, alpha=8)
+    with pytest.raises(RuntimeError, match="mid-job"), attached_lora(lm, config, trained) as peft_lm:
+        again = lora_state(peft_lm)
+        assert again.keys() == trained.keys() and all(torch.equal(again[n], trained[n]) for n in trained)
+        raise RuntimeError("mid-job")
+    assert_pristine(lm, weights)
+
+
+def test_the_lm_takes_one_job_s_adapter_at_a_time(tiny_base: LoadedLM) -> None:
+    lm = tiny_base.lm
+    weights = {name: t.clone() for name, t in lm.state_dict().items()}
+    config = lora_config(lm, rank=4, alpha=8)
+    with attached_lora(lm, config):
+        with pytest.raises(ValueError, match="in use by another job"), attached_lora(lm, config):
+            pass
+        assert carries_lora(lm)  # the refusal left the first job's adapter alone
+    assert_pristine(lm, weights)
+
+
+def test_an_injection_that_fails_half_way_is_undone(tiny_base: LoadedLM) -> None:
+    lm = tiny_base.lm
+    weights = {name: t.clone() for name, t in lm.state_dict().items()}
+
+    def failing(target: torch.nn.Module) -> PeftModel:
+        get_peft_model(target, lora_config(lm, rank=4, alpha=8))  # the layers are in; then loading fails
+        raise RuntimeError("size mismatch")
+
+    with pytest.raises(RuntimeError, match="size mismatch"), attached(lm, failing):
+        pass
+    assert_pristine(lm, weights)

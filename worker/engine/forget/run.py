@@ -36,7 +36,14 @@ from worker.engine.forget.splits import FORGET_HELDOUT, FORGET_SPLITS, FORGET_TR
 from worker.engine.forget.stopping import StopRule
 from worker.engine.lm.inputs import max_length
 from worker.engine.lm.load import CausalLM, LoadedLM
-from worker.engine.lm.lora import LoraState, attach_lora, load_lora_state, lora_state
+from worker.engine.lm.lora import (
+    LoraAdapter,
+    LoraState,
+    attached_lora,
+    load_lora_state,
+    lora_config,
+    lora_state,
+)
 from worker.engine.methods.implementations import build_objective
 from worker.engine.methods.plugins import build_plugins
 from worker.engine.metrics.choice import forget_ratio
@@ -94,23 +101,24 @@ class ForgetPlan:
 
 @dataclass
 class ForgetOutcome:
-    """Metrics of every stage, the forgetting curve, per-example values, the LM with its trained adapter, and
-    whether forgetting reached its target (with its steps and why it stopped).
+    """Metrics of every stage, the forgetting curve, per-example values, the trained adapter, and whether forgetting
+    reached its target (with its steps and why it stopped).
 
     `metrics` hold one value per (stage, split, name, layer): the `forgotten` ones are the stored adapter's.
     `curves` are the primary scores measured during forgetting, by step. `per_example[stage][split][metric]` lists
-    one value per row of the split (None where undefined). `before_forgetting` is the adapter's state right before
-    forgetting (after the fine-tune, else a stacked run's parent adapter, else LoRA's initialisation, whose zero B
-    matrices leave the base LM unchanged):
-    what audits compare against. `method_outcome` is what the method says of its run beyond the metrics
-    (`Objective.outcome`; lwf: the counts and indices of forget-train rows it never unlearned,
-    `never_unlearned_rows` > 0 to be told the user); {} if none.
+    one value per row of the split (None where undefined). `adapter` is the delivered adapter, its config and
+    weights, off the LM (`lora.attached_lora` puts it back on the base LM to export or audit it).
+    `before_forgetting` is the adapter's state right before forgetting (after the fine-tune, else a stacked run's
+    parent adapter, else LoRA's initialisation, whose zero B matrices leave the base LM unchanged): what audits
+    compare against. `method_outcome` is what the method says of its run beyond the metrics (`Objective.outcome`;
+    lwf: the counts and indices of forget-train rows it never unlearned, `never_unlearned_rows` > 0 to be told the
+    user); {} if none.
     """
 
     metrics: list[MetricValue]
     curves: list[CurvePoint]
     per_example: PerExample
-    peft_lm: PeftModel
+    adapter: LoraAdapter
     before_forgetting: LoraState
     forgetting: Forgetting
     method_outcome: dict[str, Any] = field(default_factory=dict)
@@ -138,7 +146,7 @@ def run_forget(
     snapshots: Snapshots | None = None,
     parent: ParentAdapter | None = None,
 ) -> ForgetOutcome:
-    """Run `plan` on a private copy of the base LM and measure every stage.
+    """Run `plan` on the base LM (its adapter attached in place, taken off again on return) and measure every stage.
 
     on_progress(stage, fraction) reports stage in evaluating|finetuning|forgetting|probing and the estimated
     fraction of the whole run done (non-decreasing, 1.0 at the end). `snapshots`: where to hand the run's
@@ -162,37 +170,41 @@ def run_forget(
     resume = snapshots.resume if snapshots is not None else None
 
     torch.manual_seed(plan.seed)  # LoRA's A matrices are drawn from torch's global generator
-    lm = copy.deepcopy(base.lm)  # the cached base LM stays pristine
     before_stage = "finetuned" if plan.finetune else PARENT_STAGE if parent else "base"
     base_evaluation = None
     if resume is None:
-        base_evaluation = run.evaluate(lm, "base", collect_hidden=plan.probe and before_stage == "base")
+        base_evaluation = run.evaluate(base.lm, "base", collect_hidden=plan.probe and before_stage == "base")
     else:
         run.restore(resume)
-    layers = params.adapted_layers(lm.config.num_hidden_layers)
-    peft_lm = attach_lora(lm, params.lora_rank, params.lora_alpha, layers=layers)
-    if resume is not None and resume.stage == "forget":
-        # The objective prepares from the weights forgetting started with; train() then loads the snapshot's.
-        load_lora_state(peft_lm, run.before_forgetting)
-    else:
-        before = base_evaluation
-        if parent is not None:
-            _start_from(peft_lm, parent.weights)
-            if resume is None:  # a fine-tune snapshot holds the parent's evaluation already
-                before = run.evaluate(peft_lm, PARENT_STAGE, collect_hidden=plan.probe and before_stage == PARENT_STAGE)
-        if plan.finetune:
-            run.finetune(peft_lm, plan.finetune, resume.training if resume is not None else None)
-            before = run.evaluate(peft_lm, "finetuned", collect_hidden=plan.probe)
-        if before is None:
-            raise ValueError("a fine-tune snapshot cannot resume a plan without a fine-tune")
-        if plan.probe:
-            run.probe(before_stage, before)
-        run.before_scores = {split: before.primary(split, splits.kinds[split]) for split in splits.tracked}
-        run.before_forgetting = lora_state(peft_lm)
-        resume = None
-    result = run.forget(peft_lm, objective, resume)
+    layers = params.adapted_layers(base.lm.config.num_hidden_layers)
+    config = lora_config(base.lm, params.lora_rank, params.lora_alpha, layers=layers)
+    # The adapter goes onto the base LM itself, not a copy of it, and comes off again on the way out.
+    with attached_lora(base.lm, config) as peft_lm:
+        if resume is not None and resume.stage == "forget":
+            # The objective prepares from the weights forgetting started with; train() then loads the snapshot's.
+            load_lora_state(peft_lm, run.before_forgetting)
+        else:
+            before = base_evaluation
+            if parent is not None:
+                _start_from(peft_lm, parent.weights)
+                if resume is None:  # a fine-tune snapshot holds the parent's evaluation already
+                    before = run.evaluate(
+                        peft_lm, PARENT_STAGE, collect_hidden=plan.probe and before_stage == PARENT_STAGE
+                    )
+            if plan.finetune:
+                run.finetune(peft_lm, plan.finetune, resume.training if resume is not None else None)
+                before = run.evaluate(peft_lm, "finetuned", collect_hidden=plan.probe)
+            if before is None:
+                raise ValueError("a fine-tune snapshot cannot resume a plan without a fine-tune")
+            if plan.probe:
+                run.probe(before_stage, before)
+            run.before_scores = {split: before.primary(split, splits.kinds[split]) for split in splits.tracked}
+            run.before_forgetting = lora_state(peft_lm)
+            resume = None
+        result = run.forget(peft_lm, objective, resume)
 
-    after = run.evaluate(peft_lm, "forgotten", collect_hidden=plan.probe)
+        after = run.evaluate(peft_lm, "forgotten", collect_hidden=plan.probe)
+        adapter = LoraAdapter(config, lora_state(peft_lm))
     run.forget_ratios(after, before_stage)
     if plan.probe:
         run.probe("forgotten", after)
@@ -203,7 +215,7 @@ def run_forget(
         metrics=run.metrics,
         curves=run.curves,
         per_example=run.per_example,
-        peft_lm=peft_lm,
+        adapter=adapter,
         before_forgetting=run.before_forgetting,
         forgetting=replace(forgetting, never_unlearned_rows=int(method_outcome.get("never_unlearned_rows", 0))),
         method_outcome=method_outcome,

@@ -1,10 +1,10 @@
 """The adapter format: a trained LoRA adapter in PEFT format (safetensors) with a model card (whether forgetting
 reached its target, metrics with their intervals, the forgetting curve, provenance) and a manifest, stored as a
-reproducible tar.gz, and opened again on a private copy of its base LM."""
+reproducible tar.gz, and opened again on its base LM (attached in place for a while, not on a copy)."""
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import gzip
 import html
 import io
@@ -13,7 +13,7 @@ import platform
 import re
 import tarfile
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,11 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from peft import PeftModel
 from safetensors.torch import load as load_safetensors
+from transformers import PreTrainedModel
 
 from lethe.forgetting import Forgetting
 from worker.engine.lm.load import BUNDLED_LMS, LoadedLM
-from worker.engine.lm.lora import TRAINED, LoraState, lora_state
+from worker.engine.lm.lora import TRAINED, LoraState, attached, lora_state
 from worker.engine.metrics.values import CurvePoint, MetricValue
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -314,8 +315,12 @@ def adapter_archive(
     return buffer.getvalue()
 
 
-def open_adapter(base: LoadedLM, adapter_dir: Path, before_forgetting: Mapping[str, torch.Tensor]) -> PeftModel:
-    """A private copy of the base LM with the PEFT adapter in `adapter_dir` (safetensors only) on it.
+@contextlib.contextmanager
+def opened_adapter(
+    base: LoadedLM, adapter_dir: Path, before_forgetting: Mapping[str, torch.Tensor]
+) -> Iterator[PeftModel]:
+    """The base LM with the PEFT adapter in `adapter_dir` (safetensors only) attached in place inside, taken off
+    again on exit (`lora.attached`): no copy of the base LM's weights.
 
     `before_forgetting` must name exactly the adapter's parameters: it is the same adapter before forgetting.
     """
@@ -324,24 +329,29 @@ def open_adapter(base: LoadedLM, adapter_dir: Path, before_forgetting: Mapping[s
     pickled = sorted(p.name for p in adapter_dir.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl"})
     if pickled:
         raise ValueError(f"the adapter carries pickled files ({', '.join(pickled)}); refusing to load it")
-    peft_lm = PeftModel.from_pretrained(copy.deepcopy(base.lm), str(adapter_dir), is_trainable=True)
-    peft_lm.eval()
-    names = set(lora_state(peft_lm))
-    if names != set(before_forgetting):
-        raise ValueError(
-            f"the adapter before forgetting has {len(before_forgetting)} parameters, the adapter {len(names)}: "
-            "they are not the same adapter"
-        )
-    return peft_lm
+
+    def from_pretrained(lm: PreTrainedModel) -> PeftModel:
+        return PeftModel.from_pretrained(lm, str(adapter_dir), is_trainable=True)
+
+    with attached(base.lm, from_pretrained) as peft_lm:
+        peft_lm.eval()
+        names = set(lora_state(peft_lm))
+        if names != set(before_forgetting):
+            raise ValueError(
+                f"the adapter before forgetting has {len(before_forgetting)} parameters, the adapter {len(names)}: "
+                "they are not the same adapter"
+            )
+        yield peft_lm
 
 
-def open_adapter_archive(
+@contextlib.contextmanager
+def opened_adapter_archive(
     base: LoadedLM, archive: bytes, before_forgetting: Mapping[str, torch.Tensor]
-) -> tuple[PeftModel, dict[str, Any]]:
-    """The adapter in `archive` (an `adapter_archive`) opened as `open_adapter` does, and its manifest."""
+) -> Iterator[tuple[PeftModel, dict[str, Any]]]:
+    """The adapter in `archive` (an `adapter_archive`) attached as `opened_adapter` does, and its manifest."""
     with tempfile.TemporaryDirectory(prefix="lethe-adapter-") as tmp:
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
             tar.extractall(tmp, filter="data")
-        peft_lm = open_adapter(base, Path(tmp), before_forgetting)
         manifest = json.loads((Path(tmp) / MANIFEST).read_text("utf-8"))
-    return peft_lm, manifest
+        with opened_adapter(base, Path(tmp), before_forgetting) as peft_lm:
+            yield peft_lm, manifest

@@ -7,11 +7,14 @@ into each adapter's provenance, and when the catalogue recorded one at registrat
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +32,10 @@ from lethe.base_model_sources import (
 )
 from lethe.hub import HubOptions, local_snapshot
 from lethe.registry import Registry, UnknownNameError
+from worker.engine.lm.lora import carries_lora
 from worker.engine.lm.placement import Placement, gpu_memory, input_device, spread_device_map, worker_placement
+
+log = logging.getLogger("lethe.worker")
 
 # A base LM, or one wrapped with LoRA adapters (PeftModel forwards `config` and the call).
 CausalLM = PreTrainedModel | PeftModel
@@ -114,12 +120,21 @@ def load_base_lm(
 
 
 class BaseLMCache:
-    """Keeps the most recently loaded base LM in memory so consecutive jobs on it skip loading."""
+    """Keeps the most recently loaded base LM in memory so consecutive jobs on it skip loading.
+
+    The one copy of the base LM's weights in the worker: a job attaches its adapter to it in place and takes it
+    out again (`lora.attached`), so two jobs must never hold it at once. `lease` hands it to one job at a time
+    (a second lease waits for the first to end); besides, a worker process runs one job at a time (Celery's solo
+    pool, `cli/main.py`; the embedded worker is such a process). Neither `get` nor `lease` hands out an LM that
+    still carries LoRA layers (RuntimeError); a lease that ends with some left (a bug) drops the LM, so the next
+    job loads it afresh.
+    """
 
     def __init__(self, cache_dir: Path | str, hub: HubOptions | None = None) -> None:
         self.cache_dir = Path(cache_dir)
         self.hub = hub
         self._lock = threading.Lock()
+        self._in_use = threading.Lock()
         self._key: tuple[str, str] | None = None
         self._loaded: LoadedLM | None = None
 
@@ -137,7 +152,22 @@ class BaseLMCache:
                     f"base LM source {source!r}: the loaded weights' sha256 is {self._loaded.weights_sha256}, not "
                     f"{expected_weights_sha256} as registered"
                 )
+            if carries_lora(self._loaded.lm):
+                raise RuntimeError(f"the cached base LM {base_model!r} still carries a job's LoRA layers")
             return self._loaded
+
+    @contextlib.contextmanager
+    def lease(self, base_model: str, source: str, expected_weights_sha256: str | None = None) -> Iterator[LoadedLM]:
+        """`get`'s LM for one job's use, held by that job alone until the block ends."""
+        with self._in_use:
+            loaded = self.get(base_model, source, expected_weights_sha256)
+            try:
+                yield loaded
+            finally:
+                if carries_lora(loaded.lm):
+                    log.error("a job left LoRA layers on base LM %r; dropping it from the cache", base_model)
+                    with self._lock:
+                        self._key, self._loaded = None, None
 
 
 def _load_safetensors_dir(base_model: str, directory: Path) -> LoadedLM:

@@ -1,15 +1,23 @@
-"""LoRA adapters on an LM: attach fresh ones, take, put back or unfreeze their weights, and hold a frozen copy of
-them as the reference LM of a training run."""
+"""LoRA adapters on an LM: attach them to the LM in place for the length of a job and take them out again, take,
+put back or unfreeze their weights, and hold a frozen copy of them as the reference LM of a training run.
+
+A worker keeps one copy of its base LM's weights (`load.BaseLMCache`): a job does not copy it, it injects its LoRA
+layers into that very module (`attached_lora`, `attached`) and peft's `unload` takes them out again on the way out,
+whatever happened, so that the next job gets the base LM exactly as it was loaded.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import cast
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
@@ -25,8 +33,17 @@ TRAINED = "default"
 REFERENCE = "reference"
 
 
-def attach_lora(lm: PreTrainedModel, rank: int, alpha: int, layers: Sequence[int] | None = None) -> PeftModel:
-    """Wrap `lm` with fresh LoRA adapters on every linear layer (the output head excluded), or those of `layers`.
+@dataclass(frozen=True)
+class LoraAdapter:
+    """A LoRA adapter apart from any LM: its peft config and its weights (`lora_state`); `attached_lora` puts it
+    back on an LM."""
+
+    config: LoraConfig
+    state: LoraState
+
+
+def lora_config(lm: PreTrainedModel, rank: int, alpha: int, layers: Sequence[int] | None = None) -> LoraConfig:
+    """LoRA adapters on every linear layer of `lm` (the output head excluded), or those of `layers`.
 
     Linear layers are torch's Linear and GPT-2's Conv1D (peft's `all-linear` takes both); Conv1D stores its weight
     as [in, out], which peft must be told (fan_in_fan_out). With `layers`, peft takes `layers_to_transform` only
@@ -39,7 +56,7 @@ def attach_lora(lm: PreTrainedModel, rank: int, alpha: int, layers: Sequence[int
     if layers is not None:
         target_modules = sorted({path.rsplit(".", 1)[-1] for path in architecture.linear_paths()})
         layers_pattern = architecture.blocks_name.rsplit(".", 1)[-1]
-    config = LoraConfig(
+    return LoraConfig(
         r=rank,
         lora_alpha=alpha,
         target_modules=target_modules,
@@ -49,10 +66,78 @@ def attach_lora(lm: PreTrainedModel, rank: int, alpha: int, layers: Sequence[int
         lora_dropout=0.0,
         task_type="CAUSAL_LM",
     )
+
+
+def attach_lora(lm: PreTrainedModel, rank: int, alpha: int, layers: Sequence[int] | None = None) -> PeftModel:
+    """Wrap `lm` for good with fresh LoRA adapters (`lora_config`): for an LM the caller owns. A shared LM (the
+    cached base) takes them only for a while: `attached_lora`."""
+    return _wrapped(lm, lora_config(lm, rank, alpha, layers))
+
+
+def _wrapped(lm: PreTrainedModel, config: LoraConfig) -> PeftModel:
     with warnings.catch_warnings():
         # peft reads transformers' deprecated `is_gradient_checkpointing`; not ours to fix, just noise.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(lm, config)
+        # peft writes into the config it is given (the expanded target modules, the base's path): a copy of it.
+        return get_peft_model(lm, copy.deepcopy(config))
+
+
+def attached_lora(
+    lm: PreTrainedModel, config: LoraConfig, state: Mapping[str, torch.Tensor] | None = None
+) -> contextlib.AbstractContextManager[PeftModel]:
+    """`lm` with LoRA adapters of `config` injected in place inside (fresh ones, their A matrices drawn from torch's
+    generator, or holding `state`), taken out again on exit as `attached` does."""
+
+    def inject(target: PreTrainedModel) -> PeftModel:
+        peft_lm = _wrapped(target, config)
+        if state is not None:
+            load_lora_state(peft_lm, state)
+        return peft_lm
+
+    return attached(lm, inject)
+
+
+@contextlib.contextmanager
+def attached(lm: PreTrainedModel, inject: Callable[[PreTrainedModel], PeftModel]) -> Iterator[PeftModel]:
+    """The PeftModel `inject(lm)` makes (peft's `get_peft_model` or `PeftModel.from_pretrained`, which put LoRA
+    layers into `lm`'s module tree in place: its weights are shared, not copied) inside; on exit, whatever happened,
+    every LoRA layer is taken out again (peft's `unload`, never a merge: the weights are left untouched) and `lm` is
+    put back in the train/eval mode and with the requires_grad flags it had. ValueError when `lm` carries LoRA
+    layers already (another job's, in this process)."""
+    if carries_lora(lm):
+        raise ValueError("the LM carries LoRA layers already: it is in use by another job")
+    training = lm.training
+    flags = [(parameter, parameter.requires_grad) for parameter in lm.parameters()]
+    peft_lm: PeftModel | None = None
+    try:
+        peft_lm = inject(lm)
+        yield peft_lm
+    finally:
+        if peft_lm is not None:
+            peft_lm.unload()  # every LoRA layer gives way to the layer it wrapped; peft_config goes too
+        _strip_lora(lm)  # what an injection that failed half-way left behind, if any
+        lm.train(training)
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+def carries_lora(lm: torch.nn.Module) -> bool:
+    """Whether any module of `lm` is a peft adapter layer."""
+    return any(isinstance(module, BaseTunerLayer) for module in lm.modules())
+
+
+def _strip_lora(lm: torch.nn.Module) -> None:
+    """Put back the layer each outermost peft layer in `lm` wraps (what peft's `unload` does, without its tuner)."""
+    for name, module in list(lm.named_modules()):
+        if not name or not isinstance(module, BaseTunerLayer):
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = lm.get_submodule(parent_name)
+        if getattr(parent, child, None) is module:  # not already inside a layer put back above
+            base_layer = cast(BaseTunerLayer, module).get_base_layer()
+            setattr(parent, child, base_layer)
+    if "peft_config" in vars(lm):
+        del lm.peft_config
 
 
 def _lora_parameters(peft_lm: PeftModel, adapter: str = TRAINED) -> dict[str, torch.nn.Parameter]:

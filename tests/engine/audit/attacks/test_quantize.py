@@ -11,20 +11,24 @@ lowered to match.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
+from peft import PeftModel
+from transformers import PreTrainedModel
 
 from lethe.attacks import Thresholds
 from lethe.rows import QARow, Row
 from tests.engine.audit.attacks.attack_checks import run_attack
 from tests.engine.audit.conftest import build_context, teach_base
 from tests.tiny_lm import synthetic_qa_rows
-from worker.engine.audit.attacks.quantize import fake_quantize_int4, fake_quantize_int8, merged_quantized_lm
+from worker.engine.audit.attacks.quantize import fake_quantize_int4, fake_quantize_int8, quantized_lm, quantizer
 from worker.engine.audit.context import AuditContext
 from worker.engine.audit.outcome import judge
 from worker.engine.lm.blocks import decoder_blocks
 from worker.engine.lm.load import LoadedLM
+from worker.engine.lm.lora import LoraState, load_lora_state
 
 GROUP_SIZE = 64
 
@@ -50,22 +54,95 @@ def test_quantizers_keep_shape_and_dtype() -> None:
     assert all(len(group.unique()) <= 15 for group in fake_quantize_int4(weight.float(), 4).view(-1, 4))
 
 
-def test_only_the_decoder_blocks_linear_weights_are_quantized(forgotten_context: AuditContext) -> None:
+def _merged_quantized_copy(
+    peft_lm: PeftModel, state: LoraState, quantize_weight: Callable[[torch.Tensor], torch.Tensor]
+) -> PreTrainedModel:
+    """The LM as the attack built it before it worked in place: a copy of `peft_lm` with adapter weights `state`
+    merged in by peft (merge_and_unload) and its decoder blocks' linear weights quantized."""
+    lm = copy.deepcopy(peft_lm)
+    load_lora_state(lm, state)
+    blocks = decoder_blocks(lm)
+    merged = lm.merge_and_unload()
+    with torch.no_grad():
+        for module in blocks.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(quantize_weight(module.weight))
+    return merged.eval()
+
+
+def _weights_seen(peft_lm: PeftModel) -> tuple[dict[str, torch.Tensor], list[torch.utils.hooks.RemovableHandle]]:
+    """The weight each linear layer of `peft_lm` runs its forward pass with, recorded by hooks (returned too)."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, module in peft_lm.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".lora_" not in name:
+
+            def record(layer: torch.nn.Module, _args: tuple, name: str = name) -> None:
+                seen[name.replace(".base_layer", "").removeprefix("base_model.model.") + ".weight"] = (
+                    layer.weight.detach().clone()
+                )
+
+            handles.append(module.register_forward_pre_hook(record))
+    return seen, handles
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_the_lm_quantized_in_place_is_the_merged_quantized_copy_bit_for_bit(
+    taught_base: LoadedLM, task_rows: dict[str, list[Row]], scheme: str
+) -> None:
+    """Adapters on block 1 only (block 0's linear layers are plain ones): every linear weight inside the blocks runs
+    merged and quantized, nothing else changes, the scores and logits are those of the merged, quantized copy the
+    attack used to make, exactly, and afterwards the LM's weights are back, bit for bit."""
+    ctx = build_context(taught_base, task_rows, lora_layers=[1])
+    quantize_weight = quantizer(scheme, 8)
+    ids = torch.tensor([ctx.tokenizer.encode(row.context + row.target) for row in ctx.forget_train[:1]])
+    weights = {name: t.clone() for name, t in ctx.peft_lm.state_dict().items()}
+    copied = _merged_quantized_copy(ctx.peft_lm, ctx.forgotten, quantize_weight)
+    with torch.no_grad():
+        expected_logits = copied(input_ids=ids).logits
+    expected = ctx.score(ctx.forget_train, lm=copied)
+    merged = dict(copied.named_parameters())
+
+    with quantized_lm(ctx.peft_lm, quantize_weight) as lm:
+        seen, handles = _weights_seen(lm)
+        actual_logits = lm(input_ids=ids).logits
+        for handle in handles:
+            handle.remove()
+        actual = ctx.score(ctx.forget_train, lm=lm)
+
+    assert torch.equal(actual_logits, expected_logits)
+    assert actual == expected and actual.rows == expected.rows
+    block_linears = {name for name in seen if ".layers." in name}
+    assert len(block_linears) == 2 * 7 and seen.keys() - block_linears == {"lm_head.weight"}
+    for name, weight in seen.items():
+        assert torch.equal(weight, merged[name]), name
+    assert torch.equal(seen["lm_head.weight"], weights["base_model.model.lm_head.weight"])
+    after = ctx.peft_lm.state_dict()
+    assert after.keys() == weights.keys() and all(torch.equal(after[n], weights[n]) for n in weights)
+
+
+def test_a_pass_that_fails_half_way_puts_the_weights_back(forgotten_context: AuditContext) -> None:
     ctx = forgotten_context
-    merged = copy.deepcopy(ctx.peft_lm).merge_and_unload()
-    quantized = merged_quantized_lm(ctx.peft_lm, ctx.forgotten, fake_quantize_int8)
-    merged_weights, quantized_weights = dict(merged.named_parameters()), dict(quantized.named_parameters())
-    assert merged_weights.keys() == quantized_weights.keys()
-    block_linears = {
-        f"model.layers.{i}.{name}.weight"
-        for i, block in enumerate(decoder_blocks(ctx.peft_lm))
-        for name, module in block.named_modules()
-        if name.endswith("_proj") and "lora" not in name
-    }
-    assert len(block_linears) == 2 * 7
-    for name, weight in merged_weights.items():
-        expected = fake_quantize_int8(weight) if name in block_linears else weight
-        assert torch.equal(quantized_weights[name], expected), name
+    weights = {name: t.clone() for name, t in ctx.peft_lm.state_dict().items()}
+    q_proj = decoder_blocks(ctx.peft_lm)[1].get_submodule("self_attn.q_proj")
+
+    def stop(_module: torch.nn.Module, _args: tuple) -> None:
+        raise RuntimeError("the job's time limit")  # raised while q_proj's quantized weight is in place
+
+    handle = q_proj.base_layer.register_forward_pre_hook(stop)
+    try:
+        with pytest.raises(RuntimeError, match="time limit"), quantized_lm(ctx.peft_lm, fake_quantize_int8) as lm:
+            ctx.score(ctx.forget_train, lm=lm)
+    finally:
+        handle.remove()
+    after = ctx.peft_lm.state_dict()
+    assert all(torch.equal(after[n], weights[n]) for n in weights)
+    hooks = [
+        hook
+        for module in ctx.peft_lm.modules()
+        for hook in [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]
+    ]
+    assert not any(hook.__module__.startswith("worker.") for hook in hooks)
 
 
 @pytest.fixture(scope="module")

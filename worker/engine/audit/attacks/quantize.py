@@ -2,9 +2,9 @@
 
 Zhang et al. ("Catastrophic failure of LLM unlearning via quantization", arXiv 2410.16454) find that unlearning
 changes weights so little that 4-bit quantization maps the unlearned and the original weights to the same values,
-and the knowledge returns (8-bit, with finer steps, keeps more of the change). Here the adapter is merged into a
-copy of the LM's weights and every linear weight inside the decoder blocks is fake-quantized with round-to-nearest
-(RTN: quantized, then dequantized back to its float dtype); the split is scored on that copy.
+and the knowledge returns (8-bit, with finer steps, keeps more of the change). Here the adapter is merged into the
+LM's weights and every linear weight inside the decoder blocks is fake-quantized with round-to-nearest (RTN:
+quantized, then dequantized back to its float dtype); the split is scored on that LM.
 
 Schemes (params.schemes):
 - int8: symmetric per output channel: scale = max|w_row| / 127, q = round(w / scale) clamped to [-127, 127].
@@ -24,17 +24,25 @@ Choices:
 - Quantization also damages what was never forgotten, so each variant's `before` is the LM before forgetting under
   the same quantization: recovery compares like with like (a scheme that wrecks the task even before forgetting
   comes out inconclusive, not robust). The outcome's `before` is the unquantized LM before forgetting.
-- Passes: 2 + 2 per scheme. One merged copy of the LM exists at a time and is freed after its pass.
+- Passes: 2 + 2 per scheme.
+- No copy of the LM (the base LM is the worker's one copy, shared with the job's adapter): `quantized_lm` merges
+  and quantizes one linear layer at a time, in place, right before that layer runs, and puts its original weight
+  back right after, so a pass holds the LM's weights plus one layer's. Each scored batch redoes the merge and the
+  rounding, which is what the memory costs in time. The LoRA layers are switched off meanwhile (their update is
+  in the merged weight), as merge_and_unload leaves none; the weights the LM runs on are the same numbers
+  merge_and_unload and the rounding of a copy gave (peft's own `get_delta_weight`, added as its merge adds it).
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
 
 import torch
 from peft import PeftModel
-from transformers import PreTrainedModel
+from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers.pytorch_utils import Conv1D
 
 from lethe.attacks import AttackParams, QuantizeParams
@@ -42,7 +50,7 @@ from lethe.rows import Row
 from worker.engine.audit.context import AuditContext
 from worker.engine.audit.outcome import AttackOutcome, RowScores, Variant
 from worker.engine.lm.blocks import decoder_blocks
-from worker.engine.lm.lora import LoraState, load_lora_state
+from worker.engine.lm.lora import LoraState
 
 # A scale of 0 (an all-zero row or group) would give 0/0; any positive scale maps zeros to zeros.
 _TINY = torch.finfo(torch.float32).tiny
@@ -96,28 +104,92 @@ def quantize(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
     return ctx.outcome(params.split, rows, before, after_forgetting, variants)
 
 
-def merged_quantized_lm(
-    peft_lm: PeftModel, state: LoraState, quantize_weight: Callable[[torch.Tensor], torch.Tensor]
-) -> PreTrainedModel:
-    """A copy of `peft_lm` with adapter weights `state` merged in and its decoder blocks' linear weights quantized."""
-    lm = copy.deepcopy(peft_lm)
-    load_lora_state(lm, state)
-    # merge_and_unload swaps the LoRA modules inside the blocks for merged plain ones; the block list stays.
-    blocks = decoder_blocks(lm)
-    merged = lm.merge_and_unload()
-    with torch.no_grad():
-        for module in blocks.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.weight.copy_(quantize_weight(module.weight))
-            elif isinstance(module, Conv1D):
-                # GPT-2's Conv1D stores its weight as [in, out]: quantized per output channel as a Linear's [out, in].
-                module.weight.copy_(quantize_weight(module.weight.T).T)
-    merged.eval()
-    return merged
+@contextlib.contextmanager
+def quantized_lm(peft_lm: PeftModel, quantize_weight: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[PeftModel]:
+    """`peft_lm` running as the LM with its adapter merged and its decoder blocks' linear weights quantized, inside.
+
+    Each linear layer in the decoder blocks (and each LoRA layer outside them, merged but not quantized) gets a
+    forward pre-hook that saves its weight and writes the merged, quantized one, and a forward hook that writes
+    the saved weight back; LoRA is disabled. On exit the hooks go, a layer left changed (an exception inside it)
+    gets its weight back, and every requires_grad flag is as it was.
+    """
+    swapped: dict[torch.nn.Module, torch.Tensor] = {}  # a layer running changed -> its original weight
+
+    def swap_in(layer: torch.nn.Module, quantize: bool) -> None:
+        if layer in swapped:
+            raise RuntimeError("a layer ran again before its own forward pass ended; quantized_lm cannot nest")
+        weight = _weight(layer).detach()
+        swapped[layer] = weight.clone()
+        merged = weight
+        if isinstance(layer, LoraLayer):
+            for adapter in layer.active_adapters:
+                if adapter in layer.lora_A:
+                    merged = merged + cast(Any, layer).get_delta_weight(adapter)  # what peft's merge adds
+        if quantize and isinstance(_holder(layer), Conv1D):
+            # GPT-2's Conv1D stores its weight as [in, out]: quantized per output channel as a Linear's [out, in].
+            merged = quantize_weight(merged.T).T
+        elif quantize:
+            merged = quantize_weight(merged)
+        weight.copy_(merged)
+
+    def swap_out(layer: torch.nn.Module) -> None:
+        _weight(layer).detach().copy_(swapped.pop(layer))
+
+    # peft's disable_adapter makes the adapters trainable again on its way out: the flags are put back after it.
+    flags = [(parameter, parameter.requires_grad) for parameter in peft_lm.parameters()]
+    handles = []
+    for layer, quantize in _merged_layers(peft_lm):
+        handles.append(layer.register_forward_pre_hook(lambda module, _args, q=quantize: swap_in(module, q)))
+        handles.append(layer.register_forward_hook(lambda module, _args, _output: swap_out(module)))
+    try:
+        with torch.no_grad(), peft_lm.disable_adapter():
+            yield peft_lm
+    finally:
+        for handle in handles:
+            handle.remove()
+        for layer, original in swapped.items():
+            _weight(layer).detach().copy_(original)
+        swapped.clear()
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+def _holder(layer: torch.nn.Module) -> torch.nn.Module:
+    """The layer that holds the weight `layer` runs with: itself, or for a LoRA layer the layer it wraps."""
+    return layer.get_base_layer() if isinstance(layer, BaseTunerLayer) else layer
+
+
+def _weight(layer: torch.nn.Module) -> torch.Tensor:
+    """The weight `layer` runs with: its own, or for a LoRA layer the weight of the layer it wraps."""
+    holder = _holder(layer)
+    weight = holder.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(holder).__name__} has no weight tensor")
+    return weight
+
+
+def _merged_layers(peft_lm: PeftModel) -> list[tuple[torch.nn.Module, bool]]:
+    """The layers `quantized_lm` changes, each with whether it is quantized: the decoder blocks' linear layers
+    (quantized, through their LoRA layer where they have one), and LoRA layers outside the blocks (merged only)."""
+    layers: list[tuple[torch.nn.Module, bool]] = []
+    inside: set[torch.nn.Module] = set()  # the modules of a LoRA layer: its base layer and its A and B matrices
+    for module in decoder_blocks(peft_lm).modules():
+        if isinstance(module, BaseTunerLayer):
+            inside.update(m for m in module.modules() if m is not module)
+            layers.append((module, isinstance(module.get_base_layer(), torch.nn.Linear | Conv1D)))
+        elif isinstance(module, torch.nn.Linear | Conv1D) and module not in inside:
+            layers.append((module, True))
+    in_blocks = {layer for layer, _ in layers}
+    for module in peft_lm.modules():
+        if isinstance(module, BaseTunerLayer) and module not in in_blocks and module not in inside:
+            inside.update(m for m in module.modules() if m is not module)
+            layers.append((module, False))
+    return layers
 
 
 def _quantized_score(
     ctx: AuditContext, rows: Sequence[Row], state: LoraState, quantize_weight: Callable[[torch.Tensor], torch.Tensor]
 ) -> RowScores:
-    """The score of `rows` on `merged_quantized_lm` (a copy of the LM, freed on return)."""
-    return ctx.score(rows, lm=merged_quantized_lm(ctx.peft_lm, state, quantize_weight))
+    """The score of `rows` with adapter weights `state`, merged and quantized (`quantized_lm`)."""
+    with ctx.using(state), quantized_lm(ctx.peft_lm, quantize_weight) as lm:
+        return ctx.score(rows, lm=lm)
