@@ -11,7 +11,7 @@ from tests.tiny_lm import synthetic_choice_rows
 from worker.engine.forget.run import PARENT_STAGE, ForgetOutcome, ParentAdapter, ParentMismatch, run_forget
 from worker.engine.lm.adapter import adapter_archive, archived_weights
 from worker.engine.lm.load import LoadedLM
-from worker.engine.lm.lora import lora_state
+from worker.engine.lm.lora import attached_lora
 
 # The child forgets other rows of the task than the parent did.
 CHILD_TRAIN, CHILD_HELDOUT = split_heldout(
@@ -31,11 +31,12 @@ def parent(tiny_base: LoadedLM) -> ForgetOutcome:
 
 
 @pytest.fixture(scope="module")
-def parent_weights(parent: ForgetOutcome) -> dict[str, torch.Tensor]:
+def parent_weights(tiny_base: LoadedLM, parent: ForgetOutcome) -> dict[str, torch.Tensor]:
     """The parent's weights as a child job reads them: from the stored archive's safetensors."""
-    archive = adapter_archive(
-        parent.peft_lm, "tiny", parent.metrics, PROVENANCE, base_model_source="path:/t", forgetting=MISSED, curves=[]
-    )
+    with attached_lora(tiny_base.lm, parent.adapter.config, parent.adapter.state) as peft_lm:
+        archive = adapter_archive(
+            peft_lm, "tiny", parent.metrics, PROVENANCE, base_model_source="path:/t", forgetting=MISSED, curves=[]
+        )
     return archived_weights(archive)
 
 
@@ -51,7 +52,7 @@ def _value(outcome: ForgetOutcome, stage: str, split: str, name: str) -> float:
 
 
 def test_the_archive_gives_back_the_parent_weights_under_their_run_names(parent, parent_weights) -> None:
-    trained = lora_state(parent.peft_lm)
+    trained = parent.adapter.state
     assert parent_weights.keys() == trained.keys()
     assert all(torch.equal(parent_weights[name], tensor) for name, tensor in trained.items())
 
