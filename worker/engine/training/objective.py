@@ -21,6 +21,7 @@ from lethe.rows import Row
 from worker.engine.lm.lora import reference_lm
 from worker.engine.training.batches import Batch, Example
 from worker.engine.training.logprobs import mean_nll
+from worker.engine.training.packing import packs_correctly
 
 
 class ForwardHook(Protocol):
@@ -55,7 +56,7 @@ class Step:
         with contextlib.ExitStack() as stack:
             for hook in hooks:
                 stack.enter_context(hook(self.lm))
-            return self.lm(**{**batch.lm_inputs(), **kwargs})
+            return _forward(self.lm, batch, kwargs)
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[PeftModel]:
@@ -66,7 +67,17 @@ class Step:
     def reference_outputs(self, batch: Batch, **kwargs: Any) -> Any:
         """The reference LM's output on `batch` (never hooked, never differentiated)."""
         with self.reference() as lm:
-            return lm(**{**batch.lm_inputs(), **kwargs})
+            return _forward(lm, batch, kwargs)
+
+
+def _forward(lm: PeftModel, batch: Batch, kwargs: dict[str, Any]) -> Any:
+    """`lm` on `batch`: packed (no padding, see `batches.Packed`) when only the logits are asked for and the LM packs
+    correctly, padded otherwise (extra outputs such as hidden states keep the padded batch's shape)."""
+    if batch.packed is not None and not kwargs and packs_correctly(lm):
+        outputs = lm(**batch.packed.lm_inputs())
+        outputs.logits = batch.packed.unpack(outputs.logits)
+        return outputs
+    return lm(**{**batch.lm_inputs(), **kwargs})
 
 
 @dataclass
