@@ -64,7 +64,9 @@ def test_a_second_job_on_the_same_base_and_rows_reuses_the_base_stage(
     assert progress[1] == sorted(progress[1]) and progress[1][-1] == 1.0
 
     # Other rows, another seed, or no cache: evaluated again.
-    run_forget(tiny_base, _plan(probe=True, seed=1), FORGET_TRAIN, FORGET_HELDOUT, RETAIN, lambda *_: None, base_stages=cache)
+    run_forget(
+        tiny_base, _plan(probe=True, seed=1), FORGET_TRAIN, FORGET_HELDOUT, RETAIN, lambda *_: None, base_stages=cache
+    )
     run_forget(tiny_base, _plan(probe=True), FORGET_TRAIN, FORGET_HELDOUT, {}, lambda *_: None, base_stages=cache)
     run_forget(tiny_base, _plan(probe=True), FORGET_TRAIN, FORGET_HELDOUT, RETAIN, lambda *_: None, base_stages=None)
     assert stages.count("base") == 4

@@ -6,8 +6,8 @@ import torch
 from lethe.rows import ChoiceRow, QARow, TextRow
 from tests.tiny_lm import synthetic_choice_rows
 from worker.engine.lm.load import LoadedLM
-from worker.engine.training.batches import IGNORE, collate, examples_of, make_example
 from worker.engine.training import packing
+from worker.engine.training.batches import IGNORE, collate, examples_of, make_example
 from worker.engine.training.logprobs import aligned_labels, mean_nll, sequence_logprob
 from worker.engine.training.packing import packs_correctly
 

@@ -239,7 +239,11 @@ class _Run:
         if cache is None:
             return self.evaluate(lm, "base", collect_hidden)
         key = base_stage_key(
-            base_lm, self.splits.rows, batch_size=self.params.batch_size, seed=self.plan.seed, collect_hidden=collect_hidden
+            base_lm,
+            self.splits.rows,
+            batch_size=self.params.batch_size,
+            seed=self.plan.seed,
+            collect_hidden=collect_hidden,
         )
         cached = cache.get(key)
         if cached is not None:

@@ -10,6 +10,7 @@ kind of LM is compared with the sequences run one by one, and a kind that differ
 from __future__ import annotations
 
 import torch
+from peft import PeftModel
 
 from worker.engine.lm.load import CausalLM
 
@@ -23,7 +24,7 @@ _checked: dict[tuple[type, str], bool] = {}
 def packs_correctly(lm: CausalLM) -> bool:
     """Whether `lm` (its class and attention implementation) gives a packed row the logits of its sequences run
     one by one; measured the first time and remembered."""
-    model = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    model = lm.get_base_model() if isinstance(lm, PeftModel) else lm
     key = (type(model), str(getattr(lm.config, "_attn_implementation", None)))
     if key not in _checked:
         _checked[key] = _measure(lm)
