@@ -370,7 +370,13 @@ def render(results: dict, kind: str = "") -> str:
             "evaluates the base stage on every split (32 forget-train, 8 forget-heldout ARC-Easy rows, 16 PIQA retain "
             "rows); the second takes those scores from the worker's base-stage cache "
             "(`worker/engine/forget/base_stage.py`). The pipeline's own reads (rows from the object store) are not "
-            "included.",
+            "included."
+            + (
+                f" Load average at the start: first job {results['cold_start_load_average']:.2f}, second "
+                f"{results['cached_start_load_average']:.2f}."
+                if "cached_start_load_average" in results
+                else ""
+            ),
         ]
     if "peak_rss_mb" in results:
         lines += [

@@ -141,9 +141,16 @@ def _cached_start_step(cache_dir: Path) -> dict:
     from the cache) to its first optimizer step. The second reuses the base stage the first evaluated."""
     _log("cached start: two jobs in one process")
     cache = BaseLMCache(cache_dir)
+    cold_load = load_average()
     cold = jobs.seconds_to_first_step(cache)
+    warm_load = load_average()
     warm = jobs.seconds_to_first_step(cache)
-    return {"cached_start_s": warm, "cold_start_s": cold}
+    return {
+        "cached_start_s": warm,
+        "cold_start_s": cold,
+        "cached_start_load_average": warm_load,
+        "cold_start_load_average": cold_load,
+    }
 
 
 def _memory_step(cache_dir: Path) -> dict:
