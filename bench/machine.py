@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 from importlib.metadata import version
 
 import torch
@@ -22,6 +23,17 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def cpu_kind(machine: dict) -> str:
+    """The key of a machine's figures in results.json: CPU vendor and family, and the precision it trains in, e.g.
+    `amd-epyc-bf16` (native bf16) or `intel-xeon-fp32` (none): the same code's figures differ most by these."""
+    name = machine["cpu"].lower()
+    words = re.findall(r"[a-z]+", name.replace("(r)", " ").replace("(tm)", " "))
+    vendor = next((w for w in words if w in ("amd", "intel", "arm", "apple", "ampere")), words[0] if words else "cpu")
+    family = next((w for w in words if w in ("epyc", "ryzen", "xeon", "core", "threadripper", "neoverse")), "")
+    precision = "bf16" if machine["bf16_native"] else "fp32"
+    return "-".join(part for part in (vendor, family, precision) if part)
 
 
 def load_average() -> float:

@@ -1,7 +1,10 @@
 """`make bench`: every benchmark in one run on this machine; writes bench/results.json and BENCHMARKS.md.
 
 python -m bench.run [--scoring-rows N] [--skip-lmeval] ...   (from the repository root, in the project venv)
-python -m bench.run --only audit   one step alone (audit or memory), its results merged into the existing results.json
+python -m bench.run --only training|cached-start|memory|audit   one step alone, merged into results.json
+
+results.json keeps one entry per CPU kind (`machine.cpu_kind`: vendor, family and native precision, e.g.
+`amd-epyc-bf16`, `intel-xeon-fp32`), so a run on another machine adds its figures instead of overwriting.
 """
 
 from __future__ import annotations
@@ -17,19 +20,22 @@ import numpy as np
 import torch
 
 from bench import jobs, report
-from bench.machine import load_average, machine
+from bench.machine import cpu_kind, load_average, machine
 from bench.naive_peft import naive_gradient_ascent
 from bench.peak import matmul_peak_flops
 from bench.scoring_bench import LmEval, compare, lethe_sweep
 from bench.tasks import TASKS
 from bench.training_bench import lethe_gradient_ascent, model_flops_per_token
 from lethe.methods import GradientAscentParams
-from worker.engine.lm.load import BaseLMCache
+from worker.engine.lm.load import BaseLMCache, LoadedLM
+from worker.engine.precision import bf16_supported, mixed_precision_enabled
 
 BENCH = Path(__file__).resolve().parent
 # Square 2048 matmuls timed per dtype; the best one is the peak.
 PEAK_REPEATS = 30
 REPO = BENCH.parent
+# The steps `--only` runs alone, merged into this CPU's entry of results.json.
+ONLY_STEPS = ["training", "cached-start", "memory", "audit"]
 
 
 def _log(message: str) -> None:
@@ -50,6 +56,103 @@ def _audit_step(cache_dir: Path) -> dict:
     return json.loads(measured.stdout.strip().splitlines()[-1])
 
 
+def _load(out: Path) -> dict:
+    """results.json as {"by_cpu": {kind: one machine's results}}; a file of the older one-machine shape becomes
+    that machine's entry."""
+    if not out.is_file():
+        return {"by_cpu": {}}
+    stored: dict = json.loads(out.read_text())
+    if "by_cpu" in stored:
+        return stored
+    return {"by_cpu": {cpu_kind(stored["machine"]): stored}}
+
+
+def _write(everything: dict, out: Path, markdown: Path) -> None:
+    out.write_text(json.dumps(everything, indent=2) + "\n")
+    markdown.write_text(report.render_all(everything))
+
+
+def _peak() -> dict:
+    """The matmul peak of each precision this CPU computes natively (bf16 only where it is native: emulated, it
+    is no peak of anything Lethe runs)."""
+    _log("matmul peak")
+    peak: dict = {"fp32": matmul_peak_flops(torch.float32, repeats=PEAK_REPEATS) / 1e9, "repeats": PEAK_REPEATS}
+    peak["bf16"] = matmul_peak_flops(torch.bfloat16, repeats=PEAK_REPEATS) / 1e9 if bf16_supported("cpu") else None
+    return peak
+
+
+def _training_step(base: LoadedLM, model_dir: Path, args: argparse.Namespace, peak: dict) -> dict:
+    """Lethe's loop against the naive PEFT loop on the same rows, interleaved `--train-repeats` times (naive,
+    Lethe, naive, Lethe...: a busy spell on the shared machine hits both), each side's best run kept."""
+    train_rows = TASKS[args.task].rows(args.train_rows)
+    learning_rate = GradientAscentParams.model_validate({}).learning_rate
+    settings = {"epochs": args.train_epochs, "batch_size": args.train_batch_size, "learning_rate": learning_rate}
+    naive_runs, lethe_runs, timings = [], [], []
+    for repeat in range(args.train_repeats):
+        for system in ("naive", "lethe"):
+            _log(f"training: {system}, {len(train_rows)} rows (round {repeat + 1} of {args.train_repeats})")
+            load = load_average()
+            if system == "naive":
+                run = naive_gradient_ascent(model_dir, train_rows, seed=0, **settings)
+                naive_runs.append(run)
+            else:
+                run = lethe_gradient_ascent(base, train_rows, seed=0, **settings)
+                lethe_runs.append(run)
+            timings.append({"system": system, "tokens_per_s": run.tokens_per_s, "load_average": load})
+            _log(f"  {system}: {run.tokens_per_s:.0f} tokens/s")
+    naive = max(naive_runs, key=lambda r: r.tokens_per_s)
+    lethe_training = max(lethe_runs, key=lambda r: r.tokens_per_s)
+    target_tokens = sum(
+        len(base.tokenizer(row.prompt + row.choices[row.answer])["input_ids"])
+        - len(base.tokenizer(row.prompt)["input_ids"])
+        for row in train_rows
+    )
+    flops_per_token = model_flops_per_token(base, target_tokens * args.train_epochs / lethe_training.tokens)
+    # MFU against the peak of the precision the run computed in: Lethe's as LETHE_PRECISION resolves here, the
+    # naive loop's fp32.
+    precision = "bf16" if mixed_precision_enabled("cpu") else "fp32"
+    lethe_peak = peak[precision] if peak.get(precision) else peak["fp32"]
+    losses = np.array(lethe_training.losses), np.array(naive.losses)
+    return {
+        "rows": len(train_rows),
+        **settings,
+        "steps": lethe_training.steps,
+        "tokens": lethe_training.tokens,
+        "precision": precision,
+        "repeats": args.train_repeats,
+        "runs": timings,
+        "lethe_tokens_per_s": lethe_training.tokens_per_s,
+        "naive_tokens_per_s": naive.tokens_per_s,
+        "speedup": lethe_training.tokens_per_s / naive.tokens_per_s,
+        "model_flops_per_token": flops_per_token,
+        "lethe_tflops": lethe_training.tokens_per_s * flops_per_token / 1e12,
+        "mfu": lethe_training.tokens_per_s * flops_per_token / (lethe_peak * 1e9),
+        "naive_mfu_vs_fp32_peak": naive.tokens_per_s * flops_per_token / (peak["fp32"] * 1e9),
+        # The same batches from the same start: how far apart the two loss curves end up, step by step.
+        "loss_curve_max_rel_diff": float(np.max(np.abs(losses[0] - losses[1]) / np.abs(losses[1]))),
+        "lethe_losses": lethe_training.losses,
+        "naive_losses": naive.losses,
+        "naive_tokens": naive.tokens,
+    }
+
+
+def _cached_start_step(cache_dir: Path) -> dict:
+    """Two jobs on the same base and rows in one process (one worker): each from its claim (getting the base LM
+    from the cache) to its first optimizer step. The second reuses the base stage the first evaluated."""
+    _log("cached start: two jobs in one process")
+    cache = BaseLMCache(cache_dir)
+    cold_load = load_average()
+    cold = jobs.seconds_to_first_step(cache)
+    warm_load = load_average()
+    warm = jobs.seconds_to_first_step(cache)
+    return {
+        "cached_start_s": warm,
+        "cold_start_s": cold,
+        "cached_start_load_average": warm_load,
+        "cold_start_load_average": cold_load,
+    }
+
+
 def _memory_step(cache_dir: Path) -> dict:
     """The peak RSS of one whole forget job and its breakdown, in a fresh process (so the figures are its own)."""
     _log("peak memory of a whole job, in a fresh process")
@@ -65,11 +168,6 @@ def _memory_step(cache_dir: Path) -> dict:
     }
 
 
-def _write(results: dict, out: Path, markdown: Path) -> None:
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    markdown.write_text(report.render(results))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "lethe-tests")
@@ -80,35 +178,39 @@ def main() -> None:
     parser.add_argument("--train-rows", type=int, default=64)
     parser.add_argument("--train-epochs", type=int, default=2)
     parser.add_argument("--train-batch-size", type=int, default=8)
+    parser.add_argument("--train-repeats", type=int, default=2, help="interleaved naive/Lethe rounds, best of each")
     parser.add_argument("--out", type=Path, default=BENCH / "results.json")
     parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument(
         "--only",
-        choices=["audit", "memory"],
-        help="run this step alone and merge its results into the existing --out file (then re-render --markdown)",
+        choices=ONLY_STEPS,
+        help="run this step alone and merge its results into this CPU's entry of --out (then re-render --markdown)",
     )
     args = parser.parse_args()
+    everything = _load(args.out)
+    here = machine()
+    kind = cpu_kind(here)
     if args.only is not None:
-        if not args.out.is_file():
-            parser.error(f"--only merges into an existing results file; {args.out} does not exist (run make bench)")
-        earlier: dict = json.loads(args.out.read_text())
+        entry = everything["by_cpu"].setdefault(kind, {})
+        entry["machine"] = here
         if args.only == "audit":
-            earlier["audit"] = _audit_step(args.cache_dir)
-        else:
-            earlier.update(_memory_step(args.cache_dir))
-        _write(earlier, args.out, args.markdown)
-        _log(f"wrote the {args.only} step into {args.out} and {args.markdown}")
+            entry["audit"] = _audit_step(args.cache_dir)
+        elif args.only == "cached-start":
+            entry |= _cached_start_step(args.cache_dir)
+        elif args.only == "memory":
+            entry |= _memory_step(args.cache_dir)
+        else:  # training
+            entry["matmul_peak_gflops"] = _peak()
+            _log("loading SmolLM2-135M-Instruct")
+            base = BaseLMCache(args.cache_dir).get(*jobs.BASE_LM)
+            model_dir = args.cache_dir / "bundled" / jobs.BASE_LM[1].partition(":")[2]
+            entry["training"] = _training_step(base, model_dir, args, entry["matmul_peak_gflops"])
+        _write(everything, args.out, args.markdown)
+        _log(f"wrote the {args.only} step into {args.out} ({kind}) and {args.markdown}")
         return
     args.work_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results: dict = {"machine": machine()}
-
-    _log("matmul peak")
-    results["matmul_peak_gflops"] = {
-        "fp32": matmul_peak_flops(torch.float32, repeats=PEAK_REPEATS) / 1e9,
-        "bf16": matmul_peak_flops(torch.bfloat16, repeats=PEAK_REPEATS) / 1e9,
-        "repeats": PEAK_REPEATS,
-    }
+    results: dict = {"machine": here, "matmul_peak_gflops": _peak()}
 
     _log("loading SmolLM2-135M-Instruct")
     base = BaseLMCache(args.cache_dir).get(*jobs.BASE_LM)
@@ -125,55 +227,15 @@ def main() -> None:
         lmeval = LmEval(BENCH / ".lmeval-venv/bin/python", model_dir, rows, args.work_dir)
         results["scoring"] = compare(base, rows, lmeval, args.task)
 
-    train_rows = TASKS[args.task].rows(args.train_rows)
-    learning_rate = GradientAscentParams.model_validate({}).learning_rate
-    settings = {"epochs": args.train_epochs, "batch_size": args.train_batch_size, "learning_rate": learning_rate}
-    _log(f"training: naive PEFT loop, {len(train_rows)} rows")
-    naive = naive_gradient_ascent(model_dir, train_rows, seed=0, **settings)
-    _log("training: Lethe")
-    lethe_training = lethe_gradient_ascent(base, train_rows, seed=0, **settings)
-    target_tokens = sum(
-        len(base.tokenizer(row.prompt + row.choices[row.answer])["input_ids"])
-        - len(base.tokenizer(row.prompt)["input_ids"])
-        for row in train_rows
-    )
-    flops_per_token = model_flops_per_token(base, target_tokens * args.train_epochs / lethe_training.tokens)
-    losses = np.array(lethe_training.losses), np.array(naive.losses)
-    results["training"] = {
-        "rows": len(train_rows),
-        **settings,
-        "steps": lethe_training.steps,
-        "tokens": lethe_training.tokens,
-        "lethe_tokens_per_s": lethe_training.tokens_per_s,
-        "naive_tokens_per_s": naive.tokens_per_s,
-        "speedup": lethe_training.tokens_per_s / naive.tokens_per_s,
-        "model_flops_per_token": flops_per_token,
-        "lethe_tflops": lethe_training.tokens_per_s * flops_per_token / 1e12,
-        "mfu_vs_bf16_peak": lethe_training.tokens_per_s
-        * flops_per_token
-        / (results["matmul_peak_gflops"]["bf16"] * 1e9),
-        "naive_mfu_vs_fp32_peak": naive.tokens_per_s * flops_per_token / (results["matmul_peak_gflops"]["fp32"] * 1e9),
-        # The same batches from the same start: how far apart the two loss curves end up, step by step.
-        "loss_curve_max_rel_diff": float(np.max(np.abs(losses[0] - losses[1]) / np.abs(losses[1]))),
-        "lethe_losses": lethe_training.losses,
-        "naive_losses": naive.losses,
-        "naive_tokens": naive.tokens,
-    }
-
-    _log("cached start: two jobs in one process")
-    cache = BaseLMCache(args.cache_dir)
-    cold = jobs.seconds_to_first_step(cache)
-    warm = jobs.seconds_to_first_step(cache)
-    results["cached_start_s"] = warm
-    results["cold_start_s"] = cold
-
-    results.update(_memory_step(args.cache_dir))
-
+    results["training"] = _training_step(base, model_dir, args, results["matmul_peak_gflops"])
+    results |= _cached_start_step(args.cache_dir)
+    results |= _memory_step(args.cache_dir)
     results["audit"] = _audit_step(args.cache_dir)
 
     results["bench_wall_s"] = time.perf_counter() - started
-    _write(results, args.out, args.markdown)
-    _log(f"wrote {args.out} and {args.markdown} in {results['bench_wall_s']:.0f} s")
+    everything["by_cpu"][kind] = results
+    _write(everything, args.out, args.markdown)
+    _log(f"wrote {args.out} ({kind}) and {args.markdown} in {results['bench_wall_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from bench.tasks import write_lmeval_task
 from lethe.rows import ChoiceRow
 from worker.engine.lm.load import LoadedLM
 from worker.engine.metrics.choice_scores import score_choices
+from worker.engine.precision import bf16_supported
 
 # Accuracy parity: a configuration counts only if its accuracy is within this of lm-eval's fp32 accuracy.
 ACCURACY_TOLERANCE_PTS = 0.5
@@ -68,12 +69,19 @@ def lethe_run(base: LoadedLM, rows: list[ChoiceRow], precision: str, batch_size:
     return run
 
 
+def worth_running(precision: str) -> bool:
+    """Whether to time a precision setting here: the bf16 ones only where the CPU computes bf16 natively (elsewhere
+    bf16 is emulated, slower than fp32, and no user would pick it: timing it only spent the bench's minutes)."""
+    return "bf16" not in precision or bf16_supported("cpu")
+
+
 def lethe_sweep(base: LoadedLM, rows: list[ChoiceRow]) -> list[ScoringRun]:
-    """score_choices at every setting (after one small untimed call that warms the kernels)."""
+    """score_choices at every setting worth running here (after one small untimed call that warms the kernels)."""
     score_choices(base.lm, base.tokenizer, rows[:4], 4)
     return [
         lethe_run(base, rows, precision, batch_size)
         for precision, (_, batch_sizes) in LETHE_SETTINGS.items()
+        if worth_running(precision)
         for batch_size in batch_sizes
     ]
 
@@ -127,8 +135,13 @@ class LmEval:
         return runs
 
     def sweep(self) -> list[ScoringRun]:
-        """Every precision at each of its batch sizes."""
-        return [run for precision, (_, sizes) in LMEVAL_SETTINGS.items() for run in self.runs(precision, sizes)]
+        """Every precision this CPU runs natively (`worth_running`) at each of its batch sizes."""
+        return [
+            run
+            for precision, (_, sizes) in LMEVAL_SETTINGS.items()
+            if worth_running(precision)
+            for run in self.runs(precision, sizes)
+        ]
 
 
 def fastest_at_parity(runs: list[ScoringRun], reference_accuracy: float) -> ScoringRun:

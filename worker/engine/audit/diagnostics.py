@@ -132,11 +132,19 @@ def answer_logits(
         for batch in longest_first([len(sequence) for sequence, _ in sequences], batch_size):
             # Right padding leaves every real position as it is.
             input_ids, attention_mask = pad([sequences[i][0] for i in batch], tokenizer.pad_token_id, device, "right")
-            logits = lm(input_ids=input_ids, attention_mask=attention_mask).logits
+            # Logits at position t predict token t + 1: the LM head runs at each row's answer-predicting positions
+            # only (a row with a shorter answer repeats its last one), not over every position of the batch.
+            widest = max(sequences[i][1] for i in batch)
+            positions = torch.tensor(
+                [
+                    [len(sequences[i][0]) - sequences[i][1] - 1 + min(k, sequences[i][1] - 1) for k in range(widest)]
+                    for i in batch
+                ],
+                device=device,
+            )
+            logits = lm(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions).logits
             for j, i in enumerate(batch):
-                sequence, n_answer = sequences[i]
-                # Logits at position t predict token t + 1.
-                logits_of[i] = logits[j, len(sequence) - n_answer - 1 : len(sequence) - 1].float().cpu()
+                logits_of[i] = logits[j, : sequences[i][1]].float().cpu()
     return [logits_of[i] for i in range(len(rows))]
 
 

@@ -30,6 +30,7 @@ from lethe.forgetting import Forgetting, score_rises
 from lethe.methods import METHODS, MethodParams
 from lethe.rows import Row, TextRow, kind_of
 from lethe.specs import FinetuneSpec
+from worker.engine.forget.base_stage import BASE_STAGES, BaseStage, BaseStageCache, base_stage_key
 from worker.engine.forget.progress import Progress
 from worker.engine.forget.snapshot import ForgetSnapshot, Snapshots, Stage
 from worker.engine.forget.splits import FORGET_HELDOUT, FORGET_SPLITS, FORGET_TRAIN, GENERAL_TEXT, Splits
@@ -145,13 +146,16 @@ def run_forget(
     general_text: Sequence[TextRow] = (),
     snapshots: Snapshots | None = None,
     parent: ParentAdapter | None = None,
+    base_stages: BaseStageCache | None = BASE_STAGES,
 ) -> ForgetOutcome:
     """Run `plan` on the base LM (its adapter attached in place, taken off again on return) and measure every stage.
 
     on_progress(stage, fraction) reports stage in evaluating|finetuning|forgetting|probing and the estimated
     fraction of the whole run done (non-decreasing, 1.0 at the end). `snapshots`: where to hand the run's
     snapshots, and one to resume from (taken by a run of the same plan on the same rows and base LM). `parent`: the
-    adapter a stacked run continues (see the module's docstring).
+    adapter a stacked run continues (see the module's docstring). `base_stages`: where the base stage's scores are
+    kept for the next job on the same base LM and rows (see `base_stage.py`; the worker process's cache by
+    default); None = always evaluate it.
     """
     spec = METHODS.get(plan.method)
     params = spec.parse(plan.method_params)
@@ -173,7 +177,9 @@ def run_forget(
     before_stage = "finetuned" if plan.finetune else PARENT_STAGE if parent else "base"
     base_evaluation = None
     if resume is None:
-        base_evaluation = run.evaluate(base.lm, "base", collect_hidden=plan.probe and before_stage == "base")
+        base_evaluation = run.evaluate_base(
+            base.lm, collect_hidden=plan.probe and before_stage == "base", cache=base_stages
+        )
     else:
         run.restore(resume)
     layers = params.adapted_layers(base.lm.config.num_hidden_layers)
@@ -268,6 +274,37 @@ class _Run:
             before_forgetting=self.before_forgetting,
             before_scores=dict(self.before_scores),
         )
+
+    def evaluate_base(self, base_lm: CausalLM, collect_hidden: bool, cache: BaseStageCache | None) -> _Evaluation:
+        """The base stage (`evaluate(base_lm, "base", ...)`), taken from `cache` when an earlier job evaluated the
+        same base LM (the worker's cached one, no adapter on it) on the same rows with the same settings, and kept
+        there."""
+        if cache is None:
+            return self.evaluate(base_lm, "base", collect_hidden)
+        key = base_stage_key(
+            base_lm,
+            self.splits.rows,
+            batch_size=self.params.batch_size,
+            seed=self.plan.seed,
+            collect_hidden=collect_hidden,
+        )
+        cached = cache.get(key)
+        if cached is not None:
+            self.metrics.extend(cached.metrics)
+            self.per_example["base"] = cached.per_example
+            self.progress.advance("evaluating", cached.progress_units)
+            evaluation: _Evaluation = cached.evaluation
+            return evaluation
+        metrics_before, done_before = len(self.metrics), self.progress.done
+        evaluation = self.evaluate(base_lm, "base", collect_hidden)
+        stage = BaseStage(
+            metrics=self.metrics[metrics_before:],
+            per_example=self.per_example["base"],
+            evaluation=evaluation,
+            progress_units=self.progress.done - done_before,
+        )
+        cache.put(key, stage)
+        return evaluation
 
     def evaluate(self, lm: CausalLM, stage: str, collect_hidden: bool) -> _Evaluation:
         """Every split's metrics at `stage` and the forget splits' MIA AUCs; after the base stage also their PrivLeak

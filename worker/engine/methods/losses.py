@@ -55,7 +55,7 @@ def activation_distance(hidden: torch.Tensor, target: torch.Tensor, mask: torch.
 def log_ratio(step: Step, batch: Batch) -> torch.Tensor:
     """log π_θ(y|x) − log π_ref(y|x) of each sequence's target (log-probabilities summed over its tokens)."""
     logprob, _ = sequence_logprob(step.logits(batch), batch.labels)
-    reference, _ = sequence_logprob(step.reference_outputs(batch).logits, batch.labels)
+    reference, _ = sequence_logprob(step.reference_logits(batch), batch.labels)
     return logprob - reference
 
 
@@ -72,4 +72,4 @@ def retain_loss(step: Step, kind: Literal["nll", "kl"]) -> torch.Tensor:
     logits = step.logits(batch)
     if kind == "nll":
         return mean_nll(logits, batch.labels)
-    return kl_to_reference(logits, step.reference_outputs(batch).logits, batch.labels)
+    return kl_to_reference(logits, step.reference_logits(batch), batch.labels)

@@ -1,5 +1,6 @@
-"""Rows as the trainer sees them: tokenized (context, target) examples, left-padded batches with their labels, and
-the seeded shuffled order they are drawn in."""
+"""Rows as the trainer sees them: tokenized (context, target) examples, left-padded batches with their labels (and
+the same batch packed into one row without padding, what the LM is fed where it can be), and the seeded shuffled
+order they are drawn in."""
 
 from __future__ import annotations
 
@@ -37,6 +38,60 @@ def examples_of(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row], limit: 
     return [make_example(tokenizer, row.context, row.target, limit) for row in rows]
 
 
+@dataclass(frozen=True)
+class Packed:
+    """A batch's sequences end to end in one row, no padding: `input_ids` and `position_ids` [1, tokens], each
+    sequence's positions counting from 0 again.
+
+    With no attention mask, transformers reads the restarting positions as packed sequences and gives attention a
+    block-diagonal causal mask (`masking_utils.find_packed_sequence_indices`): every token attends to its own
+    sequence's earlier tokens only, exactly as in the padded batch, at the cost of the real tokens alone (the
+    benchmark's ARC batches are 40% padding). `keep_index` [batch × keep] are the packed positions of the padded
+    batch's last `keep` columns, row by row (a column left of a short sequence's start, padding in the padded batch,
+    points at the sequence's first token: its logits are never read, its labels being IGNORE), so the LM head runs
+    at those positions only and `unpack` gives logits shaped as the padded batch's [batch, keep, vocab].
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    keep_index: torch.Tensor
+    rows: int
+    keep: int
+
+    def lm_inputs(self) -> dict[str, Any]:
+        # No KV cache: transformers looks for packed sequences only without one.
+        return {
+            "input_ids": self.input_ids,
+            "position_ids": self.position_ids,
+            "logits_to_keep": self.keep_index,
+            "use_cache": False,
+        }
+
+    def unpack(self, logits: torch.Tensor) -> torch.Tensor:
+        """The LM's logits at `keep_index` ([1, batch × keep, vocab]) as [batch, keep, vocab]."""
+        return logits.reshape(self.rows, self.keep, logits.shape[-1])
+
+
+def pack(examples: Sequence[Example], keep: int, device: torch.device) -> Packed:
+    """`examples` end to end (see `Packed`); `keep`: the padded batch's kept columns."""
+    ids: list[int] = []
+    positions: list[int] = []
+    keep_index: list[int] = []
+    for example in examples:
+        start, length = len(ids), len(example.ids)
+        ids.extend(example.ids)
+        positions.extend(range(length))
+        # The padded batch's last `keep` columns hold the sequence's last `keep` tokens (or padding before it).
+        keep_index.extend(start + max(length - keep + k, 0) for k in range(keep))
+    return Packed(
+        input_ids=torch.tensor([ids], dtype=torch.long, device=device),
+        position_ids=torch.tensor([positions], dtype=torch.long, device=device),
+        keep_index=torch.tensor(keep_index, dtype=torch.long, device=device),
+        rows=len(examples),
+        keep=keep,
+    )
+
+
 @dataclass
 class Batch:
     """Left-padded examples: every sequence ends in the last column, so all targets sit in the last `keep` columns.
@@ -45,6 +100,9 @@ class Batch:
     Only the logits of the last `keep` positions can predict a target token, so the LM computes no others (its
     output head is a fifth of SmolLM2's compute per token, and a full-vocabulary log-softmax over every position
     is most of a step's memory traffic).
+
+    `packed` is the same batch without padding (see `Packed`): what `Step` feeds the LM when it only needs the
+    logits. The padded tensors stay for whoever reads per-position states (RMU's activations, hidden states).
     """
 
     input_ids: torch.Tensor
@@ -52,6 +110,7 @@ class Batch:
     labels: torch.Tensor
     position_ids: torch.Tensor
     keep: int
+    packed: Packed | None = None
 
     @property
     def size(self) -> int:
@@ -81,7 +140,7 @@ def collate(examples: Sequence[Example], pad_id: int, device: torch.device) -> B
     labels = input_ids.masked_fill(torch.arange(width, device=device) < width - n_target[:, None], IGNORE)
     # Position t predicts token t + 1: a target of n tokens needs the logits of the last n + 1 columns.
     keep = min(max(e.n_target for e in examples) + 1, width)
-    return Batch(input_ids, attention_mask, labels, position_ids, keep)
+    return Batch(input_ids, attention_mask, labels, position_ids, keep, pack(examples, keep, device))
 
 
 def shuffled_batches(n: int, batch_size: int, seed: str) -> list[list[int]]:

@@ -21,6 +21,7 @@ from lethe.rows import Row
 from worker.engine.lm.lora import reference_lm
 from worker.engine.training.batches import Batch, Example
 from worker.engine.training.logprobs import mean_nll
+from worker.engine.training.packing import packs_correctly
 
 
 class ForwardHook(Protocol):
@@ -46,16 +47,21 @@ class Step:
     forget_indices: Sequence[int] = ()
 
     def logits(self, batch: Batch, **kwargs: Any) -> torch.Tensor:
-        """The trained LM's logits on `batch` (retain batches pass through the retain hooks)."""
-        return self.outputs(batch, **kwargs).logits
+        """The trained LM's logits on `batch` (retain batches pass through the retain hooks): fed packed, without
+        padding, where the LM allows it and nothing else is asked for (see `batches.Packed`)."""
+        return self._run(batch, kwargs, packed=True).logits
 
     def outputs(self, batch: Batch, **kwargs: Any) -> Any:
-        """The trained LM's full output on `batch` (e.g. with output_hidden_states=True)."""
+        """The trained LM's full output on `batch` (e.g. with output_hidden_states=True), on the padded batch, so
+        that per-position states (also those read by hooks on its blocks) keep the batch's shape."""
+        return self._run(batch, kwargs, packed=False)
+
+    def _run(self, batch: Batch, kwargs: dict[str, Any], packed: bool) -> Any:
         hooks = self.retain_hooks if batch is self.retain else ()
         with contextlib.ExitStack() as stack:
             for hook in hooks:
                 stack.enter_context(hook(self.lm))
-            return self.lm(**{**batch.lm_inputs(), **kwargs})
+            return _forward(self.lm, batch, kwargs, packed)
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[PeftModel]:
@@ -64,9 +70,24 @@ class Step:
             yield lm
 
     def reference_outputs(self, batch: Batch, **kwargs: Any) -> Any:
-        """The reference LM's output on `batch` (never hooked, never differentiated)."""
+        """The reference LM's full output on `batch` (never hooked, never differentiated), on the padded batch."""
         with self.reference() as lm:
-            return lm(**{**batch.lm_inputs(), **kwargs})
+            return _forward(lm, batch, kwargs, packed=False)
+
+    def reference_logits(self, batch: Batch) -> torch.Tensor:
+        """The reference LM's logits on `batch`, fed packed where the LM allows it (as `logits`)."""
+        with self.reference() as lm:
+            return _forward(lm, batch, {}, packed=True).logits
+
+
+def _forward(lm: PeftModel, batch: Batch, kwargs: dict[str, Any], packed: bool) -> Any:
+    """`lm` on `batch`: packed (no padding, see `batches.Packed`) when `packed`, only the logits are asked for and the
+    LM packs correctly; padded otherwise."""
+    if packed and batch.packed is not None and not kwargs and packs_correctly(lm):
+        outputs = lm(**batch.packed.lm_inputs())
+        outputs.logits = batch.packed.unpack(outputs.logits)
+        return outputs
+    return lm(**{**batch.lm_inputs(), **kwargs})
 
 
 @dataclass
