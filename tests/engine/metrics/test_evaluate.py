@@ -255,7 +255,9 @@ def test_mia_scores_of_evaluate_qa_are_those_of_mia_scores(tiny_base: LoadedLM) 
     shared = evaluate_qa(tiny_base.lm, tiny_base.tokenizer, rows, 4, max_new_tokens=2).mia
     alone = mia_scores(tiny_base.lm, tiny_base.tokenizer, rows, 4)
     for attack in MIA_ATTACKS:
-        assert shared[attack] == pytest.approx(alone[attack], abs=1e-6)
+        # The same rows in other batches (evaluate_qa scores answers and alternatives together): equal up to fp32
+        # rounding, which depends on the batch's padded width (1.4e-6 on a score of 0.92 with transformers 5.24).
+        assert shared[attack] == pytest.approx(alone[attack], rel=1e-5, abs=1e-6)
 
 
 def test_mia_scores_work_on_choice_and_text_rows(tiny_base: LoadedLM) -> None:
