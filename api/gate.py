@@ -153,14 +153,7 @@ class RequestGate:
         return _counted(receive, rule)
 
     async def _tenant_id(self, scope: Scope) -> uuid.UUID:
-        address = scope["client"][0] if scope.get("client") else "unknown"
-        retry_after_s = self.failures.retry_after_s(address)
-        if retry_after_s is not None:
-            raise TooManyRequests(
-                "too_many_failed_keys",
-                f"X-API-Key: too many failed key checks from {address}; retry in {retry_after_s} s",
-                retry_after_s,
-            )
+        address = self._unthrottled_address(scope)
         key = Headers(scope=scope).get("x-api-key")
         try:
             return await run_in_threadpool(self._authenticate, key)
@@ -169,9 +162,8 @@ class RequestGate:
                 self.failures.record(address)
             raise
 
-    def _check_admin_key(self, scope: Scope) -> None:
-        """Unauthorized without a key, Forbidden with another key than LETHE_ADMIN_API_KEY (or when none is set); a
-        wrong key counts as a failed check, like a tenant's."""
+    def _unthrottled_address(self, scope: Scope) -> str:
+        """The client's address; TooManyRequests while it is locked out for too many failed key checks."""
         address = scope["client"][0] if scope.get("client") else "unknown"
         retry_after_s = self.failures.retry_after_s(address)
         if retry_after_s is not None:
@@ -180,6 +172,12 @@ class RequestGate:
                 f"X-API-Key: too many failed key checks from {address}; retry in {retry_after_s} s",
                 retry_after_s,
             )
+        return address
+
+    def _check_admin_key(self, scope: Scope) -> None:
+        """Unauthorized without a key, Forbidden with another key than LETHE_ADMIN_API_KEY (or when none is set); a
+        wrong key counts as a failed check, like a tenant's."""
+        address = self._unthrottled_address(scope)
         admin_key = self.settings.admin_api_key
         if admin_key is None:
             raise Forbidden("this operation needs the admin key, and none is configured (set LETHE_ADMIN_API_KEY)")

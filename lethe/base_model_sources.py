@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 
 class BaseModelSourceError(ValueError):
@@ -125,13 +125,18 @@ def read_index(directory: Path) -> dict[str, object] | None:
     path = directory / SAFETENSORS_INDEX
     if not path.is_file():
         return None
+    return read_json_object(path, SAFETENSORS_INDEX)
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in `path`; BaseModelSourceError naming `what` when it is unreadable or not an object."""
     try:
-        index = json.loads(path.read_text("utf-8"))
+        value = json.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BaseModelSourceError(f"{SAFETENSORS_INDEX} is not readable JSON: {exc}") from exc
-    if not isinstance(index, dict):
-        raise BaseModelSourceError(f"{SAFETENSORS_INDEX} is not a JSON object")
-    return index
+        raise BaseModelSourceError(f"{what} is not readable JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BaseModelSourceError(f"{what} is not a JSON object")
+    return value
 
 
 def is_pickled_weight(filename: str) -> bool:

@@ -15,7 +15,6 @@ cache mounted read-only works online and offline alike.
 
 import importlib
 import importlib.util
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from lethe.base_model_sources import (
     is_pickled_weight,
     layers_in_config,
     read_index,
+    read_json_object,
     weight_files,
     weights_sha256,
 )
@@ -289,13 +289,7 @@ def _no_safetensors(hub: HubSource, commit: str, siblings: dict[str, Any]) -> st
 
 
 def _json_file(path: Path, hub: HubSource, name: str) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BaseModelSourceError(f"source {hub}: {name} is not readable JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise BaseModelSourceError(f"source {hub}: {name} is not a JSON object")
-    return value
+    return read_json_object(path, f"source {hub}: {name}")
 
 
 def _endpoint(options: HubOptions) -> str:
