@@ -128,6 +128,21 @@ def read_index(directory: Path) -> dict[str, object] | None:
     return read_json_object(path, SAFETENSORS_INDEX)
 
 
+def directory_weight_files(directory: Path, what: str) -> list[str]:
+    """The safetensors files of a local checkpoint directory; BaseModelSourceError naming `what` when it is not a
+    directory or a weight file is missing (pickled weights are never a substitute)."""
+    if not directory.is_dir():
+        raise BaseModelSourceError(f"{what}: {directory} is not a directory this server can read")
+    files = weight_files(read_index(directory))
+    missing = [name for name in files if not (directory / name).is_file()]
+    if missing:
+        raise BaseModelSourceError(
+            f"{what}: no safetensors weights ({', '.join(missing)}) in {directory}; pickled weights (*.bin, *.pt) "
+            "are never loaded"
+        )
+    return files
+
+
 def read_json_object(path: Path, what: str) -> dict[str, Any]:
     """The JSON object in `path`; BaseModelSourceError naming `what` when it is unreadable or not an object."""
     try:

@@ -19,11 +19,10 @@ from api.errors import InvalidInput
 from lethe.base_model_sources import (
     BaseModelSourceError,
     check_no_custom_code,
+    directory_weight_files,
     directory_weights_sha256,
     layers_in_config,
     parse_source,
-    read_index,
-    weight_files,
 )
 from lethe.hub import HubOptions, resolve
 from models.repositories import BaseModelRepository
@@ -90,20 +89,12 @@ def check_source(source: str, hub: HubOptions) -> CheckedSource:
         return CheckedSource(source, builtin.n_layers)
     if parsed.scheme == "path":
         directory = Path(parsed.location)
-        if not directory.is_dir():
-            raise BaseModelSourceError(f"source {source!r}: {directory} is not a directory this server can read")
+        files = directory_weight_files(directory, f"source {source!r}")
         try:
             config = json.loads((directory / "config.json").read_text("utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BaseModelSourceError(f"source {source!r}: no readable config.json in {directory} ({exc})") from None
         check_no_custom_code(config, f"source {source!r}")
-        files = weight_files(read_index(directory))
-        missing = [name for name in files if not (directory / name).is_file()]
-        if missing:
-            raise BaseModelSourceError(
-                f"source {source!r}: no safetensors weights ({', '.join(missing)}) in {directory}; pickled weights "
-                "(*.bin, *.pt) are never loaded"
-            )
         return CheckedSource(
             source, layers_in_config(config), weights_sha256=directory_weights_sha256(directory, files)
         )

@@ -41,7 +41,10 @@ def test_a_directory_without_safetensors_is_refused(tiny_lm_dir, tmp_path) -> No
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (tmp_path / name).write_text((tiny_lm_dir / name).read_text())
     torch.save({}, tmp_path / "pytorch_model.bin")
-    with pytest.raises(ValueError, match=r"no safetensors weights \(model.safetensors\); pickled weights are never"):
+    with pytest.raises(
+        ValueError,
+        match=r"no safetensors weights \(model.safetensors\) in .*; pickled weights \(\*.bin, \*.pt\) are never",
+    ):
         load_base_lm("x", f"path:{tmp_path}", tmp_path)
 
 

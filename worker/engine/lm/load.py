@@ -25,6 +25,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from lethe.base_model_sources import (
     BaseModelSourceError,
+    directory_weight_files,
     directory_weights_sha256,
     parse_source,
     read_index,
@@ -96,15 +97,7 @@ def load_base_lm(
         files = weight_files(read_index(directory))
     elif parsed.scheme == "path":
         directory = Path(parsed.location)
-        if not directory.is_dir():
-            raise BaseModelSourceError(f"base LM source {source!r}: {directory} is not a directory")
-        files = weight_files(read_index(directory))
-        missing = [name for name in files if not (directory / name).is_file()]
-        if missing:
-            raise BaseModelSourceError(
-                f"base LM source {source!r}: no safetensors weights ({', '.join(missing)}); pickled weights are never "
-                "loaded"
-            )
+        files = directory_weight_files(directory, f"base LM source {source!r}")
     else:
         assert parsed.hub is not None
         directory, files = local_snapshot(parsed.hub, hub or HubOptions.default())
