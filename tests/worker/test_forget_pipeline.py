@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from scipy.stats import binomtest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -198,6 +199,62 @@ def test_a_failed_catalogue_write_leaves_no_objects(
         job = JobRepository(session).get_any_tenant(job_id)
         assert job is not None and job.status == "failed" and job.evidence_key is None
         assert AdapterRepository(session).get_for_job(job_id) is None
+
+
+def _with_halved_rank(archive: bytes) -> bytes:
+    """The adapter archive with each LoRA matrix cut to half its rank: the parameters a stacked run starts from,
+    named as the run's, shaped as another rank's."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as source,
+        tarfile.open(fileobj=out, mode="w:gz") as target,
+    ):
+        for member in source.getmembers():
+            handle = source.extractfile(member)
+            assert handle is not None
+            data = handle.read()
+            if member.name.endswith("adapter_model.safetensors"):
+                weights = load_safetensors(data)
+                data = save_safetensors(
+                    {
+                        name: (t[: t.shape[0] // 2] if ".lora_A." in name else t[:, : t.shape[1] // 2]).contiguous()
+                        for name, t in weights.items()
+                    }
+                )
+                member.size = len(data)
+            target.addfile(member, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_a_parent_adapter_of_another_shape_fails_the_job_by_code_and_leaves_the_base_clean(
+    stack_settings: Settings, tiny_lm_dir: Path, tmp_path: Path
+) -> None:
+    store, cache = open_store(stack_settings), BaseLMCache(tmp_path)
+    parent_job = _queued_job(stack_settings, "tiny-stacked-mismatch", f"path:{tiny_lm_dir}")
+    assert run_forget_job(stack_settings, store, cache, parent_job) == "succeeded"
+    with session_scope(stack_settings.database_url) as session:
+        parent = AdapterRepository(session).get_for_job(parent_job)
+        assert parent is not None
+        parent_id, parent_key = parent.id, parent.object_key
+    # What the API cannot check (it compares the requests' rank, alpha and layers): the stored weights themselves.
+    reshaped = _with_halved_rank(store.get(parent_key))
+    store.delete(parent_key)
+    store.put(parent_key, reshaped)
+    child_job = _queued_job(
+        stack_settings,
+        "tiny-stacked-mismatch",
+        f"path:{tiny_lm_dir}",
+        spec_fields={"parent_adapter": str(parent_id)},
+    )
+    assert run_forget_job(stack_settings, store, cache, child_job) == "failed"
+    with session_scope(stack_settings.database_url) as session:
+        job = JobRepository(session).get_any_tenant(child_job)
+        assert job is not None and job.error_code == "parent_adapter_mismatch"
+        assert "needs the parent's LoRA rank" in (job.error_message or "")
+        assert AdapterRepository(session).get_for_job(child_job) is None
+    # The failed run took its LoRA out of the cached base: the next job on it runs from the plain base LM.
+    after = _queued_job(stack_settings, "tiny-stacked-mismatch", f"path:{tiny_lm_dir}")
+    assert run_forget_job(stack_settings, store, cache, after) == "succeeded"
 
 
 class Killed(BaseException):
