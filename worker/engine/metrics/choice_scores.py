@@ -13,8 +13,7 @@ positions nothing reads.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from lethe.rows import ChoiceRow
+from worker.engine.lm.head import head_only_at
 from worker.engine.lm.inputs import encode_pair, max_length, pair_sequence
 from worker.engine.lm.load import CausalLM
 from worker.engine.lm.placement import input_device
@@ -215,7 +215,7 @@ def _score_batch(
         torch.tensor([b for b, p in enumerate(packed) for _ in p.targets], device=device),
         torch.tensor([i for p in packed for i in p.predictors], device=device),
     )
-    with _head_only_at(lm.get_output_embeddings(), predictors):
+    with head_only_at(lm.get_output_embeddings(), predictors):
         output = lm(
             input_ids=ids,
             attention_mask=_attention_mask(lm, sees[:, None]),
@@ -239,26 +239,6 @@ def _score_batch(
         columns = torch.tensor([t for p in packed for t in p.last_tokens], device=device)
         hidden = torch.stack([layer[rows, columns] for layer in output.hidden_states], dim=1).float().cpu().numpy()
     return pair_loglikelihoods.cpu().numpy(), hidden
-
-
-@contextmanager
-def _head_only_at(head: torch.nn.Module, selection: tuple[torch.Tensor, torch.Tensor]) -> Iterator[None]:
-    """The LM head computes logits only at the (batch, position) pairs in `selection`, as one (1, n) batch.
-
-    The head still runs inside the LM's own forward, so any scaling or capping of its logits still applies;
-    it just never computes the vocab-sized logits of the positions that predict no continuation token.
-    """
-
-    def gather(_module: torch.nn.Module, args: tuple) -> tuple:
-        states = args[0]  # on the last block's device, for an LM spread over GPUs
-        return (states[tuple(index.to(states.device) for index in selection)][None], *args[1:])
-
-    # Prepended: the gather runs before full_precision's cast, which then casts the gathered states only.
-    handle = head.register_forward_pre_hook(gather, prepend=True)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def _attention_mask(lm: CausalLM, sees: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from worker.engine.lm.head import head_only_at
 from worker.engine.lm.inputs import fit_pair, longest_first, max_length, pad
 from worker.engine.lm.load import CausalLM
 from worker.engine.lm.placement import input_device
@@ -49,12 +50,23 @@ def score_tokens(
         for batch in longest_first([len(sequence) for sequence, _ in sequences], batch_size):
             # Right padding leaves every real position as it is.
             input_ids, attention_mask = pad([sequences[i][0] for i in batch], tokenizer.pad_token_id, device, "right")
-            logits = lm(input_ids=input_ids, attention_mask=attention_mask).logits
-            for j, i in enumerate(batch):
+            # Logits at position t predict token t + 1: the head runs only at the positions predicting a target
+            # token (a batch's full (batch, length, vocab) logits would be most of the pass's memory).
+            spans = [(len(sequences[i][0]) - sequences[i][1] - 1, len(sequences[i][0]) - 1) for i in batch]
+            predictors = (
+                torch.tensor([j for j, (start, end) in enumerate(spans) for _ in range(start, end)], device=device),
+                torch.tensor([t for start, end in spans for t in range(start, end)], device=device),
+            )
+            with head_only_at(lm.get_output_embeddings(), predictors):
+                logits = lm(input_ids=input_ids, attention_mask=attention_mask).logits
+            if logits.shape[:2] != (1, len(predictors[0])):
+                raise ValueError(f"{type(lm).__name__} does not compute its logits with its output embeddings module")
+            first = 0
+            for i in batch:
                 sequence, n_target = sequences[i]
                 length = len(sequence)
-                # Logits at position t predict token t + 1.
-                log_probs = torch.log_softmax(logits[j, length - n_target - 1 : length - 1].float(), dim=-1)
+                log_probs = torch.log_softmax(logits[0, first : first + n_target].float(), dim=-1)
+                first += n_target
                 targets = torch.tensor(sequence[length - n_target :], device=device)
                 probs = log_probs.exp()
                 # p log p is 0 where p is 0 (a -inf logit would otherwise give 0 · -inf = nan).
