@@ -117,7 +117,9 @@ def _jsonable(value: object) -> str:
 
 
 @app.command()
-def revoke(key_id: Annotated[uuid.UUID, typer.Argument(help="The key's id (see `lethe api-keys list`).")]) -> None:
+def revoke(
+    key_id: Annotated[uuid.UUID, typer.Argument(metavar="KEY_ID", help="The key's id (see `lethe api-keys list`).")],
+) -> None:
     """Revoke a key now: its next request is refused (401)."""
     from api.services import api_keys
 
@@ -127,7 +129,7 @@ def revoke(key_id: Annotated[uuid.UUID, typer.Argument(help="The key's id (see `
 
 @app.command()
 def rotate(
-    key_id: Annotated[uuid.UUID, typer.Argument(help="The key's id (see `lethe api-keys list`).")],
+    key_id: Annotated[uuid.UUID, typer.Argument(metavar="KEY_ID", help="The key's id (see `lethe api-keys list`).")],
     grace_s: Annotated[int, typer.Option("--grace-s", help="Seconds the old key keeps working (0: revoked now).")] = 0,
 ) -> None:
     """Replace a key by a new one with its tenant, scopes and name; print the new key once."""
