@@ -27,9 +27,12 @@ class Settings(BaseSettings):
     s3_secret_key: SecretStr = SecretStr("")
     s3_secure: bool = True
     s3_region: str = "us-east-1"
+    # A key ensured at start for tenant `default`, with the `read` and `submit` scopes.
     bootstrap_api_key: SecretStr | None = None
-    # The key of the operations that change the installation, not a tenant (`POST /v1/base-models`): requests send
-    # it as X-API-Key. Unset: those operations are refused (403) and base models are registered with the CLI.
+    # The operator's first key with the `admin` scope (the installation's operations: base models, API keys),
+    # ensured at start as a hashed key of tenant `default`; requests send it as X-API-Key. Once made it is a key
+    # like the others: unsetting this does not revoke it (`lethe api-keys revoke` does), and a revoked one stays
+    # revoked across restarts. Unset: admin keys are made with `lethe api-keys create --scope admin`.
     admin_api_key: SecretStr | None = None
     # Signs audit reports (HMAC-SHA256). Empty: a random key kept in data_dir (the embedded default); a stack
     # with several containers must set one key for the API, workers and `lethe verify-report`.

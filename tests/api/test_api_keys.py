@@ -55,7 +55,7 @@ def test_a_read_key_reads_and_cannot_write_before_its_body_is_read(
     # Refused before the body is read: no chunk of it is received, and a declared size past every limit is not what
     # answers.
     headers = {"content-type": "application/json", "x-api-key": reader, "content-length": str(10**12)}
-    attempt = call(app_client.app, "POST", "/v1/audits", headers, [b"{}"])
+    attempt = call(app_client.app, "POST", "/v1/audits", headers, [b"{}"])  # type: ignore[arg-type]
     assert (attempt.status, _error(attempt), attempt.chunks_read) == (403, "forbidden", 0)
 
     # The same tenant's submit key writes, and reads nothing.
