@@ -133,6 +133,17 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _distinct_setting_keys(self) -> "Settings":
+        # One key cannot be both: the first to be ensured would keep its scopes, the other's would never be given.
+        if (
+            self.admin_api_key is not None
+            and self.bootstrap_api_key is not None
+            and self.admin_api_key.get_secret_value() == self.bootstrap_api_key.get_secret_value()
+        ):
+            raise ValueError("LETHE_ADMIN_API_KEY and LETHE_BOOTSTRAP_API_KEY must differ (admin vs read, submit)")
+        return self
+
+    @model_validator(mode="after")
     def _fill_defaults_and_check_s3(self) -> "Settings":
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'lethe.db'}"
