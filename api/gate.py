@@ -10,6 +10,7 @@ installation's), and the body media types it lists.
 """
 
 import json
+import logging
 import math
 import re
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -37,10 +39,13 @@ from api.errors import (
     error_response,
 )
 from api.scopes import declare_scopes
-from api.services.auth import AuthenticatedKey, authenticate
+from api.services.auth import AuthenticatedKey, authenticate, record_use
 from lethe import safe_json
 from lethe.settings import Settings
-from models.db import session_scope
+from models.db import get_sessionmaker, session_scope
+from models.tables import utcnow
+
+log = logging.getLogger("lethe.api")
 
 # A multipart upload's boundaries and part headers around the file (the route checks the file itself).
 MULTIPART_ENVELOPE_BYTES = 64 * 1024
@@ -174,9 +179,17 @@ class RequestGate:
         return address
 
     def _authenticate(self, key: str | None) -> AuthenticatedKey:
-        # Committed: authenticating records the key's use (at most once a minute per key).
-        with session_scope(self.settings.database_url) as session:
-            return authenticate(session, key)
+        now = utcnow()
+        with get_sessionmaker(self.settings.database_url)() as session:
+            api_key = authenticate(session, key, now)
+        if api_key.use_unrecorded(now):
+            # A transaction of its own, at most once a minute per key: a hint of use that never fails the request.
+            try:
+                with session_scope(self.settings.database_url) as session:
+                    record_use(session, api_key, now)
+            except SQLAlchemyError as exc:
+                log.warning("API key %s: its use was not recorded (%s)", api_key.id, exc)
+        return api_key
 
     def _rule(self, scope: Scope) -> tuple[RouteRule, list[str]]:
         """The rule of the operation the request names; when its path has operations but not for this method, the
@@ -217,15 +230,15 @@ class RequestGate:
         requirements = operation.get("security", [])
         # Every requirement lists its scopes (declare_scopes): all of them are needed.
         needed = {scope for requirement in requirements for scopes in requirement.values() for scope in scopes}
-        key = tuple(sorted(needed)) if requirements else None
+        scopes = tuple(sorted(needed)) if requirements else None
         media_types = tuple(operation.get("requestBody", {}).get("content", {}))
         if "multipart/form-data" in media_types:
             limit = self.settings.max_upload_bytes + MULTIPART_ENVELOPE_BYTES
-            return RouteRule(key, media_types, limit, "LETHE_MAX_UPLOAD_BYTES")
-        return self._json_rule(key, media_types)
+            return RouteRule(scopes, media_types, limit, "LETHE_MAX_UPLOAD_BYTES")
+        return self._json_rule(scopes, media_types)
 
-    def _json_rule(self, key: tuple[str, ...] | None, media_types: tuple[str, ...]) -> RouteRule:
-        return RouteRule(key, media_types, self.settings.max_json_bytes, "LETHE_MAX_JSON_BYTES")
+    def _json_rule(self, scopes: tuple[str, ...] | None, media_types: tuple[str, ...]) -> RouteRule:
+        return RouteRule(scopes, media_types, self.settings.max_json_bytes, "LETHE_MAX_JSON_BYTES")
 
 
 def _lacking(missing: list[str], held: frozenset[str]) -> str:

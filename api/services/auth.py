@@ -25,11 +25,16 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 @dataclass(frozen=True)
 class AuthenticatedKey:
-    """The key a request was authenticated with: whose it is and what it may do."""
+    """The key a request was authenticated with: whose it is, what it may do, and its latest recorded use."""
 
     id: uuid.UUID
     tenant_id: uuid.UUID
     scopes: frozenset[str]
+    last_used_at: datetime | None = None
+
+    def use_unrecorded(self, now: datetime) -> bool:
+        """Whether a use at `now` is to be recorded (none is, within the last LAST_USED_RESOLUTION)."""
+        return self.last_used_at is None or self.last_used_at < now - LAST_USED_RESOLUTION
 
 
 def hash_key(key: str) -> str:
@@ -37,17 +42,19 @@ def hash_key(key: str) -> str:
 
 
 def authenticate(session: Session, key: str | None, now: datetime | None = None) -> AuthenticatedKey:
-    """The active key `key` is (neither revoked nor expired), its use recorded; Unauthorized otherwise."""
+    """The active key `key` is (neither revoked nor expired at `now`); Unauthorized otherwise. Reads only."""
     if not key:
         raise Unauthorized("send your API key in the X-API-Key header")
-    now = now or utcnow()
-    repository = ApiKeyRepository(session)
-    api_key = repository.get_active_by_hash(hash_key(key), now)
+    api_key = ApiKeyRepository(session).get_active_by_hash(hash_key(key), now or utcnow())
     if api_key is None:
         raise Unauthorized("unknown, revoked or expired API key")
-    if api_key.last_used_at is None or api_key.last_used_at < now - LAST_USED_RESOLUTION:
-        repository.touch(api_key.id, now, unless_since=now - LAST_USED_RESOLUTION)
-    return AuthenticatedKey(api_key.id, api_key.tenant_id, frozenset(api_key.scopes))
+    return AuthenticatedKey(api_key.id, api_key.tenant_id, frozenset(api_key.scopes), api_key.last_used_at)
+
+
+def record_use(session: Session, api_key: AuthenticatedKey, now: datetime) -> bool:
+    """Record a use of the key at `now` unless one within LAST_USED_RESOLUTION is recorded (by any process);
+    whether it wrote."""
+    return ApiKeyRepository(session).touch(api_key.id, now, unless_since=now - LAST_USED_RESOLUTION)
 
 
 def issue_key(

@@ -10,7 +10,7 @@ from pydantic import SecretStr
 
 from api.app import create_app
 from api.deps import TenantDep, WritingTenantDep
-from api.services.auth import authenticate, create_key
+from api.services.auth import authenticate, create_key, record_use
 from lethe.settings import Settings
 from models.db import session_scope
 from models.repositories import ApiKeyRepository
@@ -248,8 +248,12 @@ def test_a_keys_use_is_recorded_at_most_once_a_minute(stack_settings: Settings) 
     start = utcnow()
 
     def used_at(now: datetime) -> datetime | None:
+        """The key's recorded use after a request at `now`, as the request gate records it."""
         with session_scope(stack_settings.database_url) as session:
             authenticated = authenticate(session, key, now)
+        if authenticated.use_unrecorded(now):
+            with session_scope(stack_settings.database_url) as session:
+                record_use(session, authenticated, now)
         with session_scope(stack_settings.database_url) as session:
             row = ApiKeyRepository(session).get(authenticated.id)
             assert row is not None
