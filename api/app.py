@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from celery import Celery
 from fastapi import FastAPI
@@ -12,7 +13,8 @@ from fastapi.routing import APIRoute
 from api.errors import install_error_handlers
 from api.gate import RequestGate
 from api.rate_limit import RateLimiter
-from api.routes import adapters, audits, datasets, health, jobs, registries
+from api.routes import adapters, api_keys, audits, datasets, health, jobs, registries
+from api.scopes import declare_scopes
 from api.services.auth import ensure_key
 from api.services.base_models import ensure_builtin_base_models
 from api.services.jobs import delete_checkpoints_of, mark_sent, reap_stale_jobs, unsent_jobs
@@ -87,7 +89,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         with session_scope(settings.database_url) as session:
             ensure_builtin_base_models(session)
             if settings.bootstrap_api_key is not None:
-                ensure_key(session, settings.bootstrap_api_key.get_secret_value())
+                ensure_key(session, settings.bootstrap_api_key.get_secret_value(), name="LETHE_BOOTSTRAP_API_KEY")
+            if settings.admin_api_key is not None:
+                # The operator's first admin key: with it, `POST /v1/api-keys` makes the others.
+                ensure_key(
+                    session, settings.admin_api_key.get_secret_value(), scopes=["admin"], name="LETHE_ADMIN_API_KEY"
+                )
         maintenance = asyncio.create_task(_maintain_jobs_forever(settings, app.state.queue, app.state.store))
         yield
         maintenance.cancel()
@@ -105,6 +112,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     install_error_handlers(app)
     app.add_middleware(RequestGate, settings=settings)
-    for module in (health, datasets, registries, jobs, adapters, audits):
+    for module in (health, datasets, registries, jobs, adapters, audits, api_keys):
         app.include_router(module.router)
+    _declare_scopes_in_spec(app)
     return app
+
+
+def _declare_scopes_in_spec(app: FastAPI) -> None:
+    """The published spec names each operation's scope (api/scopes.py), the one the request gate enforces."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        return declare_scopes(generate())
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import ServiceUnavailable
 from api.rate_limit import RateLimiter
+from api.services.auth import AuthenticatedKey
 from lethe.settings import Settings
 from models.db import BrokerUnavailable, UnitOfWork, unit_of_work
 from storage import ObjectStore
@@ -49,12 +50,19 @@ def get_session(work: UnitOfWorkDep) -> Session:
 
 SessionDep = Annotated[Session, Depends(get_session)]
 
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Your tenant's API key.")
+_api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="An API key (`lethe api-keys create`, or `POST /v1/api-keys`). Each operation's security requirement "
+    "names the scope the key needs: `read` (a tenant's GET operations), `submit` (a tenant's POST and DELETE "
+    "operations) or `admin` (the installation's operations); a key without it gets 403.",
+)
 
 
 def get_tenant_id(request: Request, _api_key: Annotated[str | None, Security(_api_key_header)]) -> uuid.UUID:
     """The tenant whose key the request gate checked (`api/gate.py`: it authenticates every route that depends on
-    this, before the body is read). The header parameter is what puts the key into the spec."""
+    this, and checks the key's scope for the method (api/scopes.py), before the body is read). The header parameter
+    is what puts the key into the spec."""
     tenant_id: uuid.UUID | None = getattr(request.state, "tenant_id", None)
     assert tenant_id is not None, "the request gate authenticates every route that depends on get_tenant_id"
     return tenant_id
@@ -62,21 +70,14 @@ def get_tenant_id(request: Request, _api_key: Annotated[str | None, Security(_ap
 
 TenantDep = Annotated[uuid.UUID, Depends(get_tenant_id)]
 
-# The admin key's scheme: the same header, another scheme name, so the spec (and the request gate, which reads it)
-# tell an admin operation from a tenant's.
-ADMIN_SCHEME = "AdminAPIKey"
-_admin_key_header = APIKeyHeader(
-    name="X-API-Key",
-    scheme_name=ADMIN_SCHEME,
-    auto_error=False,
-    description="The installation's admin key (LETHE_ADMIN_API_KEY), not a tenant's.",
-)
 
-
-def require_admin(request: Request, _api_key: Annotated[str | None, Security(_admin_key_header)]) -> None:
-    """Admits a request the gate checked for the admin key (`api/gate.py`); the header parameter puts the scheme
-    into the spec."""
-    assert getattr(request.state, "admin", False), "the request gate checks the admin key of every admin operation"
+def require_admin(
+    request: Request, _api_key: Annotated[str | None, Security(_api_key_header, scopes=["admin"])]
+) -> None:
+    """Admits a request whose key the gate found to hold the `admin` scope (`api/gate.py`); the header parameter
+    puts the scope into the spec, where the gate reads it."""
+    api_key: AuthenticatedKey | None = getattr(request.state, "api_key", None)
+    assert api_key is not None and "admin" in api_key.scopes, "the request gate checks every admin operation's scope"
 
 
 AdminDep = Annotated[None, Depends(require_admin)]

@@ -4,29 +4,28 @@ Content-Type and the body's size, and for a JSON body the limits of `lethe.safe_
 A pure ASGI middleware, so that it runs before FastAPI reads anything: an unauthenticated or oversized request is
 answered without its body being received, a chunked body is counted as it streams and cut off at the limit, and a
 JSON body is checked (depth, integer digits, NUL characters, lone surrogates) before any route parses it. What each
-operation asks comes from the app's OpenAPI spec, the contract clients read: a tenant's key if it names the
-X-API-Key security scheme (every route that depends on `get_tenant_id` does), the admin key (LETHE_ADMIN_API_KEY) if
-it names the AdminAPIKey scheme (`require_admin`), and the body media types it lists.
+operation asks comes from the app's OpenAPI spec, the contract clients read: a key holding the scopes its security
+requirement lists (api/scopes.py: `read` or `submit` by method for a tenant's operation, `admin` for the
+installation's), and the body media types it lists.
 """
 
-import hmac
 import json
+import logging
 import math
 import re
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any
 
 from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import ADMIN_SCHEME
 from api.errors import (
     Forbidden,
     InvalidInput,
@@ -39,10 +38,14 @@ from api.errors import (
     UnsupportedMediaType,
     error_response,
 )
-from api.services.auth import authenticate
+from api.scopes import declare_scopes
+from api.services.auth import AuthenticatedKey, authenticate, record_use
 from lethe import safe_json
 from lethe.settings import Settings
-from models.db import get_sessionmaker
+from models.db import get_sessionmaker, session_scope
+from models.tables import utcnow
+
+log = logging.getLogger("lethe.api")
 
 # A multipart upload's boundaries and part headers around the file (the route checks the file itself).
 MULTIPART_ENVELOPE_BYTES = 64 * 1024
@@ -52,8 +55,8 @@ MULTIPART_ENVELOPE_BYTES = 64 * 1024
 class RouteRule:
     """What a route asks of a request before it runs."""
 
-    # Whose key: a tenant's, the installation's admin key, or none (public).
-    key: Literal["tenant", "admin"] | None
+    # The scopes the key must hold: None for a public operation (no key), empty for any valid key.
+    scopes: tuple[str, ...] | None
     # The Content-Types its body may have; empty: it takes no body.
     media_types: tuple[str, ...]
     max_body_bytes: int
@@ -126,11 +129,12 @@ class RequestGate:
     async def _admit(self, scope: Scope, receive: Receive) -> Receive:
         """The `receive` the route will read the body from; LetheError if the request goes no further."""
         rule, allowed = self._rule(scope)
-        if rule.key == "tenant":
-            scope.setdefault("state", {})["tenant_id"] = await self._tenant_id(scope)
-        elif rule.key == "admin":
-            self._check_admin_key(scope)
-            scope.setdefault("state", {})["admin"] = True
+        if rule.scopes is not None:
+            api_key = await self._api_key(scope)
+            missing = [needed for needed in rule.scopes if needed not in api_key.scopes]
+            if missing:
+                raise Forbidden(_lacking(missing, api_key.scopes))
+            scope.setdefault("state", {}).update(api_key=api_key, tenant_id=api_key.tenant_id)
         if allowed:
             raise MethodNotAllowed(f"{scope['method']} {scope['path']}: allowed are {', '.join(allowed)}", allowed)
         if not rule.media_types:
@@ -152,7 +156,7 @@ class RequestGate:
             return _replay(body, receive)
         return _counted(receive, rule)
 
-    async def _tenant_id(self, scope: Scope) -> uuid.UUID:
+    async def _api_key(self, scope: Scope) -> AuthenticatedKey:
         address = self._unthrottled_address(scope)
         key = Headers(scope=scope).get("x-api-key")
         try:
@@ -174,29 +178,23 @@ class RequestGate:
             )
         return address
 
-    def _check_admin_key(self, scope: Scope) -> None:
-        """Unauthorized without a key, Forbidden with another key than LETHE_ADMIN_API_KEY (or when none is set); a
-        wrong key counts as a failed check, like a tenant's."""
-        address = self._unthrottled_address(scope)
-        admin_key = self.settings.admin_api_key
-        if admin_key is None:
-            raise Forbidden("this operation needs the admin key, and none is configured (set LETHE_ADMIN_API_KEY)")
-        key = Headers(scope=scope).get("x-api-key")
-        if not key:
-            raise Unauthorized("X-API-Key: missing; this operation needs the admin key (LETHE_ADMIN_API_KEY)")
-        # Constant time: the comparison leaks nothing of how much of a guess was right.
-        if not hmac.compare_digest(key.encode("utf-8"), admin_key.get_secret_value().encode("utf-8")):
-            self.failures.record(address)
-            raise Forbidden("X-API-Key: not the admin key (LETHE_ADMIN_API_KEY); a tenant's key cannot do this")
-
-    def _authenticate(self, key: str | None) -> uuid.UUID:
+    def _authenticate(self, key: str | None) -> AuthenticatedKey:
+        now = utcnow()
         with get_sessionmaker(self.settings.database_url)() as session:
-            return authenticate(session, key)
+            api_key = authenticate(session, key, now)
+        if api_key.use_unrecorded(now):
+            # A transaction of its own, at most once a minute per key: a hint of use that never fails the request.
+            try:
+                with session_scope(self.settings.database_url) as session:
+                    record_use(session, api_key, now)
+            except SQLAlchemyError as exc:
+                log.warning("API key %s: its use was not recorded (%s)", api_key.id, exc)
+        return api_key
 
     def _rule(self, scope: Scope) -> tuple[RouteRule, list[str]]:
         """The rule of the operation the request names; when its path has operations but not for this method, the
-        first one's rule (its key check comes first: an anonymous client learns nothing of protected paths) and the
-        methods the path allows (then 405)."""
+        first one's rule asking any valid key (the key check comes first: an anonymous client learns nothing of
+        protected paths) and the methods the path allows (then 405)."""
         if self._operations is None:
             self._operations = self._operations_of(scope["app"])
         path = scope["path"]
@@ -207,9 +205,11 @@ class RequestGate:
                 return rule, []
         if on_path:
             allowed = {operation.upper() for operation, _ in on_path}
-            return on_path[0][1], sorted(allowed | ({"HEAD"} if "GET" in allowed else set()))
+            first = on_path[0][1]
+            any_key = () if first.scopes is not None else None
+            return replace(first, scopes=any_key), sorted(allowed | ({"HEAD"} if "GET" in allowed else set()))
         # An unknown path needs a key too (then 404), so that an anonymous client finds only the public operations.
-        return self._json_rule("tenant", media_types=()), []
+        return self._json_rule((), media_types=()), []
 
     def _operations_of(self, app: FastAPI) -> list[tuple[re.Pattern[str], str, RouteRule]]:
         """Each operation of the app's OpenAPI spec with its path as a pattern and its rule; the spec and the docs
@@ -218,23 +218,41 @@ class RequestGate:
         for path in (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url):
             if path:
                 operations.append((re.compile(f"^{re.escape(path)}$"), "get", self._json_rule(None, ())))
-        for path, path_item in app.openapi()["paths"].items():
+        # The spec with every operation's scopes (api/app.py declares them); declared again here, idempotently, so
+        # that the gate enforces them on any app.
+        for path, path_item in declare_scopes(app.openapi())["paths"].items():
             pattern = re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + "$")
             for method, operation in path_item.items():
                 operations.append((pattern, method, self._operation_rule(operation)))
         return operations
 
     def _operation_rule(self, operation: dict[str, Any]) -> RouteRule:
-        schemes = {name for requirement in operation.get("security", []) for name in requirement}
-        key: Literal["tenant", "admin"] | None = "admin" if ADMIN_SCHEME in schemes else "tenant" if schemes else None
+        requirements = operation.get("security", [])
+        # Every requirement lists its scopes (declare_scopes): all of them are needed.
+        needed = {scope for requirement in requirements for scopes in requirement.values() for scope in scopes}
+        scopes = tuple(sorted(needed)) if requirements else None
         media_types = tuple(operation.get("requestBody", {}).get("content", {}))
         if "multipart/form-data" in media_types:
             limit = self.settings.max_upload_bytes + MULTIPART_ENVELOPE_BYTES
-            return RouteRule(key, media_types, limit, "LETHE_MAX_UPLOAD_BYTES")
-        return self._json_rule(key, media_types)
+            return RouteRule(scopes, media_types, limit, "LETHE_MAX_UPLOAD_BYTES")
+        return self._json_rule(scopes, media_types)
 
-    def _json_rule(self, key: Literal["tenant", "admin"] | None, media_types: tuple[str, ...]) -> RouteRule:
-        return RouteRule(key, media_types, self.settings.max_json_bytes, "LETHE_MAX_JSON_BYTES")
+    def _json_rule(self, scopes: tuple[str, ...] | None, media_types: tuple[str, ...]) -> RouteRule:
+        return RouteRule(scopes, media_types, self.settings.max_json_bytes, "LETHE_MAX_JSON_BYTES")
+
+
+def _lacking(missing: list[str], held: frozenset[str]) -> str:
+    """The 403's detail: the scope the operation needs and the scopes the key has."""
+    detail = (
+        f"X-API-Key: this operation needs the {' and '.join(missing)} scope; this key has "
+        f"{', '.join(sorted(held)) or 'none'}"
+    )
+    if "admin" in missing:
+        detail += (
+            " (an operator gets an admin key by setting LETHE_ADMIN_API_KEY or with "
+            "`lethe api-keys create --scope admin`)"
+        )
+    return detail
 
 
 async def _read_body(receive: Receive, rule: RouteRule) -> bytes:

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from lethe.attacks import Thresholds
 
@@ -450,3 +450,62 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "unavailable"]
     checks: dict[str, str] = Field(description="catalogue, broker, storage: `ok` or the error.")
+
+
+# --- API keys (the admin API: api/routes/api_keys.py) ---------------------------------------------------------------
+
+ApiKeyScope = Literal["read", "submit", "admin"]
+
+
+class ApiKeyOut(BaseModel):
+    """A key as an operator sees it: its prefix (the key's first characters), never the key or its hash."""
+
+    id: uuid.UUID
+    tenant: str
+    prefix: str
+    scopes: list[ApiKeyScope]
+    name: str
+    status: Literal["active", "revoked", "expired"]
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="The latest use, to the minute (recorded once a minute).")
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    replaced_by: uuid.UUID | None = Field(description="The key a rotation made to replace this one.")
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="The key itself: shown this once, only its hash is stored.")
+
+
+class ApiKeyPage(BaseModel):
+    items: list[ApiKeyOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class ApiKeyIn(BaseModel):
+    tenant: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="The tenant the key acts for (made if new): letters, digits, '.', '_', '-'.",
+    )
+    scopes: list[ApiKeyScope] = Field(
+        default=["read", "submit"],
+        min_length=1,
+        max_length=3,
+        description="`read`: the tenant's GET operations; `submit`: its POST and DELETE operations; `admin`: the "
+        "installation's operations (base models, API keys, signing keys), which implies neither of the others.",
+    )
+    name: str = Field(default="", max_length=200, description="A label: who or what holds the key.")
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="When the key stops working (ISO 8601 with its offset, in the future)."
+    )
+
+
+class ApiKeyRotateIn(BaseModel):
+    grace_s: int = Field(
+        default=0,
+        ge=0,
+        le=30 * 24 * 3600,
+        description="Seconds the old key keeps working beside the new one (0: revoked now); at most 30 days.",
+    )

@@ -93,17 +93,6 @@ def _base_models_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _api_keys_create(args: argparse.Namespace) -> int:
-    from api.services.auth import create_key
-    from models.db import session_scope
-
-    _ensure_embedded_catalogue()
-    with session_scope(get_settings().database_url) as session:
-        key = create_key(session, args.tenant)
-    print(key)
-    return 0
-
-
 def _verify_report(args: argparse.Namespace) -> int:
     import json
 
@@ -158,10 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--description", default="")
     add.set_defaults(run=_base_models_add)
 
-    api_keys = commands.add_parser("api-keys", help="manage API keys").add_subparsers(dest="action", required=True)
-    create = api_keys.add_parser("create", help="create a key for a tenant and print it once")
-    create.add_argument("--tenant", default="default")
-    create.set_defaults(run=_api_keys_create)
+    # Listed here for `lethe --help`; `main` hands `lethe api-keys ...` to its typer app (cli/api_keys.py).
+    commands.add_parser("api-keys", help="manage API keys: create, list, revoke, rotate", add_help=False)
 
     verify_report = commands.add_parser(
         "verify-report", help="check an audit report's signature with this server's key (exit 1 if it fails)"
@@ -172,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["api-keys"]:
+        from cli.api_keys import app as api_keys_app
+
+        api_keys_app(argv[1:], prog_name="lethe api-keys")  # exits with the command's status
     args = build_parser().parse_args(argv)
     return int(args.run(args))
 

@@ -27,9 +27,12 @@ class Settings(BaseSettings):
     s3_secret_key: SecretStr = SecretStr("")
     s3_secure: bool = True
     s3_region: str = "us-east-1"
+    # A key ensured at start for tenant `default`, with the `read` and `submit` scopes.
     bootstrap_api_key: SecretStr | None = None
-    # The key of the operations that change the installation, not a tenant (`POST /v1/base-models`): requests send
-    # it as X-API-Key. Unset: those operations are refused (403) and base models are registered with the CLI.
+    # The operator's first key with the `admin` scope (the installation's operations: base models, API keys),
+    # ensured at start as a hashed key of tenant `default`; requests send it as X-API-Key. Once made it is a key
+    # like the others: unsetting this does not revoke it (`lethe api-keys revoke` does), and a revoked one stays
+    # revoked across restarts. Unset: admin keys are made with `lethe api-keys create --scope admin`.
     admin_api_key: SecretStr | None = None
     # Signs audit reports (HMAC-SHA256). Empty: a random key kept in data_dir (the embedded default); a stack
     # with several containers must set one key for the API, workers and `lethe verify-report`.
@@ -128,6 +131,17 @@ class Settings(BaseSettings):
         if len(key) < 32 or key.lower() in _WEAK_SECRETS:
             raise ValueError("LETHE_REPORT_SIGNING_KEY must be at least 32 characters and not a well-known value")
         return value
+
+    @model_validator(mode="after")
+    def _distinct_setting_keys(self) -> "Settings":
+        # One key cannot be both: the first to be ensured would keep its scopes, the other's would never be given.
+        if (
+            self.admin_api_key is not None
+            and self.bootstrap_api_key is not None
+            and self.admin_api_key.get_secret_value() == self.bootstrap_api_key.get_secret_value()
+        ):
+            raise ValueError("LETHE_ADMIN_API_KEY and LETHE_BOOTSTRAP_API_KEY must differ (admin vs read, submit)")
+        return self
 
     @model_validator(mode="after")
     def _fill_defaults_and_check_s3(self) -> "Settings":

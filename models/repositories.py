@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, case, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from lethe.specs import AuditJobSpec, ForgetJobSpec
@@ -108,11 +108,72 @@ class TenantRepository(Repository[Tenant]):
 class ApiKeyRepository(Repository[ApiKey]):
     table = ApiKey
 
-    def get_active_by_hash(self, key_hash: str) -> ApiKey | None:
-        return self.session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)))
+    @staticmethod
+    def _active(now: datetime) -> ColumnElement[bool]:
+        return and_(ApiKey.revoked_at.is_(None), or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now))
 
-    def create(self, tenant_id: uuid.UUID, prefix: str, key_hash: str, scopes: list[str]) -> ApiKey:
-        return self.add(ApiKey(tenant_id=tenant_id, prefix=prefix, key_hash=key_hash, scopes=scopes))
+    def get_active_by_hash(self, key_hash: str, now: datetime) -> ApiKey | None:
+        """The key with this hash if it is neither revoked nor expired at `now`."""
+        return self.session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash, self._active(now)))
+
+    def get_by_hash(self, key_hash: str) -> ApiKey | None:
+        """The key with this hash, revoked or expired too (a key's hash is never reused)."""
+        return self.session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
+
+    def get(self, key_id: uuid.UUID) -> ApiKey | None:
+        return self.session.get(ApiKey, key_id)
+
+    def create(
+        self,
+        tenant_id: uuid.UUID,
+        prefix: str,
+        key_hash: str,
+        scopes: list[str],
+        name: str = "",
+        expires_at: datetime | None = None,
+    ) -> ApiKey:
+        return self.add(
+            ApiKey(
+                tenant_id=tenant_id, prefix=prefix, key_hash=key_hash, scopes=scopes, name=name, expires_at=expires_at
+            )
+        )
+
+    def touch(self, key_id: uuid.UUID, now: datetime, unless_since: datetime) -> bool:
+        """Record a use of the key at `now` unless one at or after `unless_since` is recorded already: a guarded
+        UPDATE, so a busy key costs one write per interval whichever process serves it. Whether it wrote."""
+        written = self.session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key_id, or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < unless_since))
+            .values(last_used_at=now)
+        )
+        return bool(written.rowcount)  # type: ignore[attr-defined]
+
+    def page(
+        self,
+        now: datetime,
+        limit: int,
+        after: tuple[datetime, uuid.UUID] | None = None,
+        tenant_id: uuid.UUID | None = None,
+        status: str | None = None,
+    ) -> Sequence[tuple[ApiKey, str]]:
+        """Up to `limit` keys with their tenant's name, newest first, those after the (created_at, id) of `after`
+        in that order; of one tenant, and `active`, `revoked` or `expired` ones only, when given."""
+        query = select(ApiKey, Tenant.name).join(Tenant, Tenant.id == ApiKey.tenant_id)
+        if tenant_id is not None:
+            query = query.where(ApiKey.tenant_id == tenant_id)
+        if status == "active":
+            query = query.where(self._active(now))
+        elif status == "revoked":
+            query = query.where(ApiKey.revoked_at.is_not(None))
+        elif status == "expired":
+            query = query.where(ApiKey.revoked_at.is_(None), ApiKey.expires_at <= now)
+        if after is not None:
+            created_at, key_id = after
+            query = query.where(
+                or_(ApiKey.created_at < created_at, and_(ApiKey.created_at == created_at, ApiKey.id < key_id))
+            )
+        rows = self.session.execute(query.order_by(ApiKey.created_at.desc(), ApiKey.id.desc()).limit(limit)).all()
+        return [(key, tenant_name) for key, tenant_name in rows]
 
 
 class DatasetRepository(TenantScopedRepository[Dataset]):

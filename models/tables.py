@@ -74,9 +74,18 @@ class ApiKey(Base):
     # The prefix finds the row; only the SHA-256 of the whole key is stored.
     prefix: Mapped[str] = mapped_column(String(16), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # What the key may do: `read`, `submit` (a tenant's own resources), `admin` (the installation); api/scopes.py.
     scopes: Mapped[list[str]] = mapped_column(default=list)
+    # The operator's label for the key (who or what holds it); not unique.
+    name: Mapped[str] = mapped_column(String(200), default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Written at most once a minute per key (api/services/auth.py): a hint of use, not an audit log.
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The key stops working at this time: set at creation, or when a rotation leaves the old key a grace period.
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The key a rotation made to replace this one.
+    replaced_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("api_keys.id"), default=None)
 
 
 class Dataset(Base):

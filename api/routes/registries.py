@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import APIRouter, status
 
 from api.deps import AdminDep, SessionDep, SettingsDep, TenantDep
-from api.errors import ErrorBody, InvalidInput, ServiceUnavailable, error_responses
+from api.errors import InvalidInput, ServiceUnavailable, error_responses
 from api.schemas import AttackOut, BaseModelIn, BaseModelOut, MethodOut, MetricSpecOut
 from api.services.base_models import add_base_model
 from api.services.base_models import list_base_models as list_registered
@@ -27,12 +27,8 @@ def list_base_models(session: SessionDep, _tenant_id: TenantDep) -> list[BaseMod
 
 def _admin_responses() -> dict[int | str, dict[str, Any]]:
     responses = error_responses(400, 401, 413, 415, 422, 429, 503)
-    responses[401] = {**responses[401], "description": "No X-API-Key: this operation needs the admin key."}
-    responses[403] = {
-        "model": ErrorBody,
-        "description": "forbidden: the key is not LETHE_ADMIN_API_KEY (a tenant's key cannot register base models), "
-        "or no admin key is configured.",
-    }
+    # The 403 of a key without the admin scope is declared with the scope (api/scopes.py).
+    responses[401] = {**responses[401], "description": "Missing or unknown X-API-Key: this needs a key with `admin`."}
     responses[422] = {
         **responses[422],
         "description": "The source cannot be used; `detail` names why (unknown scheme, repository or revision not "
@@ -51,9 +47,9 @@ def _admin_responses() -> dict[int | str, dict[str, Any]]:
 def register_base_model(
     body: BaseModelIn, session: SessionDep, settings: SettingsDep, _admin: AdminDep
 ) -> BaseModelOut:
-    """Register a base model (or re-point a name to another source); admin key only. A hub source is resolved here:
-    its revision pinned to the commit, its safetensors weights' sha256 taken from the hub's file metadata (the
-    weights are downloaded by a worker on first use, which checks that digest)."""
+    """Register a base model (or re-point a name to another source); a key with the admin scope only. A hub source
+    is resolved here: its revision pinned to the commit, its safetensors weights' sha256 taken from the hub's file
+    metadata (the weights are downloaded by a worker on first use, which checks that digest)."""
     # A plain `def`: the hub's round trips block, and run in the threadpool (each bounded by LETHE_HF_TIMEOUT_S).
     try:
         base_model = add_base_model(

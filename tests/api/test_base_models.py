@@ -58,7 +58,7 @@ def test_base_models_publish_their_depth(client: TestClient) -> None:
     assert published["tiny-registered"] is None
 
 
-# Registering base models through the API (admin key), against a loopback hub.
+# Registering base models through the API (a key with the admin scope: LETHE_ADMIN_API_KEY), against a loopback hub.
 
 ADMIN_KEY = "admin-key-for-the-base-model-tests"
 REPO = "lethe-test/tiny-api"
@@ -84,7 +84,8 @@ def hub(tiny_dir: Path) -> Iterator[LoopbackHub]:
 
 @pytest.fixture
 def admin(stack_settings: Settings, hub: LoopbackHub, app_client: TestClient) -> Iterator[TestClient]:
-    """A client of an app with an admin key and the loopback hub as its hub (X-API-Key: the admin key)."""
+    """A client of an app with an admin key (ensured at its start) and the loopback hub as its hub (X-API-Key: the
+    admin key)."""
     settings = stack_settings.model_copy(update={"admin_api_key": SecretStr(ADMIN_KEY), "hf_endpoint": hub.url})
     with TestClient(create_app(settings), headers={"X-API-Key": ADMIN_KEY}) as client:
         yield client
@@ -117,17 +118,18 @@ def test_an_admin_registers_a_local_checkpoint_with_its_digest(admin: TestClient
     assert response.json()["revision"] is None
 
 
-def test_registering_needs_the_admin_key(admin: TestClient, app_client: TestClient, api_key: str) -> None:
+def test_registering_needs_the_admin_scope(admin: TestClient, api_key: str) -> None:
     body = {"name": "not-registered", "source": f"hf:{REPO}@main"}
     missing = admin.post("/v1/base-models", json=body, headers={"X-API-Key": ""})
     assert (missing.status_code, missing.json()["error"]) == (401, "unauthorized")
     tenant = admin.post("/v1/base-models", json=body, headers={"X-API-Key": api_key})
     assert (tenant.status_code, tenant.json()["error"]) == (403, "forbidden")
-    assert "LETHE_ADMIN_API_KEY" in tenant.json()["detail"]
-    # The session's app has no admin key configured: refused, naming the setting.
-    unconfigured = app_client.post("/v1/base-models", json=body, headers={"X-API-Key": ADMIN_KEY})
-    assert unconfigured.status_code == 403
-    assert "none is configured (set LETHE_ADMIN_API_KEY)" in unconfigured.json()["detail"]
+    detail = tenant.json()["detail"]
+    assert "needs the admin scope; this key has read, submit" in detail and "LETHE_ADMIN_API_KEY" in detail
+    # LETHE_ADMIN_API_KEY is a key with the admin scope only: it reads no tenant's data.
+    reading = admin.get("/v1/base-models")
+    assert (reading.status_code, reading.json()["error"]) == (403, "forbidden")
+    assert reading.json()["detail"] == "X-API-Key: this operation needs the read scope; this key has admin"
     assert "not-registered" not in _names(admin, api_key)
 
 

@@ -52,3 +52,9 @@ def test_a_weak_admin_key_is_refused_and_an_empty_one_is_none() -> None:
     with pytest.raises(ValidationError, match="LETHE_ADMIN_API_KEY must be at least 16 characters"):
         Settings(admin_api_key=SecretStr("short"))
     assert Settings(admin_api_key=SecretStr("")).admin_api_key is None
+
+
+def test_the_admin_key_and_the_bootstrap_key_must_differ() -> None:
+    key = SecretStr("a-key-of-at-least-16-characters")
+    with pytest.raises(ValidationError, match="LETHE_ADMIN_API_KEY and LETHE_BOOTSTRAP_API_KEY must differ"):
+        Settings(admin_api_key=key, bootstrap_api_key=key)

@@ -1,5 +1,6 @@
 """Migrations run on both catalogues: SQLite (embedded default) and Postgres (the stack)."""
 
+import json
 import uuid
 from pathlib import Path
 
@@ -90,7 +91,49 @@ def _curve_points_move_and_metric_keys_become_unique(url: str) -> None:
     downgrade(url)
 
 
+_API_KEYS = sa.table(
+    "api_keys",
+    *(sa.column(name) for name in ("prefix", "key_hash", "created_at")),
+    sa.column("id", sa.Uuid()),
+    sa.column("tenant_id", sa.Uuid()),
+    sa.column("scopes", sa.JSON()),
+)
+
+
+def _wildcard_keys_get_explicit_scopes(url: str) -> None:
+    """Keys of before scopes (0017) could read and submit for their tenant: `["*"]` (or none) becomes just that."""
+    upgrade(url, "0015")
+    engine = create_engine(url)
+    tenant_id = uuid.uuid4()
+    old_scopes = {"wildcard": ["*"], "none": [], "explicit": ["read"]}
+    ids = {label: uuid.uuid4() for label in old_scopes}
+    with engine.begin() as connection:
+        connection.execute(sa.insert(_TENANTS).values(id=tenant_id, name="t", created_at=utcnow()))
+        connection.execute(
+            sa.insert(_API_KEYS),
+            [
+                {"id": ids[label], "tenant_id": tenant_id, "prefix": label, "key_hash": label, "created_at": utcnow()}
+                | {"scopes": scopes}
+                for label, scopes in old_scopes.items()
+            ],
+        )
+    upgrade(url)
+    with engine.begin() as connection:
+        rows = connection.execute(sa.text("SELECT prefix, scopes, name, last_used_at, expires_at FROM api_keys")).all()
+    migrated = {
+        prefix: (scopes if isinstance(scopes, list) else json.loads(scopes), *rest) for prefix, scopes, *rest in rows
+    }
+    assert migrated == {
+        "wildcard": (["read", "submit"], "", None, None),
+        "none": (["read", "submit"], "", None, None),
+        "explicit": (["read"], "", None, None),
+    }
+    engine.dispose()
+    downgrade(url)
+
+
 def test_migrations_on_sqlite(tmp_path: Path) -> None:
+    _wildcard_keys_get_explicit_scopes(f"sqlite:///{tmp_path / 'scopes.db'}")
     _curve_points_move_and_metric_keys_become_unique(f"sqlite:///{tmp_path / 'moved.db'}")
     _round_trip(f"sqlite:///{tmp_path / 'catalogue.db'}")
 
@@ -102,6 +145,7 @@ def test_migrations_on_postgres() -> None:
     try:
         base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
         _curve_points_move_and_metric_keys_become_unique(f"{base}/{name}")
+        _wildcard_keys_get_explicit_scopes(f"{base}/{name}")
         _round_trip(f"{base}/{name}")
     finally:
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
