@@ -227,10 +227,16 @@ def finish_deletions(settings: Settings, store: ObjectStore, now: datetime, limi
             (deletion.id, list(deletion.pending_keys))
             for deletion in DeletionRepository(session).unfinished(now - timedelta(seconds=FINISH_AFTER_S), limit)
         ]
+    finished = 0
     for deletion_id, keys in pending:
         log.warning("deletion %s: deleting %d objects its request left behind", deletion_id, len(keys))
-        delete_objects(settings, store, deletion_id, keys)
-    return len(pending)
+        try:
+            delete_objects(settings, store, deletion_id, keys)
+        except Exception:
+            log.exception("deletion %s: its objects could not be deleted; the next pass tries again", deletion_id)
+            continue
+        finished += 1
+    return finished
 
 
 # --- the cascade, resource by resource --------------------------------------------------------------------------------
