@@ -13,11 +13,13 @@ from fastapi.routing import APIRoute
 from api.errors import install_error_handlers
 from api.gate import RequestGate
 from api.rate_limit import RateLimiter
-from api.routes import adapters, api_keys, audits, datasets, health, jobs, registries
+from api.routes import adapters, api_keys, audits, datasets, deletions, health, jobs, registries
 from api.scopes import declare_scopes
 from api.services.auth import ensure_key
 from api.services.base_models import ensure_builtin_base_models
+from api.services.deletions import finish_deletions
 from api.services.jobs import delete_checkpoints_of, mark_sent, reap_stale_jobs, unsent_jobs
+from api.services.retention import apply_retention
 from lethe.queue import make_celery, send_job
 from lethe.settings import Settings, get_settings
 from models.db import session_scope
@@ -71,6 +73,14 @@ def maintain_jobs(settings: Settings, queue: Celery, store: ObjectStore) -> None
             mark_sent(session, sent, utcnow())
 
 
+def maintain_storage(settings: Settings, store: ObjectStore) -> None:
+    """One pass of deletion upkeep (blocking): finish the object deletions a crash or a store outage cut off, then
+    delete the evidence that tenants' retention has expired (api/services/deletions.py, retention.py)."""
+    now = utcnow()
+    finish_deletions(settings, store, now)
+    apply_retention(settings, store, now)
+
+
 async def _maintain_jobs_forever(settings: Settings, queue: Celery, store: ObjectStore) -> None:
     while True:
         try:
@@ -78,6 +88,10 @@ async def _maintain_jobs_forever(settings: Settings, queue: Celery, store: Objec
             await asyncio.to_thread(maintain_jobs, settings, queue, store)
         except Exception:
             log.exception("job maintenance pass failed")
+        try:
+            await asyncio.to_thread(maintain_storage, settings, store)
+        except Exception:
+            log.exception("storage maintenance pass failed")
         await asyncio.sleep(settings.reaper_interval_s)
 
 
@@ -112,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     install_error_handlers(app)
     app.add_middleware(RequestGate, settings=settings)
-    for module in (health, datasets, registries, jobs, adapters, audits, api_keys):
+    for module in (health, datasets, registries, jobs, adapters, audits, deletions, api_keys):
         app.include_router(module.router)
     _declare_scopes_in_spec(app)
     return app

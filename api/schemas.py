@@ -418,6 +418,11 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    evidence_deleted_at: datetime | None = Field(
+        default=None,
+        description="When the tenant's evidence retention deleted the job's per-example values and pre-forgetting "
+        "state (the per-example route then answers 410); null while they are kept.",
+    )
 
 
 class JobSummary(BaseModel):
@@ -441,6 +446,115 @@ class AdapterOut(BaseModel):
     lineage: list[uuid.UUID] = Field(
         description="The adapters this one descends from: its parent first, up to the root; empty for a root."
     )
+
+
+# Pages of the list routes (api/pagination.py): one named class per list, so generated clients get typed items.
+DatasetKind = Literal["choice", "qa", "text"]
+JobKind = Literal["forget", "audit"]
+Verdict = Literal["robust", "shallow", "inconclusive"]
+
+NEXT_CURSOR_DESCRIPTION = "Pass as `cursor` to get the next page; null on the last page."
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetOut]
+    next_cursor: str | None = Field(description=NEXT_CURSOR_DESCRIPTION)
+
+
+class JobPage(BaseModel):
+    items: list[JobSummary]
+    next_cursor: str | None = Field(description=NEXT_CURSOR_DESCRIPTION)
+
+
+class AdapterSummary(BaseModel):
+    id: uuid.UUID
+    job_id: uuid.UUID
+    base_model: str
+    sha256: str
+    size_bytes: int
+    parent_adapter_id: uuid.UUID | None
+    created_at: datetime
+
+
+class AdapterPage(BaseModel):
+    items: list[AdapterSummary]
+    next_cursor: str | None = Field(description=NEXT_CURSOR_DESCRIPTION)
+
+
+class AuditSummary(BaseModel):
+    id: uuid.UUID
+    adapter_id: uuid.UUID
+    job_id: uuid.UUID
+    status: JobStatus = Field(description="The audit job's status.")
+    verdict: Verdict | None = Field(description="Null until the audit succeeds.")
+    created_at: datetime
+
+
+class AuditPage(BaseModel):
+    items: list[AuditSummary]
+    next_cursor: str | None = Field(description=NEXT_CURSOR_DESCRIPTION)
+
+
+# Deletions (api/services/deletions.py): the signed receipt a DELETE answers. The receipt's fields are strings as
+# signed (ids, ISO 8601 times), so a client verifies the very bytes it received.
+DeletedResource = Literal["dataset", "job", "adapter", "audit", "evidence"]
+DeletionReason = Literal["request", "retention"]
+
+
+class ReceiptResourceOut(BaseModel):
+    resource: DeletedResource
+    id: str
+
+
+class ReceiptObjectOut(BaseModel):
+    key: str = Field(description="The object's key in the store.")
+    sha256: str = Field(description="SHA-256 (hex) of the object's bytes.")
+    size_bytes: int
+
+
+class ReceiptOut(BaseModel):
+    id: str = Field(description="The deletion's id (GET /v1/deletions/{deletion_id}).")
+    tenant_id: str
+    resource: DeletedResource = Field(
+        description="What was deleted: `evidence` is a job's evidence objects (the job kept)."
+    )
+    resource_id: str
+    reason: DeletionReason
+    deleted_at: str = Field(description="When, ISO 8601 in UTC.")
+    resources: list[ReceiptResourceOut] = Field(
+        description="Every resource the deletion removed, the requested one included; each now answers 410."
+    )
+    rows: dict[str, int] = Field(description="Catalogue rows deleted, by table.")
+    objects: list[ReceiptObjectOut] = Field(description="Objects deleted from the store.")
+
+
+class SignedReceiptOut(BaseModel):
+    receipt: ReceiptOut
+    signature: dict[str, Any] = Field(
+        description="The server's signature over the receipt's canonical JSON (sorted keys, no whitespace, UTF-8), "
+        "checked as a report's is."
+    )
+
+
+class DeletionPage(BaseModel):
+    items: list[SignedReceiptOut]
+    next_cursor: str | None = Field(description=NEXT_CURSOR_DESCRIPTION)
+
+
+class RetentionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    evidence_retention_days: int | None = Field(
+        ge=1,
+        le=36500,
+        description="Days a finished job's evidence (per-example values, pre-forgetting state) is kept; null keeps "
+        "it forever.",
+    )
+
+
+class RetentionOut(BaseModel):
+    tenant: str
+    evidence_retention_days: int | None
 
 
 class Health(BaseModel):

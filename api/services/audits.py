@@ -6,8 +6,19 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from api.errors import InvalidInput, NotFound, format_validation_errors
-from api.schemas import AttackIn, AttackResultOut, AuditOut, AuditRequestIn, AuditSpecIn, DiagnosticOut
+from api.pagination import page_of
+from api.schemas import (
+    AttackIn,
+    AttackResultOut,
+    AuditOut,
+    AuditPage,
+    AuditRequestIn,
+    AuditSpecIn,
+    AuditSummary,
+    DiagnosticOut,
+)
 from api.services.base_models import check_named_layers
+from api.services.deletions import deleted, deletion_of, missing
 from api.services.jobs import job_state
 from api.services.quotas import check_cost, check_room_for_job
 from lethe.attacks import ATTACKS, default_attacks
@@ -21,6 +32,7 @@ from models.repositories import (
     BaseModelRepository,
     DatasetRepository,
     JobRepository,
+    PageQuery,
 )
 from models.tables import Audit, BaseModel
 
@@ -70,6 +82,12 @@ def submit_audit(session: Session, settings: Settings, tenant_id: uuid.UUID, req
     forget_job = JobRepository(session).get(tenant_id, adapter.job_id)
     assert forget_job is not None, "an adapter always has the job that made it, of its tenant"
     forget_spec = ForgetJobSpec.model_validate(forget_job.spec)
+    evidence_deletion = deletion_of(session, tenant_id, "evidence", forget_job.id)
+    if evidence_deletion is not None:
+        raise InvalidInput(
+            f"adapter_id: the pre-forgetting state of adapter {adapter.id}, which an audit compares against, was "
+            f"{deleted(evidence_deletion)}"
+        )
     forget_dataset = DatasetRepository(session).get(tenant_id, forget_spec.forget_dataset)
     if forget_dataset is None:
         raise InvalidInput(f"adapter_id: the forget dataset of adapter {adapter.id} no longer exists")
@@ -125,8 +143,35 @@ def report_key(session: Session, tenant_id: uuid.UUID, audit_id: uuid.UUID, fmt:
     return key
 
 
+def list_audits(
+    session: Session,
+    tenant_id: uuid.UUID,
+    page: PageQuery,
+    status: str | None,
+    verdict: str | None,
+    adapter_id: uuid.UUID | None,
+) -> AuditPage:
+    """A page of the tenant's audits, newest first."""
+    rows = AuditRepository(session).page(tenant_id, page, status, verdict, adapter_id)
+    pairs, next_cursor = page_of(rows, page, lambda pair: (pair[0].created_at, pair[0].id))
+    return AuditPage(
+        items=[
+            AuditSummary(
+                id=audit.id,
+                adapter_id=audit.adapter_id,
+                job_id=audit.job_id,
+                status=job.status,  # type: ignore[arg-type]
+                verdict=audit.verdict,  # type: ignore[arg-type]
+                created_at=audit.created_at,
+            )
+            for audit, job in pairs
+        ],
+        next_cursor=next_cursor,
+    )
+
+
 def _audit(session: Session, tenant_id: uuid.UUID, audit_id: uuid.UUID) -> Audit:
     audit = AuditRepository(session).get(tenant_id, audit_id)
     if audit is None:
-        raise NotFound(f"audit {audit_id} not found")
+        raise missing(session, tenant_id, "audit", audit_id)
     return audit

@@ -63,7 +63,7 @@ def test_a_read_key_reads_and_cannot_write_before_its_body_is_read(
     assert uploaded.status_code == 201, uploaded.text
     needs_read = "X-API-Key: this operation needs the read scope; this key has submit"
     _forbidden(app_client.get(f"/v1/datasets/{uploaded.json()['id']}", headers=_as(writer)), needs_read)
-    listed = app_client.get("/v1/datasets", headers=_as(reader)).json()
+    listed = app_client.get("/v1/datasets", headers=_as(reader)).json()["items"]
     assert [d["id"] for d in listed] == [uploaded.json()["id"]]
 
 

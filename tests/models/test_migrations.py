@@ -29,6 +29,8 @@ TABLES = {
     "workers",
     "idempotency_keys",
     "curve_points",
+    "deletions",
+    "tombstones",
 }
 
 
