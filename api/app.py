@@ -12,10 +12,11 @@ from fastapi.routing import APIRoute
 from api.errors import install_error_handlers
 from api.gate import RequestGate
 from api.rate_limit import RateLimiter
-from api.routes import adapters, audits, datasets, health, jobs, registries
+from api.routes import adapters, audits, datasets, health, jobs, registries, signing_keys
 from api.services.auth import ensure_key
 from api.services.base_models import ensure_builtin_base_models
 from api.services.jobs import delete_checkpoints_of, mark_sent, reap_stale_jobs, unsent_jobs
+from api.services.signing_keys import ensure_signing_key
 from lethe.queue import make_celery, send_job
 from lethe.settings import Settings, get_settings
 from models.db import session_scope
@@ -88,6 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ensure_builtin_base_models(session)
             if settings.bootstrap_api_key is not None:
                 ensure_key(session, settings.bootstrap_api_key.get_secret_value())
+            # The installation's first start makes its first signing key; later starts find it.
+            if ensure_signing_key(settings, session) is not None:
+                log.warning("created the first signing key in %s", settings.signing_keys_dir)
         maintenance = asyncio.create_task(_maintain_jobs_forever(settings, app.state.queue, app.state.store))
         yield
         maintenance.cancel()
@@ -105,6 +109,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     install_error_handlers(app)
     app.add_middleware(RequestGate, settings=settings)
-    for module in (health, datasets, registries, jobs, adapters, audits):
+    for module in (health, datasets, registries, jobs, adapters, audits, signing_keys):
         app.include_router(module.router)
     return app
