@@ -6,7 +6,8 @@ answered without its body being received, a chunked body is counted as it stream
 JSON body is checked (depth, integer digits, NUL characters, lone surrogates) before any route parses it. What each
 operation asks comes from the app's OpenAPI spec, the contract clients read: a tenant's key if it names the
 X-API-Key security scheme (every route that depends on `get_tenant_id` does), the admin key (LETHE_ADMIN_API_KEY) if
-it names the AdminAPIKey scheme (`require_admin`), and the body media types it lists.
+it names the AdminAPIKey scheme (`require_admin`), no key if it names none (public: the health checks and
+`GET /v1/signing-keys`, which a third party reads to check a signed report), and the body media types it lists.
 """
 
 import hmac

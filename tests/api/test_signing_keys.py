@@ -2,6 +2,8 @@
 key list, rotation by the admin that keeps old reports verifying, and the key files behind it."""
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +12,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from api.app import create_app
-from api.services.signing_keys import current_signing_key
+from api.services.signing_keys import current_signing_key, rotate_signing_key
 from cli.verify_report import verify_report
 from lethe.settings import Settings
 from lethe.signing import key_id_of, public_key_from_x, public_pem, sign
@@ -95,3 +97,22 @@ def test_rotation_needs_the_admin_key(admin: TestClient, app_client: TestClient,
     assert (tenant.status_code, tenant.json()["error"]) == (403, "forbidden")
     # The session's app has no admin key configured: refused.
     assert app_client.post("/v1/signing-keys/rotate", headers={"X-API-Key": api_key}).status_code == 403
+
+
+def test_concurrent_rotations_leave_one_current_key(stack_settings: Settings, app_client: TestClient) -> None:
+    # Without the key-creation lock each would retire only the keys it saw and both new keys would stay current.
+    barrier = threading.Barrier(2)
+
+    def rotate() -> None:
+        with session_scope(stack_settings.database_url) as session:
+            barrier.wait()
+            rotate_signing_key(stack_settings, session)
+            time.sleep(0.2)  # hold the transaction open while the other one runs
+
+    threads = [threading.Thread(target=rotate) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    keys = app_client.get("/v1/signing-keys", headers={"X-API-Key": ""}).json()["keys"]
+    assert sum(key["current"] for key in keys) == 1

@@ -201,7 +201,7 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
         forget_curves=target.forget_curves,
     )
     try:
-        # The current key again: a rotation while the attacks ran retired the one checked at the start.
+        # The current key again: a rotation while the attacks ran may have retired the one checked at the start.
         signed, page = sign_with_page(unsigned, _signing_key(settings))
     except NotCanonical as exc:
         raise JobFailure("report_not_canonical", f"the report has no canonical JSON form to sign: {exc}") from exc
