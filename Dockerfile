@@ -25,7 +25,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN groupadd --system --gid 10001 lethe \
     && useradd --system --uid 10001 --gid lethe --home-dir /var/lib/lethe --no-create-home \
        --shell /usr/sbin/nologin lethe \
-    && install -d -o lethe -g lethe -m 0750 /var/lib/lethe
+    && install -d -o lethe -g lethe -m 0750 /var/lib/lethe \
+    && install -d -o lethe -g lethe -m 0700 /var/lib/lethe-signing-keys
 
 COPY --from=build /opt/venv /opt/venv
 

@@ -13,13 +13,14 @@ from fastapi.routing import APIRoute
 from api.errors import install_error_handlers
 from api.gate import RequestGate
 from api.rate_limit import RateLimiter
-from api.routes import adapters, api_keys, audits, datasets, deletions, health, jobs, registries
+from api.routes import adapters, api_keys, audits, datasets, deletions, health, jobs, registries, signing_keys
 from api.scopes import declare_scopes
 from api.services.auth import ensure_key
 from api.services.base_models import ensure_builtin_base_models
 from api.services.deletions import finish_deletions
 from api.services.jobs import delete_checkpoints_of, mark_sent, reap_stale_jobs, unsent_jobs
 from api.services.retention import apply_retention
+from api.services.signing_keys import ensure_signing_key
 from lethe.queue import make_celery, send_job
 from lethe.settings import Settings, get_settings
 from models.db import session_scope
@@ -109,6 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ensure_key(
                     session, settings.admin_api_key.get_secret_value(), scopes=["admin"], name="LETHE_ADMIN_API_KEY"
                 )
+            # The installation's first start makes its first signing key; later starts find it.
+            if ensure_signing_key(settings, session) is not None:
+                log.warning("created the first signing key in %s", settings.signing_keys_dir)
         maintenance = asyncio.create_task(_maintain_jobs_forever(settings, app.state.queue, app.state.store))
         yield
         maintenance.cancel()
@@ -126,7 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     install_error_handlers(app)
     app.add_middleware(RequestGate, settings=settings)
-    for module in (health, datasets, registries, jobs, adapters, audits, deletions, api_keys):
+    for module in (health, datasets, registries, jobs, adapters, audits, deletions, api_keys, signing_keys):
         app.include_router(module.router)
     _declare_scopes_in_spec(app)
     return app

@@ -6,7 +6,8 @@ answered without its body being received, a chunked body is counted as it stream
 JSON body is checked (depth, integer digits, NUL characters, lone surrogates) before any route parses it. What each
 operation asks comes from the app's OpenAPI spec, the contract clients read: a key holding the scopes its security
 requirement lists (api/scopes.py: `read` or `submit` by method for a tenant's operation, `admin` for the
-installation's), and the body media types it lists.
+installation's), no key where it lists none (public: the health checks and `GET /v1/signing-keys`, which a
+third party reads to check a signed report), and the body media types it lists.
 """
 
 import json

@@ -287,9 +287,47 @@ class AuditOut(BaseModel):
     skipped: list[dict[str, str]] = Field(
         description="Attacks and diagnostics that had nothing to measure on the rows: name, reason."
     )
-    signature: str | None = Field(description="HMAC-SHA256 (hex) of the report's canonical JSON.")
-    signing_key_id: str | None
+    signature: str | None = Field(
+        description="Ed25519 signature (base64url, unpadded) of the report's RFC 8785 canonical JSON."
+    )
+    signing_key_id: str | None = Field(description="The key that signed it: an id of GET /v1/signing-keys.")
     created_at: datetime
+
+
+# Signing keys (GET /v1/signing-keys, POST /v1/signing-keys/rotate).
+class Ed25519Jwk(BaseModel):
+    """An Ed25519 public key as an RFC 8037 JWK; `kid` is its RFC 7638 thumbprint."""
+
+    kty: Literal["OKP"] = "OKP"
+    crv: Literal["Ed25519"] = "Ed25519"
+    x: str = Field(description="The 32-byte public key, base64url without padding.")
+    kid: str
+    alg: Literal["EdDSA"] = "EdDSA"
+    use: Literal["sig"] = "sig"
+
+
+class SigningKeyOut(BaseModel):
+    key_id: str = Field(description="The RFC 7638 JWK thumbprint of the public key; signatures name it.")
+    algorithm: Literal["Ed25519"]
+    jwk: Ed25519Jwk
+    public_key_pem: str = Field(description="The same public key as a PEM SubjectPublicKeyInfo.")
+    created_at: datetime
+    valid_from: datetime = Field(description="It signs from this time on.")
+    retired_at: datetime | None = Field(
+        description="When a rotation replaced it; null for the current key. What it signed before stays valid."
+    )
+    current: bool
+
+
+class SigningKeysOut(BaseModel):
+    """Every key this installation ever signed with, oldest first: save it to verify reports offline."""
+
+    keys: list[SigningKeyOut]
+
+
+class RotationOut(BaseModel):
+    current: SigningKeyOut
+    retired: list[str] = Field(description="The ids of the keys this rotation retired.")
 
 
 class ForgetRequestIn(BaseModel):

@@ -94,25 +94,9 @@ def _base_models_add(args: argparse.Namespace) -> int:
 
 
 def _verify_report(args: argparse.Namespace) -> int:
-    import json
+    from cli.verify_report import verify_report
 
-    from lethe.signing import signing_key, verify
-
-    try:
-        signed = json.loads(Path(args.file).read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        print(f"INVALID: cannot read {args.file} as JSON: {exc}", file=sys.stderr)
-        return 2
-    result = verify(signed, signing_key(get_settings()))
-    if not result.valid:
-        print(f"INVALID: {args.file}: {result.reason}", file=sys.stderr)
-        return 1
-    report = signed["report"]
-    print(
-        f"valid: {args.file} is the report of audit {report.get('audit_id')} (verdict {report.get('verdict')}), "
-        f"{result.reason}"
-    )
-    return 0
+    return verify_report(Path(args.file), args.key_file, args.key_url, args.html)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,9 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("api-keys", help="manage API keys: create, list, revoke, rotate", add_help=False)
 
     verify_report = commands.add_parser(
-        "verify-report", help="check an audit report's signature with this server's key (exit 1 if it fails)"
+        "verify-report",
+        help="check a signed audit report (or deletion receipt) with the server's published public keys: exit 0 "
+        "valid, 1 invalid, 2 unusable input",
     )
     verify_report.add_argument("file", help="the report JSON (GET /v1/audits/{id}/report)")
+    keys = verify_report.add_mutually_exclusive_group(required=True)
+    keys.add_argument(
+        "--key-file", type=Path, help="the JSON of GET /v1/signing-keys saved to disk (or a PEM public key): offline"
+    )
+    keys.add_argument("--key-url", help="the server's /v1/signing-keys URL (https, or http on loopback only)")
+    verify_report.add_argument("--html", type=Path, help="the report's HTML page: check it is the one the JSON signed")
     verify_report.set_defaults(run=_verify_report)
     return parser
 

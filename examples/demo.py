@@ -188,6 +188,9 @@ def main() -> int:
                 report_path.write_bytes(client.get(f"/v1/audits/{audit_id}/report").content)
                 html_path = report_path.with_suffix(".html")
                 html_path.write_bytes(client.get(f"/v1/audits/{audit_id}/report?format=html").content)
+                # The published public keys, to check the report offline once the server is gone.
+                keys_path = data_dir / "signing-keys.json"
+                keys_path.write_bytes(client.get("/v1/signing-keys").content)
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -200,7 +203,8 @@ def main() -> int:
     )
     if audit is not None:
         print_audit(audit)
-        print(f"signed report: {report_path} (check it: lethe verify-report {report_path}); page: {html_path}")
+        print(f"signed report: {report_path}; page: {html_path}; check both offline with the published keys:")
+        print(f"  lethe verify-report {report_path} --key-file {keys_path} --html {html_path}")
     print(f"demo wall time: {time.monotonic() - started:.0f} s")
     return 0
 

@@ -34,9 +34,9 @@ class Settings(BaseSettings):
     # like the others: unsetting this does not revoke it (`lethe api-keys revoke` does), and a revoked one stays
     # revoked across restarts. Unset: admin keys are made with `lethe api-keys create --scope admin`.
     admin_api_key: SecretStr | None = None
-    # Signs audit reports (HMAC-SHA256). Empty: a random key kept in data_dir (the embedded default); a stack
-    # with several containers must set one key for the API, workers and `lethe verify-report`.
-    report_signing_key: SecretStr | None = None
+    # The private Ed25519 keys that sign audit reports and deletion receipts (lethe/signing.py), one `<key_id>.pem`
+    # each. Unset: data_dir/signing_keys. In the compose stack one volume, shared by the API and every worker.
+    signing_key_dir: Path | None = None
 
     # Request bodies: a dataset upload (the file; the multipart envelope may add 64 KiB) and any JSON body. Larger
     # ones get 413 before they are read (by Content-Length) or as soon as they pass the limit (chunked).
@@ -122,16 +122,6 @@ class Settings(BaseSettings):
     def _absolute_hf_cache(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
 
-    @field_validator("report_signing_key")
-    @classmethod
-    def _strong_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None or not value.get_secret_value():
-            return None
-        key = value.get_secret_value()
-        if len(key) < 32 or key.lower() in _WEAK_SECRETS:
-            raise ValueError("LETHE_REPORT_SIGNING_KEY must be at least 32 characters and not a well-known value")
-        return value
-
     @model_validator(mode="after")
     def _distinct_setting_keys(self) -> "Settings":
         # One key cannot be both: the first to be ensured would keep its scopes, the other's would never be given.
@@ -172,6 +162,11 @@ class Settings(BaseSettings):
     @property
     def broker_dir(self) -> Path:
         return self.data_dir / "broker"
+
+    @property
+    def signing_keys_dir(self) -> Path:
+        """Where the private signing keys are: LETHE_SIGNING_KEY_DIR, or data_dir/signing_keys."""
+        return (self.signing_key_dir or self.data_dir / "signing_keys").expanduser().resolve()
 
     @property
     def base_model_cache_dir(self) -> Path:

@@ -25,6 +25,7 @@ from models.tables import (
     Job,
     JobEvent,
     Metric,
+    SigningKey,
     Tenant,
     Tombstone,
     Worker,
@@ -712,6 +713,42 @@ class AuditRepository(TenantScopedRepository[Audit]):
         return self.session.scalars(
             select(AuditDiagnostic).where(AuditDiagnostic.audit_id == audit_id).order_by(AuditDiagnostic.id)
         ).all()
+
+
+class SigningKeyRepository(Repository[SigningKey]):
+    table = SigningKey
+
+    # The key of the transaction-scoped advisory lock that serializes key creation (first key, rotation) across API
+    # processes: without it two processes starting at once could each make a "first" key.
+    _LOCK_KEY = 0x1E7E_5160
+
+    def lock(self) -> None:
+        """Hold the key-creation lock until this transaction ends (Postgres; SQLite serializes writers itself)."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(select(func.pg_advisory_xact_lock(self._LOCK_KEY)))
+
+    def list(self) -> Sequence[SigningKey]:
+        """Every key ever used, oldest first."""
+        return self.session.scalars(select(SigningKey).order_by(SigningKey.valid_from, SigningKey.key_id)).all()
+
+    def current(self) -> SigningKey | None:
+        """The key that signs now: the newest one not retired."""
+        return self.session.scalar(
+            select(SigningKey)
+            .where(SigningKey.retired_at.is_(None))
+            .order_by(SigningKey.valid_from.desc(), SigningKey.key_id)
+            .limit(1)
+        )
+
+    def retire_all_but(self, key_id: str, at: datetime) -> int:
+        """Retire every key still current except `key_id`; how many were."""
+        result = self.session.execute(
+            update(SigningKey)
+            .where(SigningKey.retired_at.is_(None), SigningKey.key_id != key_id)
+            .values(retired_at=at)
+            .execution_options(synchronize_session="fetch")
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 class WorkerRepository(Repository[Worker]):

@@ -254,9 +254,10 @@ class Audit(Base):
     verdict: Mapped[str | None] = mapped_column(String(20), default=None)
     report_key: Mapped[str | None] = mapped_column(Text, default=None)
     report_html_key: Mapped[str | None] = mapped_column(Text, default=None)
-    # HMAC-SHA256 of the report's canonical JSON (hex) and the id of the key that made it.
-    signature: Mapped[str | None] = mapped_column(String(64), default=None)
-    signing_key_id: Mapped[str | None] = mapped_column(String(16), default=None)
+    # The Ed25519 signature of the report's canonical JSON (base64url) and the id of the key that made it
+    # (signing_keys.key_id); reports of before 0016 hold an HMAC-SHA256 (hex) and its 16-digit key id.
+    signature: Mapped[str | None] = mapped_column(String(128), default=None)
+    signing_key_id: Mapped[str | None] = mapped_column(String(64), default=None)
     # Bytes of the report's JSON and HTML objects: counted in the tenant's quota.
     report_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Attacks that had nothing to measure on the rows: [{"name", "reason"}].
@@ -331,6 +332,24 @@ class AuditDiagnostic(Base):
     variants: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     # Components that measured nothing, and why: {component: reason}.
     skipped_components: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+
+
+class SigningKey(Base):
+    """A key that signs reports and receipts: its public half, published forever, and when it was the current key.
+    The private half is never here (lethe/signing.py says where it is and why)."""
+
+    __tablename__ = "signing_keys"
+
+    # The RFC 7638 thumbprint of the public key (base64url SHA-256, 43 characters).
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    algorithm: Mapped[str] = mapped_column(String(20))
+    # The raw 32-byte public key, base64url: the JWK's `x` (RFC 8037).
+    public_key: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # It signs from valid_from until retired_at; a retired key is never deleted, so what it signed still verifies.
+    # At most one key is not retired: the current one.
+    valid_from: Mapped[datetime] = mapped_column()
+    retired_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Worker(Base):

@@ -100,7 +100,8 @@ def get_audit_report(
     ] = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
-    """The audit's signed report (check it with `lethe verify-report FILE`), as JSON or as an HTML page."""
+    """The audit's signed report, as JSON or as an HTML page; the JSON carries the page's SHA-256. Anyone checks both
+    with the published keys: `lethe verify-report FILE --key-url .../v1/signing-keys --html PAGE`."""
     fmt = format or ("html" if accept and "text/html" in accept else "json")
     key = audits.report_key(session, tenant_id, audit_id, fmt)
     media_type = "text/html; charset=utf-8" if fmt == "html" else "application/json"

@@ -1,7 +1,7 @@
 """api key scopes: every key's `["*"]` becomes explicit scopes, and keys get a name, last use, expiry and rotation
 
 Revision ID: 0017
-Revises: 0015
+Revises: 0016
 Create Date: 2026-11-30 13:00:00
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 
 revision: str = "0017"
 # 0015 is this branch's head; the integrator re-chains the migrations of parallel branches.
-down_revision: str | None = "0015"
+down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

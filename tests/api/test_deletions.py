@@ -18,7 +18,7 @@ from api.app import create_app, maintain_storage
 from api.services.deletions import finish_deletions
 from api.services.retention import apply_retention
 from lethe.settings import Settings
-from lethe.signing import signing_key, verify
+from lethe.signing import PublicKey, load_public_keys, verify
 from models.db import session_scope
 from models.repositories import AdapterRepository, AuditRepository, JobRepository
 from models.tables import Adapter, AuditDiagnostic, AuditResult, Base, CurvePoint, Deletion, Job, Metric, utcnow
@@ -152,10 +152,16 @@ def run_forget_job(client: TestClient, settings: Settings, audit: bool = True, p
     return Forget(tenant_id, forget, retain, str(job_id), str(adapter_id), str(audit_id), str(audit_job_id), stored)
 
 
+def published_keys(settings: Settings) -> dict[str, PublicKey]:
+    """The public keys `GET /v1/signing-keys` publishes: all a third party has to check a receipt with."""
+    with TestClient(create_app(settings)) as public:
+        return load_public_keys(public.get("/v1/signing-keys", headers={"X-API-Key": ""}).content)
+
+
 def check_receipt(settings: Settings, signed: dict, resource: str, resource_id: str) -> dict:
     """The receipt verifies with the server's key, names the resource, and is the one GET /v1/deletions/{id} keeps."""
     assert set(signed) == {"receipt", "signature"}
-    assert verify({"report": signed["receipt"], "signature": signed["signature"]}, signing_key(settings)).valid
+    assert verify(signed, published_keys(settings)).valid
     receipt = signed["receipt"]
     assert (receipt["resource"], receipt["resource_id"], receipt["reason"]) == (resource, resource_id, "request")
     return receipt
@@ -360,7 +366,7 @@ def test_retention_deletes_only_evidence_older_than_the_tenant_keeps_it(
     assert adapter_key(old.tenant_id, uuid.UUID(old.adapter_id)) in left  # adapters are not evidence
 
     [signed] = client.get("/v1/deletions", params={"reason": "retention"}).json()["items"]
-    assert verify({"report": signed["receipt"], "signature": signed["signature"]}, signing_key(stack_settings)).valid
+    assert verify(signed, published_keys(stack_settings)).valid
     assert (signed["receipt"]["resource"], signed["receipt"]["resource_id"]) == ("evidence", old.job_id)
     assert {o["key"]: o["sha256"] for o in signed["receipt"]["objects"]} == {
         key: hashlib.sha256(old.stored[key]).hexdigest() for key in evidence

@@ -290,7 +290,8 @@ def test_the_scale_recipe_adds_a_worker_on_the_next_gpu(docker_compose: str, tmp
     text = text.replace(gpu0, gpu0 + "\n" + gpu0.replace("gpu0", "gpu1").replace('["0"]', '["1"]'))
     text = text.replace(
         "\nvolumes:\n",
-        '\n  worker-gpu1:\n    <<: *lethe-worker\n    volumes: ["worker-gpu1-data:/var/lib/lethe"]\n'
+        "\n  worker-gpu1:\n    <<: *lethe-worker\n"
+        '    volumes: ["worker-gpu1-data:/var/lib/lethe", "signing-keys:/var/lib/lethe-signing-keys:ro"]\n'
         "    deploy: *gpu1\n\nvolumes:\n  worker-gpu1-data:\n",
     )
     compose.write_text(text)
@@ -303,6 +304,19 @@ def test_the_scale_recipe_adds_a_worker_on_the_next_gpu(docker_compose: str, tmp
     assert second["environment"] == first["environment"]
     assert second["image"] == first["image"] and second["command"] == first["command"]
     assert [v.split(":")[0] for v in second["volumes"]] != [v.split(":")[0] for v in first["volumes"]]
+
+
+def test_the_api_and_every_worker_share_the_signing_keys(services: dict[str, Any]) -> None:
+    key_dir = services["api"]["environment"]["LETHE_SIGNING_KEY_DIR"]
+    assert f"signing-keys:{key_dir}:rw" in [str(volume) for volume in services["api"]["volumes"]]
+    for name in (name for name in services if name.startswith("worker")):
+        assert services[name]["environment"]["LETHE_SIGNING_KEY_DIR"] == key_dir
+        # Read-only: a worker signs with the current key, and only the API makes keys.
+        assert f"signing-keys:{key_dir}:ro" in [str(volume) for volume in services[name]["volumes"]]
+        assert _depends(services[name])["api"] == "service_healthy"  # the first key exists before any worker
+    for dockerfile in ("Dockerfile", "Dockerfile.gpu"):
+        # A new named volume takes the owner of the image's directory: the lethe user, not root.
+        assert f"install -d -o lethe -g lethe -m 0700 {key_dir}" in (REPO / dockerfile).read_text()
 
 
 def test_commands(services: dict[str, Any]) -> None:

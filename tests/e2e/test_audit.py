@@ -121,24 +121,23 @@ def test_audit_of_a_random_label_adapter(
         assert {c["split"] for c in signed["report"]["training_curves"]} >= {"forget_train", "retain:more-categories"}
         path = tmp_path / "report.json"
         path.write_bytes(report.content)
+        page = tmp_path / "report.html"
+        page.write_bytes(client.get(f"/v1/audits/{audit_id}/report?format=html").content)
+        keys = tmp_path / "keys.json"
+        keys.write_bytes(httpx.get(f"{base_url}/v1/signing-keys").content)  # public: no API key
         cli_env = {**os.environ, **env}
-        verified = subprocess.run(
-            [sys.executable, "-m", "cli.main", "verify-report", str(path)],
-            env=cli_env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
+
+        def verify_report(*args: str) -> subprocess.CompletedProcess[str]:
+            command = [sys.executable, "-m", "cli.main", "verify-report", str(path), *args]
+            return subprocess.run(command, env=cli_env, cwd=ROOT, capture_output=True, text=True)
+
+        # Fetched from the server, and offline with the key list saved: the JSON and the page it signed.
+        verified = verify_report("--key-url", f"{base_url}/v1/signing-keys", "--html", str(page))
         assert verified.returncode == 0, verified.stderr
+        assert verify_report("--key-file", str(keys), "--html", str(page)).returncode == 0
         signed["report"]["verdict"] = "robust" if audit["verdict"] != "robust" else "shallow"
         path.write_text(json.dumps(signed))
-        tampered = subprocess.run(
-            [sys.executable, "-m", "cli.main", "verify-report", str(path)],
-            env=cli_env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
+        tampered = verify_report("--key-file", str(keys))
         assert tampered.returncode == 1 and "changed after it was signed" in tampered.stderr
 
         html = client.get(f"/v1/audits/{audit_id}/report", headers={"Accept": "text/html"})

@@ -1,4 +1,4 @@
-"""Signed audit reports (schema lethe.audit-report/2) as the audit pipeline writes them, for the report renderers.
+"""Signed audit reports (schema lethe.audit-report/3) as the audit pipeline writes them, for the report renderers.
 
 The numbers are those of a plausible SmolLM2 audit (30 layers, 100 rows a split): forgetting took forget-heldout
 accuracy from 0.97 to 0.5, relearning on 8 rows brings most of it back (far beyond what it teaches the never-learned
@@ -12,11 +12,12 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from scipy.stats import binomtest
 
 from lethe.attacks import ATTACKS, Thresholds
 from lethe.forgetting import Forgetting, ScoreRise
-from lethe.signing import sign
+from lethe.signing import SigningKey, key_id_of, sign
 from worker.engine.audit.outcome import AttackOutcome, RowScores, Variant, judge, overall_verdict
 from worker.engine.audit.run import AuditedAttack
 from worker.reports.report import DIAGNOSTICS_NOTE, MIN_ROWS, attack_entry
@@ -25,7 +26,9 @@ XSS_NAME = "<script>alert(1)</script>"
 ALL_ATTACKS = ("relearn", "probe", "quantize", "paraphrase", "in_context", "trigger")
 ALL_DIAGNOSTICS = ("restore", "patch")
 LAYERS = 30
-SIGNING_KEY = b"report-factory-signing-key-0123456789"
+# A fixed key (from a fixed 32-byte seed), so that factory reports are the same bytes on every run.
+_PRIVATE = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+SIGNING_KEY = SigningKey(key_id_of(_PRIVATE.public_key()), _PRIVATE)
 THRESHOLDS: dict[str, Any] = {"recovery": 0.25, "attacks": {}, "trigger_drop": 0.05, "min_forgetting": 0.05}
 # Rows of every split: scores are 0/1 correctness, so every mean below has two decimals.
 ROWS = 100
@@ -245,7 +248,7 @@ def build_report(
         )
     ]
     return {
-        "schema": "lethe.audit-report/2",
+        "schema": "lethe.audit-report/3",
         "audit_id": "6f1c2b8e-3d4a-4c1e-9b7a-2f5e8d9c0a11",
         "audit_job_id": "0b5d7e2f-8a9c-4d3e-a1b2-c3d4e5f60718",
         "created_at": "2026-05-04T12:30:00+00:00",

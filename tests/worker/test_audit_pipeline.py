@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from api.services.signing_keys import ensure_signing_key
 from lethe.forgetting import Forgetting
 from lethe.settings import Settings
-from lethe.signing import signing_key, verify
+from lethe.signing import PublicKey, public_key_from_x, verify, verify_html
 from lethe.specs import AuditJobSpec
 from models.db import session_scope
 from models.repositories import (
@@ -18,14 +19,16 @@ from models.repositories import (
     JobEventRepository,
     JobRepository,
     MetricRepository,
+    SigningKeyRepository,
 )
 from storage import open_store
 from storage.keys import before_forgetting_key
 from tests.engine.lm.test_lora import assert_pristine
 from tests.worker.test_forget_pipeline import _queued_job
 from worker.engine.lm.load import BaseLMCache
-from worker.pipelines.audit import run_audit_job
+from worker.pipelines.audit import _signing_key, run_audit_job
 from worker.pipelines.forget import run_forget_job
+from worker.pipelines.jobs import JobFailure
 
 AUDIT = {
     "attacks": [
@@ -34,6 +37,22 @@ AUDIT = {
     ],
     "thresholds": {"recovery": 0.25, "attacks": {}, "trigger_drop": 0.05, "min_forgetting": 0.05},
 }
+
+
+@pytest.fixture(autouse=True)
+def signing_key(stack_settings: Settings) -> None:
+    """The installation's signing key, as the API's first start makes it (no API runs in these tests)."""
+    with session_scope(stack_settings.database_url) as session:
+        ensure_signing_key(stack_settings, session)
+
+
+def test_a_worker_that_cannot_read_the_signing_key_fails_before_auditing(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    settings = stack_settings.model_copy(update={"signing_key_dir": tmp_path / "not-mounted"})
+    with pytest.raises(JobFailure) as failure:
+        _signing_key(settings)
+    assert failure.value.code == "signing_key_missing" and "LETHE_SIGNING_KEY_DIR" in failure.value.message
 
 
 def _forgotten_with_audit(
@@ -103,7 +122,14 @@ def test_the_requested_audit_runs_once_and_stores_a_signed_report(
         assert audit.report_size_bytes == len(store.get(audit.report_key or "")) + len(store.get(audit.report_html_key))
     assert report_key is not None
     signed = json.loads(store.get(report_key))
-    assert verify(signed, signing_key(stack_settings)).valid and signed["signature"]["value"] == signature
+    with session_scope(stack_settings.database_url) as session:
+        published = {
+            row.key_id: PublicKey(row.key_id, public_key_from_x(row.public_key), row.valid_from, row.retired_at)
+            for row in SigningKeyRepository(session).list()
+        }
+    assert verify(signed, published).valid and signed["signature"]["value"] == signature
+    # The page stored beside it is the one the report signed.
+    assert verify_html(signed["report"], store.get(html_key or "")).valid
     assert [a["name"] for a in signed["report"]["attacks"]] == ["quantize"]
     assert signed["report"]["verdict_reasons"] == ["too_few_rows"]
     # The catalogue's row holds the report's entry, field for field.

@@ -2,14 +2,17 @@
 
 import base64
 import copy
+import hashlib
 import io
 import re
 from html.parser import HTMLParser
 
 from PIL import Image
 
-from tests.worker.report_factory import MISSED, REACHED, XSS_NAME, build_signed_report
+from lethe.signing import PublicKey, verify, verify_html
+from tests.worker.report_factory import MISSED, REACHED, SIGNING_KEY, XSS_NAME, build_signed_report
 from worker.reports.html import render_html
+from worker.reports.report import sign_with_page
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVERY_PLOT = [
@@ -88,8 +91,9 @@ def test_verdicts_and_numbers_are_on_the_page() -> None:
     assert "interval_spans_threshold" in trigger and "inconclusive" in trigger
     # The verdict's sentence says why the others did not conclude.
     assert "trigger: the interval contains the threshold" in page
-    assert signed["signature"]["value"] in page and signed["signature"]["key_id"] in page
-    assert "lethe verify-report report.json" in page
+    # The page names the key; the signature, which covers the page's hash, cannot be on the page it covers.
+    assert signed["signature"]["key_id"] in page and signed["signature"]["value"] not in page
+    assert "lethe verify-report report.json --key-url URL --html report.html" in page
 
 
 def test_undefined_recovery_reads_inconclusive_with_a_dash() -> None:
@@ -188,3 +192,16 @@ def test_the_page_says_whether_forgetting_reached_its_target_and_shows_metric_in
     assert 'class="forgetting warning"' in missed
     assert "Forgetting did NOT reach its target: forget_train accuracy is 0.760 after 20 steps" in missed_text
     assert "forget_heldout accuracy ROSE during forgetting: 0.640 before, 0.800 after" in missed_text
+
+
+def test_the_signed_report_carries_the_hash_of_its_page() -> None:
+    unsigned = build_signed_report()["report"]
+    signed, page = sign_with_page(unsigned, SIGNING_KEY)
+    keys = {SIGNING_KEY.key_id: PublicKey(SIGNING_KEY.key_id, SIGNING_KEY.public)}
+    assert verify(signed, keys).valid and verify_html(signed["report"], page).valid
+    assert signed["report"]["html_sha256"] == hashlib.sha256(page).hexdigest()
+    assert SIGNING_KEY.key_id in page.decode()
+    # An edited page no longer matches; a report that claims another page no longer verifies.
+    assert not verify_html(signed["report"], page.replace(b"shallow", b"robust", 1)).valid
+    signed["report"]["html_sha256"] = hashlib.sha256(b"another page").hexdigest()
+    assert not verify(signed, keys).valid

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from lethe.forgetting import Forgetting
 from lethe.rows import kind_of, split_heldout
 from lethe.settings import Settings
-from lethe.signing import sign, signing_key
+from lethe.signing import KeyFileMissing, NotCanonical, SigningKey, load_signing_key
 from lethe.specs import AuditJobSpec
 from models.db import session_scope, unit_of_work
 from models.repositories import (
@@ -28,6 +28,7 @@ from models.repositories import (
     CurvePointRepository,
     JobRepository,
     MetricRepository,
+    SigningKeyRepository,
 )
 from models.tables import AuditDiagnostic, AuditResult, CurvePoint, Metric, utcnow
 from storage import ObjectStore
@@ -44,8 +45,7 @@ from worker.engine.lm.adapter import opened_adapter_archive
 from worker.engine.lm.load import BaseLMCache
 from worker.pipelines.forget import leased_base, load_forget_inputs
 from worker.pipelines.jobs import JobFailure, ProgressReporter, held_claim, put_undoable, run_job, run_next_job
-from worker.reports.html import render_html
-from worker.reports.report import attack_entry, build_report, diagnostic_entry
+from worker.reports.report import attack_entry, build_report, diagnostic_entry, sign_with_page
 
 
 @dataclass
@@ -106,9 +106,24 @@ def _target(settings: Settings, job_id: uuid.UUID) -> AuditTarget:
         )
 
 
+def _signing_key(settings: Settings) -> SigningKey:
+    """The current signing key (the catalogue names it, LETHE_SIGNING_KEY_DIR holds it); JobFailure if there is none
+    or this worker cannot read it."""
+    with session_scope(settings.database_url) as session:
+        row = SigningKeyRepository(session).current()
+        key_id = row.key_id if row is not None else None
+    if key_id is None:
+        raise JobFailure("no_signing_key", "the catalogue has no signing key (the API makes one when it starts)")
+    try:
+        return load_signing_key(settings.signing_keys_dir, key_id)
+    except KeyFileMissing as exc:
+        raise JobFailure("signing_key_missing", str(exc)) from exc
+
+
 def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, job_id: uuid.UUID) -> None:
     report = ProgressReporter(settings, job_id)
     report("loading", 0.0)
+    _signing_key(settings)  # fail now, not after the attacks, if the report could not be signed
     target = _target(settings, job_id)
     inputs = load_forget_inputs(settings, store, target.forget_job_id)
     forget_spec = inputs.spec
@@ -185,9 +200,12 @@ def _run_claimed(settings: Settings, store: ObjectStore, lm_cache: BaseLMCache, 
         diagnostics=diagnosed,
         forget_curves=target.forget_curves,
     )
-    signed = sign(unsigned, signing_key(settings))
+    try:
+        # The current key again: a rotation while the attacks ran may have retired the one checked at the start.
+        signed, page = sign_with_page(unsigned, _signing_key(settings))
+    except NotCanonical as exc:
+        raise JobFailure("report_not_canonical", f"the report has no canonical JSON form to sign: {exc}") from exc
     signed_json = json.dumps(signed, indent=2, sort_keys=True).encode("utf-8")
-    page = render_html(signed).encode("utf-8")
     json_key = report_key(target.tenant_id, target.audit_id, "json")
     html_key = report_key(target.tenant_id, target.audit_id, "html")
     with unit_of_work(settings.database_url) as work:

@@ -1,6 +1,6 @@
 """The audit report as one self-contained HTML page: templates/report.html.j2, with the plots of plots.py.
 
-`render_html` is a pure function of the signed report (schema `lethe.audit-report/2`): no network, no JavaScript,
+`render_html` is a pure function of the signed report (schema `lethe.audit-report/3`): no network, no JavaScript,
 no file. Dataset names and params come from users, so the template autoescapes: every string of the report is
 HTML-escaped wherever it lands, and only the template's own markup is not.
 """

@@ -1,4 +1,4 @@
-"""Reading a signed audit report (schema `lethe.audit-report/2`) for display: the page and its plots draw only
+"""Reading a signed audit report (schema `lethe.audit-report/3`) for display: the page and its plots draw only
 from the report, and any field may be missing or null (an older report, an undefined number)."""
 
 import math

@@ -1,24 +1,29 @@
 """The audit report as JSON: what was audited, every attack's numbers and verdict, every diagnostic's numbers (no
 verdict), the forget job's curves.
 
-The report is a plain JSON object (schema `lethe.audit-report/2`) built only from the audit's results and the
-catalogue; it is signed as it is (lethe.signing) and the HTML page is drawn from it alone.
+The report is a plain JSON object (schema `lethe.audit-report/3`) built only from the audit's results and the
+catalogue; the HTML page is drawn from it alone, and the report is then signed (lethe.signing) with the page's SHA-256
+in it (`sign_with_page`), so that checking the JSON's signature proves the page too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
 from lethe.attacks import ATTACKS, MIN_ROWS, Thresholds
+from lethe.signing import ALGORITHM, SigningKey, sign
 from worker.engine.audit.outcome import VariantResult, overall_verdict
 from worker.engine.audit.run import AuditedAttack, AuditedDiagnostic, SkippedAttack
+from worker.reports.html import render_html
 
 # /2: every result and variant carries n, its intervals' confidence, ci_low / ci_high, the never-learned control's
 # recovery and the excess over it (with intervals) and, when inconclusive, its reason; the report its verdict_reasons.
-SCHEMA = "lethe.audit-report/2"
+# /3: html_sha256, the SHA-256 (hex) of the HTML page's bytes as stored; signed with Ed25519 over RFC 8785 JSON.
+SCHEMA = "lethe.audit-report/3"
 
 # The worst variant's numbers an attack's entry (and audit_results row) repeats at its top level.
 WORST_VARIANT_FIELDS = (
@@ -180,3 +185,12 @@ def build_report(
         "training_curves": training_curves(forget_curves),
         "stage_metrics": stage_metrics(metrics),
     }
+
+
+def sign_with_page(unsigned: dict[str, Any], key: SigningKey) -> tuple[dict[str, Any], bytes]:
+    """The signed report and its HTML page: the page is drawn first (it shows the signing key's id, not the
+    signature, which cannot cover the page that shows it), its SHA-256 goes into the report, then the report is
+    signed. lethe.signing.NotCanonical if the report has no canonical JSON form."""
+    page = render_html({"report": unsigned, "signature": {"algorithm": ALGORITHM, "key_id": key.key_id}})
+    data = page.encode("utf-8")
+    return sign({**unsigned, "html_sha256": hashlib.sha256(data).hexdigest()}, key), data
