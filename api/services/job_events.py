@@ -6,7 +6,7 @@ meanwhile. No session is held while the stream waits (a job runs for hours; a po
 after a few watchers). When the client leaves, Starlette's StreamingResponse cancels the loop at its next await
 (uvicorn speaks ASGI 2.3, under which it listens for `http.disconnect` beside the stream).
 
-Why not FastAPI's own SSE (`fastapi.sse`, new in 0.13x and present in 0.165): it streams when the route function is
+Why not FastAPI's own SSE (`fastapi.sse`, in the FastAPI 0.165 this runs on): it streams when the route function is
 itself a generator declared with `response_class=EventSourceResponse`, so that operation always streams and cannot
 answer the JSON page to a client that did not ask for a stream; and its keep-alive interval is a module global
 (`fastapi.sse._PING_INTERVAL`). sse-starlette would be a dependency for what is left: a keep-alive and a disconnect
