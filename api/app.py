@@ -13,11 +13,23 @@ from fastapi.routing import APIRoute
 from api.errors import install_error_handlers
 from api.gate import RequestGate
 from api.rate_limit import RateLimiter
-from api.routes import adapters, api_keys, audits, datasets, deletions, health, jobs, registries, signing_keys
+from api.routes import (
+    adapters,
+    api_keys,
+    audits,
+    datasets,
+    deletions,
+    events,
+    health,
+    jobs,
+    registries,
+    signing_keys,
+)
 from api.scopes import declare_scopes
 from api.services.auth import ensure_key
 from api.services.base_models import ensure_builtin_base_models
 from api.services.deletions import finish_deletions
+from api.services.job_events import EventStreams
 from api.services.jobs import delete_checkpoints_of, mark_sent, reap_stale_jobs, unsent_jobs
 from api.services.retention import apply_retention
 from api.services.signing_keys import ensure_signing_key
@@ -128,9 +140,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = open_store(settings)
     app.state.queue = make_celery(settings)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    app.state.event_streams = EventStreams()
     install_error_handlers(app)
     app.add_middleware(RequestGate, settings=settings)
-    for module in (health, datasets, registries, jobs, adapters, audits, deletions, api_keys, signing_keys):
+    for module in (health, datasets, registries, jobs, events, adapters, audits, deletions, api_keys, signing_keys):
         app.include_router(module.router)
     _declare_scopes_in_spec(app)
     return app
