@@ -45,7 +45,7 @@ def live(stack_settings: Settings) -> Iterator[tuple[str, FastAPI]]:
 def _tenant_key(settings: Settings) -> tuple[str, uuid.UUID]:
     with session_scope(settings.database_url) as session:
         key = create_key(session, f"events-{uuid.uuid4().hex[:10]}")
-        return key, authenticate(session, key)
+        return key, authenticate(session, key).tenant_id
 
 
 def _queued_job(settings: Settings, tenant_id: uuid.UUID) -> uuid.UUID:
