@@ -6,10 +6,12 @@ import uuid
 from functools import lru_cache
 from typing import Any
 
+import structlog
 from celery import signals
 from transformers.utils import logging as hf_logging
 
 from lethe.hub import HubOptions
+from lethe.logging_config import configure_logging
 from lethe.queue import AUDIT_TASK, FORGET_TASK, enqueue_audit_job, make_celery
 from lethe.settings import get_settings
 from storage import ObjectStore, open_store
@@ -55,6 +57,25 @@ def forget_job(job_id: str) -> str:
 @celery_app.task(name=AUDIT_TASK)
 def audit_job(job_id: str) -> str:
     return run_next_audit_job(get_settings(), _store(), _lm_cache(), woken_by=uuid.UUID(job_id))
+
+
+@signals.setup_logging.connect
+def _configure_logging(**_kwargs: Any) -> None:
+    # A receiver of this signal replaces Celery's own logging set-up: its lines (and the redirected stdout) go
+    # through Lethe's handler like every other (LETHE_LOG_FORMAT, LETHE_LOG_LEVEL).
+    settings = get_settings()
+    configure_logging("worker", json=settings.log_format == "json", level=settings.log_level)
+
+
+@signals.task_prerun.connect
+def _bind_task_id(task_id: str | None = None, **_kwargs: Any) -> None:
+    # The Celery task's id on every line it logs (the job's ids are bound once it claims one: pipelines/jobs.py).
+    structlog.contextvars.bind_contextvars(task_id=task_id)
+
+
+@signals.task_postrun.connect
+def _unbind_task_id(**_kwargs: Any) -> None:
+    structlog.contextvars.unbind_contextvars("task_id")
 
 
 @signals.worker_init.connect
