@@ -91,10 +91,11 @@ def configure_logging(service: str, json: bool, level: str = "INFO", stream: Any
     return handler
 
 
-def adopt_library_loggers() -> None:
-    """Send uvicorn's lines to the root handler: its own start-up (`uvicorn.run`) installs handlers that print
-    them in its format; the API calls this again once uvicorn has started (the app's lifespan)."""
-    for name in ADOPTED_LOGGERS:
+def adopt_library_loggers(names: tuple[str, ...] = ADOPTED_LOGGERS) -> None:
+    """Send these libraries' lines to the root handler. uvicorn installs handlers of its own when it starts
+    (`uvicorn.run`, after the app was made: the API calls this again from its lifespan), MLflow when it is first
+    imported (worker/tracking.py)."""
+    for name in names:
         library_logger = logging.getLogger(name)
         library_logger.handlers.clear()
         library_logger.propagate = True

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lethe.logging_config import adopt_library_loggers
 from lethe.settings import Settings
 from worker.engine.metrics.values import CurvePoint, MetricValue
 
@@ -29,7 +30,12 @@ log = logging.getLogger("lethe.worker")
 EXPERIMENT = "lethe"
 # MLflow's HTTP client retries a refused request up to 7 times with a growing backoff (minutes in all): a worker
 # would sit idle that long behind a tracking server that is down. A few quick tries, unless the operator says else.
-_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+# MLflow's usage telemetry is off too: a worker reports to the tracking server it was given, and to no one else.
+_MLFLOW_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
 # MLflow accepts letters, digits and `_ - . / space` in metric and param keys; a split is named after a dataset.
 _KEY_UNSAFE = re.compile(r"[^\w\-./ ]")
 # MLflow refuses longer param values (6000 characters in its stores); a longer one is cut, and says so.
@@ -91,15 +97,18 @@ def run_params(run: ForgetRun) -> dict[str, str]:
 
 def run_metrics(run: ForgetRun) -> list[tuple[str, float, int]]:
     """(key, value, step) of every figure: curve points at their step; the stored adapter's metrics (with n and
-    interval bounds) at step 0, keyed stage/split/name[/layer_L]."""
+    interval bounds) at step 0, keyed `stage/split/name[.layer_L]` and `...name.n`, `.ci_low`, `.ci_high`.
+
+    A key is never another key's folder (`a/b` beside `a/b/n`): MLflow's file store keeps each key as a file path."""
     figures = [(_key("curve", point.split, point.name), point.value, point.step) for point in run.curves]
     for metric in run.metrics:
-        layer = f"layer_{metric.layer}" if metric.layer is not None else None
-        key = _key(metric.stage, metric.split, metric.name, layer)
+        key = _key(metric.stage, metric.split, metric.name)
+        if metric.layer is not None:
+            key += f".layer_{metric.layer}"
         figures.append((key, metric.value, 0))
         for suffix, value in (("n", metric.n), ("ci_low", metric.ci_low), ("ci_high", metric.ci_high)):
             if value is not None:
-                figures.append((f"{key}/{suffix}", float(value), 0))
+                figures.append((f"{key}.{suffix}", float(value), 0))
     return figures
 
 
@@ -123,10 +132,12 @@ def track_forget_job(settings: Settings, run: ForgetRun) -> str | None:
 
 
 def _log_run(uri: str, run: ForgetRun) -> str:
-    for name, value in _HTTP_DEFAULTS.items():
+    for name, value in _MLFLOW_DEFAULTS.items():
         os.environ.setdefault(name, value)
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
+
+    adopt_library_loggers(("mlflow",))  # its import gave it a handler of its own
 
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
