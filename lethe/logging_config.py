@@ -83,10 +83,16 @@ def configure_logging(service: str, json: bool, level: str = "INFO", stream: Any
     handler.setFormatter(formatter)
     handler.set_name("lethe")
     root = logging.getLogger()
-    for old in [h for h in root.handlers if h.get_name() == "lethe"]:
+    # Ours from an earlier call, and a bare stream handler that `logging.basicConfig` (or a module-level
+    # `logging.info` before any set-up) left: each would print every line a second time. Handlers of other kinds
+    # (a test runner's capture) stay.
+    for old in [h for h in root.handlers if h.get_name() == "lethe" or type(h) is logging.StreamHandler]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # Python's warnings (a library's DeprecationWarning, Celery's SecurityWarning) become log lines too, not raw
+    # stderr text a log pipeline cannot parse.
+    logging.captureWarnings(True)
     adopt_library_loggers()
     return handler
 

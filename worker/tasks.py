@@ -1,5 +1,6 @@
 """Celery tasks: thin — a job id in, the pipeline runs, the catalogue holds the outcome."""
 
+import logging
 import os
 import platform
 import uuid
@@ -61,10 +62,28 @@ def audit_job(job_id: str) -> str:
 
 @signals.setup_logging.connect
 def _configure_logging(**_kwargs: Any) -> None:
-    # A receiver of this signal replaces Celery's own logging set-up: its lines (and the redirected stdout) go
-    # through Lethe's handler like every other (LETHE_LOG_FORMAT, LETHE_LOG_LEVEL).
+    # A receiver of this signal replaces Celery's own logging set-up: its lines go through Lethe's handler like
+    # every other (LETHE_LOG_FORMAT, LETHE_LOG_LEVEL).
     settings = get_settings()
     configure_logging("worker", json=settings.log_format == "json", level=settings.log_level)
+
+
+# At import too, which is the worker process's start (`lethe worker`, `celery -A worker.tasks worker`): Celery warns
+# (running as root, say) before it sends `setup_logging`, and those lines must be rendered like the rest.
+_configure_logging()
+
+
+@signals.celeryd_after_setup.connect
+def _banner_as_a_log_line(instance: Any, **_kwargs: Any) -> None:
+    # Celery prints a multi-line banner to stdout as it starts; in JSON mode a log pipeline wants one line a record.
+    if get_settings().log_format == "json":
+        instance.quiet = True
+        logging.getLogger("lethe.worker").info(
+            "celery worker %s starting: queues %s, pool %s",
+            instance.hostname,
+            ",".join(sorted(instance.app.amqp.queues)),
+            instance.pool_cls if isinstance(instance.pool_cls, str) else instance.pool_cls.__name__,
+        )
 
 
 @signals.task_prerun.connect
