@@ -1,7 +1,11 @@
 """GET /metrics on the real app (Postgres catalogue, Redis broker): request figures by route template, jobs by
 state as the catalogue counts them, the queue's depth as Redis holds it, workers' CUDA memory, the optional token."""
 
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
@@ -18,6 +22,8 @@ from models.db import session_scope
 from models.repositories import JobRepository, TenantRepository, WorkerDevice, WorkerRepository
 from models.tables import Job, utcnow
 from tests.conftest import forget_job_spec
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def scrape(client: TestClient, headers: dict[str, str] | None = None) -> dict[str, list[Sample]]:
@@ -151,3 +157,45 @@ def test_a_request_id_is_returned_and_kept_when_given(client: TestClient, header
     assert len(fresh) == 32 and fresh != header
     # Not a plain token (a log line must not be forged through it): replaced.
     assert client.get("/healthz", headers={"X-Request-ID": "not an id!"}).headers["x-request-id"] != "not an id!"
+
+
+# Run in a process of its own: prometheus-client picks its multiprocess mode when it is imported.
+_SERVE_HEALTH_CHECKS = """
+import sys
+from fastapi.testclient import TestClient
+from api.app import create_app
+client = TestClient(create_app())
+for _ in range(int(sys.argv[1])):
+    assert client.get("/healthz").status_code == 200
+response = client.get("/metrics")
+assert response.status_code == 200
+print(response.text)
+"""
+
+
+def test_in_multiprocess_mode_every_process_answers_the_sum_of_all(
+    stack_env: dict[str, str], stack_settings: Settings, tmp_path: Path
+) -> None:
+    env = {**os.environ, **stack_env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+
+    def serve(health_checks: int) -> dict[str, list[Sample]]:
+        finished = subprocess.run(
+            [sys.executable, "-c", _SERVE_HEALTH_CHECKS, str(health_checks)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert finished.returncode == 0, finished.stderr
+        return {family.name: family.samples for family in text_string_to_metric_families(finished.stdout)}
+
+    def health_checks(families: dict[str, list[Sample]]) -> float:
+        found = samples(families, "lethe_http_requests", route="/healthz", status="200")
+        return sum(s.value for s in found if s.name == "lethe_http_requests_total")
+
+    assert health_checks(serve(3)) == 3
+    # A second process (another pid) counts its own 2 and answers 5: the first one's counts stay in the directory.
+    second = serve(2)
+    assert health_checks(second) == 5
+    assert "lethe_jobs" in second and not any(name.startswith("process_") for name in second)
