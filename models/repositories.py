@@ -199,7 +199,7 @@ class JobRepository(TenantScopedRepository[Job]):
 
     def count_by_state(self) -> Sequence[tuple[str, str, str | None, int]]:
         """Jobs of every tenant by (kind, status, error code): one grouped query, which GET /metrics runs per scrape
-        (the status index serves it; error codes are a short fixed list)."""
+        (a few dozen groups: kinds, statuses and error codes are short fixed lists)."""
         rows = self.session.execute(
             select(Job.kind, Job.status, Job.error_code, func.count()).group_by(Job.kind, Job.status, Job.error_code)
         ).all()
@@ -208,7 +208,10 @@ class JobRepository(TenantScopedRepository[Job]):
     def request_id_of(self, job_id: uuid.UUID) -> str | None:
         """The id of the HTTP request that submitted the job, as its `queued` event recorded it (None: not known)."""
         payload = self.session.scalar(
-            select(JobEvent.payload).where(JobEvent.job_id == job_id, JobEvent.type == "queued").order_by(JobEvent.seq)
+            select(JobEvent.payload)
+            .where(JobEvent.job_id == job_id, JobEvent.type == "queued")
+            .order_by(JobEvent.seq)
+            .limit(1)
         )
         request_id = payload.get("request_id") if isinstance(payload, dict) else None
         return request_id if isinstance(request_id, str) else None
