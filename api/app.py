@@ -13,10 +13,10 @@ from fastapi.routing import APIRoute
 
 from api.errors import install_error_handlers
 from api.gate import RequestGate
-from api.metrics import RequestMetrics, RequestMetricsMiddleware
+from api.monitoring import RequestMetrics, RequestMetricsMiddleware
 from api.rate_limit import RateLimiter
-from api.routes import adapters, audits, datasets, health, jobs, metrics, registries
-from api.routes.metrics import METRICS_PATH
+from api.routes import adapters, audits, datasets, health, jobs, monitoring, registries
+from api.routes.monitoring import METRICS_PATH
 from api.services.auth import ensure_key
 from api.services.base_models import ensure_builtin_base_models
 from api.services.jobs import delete_checkpoints_of, mark_sent, reap_stale_jobs, unsent_jobs
@@ -118,7 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestGate, settings=settings, public_paths=(METRICS_PATH,))
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.request_metrics)
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID", validator=valid_request_id)
-    for module in (health, datasets, registries, jobs, adapters, audits, metrics):
+    for module in (health, datasets, registries, jobs, adapters, audits, monitoring):
         app.include_router(module.router)
     return app
 

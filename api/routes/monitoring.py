@@ -11,8 +11,8 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client.exposition import choose_encoder
 
 from api.errors import Unauthorized
-from api.metrics import RequestMetrics
-from api.services.metrics import CatalogueCollector
+from api.monitoring import RequestMetrics
+from api.services.monitoring import CatalogueCollector
 
 METRICS_PATH = "/metrics"
 

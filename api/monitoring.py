@@ -1,5 +1,5 @@
 """Prometheus figures of the API's own requests: an ASGI middleware over every request, and the registry GET
-/metrics exposes (with the catalogue's figures, `api/services/metrics.py`).
+/metrics exposes (with the catalogue's figures, `api/services/monitoring.py`).
 
 Requests are labelled by their route's path template (`/v1/jobs/{job_id}`), never the raw path, so the number of
 series stays bounded whatever clients send: a path no route matches counts as `route="<unmatched>"`. The middleware
