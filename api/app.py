@@ -3,15 +3,18 @@
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+from asgi_correlation_id import CorrelationIdMiddleware
 from celery import Celery
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from api.errors import install_error_handlers
 from api.gate import RequestGate
+from api.monitoring import RequestMetrics, RequestMetricsMiddleware
 from api.rate_limit import RateLimiter
 from api.routes import (
     adapters,
@@ -22,9 +25,11 @@ from api.routes import (
     events,
     health,
     jobs,
+    monitoring,
     registries,
     signing_keys,
 )
+from api.routes.monitoring import METRICS_PATH
 from api.scopes import declare_scopes
 from api.services.auth import ensure_key
 from api.services.base_models import ensure_builtin_base_models
@@ -33,6 +38,7 @@ from api.services.job_events import EventStreams
 from api.services.jobs import delete_checkpoints_of, mark_sent, reap_stale_jobs, unsent_jobs
 from api.services.retention import apply_retention
 from api.services.signing_keys import ensure_signing_key
+from lethe.logging_config import adopt_library_loggers, configure_logging
 from lethe.queue import make_celery, send_job
 from lethe.settings import Settings, get_settings
 from models.db import session_scope
@@ -111,8 +117,12 @@ async def _maintain_jobs_forever(settings: Settings, queue: Celery, store: Objec
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
+    configure_logging("api", json=settings.log_format == "json", level=settings.log_level)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # uvicorn installed its own log handlers when it started, after create_app: its lines join Lethe's now.
+        adopt_library_loggers()
         with session_scope(settings.database_url) as session:
             ensure_builtin_base_models(session)
             if settings.bootstrap_api_key is not None:
@@ -141,9 +151,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.queue = make_celery(settings)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     app.state.event_streams = EventStreams()
+    app.state.request_metrics = RequestMetrics()
     install_error_handlers(app)
-    app.add_middleware(RequestGate, settings=settings)
-    for module in (health, datasets, registries, jobs, events, adapters, audits, deletions, api_keys, signing_keys):
+    # Outermost last: the request id is set before anything logs, and the gate's answers are counted.
+    app.add_middleware(RequestGate, settings=settings, public_paths=(METRICS_PATH,))
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.request_metrics)
+    app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID", validator=valid_request_id)
+    modules = (health, datasets, registries, jobs, events, adapters, audits, deletions, api_keys, signing_keys)
+    for module in (*modules, monitoring):
         app.include_router(module.router)
     _declare_scopes_in_spec(app)
     return app
@@ -157,3 +172,12 @@ def _declare_scopes_in_spec(app: FastAPI) -> None:
         return declare_scopes(generate())
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+# A client's X-Request-ID is kept if it is a plain token of reasonable length (a UUID, a trace id, `req-42`);
+# anything else is replaced by a fresh id (and the response says which).
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def valid_request_id(value: str) -> bool:
+    return _REQUEST_ID.fullmatch(value) is not None

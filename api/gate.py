@@ -110,9 +110,11 @@ class AuthFailures:
 class RequestGate:
     """The ASGI middleware; `create_app` installs it around every route."""
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, public_paths: tuple[str, ...] = ()) -> None:
         self.app = app
         self.settings = settings
+        # GET paths outside the spec that need no key (GET /metrics, which checks its own token).
+        self.public_paths = public_paths
         self.failures = AuthFailures(settings.auth_failure_limit, settings.auth_failure_window_s)
         self._operations: list[tuple[re.Pattern[str], str, RouteRule]] | None = None
 
@@ -214,9 +216,10 @@ class RequestGate:
 
     def _operations_of(self, app: FastAPI) -> list[tuple[re.Pattern[str], str, RouteRule]]:
         """Each operation of the app's OpenAPI spec with its path as a pattern and its rule; the spec and the docs
-        pages themselves are public operations too."""
+        pages themselves, and the public paths outside the spec, are public operations too."""
         operations = []
-        for path in (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url):
+        docs = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+        for path in (*docs, *self.public_paths):
             if path:
                 operations.append((re.compile(f"^{re.escape(path)}$"), "get", self._json_rule(None, ())))
         # The spec with every operation's scopes (api/app.py declares them); declared again here, idempotently, so

@@ -49,7 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
     # worker. This handler turns that second SIGTERM into SystemExit (status 128 + 15, as a death by the signal).
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", log_config=None)
     finally:
         if worker is not None:
             worker.stop()

@@ -1,6 +1,7 @@
 """The Celery app's configuration, shared by the API (which only sends job ids) and the worker."""
 
 from celery import Celery
+from kombu.exceptions import ChannelError
 
 from lethe.settings import Settings
 
@@ -60,3 +61,15 @@ JOB_KINDS = ("forget", "audit")
 def send_job(app: Celery, kind: str, job_id: str) -> None:
     """Send the wake-up of a job of `kind` (one of JOB_KINDS)."""
     {"forget": enqueue_forget_job, "audit": enqueue_audit_job}[kind](app, job_id)
+
+
+def queue_depth(app: Celery) -> tuple[str, int]:
+    """The job queue's name and how many messages wait in it, not yet delivered to a worker (one a worker has
+    taken and not yet acknowledged is not counted). Raises when the broker cannot be reached within a few seconds."""
+    with app.connection_for_read() as connection:
+        connection.ensure_connection(max_retries=1, timeout=3)
+        try:
+            declared = connection.default_channel.queue_declare(queue=QUEUE, passive=True)
+        except ChannelError:
+            return QUEUE, 0  # never declared: no message was ever sent to it, and no worker has started
+        return QUEUE, int(declared.message_count)

@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -97,6 +98,16 @@ class Settings(BaseSettings):
     # Seconds one metadata request to the hub may take (registration resolves a revision synchronously).
     hf_timeout_s: float = Field(default=30.0, gt=0)
 
+    # Operations (README "Operations"). Log lines: `json` (one JSON object a line, for a log pipeline; the compose
+    # stack's default) or `console` (coloured key=value lines for a terminal; the embedded default).
+    log_format: Literal["json", "console"] = "console"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # GET /metrics answers only `Authorization: Bearer <token>` when set; unset, it is public (for a Prometheus on
+    # the internal network: the API's published port exposes it too, so set a token where that port is reachable).
+    metrics_token: SecretStr | None = None
+    # An MLflow tracking URI (`file:///abs/dir`, `http://mlflow:5000`): each forget job logs a run there. Unset: none.
+    mlflow_uri: str = ""
+
     @field_validator("data_dir")
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:
@@ -120,6 +131,21 @@ class Settings(BaseSettings):
         key = value.get_secret_value()
         if len(key) < 16 or key.lower() in _WEAK_SECRETS:
             raise ValueError("LETHE_ADMIN_API_KEY must be at least 16 characters and not a well-known value")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _strong_metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        token = value.get_secret_value()
+        if len(token) < 16 or token.lower() in _WEAK_SECRETS:
+            raise ValueError("LETHE_METRICS_TOKEN must be at least 16 characters and not a well-known value")
         return value
 
     @field_validator("hf_cache")

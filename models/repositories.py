@@ -273,13 +273,18 @@ class JobRepository(TenantScopedRepository[Job]):
 
     table = Job
 
-    def create_queued(self, tenant_id: uuid.UUID, spec: ForgetJobSpec | AuditJobSpec) -> Job:
-        """A new job of the spec's kind, status queued, with its first event; the one way a job comes to be."""
+    def create_queued(
+        self, tenant_id: uuid.UUID, spec: ForgetJobSpec | AuditJobSpec, request_id: str | None = None
+    ) -> Job:
+        """A new job of the spec's kind, status queued, with its first event (which names `request_id`, the HTTP
+        request that submitted it, when given); the one way a job comes to be."""
         payload: dict[str, Any]
         if isinstance(spec, ForgetJobSpec):
             kind, payload = "forget", {"method": spec.method.name}
         else:
             kind, payload = "audit", {"attacks": [attack.name for attack in spec.attacks]}
+        if request_id is not None:
+            payload["request_id"] = request_id
         job = self.add(
             Job(
                 tenant_id=tenant_id,
@@ -336,6 +341,25 @@ class JobRepository(TenantScopedRepository[Job]):
             .values(evidence_key=None, evidence_size_bytes=0)
         )
         return result.rowcount == 1  # type: ignore[attr-defined]
+
+    def count_by_state(self) -> Sequence[tuple[str, str, str | None, int]]:
+        """Jobs of every tenant by (kind, status, error code): one grouped query, which GET /metrics runs per scrape
+        (a few dozen groups: kinds, statuses and error codes are short fixed lists)."""
+        rows = self.session.execute(
+            select(Job.kind, Job.status, Job.error_code, func.count()).group_by(Job.kind, Job.status, Job.error_code)
+        ).all()
+        return [(kind, status, error_code, count) for kind, status, error_code, count in rows]
+
+    def request_id_of(self, job_id: uuid.UUID) -> str | None:
+        """The id of the HTTP request that submitted the job, as its `queued` event recorded it (None: not known)."""
+        payload = self.session.scalar(
+            select(JobEvent.payload)
+            .where(JobEvent.job_id == job_id, JobEvent.type == "queued")
+            .order_by(JobEvent.seq)
+            .limit(1)
+        )
+        request_id = payload.get("request_id") if isinstance(payload, dict) else None
+        return request_id if isinstance(request_id, str) else None
 
     def count_active(self, tenant_id: uuid.UUID) -> int:
         """The tenant's queued and running jobs, forget and audit alike."""
@@ -635,9 +659,9 @@ class AdapterRepository(TenantScopedRepository[Adapter]):
 class AuditRepository(TenantScopedRepository[Audit]):
     table = Audit
 
-    def create_with_job(self, tenant_id: uuid.UUID, spec: AuditJobSpec) -> Audit:
-        """A queued audit job with its validated `spec`, and its audit row."""
-        job = JobRepository(self.session).create_queued(tenant_id, spec)
+    def create_with_job(self, tenant_id: uuid.UUID, spec: AuditJobSpec, request_id: str | None = None) -> Audit:
+        """A queued audit job with its validated `spec` (submitted by request `request_id`), and its audit row."""
+        job = JobRepository(self.session).create_queued(tenant_id, spec, request_id)
         return self.add(
             Audit(
                 tenant_id=tenant_id,
@@ -758,17 +782,32 @@ class SigningKeyRepository(Repository[SigningKey]):
         return int(result.rowcount)  # type: ignore[attr-defined]
 
 
+@dataclass(frozen=True)
+class WorkerDevice:
+    """What a worker reports of its device with each beat (`Worker`'s columns of the same names)."""
+
+    device: str
+    cuda_memory_allocated_bytes: int | None = None
+    cuda_memory_reserved_bytes: int | None = None
+    cuda_memory_total_bytes: int | None = None
+
+
 class WorkerRepository(Repository[Worker]):
     table = Worker
 
-    def beat(self, worker_id: str, now: datetime) -> None:
-        """Record that worker `worker_id` is alive at `now` (its first beat records when it started)."""
+    def beat(self, worker_id: str, now: datetime, device: WorkerDevice | None = None) -> None:
+        """Record that worker `worker_id` is alive at `now` (its first beat records when it started), with its
+        device and CUDA memory when given."""
         worker = self.session.get(Worker, worker_id)
         if worker is None:
-            self.add(Worker(id=worker_id, started_at=now, beat_at=now))
-        else:
-            worker.beat_at = now
-            self.session.flush()
+            worker = self.add(Worker(id=worker_id, started_at=now, beat_at=now))
+        worker.beat_at = now
+        if device is not None:
+            worker.device = device.device
+            worker.cuda_memory_allocated_bytes = device.cuda_memory_allocated_bytes
+            worker.cuda_memory_reserved_bytes = device.cuda_memory_reserved_bytes
+            worker.cuda_memory_total_bytes = device.cuda_memory_total_bytes
+        self.session.flush()
 
     def alive_since(self, since: datetime) -> Sequence[Worker]:
         """Workers that beat at or after `since`, latest beat first."""

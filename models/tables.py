@@ -361,6 +361,13 @@ class Worker(Base):
     id: Mapped[str] = mapped_column(String(200), primary_key=True)
     started_at: Mapped[datetime] = mapped_column()
     beat_at: Mapped[datetime] = mapped_column(index=True)
+    # Where it computes, as a job's `device` says it ("cuda:0 (NVIDIA H200)", "cpu (...)"), and the CUDA caching
+    # allocator's figures at its latest beat, summed over the CUDA devices it uses: bytes held by tensors, bytes
+    # reserved from the driver, the devices' total memory. Null on a CPU worker (GET /metrics exports them).
+    device: Mapped[str | None] = mapped_column(String(200), default=None)
+    cuda_memory_allocated_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    cuda_memory_reserved_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    cuda_memory_total_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
 
 class IdempotencyKey(Base):

@@ -1,15 +1,18 @@
 """Celery tasks: thin — a job id in, the pipeline runs, the catalogue holds the outcome."""
 
+import logging
 import os
 import platform
 import uuid
 from functools import lru_cache
 from typing import Any
 
+import structlog
 from celery import signals
 from transformers.utils import logging as hf_logging
 
 from lethe.hub import HubOptions
+from lethe.logging_config import configure_logging
 from lethe.queue import AUDIT_TASK, FORGET_TASK, enqueue_audit_job, make_celery
 from lethe.settings import get_settings
 from storage import ObjectStore, open_store
@@ -55,6 +58,43 @@ def forget_job(job_id: str) -> str:
 @celery_app.task(name=AUDIT_TASK)
 def audit_job(job_id: str) -> str:
     return run_next_audit_job(get_settings(), _store(), _lm_cache(), woken_by=uuid.UUID(job_id))
+
+
+@signals.setup_logging.connect
+def _configure_logging(**_kwargs: Any) -> None:
+    # A receiver of this signal replaces Celery's own logging set-up: its lines go through Lethe's handler like
+    # every other (LETHE_LOG_FORMAT, LETHE_LOG_LEVEL).
+    settings = get_settings()
+    configure_logging("worker", json=settings.log_format == "json", level=settings.log_level)
+
+
+# At import too, which is the worker process's start (`lethe worker`, `celery -A worker.tasks worker`): Celery warns
+# (running as root, say) before it sends `setup_logging`, and those lines must be rendered like the rest.
+_configure_logging()
+
+
+@signals.celeryd_after_setup.connect
+def _banner_as_a_log_line(instance: Any, **_kwargs: Any) -> None:
+    # Celery prints a multi-line banner to stdout as it starts; in JSON mode a log pipeline wants one line a record.
+    if get_settings().log_format == "json":
+        instance.quiet = True
+        logging.getLogger("lethe.worker").info(
+            "celery worker %s starting: queues %s, pool %s",
+            instance.hostname,
+            ",".join(sorted(instance.app.amqp.queues)),
+            instance.pool_cls if isinstance(instance.pool_cls, str) else instance.pool_cls.__name__,
+        )
+
+
+@signals.task_prerun.connect
+def _bind_task_id(task_id: str | None = None, **_kwargs: Any) -> None:
+    # The Celery task's id on every line it logs (the job's ids are bound once it claims one: pipelines/jobs.py).
+    structlog.contextvars.bind_contextvars(task_id=task_id)
+
+
+@signals.task_postrun.connect
+def _unbind_task_id(**_kwargs: Any) -> None:
+    structlog.contextvars.unbind_contextvars("task_id")
 
 
 @signals.worker_init.connect

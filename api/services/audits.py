@@ -23,6 +23,7 @@ from api.services.jobs import job_state
 from api.services.quotas import check_cost, check_room_for_job
 from lethe.attacks import ATTACKS, default_attacks
 from lethe.costs import audit_cost
+from lethe.logging_config import current_request_id
 from lethe.registry import UnknownNameError
 from lethe.settings import Settings
 from lethe.specs import AttackChoice, AuditJobSpec, AuditSpec, ForgetJobSpec
@@ -98,7 +99,9 @@ def submit_audit(session: Session, settings: Settings, tenant_id: uuid.UUID, req
     check_cost(settings, "audit", audit_cost(spec, forget_spec, forget_dataset.rows, retain_rows))
     check_room_for_job(session, settings, tenant_id)
     return AuditRepository(session).create_with_job(
-        tenant_id, AuditJobSpec(adapter_id=adapter.id, attacks=spec.attacks, thresholds=spec.thresholds)
+        tenant_id,
+        AuditJobSpec(adapter_id=adapter.id, attacks=spec.attacks, thresholds=spec.thresholds),
+        current_request_id(),
     )
 
 

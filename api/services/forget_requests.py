@@ -12,6 +12,7 @@ from api.services.audits import validated_audit_spec
 from api.services.base_models import check_named_layers
 from api.services.quotas import check_cost, check_room_for_job
 from lethe.costs import forget_request_cost
+from lethe.logging_config import current_request_id
 from lethe.methods import METHODS
 from lethe.registry import UnknownNameError
 from lethe.rows import heldout_count
@@ -166,4 +167,4 @@ def submit_forget_request(session: Session, settings: Settings, tenant_id: uuid.
     retain_rows = sum(d.rows for d in retain)
     check_cost(settings, "forget request", forget_request_cost(spec, forget.rows, retain_rows, parent_forget_rows))
     check_room_for_job(session, settings, tenant_id)
-    return JobRepository(session).create_queued(tenant_id, spec)
+    return JobRepository(session).create_queued(tenant_id, spec, current_request_id())

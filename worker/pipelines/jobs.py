@@ -2,6 +2,7 @@
 stored objects."""
 
 import contextlib
+import contextvars
 import logging
 import os
 import platform
@@ -15,14 +16,15 @@ from dataclasses import asdict
 from functools import partial
 from typing import Any
 
+import structlog
 from sqlalchemy.orm import Session
 
 from lethe.settings import Settings
 from models.db import UnitOfWork, session_scope, unavailable
-from models.repositories import Claim, JobEventRepository, JobRepository, WorkerRepository
+from models.repositories import Claim, JobEventRepository, JobRepository, WorkerDevice, WorkerRepository
 from models.tables import utcnow
 from storage import ObjectStore
-from worker.engine.lm.placement import worker_placement
+from worker.engine.lm.placement import cuda_memory, worker_placement
 from worker.engine.metrics.values import CurvePoint
 
 log = logging.getLogger("lethe.worker")
@@ -44,7 +46,9 @@ class Heartbeat:
     def __init__(self, settings: Settings, name: str, beat: Callable[[Session], object]) -> None:
         self.settings, self.name, self.beat = settings, name, beat
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # The thread runs in a copy of its creator's context: a job's heartbeat logs with the job's ids bound.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._run,), name=name, daemon=True)
 
     def _run(self) -> None:
         while True:
@@ -86,10 +90,22 @@ def job_heartbeat(settings: Settings, claim: Claim, on_closed: Callable[[], None
     return Heartbeat(settings, f"heartbeat-{claim.job_id}", beat)
 
 
+def worker_device() -> WorkerDevice:
+    """This worker's device and its CUDA memory now (None on the CPU), as its beat reports them."""
+    placement = worker_placement()
+    memory = cuda_memory(placement)
+    if memory is None:
+        return WorkerDevice(placement.device_label())
+    return WorkerDevice(placement.device_label(), memory.allocated, memory.reserved, memory.total)
+
+
 def worker_liveness(settings: Settings, worker_id: str) -> Heartbeat:
-    """The worker process's beat, which /readyz reads: alive, whether it runs a job or waits for one."""
+    """The worker process's beat, which /readyz reads (alive, whether it runs a job or waits for one), with its
+    device and CUDA memory, which GET /metrics exports."""
     return Heartbeat(
-        settings, f"liveness-{worker_id}", lambda session: WorkerRepository(session).beat(worker_id, utcnow())
+        settings,
+        f"liveness-{worker_id}",
+        lambda session: WorkerRepository(session).beat(worker_id, utcnow(), worker_device()),
     )
 
 
@@ -299,8 +315,11 @@ def run_job(settings: Settings, job_id: uuid.UUID, body: Callable[[], None]) -> 
         if claim is None:
             log.info("job %s is not queued (delivered twice?); skipping", job_id)
             return "skipped"
-        _started(session, claim)
-    return _run_claimed_job(settings, claim, body)
+        request_id = JobRepository(session).request_id_of(claim.job_id)
+        with _job_logging(claim, request_id):
+            _started(session, claim)
+    with _job_logging(claim, request_id):
+        return _run_claimed_job(settings, claim, body)
 
 
 def run_next_job(
@@ -313,9 +332,22 @@ def run_next_job(
         if claim is None:
             log.info("no %s job is queued (woken by job %s, already claimed); nothing to run", kind, woken_by)
             return "skipped"
-        _started(session, claim)
-    log.info("claimed %s job %s, attempt %d (woken by job %s)", kind, claim.job_id, claim.attempt, woken_by)
-    return _run_claimed_job(settings, claim, lambda: body(claim.job_id))
+        request_id = JobRepository(session).request_id_of(claim.job_id)
+        with _job_logging(claim, request_id):
+            _started(session, claim)
+    with _job_logging(claim, request_id):
+        log.info("claimed %s job %s, attempt %d (woken by job %s)", kind, claim.job_id, claim.attempt, woken_by)
+        return _run_claimed_job(settings, claim, lambda: body(claim.job_id))
+
+
+@contextlib.contextmanager
+def _job_logging(claim: Claim, request_id: str | None) -> Iterator[None]:
+    """Every log line inside carries the job's id and attempt, and the id of the request that submitted it."""
+    ids: dict[str, object] = {"job_id": str(claim.job_id), "attempt": claim.attempt}
+    if request_id is not None:
+        ids["request_id"] = request_id
+    with structlog.contextvars.bound_contextvars(**ids):
+        yield
 
 
 def _started(session: Session, claim: Claim) -> None:

@@ -124,6 +124,29 @@ def gpu_memory(placement: Placement) -> list[int]:
     return [torch.cuda.get_device_properties(device).total_memory for device in placement.devices]
 
 
+@dataclass(frozen=True)
+class CudaMemory:
+    """The CUDA caching allocator's figures over a placement's GPUs, in bytes: held by live tensors (allocated),
+    taken from the driver and kept for reuse (reserved: what other processes cannot have), and the GPUs' total."""
+
+    allocated: int
+    reserved: int
+    total: int
+
+
+def cuda_memory(placement: Placement) -> CudaMemory | None:
+    """This process's CUDA memory on the placement's GPUs, summed; None on the CPU. Safe from any thread: the
+    allocator's counters are per process and device."""
+    cuda = [device for device in placement.devices if device.type == "cuda"]
+    if not cuda:
+        return None
+    return CudaMemory(
+        allocated=sum(torch.cuda.memory_allocated(device) for device in cuda),
+        reserved=sum(torch.cuda.memory_reserved(device) for device in cuda),
+        total=sum(torch.cuda.get_device_properties(device).total_memory for device in cuda),
+    )
+
+
 def spread_device_map(lm: PreTrainedModel, memory: Sequence[int]) -> dict[str, int]:
     """Which GPU (by index) holds each part of `lm`, for GPUs with `memory` bytes each.
 
