@@ -2,8 +2,11 @@
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
+import tomllib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from celery import Celery
 from fastapi import FastAPI
@@ -13,6 +16,7 @@ from api.errors import install_error_handlers
 from api.gate import RequestGate
 from api.rate_limit import RateLimiter
 from api.routes import adapters, audits, datasets, health, jobs, registries
+from api.security_headers import NoSniff
 from api.services.auth import ensure_key
 from api.services.base_models import ensure_builtin_base_models
 from api.services.jobs import delete_checkpoints_of, mark_sent, reap_stale_jobs, unsent_jobs
@@ -28,6 +32,16 @@ log = logging.getLogger("lethe.api")
 def _operation_id(route: APIRoute) -> str:
     # The route function's name (`submit_forget_request`) reads well in a generated SDK.
     return route.name
+
+
+def package_version() -> str:
+    """The installed `lethe` package's version (the spec's `info.version`); from pyproject.toml in a checkout that
+    was never installed."""
+    try:
+        return importlib.metadata.version("lethe")
+    except importlib.metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        return str(tomllib.loads(pyproject.read_text())["project"]["version"]) if pyproject.is_file() else "0+unknown"
 
 
 def maintain_jobs(settings: Settings, queue: Celery, store: ObjectStore) -> None:
@@ -94,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="Lethe",
-        version="1.0.0",
+        version=package_version(),
         summary="Unlearning-as-a-service: make a language model forget, and prove how deep it went.",
         generate_unique_id_function=_operation_id,
         lifespan=lifespan,
@@ -105,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     install_error_handlers(app)
     app.add_middleware(RequestGate, settings=settings)
+    app.add_middleware(NoSniff)  # added last: outermost, so the gate's own answers carry it too
     for module in (health, datasets, registries, jobs, adapters, audits):
         app.include_router(module.router)
     return app

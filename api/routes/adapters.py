@@ -5,7 +5,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import SessionDep, StoreDep, TenantDep
 from api.errors import NotFound, error_responses
-from api.routes.streaming import streamed_object, streamed_object_responses
+from api.routes.streaming import BINARY, streamed_object, streamed_object_responses
 from api.schemas import AdapterOut
 from models.repositories import AdapterRepository
 from models.tables import Adapter
@@ -39,7 +39,22 @@ def get_adapter(adapter_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep
 @router.get(
     "/{adapter_id}/download",
     response_class=StreamingResponse,
-    responses=streamed_object_responses("A tar.gz of the PEFT adapter directory.", "application/gzip"),
+    responses=streamed_object_responses(
+        "A tar.gz of the PEFT adapter directory.",
+        {"application/gzip": BINARY},
+        headers={
+            "X-Checksum-SHA256": {
+                "description": "sha256 (hex) of the archive: the adapter's `sha256`.",
+                "required": True,
+                "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            },
+            "Content-Disposition": {
+                "description": "attachment, with the archive's file name.",
+                "required": True,
+                "schema": {"type": "string"},
+            },
+        },
+    ),
 )
 def download_adapter(
     adapter_id: uuid.UUID, session: SessionDep, store: StoreDep, tenant_id: TenantDep

@@ -1,6 +1,6 @@
 import uuid
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.deps import (
@@ -14,10 +14,11 @@ from api.deps import (
     WritingTenantDep,
 )
 from api.errors import error_responses, job_submission_responses
+from api.routes.created import located, located_responses
 from api.routes.streaming import streamed_object, streamed_object_responses
-from api.schemas import ForgetRequestIn, JobAccepted, JobOut, JobSummary
+from api.schemas import ForgetRequestIn, JobAccepted, JobOut, JobSummary, PerExampleValues
 from api.services import forget_requests, jobs
-from api.services.idempotency import CreatingRequest, create_once, json_fingerprint, replayable
+from api.services.idempotency import CreatingRequest, create_once, json_fingerprint
 from lethe.queue import enqueue_forget_job
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -27,7 +28,7 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
     "/forget-requests",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
-    responses=replayable(status.HTTP_202_ACCEPTED) | job_submission_responses(),
+    responses=located_responses(status.HTTP_202_ACCEPTED, "the job to poll") | job_submission_responses(),
 )
 def submit_forget_request(
     request: ForgetRequestIn,
@@ -35,6 +36,7 @@ def submit_forget_request(
     tenant_id: WritingTenantDep,
     queue: QueueDep,
     settings: SettingsDep,
+    response: Response,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> JobAccepted | JSONResponse:
     """Ask for a base model to forget a dataset; returns the job to poll."""
@@ -45,7 +47,8 @@ def submit_forget_request(
         return JobAccepted(job_id=job.id, status="queued")
 
     creating = CreatingRequest("submit_forget_request", idempotency_key, json_fingerprint(request))
-    return create_once(work, tenant_id, creating, settings.idempotency_ttl_s, status.HTTP_202_ACCEPTED, submit)
+    accepted = create_once(work, tenant_id, creating, settings.idempotency_ttl_s, status.HTTP_202_ACCEPTED, submit)
+    return located(accepted, response, lambda body: f"/v1/jobs/{body['job_id']}")
 
 
 @router.get("/jobs", response_model=list[JobSummary], responses=error_responses(401, 429))
@@ -70,7 +73,9 @@ def cancel_job(job_id: uuid.UUID, work: UnitOfWorkDep, store: StoreDep, tenant_i
     "/jobs/{job_id}/per-example",
     response_class=StreamingResponse,
     responses=streamed_object_responses(
-        "Per-example metric values: {stage: {split: {metric: [one value per row]}}}.", "application/json"
+        "Per-example metric values: {stage: {split: {metric: [one value per row]}}}.",
+        {"application/json": {}},
+        model=PerExampleValues,
     ),
 )
 def get_job_per_example(
