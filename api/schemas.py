@@ -8,12 +8,12 @@ from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from lethe.attacks import Thresholds
+from lethe.queue import JobKind
+from lethe.rows import DatasetKind
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 # Enum-like strings typed as enums, so the spec lists their values and a generated SDK types them; each mirrors a
 # registry of the core (tests/api/test_schemas.py keeps them equal).
-DatasetKind = Literal["choice", "qa", "text"]  # lethe.rows.ROW_TYPES
-JobKind = Literal["forget", "audit"]  # lethe.queue.JOB_KINDS
 MetricFamily = Literal["choice", "qa", "text", "privacy", "utility", "probe"]  # lethe.metrics.FAMILIES
 MetricDirection = Literal["remembers", "forgets", "neutral"]  # lethe.metrics.DIRECTIONS
 IntervalKind = Literal["wilson", "bootstrap", "paired_bootstrap", "none"]  # lethe.metrics.INTERVALS
@@ -358,8 +358,7 @@ class ForgetRequestIn(BaseModel):
 
 
 class PerExampleValues(RootModel[dict[str, dict[str, dict[str, list[float | None]]]]]):
-    """Per-example metric values behind a job's aggregates: {stage: {split: {metric: [one value per row]}}}, null
-    where a row has no value."""
+    """Per-example values behind a job's metrics: {stage: {split: {metric: [one per row, null where none]}}}."""
 
 
 class JobAccepted(BaseModel):

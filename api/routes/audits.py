@@ -1,6 +1,7 @@
 """Recovery-attack audits of adapters: submit, read, and fetch the signed report."""
 
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -69,7 +70,7 @@ REPORT_CSP = (
     "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
     "frame-ancestors 'none'; sandbox"
 )
-_REPORT_HEADERS = {
+_REPORT_HEADERS: dict[str, dict[str, Any]] = {
     "Content-Security-Policy": {
         "description": "On the HTML page: nothing but its inline CSS and data: images loads, no script runs.",
         "schema": {"type": "string"},

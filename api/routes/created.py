@@ -29,7 +29,7 @@ def located(
 ) -> ResponseT | JSONResponse:
     """`result` with its `Location` header, `location` of its JSON body (a replay is a stored body, not a model)."""
     if isinstance(result, JSONResponse):
-        result.headers["Location"] = location(json.loads(result.body))
+        result.headers["Location"] = location(json.loads(bytes(result.body)))
     else:
         response.headers["Location"] = location(result.model_dump(mode="json"))
     return result
