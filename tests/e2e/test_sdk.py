@@ -20,7 +20,6 @@ from tests.e2e.conftest import BOOTSTRAP_KEY, ROOT, Service, own_redis_db, start
 from tests.tiny_lm import synthetic_choice_rows
 
 SDK_DIR = ROOT / "build" / "sdk" / "lethe-client"
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 @pytest.fixture
@@ -36,16 +35,23 @@ def sdk_path(monkeypatch: pytest.MonkeyPatch) -> Path:
     return SDK_DIR
 
 
-def _watch(client: Any, job_id: uuid.UUID, services: list[Service], timeout_s: float) -> Any:
-    """Poll GET /v1/jobs/{id} through the SDK until the job has ended; the job as the SDK parsed it."""
-    from lethe_client.api.jobs import get_job
+def _watch(client: Any, job_id: uuid.UUID, services: list[Service], timeout_s: float) -> tuple[list[str], Any]:
+    """Follow the job's events page (GET /v1/jobs/{id}/events, JSON) through the SDK until it says the job has ended;
+    the events' types in order, and the job as GET /v1/jobs/{id} then gives it."""
+    from lethe_client.api.jobs import get_job, get_job_events
+    from lethe_client.models import JobEventPage, JobOut
 
-    deadline = time.monotonic() + timeout_s
+    deadline, after, types = time.monotonic() + timeout_s, 0, []
     while time.monotonic() < deadline:
-        job = get_job.sync(job_id, client=client)
-        assert job is not None and type(job).__name__ == "JobOut", job
-        if job.status in TERMINAL:
-            return job
+        page = get_job_events.sync(job_id, client=client, after=after)
+        assert isinstance(page, JobEventPage), page
+        assert [event.seq for event in page.items] == list(range(after + 1, after + 1 + len(page.items)))
+        types += [event.type_ for event in page.items]  # `type` is `type_` in Python
+        after = page.next_after
+        if page.terminal:
+            job = get_job.sync(job_id, client=client)
+            assert isinstance(job, JobOut), job
+            return types, job
         assert all(s.process.poll() is None for s in services), [s.log() for s in services]
         time.sleep(1)
     raise AssertionError(f"job {job_id} did not end in {timeout_s}s:\n" + "\n".join(s.log() for s in services))
@@ -97,7 +103,7 @@ def test_the_generated_sdk_uploads_forgets_downloads_and_audits(
         assert uploaded.headers["location"] == f"/v1/datasets/{dataset.id}"
         assert get_dataset.sync(dataset.id, client=client) == dataset
 
-        # Submit a small forget request (random labels, no probes) and watch its job until it ends.
+        # Submit a small forget request (random labels, no probes) and watch its job's events until it ends.
         method = MethodIn(
             name="random_label",
             params=MethodInParams.from_dict({"learning_rate": 0.01, "epochs": 2, "batch_size": 4}),
@@ -109,8 +115,9 @@ def test_the_generated_sdk_uploads_forgets_downloads_and_audits(
         assert accepted.status_code == 202 and isinstance(accepted.parsed, JobAccepted), accepted.content
         assert accepted.parsed.status == "queued"
         assert accepted.headers["location"] == f"/v1/jobs/{accepted.parsed.job_id}"
-        job = _watch(client, accepted.parsed.job_id, services, timeout_s=300)
+        events, job = _watch(client, accepted.parsed.job_id, services, timeout_s=300)
         assert (job.status, job.kind) == ("succeeded", "forget"), (job.error, [s.log() for s in services])
+        assert events[:2] == ["queued", "running"] and events[-1] == "succeeded" and "progress" in events, events
         assert isinstance(job.adapter_id, uuid.UUID) and job.metrics and job.forgetting is not None
 
         # The per-example values, parsed: {stage: {split: {metric: [one per row]}}}; 12 forget-train rows, whose
@@ -145,7 +152,8 @@ def test_the_generated_sdk_uploads_forgets_downloads_and_audits(
         assert submitted.status_code == 202 and isinstance(submitted.parsed, AuditAccepted), submitted.content
         audit_id = submitted.parsed.audit_id
         assert submitted.headers["location"] == f"/v1/audits/{audit_id}"
-        audit_job = _watch(client, submitted.parsed.job_id, services, timeout_s=300)
+        events, audit_job = _watch(client, submitted.parsed.job_id, services, timeout_s=300)
+        assert events[:2] == ["queued", "running"] and events[-1] == "succeeded", events
         assert (audit_job.status, audit_job.kind) == ("succeeded", "audit"), (
             audit_job.error,
             [s.log() for s in services],
