@@ -3,12 +3,15 @@ schemas, and the package's version."""
 
 import importlib.metadata
 import re
+import tomllib
+from pathlib import Path
 from typing import Any, get_args
 
 import pytest
 from fastapi.testclient import TestClient
 
 from api import schemas
+from api.app import package_version
 from lethe.forgetting import STOP_REASONS
 from lethe.metrics import DIRECTIONS, FAMILIES, INTERVALS, METRICS
 from lethe.queue import JOB_KINDS
@@ -90,3 +93,12 @@ def test_enum_like_strings_are_enums(spec: dict[str, Any]) -> None:
             prop = prop.get("items", prop)
             options = prop.get("anyOf", [prop])
             assert any(option.keys() & {"enum", "const", "$ref"} for option in options), (name, field)
+
+
+def test_version_of_a_checkout_never_installed_is_pyprojects(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert package_version() == pyproject["project"]["version"]
