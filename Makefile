@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast bench faults lint format openapi check-openapi services serve clean
+.PHONY: venv demo test test-fast bench faults lint format openapi check-openapi sdk services serve clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,7 @@ test: venv services
 	bash scripts/check_deploy.sh
 	$(MAKE) lint
 	$(MAKE) check-openapi
+	$(MAKE) sdk
 	$(BIN)/python -m pytest
 
 # Everything but the minutes-long SmolLM2 tests.
@@ -42,6 +43,7 @@ faults: venv services
 	$(BIN)/python -m bench.faults
 
 test-fast: venv services
+	$(MAKE) sdk
 	$(BIN)/python -m pytest -m "not smollm2"
 
 lint: venv
@@ -59,8 +61,12 @@ openapi: venv
 check-openapi: venv
 	$(BIN)/python -m cli.openapi check openapi.json
 
+# The Python SDK generated from openapi.json (build/sdk/lethe-client; its generator in .venv-sdk/).
+sdk:
+	PYTHON=$(PYTHON) bash scripts/build_sdk.sh
+
 serve: venv
 	$(BIN)/lethe serve
 
 clean:
-	rm -rf $(VENV) .lethe .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-sdk build/sdk .lethe .pytest_cache .mypy_cache .ruff_cache

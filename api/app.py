@@ -2,9 +2,12 @@
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import re
+import tomllib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from asgi_correlation_id import CorrelationIdMiddleware
@@ -31,6 +34,7 @@ from api.routes import (
 )
 from api.routes.monitoring import METRICS_PATH
 from api.scopes import declare_scopes
+from api.security_headers import NoSniff
 from api.services.auth import ensure_key
 from api.services.base_models import ensure_builtin_base_models
 from api.services.deletions import finish_deletions
@@ -51,6 +55,16 @@ log = logging.getLogger("lethe.api")
 def _operation_id(route: APIRoute) -> str:
     # The route function's name (`submit_forget_request`) reads well in a generated SDK.
     return route.name
+
+
+def package_version() -> str:
+    """The installed `lethe` package's version (the spec's `info.version`); from pyproject.toml in a checkout that
+    was never installed."""
+    try:
+        return importlib.metadata.version("lethe")
+    except importlib.metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        return str(tomllib.loads(pyproject.read_text())["project"]["version"]) if pyproject.is_file() else "0+unknown"
 
 
 def maintain_jobs(settings: Settings, queue: Celery, store: ObjectStore) -> None:
@@ -141,7 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="Lethe",
-        version="1.0.0",
+        version=package_version(),
         summary="Unlearning-as-a-service: make a language model forget, and prove how deep it went.",
         generate_unique_id_function=_operation_id,
         lifespan=lifespan,
@@ -158,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.request_metrics)
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID", validator=valid_request_id)
     modules = (health, datasets, registries, jobs, events, adapters, audits, deletions, api_keys, signing_keys)
+    app.add_middleware(NoSniff)  # added last: outermost, so every answer (the gate's too) carries it
     for module in (*modules, monitoring):
         app.include_router(module.router)
     _declare_scopes_in_spec(app)

@@ -4,20 +4,38 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from fastapi import UploadFile
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel
 
 from lethe.attacks import Thresholds
+from lethe.queue import JobKind
+from lethe.rows import DatasetKind
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# Enum-like strings typed as enums, so the spec lists their values and a generated SDK types them; each mirrors a
+# registry of the core (tests/api/test_schemas.py keeps them equal).
+MetricFamily = Literal["choice", "qa", "text", "privacy", "utility", "probe"]  # lethe.metrics.FAMILIES
+MetricDirection = Literal["remembers", "forgets", "neutral"]  # lethe.metrics.DIRECTIONS
+IntervalKind = Literal["wilson", "bootstrap", "paired_bootstrap", "none"]  # lethe.metrics.INTERVALS
+StopReason = Literal["target", "heldout_below_chance", "utility_floor", "max_steps", "epochs"]  # STOP_REASONS
 
 
 class DatasetOut(BaseModel):
     id: uuid.UUID
     name: str
-    kind: str
+    kind: DatasetKind
     rows: int
     sha256: str
     created_at: datetime
+
+
+class DatasetUpload(BaseModel):
+    """The multipart form of a dataset upload (a model, so the spec and a generated SDK name it)."""
+
+    # `format: binary` beside pydantic's contentMediaType: what SDK generators read as a file to upload.
+    file: UploadFile = Field(description="JSONL, one row per line.", json_schema_extra={"format": "binary"})
+    name: str = Field(description="A name for the dataset (retain metrics are keyed by it).")
+    kind: DatasetKind = Field(description="Row schema of the file.")
 
 
 class BaseModelIn(BaseModel):
@@ -61,7 +79,7 @@ class BaseModelOut(BaseModel):
 class MethodOut(BaseModel):
     name: str
     description: str
-    kinds: list[str] = Field(description="Dataset kinds the method can forget: choice, qa, text.")
+    kinds: list[DatasetKind] = Field(description="Dataset kinds the method can forget.")
     params: dict[str, Any] = Field(description="JSON schema of the method's params, with defaults.")
     experimental: bool = Field(
         description="The method is reconstructed from incomplete sources (its paper's equations or code unreadable)."
@@ -73,11 +91,11 @@ class MethodOut(BaseModel):
 
 class MetricSpecOut(BaseModel):
     name: str
-    family: str = Field(description="choice | qa | text | privacy | utility | probe")
-    kinds: list[str] = Field(description="Dataset kinds the metric is computed for.")
+    family: MetricFamily
+    kinds: list[DatasetKind] = Field(description="Dataset kinds the metric is computed for.")
     description: str
-    higher_means: str = Field(description="remembers | forgets | neutral: which way the metric moves with knowledge.")
-    interval: str = Field(
+    higher_means: MetricDirection = Field(description="Which way the metric moves with knowledge.")
+    interval: IntervalKind = Field(
         description="The 95% interval its values carry (ci_low, ci_high): wilson (Wilson score interval of a "
         "proportion), bootstrap (seeded percentile bootstrap over rows), paired_bootstrap (rows scored before and "
         "after forgetting resampled together), none."
@@ -139,10 +157,17 @@ class AuditAccepted(BaseModel):
     status: JobStatus
 
 
+class SignedReport(BaseModel):
+    """An audit's signed report, as `lethe verify-report FILE` checks it."""
+
+    report: dict[str, Any] = Field(description="The report: the audit's results, its adapter and forget job.")
+    signature: dict[str, Any] = Field(description="The signature over the report's canonical JSON, and its key.")
+
+
 class AttackOut(BaseModel):
     name: str
     description: str
-    kinds: list[str] = Field(description="Forget-set kinds the attack applies to: choice, qa, text.")
+    kinds: list[DatasetKind] = Field(description="Forget-set kinds the attack applies to.")
     needs_retain: bool = Field(description="Whether the audited forget job must have had retain datasets.")
     diagnostic: bool = Field(
         description=(
@@ -160,6 +185,7 @@ class AttackOut(BaseModel):
     params: dict[str, Any] = Field(description="JSON schema of the attack's params, with defaults.")
 
 
+Verdict = Literal["robust", "shallow", "inconclusive"]
 InconclusiveReason = Literal["too_few_rows", "nothing_forgotten", "no_control", "interval_spans_threshold"]
 _CI = "95% paired-bootstrap interval over the rows, at the Bonferroni level `confidence`; null where undefined."
 
@@ -221,7 +247,7 @@ class AttackResultOut(BaseModel):
     excess_ci_low: float | None = Field(None, description=_CI)
     excess_ci_high: float | None = Field(None, description=_CI)
     worst_variant: str = Field(description="The variant that decided the verdict (or came closest to shallow).")
-    verdict: Literal["robust", "shallow", "inconclusive"] = Field(
+    verdict: Verdict = Field(
         description="shallow: an interval (of the excess, where the attack has a control) lies above the threshold; "
         "robust: every variant's lies below it; otherwise inconclusive (GET /v1/attacks: verdict_rule)."
     )
@@ -269,7 +295,7 @@ class AuditOut(BaseModel):
     error: JobError | None
     thresholds: dict[str, Any]
     attacks: list[AttackIn] = Field(description="The attacks requested, with their params as run (defaults filled).")
-    verdict: Literal["robust", "shallow", "inconclusive"] | None = Field(
+    verdict: Verdict | None = Field(
         description="shallow if any attack is; robust if every conclusive attack is and there is one; else "
         "inconclusive; null until the audit succeeds."
     )
@@ -370,6 +396,10 @@ class ForgetRequestIn(BaseModel):
     )
 
 
+class PerExampleValues(RootModel[dict[str, dict[str, dict[str, list[float | None]]]]]):
+    """Per-example values behind a job's metrics: {stage: {split: {metric: [one per row, null where none]}}}."""
+
+
 class JobAccepted(BaseModel):
     job_id: uuid.UUID
     status: JobStatus
@@ -419,7 +449,7 @@ class ForgettingOut(BaseModel):
     )
     score: float = Field(description="forget_train's score after forgetting.")
     target_reached: bool = Field(description="score <= target.")
-    stop_reason: str = Field(description="target | utility_floor | max_steps | epochs")
+    stop_reason: StopReason = Field(description="Why forgetting stopped (lethe/forgetting.py STOP_REASONS).")
     steps: int = Field(description="Optimiser steps forgetting took.")
     rose: list[ScoreRiseOut] = Field(
         description="Forget splits whose score after forgetting lies above the score before, beyond its interval."
@@ -429,7 +459,7 @@ class ForgettingOut(BaseModel):
 
 class JobOut(BaseModel):
     id: uuid.UUID
-    kind: str
+    kind: JobKind
     status: JobStatus
     stage: str
     progress: float = Field(description="Estimated fraction of the whole job done, 0 to 1.")
@@ -465,7 +495,7 @@ class JobOut(BaseModel):
 
 class JobSummary(BaseModel):
     id: uuid.UUID
-    kind: str
+    kind: JobKind
     status: JobStatus
     stage: str
     progress: float
@@ -520,10 +550,6 @@ class AdapterOut(BaseModel):
 
 
 # Pages of the list routes (api/pagination.py): one named class per list, so generated clients get typed items.
-DatasetKind = Literal["choice", "qa", "text"]
-JobKind = Literal["forget", "audit"]
-Verdict = Literal["robust", "shallow", "inconclusive"]
-
 NEXT_CURSOR_DESCRIPTION = "Pass as `cursor` to get the next page; null on the last page."
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lethe.registry import Registry
+from lethe.rows import DatasetKind
 
 ForgetSplit = Literal["forget_train", "forget_heldout"]
 
@@ -245,7 +246,7 @@ class AttackSpec:
     # "module:function" of the torch implementation (AuditContext, params) -> AttackOutcome, imported only by the
     # worker.
     implementation: str
-    kinds: tuple[str, ...] = ("choice", "qa", "text")
+    kinds: tuple[DatasetKind, ...] = ("choice", "qa", "text")
     needs_retain: bool = False
     # A diagnostic says where forgetting changed the LM (a Knowledge Recovery Score per component and window of
     # layers) and never enters the verdict: its implementation returns a DiagnosticOutcome, reported under

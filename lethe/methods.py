@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from lethe.registry import Registry
+from lethe.rows import DatasetKind
 
 # target: forget-train at its target (stop_at_target); heldout_below_chance: forget-heldout accuracy below chance
 # (Unforgettable Generalization's rule); budget: no early stop.
@@ -460,7 +461,7 @@ class MethodSpec:
     # "module:function" of the torch implementation (params, seed) -> Objective, imported only by the worker.
     implementation: str
     # The dataset kinds the method can forget (choice|qa|text).
-    kinds: tuple[str, ...] = ("choice", "qa", "text")
+    kinds: tuple[DatasetKind, ...] = ("choice", "qa", "text")
     # Whether the method is reconstructed from incomplete sources (its paper's equations or code unreadable);
     # `reconstructed` then says what was reconstructed and how.
     experimental: bool = False

@@ -1,5 +1,7 @@
 """The Celery app's configuration, shared by the API (which only sends job ids) and the worker."""
 
+from typing import Literal
+
 from celery import Celery
 from kombu.exceptions import ChannelError
 
@@ -55,7 +57,8 @@ def enqueue_audit_job(app: Celery, job_id: str) -> None:
 
 
 # The kinds of job a worker has a task for: what the relay may send.
-JOB_KINDS = ("forget", "audit")
+JobKind = Literal["forget", "audit"]
+JOB_KINDS: tuple[JobKind, ...] = ("forget", "audit")
 
 
 def send_job(app: Celery, kind: str, job_id: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from lethe.safe_json import string_problem
 
@@ -183,6 +183,9 @@ class TextRow:
 
 Row = ChoiceRow | QARow | TextRow
 RowT = TypeVar("RowT", bound=ChoiceRow | QARow | TextRow)
+
+# The kinds of dataset (the keys of ROW_TYPES), as a type: the API's enum of them, the kinds a method or attack takes.
+DatasetKind = Literal["choice", "qa", "text"]
 
 ROW_TYPES: dict[str, type[ChoiceRow] | type[QARow] | type[TextRow]] = {
     "choice": ChoiceRow,

@@ -7,7 +7,7 @@ from fastapi.responses import StreamingResponse
 from api.deps import SessionDep, SettingsDep, StoreDep, TenantDep, UnitOfWorkDep, WritingTenantDep
 from api.errors import error_responses
 from api.pagination import PageDep
-from api.routes.streaming import streamed_object, streamed_object_responses
+from api.routes.streaming import BINARY, streamed_object, streamed_object_responses
 from api.schemas import AdapterOut, AdapterPage, SignedReceiptOut
 from api.services import adapters, deletions
 
@@ -45,7 +45,22 @@ def delete_adapter(
 @router.get(
     "/{adapter_id}/download",
     response_class=StreamingResponse,
-    responses=streamed_object_responses("A tar.gz of the PEFT adapter directory.", "application/gzip"),
+    responses=streamed_object_responses(
+        "A tar.gz of the PEFT adapter directory.",
+        {"application/gzip": BINARY},
+        headers={
+            "X-Checksum-SHA256": {
+                "description": "sha256 (hex) of the archive: the adapter's `sha256`.",
+                "required": True,
+                "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            },
+            "Content-Disposition": {
+                "description": "attachment, with the archive's file name.",
+                "required": True,
+                "schema": {"type": "string"},
+            },
+        },
+    ),
 )
 def download_adapter(
     adapter_id: uuid.UUID, session: SessionDep, store: StoreDep, tenant_id: TenantDep

@@ -1,10 +1,11 @@
 """Recovery-attack audits of adapters: submit, read, and fetch the signed report."""
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.orm import Session
 
 from api.deps import (
     IdempotencyKeyDep,
@@ -16,13 +17,24 @@ from api.deps import (
     UnitOfWorkDep,
     WritingTenantDep,
 )
-from api.errors import error_responses, job_submission_responses
+from api.errors import InvalidInput, error_responses, job_submission_responses
 from api.pagination import PageDep
-from api.routes.streaming import streamed_object, streamed_object_responses
-from api.schemas import AuditAccepted, AuditOut, AuditPage, AuditRequestIn, JobStatus, SignedReceiptOut, Verdict
+from api.routes.created import located, located_responses
+from api.routes.streaming import TEXT, streamed_object, streamed_object_responses
+from api.schemas import (
+    AuditAccepted,
+    AuditOut,
+    AuditPage,
+    AuditRequestIn,
+    JobStatus,
+    SignedReceiptOut,
+    SignedReport,
+    Verdict,
+)
 from api.services import audits, deletions
-from api.services.idempotency import CreatingRequest, create_once, json_fingerprint, replayable
+from api.services.idempotency import CreatingRequest, create_once, json_fingerprint
 from lethe.queue import enqueue_audit_job
+from storage import ObjectStore
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"])
 
@@ -31,7 +43,7 @@ router = APIRouter(prefix="/v1/audits", tags=["audits"])
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=AuditAccepted,
-    responses=replayable(status.HTTP_202_ACCEPTED) | job_submission_responses(),
+    responses=located_responses(status.HTTP_202_ACCEPTED, "the audit to poll") | job_submission_responses(),
 )
 def submit_audit(
     request: AuditRequestIn,
@@ -39,6 +51,7 @@ def submit_audit(
     tenant_id: WritingTenantDep,
     queue: QueueDep,
     settings: SettingsDep,
+    response: Response,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> AuditAccepted | JSONResponse:
     """Run recovery attacks on an adapter; returns the audit and the job to poll."""
@@ -49,7 +62,8 @@ def submit_audit(
         return AuditAccepted(audit_id=audit.id, job_id=audit.job_id, status="queued")
 
     creating = CreatingRequest("submit_audit", idempotency_key, json_fingerprint(request))
-    return create_once(work, tenant_id, creating, settings.idempotency_ttl_s, status.HTTP_202_ACCEPTED, submit)
+    accepted = create_once(work, tenant_id, creating, settings.idempotency_ttl_s, status.HTTP_202_ACCEPTED, submit)
+    return located(accepted, response, lambda body: f"/v1/audits/{body['audit_id']}")
 
 
 @router.get("", response_model=AuditPage, responses=error_responses(401, 422, 429))
@@ -83,33 +97,65 @@ def delete_audit(
     return deletions.delete_audit(work, store, settings, tenant_id, audit_id)
 
 
+# The HTML report is a self-contained page (inline CSS, PNG plots as data: URIs, no script, no URL): its policy allows
+# exactly that. Inline styles need 'unsafe-inline' (a stored page has no nonce), harmless with every script refused;
+# `sandbox` gives it an opaque origin, so even a page that slipped past the template's escaping reaches nothing.
+REPORT_CSP = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'; sandbox"
+)
+_REPORT_HEADERS: dict[str, dict[str, Any]] = {
+    "Content-Security-Policy": {
+        "description": "On the HTML page: nothing but its inline CSS and data: images loads, no script runs.",
+        "schema": {"type": "string"},
+    },
+    "X-Content-Type-Options": {"description": "`nosniff`.", "required": True, "schema": {"type": "string"}},
+}
+_FORMATS = ("json", "html")
+
+
+def _report(store: ObjectStore, session: Session, tenant_id: uuid.UUID, audit_id: uuid.UUID, fmt: str) -> Response:
+    key = audits.report_key(session, tenant_id, audit_id, fmt)
+    headers = {"Content-Disposition": f'inline; filename="lethe-audit-{audit_id}.{fmt}"'}
+    if fmt == "html":
+        headers["Content-Security-Policy"] = REPORT_CSP
+    media_type = "text/html; charset=utf-8" if fmt == "html" else "application/json"
+    return streamed_object(store, key, f"the {fmt} report of audit {audit_id}", media_type, headers)
+
+
 @router.get(
     "/{audit_id}/report",
     response_class=StreamingResponse,
     responses=streamed_object_responses(
-        "The signed report: JSON {report, signature}, or the HTML page with plots.", "application/json", "text/html"
+        "The signed report as JSON {report, signature}; the HTML page with plots for `?format=html` or an Accept "
+        "that asks for text/html.",
+        {"application/json": {}, "text/html": TEXT},
+        model=SignedReport,
+        headers=_REPORT_HEADERS,
     ),
 )
 def get_audit_report(
-    audit_id: uuid.UUID,
-    session: SessionDep,
-    store: StoreDep,
-    tenant_id: TenantDep,
-    format: Annotated[
-        Literal["json", "html"] | None, Query(description="json or html; default: html if Accept asks for it")
-    ] = None,
-    accept: Annotated[str | None, Header()] = None,
-) -> StreamingResponse:
-    """The audit's signed report, as JSON or as an HTML page; the JSON carries the page's SHA-256. Anyone checks both
-    with the published keys: `lethe verify-report FILE --key-url .../v1/signing-keys --html PAGE`."""
-    fmt = format or ("html" if accept and "text/html" in accept else "json")
-    key = audits.report_key(session, tenant_id, audit_id, fmt)
-    media_type = "text/html; charset=utf-8" if fmt == "html" else "application/json"
-    filename = f"lethe-audit-{audit_id}.{fmt}"
-    return streamed_object(
-        store,
-        key,
-        f"the {fmt} report of audit {audit_id}",
-        media_type,
-        {"Content-Disposition": f'inline; filename="{filename}"'},
-    )
+    audit_id: uuid.UUID, request: Request, session: SessionDep, store: StoreDep, tenant_id: TenantDep
+) -> Response:
+    """The audit's signed report (check it with `lethe verify-report FILE`): JSON, or the HTML page for a browser
+    (`?format=html`, or an Accept asking for text/html). An SDK reads the page from GET .../report.html."""
+    # `format` and Accept are read here rather than declared: a declared choice of body would give a generated SDK
+    # one function with two return types, which generators cannot parse; each body has its own operation instead.
+    fmt = request.query_params.get("format")
+    if fmt is None:
+        fmt = "html" if "text/html" in request.headers.get("accept", "") else "json"
+    elif fmt not in _FORMATS:
+        raise InvalidInput(f"format: must be json or html, got {fmt!r}")
+    return _report(store, session, tenant_id, audit_id, fmt)
+
+
+@router.get(
+    "/{audit_id}/report.html",
+    response_class=StreamingResponse,
+    responses=streamed_object_responses(
+        "The signed report's HTML page, with plots.", {"text/html": TEXT}, headers=_REPORT_HEADERS
+    ),
+)
+def get_audit_report_html(audit_id: uuid.UUID, session: SessionDep, store: StoreDep, tenant_id: TenantDep) -> Response:
+    """The audit's report as a self-contained HTML page (what GET .../report?format=html answers)."""
+    return _report(store, session, tenant_id, audit_id, "html")

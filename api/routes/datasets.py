@@ -1,16 +1,17 @@
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile, status
+from fastapi import APIRouter, File, Query, Response, UploadFile, status
 from fastapi.responses import JSONResponse
 
 from api.deps import IdempotencyKeyDep, SessionDep, SettingsDep, StoreDep, TenantDep, UnitOfWorkDep, WritingTenantDep
 from api.errors import PayloadTooLarge, error_responses
 from api.pagination import PageDep
-from api.schemas import DatasetKind, DatasetOut, DatasetPage, SignedReceiptOut
+from api.routes.created import located, located_responses
+from api.schemas import DatasetKind, DatasetOut, DatasetPage, DatasetUpload, SignedReceiptOut
 from api.services import datasets as service
 from api.services import deletions
-from api.services.idempotency import CreatingRequest, create_once, replayable, upload_fingerprint
+from api.services.idempotency import CreatingRequest, create_once, upload_fingerprint
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -29,29 +30,31 @@ def _read_bounded(file: UploadFile, limit: int) -> bytes:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetOut,
-    responses=replayable(status.HTTP_201_CREATED) | error_responses(400, 401, 403, 409, 413, 415, 422, 429, 503),
+    responses=located_responses(status.HTTP_201_CREATED, "the dataset")
+    | error_responses(400, 401, 403, 409, 413, 415, 422, 429, 503),
 )
 def upload_dataset(
     work: UnitOfWorkDep,
     store: StoreDep,
     tenant_id: WritingTenantDep,
     settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="JSONL, one row per line.")],
-    name: Annotated[str, Form(description="A name for the dataset (retain metrics are keyed by it).")],
-    kind: Annotated[str, Form(description="Row schema of the file: `choice`, `qa` or `text`.")],
+    response: Response,
+    upload: Annotated[DatasetUpload, File()],
     idempotency_key: IdempotencyKeyDep = None,
 ) -> DatasetOut | JSONResponse:
     """Upload a JSONL dataset; every row is validated and a bad file stores nothing."""
     # A plain `def`, so FastAPI runs it in its threadpool: the catalogue and the object store block, and on the
     # event loop one waiting for a database lock would stall every other request (even /healthz).
-    content = _read_bounded(file, settings.max_upload_bytes)
+    content = _read_bounded(upload.file, settings.max_upload_bytes)
+    name, kind = upload.name, upload.kind
 
     def create() -> DatasetOut:
         dataset = service.create_dataset(work, store, settings, tenant_id, name, kind, content)
         return DatasetOut.model_validate(dataset, from_attributes=True)
 
     creating = CreatingRequest("upload_dataset", idempotency_key, upload_fingerprint(content, name, kind))
-    return create_once(work, tenant_id, creating, settings.idempotency_ttl_s, status.HTTP_201_CREATED, create)
+    created = create_once(work, tenant_id, creating, settings.idempotency_ttl_s, status.HTTP_201_CREATED, create)
+    return located(created, response, lambda body: f"/v1/datasets/{body['id']}")
 
 
 @router.get("", response_model=DatasetPage, responses=error_responses(401, 422, 429))

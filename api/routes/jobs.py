@@ -1,7 +1,7 @@
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.deps import (
@@ -16,10 +16,20 @@ from api.deps import (
 )
 from api.errors import error_responses, job_submission_responses
 from api.pagination import PageDep
+from api.routes.created import located, located_responses
 from api.routes.streaming import streamed_object, streamed_object_responses
-from api.schemas import ForgetRequestIn, JobAccepted, JobKind, JobOut, JobPage, JobStatus, SignedReceiptOut
+from api.schemas import (
+    ForgetRequestIn,
+    JobAccepted,
+    JobKind,
+    JobOut,
+    JobPage,
+    JobStatus,
+    PerExampleValues,
+    SignedReceiptOut,
+)
 from api.services import deletions, forget_requests, jobs
-from api.services.idempotency import CreatingRequest, create_once, json_fingerprint, replayable
+from api.services.idempotency import CreatingRequest, create_once, json_fingerprint
 from lethe.queue import enqueue_forget_job
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -29,7 +39,7 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
     "/forget-requests",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
-    responses=replayable(status.HTTP_202_ACCEPTED) | job_submission_responses(),
+    responses=located_responses(status.HTTP_202_ACCEPTED, "the job to poll") | job_submission_responses(),
 )
 def submit_forget_request(
     request: ForgetRequestIn,
@@ -37,6 +47,7 @@ def submit_forget_request(
     tenant_id: WritingTenantDep,
     queue: QueueDep,
     settings: SettingsDep,
+    response: Response,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> JobAccepted | JSONResponse:
     """Ask for a base model to forget a dataset; returns the job to poll."""
@@ -47,7 +58,8 @@ def submit_forget_request(
         return JobAccepted(job_id=job.id, status="queued")
 
     creating = CreatingRequest("submit_forget_request", idempotency_key, json_fingerprint(request))
-    return create_once(work, tenant_id, creating, settings.idempotency_ttl_s, status.HTTP_202_ACCEPTED, submit)
+    accepted = create_once(work, tenant_id, creating, settings.idempotency_ttl_s, status.HTTP_202_ACCEPTED, submit)
+    return located(accepted, response, lambda body: f"/v1/jobs/{body['job_id']}")
 
 
 @router.get("/jobs", response_model=JobPage, responses=error_responses(401, 422, 429))
@@ -89,7 +101,9 @@ def delete_job(
     "/jobs/{job_id}/per-example",
     response_class=StreamingResponse,
     responses=streamed_object_responses(
-        "Per-example metric values: {stage: {split: {metric: [one value per row]}}}.", "application/json"
+        "Per-example metric values: {stage: {split: {metric: [one value per row]}}}.",
+        {"application/json": {}},
+        model=PerExampleValues,
     ),
 )
 def get_job_per_example(

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TypedDict
+from typing import TypedDict, cast
 
 from sqlalchemy.orm import Session
 
@@ -24,7 +24,7 @@ from api.schemas import (
 )
 from api.services.deletions import deleted, deletion_of, missing
 from lethe.forgetting import Forgetting
-from lethe.queue import JOB_KINDS
+from lethe.queue import JOB_KINDS, JobKind
 from lethe.settings import Settings
 from models.db import UnitOfWork
 from models.repositories import (
@@ -71,7 +71,7 @@ def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobOut
     curves = CurvePointRepository(session).list_for_job(job.id)
     return JobOut(
         id=job.id,
-        kind=job.kind,
+        kind=cast(JobKind, job.kind),  # a column of JOB_KINDS' strings (JobOut validates it again)
         **job_state(job),
         adapter_id=adapter.id if adapter else None,
         audit_ids=_audit_ids(session, job, adapter),

@@ -102,6 +102,9 @@ def test_a_retry_replays_the_first_response(operation: Operation) -> None:
     assert retry.status_code == operation.status_code
     assert retry.content == first.content  # the same bytes, not only the same JSON
     assert retry.headers["Idempotent-Replayed"] == "true"
+    # The replay says where the created object is, as the first response did.
+    assert retry.headers["Location"] == first.headers["Location"]
+    assert first.headers["Location"].rsplit("/", 1)[1] in {str(value) for value in first.json().values()}
     assert operation.created() == before + 1
 
 

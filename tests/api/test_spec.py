@@ -103,7 +103,7 @@ def _audit(client: TestClient, settings: Settings) -> str:
         assert audit is not None
         audit.report_key = report_key(audit.tenant_id, audit.id, "json")
         audit.report_html_key = report_key(audit.tenant_id, audit.id, "html")
-        open_store(settings).put(audit.report_key, b'{"report": {}, "signature": ""}')
+        open_store(settings).put(audit.report_key, b'{"report": {}, "signature": {}}')
         open_store(settings).put(audit.report_html_key, b"<html></html>")
     return audit_id
 
