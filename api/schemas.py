@@ -443,6 +443,53 @@ class AdapterOut(BaseModel):
     )
 
 
+# Pages of the list routes (api/pagination.py): one named class per list, so generated clients get typed items.
+DatasetKind = Literal["choice", "qa", "text"]
+JobKind = Literal["forget", "audit"]
+Verdict = Literal["robust", "shallow", "inconclusive"]
+
+NEXT_CURSOR_DESCRIPTION = "Pass as `cursor` to get the next page; null on the last page."
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetOut]
+    next_cursor: str | None = Field(description=NEXT_CURSOR_DESCRIPTION)
+
+
+class JobPage(BaseModel):
+    items: list[JobSummary]
+    next_cursor: str | None = Field(description=NEXT_CURSOR_DESCRIPTION)
+
+
+class AdapterSummary(BaseModel):
+    id: uuid.UUID
+    job_id: uuid.UUID
+    base_model: str
+    sha256: str
+    size_bytes: int
+    parent_adapter_id: uuid.UUID | None
+    created_at: datetime
+
+
+class AdapterPage(BaseModel):
+    items: list[AdapterSummary]
+    next_cursor: str | None = Field(description=NEXT_CURSOR_DESCRIPTION)
+
+
+class AuditSummary(BaseModel):
+    id: uuid.UUID
+    adapter_id: uuid.UUID
+    job_id: uuid.UUID
+    status: JobStatus = Field(description="The audit job's status.")
+    verdict: Verdict | None = Field(description="Null until the audit succeeds.")
+    created_at: datetime
+
+
+class AuditPage(BaseModel):
+    items: list[AuditSummary]
+    next_cursor: str | None = Field(description=NEXT_CURSOR_DESCRIPTION)
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 

@@ -4,10 +4,10 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, TypeVarTuple
 
-from sqlalchemy import ColumnElement, case, delete, func, or_, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import ColumnElement, Select, and_, case, delete, func, or_, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from lethe.specs import AuditJobSpec, ForgetJobSpec
 from models.tables import (
@@ -29,6 +29,7 @@ from models.tables import (
 )
 
 RowT = TypeVar("RowT", bound=Base)
+ColumnsT = TypeVarTuple("ColumnsT")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,39 @@ class Claim:
 
     job_id: uuid.UUID
     attempt: int
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    """One page of a list, newest first: at most `limit` rows after the cursor's (created_at, id), created at or
+    after `created_after` and before `created_before` (a half-open range; either bound may be absent)."""
+
+    limit: int
+    after: tuple[datetime, uuid.UUID] | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def _paged(
+    stmt: Select[*ColumnsT],
+    created_at: InstrumentedAttribute[datetime],
+    row_id: InstrumentedAttribute[uuid.UUID],
+    page: PageQuery,
+) -> Select[*ColumnsT]:
+    """`stmt` ordered by (created_at, id) descending, keyset-paged and cut to `page.limit` + 1 rows (the extra row
+    says whether another page follows).
+
+    A keyset rather than an offset: rows created between two pages are newer than the cursor, so they never shift
+    the next page (no row seen twice, none skipped); the id breaks ties between rows created in the same
+    microsecond."""
+    if page.after is not None:
+        at, last_id = page.after
+        stmt = stmt.where(or_(created_at < at, and_(created_at == at, row_id < last_id)))
+    if page.created_after is not None:
+        stmt = stmt.where(created_at >= page.created_after)
+    if page.created_before is not None:
+        stmt = stmt.where(created_at < page.created_before)
+    return stmt.order_by(created_at.desc(), row_id.desc()).limit(page.limit + 1)
 
 
 class Repository(Generic[RowT]):
@@ -118,10 +152,12 @@ class ApiKeyRepository(Repository[ApiKey]):
 class DatasetRepository(TenantScopedRepository[Dataset]):
     table = Dataset
 
-    def list(self, tenant_id: uuid.UUID) -> Sequence[Dataset]:
-        return self.session.scalars(
-            select(Dataset).where(Dataset.tenant_id == tenant_id).order_by(Dataset.created_at.desc())
-        ).all()
+    def page(self, tenant_id: uuid.UUID, page: PageQuery, kind: str | None = None) -> Sequence[Dataset]:
+        """A page of the tenant's datasets (of `kind`), newest first (`page.limit` + 1 rows at most)."""
+        stmt = select(Dataset).where(Dataset.tenant_id == tenant_id)
+        if kind is not None:
+            stmt = stmt.where(Dataset.kind == kind)
+        return self.session.scalars(_paged(stmt, Dataset.created_at, Dataset.id, page)).all()
 
 
 class BaseModelRepository(Repository[BaseModel]):
@@ -187,10 +223,16 @@ class JobRepository(TenantScopedRepository[Job]):
         JobEventRepository(self.session).append(job.id, "queued", payload)
         return job
 
-    def list(self, tenant_id: uuid.UUID, limit: int = 100) -> Sequence[Job]:
-        return self.session.scalars(
-            select(Job).where(Job.tenant_id == tenant_id).order_by(Job.created_at.desc()).limit(limit)
-        ).all()
+    def page(
+        self, tenant_id: uuid.UUID, page: PageQuery, status: str | None = None, kind: str | None = None
+    ) -> Sequence[Job]:
+        """A page of the tenant's jobs (with `status`, of `kind`), newest first (`page.limit` + 1 rows at most)."""
+        stmt = select(Job).where(Job.tenant_id == tenant_id)
+        if status is not None:
+            stmt = stmt.where(Job.status == status)
+        if kind is not None:
+            stmt = stmt.where(Job.kind == kind)
+        return self.session.scalars(_paged(stmt, Job.created_at, Job.id, page)).all()
 
     def count_active(self, tenant_id: uuid.UUID) -> int:
         """The tenant's queued and running jobs, forget and audit alike."""
@@ -450,6 +492,13 @@ class AdapterRepository(TenantScopedRepository[Adapter]):
     def get_for_job(self, job_id: uuid.UUID) -> Adapter | None:
         return self.session.scalar(select(Adapter).where(Adapter.job_id == job_id))
 
+    def page(self, tenant_id: uuid.UUID, page: PageQuery, base_model: str | None = None) -> Sequence[Adapter]:
+        """A page of the tenant's adapters (on `base_model`), newest first (`page.limit` + 1 rows at most)."""
+        stmt = select(Adapter).where(Adapter.tenant_id == tenant_id)
+        if base_model is not None:
+            stmt = stmt.where(Adapter.base_model == base_model)
+        return self.session.scalars(_paged(stmt, Adapter.created_at, Adapter.id, page)).all()
+
     def ancestors(self, adapter: Adapter) -> list[Adapter]:
         """The adapters `adapter` descends from, its parent first, up to the root (one query per generation: a
         lineage is as long as the requests a user stacked)."""
@@ -484,6 +533,26 @@ class AuditRepository(TenantScopedRepository[Audit]):
 
     def get_for_job(self, job_id: uuid.UUID) -> Audit | None:
         return self.session.scalar(select(Audit).where(Audit.job_id == job_id))
+
+    def page(
+        self,
+        tenant_id: uuid.UUID,
+        page: PageQuery,
+        status: str | None = None,
+        verdict: str | None = None,
+        adapter_id: uuid.UUID | None = None,
+    ) -> Sequence[tuple[Audit, Job]]:
+        """A page of the tenant's audits with their jobs (the audit's status is its job's), newest first
+        (`page.limit` + 1 rows at most)."""
+        stmt = select(Audit, Job).join(Job, Job.id == Audit.job_id).where(Audit.tenant_id == tenant_id)
+        if status is not None:
+            stmt = stmt.where(Job.status == status)
+        if verdict is not None:
+            stmt = stmt.where(Audit.verdict == verdict)
+        if adapter_id is not None:
+            stmt = stmt.where(Audit.adapter_id == adapter_id)
+        rows = self.session.execute(_paged(stmt, Audit.created_at, Audit.id, page)).all()
+        return [(audit, job) for audit, job in rows]
 
     def list_for_adapter(self, adapter_id: uuid.UUID) -> Sequence[Audit]:
         return self.session.scalars(

@@ -1,39 +1,34 @@
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from api.deps import SessionDep, StoreDep, TenantDep
-from api.errors import NotFound, error_responses
+from api.errors import error_responses
+from api.pagination import PageDep
 from api.routes.streaming import streamed_object, streamed_object_responses
-from api.schemas import AdapterOut
-from models.repositories import AdapterRepository
-from models.tables import Adapter
+from api.schemas import AdapterOut, AdapterPage
+from api.services import adapters
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
 
-def _adapter(session: SessionDep, tenant_id: uuid.UUID, adapter_id: uuid.UUID) -> Adapter:
-    adapter = AdapterRepository(session).get(tenant_id, adapter_id)
-    if adapter is None:
-        raise NotFound(f"adapter {adapter_id} not found")
-    return adapter
+@router.get("", response_model=AdapterPage, responses=error_responses(401, 422, 429))
+def list_adapters(
+    session: SessionDep,
+    tenant_id: TenantDep,
+    page: PageDep,
+    base_model: Annotated[str | None, Query(max_length=100, description="Only adapters on this base model.")] = None,
+) -> AdapterPage:
+    """A page of the tenant's adapters, newest first; `next_cursor` continues it."""
+    return adapters.list_adapters(session, tenant_id, page, base_model)
 
 
 @router.get("/{adapter_id}", response_model=AdapterOut, responses=error_responses(401, 404, 422, 429))
 def get_adapter(adapter_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> AdapterOut:
     """An adapter's provenance, checksum and lineage."""
-    adapter = _adapter(session, tenant_id, adapter_id)
-    lineage = [a.id for a in AdapterRepository(session).ancestors(adapter)]
-    return AdapterOut(
-        id=adapter.id,
-        job_id=adapter.job_id,
-        base_model=adapter.base_model,
-        sha256=adapter.sha256,
-        size_bytes=adapter.size_bytes,
-        parent_adapter_id=adapter.parent_adapter_id,
-        lineage=lineage,
-    )
+    return adapters.get_adapter(session, tenant_id, adapter_id)
 
 
 @router.get(
@@ -45,7 +40,7 @@ def download_adapter(
     adapter_id: uuid.UUID, session: SessionDep, store: StoreDep, tenant_id: TenantDep
 ) -> StreamingResponse:
     """The adapter as a tar.gz: adapter_config.json, adapter_model.safetensors, README.md model card."""
-    adapter = _adapter(session, tenant_id, adapter_id)
+    adapter = adapters.get_adapter_row(session, tenant_id, adapter_id)
     return streamed_object(
         store,
         adapter.object_key,

@@ -17,8 +17,9 @@ from api.deps import (
     WritingTenantDep,
 )
 from api.errors import error_responses, job_submission_responses
+from api.pagination import PageDep
 from api.routes.streaming import streamed_object, streamed_object_responses
-from api.schemas import AuditAccepted, AuditOut, AuditRequestIn
+from api.schemas import AuditAccepted, AuditOut, AuditPage, AuditRequestIn, JobStatus, Verdict
 from api.services import audits
 from api.services.idempotency import CreatingRequest, create_once, json_fingerprint, replayable
 from lethe.queue import enqueue_audit_job
@@ -49,6 +50,19 @@ def submit_audit(
 
     creating = CreatingRequest("submit_audit", idempotency_key, json_fingerprint(request))
     return create_once(work, tenant_id, creating, settings.idempotency_ttl_s, status.HTTP_202_ACCEPTED, submit)
+
+
+@router.get("", response_model=AuditPage, responses=error_responses(401, 422, 429))
+def list_audits(
+    session: SessionDep,
+    tenant_id: TenantDep,
+    page: PageDep,
+    status: Annotated[JobStatus | None, Query(description="Only audits whose job has this status.")] = None,
+    verdict: Annotated[Verdict | None, Query(description="Only succeeded audits with this verdict.")] = None,
+    adapter_id: Annotated[uuid.UUID | None, Query(description="Only audits of this adapter.")] = None,
+) -> AuditPage:
+    """A page of the tenant's audits, newest first; `next_cursor` continues it."""
+    return audits.list_audits(session, tenant_id, page, status, verdict, adapter_id)
 
 
 @router.get("/{audit_id}", response_model=AuditOut, responses=error_responses(401, 404, 422, 429))

@@ -1,12 +1,13 @@
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, UploadFile, status
 from fastapi.responses import JSONResponse
 
 from api.deps import IdempotencyKeyDep, SessionDep, SettingsDep, StoreDep, TenantDep, UnitOfWorkDep, WritingTenantDep
 from api.errors import PayloadTooLarge, error_responses
-from api.schemas import DatasetOut
+from api.pagination import PageDep
+from api.schemas import DatasetKind, DatasetOut, DatasetPage
 from api.services import datasets as service
 from api.services.idempotency import CreatingRequest, create_once, replayable, upload_fingerprint
 
@@ -52,10 +53,15 @@ def upload_dataset(
     return create_once(work, tenant_id, creating, settings.idempotency_ttl_s, status.HTTP_201_CREATED, create)
 
 
-@router.get("", response_model=list[DatasetOut], responses=error_responses(401, 429))
-def list_datasets(session: SessionDep, tenant_id: TenantDep) -> list[DatasetOut]:
-    """List the tenant's datasets, newest first."""
-    return [DatasetOut.model_validate(d, from_attributes=True) for d in service.list_datasets(session, tenant_id)]
+@router.get("", response_model=DatasetPage, responses=error_responses(401, 422, 429))
+def list_datasets(
+    session: SessionDep,
+    tenant_id: TenantDep,
+    page: PageDep,
+    kind: Annotated[DatasetKind | None, Query(description="Only datasets of this kind.")] = None,
+) -> DatasetPage:
+    """A page of the tenant's datasets, newest first; `next_cursor` continues it."""
+    return service.list_datasets(session, tenant_id, page, kind)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(401, 404, 422, 429))

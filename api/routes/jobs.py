@@ -1,6 +1,7 @@
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.deps import (
@@ -14,8 +15,9 @@ from api.deps import (
     WritingTenantDep,
 )
 from api.errors import error_responses, job_submission_responses
+from api.pagination import PageDep
 from api.routes.streaming import streamed_object, streamed_object_responses
-from api.schemas import ForgetRequestIn, JobAccepted, JobOut, JobSummary
+from api.schemas import ForgetRequestIn, JobAccepted, JobKind, JobOut, JobPage, JobStatus
 from api.services import forget_requests, jobs
 from api.services.idempotency import CreatingRequest, create_once, json_fingerprint, replayable
 from lethe.queue import enqueue_forget_job
@@ -48,10 +50,16 @@ def submit_forget_request(
     return create_once(work, tenant_id, creating, settings.idempotency_ttl_s, status.HTTP_202_ACCEPTED, submit)
 
 
-@router.get("/jobs", response_model=list[JobSummary], responses=error_responses(401, 429))
-def list_jobs(session: SessionDep, tenant_id: TenantDep) -> list[JobSummary]:
-    """The tenant's jobs, newest first."""
-    return [JobSummary.model_validate(j, from_attributes=True) for j in jobs.list_jobs(session, tenant_id)]
+@router.get("/jobs", response_model=JobPage, responses=error_responses(401, 422, 429))
+def list_jobs(
+    session: SessionDep,
+    tenant_id: TenantDep,
+    page: PageDep,
+    status: Annotated[JobStatus | None, Query(description="Only jobs with this status.")] = None,
+    kind: Annotated[JobKind | None, Query(description="Only jobs of this kind.")] = None,
+) -> JobPage:
+    """A page of the tenant's jobs, forget and audit alike, newest first; `next_cursor` continues it."""
+    return jobs.list_jobs(session, tenant_id, page, status, kind)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=error_responses(401, 404, 422, 429))

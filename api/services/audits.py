@@ -6,7 +6,17 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from api.errors import InvalidInput, NotFound, format_validation_errors
-from api.schemas import AttackIn, AttackResultOut, AuditOut, AuditRequestIn, AuditSpecIn, DiagnosticOut
+from api.pagination import page_of
+from api.schemas import (
+    AttackIn,
+    AttackResultOut,
+    AuditOut,
+    AuditPage,
+    AuditRequestIn,
+    AuditSpecIn,
+    AuditSummary,
+    DiagnosticOut,
+)
 from api.services.base_models import check_named_layers
 from api.services.jobs import job_state
 from api.services.quotas import check_cost, check_room_for_job
@@ -21,6 +31,7 @@ from models.repositories import (
     BaseModelRepository,
     DatasetRepository,
     JobRepository,
+    PageQuery,
 )
 from models.tables import Audit, BaseModel
 
@@ -123,6 +134,33 @@ def report_key(session: Session, tenant_id: uuid.UUID, audit_id: uuid.UUID, fmt:
         status = job.status if job else "unknown"
         raise NotFound(f"audit {audit_id} has no report yet (its job is {status}; written when it succeeds)")
     return key
+
+
+def list_audits(
+    session: Session,
+    tenant_id: uuid.UUID,
+    page: PageQuery,
+    status: str | None,
+    verdict: str | None,
+    adapter_id: uuid.UUID | None,
+) -> AuditPage:
+    """A page of the tenant's audits, newest first."""
+    rows = AuditRepository(session).page(tenant_id, page, status, verdict, adapter_id)
+    pairs, next_cursor = page_of(rows, page, lambda pair: (pair[0].created_at, pair[0].id))
+    return AuditPage(
+        items=[
+            AuditSummary(
+                id=audit.id,
+                adapter_id=audit.adapter_id,
+                job_id=audit.job_id,
+                status=job.status,  # type: ignore[arg-type]
+                verdict=audit.verdict,  # type: ignore[arg-type]
+                created_at=audit.created_at,
+            )
+            for audit, job in pairs
+        ],
+        next_cursor=next_cursor,
+    )
 
 
 def _audit(session: Session, tenant_id: uuid.UUID, audit_id: uuid.UUID) -> Audit:

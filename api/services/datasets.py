@@ -3,17 +3,19 @@
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
 from api.errors import InvalidInput, NotFound
+from api.pagination import page_of
+from api.schemas import DatasetOut, DatasetPage
 from api.services.quotas import check_stored_bytes
 from lethe import safe_json
 from lethe.rows import ROW_TYPES, RowError, parse_row
 from lethe.settings import Settings
 from models.db import UnitOfWork
-from models.repositories import DatasetRepository
+from models.repositories import DatasetRepository, PageQuery
 from models.tables import Dataset
 from storage import ObjectStore
 from storage.keys import dataset_key
@@ -93,5 +95,13 @@ def get_dataset(session: Session, tenant_id: uuid.UUID, dataset_id: uuid.UUID) -
     return dataset
 
 
-def list_datasets(session: Session, tenant_id: uuid.UUID) -> Sequence[Dataset]:
-    return DatasetRepository(session).list(tenant_id)
+def list_datasets(session: Session, tenant_id: uuid.UUID, page: PageQuery, kind: str | None) -> DatasetPage:
+    """A page of the tenant's datasets, newest first."""
+    rows, next_cursor = page_of(DatasetRepository(session).page(tenant_id, page, kind), page, _sort_key)
+    return DatasetPage(
+        items=[DatasetOut.model_validate(d, from_attributes=True) for d in rows], next_cursor=next_cursor
+    )
+
+
+def _sort_key(dataset: Dataset) -> tuple[datetime, uuid.UUID]:
+    return dataset.created_at, dataset.id

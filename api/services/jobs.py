@@ -11,7 +11,17 @@ from typing import TypedDict
 from sqlalchemy.orm import Session
 
 from api.errors import Conflict, NotFound
-from api.schemas import CurvePointOut, ForgettingOut, JobError, JobOut, JobStatus, MetricOut
+from api.pagination import page_of
+from api.schemas import (
+    CurvePointOut,
+    ForgettingOut,
+    JobError,
+    JobOut,
+    JobPage,
+    JobStatus,
+    JobSummary,
+    MetricOut,
+)
 from lethe.forgetting import Forgetting
 from lethe.queue import JOB_KINDS
 from lethe.settings import Settings
@@ -22,6 +32,7 @@ from models.repositories import (
     CurvePointRepository,
     JobRepository,
     MetricRepository,
+    PageQuery,
 )
 from models.tables import Adapter, Job, utcnow
 from storage import ObjectStore
@@ -132,8 +143,14 @@ def delete_checkpoints_of(session: Session, store: ObjectStore, job_ids: Sequenc
                 log.exception("job %s: could not delete its checkpoint", job_id)
 
 
-def list_jobs(session: Session, tenant_id: uuid.UUID) -> Sequence[Job]:
-    return JobRepository(session).list(tenant_id)
+def list_jobs(session: Session, tenant_id: uuid.UUID, page: PageQuery, status: str | None, kind: str | None) -> JobPage:
+    """A page of the tenant's jobs, newest first."""
+    rows, next_cursor = page_of(JobRepository(session).page(tenant_id, page, status, kind), page, _sort_key)
+    return JobPage(items=[JobSummary.model_validate(j, from_attributes=True) for j in rows], next_cursor=next_cursor)
+
+
+def _sort_key(job: Job) -> tuple[datetime, uuid.UUID]:
+    return job.created_at, job.id
 
 
 @dataclass

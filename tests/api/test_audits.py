@@ -266,4 +266,4 @@ def test_forget_request_with_a_bad_audit_creates_no_job(client: TestClient) -> N
     assert (
         response.json()["detail"] == "audit.attacks[0].name: trigger needs the forget job to have had retain datasets"
     )
-    assert client.get("/v1/jobs").json() == []
+    assert client.get("/v1/jobs").json()["items"] == []

@@ -29,7 +29,7 @@ def test_submit_with_the_broker_down_is_503_and_the_job_is_failed(stack_settings
         response = client.post("/v1/forget-requests", json=body)
         assert response.status_code == 503
         assert response.json()["error"] == "service_unavailable"
-        [job] = client.get("/v1/jobs").json()
+        [job] = client.get("/v1/jobs").json()["items"]
         assert job["status"] == "failed"
         assert client.get(f"/v1/jobs/{job['id']}").json()["error"]["code"] == "broker_unavailable"
 
@@ -43,7 +43,7 @@ def test_an_audit_with_the_broker_down_is_503_and_its_job_is_failed(stack_settin
         adapter_id = forget_adapter(client, settings)
         response = client.post("/v1/audits", json={"adapter_id": adapter_id, "attacks": [{"name": "quantize"}]})
         assert response.status_code == 503
-        [job] = [j for j in client.get("/v1/jobs").json() if j["kind"] == "audit"]
+        [job] = [j for j in client.get("/v1/jobs").json()["items"] if j["kind"] == "audit"]
         assert job["status"] == "failed"
         assert client.get(f"/v1/jobs/{job['id']}").json()["error"]["code"] == "broker_unavailable"
 
@@ -60,4 +60,4 @@ def test_a_refused_job_stores_no_idempotency_key(stack_settings: Settings) -> No
         # The client got a 503, not the 202 the key was stored with: its retry must try again, not replay a 202.
         assert client.post("/v1/forget-requests", json=body, headers=headers).status_code == 503
         assert client.post("/v1/forget-requests", json=body, headers=headers).status_code == 503
-        assert [job["status"] for job in client.get("/v1/jobs").json()] == ["failed", "failed"]
+        assert [job["status"] for job in client.get("/v1/jobs").json()["items"]] == ["failed", "failed"]

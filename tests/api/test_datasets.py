@@ -27,7 +27,7 @@ def test_upload_stores_object_and_row(client: TestClient, stack_settings: Settin
     assert body["sha256"] == hashlib.sha256(jsonl(CHOICE_ROWS)).hexdigest()
     assert any(body["id"] in key for key in _objects(stack_settings))
     assert client.get(f"/v1/datasets/{body['id']}").json() == body
-    assert [d["id"] for d in client.get("/v1/datasets").json()] == [body["id"]]
+    assert [d["id"] for d in client.get("/v1/datasets").json()["items"]] == [body["id"]]
 
 
 def test_bad_row_names_line_and_field_and_stores_nothing(client: TestClient, stack_settings: Settings) -> None:
@@ -40,7 +40,7 @@ def test_bad_row_names_line_and_field_and_stores_nothing(client: TestClient, sta
         "detail": "line 3: field 'answer' must be an integer index into choices (0..1), got 2",
     }
     assert _objects(stack_settings) == before
-    assert client.get("/v1/datasets").json() == []
+    assert client.get("/v1/datasets").json()["items"] == []
 
 
 def test_each_kind_of_bad_row_is_named(client: TestClient) -> None:
@@ -103,7 +103,7 @@ def test_bad_qa_and_text_rows_are_named(client: TestClient) -> None:
         response = upload(client, [row], kind=kind)
         assert response.status_code == 422, row
         assert response.json()["detail"].startswith(expected), (row, response.json())
-    assert client.get("/v1/datasets").json() == []
+    assert client.get("/v1/datasets").json()["items"] == []
 
 
 def test_upload_over_the_limit_is_413(client: TestClient, stack_settings: Settings) -> None:
@@ -138,7 +138,7 @@ def test_a_row_that_is_not_committed_leaves_no_object(
     assert upload(client, CHOICE_ROWS).status_code == 503
     monkeypatch.undo()
     assert _objects(stack_settings) == before
-    assert client.get("/v1/datasets").json() == []
+    assert client.get("/v1/datasets").json()["items"] == []
 
 
 def test_rows_no_parse_or_store_could_take_are_named_and_store_nothing(
@@ -168,4 +168,4 @@ def test_rows_no_parse_or_store_could_take_are_named_and_store_nothing(
     nul_name = upload(client, CHOICE_ROWS, name="parity\x00")
     assert nul_name.json() == {"error": "invalid_input", "detail": "name: contains a NUL character (\\u0000)"}
     assert _objects(stack_settings) == before
-    assert client.get("/v1/datasets").json() == []
+    assert client.get("/v1/datasets").json()["items"] == []

@@ -38,7 +38,7 @@ def test_submit_creates_queued_job_with_normalized_spec(client: TestClient, stac
     assert response.json()["status"] == "queued"
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "queued" and job["metrics"] == [] and job["adapter_id"] is None
-    assert [j["id"] for j in client.get("/v1/jobs").json()] == [job_id]
+    assert [j["id"] for j in client.get("/v1/jobs").json()["items"]] == [job_id]
     with session_scope(stack_settings.database_url) as session:
         row = JobRepository(session).get_any_tenant(uuid.UUID(job_id))
         assert row is not None
@@ -117,7 +117,7 @@ def test_heldout_fraction_must_leave_both_splits(client: TestClient) -> None:
 
 def test_invalid_request_creates_no_job(client: TestClient) -> None:
     client.post("/v1/forget-requests", json=_request(client, method={"name": "nope"}))
-    assert client.get("/v1/jobs").json() == []
+    assert client.get("/v1/jobs").json()["items"] == []
 
 
 def test_other_tenants_job_is_404(client: TestClient, app_client: TestClient, stack_settings: Settings) -> None:
@@ -146,7 +146,7 @@ def test_a_retain_set_equal_to_the_forget_set_is_refused(client: TestClient) -> 
         f"retain_datasets[1]: dataset {copy} has the same content as the forget dataset; a retain set must differ "
         "from it"
     )
-    assert client.get("/v1/jobs").json() == []
+    assert client.get("/v1/jobs").json()["items"] == []
 
 
 @pytest.fixture
@@ -183,7 +183,7 @@ def test_a_layer_the_base_model_lacks_is_named_with_the_range(
     )
     assert response.status_code == 422
     assert response.json() == {"error": "invalid_input", "detail": detail}
-    assert client.get("/v1/jobs").json() == []
+    assert client.get("/v1/jobs").json()["items"] == []
 
 
 def test_layers_within_the_base_model_and_of_unknown_depth_are_accepted(

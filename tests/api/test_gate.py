@@ -136,7 +136,7 @@ def test_a_chunked_upload_is_cut_off_at_the_limit_and_stores_nothing(
     )
     assert (exchange.status, _error(exchange)) == (413, "payload_too_large")
     assert exchange.chunks_read < len(file_chunks)
-    assert client.get("/v1/datasets").json() == []
+    assert client.get("/v1/datasets").json()["items"] == []
 
 
 def test_an_unsupported_content_type_is_415_and_writes_nothing(client: TestClient) -> None:
@@ -150,7 +150,7 @@ def test_an_unsupported_content_type_is_415_and_writes_nothing(client: TestClien
     as_json = client.post("/v1/datasets", json={"name": "x", "kind": "choice"})
     assert as_json.status_code == 415
     assert as_json.json()["detail"] == "Content-Type: this route takes multipart/form-data, got application/json"
-    assert client.get("/v1/jobs").json() == [] and client.get("/v1/datasets").json() == []
+    assert client.get("/v1/jobs").json()["items"] == [] and client.get("/v1/datasets").json()["items"] == []
 
 
 def test_failed_keys_are_rate_limited_per_address(stack_settings: Settings, api_key: str) -> None:
@@ -215,7 +215,7 @@ def test_malformed_bodies_are_400_in_the_documented_shape(client: TestClient) ->
     no_boundary = client.post("/v1/datasets", content=b"--x\r\n", headers={"content-type": "multipart/form-data"})
     assert (no_boundary.status_code, no_boundary.json()["error"]) == (400, "malformed_body")
     assert set(no_boundary.json()) == {"error", "detail"}
-    assert client.get("/v1/jobs").json() == [] and client.get("/v1/datasets").json() == []
+    assert client.get("/v1/jobs").json()["items"] == [] and client.get("/v1/datasets").json()["items"] == []
 
 
 @pytest.mark.parametrize(
@@ -237,7 +237,7 @@ def test_json_a_request_cannot_hold_is_422_naming_the_field(client: TestClient, 
     response = client.post("/v1/forget-requests", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert response.json() == {"error": "invalid_input", "detail": detail}
-    assert client.get("/v1/jobs").json() == []
+    assert client.get("/v1/jobs").json()["items"] == []
 
 
 def test_an_unhandled_error_is_a_logged_500_in_the_documented_shape(

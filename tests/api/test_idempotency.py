@@ -33,7 +33,7 @@ class Operation:
 
 
 def _jobs_of_kind(client: TestClient, kind: str) -> int:
-    return sum(1 for job in client.get("/v1/jobs").json() if job["kind"] == kind)
+    return sum(1 for job in client.get("/v1/jobs").json()["items"] if job["kind"] == kind)
 
 
 def _upload_dataset(client: TestClient, _settings: Settings) -> Operation:
@@ -46,7 +46,7 @@ def _upload_dataset(client: TestClient, _settings: Settings) -> Operation:
         files = {"file": ("d.jsonl", jsonl(CHOICE_ROWS[:5]))}
         return client.post("/v1/datasets", files=files, data={"name": "parity", "kind": "poem"}, headers=headers)
 
-    return Operation(201, send, send_bad, lambda: len(client.get("/v1/datasets").json()))
+    return Operation(201, send, send_bad, lambda: len(client.get("/v1/datasets").json()["items"]))
 
 
 def _submit_forget_request(client: TestClient, _settings: Settings) -> Operation:
@@ -202,7 +202,7 @@ def test_a_bad_key_is_422_naming_the_header(client: TestClient, key: str) -> Non
     response = upload(client, CHOICE_ROWS, headers={"Idempotency-Key": key})
     assert response.status_code == 422, response.text
     assert response.json()["detail"].startswith("Idempotency-Key:")
-    assert client.get("/v1/datasets").json() == []
+    assert client.get("/v1/datasets").json()["items"] == []
 
 
 def test_a_key_expires(stack_settings: Settings, api_key: str) -> None:

@@ -80,7 +80,7 @@ def test_a_job_over_the_active_jobs_limit_is_429_and_writes_nothing(make_client:
     assert "2 queued or running jobs" in refused.json()["detail"]
     assert "LETHE_MAX_ACTIVE_JOBS_PER_TENANT) is 2" in refused.json()["detail"]
     assert retry_after(refused) == 30
-    assert len(client.get("/v1/jobs").json()) == 2
+    assert len(client.get("/v1/jobs").json()["items"]) == 2
     # A finished job frees its place.
     assert client.post(f"/v1/jobs/{first.json()['job_id']}/cancel").status_code == 200
     assert client.post("/v1/forget-requests", json=forget_request(dataset)).status_code == 202
@@ -95,7 +95,7 @@ def test_audit_jobs_count_with_forget_jobs(make_client: MakeClient, stack_settin
     refused = client.post("/v1/audits", json={"adapter_id": adapter_id})
     assert refused.status_code == 429 and refused.json()["error"] == "too_many_active_jobs"
     assert retry_after(refused) >= 1
-    assert [job["kind"] for job in client.get("/v1/jobs").json()].count("audit") == 1
+    assert [job["kind"] for job in client.get("/v1/jobs").json()["items"]].count("audit") == 1
 
 
 def test_two_requests_at_one_below_the_limit_do_not_both_pass(
@@ -128,7 +128,7 @@ def test_two_requests_at_one_below_the_limit_do_not_both_pass(
     for thread in threads:
         thread.join()
     assert sorted(statuses) == [202, 429]
-    assert len(client.get("/v1/jobs").json()) == 2
+    assert len(client.get("/v1/jobs").json()["items"]) == 2
 
 
 # Stored bytes.
@@ -151,7 +151,7 @@ def test_an_upload_over_the_stored_bytes_limit_is_refused_before_it_is_stored(
         f"{len(first) + len(second)} bytes",
     }
     assert puts == []
-    assert len(client.get("/v1/datasets").json()) == 1
+    assert len(client.get("/v1/datasets").json()["items"]) == 1
     # Up to the limit exactly: accepted.
     assert upload(client, second, name="second").status_code == 201
     assert len(puts) == 1
@@ -167,7 +167,7 @@ def test_a_job_is_refused_once_the_tenant_is_at_its_stored_bytes_limit(make_clie
     assert refused.status_code == 403 and refused.json()["error"] == "quota_exceeded"
     assert f"stores {len(content)} bytes" in refused.json()["detail"]
     assert f"of {len(content)} bytes" in refused.json()["detail"]
-    assert len(at_limit.get("/v1/jobs").json()) == 1
+    assert len(at_limit.get("/v1/jobs").json()["items"]) == 1
 
 
 # Request rate.
@@ -185,7 +185,7 @@ def test_writes_over_the_rate_limit_are_429_with_retry_after(make_client: MakeCl
     # The next token comes a minute after the first write.
     assert 50 <= retry_after(refused) <= 60
     # Nothing was written, and reads are not limited.
-    assert [d["name"] for d in client.get("/v1/datasets").json()] == ["c", "b", "a"]
+    assert [d["name"] for d in client.get("/v1/datasets").json()["items"]] == ["c", "b", "a"]
     for _ in range(5):
         assert client.get("/v1/jobs").status_code == 200
 
@@ -224,7 +224,7 @@ def test_a_forget_request_over_the_cost_limit_is_422_naming_the_estimate(make_cl
         "detail": "the forget request's estimated cost of 63 example-passes (forget 40 + evaluation 23) is over the "
         "limit (LETHE_MAX_JOB_COST) of 52 example-passes: use fewer rows, epochs or steps",
     }
-    assert client.get("/v1/jobs").json() == []
+    assert client.get("/v1/jobs").json()["items"] == []
     assert client.post("/v1/forget-requests", json=forget_request(dataset, epochs=4)).status_code == 202
 
 
@@ -243,7 +243,7 @@ def test_an_audit_over_the_cost_limit_is_422(make_client: MakeClient, stack_sett
     assert refused.status_code == 422 and refused.json()["error"] == "cost_exceeded"
     assert "23 example-passes (relearn 22 + relearn_evaluation 1)" in refused.json()["detail"]
     assert "(LETHE_MAX_JOB_COST) of 22 example-passes" in refused.json()["detail"]
-    assert [job["kind"] for job in client.get("/v1/jobs").json()] == ["forget"]
+    assert [job["kind"] for job in client.get("/v1/jobs").json()["items"]] == ["forget"]
     assert audit(10).status_code == 202
 
 

@@ -143,7 +143,7 @@ def test_another_tenants_key_on_every_id_route_is_404_and_changes_nothing(
         return re.sub(r"\{(\w+)\}", lambda m: ids[m.group(1)], path)
 
     def owners_view() -> dict[str, tuple[int, bytes]]:
-        reads = [(m, p) for m, p, _ in operations if m == "get"] + [("get", "/v1/jobs"), ("get", "/v1/datasets")]
+        reads = [(m, p) for m, p, _ in operations if m == "get"] + [("get", f"/v1/{r}") for r in ("jobs", "datasets", "adapters", "audits")]
         responses = {p: app_client.get(url(p), headers={"X-API-Key": owner_key}) for _, p in reads}
         return {p: (r.status_code, r.content) for p, r in responses.items()}
 
