@@ -23,8 +23,8 @@ app = typer.Typer(
     epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
-    # A traceback's locals could show an API key: never print them.
-    pretty_exceptions_show_locals=False,
+    # A crash prints Python's own traceback, as before typer: no boxed source, and never the locals (an API key).
+    pretty_exceptions_enable=False,
 )
 
 

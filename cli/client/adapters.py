@@ -44,6 +44,7 @@ CHUNK = 1 << 20
 @app.command("list", help="Your tenant's adapters, newest first.")
 def list_adapters(
     ctx: typer.Context,
+    base_model: Annotated[str | None, typer.Option(help="only adapters on this base model")] = None,
     limit: LimitOption = 50,
     cursor: CursorOption = None,
     created_after: CreatedAfterOption = None,
@@ -51,7 +52,13 @@ def list_adapters(
     follow: AllOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    params = {"limit": limit, "cursor": cursor, "created_after": created_after, "created_before": created_before}
+    params = {
+        "base_model": base_model,
+        "limit": limit,
+        "cursor": cursor,
+        "created_after": created_after,
+        "created_before": created_before,
+    }
     with client(ctx) as lethe:
         items, next_cursor = lethe.listing("/v1/adapters", params, follow)
     show_page(items, next_cursor, COLUMNS, as_json, "adapters")

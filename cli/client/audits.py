@@ -108,6 +108,8 @@ def list_audits(
     status: Annotated[
         Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, typer.Option(help="only these")
     ] = None,
+    verdict: Annotated[Literal["robust", "shallow", "inconclusive"] | None, typer.Option(help="only these")] = None,
+    adapter: Annotated[str | None, typer.Option(help="only audits of this adapter")] = None,
     limit: LimitOption = 50,
     cursor: CursorOption = None,
     created_after: CreatedAfterOption = None,
@@ -117,6 +119,8 @@ def list_audits(
 ) -> None:
     params = {
         "status": status,
+        "verdict": verdict,
+        "adapter_id": adapter,
         "limit": limit,
         "cursor": cursor,
         "created_after": created_after,

@@ -55,6 +55,7 @@ def upload(
 @app.command("list", help="The datasets of your tenant, newest first.")
 def list_datasets(
     ctx: typer.Context,
+    kind: Annotated[Literal["choice", "qa", "text"] | None, typer.Option(help="only these")] = None,
     limit: LimitOption = 50,
     cursor: CursorOption = None,
     created_after: CreatedAfterOption = None,
@@ -62,7 +63,13 @@ def list_datasets(
     follow: AllOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    params = {"limit": limit, "cursor": cursor, "created_after": created_after, "created_before": created_before}
+    params = {
+        "kind": kind,
+        "limit": limit,
+        "cursor": cursor,
+        "created_after": created_after,
+        "created_before": created_before,
+    }
     with client(ctx) as lethe:
         items, next_cursor = lethe.listing("/v1/datasets", params, follow)
     show_page(items, next_cursor, COLUMNS, as_json, "datasets")
