@@ -12,9 +12,10 @@ from fastapi.routing import APIRoute
 from api.errors import install_error_handlers
 from api.gate import RequestGate
 from api.rate_limit import RateLimiter
-from api.routes import adapters, audits, datasets, health, jobs, registries
+from api.routes import adapters, audits, datasets, events, health, jobs, registries
 from api.services.auth import ensure_key
 from api.services.base_models import ensure_builtin_base_models
+from api.services.job_events import EventStreams
 from api.services.jobs import delete_checkpoints_of, mark_sent, reap_stale_jobs, unsent_jobs
 from lethe.queue import make_celery, send_job
 from lethe.settings import Settings, get_settings
@@ -103,8 +104,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = open_store(settings)
     app.state.queue = make_celery(settings)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    app.state.event_streams = EventStreams()
     install_error_handlers(app)
     app.add_middleware(RequestGate, settings=settings)
-    for module in (health, datasets, registries, jobs, adapters, audits):
+    for module in (health, datasets, registries, jobs, events, adapters, audits):
         app.include_router(module.router)
     return app

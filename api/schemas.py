@@ -429,6 +429,39 @@ class JobSummary(BaseModel):
     created_at: datetime
 
 
+# Job events (GET /v1/jobs/{job_id}/events): the SSE stream's events and the JSON page of the same.
+JobEventType = Literal[
+    "queued", "running", "stage", "progress", "requeued", "audit_requested", "succeeded", "failed", "cancelled"
+]
+# The events after which a job has ended: the stream closes once it has sent one (and what came with it).
+TERMINAL_EVENT_TYPES: tuple[JobEventType, ...] = ("succeeded", "failed", "cancelled")
+
+
+class JobEventOut(BaseModel):
+    """One event of a job, in the order it happened."""
+
+    seq: int = Field(description="The event's number within its job: 1, 2, 3, ... (the SSE `id`).")
+    type: JobEventType = Field(description="What happened (the SSE `event`); `data` depends on it.")
+    created_at: datetime
+    data: dict[str, Any] = Field(
+        description="queued: {method} (forget) or {attacks} (audit); running: {worker, attempt, device, "
+        "precision}; stage: {stage}; progress: {stage, fraction (0 to 1, of the whole attempt), curve: {split, "
+        "name, step, value} (the latest point of forget_train's forgetting curve) or null}; requeued: {attempt, "
+        "reason}; audit_requested: {audit_id}; succeeded: {adapter_id, steps, target_reached} (forget) or "
+        "{audit_id, verdict} (audit); failed: {error_code, error_message}; cancelled: {}."
+    )
+
+
+class JobEventPage(BaseModel):
+    """A page of a job's events, oldest first."""
+
+    items: list[JobEventOut]
+    next_after: int = Field(description="Pass as `after` for the next page: the last seq here, or the given `after`.")
+    terminal: bool = Field(
+        description="The job has ended and every one of its events is in this page or an earlier one: stop polling."
+    )
+
+
 class AdapterOut(BaseModel):
     id: uuid.UUID
     job_id: uuid.UUID

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     redeliver_after_s: float = 300.0
     # How often the API's loop re-queues lost jobs, fails stalled ones and re-sends unclaimed ones.
     reaper_interval_s: float = 30.0
+    # GET /v1/jobs/{id}/events as a stream: how often it reads the catalogue for new events (a short session each
+    # time, none held between), and how long it may be silent before it sends a keep-alive comment (proxies and
+    # load balancers close idle connections, commonly after 30 to 60 s).
+    events_poll_interval_s: float = Field(default=0.5, gt=0)
+    events_keepalive_s: float = Field(default=15.0, gt=0)
     # A forget job stores a checkpoint at the start of each training stage and every this many optimiser steps, so
     # that a job redelivered after its worker died resumes there; 0 = no checkpoints.
     checkpoint_every_steps: int = Field(default=25, ge=0)

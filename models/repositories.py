@@ -406,7 +406,7 @@ class JobRepository(TenantScopedRepository[Job]):
     def _fail(
         self, guard: tuple[ColumnElement[bool], ...], job_id: uuid.UUID, code: str, message: str, now: datetime
     ) -> bool:
-        event = {"code": code, "message": message[:500]}
+        event = {"error_code": code, "error_message": message[:500]}
         return self._close(guard, job_id, "failed", now, event, code, message[:2000])
 
     def requeue(self, job: Job, heartbeat_before: datetime, reason: str) -> bool:
@@ -457,6 +457,13 @@ class JobEventRepository(Repository[JobEvent]):
 
     def list(self, job_id: uuid.UUID) -> Sequence[JobEvent]:
         return self.session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)).all()
+
+    def after(self, job_id: uuid.UUID, after: int, limit: int) -> Sequence[JobEvent]:
+        """Up to `limit` of the job's events with a seq above `after`, in order (the unique (job_id, seq) index
+        serves it)."""
+        return self.session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after).order_by(JobEvent.seq).limit(limit)
+        ).all()
 
 
 class MetricRepository(Repository[Metric]):

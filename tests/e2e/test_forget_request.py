@@ -89,7 +89,7 @@ def _forget_tiny_lm(tmp_path: Path, env: dict[str, str], settings: Settings, sta
             adapter_row = AdapterRepository(session).get_for_job(job_uuid)
             events = [e.type for e in JobEventRepository(session).list(job_uuid)]
         assert adapter_row is not None and str(adapter_row.id) == job["adapter_id"]
-        assert events[:2] == ["queued", "started"] and events[-1] == "succeeded"
+        assert events[:2] == ["queued", "running"] and events[-1] == "succeeded"
 
         # The object is in the store, and the download is that object.
         stored = open_store(settings).get(adapter_row.object_key)

@@ -119,7 +119,7 @@ def test_cancel_a_running_job(
         assert next_job["started_at"] is not None
     with session_scope(stack_settings.database_url) as session:
         types = [e.type for e in JobEventRepository(session).list(uuid.UUID(job_id))]
-    assert types[0] == "queued" and types.count("started") == 1
+    assert types[0] == "queued" and types.count("running") == 1
     # The cancel is the job's last event: no stage, failure or success from the worker after it.
     assert types.index("cancelled") == len(types) - 1, types
     _assert_nothing_stored(stack_settings, job_id)
@@ -194,7 +194,7 @@ def test_a_killed_workers_job_is_requeued_and_a_new_worker_finishes_it(
     assert job["status"] == "succeeded", job
     attempts, events = _attempts_and_events(stack_settings, job_id)
     assert attempts == 2
-    assert [payload["attempt"] for kind, payload in events if kind == "started"] == [1, 2]
+    assert [payload["attempt"] for kind, payload in events if kind == "running"] == [1, 2]
     [requeued] = [payload for kind, payload in events if kind == "requeued"]
     assert requeued["attempt"] == 1 and "worker_lost" in requeued["reason"]
     assert f"job {job_id} re-queued" in api.log_path.read_text()
@@ -342,7 +342,7 @@ def test_a_job_whose_worker_was_killed_resumes_from_its_checkpoint(
 
     with session_scope(stack_settings.database_url) as session:
         events = JobEventRepository(session).list(uuid.UUID(job_id))
-    starts = [i for i, event in enumerate(events) if event.type == "started"]
+    starts = [i for i, event in enumerate(events) if event.type == "running"]
     assert len(starts) == 2
     stages = [e.payload["stage"] for e in events[starts[1] :] if e.type == "stage"]
     # The second run went from loading straight to forgetting: the base LM's evaluation was not redone.

@@ -111,7 +111,7 @@ def test_a_job_runs_once_even_when_delivered_twice(stack_settings: Settings, tin
         events = [e.type for e in JobEventRepository(session).list(job_id)]
         served = get_job(session, job.tenant_id, job_id)
         archive = store.get(adapter.object_key)
-    assert events[0] == "started" and events[-1] == "succeeded" and events.count("started") == 1
+    assert events[0] == "running" and events[-1] == "succeeded" and events.count("running") == 1
     # Where and how it ran, as its worker recorded it at the claim: on the job, served, and in the adapter's manifest.
     placement = worker_placement()
     assert (job.device, job.precision) == (placement.device_label(), placement.precision_label())

@@ -43,8 +43,8 @@ def test_two_deliveries_of_one_job_run_it_once(stack_settings: Settings) -> None
     assert ran == [job_id]
     assert _job(stack_settings, job_id).attempts == 1
     with session_scope(stack_settings.database_url) as session:
-        started = [e.payload for e in JobEventRepository(session).list(job_id) if e.type == "started"]
-    assert [payload["attempt"] for payload in started] == [1]
+        running = [e.payload for e in JobEventRepository(session).list(job_id) if e.type == "running"]
+    assert [payload["attempt"] for payload in running] == [1]
 
 
 def test_a_claimed_job_records_its_device_and_precision(stack_settings: Settings, monkeypatch) -> None:
@@ -66,8 +66,8 @@ def test_a_claimed_job_records_its_device_and_precision(stack_settings: Settings
     assert job.device is not None and job.device.startswith("cuda:0 (" if on_gpu else "cpu (")
     assert job.precision == ("bf16-autocast, bf16 weights" if on_gpu else "bf16-autocast")
     with session_scope(stack_settings.database_url) as session:
-        started = [e.payload for e in JobEventRepository(session).list(job_id) if e.type == "started"]
-    assert [(p["device"], p["precision"]) for p in started] == [(job.device, job.precision)]
+        running = [e.payload for e in JobEventRepository(session).list(job_id) if e.type == "running"]
+    assert [(p["device"], p["precision"]) for p in running] == [(job.device, job.precision)]
 
 
 def test_a_worker_whose_job_was_requeued_and_claimed_again_writes_nothing(stack_settings: Settings) -> None:

@@ -52,7 +52,7 @@ def test_a_progress_write_waits_for_another_writer(settings: Settings) -> None:
         ProgressReporter(settings, job_id)("forgetting", 0.5)
     assert time.monotonic() - started >= 0.9  # it waited for the lock rather than failing
     holder.close()
-    assert _stage(settings, job_id) == ("forgetting", ["queued", "stage"])
+    assert _stage(settings, job_id) == ("forgetting", ["queued", "stage", "progress"])
 
 
 def _database_is_locked(tmp_path: Path) -> Exception:
@@ -91,4 +91,4 @@ def test_a_busy_catalogue_skips_a_progress_write_and_the_job_runs_on(
     report("forgetting", 0.1)  # the catalogue is busy: skipped, not fatal
     assert _stage(settings, job_id) == ("starting", ["queued"])
     report("forgetting", 0.2)  # the next report writes the stage it missed
-    assert _stage(settings, job_id) == ("forgetting", ["queued", "stage"])
+    assert _stage(settings, job_id) == ("forgetting", ["queued", "stage", "progress"])

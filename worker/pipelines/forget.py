@@ -307,6 +307,7 @@ def _forget(
                 general_text,
                 snapshots,
                 parent=inputs.parent,
+                on_curve=report.curve,
             )
         except ParentMismatch as exc:
             # The API checks rank, alpha and layers; this is what it could not (a base model of unknown depth).

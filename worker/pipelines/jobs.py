@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
+from dataclasses import asdict
 from functools import partial
 from typing import Any
 
@@ -22,6 +23,7 @@ from models.repositories import Claim, JobEventRepository, JobRepository, Worker
 from models.tables import utcnow
 from storage import ObjectStore
 from worker.engine.lm.placement import worker_placement
+from worker.engine.metrics.values import CurvePoint
 
 log = logging.getLogger("lethe.worker")
 
@@ -114,37 +116,79 @@ def held_claim(job_id: uuid.UUID) -> Claim:
     return claim
 
 
+# A `progress` event is written when the fraction done has risen by this much since the last one (or the stage or
+# the curve point is new): a job writes at most about 1 / PROGRESS_EVENT_STEP of them for its fraction, however many
+# steps it trains.
+PROGRESS_EVENT_STEP = 0.01
+
+
 class ProgressReporter:
-    """Writes the engine's progress to the job row, at most every `min_interval_s` within a stage."""
+    """Writes the engine's progress to the job row, with the `stage` and `progress` events its readers follow.
+
+    The row is written at a new stage, at a new curve point, when the fraction first reaches 1, and otherwise at most
+    every `min_interval_s`. A row write carries a `stage` event when the stage is new, and a `progress` event
+    ({stage, fraction, curve}) when the stage or the curve point is new, or the fraction has risen by
+    PROGRESS_EVENT_STEP since the last one, or first reached 1. The fraction reported is non-decreasing within an
+    attempt (the largest seen: a pipeline's own stages after the engine's, `storing`, report 0). So an attempt writes
+    at most 1 / PROGRESS_EVENT_STEP + 1 + 2 × its stages + its curve points of these events: the events grow with a
+    job's stages and evaluations, never with its training steps.
+    """
 
     def __init__(self, settings: Settings, job_id: uuid.UUID, min_interval_s: float = 2.0) -> None:
         self.settings, self.claim, self.min_interval_s = settings, held_claim(job_id), min_interval_s
+        self._reported = ""  # the stage of the latest report
+        self._fraction = 0.0  # the largest fraction reported
+        self._curve: dict[str, Any] | None = None
+        self._curve_written = True
+        # What the catalogue has: the stage and fraction of the last row write, and the last progress event's fraction.
         self._stage = ""
         self._last_write = 0.0
+        self._written_fraction = 0.0
+        self._event_fraction: float | None = None
 
     def __call__(self, stage: str, fraction: float) -> None:
-        now = time.monotonic()
+        self._reported = stage
+        self._fraction = max(self._fraction, min(max(fraction, 0.0), 1.0))
+        self._write()
+
+    def curve(self, point: CurvePoint) -> None:
+        """A new point of the forgetting curve: written at once, with the stage and fraction reported last."""
+        self._curve, self._curve_written = asdict(point), False
+        if self._reported:
+            self._write()
+
+    def _write(self) -> None:
+        stage, fraction, now = self._reported, self._fraction, time.monotonic()
         stage_changed = stage != self._stage
-        if not stage_changed and now - self._last_write < self.min_interval_s and fraction < 1.0:
+        completed = fraction >= 1.0 > self._written_fraction
+        if not (stage_changed or not self._curve_written or completed) and now - self._last_write < self.min_interval_s:
             return
+        last = self._event_fraction
+        progressed = last is None or fraction - last >= PROGRESS_EVENT_STEP or (fraction >= 1.0 > last)
+        with_event = stage_changed or not self._curve_written or progressed
         job_id = self.claim.job_id
         try:
             with session_scope(self.settings.database_url) as session:
-                held = JobRepository(session).set_progress(self.claim, stage, min(max(fraction, 0.0), 1.0), utcnow())
+                held = JobRepository(session).set_progress(self.claim, stage, fraction, utcnow())
                 if held and stage_changed:
                     JobEventRepository(session).append(job_id, "stage", {"stage": stage})
+                if held and with_event:
+                    payload = {"stage": stage, "fraction": round(fraction, 4), "curve": self._curve}
+                    JobEventRepository(session).append(job_id, "progress", payload)
         except Exception as exc:
             cause = unavailable(exc)
             if cause is None:
                 raise
             # Progress is a report, not the work: a busy catalogue must not fail the job. Nothing is remembered,
-            # so the next report writes this stage again.
+            # so the next report writes this stage (and its events) again.
             log.warning("job %s: progress not written, %s", job_id, cause.reason)
             return
         if not held:
             # Cancelled, failed or re-queued while it ran: stop here; nothing is stored.
             raise JobFailure("job_closed", "the job was closed or re-queued while it ran (cancelled or reaped)")
-        self._stage, self._last_write = stage, now
+        self._stage, self._last_write, self._written_fraction = stage, now, fraction
+        if with_event:
+            self._event_fraction, self._curve_written = fraction, True
 
 
 class JobTimeLimitExceeded(Exception):
@@ -275,13 +319,13 @@ def run_next_job(
 
 def _started(session: Session, claim: Claim) -> None:
     """Record who runs the claimed attempt, on which device and in which precision (the job's `device` and
-    `precision`, and its `started` event); `worker_placement` is the rule the base LM is loaded by."""
+    `precision`, and its `running` event); `worker_placement` is the rule the base LM is loaded by."""
     placement = worker_placement()
     device, precision = placement.device_label(), placement.precision_label()
     JobRepository(session).set_runtime(claim, device, precision)
     JobEventRepository(session).append(
         claim.job_id,
-        "started",
+        "running",
         {"worker": platform.node(), "attempt": claim.attempt, "device": device, "precision": precision},
     )
     log.info("job %s, attempt %d: runs on %s in %s", claim.job_id, claim.attempt, device, precision)

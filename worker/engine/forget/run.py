@@ -147,6 +147,7 @@ def run_forget(
     snapshots: Snapshots | None = None,
     parent: ParentAdapter | None = None,
     base_stages: BaseStageCache | None = BASE_STAGES,
+    on_curve: Callable[[CurvePoint], None] | None = None,
 ) -> ForgetOutcome:
     """Run `plan` on the base LM (its adapter attached in place, taken off again on return) and measure every stage.
 
@@ -155,7 +156,8 @@ def run_forget(
     snapshots, and one to resume from (taken by a run of the same plan on the same rows and base LM). `parent`: the
     adapter a stacked run continues (see the module's docstring). `base_stages`: where the base stage's scores are
     kept for the next job on the same base LM and rows (see `base_stage.py`; the worker process's cache by
-    default); None = always evaluate it.
+    default); None = always evaluate it. on_curve(point) after each evaluation during forgetting, with forget-train's
+    new point of the forgetting curve (the split the target is judged on).
     """
     spec = METHODS.get(plan.method)
     params = spec.parse(plan.method_params)
@@ -170,7 +172,7 @@ def run_forget(
         raise ValueError("utility_floor needs at least one retain set")
     objective = build_objective(plan.method, params, plan.seed)
     splits = Splits(forget_train, forget_heldout, retain, general_text, parent.forget_sets if parent else None)
-    run = _Run(base, plan, params, splits, on_progress, snapshots, parent is not None)
+    run = _Run(base, plan, params, splits, on_progress, snapshots, parent is not None, on_curve)
     resume = snapshots.resume if snapshots is not None else None
 
     torch.manual_seed(plan.seed)  # LoRA's A matrices are drawn from torch's global generator
@@ -240,8 +242,10 @@ class _Run:
         on_progress: Callable[[str, float], None],
         snapshots: Snapshots | None,
         stacked: bool,
+        on_curve: Callable[[CurvePoint], None] | None = None,
     ) -> None:
         self.tokenizer = base.tokenizer
+        self.on_curve = on_curve
         self.stacked = stacked
         self.limit = max_length(base.lm, base.tokenizer)
         self.plan, self.params, self.splits, self.snapshots = plan, params, splits, snapshots
@@ -448,6 +452,8 @@ class _Run:
                 self.progress.advance("forgetting", len(rows))
             for split, value in scores.items():
                 self.curves.append(CurvePoint(split, PRIMARY_METRIC[self.splits.kinds[split]], steps, value))
+                if split == FORGET_TRAIN and self.on_curve is not None:
+                    self.on_curve(self.curves[-1])
             return stop(scores)
 
         result = train(
