@@ -19,6 +19,7 @@ from cli.client.output import (
     CursorOption,
     JsonOption,
     LimitOption,
+    created,
     field,
     print_json,
     show_page,
@@ -36,7 +37,7 @@ COLUMNS: list[Column] = [
     ("adapter", field("adapter_id")),
     ("status", field("status")),
     ("verdict", field("verdict")),
-    ("created", field("created_at")),
+    ("created", created),
 ]
 VERDICT_HELP = "exit 0 robust, 5 shallow, 6 inconclusive, 3 failed or cancelled"
 

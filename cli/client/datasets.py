@@ -14,6 +14,7 @@ from cli.client.output import (
     CursorOption,
     JsonOption,
     LimitOption,
+    created,
     field,
     print_json,
     show_page,
@@ -30,7 +31,7 @@ COLUMNS: list[Column] = [
     ("name", field("name")),
     ("kind", field("kind")),
     ("rows", field("rows")),
-    ("created", field("created_at")),
+    ("created", created),
 ]
 FIELDS: list[Column] = [*COLUMNS, ("sha256", field("sha256"))]
 

@@ -14,6 +14,7 @@ from cli.client.output import (
     CursorOption,
     JsonOption,
     LimitOption,
+    created,
     field,
     print_json,
     show_page,
@@ -32,7 +33,7 @@ COLUMNS: list[Column] = [
     ("status", field("status")),
     ("stage", field("stage")),
     ("progress", lambda job: f"{100 * job['progress']:.0f}%"),
-    ("created", field("created_at")),
+    ("created", created),
 ]
 StreamOption = Annotated[
     bool, typer.Option("--stream/--no-stream", help="SSE stream, or polled JSON pages of events (behind a proxy)")

@@ -4,6 +4,7 @@ forgetting verdict, an audit's verdict, and the exit status each of them means."
 from collections.abc import Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -14,9 +15,12 @@ STAGE_ORDER = ("base", "parent", "finetuned", "forgotten")
 
 
 def _value(metric: dict[str, Any]) -> str:
-    value = f"{metric['value']:.3f}"
+    """0.500 [0.22, 0.78] for scores and proportions; -70.0 [-100, 100] for metrics on a larger scale."""
+    small = abs(metric["value"]) < 10
+    value = f"{metric['value']:.3f}" if small else f"{metric['value']:.1f}"
     if metric.get("ci_low") is not None and metric.get("ci_high") is not None:
-        value += f" [{metric['ci_low']:.2f}, {metric['ci_high']:.2f}]"
+        bound = ".2f" if small else ".0f"
+        value += f" [{metric['ci_low']:{bound}}, {metric['ci_high']:{bound}}]"
     return value
 
 
@@ -29,8 +33,9 @@ def metrics_table(metrics: Sequence[dict[str, Any]]) -> Table:
         key = (metric["split"], metric["name"], metric.get("layer"))
         cells.setdefault(key, {})[metric["stage"]] = _value(metric)
         counts[key] = metric.get("n") if metric.get("n") is not None else counts.get(key)
-    table = Table(title="metrics (value [95% interval])", title_justify="left")
-    table.add_column("split", overflow="fold")
+    # No vertical rules: the columns of values need the width (a value and its interval is ~18 characters).
+    table = Table(title="metrics (value [95% interval])", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("split", no_wrap=True)
     table.add_column("metric", overflow="fold")
     table.add_column("n", justify="right")
     for stage in stages:

@@ -1,6 +1,7 @@
 """What the client commands print: rich tables for people, plain JSON (`--json`) for scripts."""
 
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
@@ -17,11 +18,16 @@ CreatedAfterOption = Annotated[str | None, typer.Option(help="ISO 8601: only tho
 CreatedBeforeOption = Annotated[str | None, typer.Option(help="ISO 8601: only those created before it")]
 
 Column = tuple[str, Callable[[dict[str, Any]], object]]
+# Columns of ids are never folded: a script (or a user's copy and paste) needs each id on one line.
+WHOLE = {"id", "job", "adapter", "parent"}
 
 
 def stdout() -> Console:
-    # Soft-wrapped, never truncated: ids and hashes must stay whole when piped.
-    return Console(soft_wrap=False)
+    # Into a pipe or a file, tables are as wide as they need (up to $COLUMNS, else 200), not the 80 columns rich
+    # assumes without a terminal: a script reads whole names and timestamps.
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=int(os.environ.get("COLUMNS") or 200))
 
 
 def stderr() -> Console:
@@ -34,6 +40,11 @@ def print_json(data: object) -> None:
 
 def field(name: str) -> Callable[[dict[str, Any]], object]:
     return lambda item: item.get(name)
+
+
+def created(item: dict[str, Any]) -> str:
+    """`created_at` to the second, in UTC as the API gives it: 2026-11-30 12:51:56."""
+    return str(item.get("created_at") or "-")[:19].replace("T", " ")
 
 
 def fmt(value: object) -> str:
@@ -49,7 +60,7 @@ def fmt(value: object) -> str:
 def table(items: Sequence[dict[str, Any]], columns: Sequence[Column], title: str | None = None) -> Table:
     grid = Table(title=title, title_justify="left")
     for header, _ in columns:
-        grid.add_column(header, overflow="fold")
+        grid.add_column(header, no_wrap=header in WHOLE, overflow="fold")
     for item in items:
         grid.add_row(*(fmt(get(item)) for _, get in columns))
     return grid

@@ -9,13 +9,13 @@ server will not stream (`--no-stream`, or a proxy that buffers); and, against a 
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
 from httpx_sse import SSEError, connect_sse
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
-from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -49,68 +49,101 @@ class CurveSeries:
 
 
 @dataclass
+class StageSpan:
+    """A stage's share of the job: the whole job's fraction done when it began and (once over) when it ended."""
+
+    start: float
+    end: float | None = None
+    began_at: float = 0.0  # seconds since the epoch
+    ended_at: float | None = None
+
+
+@dataclass
 class JobView:
     job_id: str
     kind: str
     status: str = "queued"
     stage: str | None = None
-    stages: dict[str, float] = field(default_factory=dict)  # stage -> fraction done, in the order they started
-    overall: float | None = None  # whole-job progress, from a polled job (no per-stage fractions there)
+    fraction: float = 0.0  # of the whole job (the API's `progress`, non-decreasing within an attempt)
+    # In the order they began; a stage may come again (evaluating before and after training): a row each time.
+    stages: list[tuple[str, StageSpan]] = field(default_factory=list)
     curves: dict[str, CurveSeries] = field(default_factory=dict)  # split -> its curve
     last_seq: int = 0
     notes: list[str] = field(default_factory=list)  # requeued, audit requested...
 
-    def _enter(self, stage: str) -> None:
-        if self.stage is not None and self.stage != stage:
-            self.stages[self.stage] = 1.0  # a stage that gave way to the next is done
+    def _enter(self, stage: str, at: float) -> None:
+        if stage == self.stage:
+            return
+        self._end(at)  # a stage that gave way to the next is over
         self.stage = stage
-        self.stages.setdefault(stage, 0.0)
+        self.stages.append((stage, StageSpan(start=self.fraction, began_at=at)))
+
+    def _progress(self, stage: str | None, fraction: object, at: float) -> None:
+        if isinstance(fraction, int | float):
+            # Non-decreasing within an attempt; a requeued job starts again from its own report.
+            self.fraction = min(1.0, max(0.0, float(fraction)))
+        if stage:
+            self._enter(stage, at)
 
     def add_point(self, split: str, name: str, step: int, value: float) -> None:
         series = self.curves.setdefault(split, CurveSeries(name))
         if not series.points or step > series.points[-1][0]:
             series.points.append((step, value))
 
+    def _end(self, at: float) -> None:
+        if self.stages and self.stages[-1][1].end is None:
+            self.stages[-1][1].end, self.stages[-1][1].ended_at = self.fraction, at
+
     def apply(self, event: Event) -> None:
         kind, data = event.get("type", ""), event.get("data") or {}
+        at = _timestamp(event.get("created_at"))
         if isinstance(event.get("seq"), int):
             self.last_seq = max(self.last_seq, event["seq"])
         if kind in ("queued", "running", "started"):
             self.status = "queued" if kind == "queued" else "running"
-        elif kind == "stage" and data.get("stage"):
+        elif kind in ("stage", "progress"):
             self.status = "running"
-            self._enter(str(data["stage"]))
-        elif kind == "progress":
-            self.status = "running"
-            if data.get("stage"):
-                self._enter(str(data["stage"]))
-                if isinstance(data.get("fraction"), int | float):
-                    self.stages[str(data["stage"])] = min(1.0, max(0.0, float(data["fraction"])))
+            self._progress(data.get("stage"), data.get("fraction"), at)
             curve = data.get("curve")
             if isinstance(curve, dict) and {"split", "name", "step", "value"} <= curve.keys():
                 self.add_point(str(curve["split"]), str(curve["name"]), int(curve["step"]), float(curve["value"]))
         elif kind == "requeued":
-            self.status = "queued"
+            self.status, self.fraction = "queued", 0.0
+            self._end(at)
+            self.stage = None
             self.notes.append(f"requeued ({data.get('reason', 'no reason given')}), attempt {data.get('attempt')}")
         elif kind == "audit_requested":
             self.notes.append("audit requested")
         elif kind in TERMINAL:
             self.status = kind
-            if kind == "succeeded" and self.stage is not None:
-                self.stages[self.stage] = 1.0
+            if kind == "succeeded":
+                self.fraction = 1.0
+            self._end(at)
 
     def apply_job(self, job: dict[str, Any]) -> None:
         """A polled `GET /v1/jobs/{id}`: its status, stage, whole-job progress and curve points."""
+        at = time.time()
         self.status = job["status"]
-        if job.get("stage") and job["stage"] not in ("queued", *TERMINAL):
-            self._enter(job["stage"])
-        self.overall = float(job.get("progress") or 0.0)
+        stage = job.get("stage") if job.get("stage") not in ("queued", *TERMINAL) else None
+        self._progress(stage, job.get("progress"), at)
+        if self.ended:
+            self._end(at)
         for point in job.get("curves") or []:
             self.add_point(point["split"], point["name"], int(point["step"]), float(point["value"]))
 
     @property
     def ended(self) -> bool:
         return self.status in TERMINAL
+
+
+def _timestamp(value: object) -> float:
+    """An event's created_at as seconds since the epoch; now when it has none (a polled job)."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            pass
+    return time.time()
 
 
 # --- drawing ----------------------------------------------------------------------------------------------------
@@ -180,20 +213,30 @@ def render_curves(view: JobView, width: int) -> RenderableType | None:
     return lines
 
 
+def stage_bar(span: StageSpan, fraction: float, width: int) -> Text:
+    """The stage's stretch of the whole job on a track of `width` cells: filled from where the job stood when the
+    stage began to where it stands now (or stood when the stage ended), so the bars of the stages tile the job."""
+    end = span.end if span.end is not None else fraction
+    first, last = round(span.start * width), max(round(end * width), round(span.start * width))
+    if last == first and (span.end is None or span.end > span.start):
+        last = min(width, first + 1)  # a stage under way, or one that moved the job, shows at least one cell
+    bar = Text("─" * first, style="dim")
+    bar.append("━" * (last - first), style="green" if span.end is not None else "cyan")
+    bar.append("─" * (width - last), style="dim")
+    return bar
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(max(0, round(seconds)), 60)
+    return f"{minutes}:{secs:02d}"
+
+
 class Screen:
     """The live display on stderr (stdout keeps the outcome, for pipes); lines instead when it is no terminal."""
 
     def __init__(self, view: JobView, console: Console) -> None:
         self.view = view
         self.console = console
-        self.progress = Progress(
-            TextColumn("{task.description:<12}"),
-            BarColumn(bar_width=None),
-            TextColumn("{task.percentage:>5.1f}%"),
-            console=console,
-            expand=True,
-        )
-        self.tasks: dict[str, TaskID] = {}
         self.live: Live | None = None
         self._said: tuple[str, str | None] | None = None
 
@@ -208,25 +251,32 @@ class Screen:
             self.live.update(self.renderable(), refresh=True)
             self.live.__exit__(None, None, None)
 
+    def stages(self) -> Table:
+        view = self.view
+        name_width = max(len(stage) for stage, _ in view.stages)
+        bar_width = max(10, self.console.width - name_width - 20)
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True)
+        grid.add_column(no_wrap=True)
+        grid.add_column(no_wrap=True, justify="right")
+        now = time.time()
+        for stage, span in view.stages:
+            took = _duration((span.ended_at or now) - span.began_at)
+            if span.end is not None:
+                state = Text(f"done {took}", style="green")
+            else:
+                state = Text(f"{100 * view.fraction:3.0f}% {took}", style="cyan")
+            grid.add_row(Text(stage.ljust(name_width)), stage_bar(span, view.fraction, bar_width), state)
+        return grid
+
     def renderable(self) -> RenderableType:
         view = self.view
-        for stage, fraction in view.stages.items():
-            if stage not in self.tasks:
-                self.tasks[stage] = self.progress.add_task(stage, total=1.0)
-            self.progress.update(self.tasks[stage], completed=fraction)
-        if view.overall is not None:
-            if "job" not in self.tasks:
-                self.tasks["job"] = self.progress.add_task("whole job", total=1.0)
-            self.progress.update(self.tasks["job"], completed=view.overall)
-        header = Table.grid(padding=(0, 1))
-        header.add_row(
-            Text(f"{view.kind} job {view.job_id}", style="bold"),
-            Text(view.status + (f" · {view.stage}" if view.stage else ""), style=_status_style(view.status)),
-        )
+        header = Text(f"{view.kind} job {view.job_id} ", style="bold")
+        header.append(view.status + (f" · {view.stage}" if view.stage else ""), style=_status_style(view.status))
         parts: list[RenderableType] = [header]
         parts.extend(Text(note, style="yellow") for note in view.notes[-3:])
-        if self.tasks:
-            parts.append(self.progress)
+        if view.stages:
+            parts.append(self.stages())
         curves = render_curves(view, self.console.width)
         if curves is not None:
             parts.append(curves)
@@ -316,9 +366,10 @@ def watch(
 ) -> dict[str, Any]:
     """Follow `job` (a `GET /v1/jobs/{id}` body) on screen until it ends; the ended job, read again."""
     job_id = str(job["id"])
-    view = JobView(job_id=job_id, kind=job.get("kind", "forget"))
-    view.apply_job(job)
-    view.overall = None
+    view = JobView(job_id=job_id, kind=job.get("kind", "forget"), status=job["status"])
+    if view.ended:
+        view.apply_job(job)  # nothing to follow: its last stage and its curve
+    # Otherwise the events, replayed from the first, build the stages and the curve in order.
     try:
         with Screen(view, console) as screen:
             screen.refresh()
@@ -329,6 +380,7 @@ def watch(
                         view.apply(event)
                         screen.refresh()
                 except NoEventsRoute:
+                    view.apply_job(job)
                     while not view.ended:  # a Lethe without the events route: poll the job itself
                         time.sleep(poll_s)
                         view.apply_job(lethe.get_json(f"/v1/jobs/{job_id}"))

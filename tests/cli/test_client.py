@@ -13,7 +13,7 @@ import pytest
 from cli.client.config import DEFAULT_URL, resolve
 from cli.client.http import LetheClient, api_error
 from cli.client.outcome import audit_exit_code, job_exit_code
-from cli.client.watch import JobView, curve_plot, sparkline, sse_events
+from cli.client.watch import JobView, StageSpan, curve_plot, sparkline, sse_events, stage_bar
 from cli.errors import CliError
 from cli.exit_codes import ExitCode
 from cli.main import main
@@ -114,43 +114,44 @@ def test_a_client_command_renders_refusals_and_unreachable_servers(tmp_path: Pat
     assert main(["jobs", "frobnicate"]) == ExitCode.USAGE  # click's usage error keeps its code
 
 
+def progress(seq: int, stage: str, fraction: float, point: tuple[int, float] | None = None) -> dict:
+    curve = (
+        None if point is None else {"split": "forget_train", "name": "accuracy", "step": point[0], "value": point[1]}
+    )
+    created = f"2026-11-30T12:00:{seq:02d}+00:00"
+    return {
+        "seq": seq,
+        "type": "progress",
+        "created_at": created,
+        "data": {"stage": stage, "fraction": fraction, "curve": curve},
+    }
+
+
 def test_events_drive_the_stages_and_the_curve() -> None:
     view = JobView(job_id="j", kind="forget")
     events = [
         {"seq": 1, "type": "queued", "data": {}},
         {"seq": 2, "type": "running", "data": {}},
-        {"seq": 3, "type": "stage", "data": {"stage": "finetune"}},
-        {"seq": 4, "type": "progress", "data": {"stage": "finetune", "fraction": 0.5, "curve": None}},
-        {"seq": 5, "type": "stage", "data": {"stage": "forget"}},
-        *(
-            {
-                "seq": 6 + step,
-                "type": "progress",
-                "data": {
-                    "stage": "forget",
-                    "fraction": step / 4,
-                    "curve": {"split": "forget_train", "name": "accuracy", "step": step, "value": 1 - step / 4},
-                },
-            }
-            for step in range(1, 5)
-        ),
+        progress(3, "finetuning", 0.0),
+        progress(4, "finetuning", 0.3),
+        # The fraction is the whole job's: forgetting takes it from 0.5 on.
+        progress(5, "forgetting", 0.5),
+        *(progress(6 + step, "forgetting", 0.5 + step / 10, (step, 1 - step / 4)) for step in range(1, 5)),
         # A replayed point (same step) is not drawn twice.
-        {
-            "seq": 11,
-            "type": "progress",
-            "data": {
-                "stage": "forget",
-                "fraction": 1.0,
-                "curve": {"split": "forget_train", "name": "accuracy", "step": 4, "value": 0.0},
-            },
-        },
-        {"seq": 12, "type": "succeeded", "data": {}},
+        progress(11, "forgetting", 0.9, (4, 0.0)),
+        progress(12, "evaluating", 0.95),
+        {"seq": 13, "type": "succeeded", "created_at": "2026-11-30T12:00:20+00:00", "data": {}},
     ]
     for event in events:
         view.apply(event)
-    assert view.status == "succeeded" and view.ended and view.last_seq == 12
-    assert view.stages == {"finetune": 1.0, "forget": 1.0}  # a stage that gave way to the next is done
+    assert view.status == "succeeded" and view.ended and view.last_seq == 13 and view.fraction == 1.0
+    spans = [(stage, span.start, span.end, span.ended_at - span.began_at) for stage, span in view.stages]
+    assert spans == [("finetuning", 0.0, 0.5, 2.0), ("forgetting", 0.5, 0.95, 7.0), ("evaluating", 0.95, 1.0, 8.0)]
     assert view.curves["forget_train"].points == [(1, 0.75), (2, 0.5), (3, 0.25), (4, 0.0)]
+    # Each stage's bar is its stretch of the whole job; the stage under way runs up to where the job stands.
+    assert stage_bar(view.stages[1][1], 1.0, 20).plain == "─" * 10 + "━" * 9 + "─"
+    assert stage_bar(StageSpan(start=0.5), 0.75, 8).plain == "────━━──"
+    assert stage_bar(StageSpan(start=0.5), 0.5, 8).plain == "────━───"  # just begun: one cell
 
 
 def test_the_curve_plot_is_columns_of_eighths() -> None:
