@@ -230,3 +230,68 @@ def test_help_and_a_client_command_load_no_ml_stack_nor_the_service() -> None:
     }
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def job_body(status: str, stage: str, fraction: float, curves: list[dict] | None = None) -> dict:
+    return {
+        "id": "job-1",
+        "kind": "forget",
+        "status": status,
+        "stage": stage,
+        "progress": fraction,
+        "curves": curves or [],
+    }
+
+
+def test_without_the_events_route_the_job_itself_is_polled(capsys) -> None:
+    point = {"split": "forget_train", "name": "accuracy", "step": 1, "value": 0.5}
+    states = iter([job_body("running", "forgetting", 0.6, [point]), job_body("succeeded", "succeeded", 1.0, [point])])
+    final = job_body("succeeded", "succeeded", 1.0, [point])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):  # a Lethe before the events route
+            return httpx.Response(404, json={"error": "not_found", "detail": "Not Found"})
+        return httpx.Response(200, json=next(states, final))
+
+    from rich.console import Console
+
+    from cli.client.watch import watch
+
+    lethe = LetheClient(
+        resolve(None, {"LETHE_URL": "http://lethe.test", "LETHE_CONFIG": "/nonexistent"}),
+        transport=httpx.MockTransport(handler),
+    )
+    ended = watch(lethe, job_body("queued", "queued", 0.0), Console(file=sys.stderr), poll_s=0)
+    assert ended["status"] == "succeeded"
+    # No terminal: a line per change of status or stage.
+    assert capsys.readouterr().err.splitlines() == [
+        "job job-1: queued",
+        "job job-1: running stage forgetting",
+        "job job-1: succeeded stage forgetting",
+    ]
+
+
+def test_no_stream_reads_the_events_as_json_pages() -> None:
+    # Events 1, then an empty page (the job is quiet: wait and ask again after 1), then its end.
+    answers = iter(
+        [
+            {"items": [{"seq": 1, "type": "running", "data": {}}], "next_after": 1, "terminal": False},
+            {"items": [], "next_after": 1, "terminal": False},
+            {"items": [{"seq": 2, "type": "succeeded", "data": {}}], "next_after": 2, "terminal": True},
+        ]
+    )
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert "text/event-stream" not in request.headers.get("Accept", "")
+        asked.append(request.url.params["after"])
+        return httpx.Response(200, json=next(answers))
+
+    from cli.client.watch import page_events
+
+    lethe = LetheClient(
+        resolve(None, {"LETHE_URL": "http://lethe.test", "LETHE_CONFIG": "/nonexistent"}),
+        transport=httpx.MockTransport(handler),
+    )
+    received = list(page_events(lethe, "job-1", 0, sleep=lambda _s: None))
+    assert [e["seq"] for e in received] == [1, 2] and asked == ["0", "1", "1"]
