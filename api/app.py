@@ -12,11 +12,13 @@ from fastapi.routing import APIRoute
 from api.errors import install_error_handlers
 from api.gate import RequestGate
 from api.rate_limit import RateLimiter
-from api.routes import adapters, audits, datasets, events, health, jobs, registries
+from api.routes import adapters, audits, datasets, deletions, events, health, jobs, registries
 from api.services.auth import ensure_key
 from api.services.base_models import ensure_builtin_base_models
+from api.services.deletions import finish_deletions
 from api.services.job_events import EventStreams
 from api.services.jobs import delete_checkpoints_of, mark_sent, reap_stale_jobs, unsent_jobs
+from api.services.retention import apply_retention
 from lethe.queue import make_celery, send_job
 from lethe.settings import Settings, get_settings
 from models.db import session_scope
@@ -70,6 +72,14 @@ def maintain_jobs(settings: Settings, queue: Celery, store: ObjectStore) -> None
             mark_sent(session, sent, utcnow())
 
 
+def maintain_storage(settings: Settings, store: ObjectStore) -> None:
+    """One pass of deletion upkeep (blocking): finish the object deletions a crash or a store outage cut off, then
+    delete the evidence that tenants' retention has expired (api/services/deletions.py, retention.py)."""
+    now = utcnow()
+    finish_deletions(settings, store, now)
+    apply_retention(settings, store, now)
+
+
 async def _maintain_jobs_forever(settings: Settings, queue: Celery, store: ObjectStore) -> None:
     while True:
         try:
@@ -77,6 +87,10 @@ async def _maintain_jobs_forever(settings: Settings, queue: Celery, store: Objec
             await asyncio.to_thread(maintain_jobs, settings, queue, store)
         except Exception:
             log.exception("job maintenance pass failed")
+        try:
+            await asyncio.to_thread(maintain_storage, settings, store)
+        except Exception:
+            log.exception("storage maintenance pass failed")
         await asyncio.sleep(settings.reaper_interval_s)
 
 
@@ -107,6 +121,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.event_streams = EventStreams()
     install_error_handlers(app)
     app.add_middleware(RequestGate, settings=settings)
-    for module in (health, datasets, registries, jobs, events, adapters, audits):
+    for module in (health, datasets, registries, jobs, events, adapters, audits, deletions):
         app.include_router(module.router)
     return app

@@ -56,6 +56,13 @@ class Conflict(LetheError):
     code = "conflict"
 
 
+class Gone(LetheError):
+    """The resource existed and was deleted (by request or by the tenant's retention): `detail` says when."""
+
+    status_code = status.HTTP_410_GONE
+    code = "gone"
+
+
 class Forbidden(LetheError):
     """The key is valid but not allowed to do this (a tenant's key on an admin operation)."""
 
@@ -128,6 +135,8 @@ _DESCRIPTIONS = {
     "size and the limit.",
     404: "No such resource for this tenant (or its stored object is missing).",
     409: "The resource is not in a state that allows this, or the Idempotency-Key was used with another request.",
+    410: "gone: the resource was deleted; `detail` says when, why (request or retention) and names the deletion "
+    "(its signed receipt: GET /v1/deletions/{deletion_id}).",
     413: "The body is larger than the server accepts (LETHE_MAX_UPLOAD_BYTES, LETHE_MAX_JSON_BYTES).",
     415: "The Content-Type is not one this route accepts; `detail` names the one it does.",
     422: "The request is invalid; `detail` names the field (and line) that is wrong.",

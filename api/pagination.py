@@ -14,7 +14,6 @@ from datetime import datetime
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Query
-from pydantic import AwareDatetime
 
 from api.errors import InvalidInput
 from models.repositories import PageQuery
@@ -54,19 +53,43 @@ def get_page_query(
         Query(max_length=200, description="The `next_cursor` of the previous page; omit it for the first page."),
     ] = None,
     created_after: Annotated[
-        AwareDatetime | None,
-        Query(description="Only items created at or after this time (ISO 8601 with a time zone)."),
+        str | None,
+        Query(
+            max_length=64,
+            description="Only items created at or after this time (ISO 8601 with a time zone).",
+            json_schema_extra={"format": "date-time"},
+        ),
     ] = None,
     created_before: Annotated[
-        AwareDatetime | None,
-        Query(description="Only items created before this time (ISO 8601 with a time zone)."),
+        str | None,
+        Query(
+            max_length=64,
+            description="Only items created before this time (ISO 8601 with a time zone).",
+            json_schema_extra={"format": "date-time"},
+        ),
     ] = None,
 ) -> PageQuery:
     """The page a list request asks for; 422 naming the parameter that is wrong."""
-    if created_after is not None and created_before is not None and created_after >= created_before:
+    after_time = _moment("created_after", created_after)
+    before_time = _moment("created_before", created_before)
+    if after_time is not None and before_time is not None and after_time >= before_time:
         raise InvalidInput("created_after: must be earlier than created_before")
     after = decode_cursor(cursor) if cursor is not None else None
-    return PageQuery(limit=limit, after=after, created_after=created_after, created_before=created_before)
+    return PageQuery(limit=limit, after=after, created_after=after_time, created_before=before_time)
+
+
+def _moment(name: str, value: str | None) -> datetime | None:
+    """An ISO 8601 date and time with a time zone (`2026-11-30T12:00:00Z`); InvalidInput naming `name` otherwise.
+    Parsed here rather than by pydantic, whose lax mode takes a number as seconds since 1970."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise InvalidInput(f"{name}: not an ISO 8601 date and time with a time zone, e.g. 2026-11-30T12:00:00Z")
+    return moment
 
 
 PageDep = Annotated[PageQuery, Depends(get_page_query)]

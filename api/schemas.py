@@ -418,6 +418,11 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    evidence_deleted_at: datetime | None = Field(
+        default=None,
+        description="When the tenant's evidence retention deleted the job's per-example values and pre-forgetting "
+        "state (the per-example route then answers 410); null while they are kept.",
+    )
 
 
 class JobSummary(BaseModel):
@@ -521,6 +526,68 @@ class AuditSummary(BaseModel):
 class AuditPage(BaseModel):
     items: list[AuditSummary]
     next_cursor: str | None = Field(description=NEXT_CURSOR_DESCRIPTION)
+
+
+# Deletions (api/services/deletions.py): the signed receipt a DELETE answers. The receipt's fields are strings as
+# signed (ids, ISO 8601 times), so a client verifies the very bytes it received.
+DeletedResource = Literal["dataset", "job", "adapter", "audit", "evidence"]
+DeletionReason = Literal["request", "retention"]
+
+
+class ReceiptResourceOut(BaseModel):
+    resource: DeletedResource
+    id: str
+
+
+class ReceiptObjectOut(BaseModel):
+    key: str = Field(description="The object's key in the store.")
+    sha256: str = Field(description="SHA-256 (hex) of the object's bytes.")
+    size_bytes: int
+
+
+class ReceiptOut(BaseModel):
+    id: str = Field(description="The deletion's id (GET /v1/deletions/{deletion_id}).")
+    tenant_id: str
+    resource: DeletedResource = Field(
+        description="What was deleted: `evidence` is a job's evidence objects (the job kept)."
+    )
+    resource_id: str
+    reason: DeletionReason
+    deleted_at: str = Field(description="When, ISO 8601 in UTC.")
+    resources: list[ReceiptResourceOut] = Field(
+        description="Every resource the deletion removed, the requested one included; each now answers 410."
+    )
+    rows: dict[str, int] = Field(description="Catalogue rows deleted, by table.")
+    objects: list[ReceiptObjectOut] = Field(description="Objects deleted from the store.")
+
+
+class SignedReceiptOut(BaseModel):
+    receipt: ReceiptOut
+    signature: dict[str, Any] = Field(
+        description="The server's signature over the receipt's canonical JSON (sorted keys, no whitespace, UTF-8), "
+        "checked as a report's is."
+    )
+
+
+class DeletionPage(BaseModel):
+    items: list[SignedReceiptOut]
+    next_cursor: str | None = Field(description=NEXT_CURSOR_DESCRIPTION)
+
+
+class RetentionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    evidence_retention_days: int | None = Field(
+        ge=1,
+        le=36500,
+        description="Days a finished job's evidence (per-example values, pre-forgetting state) is kept; null keeps "
+        "it forever.",
+    )
+
+
+class RetentionOut(BaseModel):
+    tenant: str
+    evidence_retention_days: int | None
 
 
 class Health(BaseModel):

@@ -20,11 +20,13 @@ from models.tables import (
     BaseModel,
     CurvePoint,
     Dataset,
+    Deletion,
     IdempotencyKey,
     Job,
     JobEvent,
     Metric,
     Tenant,
+    Tombstone,
     Worker,
 )
 
@@ -123,6 +125,12 @@ class TenantRepository(Repository[Tenant]):
             self.session.execute(update(Tenant).where(Tenant.id == tenant_id).values(name=Tenant.name))
         else:
             self.session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True))
+
+    def with_retention(self) -> Sequence[Tenant]:
+        """Tenants that keep evidence for a limited number of days."""
+        return self.session.scalars(
+            select(Tenant).where(Tenant.evidence_retention_days.is_not(None)).order_by(Tenant.name)
+        ).all()
 
     def stored_bytes(self, tenant_id: uuid.UUID) -> int:
         """Bytes the tenant stores: its datasets, adapters, jobs' evidence and audits' reports (the catalogue's
@@ -233,6 +241,39 @@ class JobRepository(TenantScopedRepository[Job]):
         if kind is not None:
             stmt = stmt.where(Job.kind == kind)
         return self.session.scalars(_paged(stmt, Job.created_at, Job.id, page)).all()
+
+    def open_jobs(self, tenant_id: uuid.UUID) -> Sequence[Job]:
+        """The tenant's queued and running jobs, oldest first."""
+        return self.session.scalars(
+            select(Job)
+            .where(Job.tenant_id == tenant_id, Job.status.in_(["queued", "running"]))
+            .order_by(Job.created_at)
+        ).all()
+
+    def evidence_expired(self, tenant_id: uuid.UUID, finished_before: datetime, limit: int) -> Sequence[Job]:
+        """The tenant's finished jobs that ended before `finished_before` and still point at evidence, oldest first."""
+        return self.session.scalars(
+            select(Job)
+            .where(
+                Job.tenant_id == tenant_id,
+                Job.status.in_(["succeeded", "failed", "cancelled"]),
+                Job.finished_at < finished_before,
+                Job.evidence_key.is_not(None),
+            )
+            .order_by(Job.finished_at)
+            .limit(limit)
+        ).all()
+
+    def drop_evidence(self, job_id: uuid.UUID) -> bool:
+        """Unpoint a finished job from its evidence objects (deleted by retention); False if it no longer had any."""
+        result = self.session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id, Job.evidence_key.is_not(None), Job.status.in_(["succeeded", "failed", "cancelled"])
+            )
+            .values(evidence_key=None, evidence_size_bytes=0)
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined]
 
     def count_active(self, tenant_id: uuid.UUID) -> int:
         """The tenant's queued and running jobs, forget and audit alike."""
@@ -506,6 +547,12 @@ class AdapterRepository(TenantScopedRepository[Adapter]):
             stmt = stmt.where(Adapter.base_model == base_model)
         return self.session.scalars(_paged(stmt, Adapter.created_at, Adapter.id, page)).all()
 
+    def children(self, adapter_id: uuid.UUID) -> Sequence[Adapter]:
+        """Adapters stacked directly on this one (their parent_adapter_id is its id)."""
+        return self.session.scalars(
+            select(Adapter).where(Adapter.parent_adapter_id == adapter_id).order_by(Adapter.created_at)
+        ).all()
+
     def ancestors(self, adapter: Adapter) -> list[Adapter]:
         """The adapters `adapter` descends from, its parent first, up to the root (one query per generation: a
         lineage is as long as the requests a user stacked)."""
@@ -650,3 +697,101 @@ class IdempotencyKeyRepository(Repository[IdempotencyKey]):
                 IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.created_at < created_before
             )
         )
+
+
+class DeletionRepository(Repository[Deletion]):
+    """Deletions: the rows a deleted resource takes with it, the receipts and tombstones left in their place.
+
+    The `purge_*` methods delete one resource's own rows, children before parents (the foreign keys' order), and
+    return how many rows each table lost; what a resource takes with it beyond its own rows (an adapter's audits, a
+    job's adapter) is the service's cascade (api/services/deletions.py)."""
+
+    table = Deletion
+
+    def purge_dataset(self, dataset_id: uuid.UUID) -> dict[str, int]:
+        return {"datasets": self._delete(delete(Dataset).where(Dataset.id == dataset_id))}
+
+    def purge_job(self, job_id: uuid.UUID) -> dict[str, int]:
+        """A job's events, metrics, curve points and the job (its adapter or audit row must be gone first)."""
+        return {
+            "job_events": self._delete(delete(JobEvent).where(JobEvent.job_id == job_id)),
+            "metrics": self._delete(delete(Metric).where(Metric.job_id == job_id)),
+            "curve_points": self._delete(delete(CurvePoint).where(CurvePoint.job_id == job_id)),
+            "jobs": self._delete(delete(Job).where(Job.id == job_id)),
+        }
+
+    def purge_adapter(self, adapter_id: uuid.UUID) -> dict[str, int]:
+        """An adapter's row (its audits and child adapters must be gone first)."""
+        return {"adapters": self._delete(delete(Adapter).where(Adapter.id == adapter_id))}
+
+    def purge_audit(self, audit_id: uuid.UUID) -> dict[str, int]:
+        """An audit's results, diagnostics and row (its job is purged after, with `purge_job`)."""
+        return {
+            "audit_results": self._delete(delete(AuditResult).where(AuditResult.audit_id == audit_id)),
+            "audit_diagnostics": self._delete(delete(AuditDiagnostic).where(AuditDiagnostic.audit_id == audit_id)),
+            "audits": self._delete(delete(Audit).where(Audit.id == audit_id)),
+        }
+
+    def purge_idempotency_keys(self, tenant_id: uuid.UUID, operation: str, field: str, value: uuid.UUID) -> int:
+        """The tenant's stored responses of `operation` whose `field` names `value`: a retry must not be answered
+        with a resource that is gone."""
+        return self._delete(
+            delete(IdempotencyKey).where(
+                IdempotencyKey.tenant_id == tenant_id,
+                IdempotencyKey.operation == operation,
+                IdempotencyKey.response_body[field].as_string() == str(value),
+            )
+        )
+
+    def _delete(self, statement: Any) -> int:
+        return int(self.session.execute(statement).rowcount)  # type: ignore[attr-defined]
+
+    def bury(self, deletion: Deletion, resources: Iterable[tuple[str, uuid.UUID]]) -> None:
+        """Record the deletion and a tombstone for each resource it removed."""
+        self.add(deletion)
+        self.session.add_all(
+            Tombstone(
+                tenant_id=deletion.tenant_id,
+                resource=resource,
+                resource_id=resource_id,
+                deletion_id=deletion.id,
+                deleted_at=deletion.deleted_at,
+            )
+            for resource, resource_id in resources
+        )
+        self.session.flush()
+
+    def tombstone(self, tenant_id: uuid.UUID, resource: str, resource_id: uuid.UUID) -> Tombstone | None:
+        """The tenant's tombstone of this resource; None for another tenant's, exactly as for one never deleted."""
+        return self.session.scalar(
+            select(Tombstone).where(
+                Tombstone.tenant_id == tenant_id, Tombstone.resource == resource, Tombstone.resource_id == resource_id
+            )
+        )
+
+    def get_for_tenant(self, tenant_id: uuid.UUID, deletion_id: uuid.UUID) -> Deletion | None:
+        return self.session.scalar(select(Deletion).where(Deletion.id == deletion_id, Deletion.tenant_id == tenant_id))
+
+    def page(
+        self, tenant_id: uuid.UUID, page: PageQuery, resource: str | None = None, reason: str | None = None
+    ) -> Sequence[Deletion]:
+        """A page of the tenant's deletions, newest first (`page.limit` + 1 rows at most)."""
+        stmt = select(Deletion).where(Deletion.tenant_id == tenant_id)
+        if resource is not None:
+            stmt = stmt.where(Deletion.resource == resource)
+        if reason is not None:
+            stmt = stmt.where(Deletion.reason == reason)
+        return self.session.scalars(_paged(stmt, Deletion.deleted_at, Deletion.id, page)).all()
+
+    def unfinished(self, deleted_before: datetime, limit: int) -> Sequence[Deletion]:
+        """Deletions committed before `deleted_before` whose objects are not all confirmed gone, oldest first."""
+        return self.session.scalars(
+            select(Deletion)
+            .where(Deletion.deleted_at < deleted_before, func.json_array_length(Deletion.pending_keys) > 0)
+            .order_by(Deletion.deleted_at)
+            .limit(limit)
+        ).all()
+
+    def finish(self, deletion_id: uuid.UUID) -> None:
+        """Record that every object of the deletion is gone from the store."""
+        self.session.execute(update(Deletion).where(Deletion.id == deletion_id).values(pending_keys=[]))

@@ -64,6 +64,9 @@ class Tenant(Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Days a finished job's evidence (per-example values, pre-forgetting state, checkpoints) is kept; None: forever.
+    # The API's maintenance pass deletes older evidence with a signed receipt (api/services/deletions.py).
+    evidence_retention_days: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class ApiKey(Base):
@@ -356,3 +359,40 @@ class IdempotencyKey(Base):
     response_body: Mapped[dict[str, Any]] = mapped_column()
     # Keys expire LETHE_IDEMPOTENCY_TTL_S after this.
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Deletion(Base):
+    """One deletion (a tenant's request, or the retention pass) and its signed receipt.
+
+    `receipt` is what `DELETE` answered: `{"receipt": {...}, "signature": {...}}` (api/services/receipts.py).
+    `pending_keys` are the object keys the deletion removes from the store after its rows are committed; it is
+    emptied once they are gone, so a maintenance pass finishes what a crash between the commit and the store cut off.
+    """
+
+    __tablename__ = "deletions"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), index=True)
+    # dataset | job | adapter | audit | evidence (a job's evidence objects, the job itself kept)
+    resource: Mapped[str] = mapped_column(String(20))
+    resource_id: Mapped[uuid.UUID] = mapped_column()
+    # request | retention
+    reason: Mapped[str] = mapped_column(String(20))
+    deleted_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    receipt: Mapped[dict[str, Any]] = mapped_column()
+    pending_keys: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class Tombstone(Base):
+    """A resource that is gone: a deletion's resource and each one it took with it. A read of it answers 410 Gone
+    naming when (and by which deletion) it went, rather than 404."""
+
+    __tablename__ = "tombstones"
+    __table_args__ = (UniqueConstraint("resource", "resource_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id"), index=True)
+    resource: Mapped[str] = mapped_column(String(20))
+    resource_id: Mapped[uuid.UUID] = mapped_column()
+    deletion_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("deletions.id"), index=True)
+    deleted_at: Mapped[datetime] = mapped_column(default=utcnow)

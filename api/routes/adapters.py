@@ -4,12 +4,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from api.deps import SessionDep, StoreDep, TenantDep
+from api.deps import SessionDep, SettingsDep, StoreDep, TenantDep, UnitOfWorkDep, WritingTenantDep
 from api.errors import error_responses
 from api.pagination import PageDep
 from api.routes.streaming import streamed_object, streamed_object_responses
-from api.schemas import AdapterOut, AdapterPage
-from api.services import adapters
+from api.schemas import AdapterOut, AdapterPage, SignedReceiptOut
+from api.services import adapters, deletions
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
@@ -25,10 +25,21 @@ def list_adapters(
     return adapters.list_adapters(session, tenant_id, page, base_model)
 
 
-@router.get("/{adapter_id}", response_model=AdapterOut, responses=error_responses(401, 404, 422, 429))
+@router.get("/{adapter_id}", response_model=AdapterOut, responses=error_responses(401, 404, 410, 422, 429))
 def get_adapter(adapter_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> AdapterOut:
     """An adapter's provenance, checksum and lineage."""
     return adapters.get_adapter(session, tenant_id, adapter_id)
+
+
+@router.delete(
+    "/{adapter_id}", response_model=SignedReceiptOut, responses=error_responses(401, 404, 409, 410, 422, 429, 503)
+)
+def delete_adapter(
+    adapter_id: uuid.UUID, work: UnitOfWorkDep, store: StoreDep, settings: SettingsDep, tenant_id: WritingTenantDep
+) -> SignedReceiptOut:
+    """Delete an adapter: its archive and its audits (409 while adapters are stacked on it or it is being audited);
+    the job that made it stays. Answers the signed receipt."""
+    return deletions.delete_adapter(work, store, settings, tenant_id, adapter_id)
 
 
 @router.get(

@@ -19,8 +19,8 @@ from api.deps import (
 from api.errors import error_responses, job_submission_responses
 from api.pagination import PageDep
 from api.routes.streaming import streamed_object, streamed_object_responses
-from api.schemas import AuditAccepted, AuditOut, AuditPage, AuditRequestIn, JobStatus, Verdict
-from api.services import audits
+from api.schemas import AuditAccepted, AuditOut, AuditPage, AuditRequestIn, JobStatus, SignedReceiptOut, Verdict
+from api.services import audits, deletions
 from api.services.idempotency import CreatingRequest, create_once, json_fingerprint, replayable
 from lethe.queue import enqueue_audit_job
 
@@ -65,11 +65,22 @@ def list_audits(
     return audits.list_audits(session, tenant_id, page, status, verdict, adapter_id)
 
 
-@router.get("/{audit_id}", response_model=AuditOut, responses=error_responses(401, 404, 422, 429))
+@router.get("/{audit_id}", response_model=AuditOut, responses=error_responses(401, 404, 410, 422, 429))
 def get_audit(audit_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> AuditOut:
     """An audit's status and, once it has succeeded, every attack's before / after forgetting / after attack,
     recovery rate and verdict, and the overall verdict."""
     return audits.get_audit(session, tenant_id, audit_id)
+
+
+@router.delete(
+    "/{audit_id}", response_model=SignedReceiptOut, responses=error_responses(401, 404, 409, 410, 422, 429, 503)
+)
+def delete_audit(
+    audit_id: uuid.UUID, work: UnitOfWorkDep, store: StoreDep, settings: SettingsDep, tenant_id: WritingTenantDep
+) -> SignedReceiptOut:
+    """Delete an audit: its results, diagnostics, reports and its job (409 while its job is queued or running).
+    Answers the signed receipt."""
+    return deletions.delete_audit(work, store, settings, tenant_id, audit_id)
 
 
 @router.get(

@@ -7,8 +7,9 @@ from fastapi.responses import JSONResponse
 from api.deps import IdempotencyKeyDep, SessionDep, SettingsDep, StoreDep, TenantDep, UnitOfWorkDep, WritingTenantDep
 from api.errors import PayloadTooLarge, error_responses
 from api.pagination import PageDep
-from api.schemas import DatasetKind, DatasetOut, DatasetPage
+from api.schemas import DatasetKind, DatasetOut, DatasetPage, SignedReceiptOut
 from api.services import datasets as service
+from api.services import deletions
 from api.services.idempotency import CreatingRequest, create_once, replayable, upload_fingerprint
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -64,7 +65,18 @@ def list_datasets(
     return service.list_datasets(session, tenant_id, page, kind)
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(401, 404, 422, 429))
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(401, 404, 410, 422, 429))
 def get_dataset(dataset_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> DatasetOut:
     """One dataset of the tenant."""
     return DatasetOut.model_validate(service.get_dataset(session, tenant_id, dataset_id), from_attributes=True)
+
+
+@router.delete(
+    "/{dataset_id}", response_model=SignedReceiptOut, responses=error_responses(401, 404, 409, 410, 422, 429, 503)
+)
+def delete_dataset(
+    dataset_id: uuid.UUID, work: UnitOfWorkDep, store: StoreDep, settings: SettingsDep, tenant_id: WritingTenantDep
+) -> SignedReceiptOut:
+    """Delete a dataset: its row and its file (409 while a queued or running job reads it); answers the signed
+    receipt."""
+    return deletions.delete_dataset(work, store, settings, tenant_id, dataset_id)

@@ -17,8 +17,8 @@ from api.deps import (
 from api.errors import error_responses, job_submission_responses
 from api.pagination import PageDep
 from api.routes.streaming import streamed_object, streamed_object_responses
-from api.schemas import ForgetRequestIn, JobAccepted, JobKind, JobOut, JobPage, JobStatus
-from api.services import forget_requests, jobs
+from api.schemas import ForgetRequestIn, JobAccepted, JobKind, JobOut, JobPage, JobStatus, SignedReceiptOut
+from api.services import deletions, forget_requests, jobs
 from api.services.idempotency import CreatingRequest, create_once, json_fingerprint, replayable
 from lethe.queue import enqueue_forget_job
 
@@ -62,16 +62,27 @@ def list_jobs(
     return jobs.list_jobs(session, tenant_id, page, status, kind)
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, responses=error_responses(401, 404, 422, 429))
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=error_responses(401, 404, 410, 422, 429))
 def get_job(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> JobOut:
     """A job's status, stage, progress, error, adapter and metrics."""
     return jobs.get_job(session, tenant_id, job_id)
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=error_responses(401, 404, 409, 422, 429))
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=error_responses(401, 404, 409, 410, 422, 429))
 def cancel_job(job_id: uuid.UUID, work: UnitOfWorkDep, store: StoreDep, tenant_id: WritingTenantDep) -> JobOut:
     """Cancel a queued or running job (409 when it has already finished)."""
     return jobs.cancel_job(work, store, tenant_id, job_id)
+
+
+@router.delete(
+    "/jobs/{job_id}", response_model=SignedReceiptOut, responses=error_responses(401, 404, 409, 410, 422, 429, 503)
+)
+def delete_job(
+    job_id: uuid.UUID, work: UnitOfWorkDep, store: StoreDep, settings: SettingsDep, tenant_id: WritingTenantDep
+) -> SignedReceiptOut:
+    """Delete a finished job with its events, metrics, evidence and adapter (an audit job: its audit); 409 while it
+    is queued or running (cancel it first). Answers the signed receipt."""
+    return deletions.delete_job(work, store, settings, tenant_id, job_id)
 
 
 @router.get(

@@ -12,7 +12,7 @@ def streamed_object_responses(description: str, *media_types: str) -> dict[int |
     """The `responses` of a route streaming an object of the store: its 200 body, and its errors."""
     return {
         200: {"content": {media_type: {} for media_type in media_types}, "description": description},
-        **error_responses(401, 404, 422, 429),
+        **error_responses(401, 404, 410, 422, 429),
     }
 
 

@@ -5,9 +5,9 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from api.errors import NotFound
 from api.pagination import page_of
 from api.schemas import AdapterOut, AdapterPage, AdapterSummary
+from api.services.deletions import missing
 from models.repositories import AdapterRepository, PageQuery
 from models.tables import Adapter
 
@@ -15,7 +15,7 @@ from models.tables import Adapter
 def get_adapter_row(session: Session, tenant_id: uuid.UUID, adapter_id: uuid.UUID) -> Adapter:
     adapter = AdapterRepository(session).get(tenant_id, adapter_id)
     if adapter is None:
-        raise NotFound(f"adapter {adapter_id} not found")
+        raise missing(session, tenant_id, "adapter", adapter_id)
     return adapter
 
 

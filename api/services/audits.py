@@ -18,6 +18,7 @@ from api.schemas import (
     DiagnosticOut,
 )
 from api.services.base_models import check_named_layers
+from api.services.deletions import deleted, deletion_of, missing
 from api.services.jobs import job_state
 from api.services.quotas import check_cost, check_room_for_job
 from lethe.attacks import ATTACKS, default_attacks
@@ -81,6 +82,12 @@ def submit_audit(session: Session, settings: Settings, tenant_id: uuid.UUID, req
     forget_job = JobRepository(session).get(tenant_id, adapter.job_id)
     assert forget_job is not None, "an adapter always has the job that made it, of its tenant"
     forget_spec = ForgetJobSpec.model_validate(forget_job.spec)
+    evidence_deletion = deletion_of(session, tenant_id, "evidence", forget_job.id)
+    if evidence_deletion is not None:
+        raise InvalidInput(
+            f"adapter_id: the pre-forgetting state of adapter {adapter.id}, which an audit compares against, was "
+            f"{deleted(evidence_deletion)}"
+        )
     forget_dataset = DatasetRepository(session).get(tenant_id, forget_spec.forget_dataset)
     if forget_dataset is None:
         raise InvalidInput(f"adapter_id: the forget dataset of adapter {adapter.id} no longer exists")
@@ -166,5 +173,5 @@ def list_audits(
 def _audit(session: Session, tenant_id: uuid.UUID, audit_id: uuid.UUID) -> Audit:
     audit = AuditRepository(session).get(tenant_id, audit_id)
     if audit is None:
-        raise NotFound(f"audit {audit_id} not found")
+        raise missing(session, tenant_id, "audit", audit_id)
     return audit

@@ -7,9 +7,10 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from api.errors import InvalidInput, NotFound
+from api.errors import InvalidInput
 from api.pagination import page_of
 from api.schemas import DatasetOut, DatasetPage
+from api.services.deletions import missing
 from api.services.quotas import check_stored_bytes
 from lethe import safe_json
 from lethe.rows import ROW_TYPES, RowError, parse_row
@@ -91,7 +92,7 @@ def create_dataset(
 def get_dataset(session: Session, tenant_id: uuid.UUID, dataset_id: uuid.UUID) -> Dataset:
     dataset = DatasetRepository(session).get(tenant_id, dataset_id)
     if dataset is None:
-        raise NotFound(f"dataset {dataset_id} not found")
+        raise missing(session, tenant_id, "dataset", dataset_id)
     return dataset
 
 

@@ -10,7 +10,7 @@ from typing import TypedDict
 
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, NotFound
+from api.errors import Conflict, Gone, NotFound
 from api.pagination import page_of
 from api.schemas import (
     CurvePointOut,
@@ -22,6 +22,7 @@ from api.schemas import (
     JobSummary,
     MetricOut,
 )
+from api.services.deletions import deleted, deletion_of, missing
 from lethe.forgetting import Forgetting
 from lethe.queue import JOB_KINDS
 from lethe.settings import Settings
@@ -30,6 +31,7 @@ from models.repositories import (
     AdapterRepository,
     AuditRepository,
     CurvePointRepository,
+    DeletionRepository,
     JobRepository,
     MetricRepository,
     PageQuery,
@@ -62,8 +64,9 @@ def job_state(job: Job) -> JobState:
 def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobOut:
     job = JobRepository(session).get(tenant_id, job_id)
     if job is None:
-        raise NotFound(f"job {job_id} not found")
+        raise missing(session, tenant_id, "job", job_id)
     adapter = AdapterRepository(session).get_for_job(job.id)
+    evidence_deletion = DeletionRepository(session).tombstone(tenant_id, "evidence", job.id)
     metrics = MetricRepository(session).list_for_job(job.id)
     curves = CurvePointRepository(session).list_for_job(job.id)
     return JobOut(
@@ -80,6 +83,7 @@ def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobOut
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        evidence_deleted_at=evidence_deletion.deleted_at if evidence_deletion is not None else None,
     )
 
 
@@ -103,8 +107,11 @@ def evidence_key(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> s
     """The object key of a job's per-example values; NotFound for another tenant's job or one without them."""
     job = JobRepository(session).get(tenant_id, job_id)
     if job is None:
-        raise NotFound(f"job {job_id} not found")
+        raise missing(session, tenant_id, "job", job_id)
     if job.evidence_key is None:
+        deletion = deletion_of(session, tenant_id, "evidence", job_id)
+        if deletion is not None:
+            raise Gone(f"the per-example values of job {job_id} were {deleted(deletion)}")
         raise NotFound(f"job {job_id} has no per-example values (status {job.status}; written when it succeeds)")
     return job.evidence_key
 
@@ -118,7 +125,7 @@ def cancel_job(work: UnitOfWork, store: ObjectStore, tenant_id: uuid.UUID, job_i
     session = work.session
     job = JobRepository(session).get(tenant_id, job_id)
     if job is None:
-        raise NotFound(f"job {job_id} not found")
+        raise missing(session, tenant_id, "job", job_id)
     if not JobRepository(session).finish(job.id, "cancelled", utcnow()):
         raise Conflict(f"job {job_id} is already {job.status}")
     work.after_commit(partial(delete_checkpoint, store, job.tenant_id, job.id))

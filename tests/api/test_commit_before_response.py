@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from lethe.settings import Settings
 from models.db import session_scope
-from models.repositories import JobRepository
+from models.repositories import JobRepository, PageQuery
 from tests.api.conftest import CHOICE_ROWS, tenant_of, upload
 
 
@@ -50,7 +50,7 @@ def test_a_submitted_job_is_committed_before_its_response(client: TestClient, st
 
     def statuses() -> list[str]:
         with session_scope(stack_settings.database_url) as session:
-            return [job.status for job in JobRepository(session).list(tenant_id)]
+            return [job.status for job in JobRepository(session).page(tenant_id, PageQuery(limit=200))]
 
     seen: list[Any] = []
     assert _spying(client, statuses, seen).post("/v1/forget-requests", json=body).status_code == 202

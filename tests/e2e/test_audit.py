@@ -1,6 +1,7 @@
 """Recovery-attack audits over HTTP on the stack: a forget request that asks for an audit of its random_label
 adapter, a second audit posted on the same adapter, the verdicts, the signed report and `lethe verify-report`."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from minio import Minio
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
@@ -17,6 +19,7 @@ from lethe.settings import Settings
 from models.db import session_scope
 from models.repositories import AuditRepository
 from storage import open_store
+from tests.conftest import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.e2e.conftest import (
     BOOTSTRAP_KEY,
     IMAGES_SCRIPT,
@@ -175,6 +178,27 @@ def test_audit_of_a_random_label_adapter(
     store = open_store(stack_settings)
     assert json.loads(store.get(keys[0])) == json.loads(report.content)
     assert store.get(keys[1]).decode("utf-8") == html.text
+
+    # Deleting the forget job takes every object the worker stored for it, its adapter and both audits, as the
+    # S3 server lists them, and the signed receipt names each with the SHA-256 of its bytes.
+    ids = {forget["id"], forget["adapter_id"], audit_id, second.json()["audit_id"]}
+    stored = _objects_naming(stack_settings, ids)
+    assert len(stored) >= 5  # adapter, per-example values, pre-forgetting state, two reports each
+    with httpx.Client(base_url=base_url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30) as client:
+        deleted = client.delete(f"/v1/jobs/{forget['id']}")
+        assert deleted.status_code == 200, deleted.text
+        receipt = deleted.json()["receipt"]
+        assert {o["key"]: o["sha256"] for o in receipt["objects"]} == stored
+        assert _objects_naming(stack_settings, ids) == {}
+        assert client.get(f"/v1/audits/{audit_id}").status_code == 410
+
+
+def _objects_naming(settings: Settings, ids: set[str]) -> dict[str, str]:
+    """Every object in the bucket whose key names one of `ids`, with the SHA-256 of its bytes."""
+    store = open_store(settings)
+    client = Minio(settings.s3_endpoint or "", access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY, secure=False)
+    names = [obj.object_name for obj in client.list_objects(BUCKET, recursive=True) if obj.object_name]
+    return {name: hashlib.sha256(store.get(name)).hexdigest() for name in names if any(i in name for i in ids)}
 
 
 def _check_verdict(result: dict, thresholds: dict) -> None:

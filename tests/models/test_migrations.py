@@ -28,6 +28,8 @@ TABLES = {
     "workers",
     "idempotency_keys",
     "curve_points",
+    "deletions",
+    "tombstones",
 }
 
 
