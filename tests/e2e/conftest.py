@@ -4,12 +4,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from httpx_sse import ServerSentEvent, connect_sse
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as ChromeDriverService
 
@@ -86,6 +88,36 @@ def wait_for_job(client: httpx.Client, job_id: str, services: list[Service], tim
         time.sleep(1)
     logs = "\n".join(s.log() for s in services)
     raise AssertionError(f"job {job_id} still {job['status']}/{job['stage']} after {timeout_s}s:\n{logs}")
+
+
+def watch_job(
+    client: httpx.Client, job_id: str, services: list[Service], timeout_s: float
+) -> tuple[list[ServerSentEvent], dict]:
+    """Follow the job's event stream (SSE) to its end, as a watching client does; its events, and the job as
+    `GET /v1/jobs/{id}` then shows it. Past `timeout_s` the services are stopped, which ends the stream, and the test
+    fails with their logs."""
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        for service in services:
+            service.process.terminate()
+
+    timer = threading.Timer(timeout_s, expire)
+    timer.start()
+    try:
+        with connect_sse(client, "GET", f"/v1/jobs/{job_id}/events") as source:
+            assert source.response.status_code == 200, source.response.read()
+            events = list(source.iter_sse())
+    except httpx.HTTPError as exc:
+        logs = "\n".join(s.log() for s in services)
+        raise AssertionError(f"the event stream of job {job_id} broke ({exc!r}):\n{logs}") from exc
+    finally:
+        timer.cancel()
+    assert not expired.is_set(), f"job {job_id} still running after {timeout_s}s:\n" + "\n".join(
+        s.log() for s in services
+    )
+    return events, client.get(f"/v1/jobs/{job_id}").json()
 
 
 def start_lethe(

@@ -19,7 +19,8 @@ from lethe.settings import Settings
 from models.db import session_scope
 from models.repositories import AdapterRepository, CurvePointRepository, JobEventRepository, MetricRepository
 from storage import open_store
-from tests.e2e.conftest import BOOTSTRAP_KEY, own_redis_db, start_lethe, upload_rows, wait_for_job
+from tests.conftest import REDIS_DB
+from tests.e2e.conftest import BOOTSTRAP_KEY, own_redis_db, start_lethe, upload_rows, watch_job
 from tests.e2e.job_metrics import choice_accuracy, final_metrics
 from tests.tiny_lm import synthetic_choice_rows
 
@@ -47,7 +48,8 @@ def _forget_tiny_lm(tmp_path: Path, env: dict[str, str], settings: Settings, sta
             },
         )
         assert submitted.status_code == 202, submitted.text
-        job = wait_for_job(client, submitted.json()["job_id"], services, timeout_s=300)
+        # Watched live, as a client would (Server-Sent Events); the stream ends with the job.
+        stream, job = watch_job(client, submitted.json()["job_id"], services, timeout_s=300)
         assert job["status"] == "succeeded", (job, [s.log() for s in services])
 
         # One value per (stage, split, name, layer); the points of the forgetting curve are apart, with their step.
@@ -90,6 +92,16 @@ def _forget_tiny_lm(tmp_path: Path, env: dict[str, str], settings: Settings, sta
             events = [e.type for e in JobEventRepository(session).list(job_uuid)]
         assert adapter_row is not None and str(adapter_row.id) == job["adapter_id"]
         assert events[:2] == ["queued", "running"] and events[-1] == "succeeded"
+        # The stream served every event, in order, and ended at the last; progress rose, and while forgetting
+        # trained it carried forget-train's curve points, each one the job reports.
+        assert [e.event for e in stream] == events and [int(e.id) for e in stream] == list(range(1, len(events) + 1))
+        progress = [e.json()["data"] for e in stream if e.event == "progress"]
+        fractions = [p["fraction"] for p in progress]
+        assert fractions == sorted(fractions) and fractions[-1] == 1.0
+        sent = [p["curve"] for p in progress if p["curve"] is not None and p["stage"] == "forgetting"]
+        assert sent and all(point in curve for point in sent) and {p["split"] for p in sent} == {"forget_train"}
+        page = client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 200}).json()
+        assert [item["type"] for item in page["items"]] == events and page["terminal"] is True
 
         # The object is in the store, and the download is that object.
         stored = open_store(settings).get(adapter_row.object_key)
@@ -127,7 +139,7 @@ def _forget_tiny_lm(tmp_path: Path, env: dict[str, str], settings: Settings, sta
 
 
 def test_on_the_stack(tmp_path: Path, stack_env: dict[str, str], stack_settings: Settings, start_service) -> None:
-    _forget_tiny_lm(tmp_path, own_redis_db(stack_env, 12), stack_settings, start_service, with_worker=True)
+    _forget_tiny_lm(tmp_path, own_redis_db(stack_env, REDIS_DB), stack_settings, start_service, with_worker=True)
 
 
 def test_on_the_embedded_default(tmp_path: Path, start_service) -> None:

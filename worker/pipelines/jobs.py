@@ -130,8 +130,8 @@ class ProgressReporter:
     ({stage, fraction, curve}) when the stage or the curve point is new, or the fraction has risen by
     PROGRESS_EVENT_STEP since the last one, or first reached 1. The fraction reported is non-decreasing within an
     attempt (the largest seen: a pipeline's own stages after the engine's, `storing`, report 0). So an attempt writes
-    at most 1 / PROGRESS_EVENT_STEP + 1 + 2 × its stages + its curve points of these events: the events grow with a
-    job's stages and evaluations, never with its training steps.
+    at most 1 / PROGRESS_EVENT_STEP + 1 + 2 × its changes of stage + its curve points of these events: they grow
+    with a job's stages and evaluations, never with its training steps.
     """
 
     def __init__(self, settings: Settings, job_id: uuid.UUID, min_interval_s: float = 2.0) -> None:
@@ -164,7 +164,8 @@ class ProgressReporter:
         if not (stage_changed or not self._curve_written or completed) and now - self._last_write < self.min_interval_s:
             return
         last = self._event_fraction
-        progressed = last is None or fraction - last >= PROGRESS_EVENT_STEP or (fraction >= 1.0 > last)
+        # The epsilon: 0.03 - 0.02 is a little less than 0.01 in binary floating point.
+        progressed = last is None or fraction - last >= PROGRESS_EVENT_STEP - 1e-9 or (fraction >= 1.0 > last)
         with_event = stage_changed or not self._curve_written or progressed
         job_id = self.claim.job_id
         try:
