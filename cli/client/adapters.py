@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from cli.client.datasets import show_receipt
 from cli.client.http import client
 from cli.client.output import (
     AllOption,
@@ -21,6 +20,7 @@ from cli.client.output import (
     LimitOption,
     field,
     show_page,
+    show_receipt,
     show_record,
     stderr,
     stdout,

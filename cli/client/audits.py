@@ -6,7 +6,6 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from cli.client.datasets import show_receipt
 from cli.client.forget import read_request
 from cli.client.http import LetheClient, client
 from cli.client.jobs import StreamOption, watch_and_report
@@ -23,6 +22,7 @@ from cli.client.output import (
     field,
     print_json,
     show_page,
+    show_receipt,
     stdout,
 )
 from cli.errors import CliError

@@ -16,13 +16,10 @@ from cli.client.output import (
     LimitOption,
     created,
     field,
-    print_json,
     show_page,
+    show_receipt,
     show_record,
-    stdout,
 )
-from cli.errors import CliError
-from cli.exit_codes import ExitCode
 
 app = typer.Typer(help="Upload, list, read and delete datasets (JSONL, one row per line).", no_args_is_help=True)
 
@@ -80,18 +77,6 @@ def list_datasets(
 def get(ctx: typer.Context, dataset_id: str, as_json: JsonOption = False) -> None:
     with client(ctx) as lethe:
         show_record(lethe.get_json(f"/v1/datasets/{dataset_id}"), FIELDS, as_json)
-
-
-def show_receipt(what: str, signed: dict[str, object], as_json: bool) -> None:
-    """A deletion's signed receipt: the whole JSON for `--json` (keep it: it proves the deletion), else its fields."""
-    if as_json:
-        print_json(signed)
-        return
-    receipt = signed.get("receipt")
-    if not isinstance(receipt, dict):
-        raise CliError(f"deleted {what}, but the answer has no receipt: {signed}", ExitCode.API_ERROR)
-    stdout().print(f"deleted {what}; its receipt (--json prints it with the signature):", highlight=False)
-    show_record(receipt, [(key, field(key)) for key in receipt], as_json=False)
 
 
 @app.command(help="Delete a dataset and its stored rows (409 while a queued or running job uses it).")

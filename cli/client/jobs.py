@@ -18,6 +18,7 @@ from cli.client.output import (
     field,
     print_json,
     show_page,
+    show_receipt,
     stderr,
     stdout,
 )
@@ -115,3 +116,13 @@ def cancel(ctx: typer.Context, job_id: str, as_json: JsonOption = False) -> None
         raise CliError(f"job {job_id} is {job['status']}, not cancelled", ExitCode.API_ERROR)
     else:
         stdout().print(f"job {job_id} cancelled", highlight=False)
+
+
+@app.command(
+    help="Delete an ended job with its events, metrics, evidence and adapter (an audit job: its audit); the API "
+    "answers 409 while it is queued or running. Prints the signed deletion receipt."
+)
+def delete(ctx: typer.Context, job_id: str, as_json: JsonOption = False) -> None:
+    with client(ctx) as lethe:
+        signed = lethe.request("DELETE", f"/v1/jobs/{job_id}").json()
+    show_receipt(f"job {job_id}", signed, as_json)

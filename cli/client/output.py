@@ -91,3 +91,20 @@ def show_page(
         console.print(table(items, columns))
     if next_cursor:
         console.print(f"more: --cursor {next_cursor}", highlight=False)
+
+
+def show_receipt(what: str, signed: dict[str, Any], as_json: bool) -> None:
+    """A deletion's signed receipt: all of it for `--json` (keep it: it proves the deletion), else a summary."""
+    if as_json:
+        print_json(signed)
+        return
+    found = signed.get("receipt")
+    receipt: dict[str, Any] = found if isinstance(found, dict) else {}
+    objects, resources = receipt.get("objects") or [], receipt.get("resources") or []
+    rows = sum(receipt.get("rows", {}).values()) if isinstance(receipt.get("rows"), dict) else 0
+    stdout().print(
+        f"deleted {what} at {receipt.get('deleted_at', '-')}: {len(resources)} resources, {rows} rows, "
+        f"{len(objects)} stored objects; receipt {receipt.get('id', '-')} (GET /v1/deletions/{receipt.get('id', '')}, "
+        "or --json for the signed receipt)",
+        highlight=False,
+    )

@@ -288,3 +288,14 @@ def test_a_failed_job_gives_its_exit_code(stack: Stack, watched: Watched) -> Non
     refused = stack.lethe("jobs", "cancel", job_id)
     assert refused.returncode == ExitCode.API_ERROR
     assert refused.stderr.startswith(f"lethe: POST /v1/jobs/{job_id}/cancel: 409 conflict: ")
+    # Deleting it: a summary of the signed receipt; the job is gone (410 from then on).
+    deleted = stack.lethe("jobs", "delete", job_id)
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout.startswith(f"deleted job {job_id} at ") and "receipt " in deleted.stdout
+    gone = stack.lethe("jobs", "get", job_id)
+    assert gone.returncode == ExitCode.API_ERROR and f"GET /v1/jobs/{job_id}: 410 " in gone.stderr
+    spare = stack.workdir / "spare.jsonl"
+    spare.write_text("".join(json.dumps(r) + "\n" for r in synthetic_choice_rows(4, seed=9)))
+    dataset = stack.json("datasets", "upload", str(spare), "--kind", "choice")
+    signed = stack.json("datasets", "delete", dataset["id"])
+    assert signed["receipt"]["resource_id"] == dataset["id"] and signed["signature"]
