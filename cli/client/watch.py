@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-from httpx_sse import SSEError, connect_sse
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
@@ -305,6 +304,9 @@ def sse_events(
 ) -> Iterator[Event]:
     """The job's events from the SSE stream, from after `after`, resumed with Last-Event-ID when it drops, until
     its terminal event."""
+    # Here, not at the top: only a streamed watch needs it (admin commands on a host without it still start).
+    from httpx_sse import SSEError, connect_sse
+
     last, failures = after, 0
     timeout = httpx.Timeout(lethe.config.timeout_s, read=max(60.0, lethe.config.timeout_s))
     while True:
