@@ -1,21 +1,22 @@
 """`lethe api-keys`: create, list, revoke and rotate API keys on the catalogue directly (an operator runs it on the
 server host, with the server's settings). A key is printed once, alone on stdout, so a script can capture it."""
 
+from __future__ import annotations
+
 import dataclasses
 import json
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.orm import Session
 
-from api.errors import LetheError
-from api.scopes import TENANT_SCOPES
+if TYPE_CHECKING:  # the catalogue's imports wait for a command that uses it: `lethe --help` stays light
+    from sqlalchemy.orm import Session
 
 app = typer.Typer(
     name="api-keys",
@@ -39,6 +40,8 @@ def _session() -> Iterator[Session]:
 
 def _run(action: Callable[[Session], T]) -> T:
     """`action` in one committed transaction; a refused one (unknown key, bad scope) exits 2 with its reason."""
+    from api.errors import LetheError
+
     try:
         with _session() as session:
             return action(session)
@@ -61,6 +64,7 @@ def create(
     name: Annotated[str, typer.Option(help="A label: who or what holds the key.")] = "",
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
+    from api.scopes import TENANT_SCOPES
     from api.services import api_keys
 
     issued = _run(lambda session: api_keys.create(session, tenant, scope or list(TENANT_SCOPES), name))

@@ -1,16 +1,44 @@
-"""The `lethe` command: serve (embedded default), worker, migrate, base-models, api-keys, verify-report."""
+"""The `lethe` command: the admin commands of an installation (serve, worker, migrate, base-models, api-keys,
+verify-report) and the client commands that talk HTTP to any Lethe (datasets, forget, jobs, adapters, audits).
 
-import argparse
+Every heavy import (uvicorn, the API, Celery, the catalogue) sits inside the command that needs it: a client
+command or `lethe --help` loads typer, rich and httpx only, and starts fast.
+"""
+
 import signal
 import sys
 from pathlib import Path
+from typing import Annotated
 
-from cli.embedded_worker import EmbeddedWorker, die_with_parent
-from lethe.settings import get_settings
+import typer
+
+from cli import api_keys, signing_keys
+from cli.client import adapters, audits, datasets, forget, jobs
+from cli.client.config import ProfileOption
+from cli.errors import CliError, render_error
+from cli.exit_codes import EXIT_CODES_HELP, ExitCode
+
+app = typer.Typer(
+    name="lethe",
+    help="Unlearning-as-a-service for language models.",
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    # A crash prints Python's own traceback, as before typer: no boxed source, and never the locals (an API key).
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def root(ctx: typer.Context, profile: ProfileOption = None) -> None:
+    """Unlearning-as-a-service for language models."""
+    ctx.obj = profile
 
 
 def _ensure_embedded_catalogue() -> None:
     """The embedded default has no migrate step of its own: migrate the SQLite catalogue on first use."""
+    from lethe.settings import get_settings
+
     settings = get_settings()
     if settings.database_url.startswith("sqlite"):
         from models.migrate import upgrade
@@ -18,25 +46,33 @@ def _ensure_embedded_catalogue() -> None:
         upgrade(settings.database_url)
 
 
-def _migrate(_args: argparse.Namespace) -> int:
+@app.command(help="Apply the catalogue migrations and exit.")
+def migrate() -> None:
+    from lethe.settings import get_settings
     from models.migrate import upgrade
 
     upgrade(get_settings().database_url)
     print("catalogue migrated to head")
-    return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
+@app.command(help="Run the API (and, in the embedded default, a worker).")
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="do not start the embedded worker")] = False,
+) -> None:
     import uvicorn
 
     from api.app import create_app
+    from cli.embedded_worker import EmbeddedWorker
+    from lethe.settings import get_settings
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _ensure_embedded_catalogue()
     worker = None
     # The embedded default has no separate worker service: run one beside the API, for as long as the API runs.
-    if settings.embedded_broker and not args.no_worker:
+    if settings.embedded_broker and not no_worker:
         if settings.require_gpu:
             # Refuse here rather than serve an API whose worker will never start (it would say the same and exit).
             from worker.startup import check_worker_devices
@@ -49,15 +85,18 @@ def _serve(args: argparse.Namespace) -> int:
     # worker. This handler turns that second SIGTERM into SystemExit (status 128 + 15, as a death by the signal).
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", log_config=None)
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", log_config=None)
     finally:
         if worker is not None:
             worker.stop()
-    return 0
 
 
-def _worker(args: argparse.Namespace) -> int:
+@app.command(help="Run a Celery worker.")
+def worker(loglevel: str = "INFO") -> None:
+    from cli.embedded_worker import die_with_parent
+
     die_with_parent()  # a no-op unless `lethe serve` started this worker beside it
+    from lethe.settings import get_settings
     from worker.startup import check_worker_devices
 
     # Before Celery's banner: a worker that must not run (LETHE_REQUIRE_GPU without CUDA) exits with EX_CONFIG.
@@ -65,99 +104,96 @@ def _worker(args: argparse.Namespace) -> int:
     from worker.tasks import celery_app
 
     # One job at a time per process: a job already uses every core (or the whole GPU).
-    celery_app.worker_main(
-        ["worker", "--pool=solo", f"--loglevel={args.loglevel}", "--without-gossip", "--without-mingle"]
-    )
-    return 0
+    celery_app.worker_main(["worker", "--pool=solo", f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"])
 
 
-def _base_models_add(args: argparse.Namespace) -> int:
+base_models_app = typer.Typer(help="Manage base models.", no_args_is_help=True)
+
+
+@base_models_app.command(
+    "add", help="Register a base model: a hub repository or a local safetensors checkpoint (checked first)."
+)
+def base_models_add(
+    name: str,
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="hf:org/name@revision (pinned to its commit; LETHE_HF_ENDPOINT, LETHE_HF_OFFLINE apply), a "
+            "directory (or path:/abs/dir), or bundled:<id>"
+        ),
+    ],
+    description: str = "",
+) -> None:
     from api.services.base_models import add_base_model
     from lethe.base_model_sources import BaseModelSourceError
     from lethe.hub import HubOptions
+    from lethe.settings import get_settings
     from models.db import session_scope
 
-    source = args.source if ":" in args.source else f"path:{Path(args.source).resolve()}"
+    source = source if ":" in source else f"path:{Path(source).resolve()}"
     settings = get_settings()
     _ensure_embedded_catalogue()
     try:
         with session_scope(settings.database_url) as session:
-            base_model = add_base_model(
-                session, HubOptions.from_settings(settings), args.name, source, args.description
-            )
+            base_model = add_base_model(session, HubOptions.from_settings(settings), name, source, description)
             registered, digest = base_model.source, base_model.weights_sha256
     except BaseModelSourceError as exc:
         print(f"lethe base-models add: {exc}", file=sys.stderr)
-        return 2
-    print(f"registered base model {args.name} -> {registered}" + (f" (weights sha256 {digest})" if digest else ""))
-    return 0
+        raise typer.Exit(ExitCode.USAGE) from exc
+    print(f"registered base model {name} -> {registered}" + (f" (weights sha256 {digest})" if digest else ""))
 
 
-def _verify_report(args: argparse.Namespace) -> int:
-    from cli.verify_report import verify_report
+@app.command(
+    "verify-report",
+    help="Check a signed audit report (or deletion receipt) with the server's published public keys: exit 0 valid, "
+    "1 invalid, 2 unusable input. Never creates a key.",
+)
+def verify_report(
+    file: Annotated[Path, typer.Argument(help="the report JSON (GET /v1/audits/{id}/report)")],
+    key_file: Annotated[
+        Path | None,
+        typer.Option(help="the JSON of GET /v1/signing-keys saved to disk (or a PEM public key): offline"),
+    ] = None,
+    key_url: Annotated[
+        str | None, typer.Option(help="the server's /v1/signing-keys URL (https, or http on loopback only)")
+    ] = None,
+    html: Annotated[
+        Path | None, typer.Option(help="the report's HTML page: check it is the one the JSON signed")
+    ] = None,
+) -> None:
+    from cli.verify_report import verify_report as check
 
-    return verify_report(Path(args.file), args.key_file, args.key_url, args.html)
+    if (key_file is None) == (key_url is None):
+        print("lethe verify-report: give exactly one of --key-file and --key-url", file=sys.stderr)
+        raise typer.Exit(ExitCode.USAGE)
+    raise typer.Exit(check(file, key_file, key_url, html))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lethe", description="Unlearning-as-a-service for language models.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    serve = commands.add_parser("serve", help="run the API (and, in the embedded default, a worker)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--no-worker", action="store_true", help="do not start the embedded worker")
-    serve.set_defaults(run=_serve)
-
-    worker = commands.add_parser("worker", help="run a Celery worker")
-    worker.add_argument("--loglevel", default="INFO")
-    worker.set_defaults(run=_worker)
-
-    migrate = commands.add_parser("migrate", help="apply the catalogue migrations and exit")
-    migrate.set_defaults(run=_migrate)
-
-    base_models = commands.add_parser("base-models", help="manage base models").add_subparsers(
-        dest="action", required=True
-    )
-    add = base_models.add_parser(
-        "add", help="register a base model: a hub repository or a local safetensors checkpoint (checked first)"
-    )
-    add.add_argument("name")
-    add.add_argument(
-        "source",
-        help="hf:org/name@revision (pinned to its commit; LETHE_HF_ENDPOINT, LETHE_HF_OFFLINE apply), a directory "
-        "(or path:/abs/dir), or bundled:<id>",
-    )
-    add.add_argument("--description", default="")
-    add.set_defaults(run=_base_models_add)
-
-    # Listed here for `lethe --help`; `main` hands `lethe api-keys ...` to its typer app (cli/api_keys.py).
-    commands.add_parser("api-keys", help="manage API keys: create, list, revoke, rotate", add_help=False)
-
-    verify_report = commands.add_parser(
-        "verify-report",
-        help="check a signed audit report (or deletion receipt) with the server's published public keys: exit 0 "
-        "valid, 1 invalid, 2 unusable input",
-    )
-    verify_report.add_argument("file", help="the report JSON (GET /v1/audits/{id}/report)")
-    keys = verify_report.add_mutually_exclusive_group(required=True)
-    keys.add_argument(
-        "--key-file", type=Path, help="the JSON of GET /v1/signing-keys saved to disk (or a PEM public key): offline"
-    )
-    keys.add_argument("--key-url", help="the server's /v1/signing-keys URL (https, or http on loopback only)")
-    verify_report.add_argument("--html", type=Path, help="the report's HTML page: check it is the one the JSON signed")
-    verify_report.set_defaults(run=_verify_report)
-    return parser
+app.add_typer(base_models_app, name="base-models")
+app.add_typer(api_keys.app, name="api-keys")
+app.add_typer(signing_keys.app, name="signing-keys")
+app.add_typer(datasets.app, name="datasets")
+app.add_typer(forget.app, name="forget")
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(adapters.app, name="adapters")
+app.add_typer(audits.app, name="audits")
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["api-keys"]:
-        from cli.api_keys import app as api_keys_app
-
-        api_keys_app(argv[1:], prog_name="lethe api-keys")  # exits with the command's status
-    args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    """The console entry point: the command's exit status (a client error is one line on stderr, no traceback)."""
+    try:
+        app(args=argv, prog_name="lethe")
+    except SystemExit as exited:
+        if exited.code is None or isinstance(exited.code, int):
+            return exited.code or 0
+        print(exited.code, file=sys.stderr)  # sys.exit("message"): Python prints it and exits with 1
+        return 1
+    except CliError as error:
+        render_error(error)
+        return int(error.exit_code)
+    except KeyboardInterrupt:
+        return int(ExitCode.INTERRUPTED)
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,24 +9,15 @@ from __future__ import annotations
 
 import typer
 
-from lethe.settings import get_settings
-
 app = typer.Typer(help="The keys that sign audit reports and deletion receipts.", no_args_is_help=True)
-
-
-def _ensure_embedded_catalogue() -> None:
-    """The embedded default (SQLite) has no migrate step of its own: migrate it on first use."""
-    settings = get_settings()
-    if settings.database_url.startswith("sqlite"):
-        from models.migrate import upgrade
-
-        upgrade(settings.database_url)
 
 
 @app.command()
 def rotate() -> None:
     """Make a new current signing key and retire the previous one (kept published: what it signed still verifies)."""
     from api.services.signing_keys import rotate_signing_key
+    from cli.main import _ensure_embedded_catalogue
+    from lethe.settings import get_settings
     from models.db import session_scope
 
     settings = get_settings()
@@ -42,6 +33,8 @@ def rotate() -> None:
 def list_keys() -> None:
     """Every key ever used, oldest first: id, valid from, retired at (or `current`)."""
     from api.services.signing_keys import list_signing_keys
+    from cli.main import _ensure_embedded_catalogue
+    from lethe.settings import get_settings
     from models.db import session_scope
 
     settings = get_settings()

@@ -32,7 +32,7 @@ fail() { printf 'gpu_wheels: FAIL: %s\n' "$*" >&2; exit 1; }
 # fixtures: psycopg, redis, minio; moto is imported only by the fixtures that start its S3 server).
 REQUIREMENTS=(
     fastapi "uvicorn[standard]" python-multipart sqlalchemy alembic "psycopg[binary]" pydantic pydantic-settings
-    "celery[redis]" redis minio httpx
+    "celery[redis]" redis minio httpx httpx-sse
     nltk
 )
 # Published as source only: built here into a (pure-Python) wheel, its dependencies being in the list above

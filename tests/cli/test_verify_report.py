@@ -94,7 +94,7 @@ def test_an_edited_html_page_fails(tmp_path: Path, files: dict[str, Path]) -> No
     [
         (["--key-file", "{missing}"], "--key-file"),
         (["--key-file", "{report}"], "not an Ed25519 JWK"),  # a report is no key list
-        ([], "one of the arguments --key-file --key-url is required"),
+        ([], "give exactly one of --key-file and --key-url"),
         (["--key-url", "http://192.0.2.1/v1/signing-keys"], "plain http is accepted only on loopback"),
         (["--key-url", "ftp://127.0.0.1/keys"], "expected an https:// URL"),
     ],
