@@ -6,14 +6,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from cli.catalogue import on_catalogue
 
 if TYPE_CHECKING:  # the catalogue's imports wait for a command that uses it: `lethe --help` stays light
     from sqlalchemy.orm import Session
@@ -27,27 +28,8 @@ _err = Console(stderr=True)
 T = TypeVar("T")
 
 
-@contextmanager
-def _session() -> Iterator[Session]:
-    from cli.main import _ensure_embedded_catalogue
-    from lethe.settings import get_settings
-    from models.db import session_scope
-
-    _ensure_embedded_catalogue()
-    with session_scope(get_settings().database_url) as session:
-        yield session
-
-
 def _run(action: Callable[[Session], T]) -> T:
-    """`action` in one committed transaction; a refused one (unknown key, bad scope) exits 2 with its reason."""
-    from api.errors import LetheError
-
-    try:
-        with _session() as session:
-            return action(session)
-    except LetheError as exc:
-        _err.print(f"lethe api-keys: {exc.detail}", markup=False, highlight=False)
-        raise typer.Exit(2) from exc
+    return on_catalogue("api-keys", action)
 
 
 def _when(value: datetime | None) -> str:

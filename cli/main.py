@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from cli import api_keys, signing_keys
+from cli import api_keys, signing_keys, tenants
+from cli.catalogue import ensure_embedded_catalogue
 from cli.client import adapters, audits, datasets, forget, jobs
 from cli.client.config import ProfileOption
 from cli.errors import CliError, render_error
@@ -33,17 +34,6 @@ app = typer.Typer(
 def root(ctx: typer.Context, profile: ProfileOption = None) -> None:
     """Unlearning-as-a-service for language models."""
     ctx.obj = profile
-
-
-def _ensure_embedded_catalogue() -> None:
-    """The embedded default has no migrate step of its own: migrate the SQLite catalogue on first use."""
-    from lethe.settings import get_settings
-
-    settings = get_settings()
-    if settings.database_url.startswith("sqlite"):
-        from models.migrate import upgrade
-
-        upgrade(settings.database_url)
 
 
 @app.command(help="Apply the catalogue migrations and exit.")
@@ -69,7 +59,7 @@ def serve(
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    _ensure_embedded_catalogue()
+    ensure_embedded_catalogue()
     worker = None
     # The embedded default has no separate worker service: run one beside the API, for as long as the API runs.
     if settings.embedded_broker and not no_worker:
@@ -132,7 +122,7 @@ def base_models_add(
 
     source = source if ":" in source else f"path:{Path(source).resolve()}"
     settings = get_settings()
-    _ensure_embedded_catalogue()
+    ensure_embedded_catalogue()
     try:
         with session_scope(settings.database_url) as session:
             base_model = add_base_model(session, HubOptions.from_settings(settings), name, source, description)
@@ -172,6 +162,7 @@ def verify_report(
 app.add_typer(base_models_app, name="base-models")
 app.add_typer(api_keys.app, name="api-keys")
 app.add_typer(signing_keys.app, name="signing-keys")
+app.add_typer(tenants.app, name="tenants")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(forget.app, name="forget")
 app.add_typer(jobs.app, name="jobs")

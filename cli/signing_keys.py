@@ -16,12 +16,12 @@ app = typer.Typer(help="The keys that sign audit reports and deletion receipts."
 def rotate() -> None:
     """Make a new current signing key and retire the previous one (kept published: what it signed still verifies)."""
     from api.services.signing_keys import rotate_signing_key
-    from cli.main import _ensure_embedded_catalogue
+    from cli.catalogue import ensure_embedded_catalogue
     from lethe.settings import get_settings
     from models.db import session_scope
 
     settings = get_settings()
-    _ensure_embedded_catalogue()
+    ensure_embedded_catalogue()
     with session_scope(settings.database_url) as session:
         rotation = rotate_signing_key(settings, session)
         current = rotation.current.key_id
@@ -33,12 +33,12 @@ def rotate() -> None:
 def list_keys() -> None:
     """Every key ever used, oldest first: id, valid from, retired at (or `current`)."""
     from api.services.signing_keys import list_signing_keys
-    from cli.main import _ensure_embedded_catalogue
+    from cli.catalogue import ensure_embedded_catalogue
     from lethe.settings import get_settings
     from models.db import session_scope
 
     settings = get_settings()
-    _ensure_embedded_catalogue()
+    ensure_embedded_catalogue()
     with session_scope(settings.database_url) as session:
         rows = [
             (row.key_id, row.valid_from.isoformat(), row.retired_at.isoformat() if row.retired_at else "current")
