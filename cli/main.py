@@ -75,7 +75,16 @@ def serve(
     # worker. This handler turns that second SIGTERM into SystemExit (status 128 + 15, as a death by the signal).
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", log_config=None)
+        # Open event streams (GET /v1/jobs/{id}/events) never end on their own: a graceful shutdown waits for them
+        # 5 s at most, then closes them (clients resume with Last-Event-ID); log_config None: structlog's format.
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level="info",
+            log_config=None,
+            timeout_graceful_shutdown=5,
+        )
     finally:
         if worker is not None:
             worker.stop()
