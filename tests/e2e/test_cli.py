@@ -18,10 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from api.services.auth import create_key
 from cli.exit_codes import ExitCode
 from lethe.settings import Settings
+from models.db import session_scope
 from tests.conftest import REDIS_DB
-from tests.e2e.conftest import BOOTSTRAP_KEY, ROOT, Service, own_redis_db, start_lethe
+from tests.e2e.conftest import ROOT, Service, own_redis_db, start_lethe
 from tests.tiny_lm import build_tiny_lm, synthetic_choice_rows, task_corpus
 
 TMUX = shutil.which("tmux") or "/usr/bin/tmux"
@@ -66,7 +68,7 @@ class Stack:
         return dict(json.loads(done.stdout))
 
     def api(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"X-API-Key": BOOTSTRAP_KEY}, timeout=30)
+        return httpx.Client(base_url=self.url, headers={"X-API-Key": self.env["LETHE_API_KEY"]}, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +97,15 @@ def stack(
         shutil.rmtree(gone)
         workdir = tmp_path / "work"
         workdir.mkdir()
+        # A tenant of its own: the session's catalogue holds other tests' datasets and jobs (the bootstrap key's).
+        with session_scope(stack_settings.database_url) as session:
+            key = create_key(session, f"cli-e2e-{uuid.uuid4().hex[:8]}")
         cli_env = {
             "PATH": os.environ["PATH"],
             "HOME": str(tmp_path),
             "PYTHONPATH": str(ROOT),
             "LETHE_URL": url,
-            "LETHE_API_KEY": BOOTSTRAP_KEY,
+            "LETHE_API_KEY": key,
             "LETHE_CONFIG": str(tmp_path / "no-config.toml"),
         }
         yield Stack(url, services, cli_env, workdir)
