@@ -19,6 +19,7 @@ from cli.client.output import (
     JsonOption,
     LimitOption,
     field,
+    page_params,
     show_page,
     show_receipt,
     show_record,
@@ -52,13 +53,7 @@ def list_adapters(
     follow: AllOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    params = {
-        "base_model": base_model,
-        "limit": limit,
-        "cursor": cursor,
-        "created_after": created_after,
-        "created_before": created_before,
-    }
+    params = page_params(limit, cursor, created_after, created_before, base_model=base_model)
     with client(ctx) as lethe:
         items, next_cursor = lethe.listing("/v1/adapters", params, follow)
     show_page(items, next_cursor, COLUMNS, as_json, "adapters")

@@ -20,6 +20,7 @@ from cli.client.output import (
     LimitOption,
     created,
     field,
+    page_params,
     print_json,
     show_page,
     show_receipt,
@@ -118,15 +119,9 @@ def list_audits(
     follow: AllOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    params = {
-        "status": status,
-        "verdict": verdict,
-        "adapter_id": adapter,
-        "limit": limit,
-        "cursor": cursor,
-        "created_after": created_after,
-        "created_before": created_before,
-    }
+    params = page_params(
+        limit, cursor, created_after, created_before, status=status, verdict=verdict, adapter_id=adapter
+    )
     with client(ctx) as lethe:
         items, next_cursor = lethe.listing("/v1/audits", params, follow)
     show_page(items, next_cursor, COLUMNS, as_json, "audits")

@@ -16,6 +16,7 @@ from cli.client.output import (
     LimitOption,
     created,
     field,
+    page_params,
     show_page,
     show_receipt,
     show_record,
@@ -61,13 +62,7 @@ def list_datasets(
     follow: AllOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    params = {
-        "kind": kind,
-        "limit": limit,
-        "cursor": cursor,
-        "created_after": created_after,
-        "created_before": created_before,
-    }
+    params = page_params(limit, cursor, created_after, created_before, kind=kind)
     with client(ctx) as lethe:
         items, next_cursor = lethe.listing("/v1/datasets", params, follow)
     show_page(items, next_cursor, COLUMNS, as_json, "datasets")

@@ -16,6 +16,7 @@ from cli.client.output import (
     LimitOption,
     created,
     field,
+    page_params,
     print_json,
     show_page,
     show_receipt,
@@ -55,14 +56,7 @@ def list_jobs(
     follow: AllOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    params = {
-        "status": status,
-        "kind": kind,
-        "limit": limit,
-        "cursor": cursor,
-        "created_after": created_after,
-        "created_before": created_before,
-    }
+    params = page_params(limit, cursor, created_after, created_before, status=status, kind=kind)
     with client(ctx) as lethe:
         items, next_cursor = lethe.listing("/v1/jobs", params, follow)
     show_page(items, next_cursor, COLUMNS, as_json, "jobs")

@@ -78,6 +78,19 @@ def show_record(record: dict[str, Any], fields: Sequence[Column], as_json: bool)
     stdout().print(grid)
 
 
+def page_params(
+    limit: int, cursor: str | None, created_after: str | None, created_before: str | None, **filters: object
+) -> dict[str, object]:
+    """The query of a list route (api/pagination.py): the page, the created range and the route's own filters."""
+    return {
+        **filters,
+        "limit": limit,
+        "cursor": cursor,
+        "created_after": created_after,
+        "created_before": created_before,
+    }
+
+
 def show_page(
     items: list[dict[str, Any]], next_cursor: str | None, columns: Sequence[Column], as_json: bool, noun: str
 ) -> None:
