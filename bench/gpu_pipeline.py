@@ -177,6 +177,8 @@ def main() -> int:
                     }
         except (RuntimeError, httpx.HTTPError) as exc:
             result["error"] = str(exc)
+        except SystemExit as exc:  # SIGTERM from the step's timeout: still write what was seen
+            result["error"] = f"stopped by signal (exit {exc.code}) before both jobs ended"
         finally:
             server.terminate()
             try:

@@ -113,7 +113,8 @@ step_install() {
     "$PYTHON" - <<'PY'
 import importlib.metadata as md
 import torch, transformers, peft, fastapi, sqlalchemy, alembic, pydantic_settings, celery, kombu, minio, redis, psycopg
-import rouge_score, sklearn, scipy, matplotlib
+import rouge_score, sklearn, scipy, matplotlib, cryptography, rfc8785, structlog, asgi_correlation_id, typer, httpx_sse, prometheus_client
+import cli.main
 import lethe.settings, worker.tasks, api.app
 print("imports ok: lethe", md.version("lethe"), "| torch", torch.__version__, "CUDA", torch.version.cuda,
       "| transformers", transformers.__version__, "| peft", peft.__version__)

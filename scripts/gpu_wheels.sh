@@ -27,28 +27,36 @@ read -r -a PIP <<<"${PIP:-$VENV/bin/python -m pip}"
 log() { printf 'gpu_wheels: %s\n' "$*" >&2; }
 fail() { printf 'gpu_wheels: FAIL: %s\n' "$*" >&2; exit 1; }
 
-# Lethe's own requirements that the host image lacks, by distribution name: the base dependencies of
-# pyproject.toml, then the engine's rouge-score, then what tests/conftest.py imports at start (the suite's
-# fixtures: psycopg, redis, minio; moto is imported only by the fixtures that start its S3 server).
-REQUIREMENTS=(
-    fastapi "uvicorn[standard]" python-multipart sqlalchemy alembic "psycopg[binary]" pydantic pydantic-settings
-    "celery[redis]" redis minio httpx httpx-sse
-    nltk
+# Lethe's own requirements, by distribution name: the base dependencies of pyproject.toml (read from it, so the list
+# never drifts from what the service imports), then the engine's ROUGE (nltk; rouge-score is built below), then
+# what tests/conftest.py imports at start (psycopg, redis, minio are base dependencies already).
+mapfile -t REQUIREMENTS < <(python3 - <<'PY'
+import re, tomllib
+deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+names = []
+for dep in deps:
+    name = re.split(r"[<>=!~; ]", dep, maxsplit=1)[0]
+    if name not in names:
+        names.append(name)
+print("\n".join(names + ["nltk"]))
+PY
 )
 # Published as source only: built here into a (pure-Python) wheel, its dependencies being in the list above
 # or on the host (rouge-score: absl-py, nltk, numpy, six).
 BUILT_HERE=(rouge-score)
 
-# Distributions the host image already has (its package list as last read, 2026-11-17): their wheels are not
-# carried, so the host's own, which its torch stack was built against, stay in charge. Names are normalised
-# (lower case, '-' for '_' and '.').
+# Distributions the host image already has (its package list as last read, 2026-11-17, device/KINDS.md): their
+# wheels are not carried, so the host's own, which its torch stack was built against, stay in charge. Left out of
+# this list on purpose, so carried at this checkout's versions: the `lethe` command's typer, click and rich (the
+# CLI needs typer>=0.29, and the image's versions are not known) and prometheus-client (>=0.26). Names are
+# normalised (lower case, '-' for '_' and '.').
 IMAGE_HAS="
-absl-py accelerate anyio attrs certifi charset-normalizer click cloudpickle contourpy cycler filelock fonttools
+absl-py accelerate aiofiles anyio attrs certifi charset-normalizer cloudpickle contourpy cycler filelock fonttools
 fsspec h11 hf-xet httpcore httpx huggingface-hub idna iniconfig jinja2 joblib kiwisolver markdown-it-py markupsafe
-matplotlib mdurl mpmath networkx numpy packaging peft pillow pip pluggy prometheus-client psutil pygments pyparsing
-pytest python-dateutil pyyaml regex requests rich safetensors scikit-learn scipy setuptools shellingham six sympy
-threadpoolctl tokenizers torch tqdm transformers triton typer typing-extensions urllib3 uvloop werkzeug wheel
-wrapt
+matplotlib mdurl mpmath networkx numpy packaging peft pillow pip pluggy psutil pygments pyparsing
+pytest python-dateutil pyyaml regex requests safetensors scikit-learn scipy setuptools shellingham six sympy
+threadpoolctl tokenizers torch tqdm transformers triton typing-extensions urllib3 uvloop werkzeug wheel
+wrapt zipp
 "
 
 [ -x "$VENV/bin/python" ] || fail "no venv at $VENV: run make venv first (its versions are the ones pinned)"
