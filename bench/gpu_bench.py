@@ -75,6 +75,43 @@ def _bytes(module: torch.nn.Module, trainable: bool | None = None) -> int:
     )
 
 
+def _profile(base: LoadedLM, rows: list, settings: dict, device: torch.device) -> dict:
+    """Where the time of Lethe's loop goes, on `rows` (one epoch): the wall time, the device's busy time (the kernels'
+    own times summed) and the operators that took most of it. A device busy for a small share of the wall time
+    means the loop waits on the host (launches, synchronisations), not on the GPU's arithmetic."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _synchronise(device)
+    started = time.perf_counter()
+    with profile(activities=activities) as prof:
+        lethe_gradient_ascent(base, rows, seed=0, **(settings | {"epochs": 1}))
+        _synchronise(device)
+    wall_us = (time.perf_counter() - started) * 1e6
+    averages = prof.key_averages()
+    busy_us = sum(e.self_device_time_total for e in averages) if device.type == "cuda" else None
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = averages.table(sort_by=sort_by, row_limit=25, max_name_column_width=60)
+    print(table, file=sys.stderr, flush=True)
+    top = sorted(averages, key=lambda e: e.self_device_time_total if busy_us is not None else e.self_cpu_time_total)
+    return {
+        "rows": len(rows),
+        "wall_ms": wall_us / 1e3,
+        "device_busy_ms": None if busy_us is None else busy_us / 1e3,
+        "device_busy_fraction": None if busy_us is None else busy_us / wall_us,
+        "top_operators": [
+            {
+                "name": e.key,
+                "calls": e.count,
+                "self_device_ms": e.self_device_time_total / 1e3,
+                "self_cpu_ms": e.self_cpu_time_total / 1e3,
+            }
+            for e in reversed(top[-15:])
+        ],
+        "note": "wall time includes the profiler's own overhead",
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="llama-3.2-1b", help="a name in bench/configs")
@@ -149,6 +186,8 @@ def main() -> int:
             "first_loss": lethe.losses[0],
             "last_loss": lethe.losses[-1],
         }
+        _log("profile: Lethe's loop on two batches (torch.profiler)")
+        results["lethe_profile"] = _profile(base, rows[: 2 * args.batch_size], settings, device)
         del base  # the naive runs load their own copy: their peaks must not include this one
         _reset_peak(device)
 

@@ -199,10 +199,14 @@ def test_a_bf16_head_computes_in_fp32(tied: bool) -> None:
 
 
 @pytest.mark.gpu
-def test_on_cuda_the_loaded_lm_has_bf16_weights_and_an_fp32_head(tiny_lm_dir: Path, tmp_path: Path) -> None:
+def test_on_cuda_the_loaded_lm_has_bf16_weights_and_an_fp32_head(
+    tiny_lm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The worker's loader on CUDA: bf16 weights (where the GPU has bf16), the head's logits still fp32 products."""
     if not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16: the LM loads in fp32")
+    # The suite runs in fp32 (tests/conftest.py); a worker runs with the default, as here.
+    monkeypatch.setenv("LETHE_PRECISION", "auto")
     base = load_base_lm("tiny", f"path:{tiny_lm_dir}", tmp_path)
     assert base.device.type == "cuda" and base.lm.get_output_embeddings().weight.dtype == torch.bfloat16
     _assert_head_in_fp32(base.lm, torch.randint(0, 300, (2, 12), device=base.device))

@@ -2,14 +2,15 @@
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from lethe.rows import ChoiceRow, QARow, TextRow
 from tests.tiny_lm import synthetic_choice_rows
 from worker.engine.lm.load import LoadedLM
-from worker.engine.training import packing
+from worker.engine.training import objective, packing
 from worker.engine.training.batches import IGNORE, collate, examples_of, make_example
 from worker.engine.training.logprobs import aligned_labels, mean_nll, sequence_logprob
-from worker.engine.training.packing import packs_correctly
+from worker.engine.training.packing import packing_pays, packs_correctly
 
 ROWS = [ChoiceRow.from_dict(r) for r in synthetic_choice_rows(32, seed=0)]
 
@@ -85,3 +86,48 @@ def test_packing_is_checked_against_sequences_run_alone(tiny_base: LoadedLM, mon
 
     monkeypatch.setattr(packing, "_checked", {})
     assert not packs_correctly(Leaky())  # type: ignore[arg-type]
+
+
+def test_packing_pays_for_short_rows_and_not_for_long_ones() -> None:
+    """The FLOP rule of `packing_pays` on Llama-3.2-1B's shape (ρ ≈ 2·2048·16 / 0.97e9 ≈ 6.8e-5, built on the meta
+    device): the bench's CPU batches (8 rows of about 60 tokens, 40% padding) pack; the GPU bench's (16 rows of about
+    550 tokens, 8% padding) do not, since the packed row's 8,800² pairs of attention outweigh the padding saved."""
+    config = LlamaConfig(
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+        num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True,
+    )  # fmt: skip
+    with torch.device("meta"):
+        lm = LlamaForCausalLM(config)
+    ratio = packing._attention_ratio(lm)
+    assert ratio == pytest.approx(2 * 2048 * 16 / 973_078_528)
+    assert packing_pays(lm, rows=8, width=60, tokens=290)
+    assert not packing_pays(lm, rows=16, width=600, tokens=8800)
+    # No padding at all: the packed row is never cheaper (the same linear work, more attention pairs).
+    assert not packing_pays(lm, rows=4, width=100, tokens=400)
+
+
+def test_a_batch_whose_packing_does_not_pay_is_fed_padded(tiny_base: LoadedLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`objective._forward` asks `packing_pays` with the batch's shape and feeds the padded batch when it says no."""
+    tokenizer = tiny_base.tokenizer
+    batch = collate(examples_of(tokenizer, ROWS[:3], 512), tokenizer.pad_token_id, torch.device("cpu"))
+    assert batch.packed is not None
+    fed: list[tuple[int, ...]] = []
+    handle = tiny_base.lm.register_forward_pre_hook(
+        lambda _m, _a, kwargs: fed.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    asked: list[tuple[int, int, int]] = []
+    try:
+        for pays in (True, False):
+
+            def rule(_lm: object, rows: int, width: int, tokens: int, pays: bool = pays) -> bool:
+                asked.append((rows, width, tokens))
+                return pays
+
+            monkeypatch.setattr(objective, "packing_pays", rule)
+            with torch.no_grad():
+                objective._forward(tiny_base.lm, batch, {}, packed=True)  # type: ignore[arg-type]
+    finally:
+        handle.remove()
+    shape = tuple(batch.input_ids.shape)
+    assert asked == [(*shape, batch.packed.input_ids.shape[1])] * 2
+    assert fed == [tuple(batch.packed.input_ids.shape), shape]

@@ -21,7 +21,7 @@ from lethe.rows import Row
 from worker.engine.lm.lora import reference_lm
 from worker.engine.training.batches import Batch, Example
 from worker.engine.training.logprobs import mean_nll
-from worker.engine.training.packing import packs_correctly
+from worker.engine.training.packing import packing_pays, packs_correctly
 
 
 class ForwardHook(Protocol):
@@ -81,9 +81,15 @@ class Step:
 
 
 def _forward(lm: PeftModel, batch: Batch, kwargs: dict[str, Any], packed: bool) -> Any:
-    """`lm` on `batch`: packed (no padding, see `batches.Packed`) when `packed`, only the logits are asked for and the
-    LM packs correctly; padded otherwise."""
-    if packed and batch.packed is not None and not kwargs and packs_correctly(lm):
+    """`lm` on `batch`: packed (no padding, see `batches.Packed`) when `packed`, only the logits are asked for, the
+    LM packs correctly and packing costs less than padding (`packing.packing_pays`); padded otherwise."""
+    if (
+        packed
+        and batch.packed is not None
+        and not kwargs
+        and packing_pays(lm, batch.size, int(batch.input_ids.shape[1]), int(batch.packed.input_ids.shape[1]))
+        and packs_correctly(lm)
+    ):
         outputs = lm(**batch.packed.lm_inputs())
         outputs.logits = batch.packed.unpack(outputs.logits)
         return outputs
