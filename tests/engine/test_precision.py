@@ -209,4 +209,25 @@ def test_on_cuda_the_loaded_lm_has_bf16_weights_and_an_fp32_head(
     monkeypatch.setenv("LETHE_PRECISION", "auto")
     base = load_base_lm("tiny", f"path:{tiny_lm_dir}", tmp_path)
     assert base.device.type == "cuda" and base.lm.get_output_embeddings().weight.dtype == torch.bfloat16
+    assert not torch.backends.cuda.cudnn_sdp_enabled()  # `precision.exclude_cudnn_attention`
     _assert_head_in_fp32(base.lm, torch.randint(0, 300, (2, 12), device=base.device))
+
+
+def test_a_worker_on_cuda_leaves_cudnn_attention_out(
+    tiny_lm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the loader puts an LM on CUDA it turns torch's cuDNN attention off; on the CPU it leaves it alone.
+    (The placement is faked so the CPU can check the branch: the move to the device is a no-op here.)"""
+    from worker.engine.lm import load
+    from worker.engine.lm.placement import Placement
+
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        load_base_lm("tiny", f"path:{tiny_lm_dir}", tmp_path)
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        monkeypatch.setattr(load, "worker_placement", lambda: Placement((torch.device("cuda", 0),), torch.float32))
+        monkeypatch.setattr(torch.nn.Module, "to", lambda self, *args, **kwargs: self)
+        load_base_lm("tiny", f"path:{tiny_lm_dir}", tmp_path)
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)

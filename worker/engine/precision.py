@@ -108,3 +108,15 @@ def full_precision(module: torch.nn.Module) -> Iterator[None]:
             contexts.pop().__exit__(None, None, None)
         for name, parameter in originals.items():
             setattr(module, name, parameter)
+
+
+def exclude_cudnn_attention() -> None:
+    """Keep torch's scaled-dot-product attention off its cuDNN kernel, for this process (a worker's LMs on CUDA).
+
+    Seen on an H200 (torch 2.11, CUDA 13.0; bench/results-gpu-nan.json): Lethe's gradient ascent on a random-init
+    Llama-3.2-1B in bf16, fed left-padded batches of 16 rows of about 550 tokens, gave NaN losses from its ninth step
+    on with the default kernels, which chose cuDNN's; with cuDNN left out (flash, memory-efficient or math kernels)
+    the same 32 steps stayed finite and followed the packed run's curve (-12.1 to -17.3). Left padding gives every
+    padding position's query a fully masked row. The cause inside cuDNN is not established; the other kernels are.
+    """
+    torch.backends.cuda.enable_cudnn_sdp(False)

@@ -35,6 +35,7 @@ from lethe.hub import HubOptions, local_snapshot
 from lethe.registry import Registry, UnknownNameError
 from worker.engine.lm.lora import carries_lora
 from worker.engine.lm.placement import Placement, gpu_memory, input_device, spread_device_map, worker_placement
+from worker.engine.precision import exclude_cudnn_attention
 
 log = logging.getLogger("lethe.worker")
 
@@ -184,6 +185,8 @@ def _load_safetensors_dir(base_model: str, directory: Path) -> LoadedLM:
     )
     if device_map is None:
         lm.to(placement.input_device)  # type: ignore[arg-type]  # transformers' .to wrapper hides the overload
+    if placement.input_device.type == "cuda":
+        exclude_cudnn_attention()  # NaN losses on long left-padded bf16 batches (see its docstring)
     lm.eval()
     lm.requires_grad_(False)
     return LoadedLM(lm=lm, tokenizer=tokenizer, base_model=base_model, device=input_device(lm))
