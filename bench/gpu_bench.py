@@ -79,6 +79,7 @@ def _profile(base: LoadedLM, rows: list, settings: dict, device: torch.device) -
     """Where the time of Lethe's loop goes, on `rows` (one epoch): the wall time, the device's busy time (the kernels'
     own times summed) and the operators that took most of it. A device busy for a small share of the wall time
     means the loop waits on the host (launches, synchronisations), not on the GPU's arithmetic."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -89,7 +90,10 @@ def _profile(base: LoadedLM, rows: list, settings: dict, device: torch.device) -
         _synchronise(device)
     wall_us = (time.perf_counter() - started) * 1e6
     averages = prof.key_averages()
-    busy_us = sum(e.self_device_time_total for e in averages) if device.type == "cuda" else None
+    # The kernels' own times (as the table's "Self CUDA time total"): an operator's self device time counts its
+    # kernels again, so only the device's events are summed.
+    kernels = [e for e in averages if e.device_type != DeviceType.CPU]
+    busy_us = sum(e.self_device_time_total for e in kernels) if device.type == "cuda" else None
     sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = averages.table(sort_by=sort_by, row_limit=25, max_name_column_width=60)
     print(table, file=sys.stderr, flush=True)
