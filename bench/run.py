@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from bench.training_bench import lethe_gradient_ascent, model_flops_per_token
 from lethe.methods import GradientAscentParams
 from worker.engine.lm.load import BaseLMCache, LoadedLM
 from worker.engine.precision import bf16_supported, mixed_precision_enabled
+from worker.engine.training.checkpointing import ACTIVATION_BUDGET_VARIABLE
 
 BENCH = Path(__file__).resolve().parent
 # Square 2048 matmuls timed per dtype; the best one is the peak.
@@ -153,18 +155,38 @@ def _cached_start_step(cache_dir: Path) -> dict:
     }
 
 
+# The activation budget of the memory step's second run (worker/engine/training/checkpointing.py).
+ACTIVATION_BUDGET_MB = 256
+
+
 def _memory_step(cache_dir: Path) -> dict:
-    """The peak RSS of one whole forget job and its breakdown, in a fresh process (so the figures are its own)."""
+    """The peak RSS of one whole forget job and its breakdown, in a fresh process (so the figures are its own): as
+    a worker runs it by default, then with LETHE_ACTIVATION_BUDGET_MB=ACTIVATION_BUDGET_MB (activation
+    checkpointing for batches past it)."""
+
+    def job(extra_env: dict[str, str]) -> dict:
+        env = {k: v for k, v in os.environ.items() if k != ACTIVATION_BUDGET_VARIABLE} | extra_env
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.jobs", str(cache_dir)],
+            cwd=REPO, capture_output=True, text=True, check=True, env=env,
+        )  # fmt: skip
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
     _log("peak memory of a whole job, in a fresh process")
-    job = subprocess.run(
-        [sys.executable, "-m", "bench.jobs", str(cache_dir)], cwd=REPO, capture_output=True, text=True, check=True
-    )
-    measured = json.loads(job.stdout.strip().splitlines()[-1])
+    measured = job({})
+    _log(f"peak memory of a whole job with {ACTIVATION_BUDGET_VARIABLE}={ACTIVATION_BUDGET_MB}, in a fresh process")
+    budgeted = job({ACTIVATION_BUDGET_VARIABLE: str(ACTIVATION_BUDGET_MB)})
     return {
         "peak_rss_mb": measured["peak_rss_mb"],
         "memory_job_s": measured["job_seconds"],
         "memory_breakdown": measured["breakdown"],
         "memory_stage_peaks_mb": measured["stage_peaks_mb"],
+        "memory_with_activation_budget": {
+            "activation_budget_mb": ACTIVATION_BUDGET_MB,
+            "peak_rss_mb": budgeted["peak_rss_mb"],
+            "job_seconds": budgeted["job_seconds"],
+            "stage_peaks_mb": budgeted["stage_peaks_mb"],
+        },
     }
 
 

@@ -1,5 +1,6 @@
 """What a worker process checks before it takes a job: that it may compute where it would (LETHE_REQUIRE_GPU,
-LETHE_WORKER_GPUS against the GPUs it sees), and the log line saying where that is.
+LETHE_WORKER_GPUS against the GPUs it sees), that LETHE_ACTIVATION_BUDGET_MB reads, and the log line saying where
+that is.
 
 Run by `lethe worker` before Celery starts, by the Celery app's `worker_init` (for `celery -A worker.tasks worker`)
 and by `lethe serve` before it starts its embedded worker. A GPU worker that quietly trains on the CPU takes jobs and
@@ -11,6 +12,7 @@ import sys
 
 from lethe.settings import Settings
 from worker.engine.lm.placement import Placement, PlacementError, cuda_report, worker_placement
+from worker.engine.training.checkpointing import activation_budget_bytes
 
 log = logging.getLogger("lethe.worker")
 
@@ -22,7 +24,8 @@ def startup_problem(settings: Settings) -> str | None:
     """Why this worker must not start, or None."""
     try:
         placement = worker_placement()
-    except PlacementError as exc:
+        activation_budget_bytes()
+    except (PlacementError, ValueError) as exc:
         return str(exc)
     if settings.require_gpu and placement.input_device.type != "cuda":
         return (

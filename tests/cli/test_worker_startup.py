@@ -84,3 +84,10 @@ def test_a_bad_gpu_count_stops_the_worker(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(SystemExit) as exited:
         startup.check_worker_devices(Settings())
     assert exited.value.code == EX_CONFIG
+
+
+def test_a_bad_activation_budget_stops_the_worker_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LETHE_ACTIVATION_BUDGET_MB", "a lot")
+    assert startup.startup_problem(Settings()) == "LETHE_ACTIVATION_BUDGET_MB='a lot' is not a number of megabytes"
+    monkeypatch.setenv("LETHE_ACTIVATION_BUDGET_MB", "256")
+    assert startup.startup_problem(Settings()) is None

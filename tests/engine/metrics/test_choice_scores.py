@@ -4,6 +4,7 @@ from transformers import AutoModelForCausalLM
 
 from lethe.rows import ChoiceRow
 from tests.tiny_lm import synthetic_choice_rows
+from worker.engine.lm import head
 from worker.engine.lm.inputs import encode_pair, max_length, pair_sequence
 from worker.engine.lm.load import CausalLM, LoadedLM
 from worker.engine.metrics.choice_scores import ChoiceScores, score_choices
@@ -152,3 +153,24 @@ def test_accuracy_is_argmax_against_the_answer_with_ties_to_the_first() -> None:
     assert scores.accuracy == 0.5
     assert scores.pair_rows.tolist() == [0, 0, 1, 1, 1, 2, 2, 3, 3]
     assert scores.pair_is_answer.tolist() == [1, 0, 1, 0, 0, 0, 1, 0, 1]
+
+
+def test_batches_end_at_the_logits_budget_and_scores_stay_the_same(tiny_base: LoadedLM, monkeypatch) -> None:
+    """With room for the logits of 5 positions per batch (`head.LOGITS_BUDGET_BYTES`), a batch scores at most 5
+    continuation tokens unless one row's choices alone have more, and every score is what it was with the default."""
+    rows = mixed_rows()
+    default = score_choices(tiny_base.lm, tiny_base.tokenizer, rows, batch_size=64, bf16=False)
+    vocab = tiny_base.lm.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(head, "LOGITS_BUDGET_BYTES", 5 * vocab * 4)
+    scored: list[int] = []
+    handle = tiny_base.lm.get_output_embeddings().register_forward_hook(
+        lambda _module, _args, output: scored.append(int(output.shape[1]))
+    )
+    try:
+        tight = score_choices(tiny_base.lm, tiny_base.tokenizer, rows, batch_size=64, bf16=False)
+    finally:
+        handle.remove()
+    per_row = [sum(len(encode_pair(tiny_base.tokenizer, r.prompt, c)[1]) for c in r.choices) for r in rows]
+    assert len(scored) > 1 and sum(scored) == sum(per_row)
+    assert sorted(n for n in scored if n > 5) == sorted(n for n in per_row if n > 5)  # each such row alone
+    np.testing.assert_allclose(np.concatenate(tight.loglikelihoods), np.concatenate(default.loglikelihoods), atol=1e-4)

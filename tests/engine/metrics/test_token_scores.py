@@ -4,6 +4,7 @@ import torch
 
 from lethe.rows import Row
 from tests.engine.metrics.conftest import qa_rows, text_rows
+from worker.engine.lm import head
 from worker.engine.lm.inputs import encode_pair
 from worker.engine.lm.load import LoadedLM
 from worker.engine.metrics.token_scores import score_tokens
@@ -52,3 +53,20 @@ def test_an_overlong_target_keeps_its_beginning_and_an_empty_one_is_refused(tiny
     np.testing.assert_array_equal(scores.token_ids, target[: window - 1])
     with pytest.raises(ValueError):
         score_tokens(tiny_base.lm, tiny_base.tokenizer, [([1, 2], [])], batch_size=1)
+
+
+def test_batches_end_at_the_logits_budget_and_scores_stay_the_same(
+    tiny_base: LoadedLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With room for the logits of 6 positions per batch (`head.LOGITS_BUDGET_BYTES`), a batch holds at most 6 target
+    tokens (a target longer than that goes alone), and every score is what it was with the default budget."""
+    pairs = pairs_of(tiny_base)
+    default = score_tokens(tiny_base.lm, tiny_base.tokenizer, pairs, batch_size=4)
+    vocab = tiny_base.lm.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(head, "LOGITS_BUDGET_BYTES", 6 * vocab * 4)
+    sizes: list[int] = []
+    tight = score_tokens(tiny_base.lm, tiny_base.tokenizer, pairs, batch_size=4, on_batch=sizes.append)
+    assert sum(sizes) == len(pairs) and len(sizes) > 3  # more batches than batch_size alone makes (3)
+    for a, b in zip(default, tight, strict=True):
+        np.testing.assert_allclose(a.log_probs, b.log_probs, atol=1e-5)
+        np.testing.assert_array_equal(a.correct, b.correct)

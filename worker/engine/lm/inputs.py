@@ -86,7 +86,23 @@ def pad(
     return input_ids.to(device), attention_mask.to(device)
 
 
-def longest_first(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices into `lengths` in batches of `batch_size`, longest first, so that a batch holds similar lengths."""
+def longest_first(
+    lengths: Sequence[int], batch_size: int, costs: Sequence[int] | None = None, max_cost: int | None = None
+) -> list[list[int]]:
+    """Indices into `lengths` in batches of `batch_size`, longest first, so that a batch holds similar lengths.
+
+    With `costs` and `max_cost`, a batch also ends before its items' costs would sum past `max_cost` (an item
+    costing more goes alone): e.g. the number of positions whose logits a scoring batch computes."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    total = 0
+    for i in order:
+        cost = costs[i] if costs is not None else 0
+        fits = max_cost is None or total + cost <= max_cost
+        if batches and len(batches[-1]) < batch_size and fits:
+            batches[-1].append(i)
+            total += cost
+        else:
+            batches.append([i])
+            total = cost
+    return batches

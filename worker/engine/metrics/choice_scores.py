@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from lethe.rows import ChoiceRow
-from worker.engine.lm.head import head_only_at
+from worker.engine.lm.head import head_only_at, logit_positions_budget
 from worker.engine.lm.inputs import encode_pair, max_length, pair_sequence
 from worker.engine.lm.load import CausalLM
 from worker.engine.lm.placement import input_device
@@ -127,19 +127,21 @@ def _pack(group: _Group) -> _Packed:
     return packed
 
 
-def _batches(packed: Sequence[_Packed], batch_size: int) -> list[list[int]]:
-    """Group indices, longest first, in batches of at most `batch_size` pairs (one group may exceed it)."""
+def _batches(packed: Sequence[_Packed], batch_size: int, max_targets: int) -> list[list[int]]:
+    """Group indices, longest first, in batches of at most `batch_size` pairs and `max_targets` scored tokens (the
+    positions whose logits the head computes: `head.logit_positions_budget`); a group over either goes alone."""
     order = sorted(range(len(packed)), key=lambda g: -len(packed[g].ids))
     batches: list[list[int]] = []
-    n_pairs = 0
+    n_pairs = n_targets = 0
     for g in order:
-        n = len(packed[g].last_tokens)
-        if batches and n_pairs + n <= batch_size:
+        n, t = len(packed[g].last_tokens), len(packed[g].targets)
+        if batches and n_pairs + n <= batch_size and n_targets + t <= max_targets:
             batches[-1].append(g)
             n_pairs += n
+            n_targets += t
         else:
             batches.append([g])
-            n_pairs = n
+            n_pairs, n_targets = n, t
     return batches
 
 
@@ -174,7 +176,7 @@ def score_choices(
     device = input_device(lm)
     lm.eval()
     with torch.inference_mode(), autocast(device, enabled=bf16), full_precision(lm.get_output_embeddings()):
-        for batch in _batches(packed, batch_size):
+        for batch in _batches(packed, batch_size, logit_positions_budget(lm.get_output_embeddings())):
             pair_index = np.concatenate([group_pairs[g] for g in batch])
             batch_loglikelihoods, hidden = _score_batch(
                 lm, [packed[g] for g in batch], tokenizer.pad_token_id, device, collect_hidden

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from worker.engine.lm.head import head_only_at
+from worker.engine.lm.head import head_only_at, logit_positions_budget
 from worker.engine.lm.inputs import fit_pair, longest_first, max_length, pad
 from worker.engine.lm.load import CausalLM
 from worker.engine.lm.placement import input_device
@@ -47,7 +47,10 @@ def score_tokens(
     device = input_device(lm)
     lm.eval()
     with torch.inference_mode():
-        for batch in longest_first([len(sequence) for sequence, _ in sequences], batch_size):
+        lengths = [len(sequence) for sequence, _ in sequences]
+        n_targets = [n_target for _, n_target in sequences]
+        budget = logit_positions_budget(lm.get_output_embeddings())
+        for batch in longest_first(lengths, batch_size, costs=n_targets, max_cost=budget):
             # Right padding leaves every real position as it is.
             input_ids, attention_mask = pad([sequences[i][0] for i in batch], tokenizer.pad_token_id, device, "right")
             # Logits at position t predict token t + 1: the head runs only at the positions predicting a target

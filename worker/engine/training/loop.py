@@ -6,16 +6,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from peft import PeftModel
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lethe.rows import Row
 from worker.engine.lm.lora import LoraState, load_lora_state, reference_adapter
 from worker.engine.lm.placement import input_device
 from worker.engine.precision import autocast
-from worker.engine.training.batches import Example, RetainStream, collate, examples_of, shuffled_batches
+from worker.engine.training.batches import Batch, Example, RetainStream, collate, examples_of, shuffled_batches
+from worker.engine.training.checkpointing import checkpointed, needs_checkpointing
 from worker.engine.training.objective import GradientFilter, LossTerms, Objective, Plugins, Step, TrainContext
 from worker.engine.training.snapshot import TrainingSnapshot, restore_rng
 
@@ -134,6 +136,7 @@ def _train(
         retain = RetainStream(examples_of(tokenizer, retain_rows, limit), schedule.batch_size, seed, pad_id, device)
 
     trainable = [p for p in peft_lm.parameters() if p.requires_grad]
+    base_lm = cast(PreTrainedModel, peft_lm.get_base_model())
     optimizer = _adamw(trainable, schedule.learning_rate)
     steps, first_epoch, batches_done = 0, 0, 0
     if resume is not None:
@@ -170,12 +173,16 @@ def _train(
             retain_hooks=plugins.retain_hooks,
             forget_indices=indices,
         )
-        with autocast(device, mixed_precision):
-            terms = objective.losses(step)
-            for retain_term in plugins.retain_terms:
-                extra = retain_term(step)
-                terms.retain = extra if terms.retain is None else terms.retain + extra
-        _backward(terms, trainable, plugins.gradient_filter)
+        tokens = sum(len(e.ids) for e in examples) + (_tokens(step.retain) if step.retain is not None else 0)
+        # Checkpointed layers run their forward again during the backward pass, under the autocast state they
+        # recorded: so the backward stays inside the checkpointing block, and outside autocast as ever.
+        with checkpointed(base_lm, needs_checkpointing(base_lm, tokens)):
+            with autocast(device, mixed_precision):
+                terms = objective.losses(step)
+                for retain_term in plugins.retain_terms:
+                    extra = retain_term(step)
+                    terms.retain = extra if terms.retain is None else terms.retain + extra
+            _backward(terms, trainable, plugins.gradient_filter)
         torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -220,6 +227,12 @@ def _train(
         return TrainingResult(steps, "epochs")
     finally:
         peft_lm.eval()
+
+
+def _tokens(batch: Batch) -> int:
+    """A batch's tokens without padding, from shapes alone (no device sync): its packed row's, else the padded
+    batch's cells."""
+    return int(batch.packed.input_ids.shape[1] if batch.packed is not None else batch.input_ids.numel())
 
 
 def _adamw(parameters: Sequence[torch.Tensor], learning_rate: float) -> torch.optim.AdamW:
