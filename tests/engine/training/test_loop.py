@@ -1,9 +1,12 @@
 """The training loop: only the LoRA parameters move, the schedule and the evaluator stop it, it is seeded."""
 
+import contextlib
 import copy
 
 import pytest
 import torch
+from peft.helpers import disable_input_dtype_casting
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 from lethe.rows import ChoiceRow, QARow
 from tests.tiny_lm import synthetic_choice_rows
@@ -12,6 +15,7 @@ from worker.engine.lm.load import LoadedLM
 from worker.engine.lm.lora import attach_lora, lora_state
 from worker.engine.methods.gradient_ascent import GradientAscent
 from worker.engine.methods.random_label import RandomLabel
+from worker.engine.training import loop, packing
 from worker.engine.training.batches import collate, examples_of
 from worker.engine.training.logprobs import mean_nll
 from worker.engine.training.loop import Schedule, train
@@ -141,3 +145,45 @@ def test_methods_that_need_retain_rows_say_so(tiny_base: LoadedLM) -> None:
             limit=limit,
             plugins=plugins,
         )
+
+
+def test_under_autocast_lora_layers_skip_the_input_cast_and_train_the_same(
+    tiny_base: LoadedLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With bf16 weights under autocast (as on a GPU), the LoRA layers take their bf16 inputs as they are: the same
+    updates as when peft first casts each input to the fp32 LoRA weights' dtype, without that copy."""
+    seen: list[bool] = []
+
+    def train_bf16() -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        peft_lm = attach_lora(copy.deepcopy(tiny_base.lm).to(torch.bfloat16), rank=4, alpha=8)
+        layer = next(m for m in peft_lm.modules() if hasattr(m, "cast_input_dtype_enabled") and hasattr(m, "lora_A"))
+        handle = layer.register_forward_pre_hook(lambda module, _args: seen.append(module.cast_input_dtype_enabled))
+        try:
+            schedule = Schedule(learning_rate=1e-2, epochs=1, batch_size=8, max_steps=2)
+            run(tiny_base, peft_lm, GradientAscent(), schedule, mixed_precision=True)
+        finally:
+            handle.remove()
+        return lora_state(peft_lm)
+
+    uncast = train_bf16()
+    assert seen and not any(seen)
+    monkeypatch.setattr(loop, "disable_input_dtype_casting", lambda _lm, active: contextlib.nullcontext())
+    seen.clear()
+    cast = train_bf16()
+    assert seen and all(seen)
+    assert all(torch.equal(uncast[name], cast[name]) for name in uncast)
+
+
+def test_packing_is_checked_with_input_casts_even_inside_a_training_step(
+    tiny_base: LoadedLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`packing._measure` runs without autocast, where LoRA layers of fp32 weights on a bf16 LM must cast their
+    inputs: it does so also when the first packed forward comes inside a step that turned the casts off."""
+    monkeypatch.setattr(packing, "_checked", {})
+    torch.manual_seed(0)
+    peft_lm = attach_lora(copy.deepcopy(tiny_base.lm).to(torch.bfloat16), rank=4, alpha=8)
+    with disable_input_dtype_casting(peft_lm):
+        assert packing.packs_correctly(peft_lm)
+        # and the step's setting is back once the check is done
+        assert not any(m.cast_input_dtype_enabled for m in peft_lm.modules() if isinstance(m, BaseTunerLayer))

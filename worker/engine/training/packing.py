@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import torch
 from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel
 
 from worker.engine.lm.architecture import LINEAR_TYPES
@@ -81,6 +82,12 @@ def _measure(lm: CausalLM) -> bool:
     sequences = [[(7 * i + 3) % vocab for i in range(3)], [(11 * i + 5) % vocab for i in range(5)]]
     was_training = lm.training
     lm.eval()
+    # Without autocast, LoRA layers (fp32 weights) on a bf16 LM must cast their inputs: turn the casts back on for
+    # this check, should it come inside a training step that turned them off (`loop`, under autocast).
+    tuners = [m for m in lm.modules() if isinstance(m, BaseTunerLayer)]
+    casting = [m.cast_input_dtype_enabled for m in tuners]
+    for module in tuners:
+        setattr(module, "cast_input_dtype_enabled", True)  # noqa: B010 (nn.Module's typed __setattr__)
     try:
         with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
             alone = [lm(input_ids=torch.tensor([s], device=device)).logits[0] for s in sequences]
@@ -91,6 +98,8 @@ def _measure(lm: CausalLM) -> bool:
             ).logits[0]
     finally:
         lm.train(was_training)
+        for module, enabled in zip(tuners, casting, strict=True):
+            setattr(module, "cast_input_dtype_enabled", enabled)  # noqa: B010
     expected = torch.cat(alone).float()
     scale = float(expected.abs().max().clamp(min=1.0))
     return bool(torch.allclose(packed.float(), expected, rtol=0.0, atol=_TOLERANCE * scale))
