@@ -29,11 +29,10 @@ from bench.training_bench import LORA_ALPHA, LORA_RANK, lethe_gradient_ascent
 from worker.engine.lm.load import load_base_lm
 from worker.engine.lm.lora import attached_lora, lora_config
 from worker.engine.precision import autocast
-from worker.engine.training.batches import collate, examples_of
+from worker.engine.training.batches import IGNORE, collate, examples_of
 from worker.engine.training.logprobs import aligned_labels, mean_nll
 
 BENCH = Path(__file__).resolve().parent
-IGNORE = -100
 SETTINGS = {
     "default": None,
     "no-cudnn": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
