@@ -17,6 +17,7 @@ from bench.memory import RssSampler, cpu_breakdown, lora_bytes, peak_rss_mb, rss
 from bench.tasks import TASKS
 from lethe.methods import GradientAscentParams
 from lethe.rows import ChoiceRow
+from worker.allocator import allocator_label
 from worker.engine.forget.run import ForgetPlan, run_forget
 from worker.engine.lm.load import BaseLMCache, LoadedLM
 
@@ -109,6 +110,7 @@ def measure_memory(cache_dir: str) -> dict:
         "job_seconds": seconds,
         "breakdown": cpu_breakdown(baseline, after_load, tensor_bytes(base.lm), lora, peak),
         "stage_peaks_mb": sampler.peaks,
+        "allocator": allocator_label(),
     }
 
 

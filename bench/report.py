@@ -416,7 +416,12 @@ def render(results: dict, kind: str = "") -> str:
             "## Memory",
             "",
             "The peak RSS (`ru_maxrss`) of a fresh process running one whole job "
-            f"(4 steps, probes on; {results['memory_job_s']:.0f} s).",
+            f"(4 steps, probes on; {results['memory_job_s']:.0f} s)"
+            + (
+                f", with the allocator a worker runs with ({results['memory_allocator']}, worker/allocator.py)."
+                if "memory_allocator" in results
+                else "."
+            ),
             "",
             *_memory_breakdown(results.get("memory_breakdown")),
         ]

@@ -28,6 +28,7 @@ from bench.scoring_bench import LmEval, compare, lethe_sweep
 from bench.tasks import TASKS
 from bench.training_bench import lethe_gradient_ascent, model_flops_per_token
 from lethe.methods import GradientAscentParams
+from worker.allocator import preload_environment
 from worker.engine.lm.load import BaseLMCache, LoadedLM
 from worker.engine.precision import bf16_supported, mixed_precision_enabled
 from worker.engine.training.checkpointing import ACTIVATION_BUDGET_VARIABLE
@@ -44,6 +45,12 @@ def _log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')} load {load_average():.2f}] {message}", file=sys.stderr, flush=True)
 
 
+def _as_a_worker(environ: dict[str, str]) -> dict[str, str]:
+    """`environ` with the memory allocator a worker runs with (worker/allocator.py: jemalloc where the host has it),
+    for the steps that measure a job in a fresh process as a worker runs it."""
+    return preload_environment(environ) or environ
+
+
 def _audit_step(cache_dir: Path) -> dict:
     """The demo forget job and a full audit of it, in a fresh process (so its peak RSS is its own)."""
     _log("audit cost: the demo forget job, then every attack on it, in a fresh process")
@@ -51,6 +58,7 @@ def _audit_step(cache_dir: Path) -> dict:
     measured = subprocess.run(
         [sys.executable, "-m", "bench.audit_bench", str(cache_dir)],
         cwd=REPO,
+        env=_as_a_worker(dict(os.environ)),
         stdout=subprocess.PIPE,
         text=True,
         check=True,
@@ -165,7 +173,7 @@ def _memory_step(cache_dir: Path) -> dict:
     checkpointing for batches past it)."""
 
     def job(extra_env: dict[str, str]) -> dict:
-        env = {k: v for k, v in os.environ.items() if k != ACTIVATION_BUDGET_VARIABLE} | extra_env
+        env = _as_a_worker({k: v for k, v in os.environ.items() if k != ACTIVATION_BUDGET_VARIABLE} | extra_env)
         done = subprocess.run(
             [sys.executable, "-m", "bench.jobs", str(cache_dir)],
             cwd=REPO, capture_output=True, text=True, check=True, env=env,
@@ -179,6 +187,7 @@ def _memory_step(cache_dir: Path) -> dict:
     return {
         "peak_rss_mb": measured["peak_rss_mb"],
         "memory_job_s": measured["job_seconds"],
+        "memory_allocator": measured["allocator"],
         "memory_breakdown": measured["breakdown"],
         "memory_stage_peaks_mb": measured["stage_peaks_mb"],
         "memory_with_activation_budget": {

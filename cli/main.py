@@ -92,9 +92,17 @@ def serve(
 
 @app.command(help="Run a Celery worker.")
 def worker(loglevel: str = "INFO") -> None:
-    from cli.embedded_worker import die_with_parent
+    from cli.embedded_worker import EX_CONFIG, die_with_parent
 
     die_with_parent()  # a no-op unless `lethe serve` started this worker beside it
+    from worker.allocator import AllocatorError, exec_with_allocator
+
+    # Before torch is imported: once, the process re-executes itself with jemalloc preloaded (worker/allocator.py).
+    try:
+        exec_with_allocator([sys.executable, "-m", "cli.main", "worker", f"--loglevel={loglevel}"])
+    except AllocatorError as exc:
+        print(f"lethe worker: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EX_CONFIG) from None
     from lethe.settings import get_settings
     from worker.startup import check_worker_devices
 

