@@ -139,3 +139,21 @@ def test_the_packing_check_allows_bf16_a_rounding_step_of_its_own() -> None:
     assert packing._tolerance(torch.float32) == 1e-3
     assert packing._tolerance(torch.bfloat16) == 2 * 2**-7
     assert packing._tolerance(torch.bfloat16) * 0.42 > 2**-9  # one step at 0.42, as measured there
+
+
+def test_the_packed_row_is_built_only_when_the_batch_is_fed_packed(
+    tiny_base: LoadedLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokenizer = tiny_base.tokenizer
+    examples = examples_of(tokenizer, ROWS[:3], 512)
+    batch = collate(examples, tokenizer.pad_token_id, torch.device("cpu"))
+    assert batch.tokens == sum(len(e.ids) for e in examples) < batch.input_ids.numel()
+    monkeypatch.setattr(objective, "packing_pays", lambda *_: False)
+    with torch.no_grad():
+        objective._forward(tiny_base.lm, batch, {}, packed=True)  # type: ignore[arg-type]
+    assert "packed" not in vars(batch)  # never built
+    monkeypatch.setattr(objective, "packing_pays", lambda *_: True)
+    with torch.no_grad():
+        objective._forward(tiny_base.lm, batch, {}, packed=True)  # type: ignore[arg-type]
+    assert "packed" in vars(batch) and batch.packed is not None
+    assert batch.packed.input_ids.shape[1] == batch.tokens

@@ -4,6 +4,7 @@ order they are drawn in."""
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,7 +103,9 @@ class Batch:
     is most of a step's memory traffic).
 
     `packed` is the same batch without padding (see `Packed`): what `Step` feeds the LM when it only needs the
-    logits. The padded tensors stay for whoever reads per-position states (RMU's activations, hidden states).
+    logits and packing pays (`packing.packing_pays`), built from `examples` the first time it is asked for (a batch
+    fed padded never builds it: on a GPU its three host-to-device copies are part of a step's launch overhead). The
+    padded tensors stay for whoever reads per-position states (RMU's activations, hidden states).
     """
 
     input_ids: torch.Tensor
@@ -110,11 +113,22 @@ class Batch:
     labels: torch.Tensor
     position_ids: torch.Tensor
     keep: int
-    packed: Packed | None = None
+    examples: Sequence[Example] = ()
 
     @property
     def size(self) -> int:
         return int(self.input_ids.shape[0])
+
+    @property
+    def tokens(self) -> int:
+        """The batch's tokens without padding (its packed row's length), from the examples alone (no device sync);
+        the padded batch's cells where it has no examples."""
+        return sum(len(e.ids) for e in self.examples) if self.examples else int(self.input_ids.numel())
+
+    @functools.cached_property
+    def packed(self) -> Packed | None:
+        """The batch packed into one row; None where it has no examples."""
+        return pack(self.examples, self.keep, self.input_ids.device) if self.examples else None
 
     @property
     def target_tokens(self) -> int:
@@ -140,7 +154,7 @@ def collate(examples: Sequence[Example], pad_id: int, device: torch.device) -> B
     labels = input_ids.masked_fill(torch.arange(width, device=device) < width - n_target[:, None], IGNORE)
     # Position t predicts token t + 1: a target of n tokens needs the logits of the last n + 1 columns.
     keep = min(max(e.n_target for e in examples) + 1, width)
-    return Batch(input_ids, attention_mask, labels, position_ids, keep, pack(examples, keep, device))
+    return Batch(input_ids, attention_mask, labels, position_ids, keep, examples)
 
 
 def shuffled_batches(n: int, batch_size: int, seed: str) -> list[list[int]]:

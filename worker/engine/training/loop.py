@@ -17,7 +17,7 @@ from lethe.rows import Row
 from worker.engine.lm.lora import LoraState, load_lora_state, reference_adapter
 from worker.engine.lm.placement import input_device
 from worker.engine.precision import autocast, mixed_precision_enabled
-from worker.engine.training.batches import Batch, Example, RetainStream, collate, examples_of, shuffled_batches
+from worker.engine.training.batches import Example, RetainStream, collate, examples_of, shuffled_batches
 from worker.engine.training.checkpointing import checkpointed, layers_to_checkpoint
 from worker.engine.training.objective import GradientFilter, LossTerms, Objective, Plugins, Step, TrainContext
 from worker.engine.training.snapshot import TrainingSnapshot, restore_rng
@@ -178,7 +178,7 @@ def _train(
             retain_hooks=plugins.retain_hooks,
             forget_indices=indices,
         )
-        tokens = sum(len(e.ids) for e in examples) + (_tokens(step.retain) if step.retain is not None else 0)
+        tokens = sum(len(e.ids) for e in examples) + (step.retain.tokens if step.retain is not None else 0)
         # Checkpointed layers run their forward again during the backward pass, under the autocast state they
         # recorded: so the backward stays inside the checkpointing block, and outside autocast as ever.
         with checkpointed(base_lm, layers_to_checkpoint(base_lm, tokens)):
@@ -232,12 +232,6 @@ def _train(
         return TrainingResult(steps, "epochs")
     finally:
         peft_lm.eval()
-
-
-def _tokens(batch: Batch) -> int:
-    """A batch's tokens without padding, from shapes alone (no device sync): its packed row's, else the padded
-    batch's cells."""
-    return int(batch.packed.input_ids.shape[1] if batch.packed is not None else batch.input_ids.numel())
 
 
 def _adamw(parameters: Sequence[torch.Tensor], learning_rate: float) -> torch.optim.AdamW:

@@ -85,10 +85,11 @@ def _forward(lm: PeftModel, batch: Batch, kwargs: dict[str, Any], packed: bool) 
     LM packs correctly and packing costs less than padding (`packing.packing_pays`); padded otherwise."""
     if (
         packed
-        and batch.packed is not None
+        and batch.examples
         and not kwargs
-        and packing_pays(lm, batch.size, int(batch.input_ids.shape[1]), int(batch.packed.input_ids.shape[1]))
+        and packing_pays(lm, batch.size, int(batch.input_ids.shape[1]), batch.tokens)
         and packs_correctly(lm)
+        and batch.packed is not None
     ):
         outputs = lm(**batch.packed.lm_inputs())
         outputs.logits = batch.packed.unpack(outputs.logits)
