@@ -60,6 +60,13 @@ def target_logprobs(logits: torch.Tensor, batch: Batch) -> list[list[torch.Tenso
     return rows
 
 
+@pytest.fixture(autouse=True)
+def _fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests tell the reference LM apart by its logits to 1e-5: in fp32 whatever LETHE_PRECISION the suite
+    runs under (under bf16 autocast the step's reference logits are bf16, a rounding step of 2⁻⁷ apart)."""
+    monkeypatch.setenv("LETHE_PRECISION", "fp32")
+
+
 class Recording(NPO):
     """NPO that keeps its first step's loss terms, forget batch and reference's logits on it."""
 
