@@ -4,10 +4,11 @@ A forget job allocates and frees hundreds of megabytes of activations per traini
 whose tensors have other sizes. glibc's malloc serves tensors of a few MB from its arenas once a large block has
 been freed (its mmap threshold rises to the largest block freed, up to 32 MB), and the arenas fragment: the bench's
 SmolLM2 job (bench/jobs.py, AMD EPYC without bf16, 2026-11-30) peaked at 2,095 MB RSS with glibc and 1,755 MB
-with jemalloc, and with LETHE_ACTIVATION_BUDGET_MB=256 at 1,613 and 1,318 MB, in about the same time (48–56 s
-each). Pinning glibc's threshold at 128 KiB (MALLOC_MMAP_THRESHOLD_) gave nearly jemalloc's peak but 60% more
-time, every tensor then being fresh pages from the kernel. PyTorch's CPU tuning guide recommends jemalloc or
-tcmalloc for the same reason.
+with jemalloc, and with LETHE_ACTIVATION_BUDGET_MB=256 (then checkpointing every layer) at 1,613 and 1,318 MB,
+in about the same time (48–56 s each). jemalloc's own settings moved little: one arena 1,728 MB, pages returned
+at once 1,667 MB in twice the time. Pinning glibc's threshold at 128 KiB (MALLOC_MMAP_THRESHOLD_) gave nearly
+jemalloc's peak but 60% more time, every tensor then being fresh pages from the kernel. PyTorch's CPU tuning guide
+recommends jemalloc or tcmalloc for the same reason.
 
 An allocator is chosen when the process starts, so `lethe worker` re-executes itself once with jemalloc in
 LD_PRELOAD (`exec_with_allocator`) before it imports torch. LETHE_ALLOCATOR:
