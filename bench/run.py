@@ -28,7 +28,7 @@ from bench.scoring_bench import LmEval, compare, lethe_sweep
 from bench.tasks import TASKS
 from bench.training_bench import lethe_gradient_ascent, model_flops_per_token
 from lethe.methods import GradientAscentParams
-from worker.allocator import preload_environment
+from worker.allocator import find_jemalloc, preload_environment
 from worker.engine.lm.load import BaseLMCache, LoadedLM
 from worker.engine.precision import bf16_supported, mixed_precision_enabled
 from worker.engine.training.checkpointing import ACTIVATION_BUDGET_VARIABLE
@@ -48,7 +48,7 @@ def _log(message: str) -> None:
 def _as_a_worker(environ: dict[str, str]) -> dict[str, str]:
     """`environ` with the memory allocator a worker runs with (worker/allocator.py: jemalloc where the host has it),
     for the steps that measure a job in a fresh process as a worker runs it."""
-    return preload_environment(environ) or environ
+    return preload_environment(environ, find_jemalloc()) or environ
 
 
 def _audit_step(cache_dir: Path) -> dict:

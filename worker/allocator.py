@@ -71,19 +71,16 @@ def jemalloc_loaded() -> bool:
         return False
 
 
-def preload_environment(
-    environ: Mapping[str, str] = os.environ, library: Path | None | str = "find"
-) -> dict[str, str] | None:
+def preload_environment(environ: Mapping[str, str], library: Path | None) -> dict[str, str] | None:
     """The environment to re-execute with so that jemalloc is the allocator, or None to run as it is.
 
-    `library`: jemalloc's path (None: the host has none); "find" looks it up. AllocatorError where LETHE_ALLOCATOR
-    is bad, or is `jemalloc` and the host has none.
+    `library`: jemalloc's path on this host (`find_jemalloc`), None where it has none. AllocatorError where
+    LETHE_ALLOCATOR is bad, or is `jemalloc` and the host has none.
     """
     choice = requested(environ)
     if choice == "system":
         return None
-    path = find_jemalloc() if library == "find" else library
-    if path is None:
+    if library is None:
         if choice == "jemalloc":
             raise AllocatorError(
                 f"{ALLOCATOR_VARIABLE}=jemalloc but {JEMALLOC} is not installed (Debian/Ubuntu package libjemalloc2; "
@@ -93,27 +90,32 @@ def preload_environment(
     preload = [entry for entry in environ.get("LD_PRELOAD", "").split() if entry]
     if any("libjemalloc" in entry for entry in preload):
         return None
-    return {**environ, "LD_PRELOAD": " ".join([str(path), *preload])}
+    return {**environ, "LD_PRELOAD": " ".join([str(library), *preload])}
 
 
 def exec_with_allocator(argv: Sequence[str]) -> None:
     """Re-execute this process as `argv` with jemalloc preloaded where LETHE_ALLOCATOR wants it (see the module
     docstring); return where it already runs with the allocator it should, or with glibc's where jemalloc is
-    missing under `auto` (logged). Call it before torch is imported. AllocatorError on a bad setting."""
-    environment = preload_environment()
-    if environment is None or jemalloc_loaded():
-        if requested() == "auto" and not jemalloc_loaded():
-            log.warning(
-                "jemalloc is not in use (%s not found or not loadable): this worker uses the C library's malloc, whose "
-                "fragmentation raises a job's peak memory by a few hundred MB (install libjemalloc2, or set %s=system "
-                "to silence this)",
-                JEMALLOC,
-                ALLOCATOR_VARIABLE,
-            )
+    missing under `auto` (logged). Call it before torch is imported. AllocatorError on a bad setting, and where
+    `jemalloc` is required but LD_PRELOAD already names it and it did not load."""
+    if jemalloc_loaded():
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(argv[0], list(argv), environment)
+    environment = preload_environment(os.environ, find_jemalloc())
+    if environment is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(argv[0], list(argv), environment)
+    choice = requested()
+    if choice == "jemalloc":
+        raise AllocatorError(f"{ALLOCATOR_VARIABLE}=jemalloc but LD_PRELOAD names a jemalloc that did not load")
+    if choice == "auto":
+        log.warning(
+            "jemalloc is not in use (%s not found or not loadable): this worker uses the C library's malloc, whose "
+            "fragmentation raises a job's peak memory by a few hundred MB (install libjemalloc2, or set %s=system "
+            "to silence this)",
+            JEMALLOC,
+            ALLOCATOR_VARIABLE,
+        )
 
 
 def allocator_label() -> str:

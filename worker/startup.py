@@ -11,7 +11,7 @@ import logging
 import sys
 
 from lethe.settings import Settings
-from worker.allocator import AllocatorError, allocator_label, requested
+from worker.allocator import allocator_label, requested
 from worker.engine.lm.placement import Placement, PlacementError, cuda_report, worker_placement
 from worker.engine.training.checkpointing import activation_budget_bytes
 
@@ -27,7 +27,7 @@ def startup_problem(settings: Settings) -> str | None:
         placement = worker_placement()
         activation_budget_bytes()
         requested()
-    except (PlacementError, AllocatorError, ValueError) as exc:
+    except (PlacementError, ValueError) as exc:  # AllocatorError is a ValueError
         return str(exc)
     if settings.require_gpu and placement.input_device.type != "cuda":
         return (

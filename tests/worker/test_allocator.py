@@ -65,11 +65,13 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run_script(tmp_path: Path, setting: str) -> subprocess.CompletedProcess[str]:
+def _run_script(tmp_path: Path, setting: str, preload: str | None = None) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "which_allocator.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(REPO), "LETHE_ALLOCATOR": setting}
     env.pop("LD_PRELOAD", None)
+    if preload is not None:
+        env["LD_PRELOAD"] = preload
     return subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -78,6 +80,13 @@ def test_a_process_re_executes_itself_once_with_jemalloc_mapped_in(tmp_path: Pat
     finished = _run_script(tmp_path, "auto")
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.strip() == "jemalloc"
+
+
+def test_a_required_jemalloc_that_did_not_load_is_an_error(tmp_path: Path) -> None:
+    # The dynamic loader only warns about a preloaded library it cannot find, and the process runs on glibc's malloc.
+    finished = _run_script(tmp_path, "jemalloc", preload=str(tmp_path / "libjemalloc.so.2"))
+    assert finished.returncode != 0
+    assert "LETHE_ALLOCATOR=jemalloc but LD_PRELOAD names a jemalloc that did not load" in finished.stderr
 
 
 def test_with_system_the_process_keeps_the_c_librarys_malloc(tmp_path: Path) -> None:

@@ -138,7 +138,6 @@ def test_the_packing_check_allows_bf16_a_rounding_step_of_its_own() -> None:
     below what attending across sequences does (test above: 0.28 of a 0.42 scale); fp32 keeps the tight bound."""
     assert packing._tolerance(torch.float32) == 1e-3
     assert packing._tolerance(torch.bfloat16) == 2 * 2**-7
-    assert packing._tolerance(torch.bfloat16) * 0.42 > 2**-9  # one step at 0.42, as measured there
 
 
 def test_the_packed_row_is_built_only_when_the_batch_is_fed_packed(

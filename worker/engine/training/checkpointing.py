@@ -71,7 +71,7 @@ def layers_to_checkpoint(lm: PreTrainedModel, tokens: int) -> list[int]:
     per_layer = full / layers
     kept_input = tokens * int(lm.config.hidden_size) * 4
     needed = math.ceil((full - budget) / max(per_layer - kept_input, 1.0))
-    count = min(layers, max(1, needed))
+    count = min(layers, needed)  # at least 1: the step is over the budget
     return sorted({(j * layers) // count for j in range(count)})
 
 

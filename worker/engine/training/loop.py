@@ -178,7 +178,7 @@ def _train(
             retain_hooks=plugins.retain_hooks,
             forget_indices=indices,
         )
-        tokens = sum(len(e.ids) for e in examples) + (step.retain.tokens if step.retain is not None else 0)
+        tokens = step.forget.tokens + (step.retain.tokens if step.retain is not None else 0)
         # Checkpointed layers run their forward again during the backward pass, under the autocast state they
         # recorded: so the backward stays inside the checkpointing block, and outside autocast as ever.
         with checkpointed(base_lm, layers_to_checkpoint(base_lm, tokens)):

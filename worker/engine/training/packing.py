@@ -36,7 +36,7 @@ _TOLERANCE = 1e-3
 
 def _tolerance(dtype: torch.dtype) -> float:
     """The fraction of the logits' scale by which packed and separate logits of `dtype` may differ."""
-    return max(_TOLERANCE, 2 * torch.finfo(dtype).eps) if dtype.is_floating_point else _TOLERANCE
+    return max(_TOLERANCE, 2 * torch.finfo(dtype).eps)
 
 
 _checked: dict[tuple[type, str], bool] = {}
