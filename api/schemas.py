@@ -479,9 +479,10 @@ class JobOut(BaseModel):
         "worker claims the job."
     )
     precision: str | None = Field(
-        description="How the latest attempt computed: `fp32`, `bf16-autocast` (fp32 weights, matmuls in bf16) or "
-        "`bf16-autocast, bf16 weights` (weights stored in bf16, as on a GPU); the LM head's scores are fp32 in every "
-        "case. Null until a worker claims the job."
+        description="How the latest attempt computed: `fp32`, `bf16-autocast` (fp32 weights, matmuls in bf16), "
+        "`bf16-autocast, bf16 linear weights` (the decoder blocks' linear weights stored in bf16, the rest fp32: a "
+        "CPU) or `bf16-autocast, bf16 weights` (weights stored in bf16, as on a GPU); the LM head's scores are fp32 "
+        "in every case. Null until a worker claims the job."
     )
     created_at: datetime
     started_at: datetime | None

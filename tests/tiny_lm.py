@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -21,6 +22,8 @@ from transformers import (
     Qwen2Config,
     Qwen3Config,
 )
+
+from worker.engine.lm.block_weights import block_matmul_layers, store_block_matmuls
 
 EOS = "<|endoftext|>"
 PAD = "<pad>"
@@ -179,3 +182,14 @@ def build_tiny_family_lm(directory: Path, corpus: list[str], family: str) -> Pat
     fast = _save_tokenizer(directory, corpus)
     _save_lm(directory, tiny_family_config(family, len(fast), fast.eos_token_id, fast.pad_token_id))
     return directory
+
+
+def stored_like(lm: Any, base: Any) -> Any:
+    """`lm` (a transformers LM, or a PeftModel around one) frozen, with its decoder blocks' linear weights in the
+    dtype `base`'s are stored in: bf16 where `base` was loaded under bf16 autocast on a CPU
+    (worker/engine/lm/block_weights.py), as they are otherwise."""
+    dtype = block_matmul_layers(base)[0].weight.dtype
+    if dtype != torch.float32:
+        lm.requires_grad_(False)
+        store_block_matmuls(lm, dtype)
+    return lm

@@ -64,7 +64,7 @@ def test_a_claimed_job_records_its_device_and_precision(stack_settings: Settings
     assert (job.device, job.precision) == (placement.device_label(), placement.precision_label())
     on_gpu = torch.cuda.is_available()
     assert job.device is not None and job.device.startswith("cuda:0 (" if on_gpu else "cpu (")
-    assert job.precision == ("bf16-autocast, bf16 weights" if on_gpu else "bf16-autocast")
+    assert job.precision == ("bf16-autocast, bf16 weights" if on_gpu else "bf16-autocast, bf16 linear weights")
     with session_scope(stack_settings.database_url) as session:
         running = [e.payload for e in JobEventRepository(session).list(job_id) if e.type == "running"]
     assert [(p["device"], p["precision"]) for p in running] == [(job.device, job.precision)]

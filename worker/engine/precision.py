@@ -1,13 +1,15 @@
 """bf16 autocast where the hardware computes bf16 natively, fp32 everywhere else (LETHE_PRECISION overrides).
 
-On a CPU weights stay fp32; under autocast matmuls run in bf16 (with fp32 accumulation) while norms, softmax and
-the residual stream stay fp32. A CPU without native bf16 (AVX512-BF16 or AMX) emulates it, slower than fp32, so
-autocast is off there by default. On a GPU the weights are stored in bf16 where autocast is on (half the memory;
-`lm/placement.py`), in fp32 where it is off. Either way the LM head scores in fp32 (`full_precision`).
+On a CPU under autocast matmuls run in bf16 (with fp32 accumulation) while norms, softmax and the residual stream
+stay fp32; the decoder blocks' linear weights are then stored in bf16, which autocast would cast them to anyway
+(`lm/block_weights.py`), the rest in fp32. A CPU without native bf16 (AVX512-BF16 or AMX) emulates it, slower than
+fp32, so autocast is off there by default. On a GPU the weights are stored in bf16 where autocast is on (half the
+memory; `lm/placement.py`), in fp32 where it is off. Either way the LM head scores in fp32 (`full_precision`).
 
 LETHE_PRECISION is read here and nowhere else: `auto` (the default) is the rule above, `fp32` never autocasts,
 `bf16` always does (on a CPU without native bf16 too: same results, only slower). It is read on every call, so
-training and scoring in one process always agree, and a test can set it for a block.
+training and scoring in one process always agree, and a test can set it for a block. How weights are stored is
+decided when an LM is loaded: the worker's cache (`lm/load.py`) loads the LM again when the setting changes.
 """
 
 from __future__ import annotations

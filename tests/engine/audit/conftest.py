@@ -14,6 +14,7 @@ import contextlib
 import copy
 import dataclasses
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from tests.engine.methods.helpers import teach
 from tests.tiny_lm import CATEGORIES, synthetic_choice_rows
 from worker.engine.audit.context import AuditContext
 from worker.engine.audit.run import never_learned
-from worker.engine.lm.load import LoadedLM
+from worker.engine.lm.load import LoadedLM, load_base_lm
 from worker.engine.lm.lora import LoraState, attach_lora, load_lora_state, lora_state
 from worker.engine.methods.implementations import build_objective
 from worker.engine.training.loop import Schedule, train
@@ -90,12 +91,18 @@ def task_rows() -> dict[str, list[Row]]:
 
 
 @pytest.fixture(scope="session")
-def taught_base(tiny_base: LoadedLM, task_rows: dict[str, list[Row]]) -> LoadedLM:
+def taught_base(
+    tiny_lm_dir: Path, task_rows: dict[str, list[Row]], tmp_path_factory: pytest.TempPathFactory
+) -> LoadedLM:
     """The tiny LM that knows the task (shared: tests must not modify it).
 
-    One for both precisions: `teach` runs plain fp32 forward passes, never under autocast.
+    One for both precisions: `teach` runs plain fp32 forward passes, never under autocast, from the tiny LM's fp32
+    weights as saved (loaded under bf16 autocast, a base LM holds its blocks' linear weights rounded to bf16).
     """
-    return teach_base(tiny_base, [*task_rows["forget_train"], *task_rows["forget_heldout"], *task_rows["retain"]])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LETHE_PRECISION", "fp32")
+        fp32_base = load_base_lm("tiny", f"path:{tiny_lm_dir}", tmp_path_factory.mktemp("fp32-lm-cache"))
+    return teach_base(fp32_base, [*task_rows["forget_train"], *task_rows["forget_heldout"], *task_rows["retain"]])
 
 
 def build_context(

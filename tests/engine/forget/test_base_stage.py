@@ -75,6 +75,7 @@ def test_a_second_job_on_the_same_base_and_rows_reuses_the_base_stage(
 def test_the_key_names_everything_the_scores_depend_on(tiny_base: LoadedLM, monkeypatch: pytest.MonkeyPatch) -> None:
     splits = {"forget_train": FORGET_TRAIN, "forget_heldout": FORGET_HELDOUT}
     settings = {"batch_size": 8, "seed": 0, "collect_hidden": False}
+    monkeypatch.setenv("LETHE_PRECISION", "fp32")  # whatever the suite runs under
     key = base_stage_key(tiny_base.lm, splits, **settings)
     assert key == base_stage_key(tiny_base.lm, dict(splits), **settings)
     # Another heldout split of the same rows.
@@ -84,7 +85,7 @@ def test_the_key_names_everything_the_scores_depend_on(tiny_base: LoadedLM, monk
         assert base_stage_key(tiny_base.lm, splits, **(settings | change)) != key
     monkeypatch.setenv("LETHE_PRECISION", "bf16")
     assert base_stage_key(tiny_base.lm, splits, **settings) != key
-    monkeypatch.delenv("LETHE_PRECISION")
+    monkeypatch.setenv("LETHE_PRECISION", "fp32")
     # Other weights (one value changed), same architecture and name.
     other = copy.deepcopy(tiny_base.lm)
     with torch.no_grad():

@@ -10,10 +10,12 @@ import torch
 from huggingface_hub import ModelCard
 from peft import AutoPeftModelForCausalLM, PeftModel
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from lethe.forgetting import Forgetting, ScoreRise
 from tests.engine.forget.test_run import FORGET_HELDOUT, FORGET_TRAIN, Run, plan
 from tests.engine.lm.test_lora import assert_pristine
+from tests.tiny_lm import stored_like
 from worker.engine.lm.adapter import (
     adapter_archive,
     base_model_reference,
@@ -99,7 +101,7 @@ def test_auto_peft_resolves_the_base_from_the_adapter_alone_offline(
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))  # nothing cached to fall back on
 
-    loaded = AutoPeftModelForCausalLM.from_pretrained(str(out_dir))
+    loaded = stored_like(AutoPeftModelForCausalLM.from_pretrained(str(out_dir)), tiny_base.lm)
     for ids, logits in zip(input_ids, expected, strict=True):
         with torch.no_grad():
             actual = loaded(input_ids=ids).logits
@@ -173,7 +175,9 @@ def test_an_adapter_trained_against_the_finetuned_reference_exports_without_it(
     assert saved and not any("reference" in key for key in saved)
     assert len(saved) == len(run.outcome.before_forgetting)
 
-    reloaded = PeftModel.from_pretrained(load_base_lm("tiny", f"path:{tiny_lm_dir}", tmp_path / "cache").lm, out_dir)
+    # The base as the engine's is stored (its blocks' linear weights in bf16 where loaded under bf16 autocast).
+    base = stored_like(AutoModelForCausalLM.from_pretrained(tiny_lm_dir), tiny_base.lm)
+    reloaded = PeftModel.from_pretrained(base, out_dir)
     with torch.no_grad():
         actual, before = reloaded(input_ids=input_ids).logits, tiny_base.lm(input_ids=input_ids).logits
     assert torch.equal(actual, expected)

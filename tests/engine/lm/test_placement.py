@@ -69,7 +69,16 @@ def test_a_bad_gpu_count_is_an_error_naming_the_variable(monkeypatch: pytest.Mon
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU placement")
 def test_without_cuda_a_worker_computes_on_the_cpu_in_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LETHE_WORKER_GPUS", "2")  # about GPUs: no GPU, nothing to spread
+    monkeypatch.setenv("LETHE_PRECISION", "fp32")
     assert worker_placement() == Placement((torch.device("cpu"),), torch.float32)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU placement")
+def test_under_autocast_a_cpu_worker_stores_the_blocks_linear_weights_in_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LETHE_PRECISION", "bf16")
+    placement = worker_placement()
+    assert placement == Placement((torch.device("cpu"),), torch.float32, torch.bfloat16)
+    assert placement.precision_label() == "bf16-autocast, bf16 linear weights"
 
 
 def test_more_gpus_than_visible_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:

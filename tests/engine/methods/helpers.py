@@ -37,8 +37,9 @@ def batch_of(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row]) -> Batch:
 
 
 def teach(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row], steps: int = 60) -> Any:
-    """A copy of `lm` fully trained on `rows` (Adam, one batch of all rows), frozen, in eval mode."""
-    lm = copy.deepcopy(lm)
+    """A copy of `lm` fully trained on `rows` (Adam, one batch of all rows), frozen, in eval mode; in fp32 (a base LM
+    loaded under bf16 autocast stores its blocks' linear weights in bf16: `lm/block_weights.py`)."""
+    lm = copy.deepcopy(lm).float()
     lm.requires_grad_(True)
     batch = batch_of(tokenizer, rows)
     with torch.random.fork_rng(devices=[]):

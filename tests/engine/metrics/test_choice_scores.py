@@ -3,7 +3,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lethe.rows import ChoiceRow
-from tests.tiny_lm import synthetic_choice_rows
+from tests.tiny_lm import stored_like, synthetic_choice_rows
 from worker.engine.lm import head
 from worker.engine.lm.inputs import encode_pair, max_length, pair_sequence
 from worker.engine.lm.load import CausalLM, LoadedLM
@@ -93,7 +93,7 @@ def test_each_prompt_is_fed_once(tiny_base: LoadedLM) -> None:
 
 
 def test_eager_attention_scores_like_sdpa(tiny_base: LoadedLM, tiny_lm_dir) -> None:
-    eager = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, attn_implementation="eager")
+    eager = stored_like(AutoModelForCausalLM.from_pretrained(tiny_lm_dir, attn_implementation="eager"), tiny_base.lm)
     rows = mixed_rows()
     sdpa_scores = score_choices(tiny_base.lm, tiny_base.tokenizer, rows, batch_size=8, bf16=False)
     eager_scores = score_choices(eager, tiny_base.tokenizer, rows, batch_size=8, bf16=False)

@@ -33,6 +33,7 @@ from lethe.base_model_sources import (
 )
 from lethe.hub import HubOptions, local_snapshot
 from lethe.registry import Registry, UnknownNameError
+from worker.engine.lm.block_weights import store_block_matmuls
 from worker.engine.lm.lora import carries_lora
 from worker.engine.lm.placement import Placement, gpu_memory, input_device, spread_device_map, worker_placement
 from worker.engine.precision import exclude_cudnn_attention
@@ -129,18 +130,20 @@ class BaseLMCache:
         self.hub = hub
         self._lock = threading.Lock()
         self._in_use = threading.Lock()
-        self._key: tuple[str, str] | None = None
+        self._key: tuple[str, str, Placement] | None = None
         self._loaded: LoadedLM | None = None
 
     def get(self, base_model: str, source: str, expected_weights_sha256: str | None = None) -> LoadedLM:
         """The LM of `base_model` from `source`, loaded unless it is the one already in memory; ValueError when its
         weights' digest is not `expected_weights_sha256` (when given)."""
+        # The placement is part of the key: an LM loaded for another precision stores other dtypes.
+        key = (base_model, source, worker_placement())
         with self._lock:
-            if self._loaded is None or self._key != (base_model, source):
+            if self._loaded is None or self._key != key:
                 # Drop the old LM before loading the new one: only one base LM fits in memory at a time.
                 self._key, self._loaded = None, None
                 self._loaded = load_base_lm(base_model, source, self.cache_dir, self.hub, expected_weights_sha256)
-                self._key = (base_model, source)
+                self._key = key
             elif expected_weights_sha256 is not None and self._loaded.weights_sha256 != expected_weights_sha256:
                 raise BaseModelSourceError(
                     f"base LM source {source!r}: the loaded weights' sha256 is {self._loaded.weights_sha256}, not "
@@ -189,6 +192,8 @@ def _load_safetensors_dir(base_model: str, directory: Path) -> LoadedLM:
         exclude_cudnn_attention()  # NaN losses on long left-padded bf16 batches (see its docstring)
     lm.eval()
     lm.requires_grad_(False)
+    if placement.block_matmul_dtype is not None:
+        store_block_matmuls(lm, placement.block_matmul_dtype)  # what autocast would cast on every call (its docstring)
     return LoadedLM(lm=lm, tokenizer=tokenizer, base_model=base_model, device=input_device(lm))
 
 

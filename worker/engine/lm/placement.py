@@ -59,6 +59,9 @@ class Placement:
 
     devices: tuple[torch.device, ...]
     dtype: torch.dtype
+    # The dtype of the decoder blocks' matmul weights (Linear, Conv1D) where it is not `dtype`: bf16 on a CPU that
+    # computes under bf16 autocast, which casts them to bf16 on every call anyway (`block_weights.py`).
+    block_matmul_dtype: torch.dtype | None = None
 
     @property
     def input_device(self) -> torch.device:
@@ -86,22 +89,35 @@ class Placement:
         return f"{span} ({models})"
 
     def precision_label(self) -> str:
-        """How a job computes here: `fp32`, `bf16-autocast` (fp32 weights, matmuls in bf16 under autocast) or
+        """How a job computes here: `fp32`, `bf16-autocast` (fp32 weights, matmuls in bf16 under autocast),
+        `bf16-autocast, bf16 linear weights` (the blocks' linear weights stored in bf16, the rest fp32: a CPU) or
         `bf16-autocast, bf16 weights` (weights stored in bf16, as on a GPU). The LM head scores in fp32 in every
         case (`precision.full_precision`)."""
-        weights = str(self.dtype).removeprefix("torch.").replace("float", "fp").replace("bfp", "bf")
+        weights = _dtype_name(self.dtype)
         if not mixed_precision_enabled(self.input_device):
             return weights
-        return "bf16-autocast" if self.dtype == torch.float32 else f"bf16-autocast, {weights} weights"
+        if self.dtype != torch.float32:
+            return f"bf16-autocast, {weights} weights"
+        if self.block_matmul_dtype is not None:
+            return f"bf16-autocast, {_dtype_name(self.block_matmul_dtype)} linear weights"
+        return "bf16-autocast"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """`fp32`, `bf16`, `fp16` for torch.float32, torch.bfloat16, torch.float16."""
+    return str(dtype).removeprefix("torch.").replace("float", "fp").replace("bfp", "bf")
 
 
 def worker_placement() -> Placement:
-    """This worker's placement: the CPU in fp32 without CUDA; otherwise the first LETHE_WORKER_GPUS visible GPUs,
-    weights in bf16 where training runs under bf16 autocast (LETHE_PRECISION `auto` on a GPU with bf16, or `bf16`)
-    and in fp32 otherwise (so `fp32` means fp32 on a GPU too). PlacementError when fewer GPUs are visible."""
+    """This worker's placement: without CUDA the CPU, weights in fp32 but the decoder blocks' linear weights in bf16
+    where it computes under bf16 autocast (LETHE_PRECISION `auto` on a CPU with native bf16, or `bf16`); otherwise
+    the first LETHE_WORKER_GPUS visible GPUs, weights in bf16 where training runs under bf16 autocast (`auto` on a
+    GPU with bf16, or `bf16`) and in fp32 otherwise (so `fp32` means fp32 on a GPU too). PlacementError when fewer
+    GPUs are visible."""
     gpus = worker_gpus()
     if not torch.cuda.is_available():
-        return Placement((torch.device("cpu"),), torch.float32)
+        cpu = torch.device("cpu")
+        return Placement((cpu,), torch.float32, torch.bfloat16 if mixed_precision_enabled(cpu) else None)
     visible = torch.cuda.device_count()
     if gpus > visible:
         raise PlacementError(
