@@ -188,7 +188,7 @@ def stored_like(lm: Any, base: Any) -> Any:
     """`lm` (a transformers LM, or a PeftModel around one) frozen, with its decoder blocks' linear weights in the
     dtype `base`'s are stored in: bf16 where `base` was loaded under bf16 autocast on a CPU
     (worker/engine/lm/block_weights.py), as they are otherwise."""
-    dtype = block_matmul_layers(base)[0].weight.dtype
+    dtype = block_matmul_layers(base)[0].get_parameter("weight").dtype
     if dtype != torch.float32:
         lm.requires_grad_(False)
         store_block_matmuls(lm, dtype)

@@ -16,6 +16,7 @@ from worker.engine.methods.gradient_ascent import GradientAscent
 from worker.engine.training import loop
 from worker.engine.training.checkpointing import (
     ACTIVATION_BUDGET_VARIABLE,
+    CPU_BUDGET_MB,
     activation_budget_bytes,
     activation_bytes,
     layers_to_checkpoint,
@@ -25,7 +26,9 @@ from worker.engine.training.loop import Schedule
 
 def test_the_budget_is_read_in_megabytes_and_bad_values_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ACTIVATION_BUDGET_VARIABLE, raising=False)
-    assert activation_budget_bytes() is None
+    # Unset: a CPU worker's default, none on a GPU.
+    assert activation_budget_bytes("cpu") == CPU_BUDGET_MB * 2**20 == 256 * 2**20
+    assert activation_budget_bytes("cuda") is None
     for value, expected in (("0", None), ("256", 256 * 2**20), (" 1.5 ", int(1.5 * 2**20))):
         monkeypatch.setenv(ACTIVATION_BUDGET_VARIABLE, value)
         assert activation_budget_bytes() == expected
@@ -42,7 +45,7 @@ def test_just_enough_layers_are_checkpointed_to_fit_the_budget(
     layers = config.num_hidden_layers
     per_token = layers * (16 * config.hidden_size + 4 * config.intermediate_size) * 4
     assert activation_bytes(tiny_base.lm, 100) == 100 * per_token
-    monkeypatch.delenv(ACTIVATION_BUDGET_VARIABLE, raising=False)
+    monkeypatch.setenv(ACTIVATION_BUDGET_VARIABLE, "0")
     assert layers_to_checkpoint(tiny_base.lm, 10**9) == []
     monkeypatch.setenv(ACTIVATION_BUDGET_VARIABLE, str(100 * per_token / 2**20))
     assert layers_to_checkpoint(tiny_base.lm, 100) == []
@@ -53,7 +56,7 @@ def test_just_enough_layers_are_checkpointed_to_fit_the_budget(
 
 def test_the_layers_are_the_fewest_that_fit_and_spread_over_the_depth(monkeypatch: pytest.MonkeyPatch) -> None:
     config = SimpleNamespace(num_hidden_layers=30, hidden_size=576, intermediate_size=1536)
-    lm = cast(PreTrainedModel, SimpleNamespace(config=config))
+    lm = cast(PreTrainedModel, SimpleNamespace(config=config, device=torch.device("cpu")))
     tokens = 300
     full = activation_bytes(lm, tokens)
     per_layer, kept_input = full / 30, tokens * 576 * 4
@@ -90,7 +93,7 @@ def test_a_checkpointed_run_recomputes_every_layer_and_trains_to_the_same_weight
     tiny_base: LoadedLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     layers = tiny_base.lm.config.num_hidden_layers
-    monkeypatch.delenv(ACTIVATION_BUDGET_VARIABLE, raising=False)
+    monkeypatch.setenv(ACTIVATION_BUDGET_VARIABLE, "0")
     plain, plain_calls = _train_counting_layer_calls(tiny_base)
     monkeypatch.setenv(ACTIVATION_BUDGET_VARIABLE, "0.001")  # 1 KB: every step passes it, with every layer
     checkpointed, checkpointed_calls = _train_counting_layer_calls(tiny_base)

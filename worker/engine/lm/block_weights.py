@@ -82,7 +82,7 @@ def _compute_as_under_autocast(layer: torch.nn.Module) -> None:
         restore.clear()  # a call that raised never reached `after`
         if torch.is_autocast_enabled(device_type) or not args or not isinstance(args[0], torch.Tensor):
             return None
-        first, dtype = args[0], module.weight.dtype
+        first, dtype = args[0], module.get_parameter("weight").dtype
         if not first.is_floating_point() or first.dtype == dtype:
             return None
         restore.append(first.dtype)

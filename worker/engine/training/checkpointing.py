@@ -2,13 +2,19 @@
 
 A training step keeps every decoder layer's activations for the backward pass: for SmolLM2-135M about 1.8 MB per
 token in fp32 (30 layers), so a batch of 8 ARC-Easy rows (about 250 tokens) holds some 450 MB, near the LM's weights.
-With LETHE_ACTIVATION_BUDGET_MB set, a step whose estimate passes it runs with transformers' activation
+A step whose estimate passes the budget (LETHE_ACTIVATION_BUDGET_MB) runs with transformers' activation
 checkpointing on just enough of the decoder layers to fit (`layers_to_checkpoint`): a checkpointed layer keeps only
 its input and runs its forward again during the backward pass. The gradients are the same; each checkpointed layer
 costs its forward once more, so a step a little over the budget pays for a few layers, not for all of them (every
 layer recomputed is about half again the compute of a LoRA step, whose backward needs no weight gradients). The
-checkpointed layers are spread evenly over the depth. Unset or 0 (the default): never, as speed matters more than
-memory on most hosts. Read here and nowhere else, on every step.
+checkpointed layers are spread evenly over the depth. 0: never. Read here and nowhere else, on every step.
+
+Unset, the budget is CPU_BUDGET_MB on a CPU and none on a GPU. A CPU worker shares the host's memory with
+everything else on it, and there activations are most of a job's peak: a whole SmolLM2 forget job (bench/jobs.py,
+AMD EPYC with native bf16) peaked at 1,629 MB without a budget and 1,441 MB with 256 MB, for about 10-15% of the
+training speed (bf16: 267-317 against 241-263 tokens/s; fp32: 172-185 against 151-153; bench/training_bench.py's
+64 ARC-Easy rows, runs alternated), still about 2× the naive PEFT loop in bf16 and 1.4× in fp32. A GPU has its
+own memory, sized for the job (`placement.py`), and speed is what it is for.
 
 The estimate (`activation_bytes`) counts what a decoder layer of the usual layout saves per token: about 16 vectors
 of the hidden size (norms, attention's projections and output, the residual stream) and 4 of the MLP's inner size
@@ -32,13 +38,16 @@ from worker.engine.lm.blocks import decoder_blocks
 log = logging.getLogger(__name__)
 
 ACTIVATION_BUDGET_VARIABLE = "LETHE_ACTIVATION_BUDGET_MB"
+# The budget of a CPU worker where LETHE_ACTIVATION_BUDGET_MB is unset (module docstring).
+CPU_BUDGET_MB = 256
 
 
-def activation_budget_bytes() -> int | None:
-    """LETHE_ACTIVATION_BUDGET_MB in bytes; None when unset or 0 (no budget). ValueError naming a bad value."""
+def activation_budget_bytes(device_type: str = "cpu") -> int | None:
+    """LETHE_ACTIVATION_BUDGET_MB in bytes for an LM on `device_type`; None when 0 (no budget); unset, CPU_BUDGET_MB
+    on a CPU and None elsewhere. ValueError naming a bad value."""
     raw = os.environ.get(ACTIVATION_BUDGET_VARIABLE, "").strip()
     if not raw:
-        return None
+        return CPU_BUDGET_MB * 2**20 if device_type == "cpu" else None
     try:
         megabytes = float(raw)
     except ValueError:
@@ -63,7 +72,7 @@ def layers_to_checkpoint(lm: PreTrainedModel, tokens: int) -> list[int]:
     With k of the L layers checkpointed the step keeps (L − k) layers' activations and, for each of the k, its input
     (a hidden-size vector per token): the smallest k with that at most the budget.
     """
-    budget = activation_budget_bytes()
+    budget = activation_budget_bytes(lm.device.type)
     full = activation_bytes(lm, tokens)
     if budget is None or full <= budget:
         return []
