@@ -337,9 +337,19 @@ def render(results: dict, kind: str = "") -> str:
     lines.append("")
     if "speedup" in scoring:
         agreement = scoring["lethe_vs_lmeval_fp32"]
+        measured = scoring.get("measured_with")
         lines += [
             "## Scoring: every run",
             "",
+            *(
+                [
+                    f"Measured on {measured['date']} with transformers {measured['transformers']}, in a run before "
+                    "this entry's other steps (`--only` reruns them, not this one).",
+                    "",
+                ]
+                if measured
+                else []
+            ),
             f"Task: the first {scoring['rows']} rows of {scoring['task']} (lm-eval's prompt, `Question: ...\\nAnswer:` "
             "and each choice after a space), as the same strings for both: lm-eval reads them as a local YAML task "
             'over a jsonl file (`target_delimiter: ""`, since the choices carry their space) and loads the same '
