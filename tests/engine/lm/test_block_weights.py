@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from tests.tiny_lm import FAMILIES, build_tiny_family_lm, task_corpus
-from worker.engine.lm.block_weights import block_matmul_layers
+from worker.engine.lm.block_weights import block_matmul_layers, store_block_matmuls
 from worker.engine.lm.load import BaseLMCache, LoadedLM, load_base_lm
 from worker.engine.lm.lora import REFERENCE, attached_lora, lora_config, lora_state, reference_adapter
 from worker.engine.lm.placement import worker_placement
@@ -144,3 +145,13 @@ def test_the_cache_reloads_a_base_lm_when_the_precision_changes(
     second = cache.get("tiny", f"path:{family_dir}")
     assert second is not first
     assert all(p.dtype == torch.float32 for p in second.lm.parameters())
+
+
+def test_a_trainable_block_layer_is_refused_with_nothing_converted(tmp_path: Path) -> None:
+    directory = build_tiny_family_lm(tmp_path / "llama", task_corpus(), "llama")
+    lm = AutoModelForCausalLM.from_pretrained(directory)
+    lm.requires_grad_(False)
+    block_matmul_layers(lm)[-1].requires_grad_(True)
+    with pytest.raises(ValueError, match="is trainable: only frozen weights convert"):
+        store_block_matmuls(lm, torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in lm.parameters())

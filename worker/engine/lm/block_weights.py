@@ -49,15 +49,19 @@ def block_matmul_layers(lm: PreTrainedModel | PeftModel) -> list[torch.nn.Module
     ]
 
 
-def store_block_matmuls(lm: PreTrainedModel | PeftModel, dtype: torch.dtype) -> int:
+def store_block_matmuls(lm: PreTrainedModel | PeftModel, dtype: torch.dtype) -> None:
     """Store the weight and bias of each Linear and Conv1D of `lm`'s decoder blocks in `dtype`, in place, with the
-    hooks that let them compute outside autocast; returns how many layers were converted. Meant for a frozen base
-    LM at load, before any adapter is attached (an adapter's layers are left as they are: they train in fp32)."""
+    hooks that let them compute outside autocast. Meant for a frozen base LM at load, before any adapter is
+    attached (an adapter's layers are left as they are: they train in fp32). ValueError, with nothing converted,
+    when one of those layers is trainable."""
     layers = block_matmul_layers(lm)
+    trainable = [layer for layer in layers if any(p.requires_grad for p in layer.parameters(recurse=False))]
+    if trainable:
+        raise ValueError(
+            f"{type(trainable[0]).__name__} in the decoder blocks is trainable: only frozen weights convert"
+        )
     converted = {id(p) for layer in layers for p in layer.parameters(recurse=False)}
     for layer in layers:
-        if any(p.requires_grad for p in layer.parameters(recurse=False)):
-            raise ValueError(f"{type(layer).__name__} in the decoder blocks is trainable: only frozen weights convert")
         layer.to(dtype)
         _compute_as_under_autocast(layer)
     # transformers maps a safetensors file and an fp32 weight of an fp32 file is a view of it. Read once for the
@@ -68,7 +72,6 @@ def store_block_matmuls(lm: PreTrainedModel | PeftModel, dtype: torch.dtype) -> 
         for parameter in lm.parameters():
             if id(parameter) not in converted:
                 parameter.data = parameter.data.clone()
-    return len(layers)
 
 
 def _compute_as_under_autocast(layer: torch.nn.Module) -> None:
