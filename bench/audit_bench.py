@@ -201,8 +201,11 @@ def measure(base: LoadedLM, job: AuditedJob) -> dict:
     measured = {diagnostic.name: diagnostic for diagnostic in diagnosed}
     reasons = {attack.name: attack.reason for attack in [*skipped, *skipped_diagnostics]}
     per_attack = []
-    # run_audit and run_diagnostics report each one's start once, in order, under a stage of its own.
-    for name, stage in zip([*judged, *diagnostics], audit_clock.stages, strict=True):
+    # run_audit and run_diagnostics report each one's start once, under a stage of its own (attack:<name> or
+    # diagnostic:<name>; run_audit runs the probe first), listed here in the request's order.
+    stages = {stage.name.partition(":")[2]: stage for stage in audit_clock.stages}
+    for name in [*judged, *diagnostics]:
+        stage = stages[name]
         entry: dict = {"name": name, "seconds": stage.seconds, "load_average": stage.load_average}
         if name in reasons:
             entry["skipped"] = reasons[name]

@@ -53,7 +53,10 @@ class RelearnParams(AttackParams):
     steps: int = Field(8, ge=1, le=500, description="Optimiser steps of relearning per curve.")
     # The fine-tuning rate of Lethe's demo request: relearning as fast as the task was learned.
     learning_rate: float = Field(1e-3, gt=0, le=1, description="AdamW learning rate of the LoRA parameters.")
-    evaluate_every: int = Field(2, ge=1, le=500, description="Measure forget-heldout every this many steps.")
+    # Lethe default: points at steps 4 and 8 of the default 8 (and the start). The verdict reads the last point only;
+    # each point is a scoring pass of forget-heldout, and at every 2 steps the curves' 24 passes took 70% of a full
+    # audit's relearning on a CPU (2 of every 3 minutes on the fp32-only AMD EPYC).
+    evaluate_every: int = Field(4, ge=1, le=500, description="Measure forget-heldout every this many steps.")
     benign: bool = Field(
         True,
         description=(
@@ -91,8 +94,10 @@ class QuantizeParams(AttackParams):
 
 # Hong et al. ("Dissecting fine-tuning unlearning in LLMs", arXiv 2410.06606; code: yihuaihong/Dissecting-FT-Unlearning,
 # Restoration_experiments_llama-30tokens.ipynb) restore and patch windows of 5 consecutive layers, l-2..l+2, for every
-# layer l.
+# layer l (`layers: "all"`). A full audit's default measures 5-layer windows that tile the blocks (0-4, 5-9, ...):
+# every block once, at a fifth of the sweep's passes (see `_centres_field`).
 DIAGNOSTIC_WINDOW = 5
+EVERY_LAYER = "all"
 
 RestoreComponent = Literal["value_vectors", "mlp", "attention"]
 PatchComponent = Literal["mlp_coefficients", "attention_output"]
@@ -107,7 +112,8 @@ def _window_field() -> Any:
         le=1000,
         description=(
             "Layers per window: the window around layer l is l - (window-1)//2 .. l + window//2, cut to the LM's "
-            "blocks (default 5: l-2..l+2, as Hong et al.); one result per component and distinct window."
+            "blocks (default 5: l-2..l+2, as Hong et al.); with layers null, consecutive windows of this many layers "
+            "from block 0 (the last one cut to the LM's blocks). One result per component and distinct window."
         ),
     )
 
@@ -116,7 +122,11 @@ def _centres_field() -> Any:
     return Field(
         None,
         max_length=1000,
-        description="The layers (0-based) whose windows are measured, one window around each; null = every layer.",
+        description=(
+            'The layers (0-based) whose windows are measured, one window around each; "all" = a window around '
+            "every layer (Hong et al.'s sweep: about `window` times the passes of the default); null (default) = "
+            "windows that tile the blocks, each block in exactly one (0-4, 5-9, ... for window 5)."
+        ),
     )
 
 
@@ -126,9 +136,9 @@ def _distinct(values: list[str], field: str) -> list[str]:
     return values
 
 
-def _centres(values: list[int] | None) -> list[int] | None:
-    if values is None:
-        return None
+def _centres(values: list[int] | Literal["all"] | None) -> list[int] | Literal["all"] | None:
+    if not isinstance(values, list):
+        return values  # None or "all"
     if any(v < 0 for v in values):
         raise ValueError("layers are 0-based indices >= 0")
     return _distinct_sorted(values)
@@ -138,7 +148,7 @@ class _WindowedParams(AttackParams):
     """What restore and patch share: their components, each over windows of layers centred on `layers`."""
 
     window: int = _window_field()
-    layers: list[int] | None = _centres_field()
+    layers: list[int] | Literal["all"] | None = _centres_field()
     split: ForgetSplit = Field("forget_train", description="The forget split measured.")
 
     @field_validator("components", check_fields=False)
@@ -148,23 +158,26 @@ class _WindowedParams(AttackParams):
 
     @field_validator("layers")
     @classmethod
-    def _layers(cls, values: list[int] | None) -> list[int] | None:
+    def _layers(cls, values: list[int] | Literal["all"] | None) -> list[int] | Literal["all"] | None:
         return _centres(values)
 
     def named_layers(self) -> list[tuple[str, int]]:
         # `layers` is sorted once validated, so a block is named by its value, not by its place in the request.
-        return [("layers", layer) for layer in self.layers or []]
+        return [("layers", layer) for layer in self.layers] if isinstance(self.layers, list) else []
 
 
 class RestoreParams(_WindowedParams):
+    # Hong et al. restore the MLP value vectors; patch (PatchParams) measures the coefficients and the attention.
+    # mlp and attention restore more than the paper does, on request (each costs as many passes as value_vectors).
     components: list[RestoreComponent] = Field(
-        ["value_vectors", "mlp", "attention"],
+        ["value_vectors"],
         min_length=1,
         description=(
             "Adapter parameters put back to their pre-forgetting values, per window of layers: value_vectors = the "
             "MLP's output projection (whose columns are the MLP's value vectors: down_proj in Llama-like LMs and "
-            "Phi-3, dense_4h_to_h in GPT-NeoX, the MLP's c_proj in GPT-2); mlp = the whole MLP (Llama: gate, up "
-            "and down projections); attention = the whole attention (Llama: q, k, v and o projections)."
+            "Phi-3, dense_4h_to_h in GPT-NeoX, the MLP's c_proj in GPT-2; the paper's restoration, the default); "
+            "mlp = the whole MLP (Llama: gate, up and down projections); attention = the whole attention (Llama: q, "
+            "k, v and o projections)."
         ),
     )
 
@@ -173,7 +186,7 @@ class RestoreParams(_WindowedParams):
     def _groups(cls, data: Any) -> Any:
         """Translate a request written for the old restore attack (`groups`): each old group is one of the new windows.
 
-        attention / mlp -> those components (neither named: the default components); per_layer -> windows of one
+        attention / mlp -> those components (neither named: all three); per_layer -> windows of one
         layer; last_k -> windows of k layers (the last of which is the old group). The smallest window named wins.
         """
         if not isinstance(data, dict) or "groups" not in data:
@@ -185,12 +198,14 @@ class RestoreParams(_WindowedParams):
             raise ValueError(f"groups must be a non-empty list of {', '.join(_LEGACY_RESTORE_GROUPS)}")
         translated = {key: value for key, value in data.items() if key != "groups"}
         components = [group for group in ("mlp", "attention") if group in groups]
-        if components:
-            translated["components"] = components
+        # Neither named: every component, as the old restore's layer groups restored every adapter parameter.
+        translated["components"] = components or ["value_vectors", "mlp", "attention"]
         windowed = [group for group in groups if group not in ("mlp", "attention")]
         sizes = [1 if group == "per_layer" else int(group.removeprefix("last_")) for group in windowed]
         if sizes:
+            # A window around every layer, as restore measured them then: the last window is the old last_k group.
             translated["window"] = min(sizes)
+            translated["layers"] = EVERY_LAYER
         return translated
 
 

@@ -58,7 +58,7 @@ def test_an_old_restore_request_stays_valid(client: TestClient, stack_settings: 
     assert response.status_code == 202, response.text
     audit = client.get(f"/v1/audits/{response.json()['audit_id']}").json()
     assert audit["attacks"] == [
-        {"name": "restore", "params": {"components": ["mlp"], "window": 1, "layers": None, "split": "forget_train"}},
+        {"name": "restore", "params": {"components": ["mlp"], "window": 1, "layers": "all", "split": "forget_train"}},
         {
             "name": "patch",
             "params": {
@@ -70,6 +70,19 @@ def test_an_old_restore_request_stays_valid(client: TestClient, stack_settings: 
         },
     ]
     assert audit["diagnostics"] == []
+
+
+def test_diagnostics_sweep_every_layer_on_request(client: TestClient, stack_settings: Settings) -> None:
+    """`layers: "all"` asks for Hong et al.'s sweep (a window around every layer) instead of the default tiles."""
+    adapter_id = forget_adapter(client, stack_settings)
+    attacks = [{"name": "patch", "params": {"layers": "all"}}, {"name": "restore", "params": {"window": 1}}]
+    response = client.post("/v1/audits", json={"adapter_id": adapter_id, "attacks": attacks})
+    assert response.status_code == 202, response.text
+    audit = client.get(f"/v1/audits/{response.json()['audit_id']}").json()
+    assert [(a["name"], a["params"]["layers"], a["params"]["window"]) for a in audit["attacks"]] == [
+        ("patch", "all", 5),
+        ("restore", None, 1),
+    ]
 
 
 def test_diagnostics_are_read_back_apart_from_the_results(client: TestClient, stack_settings: Settings) -> None:
@@ -181,6 +194,7 @@ def test_no_attacks_means_every_attack_that_applies(client: TestClient, stack_se
         ([{"name": "relearn", "params": {"steps": 0}}], {}, "attacks[0].params.steps"),
         ([{"name": "relearn", "params": {"colour": 1}}], {}, "attacks[0].params.colour"),
         ([{"name": "patch"}, {"name": "patch"}], {}, "attacks: patch requested twice"),
+        ([{"name": "patch", "params": {"layers": "every"}}], {}, "attacks[0].params.layers"),
         ([{"name": "patch"}], {"attacks": {"amnesia": 0.5}}, "thresholds.attacks"),
         ([{"name": "patch"}], {"recovery": 2}, "thresholds.recovery"),
     ],

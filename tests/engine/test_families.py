@@ -230,7 +230,7 @@ def check_forget_and_audit(base: LoadedLM) -> None:
         assert [v.name for v in probe.outcome.variants] == ["layer_0", "layer_1"]
 
         diagnostics = [
-            AttackChoice(name="restore", params={"window": 1}),
+            AttackChoice(name="restore", params={"window": 1, "components": ["value_vectors", "mlp", "attention"]}),
             AttackChoice(name="patch", params={"window": 1}),
         ]
         done, skipped_diagnostics = run_diagnostics(ctx, diagnostics, lambda _stage, _fraction: None)

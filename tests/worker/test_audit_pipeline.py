@@ -172,7 +172,10 @@ def test_after_a_fine_tune_relearning_is_judged_against_the_never_learned_base(
     the excess over it (6 heldout rows: too few to conclude, whatever the numbers)."""
     cache = BaseLMCache(tmp_path)
     store = open_store(stack_settings)
-    relearn = {"name": "relearn", "params": {"examples": [2], "steps": 4, "learning_rate": 0.05, "benign": False}}
+    relearn = {
+        "name": "relearn",
+        "params": {"examples": [2], "steps": 4, "learning_rate": 0.05, "evaluate_every": 2, "benign": False},
+    }
     audit_request = {"attacks": [relearn], "thresholds": AUDIT["thresholds"]}
     job_id = _queued_job(
         stack_settings,

@@ -19,18 +19,28 @@ from worker.engine.lm.load import LoadedLM
 
 
 def test_windows_are_centred_and_cut_to_the_blocks() -> None:
-    # Hong et al.'s default: l-2..l+2 around every layer.
-    every = windows(5, 30)
+    # Hong et al.'s sweep: l-2..l+2 around every layer.
+    every = windows(5, 30, "all")
     assert len(every) == 30
     assert (every[0], every[1], every[10], every[29]) == (Window(0, 2), Window(0, 3), Window(8, 12), Window(27, 29))
     # An even size reaches one layer further up than down.
     assert windows(4, 30, [10]) == [Window(9, 12)]
-    assert windows(1, 3) == [Window(0, 0), Window(1, 1), Window(2, 2)]
+    assert windows(1, 3, "all") == [Window(0, 0), Window(1, 1), Window(2, 2)]
     # On 2 blocks, both 5-windows are the whole LM: one window.
-    assert windows(5, 2) == [Window(0, 1)]
+    assert windows(5, 2, "all") == [Window(0, 1)]
     assert 3 in Window(2, 4) and 5 not in Window(2, 4) and None not in Window(2, 4)
     with pytest.raises(ValueError, match=r"layers \[30\] do not exist"):
         windows(5, 30, [3, 30])
+
+
+def test_default_windows_tile_the_blocks() -> None:
+    # Every block in exactly one window, from block 0, the last window cut to the LM's depth.
+    assert windows(5, 30) == [Window(first, first + 4) for first in range(0, 30, 5)]
+    assert windows(5, 12) == [Window(0, 4), Window(5, 9), Window(10, 11)]
+    assert windows(1, 3) == windows(1, 3, "all")
+    assert windows(5, 2) == [Window(0, 1)]
+    tiles = windows(3, 31)
+    assert sorted(layer for w in tiles for layer in range(w.first, w.last + 1)) == list(range(31))
 
 
 def test_krs_against_a_hand_computation() -> None:

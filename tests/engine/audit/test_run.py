@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import pytest
 import torch
 
@@ -10,6 +13,7 @@ from lethe.rows import QARow
 from lethe.specs import AttackChoice
 from tests.engine.lm.test_lora import assert_pristine
 from tests.tiny_lm import synthetic_qa_rows
+from worker.engine.audit.context import AuditContext
 from worker.engine.audit.run import audit_context, run_audit, run_diagnostics
 from worker.engine.lm.adapter import opened_adapter
 from worker.engine.lm.load import LoadedLM
@@ -112,3 +116,41 @@ def test_an_audit_leaves_the_base_lm_as_it_found_it_even_one_that_fails_half_way
             handle.remove()
     assert forwards == 3
     assert_pristine(tiny_base.lm, weights)
+
+
+def test_the_probe_runs_first_and_results_keep_the_requested_order(forgotten_context: AuditContext) -> None:
+    ctx = dataclasses.replace(forgotten_context)  # a reference cache of its own
+    stages: list[str] = []
+    audited, skipped = run_audit(
+        ctx,
+        [AttackChoice(name="quantize", params={"schemes": ["int8"]}), AttackChoice(name="probe", params={})],
+        Thresholds.model_validate({}),
+        lambda stage, _fraction: stages.append(stage) if stage not in stages else None,
+    )
+    assert stages == ["attack:probe", "attack:quantize"]
+    assert [a.name for a in audited] == ["quantize", "probe"] and skipped == []
+
+
+def test_restore_and_patch_share_the_passes_they_measure_against(forgotten_context: AuditContext) -> None:
+    """The passes before forgetting and of the forgotten LM run once per audit, and sharing them changes no KRS."""
+    restore = AttackChoice(name="restore", params={"window": 1, "components": ["mlp"]})
+    patch = AttackChoice(name="patch", params={"window": 1, "components": ["attention_output"]})
+    head = forgotten_context.peft_lm.get_output_embeddings()
+
+    def run(choices: list[AttackChoice]) -> tuple[list[dict[str, Any]], int]:
+        calls = []
+        handle = head.register_forward_pre_hook(lambda _module, _args: calls.append(1))
+        try:
+            done, _ = run_diagnostics(dataclasses.replace(forgotten_context), choices, lambda _stage, _fraction: None)
+        finally:
+            handle.remove()
+        krs = [{v.name: v.krs.value if v.krs else None for v in d.outcome.variants} for d in done]
+        return krs, len(calls)
+
+    (restore_alone,), restore_calls = run([restore])
+    (patch_alone,), patch_calls = run([patch])
+    together, together_calls = run([restore, patch])
+    assert together == [restore_alone, patch_alone]
+    # A pass is one call per scoring batch: patch alone made the two baseline passes it shares with restore.
+    batches = -(-len(forgotten_context.forget_train) // forgotten_context.batch_size)
+    assert together_calls == restore_calls + patch_calls - 2 * batches

@@ -12,10 +12,23 @@ import torch
 from peft import PeftModel
 
 from lethe.rows import ChoiceRow, Row, chance, kind_of
+from worker.engine.audit.diagnostics import KnowledgeRecovery, answer_logits
 from worker.engine.audit.outcome import AttackOutcome, RowScores, Variant
+from worker.engine.audit.replay import captured
+from worker.engine.lm.architecture import describe
 from worker.engine.lm.load import CausalLM, LoadedLM
 from worker.engine.lm.lora import LoraState, load_lora_state
 from worker.engine.metrics.evaluate import PRIMARY_METRIC, primary_row_scores
+
+
+@dataclass
+class DiagnosticBaseline:
+    """What the diagnostics (restore, patch) measure a split against: the KRS of the forgotten LM's answer logits
+    against the pre-forgetting LM's (`recovery`), and the forgotten pass's outputs of some blocks, by block (what a
+    variant's pass that starts above the block replays: audit/replay.py)."""
+
+    recovery: KnowledgeRecovery
+    block_outputs: dict[int, list[torch.Tensor]]
 
 
 @dataclass
@@ -48,6 +61,7 @@ class AuditContext:
     _reference_scores: dict[tuple[str, tuple[Row, ...]], RowScores] = field(
         default_factory=dict, init=False, repr=False
     )
+    _baselines: dict[tuple[Row, ...], DiagnosticBaseline] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def tokenizer(self):  # type: ignore[no-untyped-def]  # PreTrainedTokenizerBase; kept loose for the hooks
@@ -105,6 +119,32 @@ class AuditContext:
             with self.using(state):
                 self._reference_scores[key] = self.score(rows)
         return self._reference_scores[key]
+
+    def diagnostic_baseline(self, rows: Sequence[Row], blocks: Sequence[int]) -> DiagnosticBaseline:
+        """The diagnostics' baseline on `rows` with the forgotten pass's outputs of `blocks`, computed once per audit:
+        one pass of the LM before forgetting and one of the forgotten LM (again only when a later diagnostic needs
+        the outputs of a block the first did not keep; the scorer stays the same)."""
+        key = tuple(rows)
+        baseline = self._baselines.get(key)
+        if baseline is not None and set(blocks) <= set(baseline.block_outputs):
+            return baseline
+        keep = set(blocks) | (set(baseline.block_outputs) if baseline is not None else set())
+        if baseline is None:
+            with self.before_lm():
+                before = answer_logits(self.peft_lm, self.tokenizer, rows, self.batch_size, self.limit)
+        with captured(describe(self.peft_lm).blocks, sorted(keep)) as outputs:
+            forgotten = answer_logits(self.peft_lm, self.tokenizer, rows, self.batch_size, self.limit)
+        recovery = KnowledgeRecovery(before, forgotten, self.seed) if baseline is None else baseline.recovery
+        self._baselines[key] = DiagnosticBaseline(recovery, outputs)
+        return self._baselines[key]
+
+    def keep_reference_score(
+        self, rows: Sequence[Row], lm: Literal["before", "forgotten", "control"], scores: RowScores
+    ) -> None:
+        """Record `rows`' primary score under a reference LM that a pass run anyway computed (the probe's passes
+        score both forget splits under every reference LM), so `reference_score` does not compute it again. The
+        scores must be what `score` gives for those rows (same rows, order and batch size)."""
+        self._reference_scores.setdefault((lm, tuple(rows)), scores)
 
     @contextlib.contextmanager
     def using(self, state: Mapping[str, torch.Tensor]) -> Iterator[PeftModel]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -61,22 +62,27 @@ class Window:
         return f"{self.first}-{self.last}"
 
 
-def windows(size: int, num_layers: int, centres: Sequence[int] | None = None) -> list[Window]:
-    """The distinct windows of `size` layers around each centre l (None = every layer), cut to the LM's blocks.
+def windows(size: int, num_layers: int, centres: Sequence[int] | Literal["all"] | None = None) -> list[Window]:
+    """The distinct windows of `size` layers measured: around each centre l ("all" = every layer), or, with no
+    centres (None), consecutive windows from block 0 that tile the blocks (the last one cut to the LM's depth).
 
     Around l: l − (size − 1) // 2 .. l + size // 2, as Hong et al.'s l − 2 .. l + 2 for size 5. Near the ends
     the window is cut (layer 0 of a 5-window: 0..2), and two centres whose cut windows coincide give one window.
+    Tiling measures every block once with about 1/size of the sweep's passes: a full audit's default (CPU workers
+    must finish an audit within 1.5× its forget job), with the paper's sweep one parameter away.
     """
     if size < 1:
         raise ValueError("a window holds at least one layer")
-    if centres is not None:
+    if centres is None:
+        return [Window(first, min(num_layers - 1, first + size - 1)) for first in range(0, num_layers, size)]
+    if centres != "all":
         missing = [layer for layer in centres if not 0 <= layer < num_layers]
         if missing:
             raise ValueError(
                 f"layers {missing} do not exist: the LM has {num_layers} decoder blocks (0-{num_layers - 1})"
             )
     selected: list[Window] = []
-    for centre in range(num_layers) if centres is None else centres:
+    for centre in range(num_layers) if centres == "all" else centres:
         window = Window(max(0, centre - (size - 1) // 2), min(num_layers - 1, centre + size // 2))
         if window not in selected:
             selected.append(window)

@@ -28,6 +28,12 @@ from worker.engine.lm.lora import LoraState, lora_state
 MIN_SCORING_BATCH = 32
 
 
+# The probe attack's passes score both forget splits under every reference LM (before forgetting, forgotten, the
+# never-learned control) and keep those scores for the attacks that compare against them (relearn, quantize,
+# paraphrase, in_context: `AuditContext.keep_reference_score`): run first, it saves them five scoring passes.
+RUNS_FIRST = ("probe",)
+
+
 @dataclass
 class SkippedAttack:
     """An attack that had nothing to measure on the audited rows, and why."""
@@ -101,16 +107,21 @@ def run_audit(
     thresholds: Thresholds,
     on_progress: Callable[[str, float], None],
 ) -> tuple[list[AuditedAttack], list[SkippedAttack]]:
-    """Run every attack in order; on_progress(stage, fraction of the audit done).
+    """Run every attack, `RUNS_FIRST` first and the others in order; on_progress(stage, fraction of the audit done).
+    The results (and the skipped attacks) are returned in the requested order.
 
     Each attack starts from the forgotten adapter and torch's generator seeded with the audit's seed, so an attack's
     result does not depend on which attacks ran before it. An attack that does not apply to the rows is skipped.
     """
+    order = sorted(range(len(attacks)), key=lambda i: attacks[i].name not in RUNS_FIRST)
+    requested = {choice.name: position for position, choice in enumerate(attacks)}  # names are distinct
     audited: list[AuditedAttack] = []
     skipped: list[SkippedAttack] = []
-    for name, params, outcome in _run_in_turn(ctx, attacks, False, on_progress, skipped):
+    for name, params, outcome in _run_in_turn(ctx, [attacks[i] for i in order], False, on_progress, skipped):
         judgement = judge(name, outcome, thresholds, ctx.seed)
         audited.append(AuditedAttack(name, params.model_dump(mode="json"), outcome, judgement))
+    audited.sort(key=lambda attack: requested[attack.name])
+    skipped.sort(key=lambda attack: requested[attack.name])
     return audited, skipped
 
 

@@ -6,16 +6,20 @@ alone gives every answer away), and 200 rows to fit the probes on.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from lethe.attacks import Thresholds
+from lethe.attacks import ProbeParams, Thresholds
 from lethe.rows import ChoiceRow, QARow, Row
 from tests.engine.audit.attacks.attack_checks import run_attack
 from tests.engine.audit.conftest import build_context
 from tests.tiny_lm import synthetic_choice_rows, synthetic_qa_rows
+from worker.engine.audit.attacks.implementations import attack_implementation
 from worker.engine.audit.attacks.probe import probe_rows
 from worker.engine.audit.context import AuditContext
 from worker.engine.audit.outcome import AttackNotApplicable, judge
+from worker.engine.audit.run import never_learned
 from worker.engine.lm.load import LoadedLM
 
 
@@ -99,3 +103,26 @@ def test_an_exactly_unlearned_lm_s_probes_find_what_the_never_learned_control_s_
         assert variant.control_before == outcome.after_forgetting and variant.control_after == variant.after_attack
         assert result.recovery is None or result.excess_recovery == 0.0
     assert judgement.verdict in ("robust", "inconclusive") and judgement.reason != "no_control"
+
+
+def test_probe_leaves_its_scores_for_the_attacks_that_compare_against_them(forgotten_context: AuditContext) -> None:
+    """The probe's passes score both forget splits under every reference LM: the other attacks read those scores
+    (`reference_score`) instead of scoring again, and they are what scoring again gives."""
+    ctx = dataclasses.replace(forgotten_context, control=never_learned(forgotten_context.before))
+    splits = {"forget_train": ctx.forget_train, "forget_heldout": ctx.forget_heldout}
+    # An audit context of its own (an empty cache), to score each split under each LM the ordinary way.
+    expected = {
+        (split, lm): dataclasses.replace(ctx).reference_score(rows, lm)
+        for split, rows in splits.items()
+        for lm in ("before", "forgotten", "control")
+    }
+    assert expected[("forget_train", "before")] != expected[("forget_train", "forgotten")]
+    # On ctx itself (run_attack would run it on a copy, whose cache is its own).
+    attack_implementation("probe")(ctx, ProbeParams())
+
+    def no_scoring(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a reference score was computed again")
+
+    ctx.score = no_scoring  # type: ignore[method-assign]
+    for (split, lm), scores in expected.items():
+        assert ctx.reference_score(splits[split], lm).rows == scores.rows, (split, lm)

@@ -26,6 +26,9 @@ from worker.engine.lm.lora import lora_state
 
 MODULES = ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
+# Every component restore can put back (the default is the paper's: value_vectors only).
+EVERY_COMPONENT = ["value_vectors", "mlp", "attention"]
+
 
 def adapter_names(blocks: list[int]) -> list[str]:
     """Adapter parameter names as peft writes them for a Llama, on five modules of `blocks`."""
@@ -63,11 +66,15 @@ def test_restored_state_takes_only_the_restored_parameters_from_before(tiny_base
     assert all(state[n] is forgotten[n] for n in names if n not in parameters)
 
 
+def test_restore_defaults_to_the_papers_value_vectors() -> None:
+    assert RestoreParams.model_validate({}).components == ["value_vectors"]
+
+
 def test_old_groups_translate_to_components_and_windows() -> None:
     assert RestoreParams.model_validate({"groups": ["mlp", "per_layer"]}).model_dump() == {
         "components": ["mlp"],
         "window": 1,
-        "layers": None,
+        "layers": "all",
         "split": "forget_train",
     }
     translated = RestoreParams.model_validate({"groups": ["last_2", "last_4", "attention"], "split": "forget_heldout"})
@@ -120,7 +127,7 @@ def test_restoring_value_vectors_differs_from_restoring_the_mlp(
 ) -> None:
     ctx = build_context(taught_base, task_rows, forget_modules=trained.split("|"))
     with spied(ctx) as spy:
-        outcome = run_diagnostic("restore", ctx, window=1)
+        outcome = run_diagnostic("restore", ctx, window=1, components=EVERY_COMPONENT)
     krs = _krs(outcome)
     assert krs["value_vectors@1-1"] == pytest.approx(value_vectors, abs=1e-6)
     assert krs["mlp@1-1"] == pytest.approx(mlp, abs=1e-6)
@@ -176,10 +183,10 @@ def test_krs_equals_plain_forward_passes_of_the_restored_lm(
 def test_an_adapter_without_a_component_skips_it(taught_base: LoadedLM, task_rows: dict[str, list[Row]]) -> None:
     ctx = build_context(taught_base, task_rows, lora_layers=[1])
     # The adapter sits on block 1 only: the window around block 0 (0-0) holds none of it.
-    outcome = run_diagnostic("restore", ctx, window=1)
+    outcome = run_diagnostic("restore", ctx, window=1, components=EVERY_COMPONENT)
     assert [v.name for v in outcome.variants] == ["value_vectors@1-1", "mlp@1-1", "attention@1-1"]
     with pytest.raises(AttackNotApplicable, match="no component restores anything") as error:
-        run_diagnostic("restore", ctx, window=1, layers=[0])
+        run_diagnostic("restore", ctx, window=1, layers=[0], components=EVERY_COMPONENT)
     reason = "no window measured holds an adapter parameter of this component"
     assert str(error.value).count(reason) == 3 and "value_vectors: " in str(error.value)
 
@@ -204,11 +211,11 @@ def test_a_window_holding_the_whole_adapter_is_left_out(taught_base: LoadedLM, t
             if "lora_B" in name:
                 parameter.normal_(0, 0.1)
     ctx = context_for(taught_base, peft_lm, before, task_rows)
-    outcome = run_diagnostic("restore", ctx, window=1)
+    outcome = run_diagnostic("restore", ctx, window=1, components=EVERY_COMPONENT)
     assert [v.name for v in outcome.variants] == ["value_vectors@0-0", "value_vectors@1-1", "mlp@0-0", "mlp@1-1"]
     assert outcome.skipped == {"attention": "no window measured holds an adapter parameter of this component"}
     # Down_proj is the MLP's only adapted module here: value vectors and the whole MLP restore the same thing.
     krs = _krs(outcome)
     assert krs["value_vectors@1-1"] == krs["mlp@1-1"] and krs["value_vectors@0-0"] == krs["mlp@0-0"]
     with pytest.raises(AttackNotApplicable, match="its windows hold every adapter parameter"):
-        run_diagnostic("restore", ctx)
+        run_diagnostic("restore", ctx, components=EVERY_COMPONENT)

@@ -16,14 +16,16 @@ Components (params.components), by module of block l in the family's layout (`ar
 The residual stream itself is never replaced: patching a block's whole output gives the LM before forgetting from
 that block up (recovery by construction at the last adapted block), which says nothing about where forgetting sits.
 
-Windows (params.window, params.layers): `diagnostics.windows`, by default 5 layers l-2..l+2 around every layer l.
+Windows (params.window, params.layers): `diagnostics.windows`: by default windows of 5 layers that tile the blocks
+(0-4, 5-9, ...); `layers: "all"` gives Hong et al.'s sweep, 5 layers l-2..l+2 around every layer l.
 
 How: one pass of the LM before forgetting captures every patched layer's activations of the component, one tensor
 per forward call (one per scoring batch) in call order; each variant's pass under the forgotten weights gets, at
 each of its window's modules, the captured activation of the same call. `answer_logits` batches the same rows the
 same way in every pass (a shape mismatch or a different number of calls raises). The blocks below a window compute
 exactly what the forgotten LM does, so a variant's pass starts at its window from the forgotten pass's outputs
-(audit/replay.py).
+(audit/replay.py). The passes before forgetting and of the forgotten LM are the audit's, shared with restore
+(`AuditContext.diagnostic_baseline`).
 
 Choices:
 - A window wholly below the first adapted block is left out: there the LM before forgetting and the forgotten LM
@@ -44,15 +46,9 @@ import torch
 
 from lethe.attacks import AttackParams, PatchParams
 from worker.engine.audit.context import AuditContext
-from worker.engine.audit.diagnostics import (
-    DiagnosticOutcome,
-    DiagnosticVariant,
-    KnowledgeRecovery,
-    answer_logits,
-    windows,
-)
+from worker.engine.audit.diagnostics import DiagnosticOutcome, DiagnosticVariant, answer_logits, windows
 from worker.engine.audit.outcome import AttackNotApplicable
-from worker.engine.audit.replay import captured, replayed_below
+from worker.engine.audit.replay import replayed_below
 from worker.engine.lm.architecture import BlockLayout, block_layout, describe
 
 # Whether each component is its module's input (True) or output (False).
@@ -171,14 +167,11 @@ def patch(ctx: AuditContext, params: AttackParams) -> DiagnosticOutcome:
         done += 1
         ctx.on_progress(done / passes)
 
-    with ctx.before_lm():
-        before = answer_logits(ctx.peft_lm, ctx.tokenizer, rows, ctx.batch_size, ctx.limit)
-    advance()
     starts = sorted({window.first for window in selected if window.first > 0})
-    with captured(blocks, [start - 1 for start in starts]) as forgotten_outputs:
-        forgotten = answer_logits(ctx.peft_lm, ctx.tokenizer, rows, ctx.batch_size, ctx.limit)
-    recovery = KnowledgeRecovery(before, forgotten, ctx.seed)
-    advance()
+    baseline = ctx.diagnostic_baseline(rows, [start - 1 for start in starts])
+    recovery, forgotten_outputs = baseline.recovery, baseline.block_outputs
+    for _baseline_pass in range(2):  # before forgetting and forgotten (none where restore already ran them)
+        advance()
 
     layers = sorted({layer for window in selected for layer in range(window.first, window.last + 1)})
     variants = []

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Literal
 
 from lethe.attacks import AttackParams, ProbeParams
 from lethe.rows import ChoiceRow, QARow, Row, chance
@@ -87,7 +88,7 @@ def probe(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         done += units
         ctx.on_progress(min(done / total, 1.0))
 
-    def probed(lm: CausalLM) -> tuple[RowScores, list[RowScores]]:
+    def probed(lm: CausalLM, reference: Literal["before", "forgotten", "control"]) -> tuple[RowScores, list[RowScores]]:
         """The LM's own heldout correctness and its probes' per block, row by row (hidden states then freed)."""
         train = score_choices(
             lm, ctx.tokenizer, train_rows, ctx.batch_size, collect_hidden=True, on_pairs_scored=advance
@@ -95,20 +96,25 @@ def probe(ctx: AuditContext, params: AttackParams) -> AttackOutcome:
         heldout = score_choices(
             lm, ctx.tokenizer, heldout_rows, ctx.batch_size, collect_hidden=True, on_pairs_scored=advance
         )
+        if ctx.kind == "choice":
+            # The splits' rows as they are, scored as `ctx.score` scores them (the hidden states change nothing in
+            # the forward pass): the other attacks' reference scores, which they need not compute again.
+            ctx.keep_reference_score(ctx.forget_train, reference, RowScores([float(c) for c in train.correct]))
+            ctx.keep_reference_score(ctx.forget_heldout, reference, RowScores([float(c) for c in heldout.correct]))
         per_layer = 0.5 * pairs / ctx.num_layers
         correct = probe_correct_by_layer(_blocks_only(train), _blocks_only(heldout), lambda: advance(per_layer))
         return RowScores(heldout.correct), [RowScores(layer.tolist()) for layer in correct]
 
     with ctx.before_lm() as before_lm:
-        before, probes_before = probed(before_lm)
-    after, probes_after = probed(ctx.peft_lm)
+        before, probes_before = probed(before_lm, "before")
+    after, probes_after = probed(ctx.peft_lm, "forgotten")
     variants = [
         Variant(f"layer_{block}", after_attack=probe_after, before=probe_before, layer=block)
         for block, (probe_before, probe_after) in enumerate(zip(probes_before, probes_after, strict=True))
     ]
     if ctx.control is not None:
         with ctx.control_lm() as control_lm:
-            control_own, control_probes = probed(control_lm)
+            control_own, control_probes = probed(control_lm, "control")
         for variant, control_probe in zip(variants, control_probes, strict=True):
             variant.control_before, variant.control_after = control_own, control_probe
     ctx.on_progress(1.0)

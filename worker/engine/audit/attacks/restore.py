@@ -17,7 +17,8 @@ Components (params.components), by the module of a decoder block an adapter para
 LoRA adds B·A (times alpha / rank) to a module's weight; both matrices of a module are restored together, so the
 module is exactly at its pre-forgetting weight.
 
-Windows (params.window, params.layers): `diagnostics.windows`, by default 5 layers l-2..l+2 around every layer l.
+Windows (params.window, params.layers): `diagnostics.windows`: by default windows of 5 layers that tile the blocks
+(0-4, 5-9, ...); `layers: "all"` gives Hong et al.'s sweep, 5 layers l-2..l+2 around every layer l.
 
 Choices:
 - A (component, window) with no adapter parameter (e.g. outside the blocks RMU adapts) measures nothing (KRS 0 by
@@ -26,9 +27,10 @@ Choices:
   is listed in the outcome's `skipped`; with no variant at all the diagnostic does not apply.
 - An adapter on a public base model can be removed outright: whoever holds it recovers the base LM without any
   restoration. These numbers say where forgetting changed the LM, not how deep it goes.
-- Passes: the LM before forgetting and the forgotten LM once each, then one per variant, which starts at its
-  window's first block from the forgotten pass's outputs below it (audit/replay.py: the same numbers, nothing
-  below the window differs from the forgotten LM).
+- Passes: the LM before forgetting and the forgotten LM once each (once per audit: patch shares them,
+  `AuditContext.diagnostic_baseline`), then one per variant, which starts at its window's first block from the
+  forgotten pass's outputs below it (audit/replay.py: the same numbers, nothing below the window differs from the
+  forgotten LM).
 """
 
 from __future__ import annotations
@@ -39,16 +41,9 @@ import torch
 
 from lethe.attacks import AttackParams, RestoreParams
 from worker.engine.audit.context import AuditContext
-from worker.engine.audit.diagnostics import (
-    DiagnosticOutcome,
-    DiagnosticVariant,
-    KnowledgeRecovery,
-    Window,
-    answer_logits,
-    windows,
-)
+from worker.engine.audit.diagnostics import DiagnosticOutcome, DiagnosticVariant, Window, answer_logits, windows
 from worker.engine.audit.outcome import AttackNotApplicable
-from worker.engine.audit.replay import captured, replayed_below
+from worker.engine.audit.replay import replayed_below
 from worker.engine.lm.architecture import Architecture, BlockLayout, describe
 from worker.engine.lm.lora import LoraState
 
@@ -102,15 +97,11 @@ def restore(ctx: AuditContext, params: AttackParams) -> DiagnosticOutcome:
     rows = ctx.split(params.split)
     passes = 2 + len(plan)
     blocks = architecture.blocks
-    with ctx.before_lm():
-        before = answer_logits(ctx.peft_lm, ctx.tokenizer, rows, ctx.batch_size, ctx.limit)
-    ctx.on_progress(1 / passes)
     # Below a window's first block the restored LM computes what the forgotten one does: the forgotten pass keeps
     # the outputs of the block under each window, and the window's pass starts from them (audit/replay.py).
     starts = sorted({window.first for _, window, _ in plan if window.first > 0})
-    with captured(blocks, [start - 1 for start in starts]) as forgotten_outputs:
-        forgotten = answer_logits(ctx.peft_lm, ctx.tokenizer, rows, ctx.batch_size, ctx.limit)
-    recovery = KnowledgeRecovery(before, forgotten, ctx.seed)
+    baseline = ctx.diagnostic_baseline(rows, [start - 1 for start in starts])
+    recovery, forgotten_outputs = baseline.recovery, baseline.block_outputs
     ctx.on_progress(2 / passes)
 
     variants = []
