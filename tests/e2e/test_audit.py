@@ -83,12 +83,9 @@ def test_audit_of_a_random_label_adapter(
             _check_verdict(result, audit["thresholds"])
         # random_label took forget-train towards chance, so there is something to recover on it.
         assert results["quantize"]["before"] > results["quantize"]["after_forgetting"]
-        # The tiny LM has 2 blocks: the default 5-layer window is both, one variant per component; KRS <= 1 always.
-        assert [v["name"] for v in diagnostics["restore"]["variants"]] == [
-            "value_vectors@0-1",
-            "mlp@0-1",
-            "attention@0-1",
-        ]
+        # The tiny LM has 2 blocks: the default 5-layer window is both, one variant per default component (restore's
+        # is the paper's value vectors); KRS <= 1 always.
+        assert [v["name"] for v in diagnostics["restore"]["variants"]] == ["value_vectors@0-1"]
         assert [v["name"] for v in diagnostics["patch"]["variants"]] == ["mlp_coefficients@0-1", "attention_output@0-1"]
         for diagnostic in diagnostics.values():
             assert diagnostic["metric"] == "krs" and diagnostic["rows"] == 16
