@@ -63,6 +63,18 @@ def _audit_name(audit: dict) -> str:
     return f"full audit ({len(audit['attacks'])} attacks)"
 
 
+def _forget_time(audit: dict, by_stage: str) -> str:
+    """The forget job's time: the mean of the runs around the audit where there were two (entries before them had
+    one, before the audit)."""
+    runs = audit.get("forget_seconds_runs")
+    if not runs:
+        return f"{audit['forget_seconds']:.0f} s ({by_stage})"
+    return (
+        f"{audit['forget_seconds']:.0f} s, the mean of a run before the audit ({runs[0]:.0f} s: {by_stage}) and "
+        f"the same job run again after it ({runs[1]:.0f} s), as the machine's speed drifts"
+    )
+
+
 def _audit_section(audit: dict) -> list[str]:
     """The audit-cost section: the ratio against its target, time and recovery by attack, what did not run."""
     met = audit["ratio"] <= AUDIT_COST_TARGET
@@ -84,7 +96,7 @@ def _audit_section(audit: dict) -> list[str]:
         + f"; {audit['forget_steps']} forgetting steps (stopped by {audit['stop_reason']}).",
         "",
         "Forget: `run_forget` on the base LM already in the worker's cache (every split evaluated before and after, "
-        f"the fine-tune, forgetting and its checks, probes), {audit['forget_seconds']:.0f} s ({by_stage}). Audit: "
+        f"the fine-tune, forgetting and its checks, probes), {_forget_time(audit, by_stage)}. Audit: "
         "the audit context built from the job's outcome in memory (the forgotten adapter, the adapter before "
         "forgetting, the same rows, batch size and seed: what the audit pipeline reads back from the object "
         "store), then `run_audit` with every attack that applies at its default params and the default "
@@ -93,7 +105,9 @@ def _audit_section(audit: dict) -> list[str]:
         "the pipelines' work around the engine (rows read from the object store; the adapter and evidence "
         "stored; the stored adapter opened on a copy of the base LM; the report built, signed and stored; the "
         "database writes), so the ratio compares the two jobs' compute. Load average at the start: forget "
-        f"{audit['forget_load_average']:.2f}, audit {audit['audit_load_average']:.2f}; measured {audit['date']}.",
+        f"{audit['forget_load_average']:.2f}, audit {audit['audit_load_average']:.2f}"
+        + (f", forget again {audit['second_forget_load_average']:.2f}" if "second_forget_load_average" in audit else "")
+        + f"; measured {audit['date']}.",
         "",
         f"**Audit / forget job: {audit['ratio']:.2f}×; target ≤ {AUDIT_COST_TARGET}×: "
         f"{'met' if met else 'NOT met'}.** Overall verdict of the audit: {audit['verdict']}. Peak RSS of the "

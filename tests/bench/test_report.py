@@ -157,6 +157,12 @@ def test_audit_section_reports_the_ratio_against_its_target() -> None:
     not_met = render(results() | {"audit": audit(2.0)})
     assert "| 200 | 100 (the forget job) | 2.00× | ≤ 1.5× | **no** |" in not_met
     assert "target ≤ 1.5×: NOT met.**" in not_met
+    # Two forget runs around the audit: the report says the time is their mean.
+    bracketed = render(
+        results() | {"audit": audit(1.2) | {"forget_seconds_runs": [90.0, 110.0], "second_forget_load_average": 1.5}}
+    )
+    assert "100 s, the mean of a run before the audit (90 s: evaluating 40 s," in bracketed
+    assert "the same job run again after it (110 s)" in bracketed and "forget again 1.50" in bracketed
     # Results from before the audit step render without its section.
     assert "## Audit cost" not in render(results()) and "## Audit cost" in met
 
