@@ -18,7 +18,6 @@ The audit's cost is its time over the mean of two runs of the forget job, one be
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 import uuid
@@ -30,6 +29,7 @@ from pathlib import Path
 from api.schemas import ForgetRequestIn
 from bench.jobs import BASE_LM
 from bench.machine import load_average, machine
+from bench.memory import RssSampler, peak_rss_mb, rss_mb
 from lethe.attacks import ATTACKS, Thresholds
 from lethe.methods import METHODS
 from lethe.rows import ChoiceRow, Row, TextRow, kind_of, split_heldout
@@ -89,13 +89,13 @@ def demo_job() -> AuditedJob:
     )
 
 
+# How often the resident set is sampled: often enough to see a pass's peak (a scoring batch takes about a second
+# here), seldom enough that the sampling thread takes no measurable time from the run it watches.
+RSS_INTERVAL_S = 0.02
+
+
 def _log(message: str) -> None:
     print(f"[audit bench {time.strftime('%H:%M:%S')} load {load_average():.2f}] {message}", file=sys.stderr, flush=True)
-
-
-def _peak_rss_mb() -> float:
-    # Linux reports ru_maxrss in KiB.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @dataclass
@@ -113,8 +113,9 @@ class _StageClock:
     whole run's.
     """
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, sampler: RssSampler) -> None:
         self.label = label
+        self.sampler = sampler
         self.stages: list[_Stage] = []
         self.started = time.perf_counter()
 
@@ -125,7 +126,15 @@ class _StageClock:
         if self.stages:
             self.stages[-1].seconds = now - self.stages[-1].started
         self.stages.append(_Stage(stage, now if self.stages else self.started, load_average()))
+        # The stage's first sample, here: one shorter than the sampling interval still has one.
+        key = self.stage_key(stage)
+        self.sampler.stage = key
+        self.sampler.peaks[key] = max(self.sampler.peaks.get(key, 0.0), rss_mb())
         _log(f"{self.label}: {stage}")
+
+    def stage_key(self, stage: str) -> str:
+        """The name the RSS sampler keeps the stage's peak under."""
+        return f"{self.label}: {stage}"
 
     def stop(self) -> float:
         """The run's wall time (closing its last stage)."""
@@ -155,14 +164,22 @@ def full_audit(kind: str, has_retain: bool) -> FullAudit:
     return audit
 
 
-def _timed_forget(base: LoadedLM, job: AuditedJob, label: str) -> tuple[ForgetOutcome, _StageClock, float]:
+def _timed_forget(
+    base: LoadedLM, job: AuditedJob, label: str, sampler: RssSampler
+) -> tuple[ForgetOutcome, _StageClock, float]:
     """The forget job's outcome, its stage clock and its wall time."""
-    clock = _StageClock(label)
+    clock = _StageClock(label, sampler)
     outcome = run_forget(base, job.plan, job.forget_train, job.forget_heldout, job.retain, clock, job.general_text)
     return outcome, clock, clock.stop()
 
 
 def measure(base: LoadedLM, job: AuditedJob) -> dict:
+    """`_measure`, with the resident set sampled every RSS_INTERVAL_S (each attack's peak)."""
+    with RssSampler(interval_s=RSS_INTERVAL_S) as sampler:
+        return _measure(base, job, sampler)
+
+
+def _measure(base: LoadedLM, job: AuditedJob, sampler: RssSampler) -> dict:
     """Time the forget job, a full audit of its outcome, then the forget job again; what each attack measured and
     judged, the load averages, and the process's peak RSS after each side.
 
@@ -171,16 +188,16 @@ def measure(base: LoadedLM, job: AuditedJob) -> dict:
     machine drifted between the two. The second run is the same job (same rows, plan and seed), its outcome
     dropped, and it evaluates the base LM again as the first did (the base-stage cache emptied). Each attack's time
     runs from its first progress report to the next attack's (the first attack's includes building the audit
-    context, a copy of the LoRA weights).
+    context, a copy of the LoRA weights); its peak RSS is the sampler's peak over that time.
     """
     audit = full_audit(kind_of([*job.forget_train, *job.forget_heldout]), bool(job.retain))
     attacks = audit.attacks
     forget_load = load_average()
-    outcome, forget_clock, first_forget_seconds = _timed_forget(base, job, "forget")
-    rss_after_forget = _peak_rss_mb()
+    outcome, forget_clock, first_forget_seconds = _timed_forget(base, job, "forget", sampler)
+    rss_after_forget = peak_rss_mb()
 
     audit_load = load_average()
-    audit_clock = _StageClock("audit")
+    audit_clock = _StageClock("audit", sampler)
     thresholds = Thresholds.model_validate({})
     # As the audit pipeline: the adapter on the base LM itself, the attacks, then the diagnostics (restore, patch:
     # never judged).
@@ -207,12 +224,12 @@ def measure(base: LoadedLM, job: AuditedJob) -> dict:
             ctx, [AttackChoice(name=name, params={}) for name in diagnostics], audit_clock
         )
     audit_seconds = audit_clock.stop()
-    rss_after_audit = _peak_rss_mb()
+    rss_after_audit = peak_rss_mb()
     second_forget_load = load_average()
     # The same job from scratch: the first run left its base-stage scores in the worker's cache, which would spare
     # the second run its base evaluation (as it spares a user's second job; the demo job is a first one).
     BASE_STAGES.clear()
-    _, _, second_forget_seconds = _timed_forget(base, job, "forget again")
+    _, _, second_forget_seconds = _timed_forget(base, job, "forget again", sampler)
     forget_seconds = (first_forget_seconds + second_forget_seconds) / 2
 
     results = {attack.name: attack for attack in audited}
@@ -224,7 +241,12 @@ def measure(base: LoadedLM, job: AuditedJob) -> dict:
     stages = {stage.name.partition(":")[2]: stage for stage in audit_clock.stages}
     for name in [*judged, *diagnostics]:
         stage = stages[name]
-        entry: dict = {"name": name, "seconds": stage.seconds, "load_average": stage.load_average}
+        entry: dict = {
+            "name": name,
+            "seconds": stage.seconds,
+            "load_average": stage.load_average,
+            "peak_rss_mb": sampler.peaks.get(audit_clock.stage_key(stage.name)),
+        }
         if name in reasons:
             entry["skipped"] = reasons[name]
         elif name in measured:

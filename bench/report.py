@@ -115,18 +115,21 @@ def _audit_section(audit: dict) -> list[str]:
         f"the forget job, {audit['peak_rss_mb']:.0f} MB after the audit.",
         "",
         "Time by attack (from the attack's first progress report to the next attack's; the first includes "
-        "building the audit context):",
+        "building the audit context) and the process's resident set at its highest meanwhile (sampled every "
+        "20 ms; runs before that was sampled show —):",
         "",
-        _row("attack", "seconds", "share of the audit", "load avg", "result"),
-        _row("---", "---:", "---:", "---:", "---"),
+        _row("attack", "seconds", "share of the audit", "load avg", "peak RSS", "result"),
+        _row("---", "---:", "---:", "---:", "---:", "---"),
     ]
     for attack in audit["attacks"]:
+        peak = attack.get("peak_rss_mb")
         lines.append(
             _row(
                 attack["name"],
                 f"{attack['seconds']:.1f}",
                 f"{attack['seconds'] / audit['audit_seconds']:.0%}",
                 f"{attack['load_average']:.2f}",
+                f"{peak:.0f} MB" if peak is not None else "—",
                 "skipped" if "skipped" in attack else ("diagnostic" if attack.get("diagnostic") else attack["verdict"]),
             )
         )
@@ -170,6 +173,50 @@ def _audit_section(audit: dict) -> list[str]:
     return lines
 
 
+# The steps of a run, in order, under the names `--only` takes; where each one's figures are in an entry.
+STEPS = {
+    "scoring": ("scoring",),
+    "training": ("training",),
+    "cached-start": ("cached_start_s",),
+    "memory": ("peak_rss_mb",),
+    "audit": ("audit",),
+}
+
+
+def measured_dates(results: dict) -> dict[str, str]:
+    """When each step of a CPU kind's entry was measured (ISO dates, finished-at): its `measured` where a run
+    recorded it; for entries from before that, the audit's own date, the scoring's where it kept one, and the
+    machine's date for the rest (the date of the run that last wrote the entry, which measured them unless an
+    `--only` run came after)."""
+    recorded = results.get("measured") or {}
+    dates = {}
+    for step, (field,) in STEPS.items():
+        if step in recorded:
+            dates[step] = recorded[step]
+        elif step == "audit" and field in results:
+            dates[step] = results["audit"]["date"]
+        elif step == "scoring" and "measured_with" in results.get("scoring", {}):
+            dates[step] = results["scoring"]["measured_with"]["date"]
+        elif field in results:
+            dates[step] = results["machine"]["date"]
+    return dates
+
+
+def _measured_line(results: dict) -> list[str]:
+    dates = measured_dates(results)
+    if not dates:
+        return []
+    return ["Measured: " + ", ".join(f"{step} {date}" for step, date in dates.items()) + ".", ""]
+
+
+def _measured_span(results: dict) -> str:
+    """The days a CPU kind's figures were measured on: one day, or the first and the last."""
+    days = sorted({date[:10] for date in measured_dates(results).values()})
+    if not days:
+        return "—"
+    return days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
+
+
 def render_all(everything: dict) -> str:
     """The whole BENCHMARKS.md: a summary across the CPU kinds results.json holds, then each one's figures."""
     by_cpu = everything["by_cpu"]
@@ -184,10 +231,21 @@ def render_all(everything: dict) -> str:
         "threads count (about the core count while it runs alone); more means other work competed, which slows both "
         "sides' figures.",
         "",
+        "Entries are measured a step at a time (`--only`) as machines of each kind come along, so an entry's "
+        "figures may come from different days and commits: `measured` gives their days, and each section says "
+        "when each step ran.",
+        "",
         _row(
-            "CPU kind", "scoring vs lm-eval", "training vs naive PEFT", "MFU", "cached start", "peak RSS", "audit / job"
+            "CPU kind",
+            "scoring vs lm-eval",
+            "training vs naive PEFT",
+            "MFU",
+            "cached start",
+            "peak RSS",
+            "audit / job",
+            "measured",
         ),
-        _row("---", "---:", "---:", "---:", "---:", "---:", "---:"),
+        _row("---", "---:", "---:", "---:", "---:", "---:", "---:", "---"),
     ]
     for kind, results in by_cpu.items():
         scoring, training, audit = results.get("scoring", {}), results.get("training"), results.get("audit")
@@ -200,6 +258,7 @@ def render_all(everything: dict) -> str:
                 f"{results['cached_start_s']:.1f} s" if "cached_start_s" in results else "—",
                 f"{results['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in results else "—",
                 f"{audit['ratio']:.2f}×" if audit else "—",
+                _measured_span(results),
             )
         )
     lines.append("")
@@ -255,6 +314,7 @@ def render(results: dict, kind: str = "") -> str:
         f"{'yes' if m['bf16_native'] else 'no (bf16 settings skipped)'}; torch {m['torch']}, transformers "
         f"{m['transformers']}, peft {m['peft']}, Python {m['python']}; {m['date']}.{peaks}{wall}",
         "",
+        *_measured_line(results),
         "## Summary",
         "",
         _row("what", "Lethe", "baseline", "ratio", "target", "met"),

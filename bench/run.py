@@ -24,6 +24,7 @@ from bench import jobs, report
 from bench.machine import cpu_kind, load_average, machine
 from bench.naive_peft import naive_gradient_ascent
 from bench.peak import matmul_peak_flops
+from bench.report import measured_dates
 from bench.scoring_bench import LmEval, compare, lethe_sweep
 from bench.tasks import TASKS
 from bench.training_bench import lethe_gradient_ascent, model_flops_per_token
@@ -220,6 +221,9 @@ def main() -> None:
     kind = cpu_kind(here)
     if args.only is not None:
         entry = everything["by_cpu"].setdefault(kind, {})
+        # The entry's other steps keep the dates they were measured on (its `measured`, or the machine's date of
+        # the run that measured them), before `machine` takes this run's.
+        entry["measured"] = measured_dates(entry)
         entry["machine"] = here
         if args.only == "audit":
             entry["audit"] = _audit_step(args.cache_dir)
@@ -233,6 +237,7 @@ def main() -> None:
             base = BaseLMCache(args.cache_dir).get(*jobs.BASE_LM)
             model_dir = args.cache_dir / "bundled" / jobs.BASE_LM[1].partition(":")[2]
             entry["training"] = _training_step(base, model_dir, args, entry["matmul_peak_gflops"])
+        entry["measured"][args.only] = machine()["date"]
         _write(everything, args.out, args.markdown)
         _log(f"wrote the {args.only} step into {args.out} ({kind}) and {args.markdown}")
         return
@@ -255,10 +260,16 @@ def main() -> None:
         lmeval = LmEval(BENCH / ".lmeval-venv/bin/python", model_dir, rows, args.work_dir)
         results["scoring"] = compare(base, rows, lmeval, args.task)
 
+    measured = {"scoring": machine()["date"]}
     results["training"] = _training_step(base, model_dir, args, results["matmul_peak_gflops"])
+    measured["training"] = machine()["date"]
     results |= _cached_start_step(args.cache_dir)
+    measured["cached-start"] = machine()["date"]
     results |= _memory_step(args.cache_dir)
+    measured["memory"] = machine()["date"]
     results["audit"] = _audit_step(args.cache_dir)
+    measured["audit"] = machine()["date"]
+    results["measured"] = measured
 
     results["bench_wall_s"] = time.perf_counter() - started
     everything["by_cpu"][kind] = results

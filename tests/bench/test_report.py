@@ -1,5 +1,5 @@
 from bench.machine import cpu_kind
-from bench.report import render, render_all
+from bench.report import measured_dates, render, render_all
 
 
 def results() -> dict:
@@ -129,7 +129,7 @@ def audit(ratio: float) -> dict:
         "verdict": "shallow",
         "attacks": [
             judged
-            | {"name": "quantize", "seconds": 75.0 * ratio, "load_average": 2.2, "before": 0.9}
+            | {"name": "quantize", "seconds": 75.0 * ratio, "load_average": 2.2, "peak_rss_mb": 2400.4, "before": 0.9}
             | {"after_forgetting": 0.5, "after_attack": 0.8, "recovery": 0.75, "verdict": "shallow"}
             | {"worst_variant": "int4", "variants": []},
             {"name": "restore", "seconds": 20.0 * ratio, "load_average": 2.4, "diagnostic": True, "metric": "krs"}
@@ -171,12 +171,13 @@ def test_audit_section_tables_come_from_the_results() -> None:
     markdown = render(results() | {"audit": audit(1.0)})
     assert "evaluating 40 s, finetuning 20 s, forgetting 30 s, probing 10 s" in markdown
     assert "retain arc_easy (32 rows)" in markdown and "3000 MB after the forget job, 3500 MB after" in markdown
-    assert "| quantize | 75.0 | 75% | 2.20 | shallow |" in markdown
-    assert "| paraphrase | 1.0 | 1% | 2.00 | skipped |" in markdown
+    # Each attack's peak resident set where the run sampled it.
+    assert "| quantize | 75.0 | 75% | 2.20 | 2400 MB | shallow |" in markdown
+    assert "| paraphrase | 1.0 | 1% | 2.00 | — | skipped |" in markdown
     assert "Recovery = (after attack − floor) / (before − floor)" in markdown
     assert "| quantize | accuracy (forget_train) | 0.900 | 0.500 | 0.800 | 0.75 | shallow | int4 |" in markdown
     # A diagnostic is timed, never judged: no recovery row.
-    assert "| restore | 20.0 | 20% | 2.40 | diagnostic |" in markdown
+    assert "| restore | 20.0 | 20% | 2.40 | — | diagnostic |" in markdown
     assert "| restore | krs" not in markdown
     assert "| trigger | accuracy (retain) | 0.700 | 0.700 | 0.600 | excess drop +0.100 | shallow | prefix |" in markdown
     # A skipped attack has no recovery row; it is listed with its reason, and so is an attack that did not run.
@@ -191,3 +192,35 @@ def test_audit_section_lists_the_attacks_that_do_not_apply() -> None:
     assert (
         "Not applicable to these rows (a full audit leaves them out): probe: does not apply to text rows." in markdown
     )
+
+
+def test_each_step_says_when_it_was_measured() -> None:
+    # An entry a run recorded step by step: its dates, in the run's order whatever order they were recorded in.
+    recorded = results() | {"audit": audit(1.2), "measured": {"audit": "2026-11-25T09:00", "training": "2026-11-20"}}
+    assert measured_dates(recorded) == {
+        "scoring": "2026-11-22",
+        "training": "2026-11-20",
+        "cached-start": "2026-11-22",
+        "memory": "2026-11-22",
+        "audit": "2026-11-25T09:00",
+    }
+    # An entry from before: the audit's own date, the scoring's where it kept one, the machine's for the rest.
+    older = results() | {"audit": audit(1.2)}
+    older["scoring"] = older["scoring"] | {"measured_with": {"date": "2026-11-02T08:00", "transformers": "5.2"}}
+    assert measured_dates(older) == {
+        "scoring": "2026-11-02T08:00",
+        "training": "2026-11-22",
+        "cached-start": "2026-11-22",
+        "memory": "2026-11-22",
+        "audit": "2026-11-22T12:00:00+00:00",
+    }
+    markdown = render_all({"by_cpu": {"amd-epyc-bf16": recorded, "intel-xeon-fp32": fp32_results()}})
+    # The summary gives each kind's span of days; each section, every step's date.
+    assert "| 1.20× | 2026-11-20 to 2026-11-25 |" in markdown
+    assert "| — | 2026-11-22 |" in markdown
+    assert (
+        "Measured: scoring 2026-11-22, training 2026-11-20, cached-start 2026-11-22, memory 2026-11-22, audit "
+        "2026-11-25T09:00." in markdown
+    )
+    # An entry with no step measured says nothing about dates.
+    assert measured_dates({"machine": results()["machine"]}) == {}
