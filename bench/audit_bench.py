@@ -259,6 +259,9 @@ def _measure(base: LoadedLM, job: AuditedJob, sampler: RssSampler) -> dict:
     forget_stages: dict[str, float] = defaultdict(float)
     for stage in forget_clock.stages:
         forget_stages[stage.name] += stage.seconds
+    forget_stage_peaks = {
+        stage.name: sampler.peaks[forget_clock.stage_key(stage.name)] for stage in forget_clock.stages
+    }
     plan = job.plan
     verdict, verdict_reasons = overall_verdict([attack.judgement for attack in audited])
     return {
@@ -280,6 +283,7 @@ def _measure(base: LoadedLM, job: AuditedJob, sampler: RssSampler) -> dict:
         "forget_seconds": forget_seconds,
         "forget_seconds_runs": [first_forget_seconds, second_forget_seconds],
         "forget_seconds_by_stage": dict(forget_stages),
+        "forget_peak_rss_by_stage_mb": forget_stage_peaks,
         "forget_load_average": forget_load,
         "second_forget_load_average": second_forget_load,
         "audit_seconds": audit_seconds,

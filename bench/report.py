@@ -112,7 +112,14 @@ def _audit_section(audit: dict) -> list[str]:
         f"**Audit / forget job: {audit['ratio']:.2f}×; target ≤ {AUDIT_COST_TARGET}×: "
         f"{'met' if met else 'NOT met'}.** Overall verdict of the audit: {audit['verdict']}. Peak RSS of the "
         f"process (`ru_maxrss`, the base LM's loading included): {audit['peak_rss_after_forget_mb']:.0f} MB after "
-        f"the forget job, {audit['peak_rss_mb']:.0f} MB after the audit.",
+        f"the forget job, {audit['peak_rss_mb']:.0f} MB after the audit."
+        + (
+            " The forget job's resident set at its highest by stage (sampled every 20 ms): "
+            + ", ".join(f"{stage} {mb:.0f} MB" for stage, mb in audit["forget_peak_rss_by_stage_mb"].items())
+            + "."
+            if "forget_peak_rss_by_stage_mb" in audit
+            else ""
+        ),
         "",
         "Time by attack (from the attack's first progress report to the next attack's; the first includes "
         "building the audit context) and the process's resident set at its highest meanwhile (sampled every "

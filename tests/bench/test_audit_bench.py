@@ -66,6 +66,7 @@ def test_measure_times_a_forget_job_and_its_audit(tiny_base: LoadedLM) -> None:
     assert sum(result["forget_seconds_by_stage"].values()) == pytest.approx(first)
     assert result["peak_rss_mb"] >= result["peak_rss_after_forget_mb"]
     assert {"evaluating", "finetuning", "forgetting", "probing"} == set(result["forget_seconds_by_stage"])
+    assert set(result["forget_peak_rss_by_stage_mb"]) == set(result["forget_seconds_by_stage"])
     # Every registered attack either ran (in the registry's order, the judged attacks first and the diagnostics
     # after them) or is listed with the reason it did not.
     attacks = result["attacks"]

@@ -163,6 +163,8 @@ def test_audit_section_reports_the_ratio_against_its_target() -> None:
     )
     assert "100 s, the mean of a run before the audit (90 s: evaluating 40 s," in bracketed
     assert "the same job run again after it (110 s)" in bracketed and "forget again 1.50" in bracketed
+    sampled = render(results() | {"audit": audit(1.2) | {"forget_peak_rss_by_stage_mb": {"evaluating": 1999.6}}})
+    assert "The forget job's resident set at its highest by stage (sampled every 20 ms): evaluating 2000 MB." in sampled
     # Results from before the audit step render without its section.
     assert "## Audit cost" not in render(results()) and "## Audit cost" in met
 

@@ -12,6 +12,7 @@ from worker.engine.audit.diagnostics import (
     KnowledgeRecovery,
     Window,
     answer_logits,
+    each_answer_logits,
     mean_squared_error,
     windows,
 )
@@ -60,18 +61,26 @@ def test_krs_against_a_hand_computation() -> None:
         torch.tensor([[9.0, 9.0]]),
     ]
     assert mean_squared_error(before[0], forgotten[0]) == 5.0
-    recovery = KnowledgeRecovery(before, forgotten, seed=0)
-    assert recovery.per_row(intervened) == [0.75, -3.0, None]
+    recovery = KnowledgeRecovery.of_logits(before, forgotten, seed=0)
+    assert recovery.moved == [5.0, 1.0, 0.0]
+    assert recovery.per_row(recovery.errors(intervened)) == [0.75, -3.0, None]
     assert recovery.rows_undefined == 1
-    estimate = recovery.score(intervened)
+    estimate = recovery.score(recovery.errors(intervened))
     assert estimate is not None
     assert (estimate.value, estimate.n, estimate.method) == (-1.125, 2, "bootstrap")
     assert estimate.ci_low is not None and estimate.ci_high is not None
     assert -3.0 <= estimate.ci_low <= -1.125 <= estimate.ci_high <= 0.75
     # The pre-forgetting logits themselves: KRS 1; the forgotten ones: KRS 0.
-    assert recovery.per_row(before) == [1.0, 1.0, None]
-    assert recovery.per_row(forgotten) == [0.0, 0.0, None]
-    assert KnowledgeRecovery(before[2:], forgotten[2:], seed=0).score(intervened[2:]) is None
+    assert recovery.per_row(recovery.errors(before)) == [1.0, 1.0, None]
+    assert recovery.per_row(recovery.errors(forgotten)) == [0.0, 0.0, None]
+    assert KnowledgeRecovery.of_logits(before[2:], forgotten[2:], seed=0).score([0.0]) is None
+    # Rows of another split are refused, however they come.
+    with pytest.raises(ValueError, match="same rows"):
+        recovery.errors(intervened[:2])
+    with pytest.raises(ValueError, match="same rows"):
+        recovery.per_row([1.0])
+    with pytest.raises(ValueError, match="same rows"):
+        KnowledgeRecovery(before, [1.0], seed=0)
 
 
 def test_answer_logits_are_those_that_predict_the_answer(tiny_base: LoadedLM, precision: str) -> None:
@@ -96,3 +105,14 @@ def test_answer_logits_are_those_that_predict_the_answer(tiny_base: LoadedLM, pr
         tolerance = 1e-4 if precision == "fp32" else 2e-2
         torch.testing.assert_close(got, expected, atol=tolerance, rtol=tolerance)
     assert logits[-1].shape[0] == ANSWER_TOKENS
+    # A reduction gets each row's logits with the row's index as the batches (longest first) come out; what it
+    # returns comes back in row order.
+    seen: list[int] = []
+
+    def total(row: int, row_logits: torch.Tensor) -> tuple[int, float]:
+        seen.append(row)
+        return row, float(row_logits.sum())
+
+    reduced = each_answer_logits(lm, tokenizer, rows, 3, 128, total)
+    assert reduced == [(i, pytest.approx(float(z.sum()))) for i, z in enumerate(logits)]
+    assert seen != sorted(seen) and sorted(seen) == list(range(len(rows)))

@@ -12,7 +12,7 @@ import torch
 from peft import PeftModel
 
 from lethe.rows import ChoiceRow, Row, chance, kind_of
-from worker.engine.audit.diagnostics import KnowledgeRecovery, answer_logits
+from worker.engine.audit.diagnostics import KnowledgeRecovery, answer_logits, each_answer_logits
 from worker.engine.audit.outcome import AttackOutcome, RowScores, Variant
 from worker.engine.audit.replay import captured
 from worker.engine.lm.architecture import describe
@@ -132,9 +132,11 @@ class AuditContext:
         if baseline is None:
             with self.before_lm():
                 before = answer_logits(self.peft_lm, self.tokenizer, rows, self.batch_size, self.limit)
+        # The forgotten pass keeps each row's MSE(before, forgotten), not its logits.
+        measure = KnowledgeRecovery.moved_by(before if baseline is None else baseline.recovery.before)
         with captured(describe(self.peft_lm).blocks, sorted(keep)) as outputs:
-            forgotten = answer_logits(self.peft_lm, self.tokenizer, rows, self.batch_size, self.limit)
-        recovery = KnowledgeRecovery(before, forgotten, self.seed) if baseline is None else baseline.recovery
+            moved = each_answer_logits(self.peft_lm, self.tokenizer, rows, self.batch_size, self.limit, measure)
+        recovery = KnowledgeRecovery(before, moved, self.seed) if baseline is None else baseline.recovery
         self._baselines[key] = DiagnosticBaseline(recovery, outputs)
         return self._baselines[key]
 

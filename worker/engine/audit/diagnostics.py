@@ -29,9 +29,9 @@ Choices where the paper leaves room (tested in tests/engine/audit/test_diagnosti
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -42,6 +42,8 @@ from worker.engine.lm.load import CausalLM
 from worker.engine.lm.placement import input_device
 from worker.engine.metrics.intervals import Estimate, bootstrap_mean
 from worker.engine.precision import autocast, full_precision
+
+T = TypeVar("T")
 
 # Hong et al. score answers of 30 tokens (the pre-forgetting LM's greedy continuation, max_new_tokens=30).
 ANSWER_TOKENS = 30
@@ -121,7 +123,22 @@ class DiagnosticOutcome:
 def answer_logits(
     lm: CausalLM, tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row], batch_size: int, limit: int
 ) -> list[torch.Tensor]:
-    """Each row's logits (answer tokens × vocabulary, fp32, on the CPU) at the positions that predict its answer.
+    """Each row's logits (answer tokens × vocabulary, fp32, on the CPU) at the positions that predict its answer."""
+    return each_answer_logits(lm, tokenizer, rows, batch_size, limit, lambda _row, logits: logits)
+
+
+def each_answer_logits(
+    lm: CausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[Row],
+    batch_size: int,
+    limit: int,
+    reduce: Callable[[int, torch.Tensor], T],
+) -> list[T]:
+    """`reduce(i, logits)` of each row i's answer logits (answer tokens × vocabulary, fp32, on the CPU: the positions
+    that predict its answer), in row order; called as each batch comes out, so a reduction that keeps less than the
+    logits (a KRS's squared error) holds one batch's logits at a time, not the split's (48 rows of 30 answer tokens
+    over SmolLM2's 49,152-entry vocabulary are 283 MB).
 
     The rows are fed in `longest_first` batches, the same for the same rows and batch size: a pass that replays or
     patches activations captured in another pass over the same rows sees the same forward calls in the same order.
@@ -131,7 +148,7 @@ def answer_logits(
     for row in rows:
         context_ids, target_ids = encode_pair(tokenizer, row.context, row.target)
         sequences.append(fit_pair(context_ids, target_ids[:ANSWER_TOKENS], limit))
-    logits_of: dict[int, torch.Tensor] = {}
+    reduced: dict[int, T] = {}
     device = input_device(lm)
     lm.eval()
     with torch.inference_mode(), autocast(device), full_precision(lm.get_output_embeddings()):
@@ -150,8 +167,8 @@ def answer_logits(
             )
             logits = lm(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions).logits
             for j, i in enumerate(batch):
-                logits_of[i] = logits[j, : sequences[i][1]].float().cpu()
-    return [logits_of[i] for i in range(len(rows))]
+                reduced[i] = reduce(i, logits[j, : sequences[i][1]].float().cpu())
+    return [reduced[i] for i in range(len(rows))]
 
 
 def mean_squared_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -160,30 +177,57 @@ def mean_squared_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 class KnowledgeRecovery:
-    """The KRS of interventions on the forgotten LM, against the pre-forgetting and forgotten answer logits."""
+    """The KRS of interventions on the forgotten LM, against the pre-forgetting answer logits and how far forgetting
+    moved each row's (MSE(before, forgotten)).
 
-    def __init__(self, before: Sequence[torch.Tensor], forgotten: Sequence[torch.Tensor], seed: int) -> None:
-        if len(before) != len(forgotten):
-            raise ValueError("before and forgotten must hold the logits of the same rows")
+    An intervention's pass hands its logits row by row to `error` (through `each_answer_logits`), so only the
+    pre-forgetting logits are kept: `per_row` and `score` read the squared errors.
+    """
+
+    def __init__(self, before: Sequence[torch.Tensor], moved: Sequence[float], seed: int) -> None:
+        if len(before) != len(moved):
+            raise ValueError("before and moved must be of the same rows")
         self.before = list(before)
         # MSE(before, forgotten) per row: what forgetting moved; 0 = nothing to recover on that row.
-        self.moved = [mean_squared_error(b, f) for b, f in zip(before, forgotten, strict=True)]
+        self.moved = list(moved)
         self.seed = seed
+
+    @classmethod
+    def of_logits(
+        cls, before: Sequence[torch.Tensor], forgotten: Sequence[torch.Tensor], seed: int
+    ) -> KnowledgeRecovery:
+        """From the forgotten LM's logits as a list (a pass can hand them to `moved_by` one by one instead)."""
+        if len(before) != len(forgotten):
+            raise ValueError("before and forgotten must hold the logits of the same rows")
+        return cls(before, [mean_squared_error(b, f) for b, f in zip(before, forgotten, strict=True)], seed)
+
+    @staticmethod
+    def moved_by(before: Sequence[torch.Tensor]) -> Callable[[int, torch.Tensor], float]:
+        """The reduction of the forgotten pass (`each_answer_logits`): row i's MSE(before, forgotten)."""
+        return lambda row, forgotten: mean_squared_error(before[row], forgotten)
 
     @property
     def rows_undefined(self) -> int:
         return sum(moved == 0 for moved in self.moved)
 
-    def per_row(self, intervened: Sequence[torch.Tensor]) -> list[float | None]:
-        """1 − MSE(before, intervened) / MSE(before, forgotten) per row; None where forgetting moved nothing."""
+    def error(self, row: int, intervened: torch.Tensor) -> float:
+        """MSE(before, intervened) of row `row`: the reduction an intervention's pass hands to each_answer_logits."""
+        return mean_squared_error(self.before[row], intervened)
+
+    def errors(self, intervened: Sequence[torch.Tensor]) -> list[float]:
+        """`error` of every row, from an intervention's logits as a list."""
         if len(intervened) != len(self.before):
             raise ValueError("intervened must hold the logits of the same rows")
-        return [
-            None if moved == 0 else 1 - mean_squared_error(b, z) / moved
-            for b, z, moved in zip(self.before, intervened, self.moved, strict=True)
-        ]
+        return [self.error(row, logits) for row, logits in enumerate(intervened)]
 
-    def score(self, intervened: Sequence[torch.Tensor]) -> Estimate | None:
+    def per_row(self, errors: Sequence[float]) -> list[float | None]:
+        """1 − MSE(before, intervened) / MSE(before, forgotten) per row, from the intervention's `error` of every
+        row; None where forgetting moved nothing."""
+        if len(errors) != len(self.before):
+            raise ValueError("errors must be of the same rows")
+        return [None if moved == 0 else 1 - error / moved for error, moved in zip(errors, self.moved, strict=True)]
+
+    def score(self, errors: Sequence[float]) -> Estimate | None:
         """The mean KRS over the rows where it is defined, with its bootstrap interval; None if none is."""
-        defined = [value for value in self.per_row(intervened) if value is not None]
+        defined = [value for value in self.per_row(errors) if value is not None]
         return bootstrap_mean(defined, self.seed) if defined else None

@@ -117,7 +117,8 @@ def test_patching_the_component_that_forgot_gives_the_logits_back(
     forgotten = answer_logits(ctx.peft_lm, ctx.tokenizer, ctx.forget_train, ctx.batch_size, ctx.limit)
     with replayed(blocks, 1, residual):
         shortcut = answer_logits(ctx.peft_lm, ctx.tokenizer, ctx.forget_train, ctx.batch_size, ctx.limit)
-    estimate = KnowledgeRecovery(before, forgotten, seed=0).score(shortcut)
+    recovery = KnowledgeRecovery.of_logits(before, forgotten, seed=0)
+    estimate = recovery.score(recovery.errors(shortcut))
     assert estimate is not None and estimate.value == pytest.approx(1.0, abs=1e-6)
 
 

@@ -21,7 +21,7 @@ Windows (params.window, params.layers): `diagnostics.windows`: by default window
 
 How: one pass of the LM before forgetting captures every patched layer's activations of the component, one tensor
 per forward call (one per scoring batch) in call order; each variant's pass under the forgotten weights gets, at
-each of its window's modules, the captured activation of the same call. `answer_logits` batches the same rows the
+each of its window's modules, the captured activation of the same call. `each_answer_logits` batches the same rows the
 same way in every pass (a shape mismatch or a different number of calls raises). The blocks below a window compute
 exactly what the forgotten LM does, so a variant's pass starts at its window from the forgotten pass's outputs
 (audit/replay.py). The passes before forgetting and of the forgotten LM are the audit's, shared with restore
@@ -46,7 +46,7 @@ import torch
 
 from lethe.attacks import AttackParams, PatchParams
 from worker.engine.audit.context import AuditContext
-from worker.engine.audit.diagnostics import DiagnosticOutcome, DiagnosticVariant, answer_logits, windows
+from worker.engine.audit.diagnostics import DiagnosticOutcome, DiagnosticVariant, each_answer_logits, windows
 from worker.engine.audit.outcome import AttackNotApplicable
 from worker.engine.audit.replay import replayed_below
 from worker.engine.lm.architecture import BlockLayout, block_layout, describe
@@ -176,14 +176,15 @@ def patch(ctx: AuditContext, params: AttackParams) -> DiagnosticOutcome:
     layers = sorted({layer for window in selected for layer in range(window.first, window.last + 1)})
     variants = []
     for component in params.components:
+        # The pre-forgetting pass runs for the activations it leaves; its logits are dropped batch by batch.
         with ctx.before_lm(), recorded(blocks, component, layers) as activations:
-            answer_logits(ctx.peft_lm, ctx.tokenizer, rows, ctx.batch_size, ctx.limit)
+            each_answer_logits(ctx.peft_lm, ctx.tokenizer, rows, ctx.batch_size, ctx.limit, lambda _row, _logits: None)
         advance()
         for window in selected:
             in_window = {layer: activations[layer] for layer in range(window.first, window.last + 1)}
             with replayed_below(blocks, window.first, forgotten_outputs), patched(blocks, component, in_window):
-                logits = answer_logits(ctx.peft_lm, ctx.tokenizer, rows, ctx.batch_size, ctx.limit)
-            variants.append(DiagnosticVariant(component, window, recovery.score(logits)))
+                errors = each_answer_logits(ctx.peft_lm, ctx.tokenizer, rows, ctx.batch_size, ctx.limit, recovery.error)
+            variants.append(DiagnosticVariant(component, window, recovery.score(errors)))
             advance()
         # Freed before the next component's are recorded.
         del activations

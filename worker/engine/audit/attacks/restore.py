@@ -41,7 +41,7 @@ import torch
 
 from lethe.attacks import AttackParams, RestoreParams
 from worker.engine.audit.context import AuditContext
-from worker.engine.audit.diagnostics import DiagnosticOutcome, DiagnosticVariant, Window, answer_logits, windows
+from worker.engine.audit.diagnostics import DiagnosticOutcome, DiagnosticVariant, Window, each_answer_logits, windows
 from worker.engine.audit.outcome import AttackNotApplicable
 from worker.engine.audit.replay import replayed_below
 from worker.engine.lm.architecture import Architecture, BlockLayout, describe
@@ -108,7 +108,7 @@ def restore(ctx: AuditContext, params: AttackParams) -> DiagnosticOutcome:
     for i, (name, window, parameters) in enumerate(plan):
         state = restored_state(ctx.forgotten, ctx.before, parameters)
         with ctx.using(state), replayed_below(blocks, window.first, forgotten_outputs):
-            logits = answer_logits(ctx.peft_lm, ctx.tokenizer, rows, ctx.batch_size, ctx.limit)
-        variants.append(DiagnosticVariant(name, window, recovery.score(logits)))
+            errors = each_answer_logits(ctx.peft_lm, ctx.tokenizer, rows, ctx.batch_size, ctx.limit, recovery.error)
+        variants.append(DiagnosticVariant(name, window, recovery.score(errors)))
         ctx.on_progress((3 + i) / passes)
     return DiagnosticOutcome(params.split, len(rows), recovery.rows_undefined, variants, skipped)
