@@ -68,7 +68,7 @@ def _forget_time(audit: dict, by_stage: str) -> str:
     one, before the audit)."""
     runs = audit.get("forget_seconds_runs")
     if not runs:
-        return f"{audit['forget_seconds']:.0f} s ({by_stage})"
+        return f"{audit['forget_seconds']:.0f} s ({by_stage}; one run, before the audit, as the bench ran then)"
     return (
         f"{audit['forget_seconds']:.0f} s, the mean of a run before the audit ({runs[0]:.0f} s: {by_stage}) and "
         f"the same job run again after it ({runs[1]:.0f} s), as the machine's speed drifts"
