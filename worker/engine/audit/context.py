@@ -132,8 +132,9 @@ class AuditContext:
         if baseline is None:
             with self.before_lm():
                 before = answer_logits(self.peft_lm, self.tokenizer, rows, self.batch_size, self.limit)
-        # The forgotten pass keeps each row's MSE(before, forgotten), not its logits.
-        measure = KnowledgeRecovery.moved_by(before if baseline is None else baseline.recovery.before)
+        # The forgotten pass keeps each row's MSE(before, forgotten), not its logits; run again only for the block
+        # outputs, it keeps nothing (the recovery is the first pass's).
+        measure = KnowledgeRecovery.moved_by(before) if baseline is None else (lambda _row, _logits: 0.0)
         with captured(describe(self.peft_lm).blocks, sorted(keep)) as outputs:
             moved = each_answer_logits(self.peft_lm, self.tokenizer, rows, self.batch_size, self.limit, measure)
         recovery = KnowledgeRecovery(before, moved, self.seed) if baseline is None else baseline.recovery
