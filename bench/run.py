@@ -33,6 +33,7 @@ from worker.allocator import find_jemalloc, preload_environment
 from worker.engine.lm.load import BaseLMCache, LoadedLM
 from worker.engine.precision import bf16_supported, mixed_precision_enabled
 from worker.engine.training.checkpointing import ACTIVATION_BUDGET_VARIABLE, CPU_BUDGET_MB
+from worker.native_caches import bound_native_caches
 
 BENCH = Path(__file__).resolve().parent
 # Square 2048 matmuls timed per dtype; the best one is the peak.
@@ -47,9 +48,12 @@ def _log(message: str) -> None:
 
 
 def _as_a_worker(environ: dict[str, str]) -> dict[str, str]:
-    """`environ` with the memory allocator a worker runs with (worker/allocator.py: jemalloc where the host has it),
-    for the steps that measure a job in a fresh process as a worker runs it."""
-    return preload_environment(environ, find_jemalloc()) or environ
+    """`environ` with the memory allocator a worker runs with (worker/allocator.py: jemalloc where the host has it)
+    and its bounded matmul-library caches (worker/native_caches.py), for the steps that measure a job in a fresh
+    process as a worker runs it."""
+    environment = preload_environment(environ, find_jemalloc()) or dict(environ)
+    bound_native_caches(environment)
+    return environment
 
 
 def _audit_step(cache_dir: Path) -> dict:
@@ -198,6 +202,9 @@ def _memory_step(cache_dir: Path) -> dict:
 
 
 def main() -> None:
+    # Lethe's side computes in this process too (training, scoring, the cached start): with the caches a worker
+    # bounds, set before the first matmul reads them.
+    bound_native_caches()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "lethe-tests")
     parser.add_argument("--work-dir", type=Path, default=BENCH / "tmp")
