@@ -18,6 +18,7 @@ The audit's cost is its time over the mean of two runs of the forget job, one be
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import uuid
@@ -34,12 +35,14 @@ from lethe.attacks import ATTACKS, Thresholds
 from lethe.methods import METHODS
 from lethe.rows import ChoiceRow, Row, TextRow, kind_of, split_heldout
 from lethe.specs import AttackChoice, FinetuneSpec
+from worker.allocator import allocator_label
 from worker.engine.audit.outcome import overall_verdict
 from worker.engine.audit.run import audit_context, is_diagnostic, run_audit, run_diagnostics
 from worker.engine.forget.base_stage import BASE_STAGES
 from worker.engine.forget.run import ForgetOutcome, ForgetPlan, run_forget
 from worker.engine.lm.load import BaseLMCache, LoadedLM
 from worker.engine.lm.lora import attached_lora
+from worker.native_caches import native_cache_settings
 from worker.pipelines.forget import general_text_rows
 from worker.reports.report import attack_entry, diagnostic_entry
 
@@ -296,6 +299,8 @@ def _measure(base: LoadedLM, job: AuditedJob, sampler: RssSampler) -> dict:
         "not_applicable": audit.not_applicable,
         "peak_rss_after_forget_mb": rss_after_forget,
         "peak_rss_mb": rss_after_audit,
+        "allocator": allocator_label(),
+        "native_caches": native_cache_settings(os.environ),
     }
 
 

@@ -7,6 +7,7 @@ breakdown of `bench.memory` as JSON (run in a fresh process, so the figures are 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from lethe.rows import ChoiceRow
 from worker.allocator import allocator_label
 from worker.engine.forget.run import ForgetPlan, run_forget
 from worker.engine.lm.load import BaseLMCache, LoadedLM
+from worker.native_caches import native_cache_settings
 
 BASE_LM = ("smollm2-135m-instruct", "bundled:smollm2-135m-instruct")
 # Rows past the ones the scoring benchmark uses, so no row is both scored and forgotten.
@@ -111,6 +113,7 @@ def measure_memory(cache_dir: str) -> dict:
         "breakdown": cpu_breakdown(baseline, after_load, tensor_bytes(base.lm), lora, peak),
         "stage_peaks_mb": sampler.peaks,
         "allocator": allocator_label(),
+        "native_caches": native_cache_settings(os.environ),
     }
 
 

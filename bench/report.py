@@ -31,6 +31,15 @@ def _met(value: float, target: float) -> str:
     return "yes" if value >= target else "**no**"
 
 
+def _caches_clause(caches: dict[str, str] | None) -> str:
+    """ ", with the matmul caches …" naming the capacities a measured process ran with (worker/native_caches.py);
+    empty for a run from before they were recorded (the libraries' defaults, 1,024 each)."""
+    if not caches:
+        return ""
+    settings = ", ".join(f"{name}={value}" for name, value in caches.items())
+    return f"; matmul caches as a worker bounds them: {settings} (worker/native_caches.py)"
+
+
 def _memory_breakdown(breakdown: dict | None) -> list[str]:
     """The peak RSS split as `bench.memory.cpu_breakdown` splits it (absent from results of older runs)."""
     if breakdown is None:
@@ -112,7 +121,9 @@ def _audit_section(audit: dict) -> list[str]:
         f"**Audit / forget job: {audit['ratio']:.2f}×; target ≤ {AUDIT_COST_TARGET}×: "
         f"{'met' if met else 'NOT met'}.** Overall verdict of the audit: {audit['verdict']}. Peak RSS of the "
         f"process (`ru_maxrss`, the base LM's loading included): {audit['peak_rss_after_forget_mb']:.0f} MB after "
-        f"the forget job, {audit['peak_rss_mb']:.0f} MB after the audit."
+        f"the forget job, {audit['peak_rss_mb']:.0f} MB after the audit"
+        + _caches_clause(audit.get("native_caches"))
+        + "."
         + (
             " The forget job's resident set at its highest by stage (sampled every 20 ms): "
             + ", ".join(f"{stage} {mb:.0f} MB" for stage, mb in audit["forget_peak_rss_by_stage_mb"].items())
@@ -388,6 +399,7 @@ def render(results: dict, kind: str = "") -> str:
                 _met(CACHED_START_TARGET_S, results["cached_start_s"]),  # at most the target: the arguments swapped
             )
         )
+    audit_entry = results.get("audit")
     if "peak_rss_mb" in results:
         default_budget = results.get("memory_activation_budget_mb")
         label = "peak RSS of a whole SmolLM2 forget job"
@@ -399,6 +411,12 @@ def render(results: dict, kind: str = "") -> str:
             budget = other["activation_budget_mb"]
             label = f"the same with LETHE_ACTIVATION_BUDGET_MB={budget}" + (" (no budget)" if budget == 0 else "")
             memory_rows.append((label, other["peak_rss_mb"]))
+        if audit_entry is not None and "native_caches" in audit_entry:
+            # The demo job (the audit step's first forget run) in a process set up as a worker's, caches included.
+            memory_rows.append(
+                ("peak RSS of the demo forget job (48 PIQA rows, fine-tune, random_label, probes; the audit step's)",
+                 audit_entry["peak_rss_after_forget_mb"])
+            )  # fmt: skip
         for label, peak in memory_rows:
             # _met(target, value): at most the target, so the arguments are swapped
             met = _met(PEAK_RSS_TARGET_MB, peak)
@@ -520,10 +538,12 @@ def render(results: dict, kind: str = "") -> str:
             "The peak RSS (`ru_maxrss`) of a fresh process running one whole job "
             f"(4 steps, probes on; {results['memory_job_s']:.0f} s)"
             + (
-                f", with the allocator a worker runs with ({results['memory_allocator']}, worker/allocator.py)."
+                f", with the allocator a worker runs with ({results['memory_allocator']}, worker/allocator.py)"
                 if "memory_allocator" in results
-                else "."
-            ),
+                else ""
+            )
+            + _caches_clause(results.get("memory_native_caches"))
+            + ".",
             "",
             *_memory_breakdown(results.get("memory_breakdown")),
         ]

@@ -189,6 +189,7 @@ def _memory_step(cache_dir: Path) -> dict:
         "peak_rss_mb": measured["peak_rss_mb"],
         "memory_job_s": measured["job_seconds"],
         "memory_allocator": measured["allocator"],
+        "memory_native_caches": measured["native_caches"],
         "memory_breakdown": measured["breakdown"],
         "memory_stage_peaks_mb": measured["stage_peaks_mb"],
         "memory_activation_budget_mb": CPU_BUDGET_MB,

@@ -227,3 +227,26 @@ def test_each_step_says_when_it_was_measured() -> None:
     )
     # An entry with no step measured says nothing about dates.
     assert measured_dates({"machine": results()["machine"]}) == {}
+
+
+def test_the_demo_jobs_peak_and_the_matmul_caches_are_reported_where_recorded() -> None:
+    caches = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "LRU_CACHE_CAPACITY": "64"}
+    recorded = render(
+        results()
+        | {"memory_allocator": "jemalloc", "memory_native_caches": caches}
+        | {"audit": audit(1.2) | {"peak_rss_after_forget_mb": 1450.4, "native_caches": caches}}
+    )
+    row = (
+        "| peak RSS of the demo forget job (48 PIQA rows, fine-tune, random_label, probes; the audit step's) | 1450 MB"
+    )
+    assert row + " |  |  | ≤ 1500 MB | yes |" in recorded
+    clause = (
+        "; matmul caches as a worker bounds them: ONEDNN_PRIMITIVE_CACHE_CAPACITY=64, LRU_CACHE_CAPACITY=64 "
+        "(worker/native_caches.py)."
+    )
+    assert "with the allocator a worker runs with (jemalloc, worker/allocator.py)" + clause in recorded
+    assert "3500 MB after the audit" + clause in recorded
+    # Runs from before the caches were bounded (and recorded) say nothing of them, and give no demo-job row: that
+    # peak was measured at the libraries' defaults.
+    older = render(results() | {"audit": audit(1.2)})
+    assert "matmul caches" not in older and "peak RSS of the demo forget job" not in older
