@@ -3,8 +3,9 @@
 python -m bench.run [--scoring-rows N] [--skip-lmeval] ...   (from the repository root, in the project venv)
 python -m bench.run --only training|cached-start|memory|audit   one step alone, merged into results.json
 
-results.json keeps one entry per CPU kind (`machine.cpu_kind`: vendor, family and native precision, e.g.
-`amd-epyc-bf16`, `intel-xeon-fp32`), so a run on another machine adds its figures instead of overwriting.
+results.json keeps one entry per CPU kind (`machine.cpu_kind`: vendor, product line, family number and native
+precision, e.g. `amd-epyc-family26-bf16`, `intel-xeon-family6-fp32`), so a run on another machine adds its figures
+instead of overwriting.
 """
 
 from __future__ import annotations

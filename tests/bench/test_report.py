@@ -97,6 +97,12 @@ def fp32_results() -> dict:
 def test_each_cpu_kind_keeps_its_own_figures() -> None:
     assert cpu_kind(results()["machine"] | {"cpu": "AMD EPYC 7B13"}) == "amd-epyc-bf16"
     assert cpu_kind(fp32_results()["machine"]) == "intel-xeon-fp32"
+    # Machines that record their CPU family number (from 2026-12-01) are told apart by it: Zen 4 and Zen 5 EPYCs
+    # are both "AMD EPYC" with native bf16.
+    zen5 = results()["machine"] | {"cpu": "AMD EPYC", "cpu_family": 26}
+    assert cpu_kind(zen5) == "amd-epyc-family26-bf16"
+    assert cpu_kind(zen5 | {"cpu_family": 25}) == "amd-epyc-family25-bf16"
+    assert "Machine: AMD EPYC (CPU family 26), 2 cores" in render(results() | {"machine": zen5})
     markdown = render_all({"by_cpu": {"amd-epyc-bf16": results(), "intel-xeon-fp32": fp32_results()}})
     assert "| amd-epyc-bf16 | 2.50× | 2.00× | 25.0% (vs bf16 peak) | 3.0 s | 2000 MB | — |" in markdown
     assert "| intel-xeon-fp32 | 2.50× | 1.40× | 40.0% (vs fp32 peak) | 1.5 s | 2000 MB | — |" in markdown
