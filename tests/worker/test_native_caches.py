@@ -3,9 +3,13 @@ nothing, an operator's values kept, a bad value refused at start-up with its nam
 the bound into its own environment (where oneDNN and ideep read it at their first matmul)."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from cli.embedded_worker import EX_CONFIG
 from lethe.settings import Settings
 from worker import startup
 from worker.native_caches import (
@@ -16,6 +20,7 @@ from worker.native_caches import (
 )
 
 ONEDNN, IDEEP = NATIVE_CACHE_VARIABLES
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_unset_or_empty_capacities_are_bounded_and_the_rest_of_the_environment_is_left() -> None:
@@ -59,3 +64,20 @@ def test_the_worker_start_up_bounds_its_own_caches(monkeypatch: pytest.MonkeyPat
     startup.check_worker_devices(Settings(require_gpu=False))
     assert os.environ[ONEDNN] == str(WORKER_CAPACITY)
     assert os.environ[IDEEP] == "128"
+
+
+def test_lethe_worker_refuses_to_start_with_a_capacity_that_would_crash_it(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        IDEEP: "0",
+        "LETHE_DATA_DIR": str(tmp_path / "lethe-data"),
+        "LETHE_DATABASE_URL": "",
+        "LETHE_BROKER_URL": "",
+        "LETHE_STORAGE_URL": "",
+    }
+    finished = subprocess.run(
+        [sys.executable, "-m", "cli.main", "worker"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert finished.returncode == EX_CONFIG, finished.stderr
+    assert f"lethe worker: {IDEEP}='0' is not a whole number of cache entries of at least 1" in finished.stderr
