@@ -1,5 +1,7 @@
 """The real bundled SmolLM2-135M-Instruct (marked smollm2: converts the GGUF once, about a minute on a CPU)."""
 
+import hashlib
+
 import pytest
 
 from lethe.rows import ChoiceRow
@@ -8,11 +10,16 @@ from worker.engine.metrics.choice_scores import score_choices
 
 pytestmark = pytest.mark.smollm2
 
+CONVERTED_SHA256 = "a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03cd"
+
 
 def test_bundled_smollm2_loads_and_knows_capitals(tmp_path_factory: pytest.TempPathFactory) -> None:
     cache_dir = tmp_path_factory.mktemp("lm-cache")
     base = BaseLMCache(cache_dir).get("smollm2-135m-instruct", "bundled:smollm2-135m-instruct")
-    assert (cache_dir / "bundled" / "smollm2-135m-instruct" / "model.safetensors").is_file()
+    converted = cache_dir / "bundled" / "smollm2-135m-instruct" / "model.safetensors"
+    # The conversion's output, to the byte: what clients register as the base LM's weights digest (with the pinned
+    # transformers; the conversion takes the dequantized tensors themselves, not a copy, and changes nothing).
+    assert hashlib.sha256(converted.read_bytes()).hexdigest() == CONVERTED_SHA256
     assert base.tokenizer.pad_token is not None
 
     rows = [
@@ -26,7 +33,6 @@ def test_bundled_smollm2_loads_and_knows_capitals(tmp_path_factory: pytest.TempP
     assert scores.accuracy == 1.0
 
     # A second worker process finds the converted copy and loads it as it is (no second conversion).
-    converted = cache_dir / "bundled" / "smollm2-135m-instruct" / "model.safetensors"
     written = converted.stat().st_mtime_ns
     again = BaseLMCache(cache_dir).get("smollm2-135m-instruct", "bundled:smollm2-135m-instruct")
     assert converted.stat().st_mtime_ns == written
