@@ -30,7 +30,7 @@ from pathlib import Path
 from api.schemas import ForgetRequestIn
 from bench.jobs import BASE_LM
 from bench.machine import load_average, machine
-from bench.memory import RssSampler, peak_rss_mb, rss_mb
+from bench.memory import PEAK_RSS_SOURCE, RssSampler, peak_rss_mb, rss_mb
 from lethe.attacks import ATTACKS, Thresholds
 from lethe.methods import METHODS
 from lethe.rows import ChoiceRow, Row, TextRow, kind_of, split_heldout
@@ -299,6 +299,7 @@ def _measure(base: LoadedLM, job: AuditedJob, sampler: RssSampler) -> dict:
         "not_applicable": audit.not_applicable,
         "peak_rss_after_forget_mb": rss_after_forget,
         "peak_rss_mb": rss_after_audit,
+        "peak_rss_from": PEAK_RSS_SOURCE,
         "allocator": allocator_label(),
         "native_caches": native_cache_settings(os.environ),
     }

@@ -9,17 +9,28 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from bench.memory import RssSampler, cpu_breakdown, lora_bytes, peak_rss_mb, rss_mb, tensor_bytes
+from bench.memory import (
+    PEAK_RSS_SOURCE,
+    RssSampler,
+    cpu_breakdown,
+    lora_bytes,
+    peak_rss_mb,
+    rss_mb,
+    tensor_bytes,
+)
 from bench.tasks import TASKS
 from lethe.methods import GradientAscentParams
 from lethe.rows import ChoiceRow
 from worker.allocator import allocator_label
 from worker.engine.forget.run import ForgetPlan, run_forget
+from worker.engine.lm import load
 from worker.engine.lm.load import BaseLMCache, LoadedLM
 from worker.native_caches import native_cache_settings
 
@@ -109,6 +120,7 @@ def measure_memory(cache_dir: str) -> dict:
     lora = lora_bytes(base, params.lora_rank, params.lora_alpha)
     return {
         "peak_rss_mb": peak,
+        "peak_rss_from": PEAK_RSS_SOURCE,
         "job_seconds": seconds,
         "breakdown": cpu_breakdown(baseline, after_load, tensor_bytes(base.lm), lora, peak),
         "stage_peaks_mb": sampler.peaks,
@@ -117,5 +129,25 @@ def measure_memory(cache_dir: str) -> dict:
     }
 
 
+def measure_conversion(cache_dir: str) -> dict:
+    """Converting the bundled GGUF to safetensors, what a worker's first job on a fresh cache does once: its peak
+    RSS and seconds. It converts into a fresh directory inside `cache_dir` (so it is measured whether or not the
+    cache holds a copy already), which then becomes the cache's copy where there was none."""
+    base_model, source = BASE_LM
+    bundled_id = source.removeprefix("bundled:")
+    with tempfile.TemporaryDirectory(prefix=".conversion-", dir=cache_dir) as scratch:
+        started = time.perf_counter()
+        converted = load.bundled_safetensors_dir(bundled_id, Path(scratch))
+        seconds = time.perf_counter() - started
+        peak = peak_rss_mb()
+        target = Path(cache_dir) / "bundled" / bundled_id
+        if not target.is_dir():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(converted, target)
+    return {"peak_rss_mb": peak, "peak_rss_from": PEAK_RSS_SOURCE, "seconds": seconds}
+
+
 if __name__ == "__main__":
-    print(json.dumps(measure_memory(sys.argv[1])))
+    # python -m bench.jobs CACHE_DIR [conversion]
+    measure = measure_conversion if sys.argv[2:] == ["conversion"] else measure_memory
+    print(json.dumps(measure(sys.argv[1])))

@@ -1,7 +1,7 @@
 """Where a forget job's memory goes: peak RSS on CPU by stage, and peak allocated memory on CUDA, broken down.
 
 CPU (`RssSampler`, `cpu_breakdown`): the resident set is read from /proc every few milliseconds while the job runs,
-its peak kept per stage; the breakdown splits the whole job's peak (`ru_maxrss`) into
+its peak kept per stage; the breakdown splits the whole job's peak (`VmHWM`) into
 - baseline: the process before the base LM is loaded (Python, torch, transformers, peft imported);
 - weights: the base LM's parameters and buffers (their bytes, counted once per storage);
 - loading and data: what loading left besides the weights (allocator pages not returned, tokenizer, rows);
@@ -39,9 +39,23 @@ def rss_mb() -> float:
         return int(statm.read().split()[1]) * resource.getpagesize() / MB
 
 
+# What `peak_rss_mb` reads, recorded beside its figures: entries measured before it was `VmHWM` read `ru_maxrss`.
+PEAK_RSS_SOURCE = "VmHWM"
+
+
 def peak_rss_mb() -> float:
-    """The process's peak resident set so far (`ru_maxrss`, KiB on Linux), in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """The process's peak resident set so far (/proc's `VmHWM`, the high-water mark of its own memory), in MiB.
+
+    Not `ru_maxrss`: Linux carries that across fork and exec, so a process the bench starts after its own
+    scoring and training (which grow the bench to gigabytes) reads the bench's peak as its own. The 2026-12-01 run
+    on a Zen 5 EPYC read 3,415 MB for the memory step's job and the audit's, both of whose sampled stages stayed
+    under 1,450 MB. `VmHWM` belongs to the address space exec creates, so it starts from nothing.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("/proc/self/status has no VmHWM line")
 
 
 class RssSampler:

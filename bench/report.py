@@ -31,6 +31,17 @@ def _met(value: float, target: float) -> str:
     return "yes" if value >= target else "**no**"
 
 
+def _peak_source(source: str | None) -> str:
+    """What a peak RSS was read from: `VmHWM` (bench/memory.py's peak_rss_mb), or for entries from before it was
+    recorded `ru_maxrss`, which a process the bench started inherited from the bench's own peak."""
+    if source is not None:
+        return f"`{source}`, the high-water mark of the process's own memory"
+    return (
+        "`ru_maxrss`, which Linux carries across fork and exec: where the bench had grown past the job's peak "
+        "before starting the process, this figure is the bench's own"
+    )
+
+
 def _caches_clause(caches: dict[str, str] | None) -> str:
     """ ", with the matmul caches …" naming the capacities a measured process ran with (worker/native_caches.py);
     empty for a run from before they were recorded (the libraries' defaults, 1,024 each)."""
@@ -120,7 +131,8 @@ def _audit_section(audit: dict) -> list[str]:
         "",
         f"**Audit / forget job: {audit['ratio']:.2f}×; target ≤ {AUDIT_COST_TARGET}×: "
         f"{'met' if met else 'NOT met'}.** Overall verdict of the audit: {audit['verdict']}. Peak RSS of the "
-        f"process (`ru_maxrss`, the base LM's loading included): {audit['peak_rss_after_forget_mb']:.0f} MB after "
+        f"process ({_peak_source(audit.get('peak_rss_from'))}; the base LM's loading included): "
+        f"{audit['peak_rss_after_forget_mb']:.0f} MB after "
         f"the forget job, {audit['peak_rss_mb']:.0f} MB after the audit"
         + _caches_clause(audit.get("native_caches"))
         + "."
@@ -414,11 +426,17 @@ def render(results: dict, kind: str = "") -> str:
             budget = other["activation_budget_mb"]
             label = f"the same with LETHE_ACTIVATION_BUDGET_MB={budget}" + (" (no budget)" if budget == 0 else "")
             memory_rows.append((label, other["peak_rss_mb"]))
-        if audit_entry is not None and "native_caches" in audit_entry:
+        if audit_entry is not None and "peak_rss_from" in audit_entry:
             # The demo job (the audit step's first forget run) in a process set up as a worker's, caches included.
             memory_rows.append(
                 ("peak RSS of the demo forget job (48 PIQA rows, fine-tune, random_label, probes; the audit step's)",
                  audit_entry["peak_rss_after_forget_mb"])
+            )  # fmt: skip
+        conversion = results.get("memory_conversion")
+        if conversion is not None:
+            memory_rows.append(
+                ("peak RSS converting the bundled GGUF to safetensors (once per cache: a worker's first job on it)",
+                 conversion["peak_rss_mb"])
             )  # fmt: skip
         for label, peak in memory_rows:
             # _met(target, value): at most the target, so the arguments are swapped
@@ -538,7 +556,8 @@ def render(results: dict, kind: str = "") -> str:
             "",
             "## Memory",
             "",
-            "The peak RSS (`ru_maxrss`) of a fresh process running one whole job "
+            f"The peak RSS ({_peak_source(results.get('memory_peak_rss_from'))}) of a fresh process running one "
+            "whole job "
             f"(4 steps, probes on; {results['memory_job_s']:.0f} s)"
             + (
                 f", with the allocator a worker runs with ({results['memory_allocator']}, worker/allocator.py)"
@@ -546,10 +565,26 @@ def render(results: dict, kind: str = "") -> str:
                 else ""
             )
             + _caches_clause(results.get("memory_native_caches"))
-            + ".",
+            + "."
+            + (
+                " Its stage peaks: "
+                + ", ".join(f"{stage} {mb:.0f}" for stage, mb in results["memory_stage_peaks_mb"].items())
+                + " MB."
+                if "memory_stage_peaks_mb" in results
+                else ""
+            ),
             "",
             *_memory_breakdown(results.get("memory_breakdown")),
         ]
+        conversion = results.get("memory_conversion")
+        if conversion is not None:
+            lines += [
+                "",
+                "Before it, in a fresh process of its own: converting the bundled GGUF to the safetensors copy the "
+                "jobs load (what a worker's first job on a fresh cache does once, `bundled_safetensors_dir`), "
+                f"{conversion['seconds']:.0f} s, peak RSS {conversion['peak_rss_mb']:.0f} MB "
+                f"({_peak_source(conversion.get('peak_rss_from'))}).",
+            ]
         other = _other_budget_run(results)
         if other is not None:
             budget = other["activation_budget_mb"]

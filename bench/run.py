@@ -172,27 +172,34 @@ def _cached_start_step(cache_dir: Path) -> dict:
 def _memory_step(cache_dir: Path) -> dict:
     """The peak RSS of one whole forget job and its breakdown, in a fresh process (so the figures are its own): as
     a worker runs it by default (a CPU worker's activation budget, CPU_BUDGET_MB), then with
-    LETHE_ACTIVATION_BUDGET_MB=0 (no activation checkpointing), what the budget saves."""
+    LETHE_ACTIVATION_BUDGET_MB=0 (no activation checkpointing), what the budget saves; before both, the peak of
+    converting the bundled GGUF (a worker's first job on a fresh cache does it once)."""
 
-    def job(extra_env: dict[str, str]) -> dict:
+    def job(extra_env: dict[str, str], *args: str) -> dict:
         env = _as_a_worker({k: v for k, v in os.environ.items() if k != ACTIVATION_BUDGET_VARIABLE} | extra_env)
         done = subprocess.run(
-            [sys.executable, "-m", "bench.jobs", str(cache_dir)],
+            [sys.executable, "-m", "bench.jobs", str(cache_dir), *args],
             cwd=REPO, capture_output=True, text=True, check=True, env=env,
         )  # fmt: skip
         return json.loads(done.stdout.strip().splitlines()[-1])
 
+    # First, and on its own: a worker's first job on a fresh cache converts the bundled GGUF once; the jobs below
+    # then find the copy, as every later job does.
+    _log("peak memory of converting the bundled GGUF, in a fresh process")
+    conversion = job({}, "conversion")
     _log("peak memory of a whole job, in a fresh process")
     measured = job({})
     _log(f"peak memory of a whole job with {ACTIVATION_BUDGET_VARIABLE}=0, in a fresh process")
     unbudgeted = job({ACTIVATION_BUDGET_VARIABLE: "0"})
     return {
         "peak_rss_mb": measured["peak_rss_mb"],
+        "memory_peak_rss_from": measured["peak_rss_from"],
         "memory_job_s": measured["job_seconds"],
         "memory_allocator": measured["allocator"],
         "memory_native_caches": measured["native_caches"],
         "memory_breakdown": measured["breakdown"],
         "memory_stage_peaks_mb": measured["stage_peaks_mb"],
+        "memory_conversion": conversion,
         "memory_activation_budget_mb": CPU_BUDGET_MB,
         "memory_without_activation_budget": {
             "activation_budget_mb": 0,

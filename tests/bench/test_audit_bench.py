@@ -78,7 +78,7 @@ def test_measure_times_a_forget_job_and_its_audit(tiny_base: LoadedLM) -> None:
     assert sum(a["seconds"] for a in attacks) == pytest.approx(result["audit_seconds"])
     for attack in attacks:
         assert attack["seconds"] > 0 and attack["load_average"] >= 0
-        # The resident set while it ran, sampled: up to the process's peak (ru_maxrss, the kernel's high-water mark,
+        # The resident set while it ran, sampled: up to the process's peak (VmHWM, the kernel's high-water mark,
         # which it updates lazily: a sample can pass it by a few pages).
         assert 0 < attack["peak_rss_mb"] <= result["peak_rss_mb"] + 16
         if "skipped" in attack:

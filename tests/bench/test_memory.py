@@ -1,10 +1,22 @@
 """The memory breakdown's parts: bytes counted once per storage, LoRA counted on the base LM itself, the CPU split
 adding up to the peak, and no CUDA figures without CUDA."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from bench.memory import MB, RssSampler, cpu_breakdown, cuda_memory_breakdown, lora_bytes, rss_mb, tensor_bytes
+from bench.memory import (
+    MB,
+    RssSampler,
+    cpu_breakdown,
+    cuda_memory_breakdown,
+    lora_bytes,
+    peak_rss_mb,
+    rss_mb,
+    tensor_bytes,
+)
 from lethe.rows import ChoiceRow
 from tests.engine.lm.test_lora import assert_pristine
 from tests.tiny_lm import synthetic_choice_rows
@@ -50,3 +62,20 @@ def test_the_sampler_keeps_each_stage_s_peak() -> None:
 def test_no_cuda_figures_without_cuda(tiny_base: LoadedLM) -> None:
     rows = [ChoiceRow.from_dict(r) for r in synthetic_choice_rows(4, seed=0)]
     assert cuda_memory_breakdown(tiny_base, rows, lambda: None) is None
+
+
+def test_a_process_started_by_a_larger_one_reads_its_own_peak() -> None:
+    # The bench starts the memory and audit steps' processes after its own scoring and training have grown it:
+    # ru_maxrss, which Linux carries across fork and exec, read the bench's peak there; VmHWM reads the child's own.
+    grown = torch.ones(1024 * MB // 4)  # 1 GiB, written: resident in this process at the fork
+    child_reads = (
+        "import resource; from bench.memory import peak_rss_mb; "
+        "print(peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    done = subprocess.run([sys.executable, "-c", child_reads], capture_output=True, text=True, check=True)
+    own_peak, inherited = (float(value) for value in done.stdout.split())
+    assert peak_rss_mb() >= rss_mb() >= 1024  # this process: its peak counts the tensor it holds
+    assert inherited >= 1024  # what ru_maxrss would have said: this process's peak, the tensor included
+    # The child's own: Python with torch and the project imported (about 460 MB), never the parent's tensor.
+    assert 0 < own_peak < inherited - 512
+    del grown

@@ -237,10 +237,11 @@ def test_each_step_says_when_it_was_measured() -> None:
 
 def test_the_demo_jobs_peak_and_the_matmul_caches_are_reported_where_recorded() -> None:
     caches = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "LRU_CACHE_CAPACITY": "64"}
+    own_peak = {"peak_rss_from": "VmHWM"}
     recorded = render(
         results()
-        | {"memory_allocator": "jemalloc", "memory_native_caches": caches}
-        | {"audit": audit(1.2) | {"peak_rss_after_forget_mb": 1450.4, "native_caches": caches}}
+        | {"memory_allocator": "jemalloc", "memory_native_caches": caches, "memory_peak_rss_from": "VmHWM"}
+        | {"audit": audit(1.2) | {"peak_rss_after_forget_mb": 1450.4, "native_caches": caches} | own_peak}
     )
     row = (
         "| peak RSS of the demo forget job (48 PIQA rows, fine-tune, random_label, probes; the audit step's) | 1450 MB"
@@ -256,3 +257,25 @@ def test_the_demo_jobs_peak_and_the_matmul_caches_are_reported_where_recorded() 
     # peak was measured at the libraries' defaults.
     older = render(results() | {"audit": audit(1.2)})
     assert "matmul caches" not in older and "peak RSS of the demo forget job" not in older
+    # Their peaks were read from ru_maxrss, which a process the bench starts inherits from the bench: said so.
+    assert "The peak RSS (`ru_maxrss`, which Linux carries across fork and exec" in older
+    assert "process (`ru_maxrss`, which Linux carries across fork and exec" in older
+    assert "The peak RSS (`VmHWM`, the high-water mark of the process's own memory) of a fresh process" in recorded
+    # A run whose audit read ru_maxrss (caches recorded, the peak not yet from VmHWM) gives no demo-job row either.
+    read_from_ru_maxrss = audit(1.2) | {"peak_rss_after_forget_mb": 3415.0, "native_caches": caches}
+    inherited = render(results() | {"audit": read_from_ru_maxrss})
+    assert "peak RSS of the demo forget job" not in inherited
+
+
+def test_the_conversions_peak_and_the_jobs_stage_peaks_are_reported_where_recorded() -> None:
+    conversion = {"peak_rss_mb": 1194.2, "peak_rss_from": "VmHWM", "seconds": 19.3}
+    stages = {"loading": 900.4, "evaluating": 1100.0, "forgetting": 1300.6}
+    markdown = render(results() | {"memory_conversion": conversion, "memory_stage_peaks_mb": stages})
+    assert (
+        "| peak RSS converting the bundled GGUF to safetensors (once per cache: a worker's first job on it) | 1194 MB"
+        " |  |  | ≤ 1500 MB | yes |"
+    ) in markdown
+    assert "Its stage peaks: loading 900, evaluating 1100, forgetting 1301 MB." in markdown
+    assert "does once, `bundled_safetensors_dir`), 19 s, peak RSS 1194 MB (`VmHWM`" in markdown
+    older = render(results())
+    assert "converting the bundled GGUF" not in older and "Its stage peaks" not in older
