@@ -42,6 +42,14 @@ def _peak_source(source: str | None) -> str:
     )
 
 
+def _stage_peaks(lead: str, peaks: dict[str, float] | None) -> str:
+    """`lead` and each stage's peak RSS ("evaluating 1290 MB, forgetting 1446 MB."); empty where none were
+    recorded."""
+    if not peaks:
+        return ""
+    return lead + ", ".join(f"{stage} {mb:.0f} MB" for stage, mb in peaks.items()) + "."
+
+
 def _caches_clause(caches: dict[str, str] | None) -> str:
     """ ", with the matmul caches …" naming the capacities a measured process ran with (worker/native_caches.py);
     empty for a run from before they were recorded (the libraries' defaults, 1,024 each)."""
@@ -136,12 +144,9 @@ def _audit_section(audit: dict) -> list[str]:
         f"the forget job, {audit['peak_rss_mb']:.0f} MB after the audit"
         + _caches_clause(audit.get("native_caches"))
         + "."
-        + (
-            " The forget job's resident set at its highest by stage (sampled every 20 ms): "
-            + ", ".join(f"{stage} {mb:.0f} MB" for stage, mb in audit["forget_peak_rss_by_stage_mb"].items())
-            + "."
-            if "forget_peak_rss_by_stage_mb" in audit
-            else ""
+        + _stage_peaks(
+            " The forget job's resident set at its highest by stage (sampled every 20 ms): ",
+            audit.get("forget_peak_rss_by_stage_mb"),
         ),
         "",
         "Time by attack (from the attack's first progress report to the next attack's; the first includes "
@@ -566,13 +571,7 @@ def render(results: dict, kind: str = "") -> str:
             )
             + _caches_clause(results.get("memory_native_caches"))
             + "."
-            + (
-                " Its stage peaks: "
-                + ", ".join(f"{stage} {mb:.0f}" for stage, mb in results["memory_stage_peaks_mb"].items())
-                + " MB."
-                if "memory_stage_peaks_mb" in results
-                else ""
-            ),
+            + _stage_peaks(" Its stage peaks: ", results.get("memory_stage_peaks_mb")),
             "",
             *_memory_breakdown(results.get("memory_breakdown")),
         ]
@@ -596,9 +595,7 @@ def render(results: dict, kind: str = "") -> str:
             lines += [
                 "",
                 f"With {setting} the same job peaked at {other['peak_rss_mb']:.0f} MB "
-                f"({other['job_seconds']:.0f} s); stage peaks: "
-                + ", ".join(f"{stage} {mb:.0f}" for stage, mb in other["stage_peaks_mb"].items())
-                + " MB.",
+                f"({other['job_seconds']:.0f} s)" + _stage_peaks("; stage peaks: ", other["stage_peaks_mb"]),
             ]
     lines.append("")
     if audit is not None:

@@ -275,7 +275,7 @@ def test_the_conversions_peak_and_the_jobs_stage_peaks_are_reported_where_record
         "| peak RSS converting the bundled GGUF to safetensors (once per cache: a worker's first job on it) | 1194 MB"
         " |  |  | ≤ 1500 MB | yes |"
     ) in markdown
-    assert "Its stage peaks: loading 900, evaluating 1100, forgetting 1301 MB." in markdown
+    assert "Its stage peaks: loading 900 MB, evaluating 1100 MB, forgetting 1301 MB." in markdown
     assert "does once, `bundled_safetensors_dir`), 19 s, peak RSS 1194 MB (`VmHWM`" in markdown
     older = render(results())
     assert "converting the bundled GGUF" not in older and "Its stage peaks" not in older
