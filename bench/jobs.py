@@ -1,7 +1,8 @@
 """A small SmolLM2 forget job as the worker runs it: for the cached-start time and the peak-memory figure.
 
 `python -m bench.jobs CACHE_DIR` runs one whole job and prints its peak RSS, the peak of each stage and the
-breakdown of `bench.memory` as JSON (run in a fresh process, so the figures are the job's own).
+breakdown of `bench.memory` as JSON (run in a fresh process, so the figures are the job's own);
+`python -m bench.jobs CACHE_DIR conversion` converts the bundled GGUF instead and prints that peak and its time.
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ from lethe.methods import GradientAscentParams
 from lethe.rows import ChoiceRow
 from worker.allocator import allocator_label
 from worker.engine.forget.run import ForgetPlan, run_forget
-from worker.engine.lm import load
-from worker.engine.lm.load import BaseLMCache, LoadedLM
+from worker.engine.lm.load import BaseLMCache, LoadedLM, bundled_safetensors_dir
 from worker.native_caches import native_cache_settings
 
 BASE_LM = ("smollm2-135m-instruct", "bundled:smollm2-135m-instruct")
@@ -133,11 +133,10 @@ def measure_conversion(cache_dir: str) -> dict:
     """Converting the bundled GGUF to safetensors, what a worker's first job on a fresh cache does once: its peak
     RSS and seconds. It converts into a fresh directory inside `cache_dir` (so it is measured whether or not the
     cache holds a copy already), which then becomes the cache's copy where there was none."""
-    base_model, source = BASE_LM
-    bundled_id = source.removeprefix("bundled:")
+    bundled_id = BASE_LM[1].removeprefix("bundled:")
     with tempfile.TemporaryDirectory(prefix=".conversion-", dir=cache_dir) as scratch:
         started = time.perf_counter()
-        converted = load.bundled_safetensors_dir(bundled_id, Path(scratch))
+        converted = bundled_safetensors_dir(bundled_id, Path(scratch))
         seconds = time.perf_counter() - started
         peak = peak_rss_mb()
         target = Path(cache_dir) / "bundled" / bundled_id
