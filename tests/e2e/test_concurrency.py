@@ -2,13 +2,16 @@
 
 One client uploads datasets while another submits forget jobs and cancels them, and a third probes /healthz
 throughout; a job runs on the worker meanwhile. No response may be a 5xx, /healthz must stay fast (an event loop
-blocked by a database call shows up here first) and the running job's heartbeats must get through.
+blocked by a database call shows up here first) and the running job's heartbeats must get through. The /healthz
+probe runs in a process of its own (tests/e2e/healthz_probe.py), so its timings are the server's, not pauses of
+this test process.
 """
 
 import json
 import statistics
+import subprocess
+import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ from typing import Any
 import httpx
 
 from lethe.settings import Settings
-from tests.e2e.conftest import BOOTSTRAP_KEY, start_lethe, upload_rows, wait_for_job
+from tests.e2e.conftest import BOOTSTRAP_KEY, ROOT, start_lethe, upload_rows, wait_for_job
 from tests.tiny_lm import synthetic_choice_rows
 
 UPLOADS = 15
@@ -37,12 +40,11 @@ CONTENTION_ENV = {
 
 
 class Recorder:
-    """Every response status of the mix, and every /healthz latency."""
+    """Every response status of the mix."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.statuses: list[tuple[str, int, str]] = []
-        self.healthz_s: list[float] = []
 
     def call(self, what: str, send: Callable[..., httpx.Response], *args: Any, **kwargs: Any) -> httpx.Response | None:
         """The response of `send(*args, **kwargs)`, recorded; a dropped connection is recorded as status 0."""
@@ -82,15 +84,23 @@ def _submit_and_cancel(base_url: str, recorder: Recorder, forget_id: str) -> Non
                 recorder.call("cancel", client.post, f"/v1/jobs/{submitted.json()['job_id']}/cancel")
 
 
-def _probe_healthz(base_url: str, recorder: Recorder, done: threading.Event) -> None:
-    with httpx.Client(base_url=base_url, timeout=120) as client:
-        while not done.is_set():
-            started = time.monotonic()
-            recorder.call("healthz", client.get, "/healthz")
-            elapsed = time.monotonic() - started
-            with recorder.lock:
-                recorder.healthz_s.append(elapsed)
-            time.sleep(0.05)
+class HealthzProbe:
+    """tests/e2e/healthz_probe.py in a process of its own, probing /healthz from its start until stop()."""
+
+    def __init__(self, base_url: str) -> None:
+        command = [sys.executable, "-m", "tests.e2e.healthz_probe", base_url]
+        self.process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def started(self) -> None:
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline().strip() == "probing", "the /healthz probe did not start"
+
+    def stop(self) -> tuple[list[float], list[int]]:
+        """Every latency in seconds and every status (0: no answer) the probe saw."""
+        output, _ = self.process.communicate(timeout=120)  # closes its stdin, which stops it
+        assert self.process.returncode == 0, f"the /healthz probe failed ({self.process.returncode})"
+        result = json.loads(output)
+        return result["latencies_s"], result["statuses"]
 
 
 def _concurrent_mix(tmp_path: Path, env: dict[str, str], start_service, with_worker: bool) -> None:
@@ -107,33 +117,34 @@ def _concurrent_mix(tmp_path: Path, env: dict[str, str], start_service, with_wor
 
         # Big enough that checking and storing one takes a while: 40000 rows, about 4 MB.
         big_rows = synthetic_choice_rows(40000, seed=5)
-        done = threading.Event()
         workers = [
             threading.Thread(target=_uploads, args=(base_url, recorder, big_rows)),
             threading.Thread(target=_submit_and_cancel, args=(base_url, recorder, forget_id)),
         ]
-        probe = threading.Thread(target=_probe_healthz, args=(base_url, recorder, done))
-        probe.start()
-        for thread in workers:
-            thread.start()
-        for thread in workers:
-            thread.join(timeout=600)
-        done.set()
-        probe.join(timeout=120)
+        probe = HealthzProbe(base_url)
+        try:
+            probe.started()
+            for thread in workers:
+                thread.start()
+            for thread in workers:
+                thread.join(timeout=600)
+        finally:
+            healthz_s, healthz_statuses = probe.stop()
 
         slow_job = client.get(f"/v1/jobs/{slow_job_id}").json()
         if slow_job["status"] in ("queued", "running"):
             client.post(f"/v1/jobs/{slow_job_id}/cancel")
             slow_job = wait_for_job(client, slow_job_id, services, timeout_s=120)
 
-    latencies = sorted(recorder.healthz_s)
+    latencies = sorted(healthz_s)
     p95 = latencies[int(0.95 * (len(latencies) - 1))]
     print(
         f"healthz: {len(latencies)} probes, median {statistics.median(latencies):.3f} s, p95 {p95:.3f} s, "
-        f"max {latencies[-1]:.3f} s; responses: {len(recorder.statuses)}"
+        f"max {latencies[-1]:.3f} s; other responses: {len(recorder.statuses)}"
     )
     assert not recorder.failures(), recorder.failures()
-    answered = [(what, code) for what, code, _ in recorder.statuses if what != "healthz"]
+    assert set(healthz_statuses) == {200}, sorted(set(healthz_statuses))
+    answered = [(what, code) for what, code, _ in recorder.statuses]
     assert answered.count(("upload", 201)) == UPLOADS, recorder.statuses
     # The quick jobs wait behind the slow one (one worker): each is accepted, then cancelled while queued.
     assert answered.count(("submit", 202)) == answered.count(("cancel", 200)) == SUBMISSIONS, recorder.statuses
