@@ -318,6 +318,41 @@ def render_all(everything: dict) -> str:
     return "\n".join(lines)
 
 
+# When the worker began storing the decoder blocks' matmul weights in bf16 on CPUs with native bf16
+# (worker/engine/lm/block_weights.py, commit bb1f84c), which the bench's Lethe fp32 scoring setting then also timed.
+BLOCK_WEIGHTS_SINCE = "2026-11-30T22:48:57+00:00"
+
+
+def _lethe_fp32_rows(results: dict) -> list[str]:
+    """What Lethe's "fp32" scoring rows computed in: the recorded block dtypes, or, for an entry scored on a CPU with
+    native bf16 after block weights came and before the bench recorded them, the warning that they are not fp32."""
+    scoring = results["scoring"]
+    dtypes = scoring.get("lethe_block_dtypes")
+    if dtypes:
+        stored = ", ".join(f"{precision}: {dtype}" for precision, dtype in dtypes.items())
+        return [
+            f"Each Lethe setting scores an LM whose decoder blocks' matmul weights are stored in ({stored}); where "
+            "the worker stores them in bf16, the fp32 setting scores a copy loaded as LETHE_PRECISION=fp32 loads it.",
+            "",
+        ]
+    scored = measured_dates(results).get("scoring", "")
+    if results["machine"]["bf16_native"] and scored >= BLOCK_WEIGHTS_SINCE:
+        headline = scoring.get("lethe_setting", {}).get("precision") == "fp32"
+        return [
+            "**Lethe's fp32 rows here are not fp32.** They scored the worker's LM, whose decoder blocks this CPU "
+            "stores in bf16 (worker/engine/lm/block_weights.py, from 2026-11-30), without autocast, so the blocks "
+            "computed in bf16 (the LM head in fp32); the bench loads an fp32 copy for that setting since 2026-12-02. "
+            + (
+                "Lethe's headline is such a run: its figure is what a worker's LM scores in, with bf16 blocks and no "
+                "autocast, not an fp32 one."
+                if headline
+                else "Lethe's bf16 rows and its headline are as labelled."
+            ),
+            "",
+        ]
+    return []
+
+
 def _mfu(training: dict) -> tuple[float, str]:
     """Lethe's MFU and the peak it is against: the precision the run computed in (older results: bf16's)."""
     if "mfu" in training:
@@ -349,7 +384,9 @@ def render(results: dict, kind: str = "") -> str:
         f"Machine: {m['cpu']}"
         + (f" (CPU family {m['cpu_family']})" if m.get("cpu_family") is not None else "")
         + f", {m['cores']} cores ({m['torch_threads']} torch threads), native bf16: "
-        f"{'yes' if m['bf16_native'] else 'no (bf16 settings skipped)'}; torch {m['torch']}, transformers "
+        f"{'yes' if m['bf16_native'] else 'no (bf16 settings skipped)'}"
+        + ({True: " (AMX tiles)", False: " (no AMX)"}.get(m["amx"], "") if "amx" in m else "")
+        + f"; torch {m['torch']}, transformers "
         f"{m['transformers']}, peft {m['peft']}, Python {m['python']}; {m['date']}.{peaks}{wall}",
         "",
         *_measured_line(results),
@@ -489,6 +526,7 @@ def render(results: dict, kind: str = "") -> str:
             f"{agreement['max_abs_loglikelihood_diff']:.3f}, mean {agreement['mean_abs_loglikelihood_diff']:.4f}, "
             f"same prediction on {agreement['prediction_agreement']:.1%} of rows.",
             "",
+            *_lethe_fp32_rows(results),
             _row("stage", "system", "precision", "batch (pairs)", "seconds", "rows/s", "accuracy", "load avg"),
             _row("---", "---", "---", "---:", "---:", "---:", "---:", "---:"),
         ]

@@ -26,13 +26,13 @@ from bench.machine import cpu_kind, load_average, machine
 from bench.naive_peft import naive_gradient_ascent
 from bench.peak import matmul_peak_flops
 from bench.report import measured_dates
-from bench.scoring_bench import LmEval, compare, lethe_sweep
+from bench.scoring_bench import LetheLMs, LmEval, compare, lethe_block_dtypes, lethe_lms, lethe_sweep
 from bench.tasks import TASKS
 from bench.training_bench import lethe_gradient_ascent, model_flops_per_token
 from lethe.methods import GradientAscentParams
 from worker.allocator import find_jemalloc, preload_environment
-from worker.engine.lm.load import BaseLMCache, LoadedLM
-from worker.engine.precision import bf16_supported, mixed_precision_enabled
+from worker.engine.lm.load import BaseLMCache, LoadedLM, load_base_lm
+from worker.engine.precision import PRECISION_VARIABLE, bf16_supported, mixed_precision_enabled
 from worker.engine.training.checkpointing import ACTIVATION_BUDGET_VARIABLE, CPU_BUDGET_MB
 from worker.native_caches import bound_native_caches
 
@@ -95,6 +95,25 @@ def _peak() -> dict:
     peak: dict = {"fp32": matmul_peak_flops(torch.float32, repeats=PEAK_REPEATS) / 1e9, "repeats": PEAK_REPEATS}
     peak["bf16"] = matmul_peak_flops(torch.bfloat16, repeats=PEAK_REPEATS) / 1e9 if bf16_supported("cpu") else None
     return peak
+
+
+def _scoring_lms(base: LoadedLM, cache_dir: Path) -> LetheLMs:
+    """The LM each of Lethe's scoring settings scores (`scoring_bench.lethe_lms`): where the worker's LM stores its
+    blocks in bf16, the fp32 setting gets a second copy, loaded as LETHE_PRECISION=fp32 loads it."""
+
+    def load_fp32() -> LoadedLM:
+        _log("loading an fp32 copy of SmolLM2-135M-Instruct for Lethe's fp32 scoring setting")
+        before = os.environ.get(PRECISION_VARIABLE)
+        os.environ[PRECISION_VARIABLE] = "fp32"
+        try:
+            return load_base_lm(*jobs.BASE_LM, cache_dir)
+        finally:
+            if before is None:
+                del os.environ[PRECISION_VARIABLE]
+            else:
+                os.environ[PRECISION_VARIABLE] = before
+
+    return lethe_lms(base, load_fp32)
 
 
 def _training_step(base: LoadedLM, model_dir: Path, args: argparse.Namespace, peak: dict) -> dict:
@@ -268,13 +287,15 @@ def main() -> None:
 
     if args.skip_lmeval:
         _log(f"scoring {len(rows)} {args.task} rows with Lethe")
-        results["scoring"] = {"task": args.task, "runs": [r.summary() for r in lethe_sweep(base, rows)]}
+        lms = _scoring_lms(base, args.cache_dir)
+        runs = [r.summary() for r in lethe_sweep(lms, rows)]
+        results["scoring"] = {"task": args.task, "runs": runs, "lethe_block_dtypes": lethe_block_dtypes(lms)}
     else:
         _log("lm-eval venv")
         subprocess.run(["bash", str(BENCH / "setup_lmeval.sh")], check=True)
         _log(f"scoring {len(rows)} {args.task} rows: lm-eval and Lethe, every setting, then the best of each")
         lmeval = LmEval(BENCH / ".lmeval-venv/bin/python", model_dir, rows, args.work_dir)
-        results["scoring"] = compare(base, rows, lmeval, args.task)
+        results["scoring"] = compare(_scoring_lms(base, args.cache_dir), rows, lmeval, args.task)
 
     measured = {"scoring": machine()["date"]}
     results["training"] = _training_step(base, model_dir, args, results["matmul_peak_gflops"])

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 from bench.machine import load_average
 from bench.tasks import write_lmeval_task
 from lethe.rows import ChoiceRow
+from worker.engine.lm.block_weights import block_matmul_layers
 from worker.engine.lm.load import LoadedLM
 from worker.engine.metrics.choice_scores import score_choices
 from worker.engine.precision import bf16_supported
@@ -30,7 +32,31 @@ LMEVAL_SETTINGS: dict[str, tuple[dict[str, str | None], list[int]]] = {
     "bf16 autocast": ({"dtype": "float32", "mixed_precision_dtype": "bfloat16"}, [8, 16, 32]),
 }
 # Lethe's: score_choices(bf16=...), with the batch sizes tried. Under bf16 autocast Lethe keeps the head in fp32.
+# Each setting scores its own LM (`lethe_lms`): the fp32 one an LM whose blocks are stored in fp32.
 LETHE_SETTINGS: dict[str, tuple[bool, list[int]]] = {"fp32": (False, [32, 64]), "bf16 autocast": (True, [16, 32, 64])}
+# Lethe's LM for each of its settings.
+LetheLMs = dict[str, LoadedLM]
+
+
+def block_dtype(loaded: LoadedLM) -> str:
+    """The dtype the decoder blocks' matmul weights are stored in, e.g. `float32`."""
+    dtypes = {str(layer.weight.dtype).removeprefix("torch.") for layer in block_matmul_layers(loaded.lm)}
+    return "/".join(sorted(dtypes))
+
+
+def lethe_lms(base: LoadedLM, load_fp32: Callable[[], LoadedLM]) -> LetheLMs:
+    """The LM each Lethe setting scores: `base` (as a worker loads it here) for bf16 autocast; for fp32, `base` if its
+    blocks are stored in fp32, else `load_fp32()` (the LM as LETHE_PRECISION=fp32 loads it).
+
+    Where the CPU computes bf16 natively a worker stores the decoder blocks' matmul weights in bf16
+    (`lm/block_weights.py`), and outside autocast they still compute in bf16: scoring that LM with bf16=False is not
+    fp32. Until 2026-12-02 the bench did just that, so the "fp32" rows of entries scored on such CPUs between
+    2026-11-30 (when block weights came) and then timed bf16 blocks (the report says so beside them).
+    """
+    fp32 = base if block_dtype(base) == "float32" else load_fp32()
+    if block_dtype(fp32) != "float32":
+        raise RuntimeError(f"the fp32 setting's LM stores its blocks in {block_dtype(fp32)}, not float32")
+    return {"fp32": fp32, "bf16 autocast": base}
 
 
 @dataclass
@@ -57,12 +83,13 @@ class ScoringRun:
         return fields | {"rows_per_s": self.rows_per_s}
 
 
-def lethe_run(base: LoadedLM, rows: list[ChoiceRow], precision: str, batch_size: int) -> ScoringRun:
-    """One timed score_choices call."""
+def lethe_run(lms: LetheLMs, rows: list[ChoiceRow], precision: str, batch_size: int) -> ScoringRun:
+    """One timed score_choices call, on the LM of that setting."""
     bf16 = LETHE_SETTINGS[precision][0]
+    lm, tokenizer = lms[precision].lm, lms[precision].tokenizer
     load = load_average()
     started = time.perf_counter()
-    scores = score_choices(base.lm, base.tokenizer, rows, batch_size, bf16=bf16)
+    scores = score_choices(lm, tokenizer, rows, batch_size, bf16=bf16)
     seconds = time.perf_counter() - started
     run = ScoringRun("lethe", precision, batch_size, seconds, len(rows), scores.accuracy, load, scores.loglikelihoods)
     print(f"  lethe {precision} batch {batch_size}: {run.rows_per_s:.2f} rows/s", file=sys.stderr)
@@ -75,11 +102,14 @@ def worth_running(precision: str) -> bool:
     return "bf16" not in precision or bf16_supported("cpu")
 
 
-def lethe_sweep(base: LoadedLM, rows: list[ChoiceRow]) -> list[ScoringRun]:
-    """score_choices at every setting worth running here (after one small untimed call that warms the kernels)."""
-    score_choices(base.lm, base.tokenizer, rows[:4], 4)
+def lethe_sweep(lms: LetheLMs, rows: list[ChoiceRow]) -> list[ScoringRun]:
+    """score_choices at every setting worth running here (after one small untimed call on each setting's LM, which
+    warms the kernels)."""
+    for precision, (bf16, _) in LETHE_SETTINGS.items():
+        if worth_running(precision):
+            score_choices(lms[precision].lm, lms[precision].tokenizer, rows[:4], 4, bf16=bf16)
     return [
-        lethe_run(base, rows, precision, batch_size)
+        lethe_run(lms, rows, precision, batch_size)
         for precision, (_, batch_sizes) in LETHE_SETTINGS.items()
         if worth_running(precision)
         for batch_size in batch_sizes
@@ -152,21 +182,26 @@ def fastest_at_parity(runs: list[ScoringRun], reference_accuracy: float) -> Scor
     return max(at_parity, key=lambda r: r.rows_per_s)
 
 
-def compare(base: LoadedLM, rows: list[ChoiceRow], lmeval: LmEval, task: str, rounds: int = 2) -> dict:
+def compare(lms: LetheLMs, rows: list[ChoiceRow], lmeval: LmEval, task: str, rounds: int = 2) -> dict:
     """Sweep both sides' settings, then time each side's fastest setting at parity `rounds` more times.
 
     The final rounds alternate the two sides, so a busy spell on the shared machine hits both; each side's
     figure is its best (shortest) run of that setting, as timeit does.
     """
-    sweep = lmeval.sweep() + lethe_sweep(base, rows)
+    sweep = lmeval.sweep() + lethe_sweep(lms, rows)
     reference = next(r for r in sweep if r.system == "lm-eval" and r.precision == "fp32")
     best_lmeval = fastest_at_parity([r for r in sweep if r.system == "lm-eval"], reference.accuracy)
     best_lethe = fastest_at_parity([r for r in sweep if r.system == "lethe"], reference.accuracy)
     finals: list[ScoringRun] = []
     for _ in range(rounds):
         finals += lmeval.runs(best_lmeval.precision, [best_lmeval.batch_size])
-        finals.append(lethe_run(base, rows, best_lethe.precision, best_lethe.batch_size))
-    return summarize(sweep, finals, reference, task)
+        finals.append(lethe_run(lms, rows, best_lethe.precision, best_lethe.batch_size))
+    return summarize(sweep, finals, reference, task) | {"lethe_block_dtypes": lethe_block_dtypes(lms)}
+
+
+def lethe_block_dtypes(lms: LetheLMs) -> dict[str, str]:
+    """The dtype each Lethe setting's LM stores its decoder blocks' matmul weights in, for the record."""
+    return {precision: block_dtype(lms[precision]) for precision in LETHE_SETTINGS if worth_running(precision)}
 
 
 def _same_setting(run: ScoringRun, other: ScoringRun) -> bool:

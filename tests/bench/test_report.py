@@ -102,6 +102,11 @@ def test_each_cpu_kind_keeps_its_own_figures() -> None:
     zen5 = results()["machine"] | {"cpu": "AMD EPYC", "cpu_family": 26}
     assert cpu_kind(zen5) == "amd-epyc-family26-bf16"
     assert cpu_kind(zen5 | {"cpu_family": 25}) == "amd-epyc-family25-bf16"
+    # Every Intel Xeon is family 6: machines that record AMX (from 2026-12-02) are told apart by it.
+    xeon = results()["machine"] | {"cpu": "Intel(R) Xeon(R) Processor", "cpu_family": 6}
+    assert cpu_kind(xeon | {"amx": True}) == "intel-xeon-family6-amx-bf16"
+    assert cpu_kind(xeon | {"amx": False}) == cpu_kind(xeon) == "intel-xeon-family6-bf16"
+    assert "native bf16: yes (AMX tiles); torch" in render(results() | {"machine": xeon | {"amx": True}})
     assert "Machine: AMD EPYC (CPU family 26), 2 cores" in render(results() | {"machine": zen5})
     markdown = render_all({"by_cpu": {"amd-epyc-bf16": results(), "intel-xeon-fp32": fp32_results()}})
     assert "| amd-epyc-bf16 | 2.50× | 2.00× | 25.0% (vs bf16 peak) | 3.0 s | 2000 MB | — |" in markdown
@@ -279,3 +284,22 @@ def test_the_conversions_peak_and_the_jobs_stage_peaks_are_reported_where_record
     assert "does once, `bundled_safetensors_dir`), 19 s, peak RSS 1194 MB (`VmHWM`" in markdown
     older = render(results())
     assert "converting the bundled GGUF" not in older and "Its stage peaks" not in older
+
+
+def test_lethes_fp32_scoring_rows_say_what_they_computed_in() -> None:
+    not_fp32 = "**Lethe's fp32 rows here are not fp32.**"
+    # Scored on a CPU with native bf16 after the worker began storing the blocks in bf16, before the bench loaded
+    # an fp32 copy for that setting: the rows are flagged.
+    scored_then = results() | {"measured": {"scoring": "2026-12-01T11:45:15+00:00"}}
+    assert not_fp32 in render(scored_then) and "its headline are as labelled" in render(scored_then)
+    fp32_headline = scored_then | {"scoring": scored_then["scoring"] | {"lethe_setting": {"precision": "fp32"}}}
+    assert "Lethe's headline is such a run" in render(fp32_headline)
+    # Before block weights, or on a CPU without native bf16, the blocks were fp32: nothing to flag.
+    assert not_fp32 not in render(results())
+    assert not_fp32 not in render(scored_then | {"machine": results()["machine"] | {"bf16_native": False}})
+    # Runs that record each setting's block dtype say them instead.
+    dtypes = {"fp32": "float32", "bf16 autocast": "bfloat16"}
+    recorded = scored_then | {"scoring": scored_then["scoring"] | {"lethe_block_dtypes": dtypes}}
+    markdown = render(recorded)
+    assert not_fp32 not in markdown
+    assert "decoder blocks' matmul weights are stored in (fp32: float32, bf16 autocast: bfloat16)" in markdown

@@ -1,10 +1,15 @@
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from bench.scoring_bench import ScoringRun, fastest_at_parity, summarize
+from bench.scoring_bench import ScoringRun, block_dtype, fastest_at_parity, lethe_lms, summarize
 from bench.tasks import TASKS, write_lmeval_task
 from lethe.rows import ChoiceRow
+from tests.tiny_lm import synthetic_choice_rows
+from worker.engine.lm.load import LoadedLM, load_base_lm
+from worker.engine.metrics.choice_scores import score_choices
 
 
 def run(system: str, precision: str, seconds: float, accuracy: float, loglikelihoods=None) -> ScoringRun:
@@ -66,3 +71,32 @@ def test_bench_rows_use_lmevals_prompt() -> None:
     assert len(rows) == 5
     assert all(row.prompt.startswith("Question: ") and row.prompt.endswith("\nAnswer:") for row in rows)
     assert all(choice.startswith(" ") for row in rows for choice in row.choices)
+
+
+def test_the_fp32_setting_scores_an_lm_whose_blocks_are_fp32(tiny_lm_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Where a worker stores the blocks in bf16, scoring its LM without autocast still computes them in bf16: the
+    bench's fp32 setting scores a copy loaded as LETHE_PRECISION=fp32 loads it, and gets other numbers."""
+    source = f"path:{tiny_lm_dir}"
+    monkeypatch.setenv("LETHE_PRECISION", "bf16")  # as `auto` loads it on a CPU with native bf16
+    worker_lm = load_base_lm("tiny", source, tmp_path)
+    assert block_dtype(worker_lm) == "bfloat16"
+    loaded: list[LoadedLM] = []
+
+    def load_fp32() -> LoadedLM:
+        monkeypatch.setenv("LETHE_PRECISION", "fp32")
+        loaded.append(load_base_lm("tiny", source, tmp_path))
+        return loaded[-1]
+
+    lms = lethe_lms(worker_lm, load_fp32)
+    assert lms["bf16 autocast"] is worker_lm and lms["fp32"] is loaded[0]
+    assert block_dtype(lms["fp32"]) == "float32"
+    rows = [ChoiceRow.from_dict(r) for r in synthetic_choice_rows(8, seed=1)]
+    fp32 = score_choices(lms["fp32"].lm, lms["fp32"].tokenizer, rows, batch_size=4, bf16=False)
+    bf16_blocks = score_choices(worker_lm.lm, worker_lm.tokenizer, rows, batch_size=4, bf16=False)
+    assert np.abs(np.concatenate(fp32.loglikelihoods) - np.concatenate(bf16_blocks.loglikelihoods)).max() > 1e-4
+
+    # An LM whose blocks are fp32 already serves both settings; nothing more is loaded.
+    assert lethe_lms(loaded[0], lambda: pytest.fail("loaded a second copy")) == {
+        "fp32": loaded[0],
+        "bf16 autocast": loaded[0],
+    }
