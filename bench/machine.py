@@ -51,9 +51,9 @@ def cpu_kind(machine: dict) -> str:
     The family number tells CPUs of one line apart that the model name ("AMD EPYC" on these machines) and the
     precision do not: a Zen 5 EPYC (family 26) multiplies bf16 at twice a Zen 4's rate (family 25; both native bf16:
     898 against 404 GFLOP/s on two cores). Every Intel Xeon is family 6, so there AMX tells them apart: an Intel
-    Xeon with AMX multiplied bf16 at 1,965 GFLOP/s on two cores, the one of the 2026-11-30 entry at 946 (it recorded
-    neither). Entries measured before machines recorded the family (2026-12-01) or AMX (2026-12-02) keep their key
-    without it, e.g. `amd-epyc-bf16`."""
+    Xeon with AMX multiplied bf16 at 1,965 and 2,295 GFLOP/s on two cores (two runs), the one of the 2026-11-30
+    entry at 946 (it recorded neither). Entries measured before machines recorded the family (2026-12-01) or AMX
+    (2026-12-02) keep their key without it, e.g. `amd-epyc-bf16`."""
     name = machine["cpu"].lower()
     words = re.findall(r"[a-z]+", name.replace("(r)", " ").replace("(tm)", " "))
     vendor = next((w for w in words if w in ("amd", "intel", "arm", "apple", "ampere")), words[0] if words else "cpu")
