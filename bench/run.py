@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -103,15 +104,8 @@ def _scoring_lms(base: LoadedLM, cache_dir: Path) -> LetheLMs:
 
     def load_fp32() -> LoadedLM:
         _log("loading an fp32 copy of SmolLM2-135M-Instruct for Lethe's fp32 scoring setting")
-        before = os.environ.get(PRECISION_VARIABLE)
-        os.environ[PRECISION_VARIABLE] = "fp32"
-        try:
+        with mock.patch.dict(os.environ, {PRECISION_VARIABLE: "fp32"}):  # put back as it was on leaving
             return load_base_lm(*jobs.BASE_LM, cache_dir)
-        finally:
-            if before is None:
-                del os.environ[PRECISION_VARIABLE]
-            else:
-                os.environ[PRECISION_VARIABLE] = before
 
     return lethe_lms(base, load_fp32)
 

@@ -50,8 +50,8 @@ def lethe_lms(base: LoadedLM, load_fp32: Callable[[], LoadedLM]) -> LetheLMs:
 
     Where the CPU computes bf16 natively a worker stores the decoder blocks' matmul weights in bf16
     (`lm/block_weights.py`), and outside autocast they still compute in bf16: scoring that LM with bf16=False is not
-    fp32. Until 2026-12-02 the bench did just that, so the "fp32" rows of entries scored on such CPUs between
-    2026-11-30 (when block weights came) and then timed bf16 blocks (the report says so beside them).
+    fp32. The bench did just that from 2026-11-30 (when block weights came) to 2026-12-02, so the "fp32" rows of
+    entries scored on such CPUs then timed bf16 blocks (the report says so beside them).
     """
     fp32 = base if block_dtype(base) == "float32" else load_fp32()
     if block_dtype(fp32) != "float32":
