@@ -3,14 +3,17 @@ slot."""
 
 import copy
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
+from peft.tuners.lora.layer import Linear as LoraLinear
 
 from worker.engine.lm.load import LoadedLM
 from worker.engine.lm.lora import (
     REFERENCE,
+    FusedLoraLinear,
     attach_lora,
     attached,
     attached_lora,
@@ -146,3 +149,53 @@ def test_an_injection_that_fails_half_way_is_undone(tiny_base: LoadedLM) -> None
     with pytest.raises(RuntimeError, match="size mismatch"), attached(lm, failing):
         pass
     assert_pristine(lm, weights)
+
+
+def _unfused_twin(peft_lm: PeftModel, lm: torch.nn.Module) -> PeftModel:
+    """A copy of `lm` with peft's own LoRA layers (no custom mapping) holding `peft_lm`'s adapter weights."""
+    twin = get_peft_model(copy.deepcopy(lm), copy.deepcopy(lora_config(lm, rank=4, alpha=8)))
+    twin.load_state_dict(peft_lm.state_dict())
+    assert not any(isinstance(m, FusedLoraLinear) for m in twin.modules())
+    return twin
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_the_fused_lora_layer_computes_peft_s_sum_and_gradients(tiny_base: LoadedLM, autocast: bool) -> None:
+    torch.manual_seed(0)
+    peft_lm = attach_lora(copy.deepcopy(tiny_base.lm), rank=4, alpha=8)
+    _randomise_b(peft_lm, seed=1)
+    linear = [m for m in peft_lm.modules() if isinstance(m, LoraLinear)]
+    assert linear and all(isinstance(m, FusedLoraLinear) for m in linear)
+    twin = _unfused_twin(peft_lm, tiny_base.lm)
+    input_ids = torch.tensor([tiny_base.tokenizer.encode("The red apple is a fruit, the old saw a tool")])
+    grads = []
+    for lm in (peft_lm, twin):
+        lm.train()
+        lm.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = lm(input_ids=input_ids).logits.float()
+        logits.logsumexp(-1).sum().backward()
+        grads.append((logits.detach(), {n: p.grad for n, p in lm.named_parameters() if p.requires_grad}))
+    (fused_logits, fused_grads), (peft_logits, peft_grads) = grads
+    assert fused_grads.keys() == peft_grads.keys() and fused_grads
+    # fp32: the same products and sums, grouped as BLAS groups them; bf16: the sum is rounded once, not twice.
+    atol = 5e-2 if autocast else 1e-5
+    torch.testing.assert_close(fused_logits, peft_logits, atol=atol, rtol=atol)
+    for name, grad in fused_grads.items():
+        torch.testing.assert_close(grad, peft_grads[name], atol=atol * 10, rtol=atol * 10, msg=name)
+    # The fused forward is not a no-op: without the adapter's update the logits differ.
+    with peft_lm.disable_adapter(), torch.no_grad():
+        assert not torch.allclose(peft_lm(input_ids=input_ids).logits, fused_logits, atol=1e-3)
+
+
+def test_the_fused_layer_leaves_no_mark_on_the_saved_adapter(tiny_base: LoadedLM, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    peft_lm = attach_lora(copy.deepcopy(tiny_base.lm), rank=4, alpha=8)
+    _randomise_b(peft_lm, seed=1)
+    peft_lm.save_pretrained(tmp_path)
+    assert "custom" not in (tmp_path / "adapter_config.json").read_text()
+    # Loaded by plain peft, the adapter gives the fused layer's logits.
+    loaded = PeftModel.from_pretrained(copy.deepcopy(tiny_base.lm), str(tmp_path))
+    assert not any(isinstance(m, FusedLoraLinear) for m in loaded.modules())
+    input_ids = torch.tensor([tiny_base.tokenizer.encode("The red apple is a fruit")])
+    torch.testing.assert_close(_logits(loaded, input_ids), _logits(peft_lm, input_ids), atol=1e-5, rtol=1e-5)

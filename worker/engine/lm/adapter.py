@@ -20,13 +20,13 @@ from typing import Any
 
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from peft import PeftModel
+from peft import LoraConfig, PeftModel
 from safetensors.torch import load as load_safetensors
 from transformers import PreTrainedModel
 
 from lethe.forgetting import Forgetting
 from worker.engine.lm.load import BUNDLED_LMS, LoadedLM
-from worker.engine.lm.lora import TRAINED, LoraState, attached, lora_state
+from worker.engine.lm.lora import TRAINED, LoraState, attached, fused, lora_state
 from worker.engine.metrics.values import CurvePoint, MetricValue
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -331,7 +331,8 @@ def opened_adapter(
         raise ValueError(f"the adapter carries pickled files ({', '.join(pickled)}); refusing to load it")
 
     def from_pretrained(lm: PreTrainedModel) -> PeftModel:
-        return PeftModel.from_pretrained(lm, str(adapter_dir), is_trainable=True)
+        config = fused(LoraConfig.from_pretrained(str(adapter_dir)))
+        return PeftModel.from_pretrained(lm, str(adapter_dir), config=config, is_trainable=True)
 
     with attached(base.lm, from_pretrained) as peft_lm:
         peft_lm.eval()

@@ -17,6 +17,7 @@ from typing import cast
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora.layer import Linear as LoraLinear
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
@@ -68,6 +69,47 @@ def lora_config(lm: PreTrainedModel, rank: int, alpha: int, layers: Sequence[int
     )
 
 
+class FusedLoraLinear(LoraLinear):
+    """peft's LoRA layer on a torch Linear, with the update added inside one matmul: the same sum,
+    W x + s · B (A x), computed as `addmm(W x, A x, Bᵀ, alpha=s)` instead of peft's `W x + B(A x) * s`.
+
+    peft's form makes two more passes over the layer's whole output, forward and backward (the scaling and the
+    sum); on a CPU those cost more than the rank-8 products themselves (bench: `python -m bench.lora_fusion`).
+    Anything but plain LoRA on plain inputs (merged or disabled adapters, per-row adapter names, DoRA and other
+    variants, a LoRA bias, an input whose dtype the adapter's does not match outside autocast) goes to peft's own
+    forward. The adapter's parameters, their names and what peft saves are peft's: only the forward differs.
+    """
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if args or kwargs or self.disable_adapters or self.merged or self.lora_variant:
+            return super().forward(x, *args, **kwargs)
+        result = self.base_layer(x)
+        dtype = result.dtype
+        for adapter in self.active_adapters:
+            if adapter not in self.lora_A:
+                continue
+            lora_a, lora_b = self.lora_A[adapter], self.lora_B[adapter]
+            hidden = lora_a(self.lora_dropout[adapter](self._cast_input_dtype(x, lora_a.weight.dtype)))
+            scaling = self.scaling[adapter]
+            autocast = torch.is_autocast_enabled(result.device.type)
+            if lora_b.bias is not None or not (autocast or result.dtype == hidden.dtype == lora_b.weight.dtype):
+                result = result + lora_b(hidden) * scaling  # peft's own sum
+                continue
+            # result + scaling · hidden Bᵀ, one BLAS call (autocast casts its operands as it casts peft's).
+            result = torch.addmm(
+                result.reshape(-1, result.shape[-1]), hidden.reshape(-1, hidden.shape[-1]), lora_b.weight.t(),
+                alpha=scaling,
+            ).view(result.shape)
+        return result.to(dtype)
+
+
+def fused(config: LoraConfig) -> LoraConfig:
+    """`config` with its torch Linear layers taking `FusedLoraLinear` (peft's custom-module mapping, which peft
+    neither saves nor needs to load the adapter: a plain peft LoRA elsewhere)."""
+    config._register_custom_module({torch.nn.Linear: FusedLoraLinear})
+    return config
+
+
 def attach_lora(lm: PreTrainedModel, rank: int, alpha: int, layers: Sequence[int] | None = None) -> PeftModel:
     """Wrap `lm` for good with fresh LoRA adapters (`lora_config`): for an LM the caller owns. A shared LM (the
     cached base) takes them only for a while: `attached_lora`."""
@@ -79,7 +121,7 @@ def _wrapped(lm: PreTrainedModel, config: LoraConfig) -> PeftModel:
         # peft reads transformers' deprecated `is_gradient_checkpointing`; not ours to fix, just noise.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         # peft writes into the config it is given (the expanded target modules, the base's path): a copy of it.
-        return get_peft_model(lm, copy.deepcopy(config))
+        return get_peft_model(lm, fused(copy.deepcopy(config)))
 
 
 def attached_lora(
