@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -59,24 +60,38 @@ class _FirstStep(Exception):
     """Raised from the progress callback once forgetting has taken its first optimiser step."""
 
 
-def seconds_to_first_step(cache: BaseLMCache) -> float:
-    """From the job's start (getting the base LM from the cache) to the end of its first optimiser step.
+@dataclass(frozen=True)
+class StartTimes:
+    """A job's seconds from its start (getting the base LM from the cache) to forgetting's start and to the end of
+    forgetting's first optimiser step."""
 
-    The job evaluates the base LM on every split first, as the worker does; the progress callback first
-    reports "forgetting" after the first optimiser step, and the job is stopped there.
+    training_started: float
+    first_step: float
+
+
+def seconds_to_first_step(cache: BaseLMCache) -> StartTimes:
+    """From the job's start (getting the base LM from the cache) to the start of forgetting and to the end of its
+    first optimiser step.
+
+    The job evaluates the base LM on every split first, as the worker does (a second job takes those scores from the
+    worker's base-stage cache); the progress callback reports "forgetting" as forgetting starts and again after
+    each optimiser step, and the job is stopped after the first.
     """
     forget_train, forget_heldout, retain = job_rows()
+    reports: list[float] = []
 
     def stop_at_first_step(stage: str, _fraction: float) -> None:
         if stage == "forgetting":
-            raise _FirstStep
+            reports.append(time.perf_counter() - started)
+            if len(reports) == 2:
+                raise _FirstStep
 
     started = time.perf_counter()
     try:
         base = cache.get(*BASE_LM)
         run_forget(base, plan(max_steps=1, probe=False), forget_train, forget_heldout, retain, stop_at_first_step)
     except _FirstStep:
-        return time.perf_counter() - started
+        return StartTimes(training_started=reports[0], first_step=reports[1])
     raise RuntimeError("the job ended without a forgetting step")
 
 

@@ -291,7 +291,7 @@ def render_all(everything: dict) -> str:
                 f"{scoring['speedup']:.2f}×" if "speedup" in scoring else "—",
                 f"{training['speedup']:.2f}×" if training else "—",
                 f"{_mfu(training)[0]:.1%} ({_mfu(training)[1]})" if training else "—",
-                f"{results['cached_start_s']:.1f} s" if "cached_start_s" in results else "—",
+                _cached_start(results),
                 f"{results['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in results else "—",
                 f"{audit['ratio']:.2f}×" if audit else "—",
                 _measured_span(results),
@@ -351,6 +351,16 @@ def _lethe_fp32_rows(results: dict) -> list[str]:
             "",
         ]
     return []
+
+
+def _cached_start(results: dict) -> str:
+    """The overview's cached start: claim to the start of training where the entry timed it, otherwise (older
+    entries) claim to the end of the first optimizer step, marked so."""
+    if "cached_training_start_s" in results:
+        return f"{results['cached_training_start_s']:.1f} s"
+    if "cached_start_s" in results:
+        return f"{results['cached_start_s']:.1f} s (to the first step's end)"
+    return "—"
 
 
 def _mfu(training: dict) -> tuple[float, str]:
@@ -445,15 +455,28 @@ def render(results: dict, kind: str = "") -> str:
                 "",
             ),
         ]
-    if "cached_start_s" in results:
+    if "cached_training_start_s" in results:
         lines.append(
             _row(
-                "second job on the same base and rows: claim to first optimizer step",
+                "second job on the same base and rows: claim to the start of training",
+                f"{results['cached_training_start_s']:.1f} s",
+                f"{results['cold_training_start_s']:.1f} s (first job)",
+                "",
+                f"≤ {CACHED_START_TARGET_S:.0f} s",
+                _met(CACHED_START_TARGET_S, results["cached_training_start_s"]),  # at most the target: swapped
+            )
+        )
+    if "cached_start_s" in results:
+        # Entries from before the start of training was timed have this row only, and it carried the target.
+        timed_start = "cached_training_start_s" in results
+        lines.append(
+            _row(
+                "second job on the same base and rows: claim to the end of its first optimizer step",
                 f"{results['cached_start_s']:.1f} s",
                 f"{results['cold_start_s']:.1f} s (first job)",
                 "",
-                f"≤ {CACHED_START_TARGET_S:.0f} s",
-                _met(CACHED_START_TARGET_S, results["cached_start_s"]),  # at most the target: the arguments swapped
+                "" if timed_start else f"≤ {CACHED_START_TARGET_S:.0f} s",
+                "" if timed_start else _met(CACHED_START_TARGET_S, results["cached_start_s"]),
             )
         )
     audit_entry = results.get("audit")
@@ -582,7 +605,15 @@ def render(results: dict, kind: str = "") -> str:
             "## Cached start",
             "",
             "Two forget jobs on the same base LM and rows in one process (one worker), each timed from its claim "
-            "(getting the base LM from the worker's `BaseLMCache`) to the end of its first optimizer step. The first "
+            "(getting the base LM from the worker's `BaseLMCache`) to the end of its first optimizer step"
+            + (
+                " and to the start of forgetting (the first progress report of its forgetting stage: the issue's "
+                "target, a second job starting to train within 2 s of its claim; the first step's own time is "
+                "training speed)"
+                if "cached_training_start_s" in results
+                else " (this entry timed only that, against the 2 s target)"
+            )
+            + ". The first "
             "evaluates the base stage on every split (32 forget-train, 8 forget-heldout ARC-Easy rows, 16 PIQA retain "
             "rows); the second takes those scores from the worker's base-stage cache "
             "(`worker/engine/forget/base_stage.py`). The pipeline's own reads (rows from the object store) are not "

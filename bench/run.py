@@ -167,7 +167,8 @@ def _training_step(base: LoadedLM, model_dir: Path, args: argparse.Namespace, pe
 
 def _cached_start_step(cache_dir: Path) -> dict:
     """Two jobs on the same base and rows in one process (one worker): each from its claim (getting the base LM
-    from the cache) to its first optimizer step. The second reuses the base stage the first evaluated."""
+    from the cache) to the start of forgetting and to its first optimizer step. The second reuses the base stage
+    the first evaluated."""
     _log("cached start: two jobs in one process")
     cache = BaseLMCache(cache_dir)
     cold_load = load_average()
@@ -175,8 +176,10 @@ def _cached_start_step(cache_dir: Path) -> dict:
     warm_load = load_average()
     warm = jobs.seconds_to_first_step(cache)
     return {
-        "cached_start_s": warm,
-        "cold_start_s": cold,
+        "cached_training_start_s": warm.training_started,
+        "cold_training_start_s": cold.training_started,
+        "cached_start_s": warm.first_step,
+        "cold_start_s": cold.first_step,
         "cached_start_load_average": warm_load,
         "cold_start_load_average": cold_load,
     }

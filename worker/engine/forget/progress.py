@@ -62,6 +62,11 @@ class Progress:
         self.done += units
         self.on_progress(stage, min(self.done / self.total, 1.0))
 
+    def started(self, stage: str) -> None:
+        """`stage` begins (finetuning or forgetting): reported now, not only after its first optimiser step, so that
+        a job shows the stage it is in and a second job's start (its base stage cached) can be timed."""
+        self.advance(stage, 0.0)
+
     def trained(self, stage: str, rows: int) -> None:
         """`rows` examples trained on in `stage` (finetuning or forgetting)."""
         self.advance(stage, rows * TRAIN_COST)

@@ -382,6 +382,7 @@ class _Run:
     def finetune(self, peft_lm: PeftModel, config: FinetuneSpec, resume: TrainingSnapshot | None) -> None:
         """Teach the task first: minimise the NLL of the true targets of forget-train."""
         snapshots = self.snapshots
+        self.progress.started("finetuning")
         train(
             peft_lm,
             self.tokenizer,
@@ -422,6 +423,7 @@ class _Run:
         Stop reasons: `target` and `utility_floor` (see `StopRule`), `max_steps`, `epochs`.
         """
         params = self.params
+        self.progress.started("forgetting")
         stop = StopRule(params, self.splits, self.before_scores, peft_lm)
         trained_rows = 0
         checks = 0
