@@ -90,7 +90,7 @@ class FusedLoraLinear(LoraLinear):
         for adapter in self.active_adapters:
             if adapter not in self.lora_A:
                 continue
-            lora_a, lora_b = self.lora_A[adapter], self.lora_B[adapter]
+            lora_a, lora_b = cast(torch.nn.Linear, self.lora_A[adapter]), cast(torch.nn.Linear, self.lora_B[adapter])
             hidden = lora_a(self.lora_dropout[adapter](self._cast_input_dtype(x, lora_a.weight.dtype)))
             scaling = self.scaling[adapter]
             autocast = torch.is_autocast_enabled(result.device.type)
@@ -99,7 +99,9 @@ class FusedLoraLinear(LoraLinear):
                 continue
             # result + scaling · hidden Bᵀ, one BLAS call (autocast casts its operands as it casts peft's).
             result = torch.addmm(
-                result.reshape(-1, result.shape[-1]), hidden.reshape(-1, hidden.shape[-1]), lora_b.weight.t(),
+                result.reshape(-1, result.shape[-1]),
+                hidden.reshape(-1, hidden.shape[-1]),
+                lora_b.weight.t(),
                 alpha=scaling,
             ).view(result.shape)
         return result.to(dtype)
