@@ -9,6 +9,7 @@ from worker.engine.methods.losses import activation_distance, dpo_loss, kl_to_re
 from worker.engine.methods.plugins import project_out_retain
 from worker.engine.methods.rmu import random_unit_vector
 from worker.engine.training.batches import IGNORE
+from worker.engine.training.logprobs import TargetLogits
 
 
 def log_sigmoid(x: float) -> float:
@@ -86,8 +87,9 @@ def test_kl_to_reference_averages_over_target_tokens_only() -> None:
     labels = torch.tensor([[IGNORE, 0, 1], [IGNORE, IGNORE, 1]])  # target tokens: (0, 1), (0, 2), (1, 2)
     # Target positions predict from logits positions (0,0), (0,1), (1,1); only (0,1) differs from uniform.
     kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
-    assert float(kl_to_reference(logits, reference, labels)) == pytest.approx(kl / 3)
-    assert float(kl_to_reference(reference, reference, labels)) == pytest.approx(0.0, abs=1e-7)
+    current, ref = TargetLogits.of(logits, labels), TargetLogits.of(reference, labels)
+    assert float(kl_to_reference(current, ref)) == pytest.approx(kl / 3)
+    assert float(kl_to_reference(ref, ref)) == pytest.approx(0.0, abs=1e-7)
 
 
 def test_activation_distance_is_a_masked_mean_of_squared_distance_over_the_hidden_size() -> None:

@@ -9,7 +9,7 @@ from tests.tiny_lm import synthetic_choice_rows
 from worker.engine.lm.load import LoadedLM
 from worker.engine.training import objective, packing
 from worker.engine.training.batches import IGNORE, collate, examples_of, make_example
-from worker.engine.training.logprobs import aligned_labels, mean_nll, sequence_logprob
+from worker.engine.training.logprobs import TargetLogits, aligned_labels, mean_nll, sequence_logprob
 from worker.engine.training.packing import packing_pays, packs_correctly
 
 ROWS = [ChoiceRow.from_dict(r) for r in synthetic_choice_rows(32, seed=0)]
@@ -69,6 +69,32 @@ def test_a_packed_batch_gives_the_padded_batchs_logits(tiny_base: LoadedLM) -> N
     predicts = aligned_labels(padded, batch.labels)[:, 1:] != IGNORE
     assert torch.allclose(packed[:, :-1][predicts], padded[:, :-1][predicts], atol=1e-4)
     assert float(mean_nll(packed, batch.labels)) == pytest.approx(float(mean_nll(padded, batch.labels)), abs=1e-5)
+
+
+def test_a_packed_batch_computes_the_logits_of_its_target_positions_alone(tiny_base: LoadedLM) -> None:
+    """Fed packed for a loss, the LM head runs at the positions that predict a target token and nowhere else, and
+    gives there what the padded batch gives."""
+    tokenizer = tiny_base.tokenizer
+    examples = examples_of(tokenizer, [*ROWS[:3], QARow("What is the red plum?", "a fruit")], 512)
+    batch = collate(examples, tokenizer.pad_token_id, torch.device("cpu"))
+    assert batch.packed is not None
+    assert objective._packs(tiny_base.lm, batch)  # fed packed (this checks once that the LM packs correctly)
+    head_positions: list[int] = []
+    head = tiny_base.lm.get_output_embeddings()
+    handle = head.register_forward_hook(lambda _m, _args, out: head_positions.append(out.shape[-2]))
+    try:
+        with torch.no_grad():
+            padded = TargetLogits.of(tiny_base.lm(**batch.lm_inputs()).logits, batch.labels)
+            packed = objective._target_forward(tiny_base.lm, batch)
+    finally:
+        handle.remove()
+    assert head_positions == [batch.keep, batch.target_tokens]  # padded: the last keep columns of every row
+    assert batch.target_tokens < batch.size * (batch.keep - 1)  # which hold more than the targets
+    assert torch.equal(packed.targets, padded.targets) and torch.equal(packed.rows, padded.rows)
+    assert torch.allclose(packed.logits, padded.logits, atol=1e-4)
+    summed, counts = packed.sequence_logprob()
+    assert counts.tolist() == [e.n_target for e in examples]
+    torch.testing.assert_close(summed, padded.sequence_logprob()[0], atol=1e-4, rtol=1e-5)
 
 
 def test_packing_is_checked_against_sequences_run_alone(tiny_base: LoadedLM, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,11 +1,12 @@
-"""Target log-probabilities: log_softmax's numbers and gradients, with one logits-sized tensor in the backward."""
+"""Target log-probabilities: log_softmax's numbers and gradients, with one logits-sized tensor in the backward,
+computed from the target positions alone."""
 
 import pytest
 import torch
 
 from worker.engine.training import logprobs
 from worker.engine.training.batches import IGNORE
-from worker.engine.training.logprobs import mean_nll, sequence_logprob, target_logprobs
+from worker.engine.training.logprobs import TargetLogits, mean_nll, sequence_logprob
 
 
 def _by_log_softmax(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,13 +49,16 @@ def test_the_function_is_log_softmaxs_in_float64(monkeypatch: pytest.MonkeyPatch
 def test_target_logprobs_are_log_softmaxs(kept: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(logprobs, "LOGSUMEXP_CHUNK_BYTES", 2 * 50 * 4)
     logits, labels = _batch(torch.float32, kept=kept)
-    got, mask = target_logprobs(logits, labels)
-    want, want_mask = _by_log_softmax(logits, labels)
-    assert torch.equal(mask, want_mask)
-    torch.testing.assert_close(got, want)
+    targets = TargetLogits.of(logits, labels)
+    want, mask = _by_log_softmax(logits, labels)
+    # Target positions only, row by row, each row's in order.
+    assert targets.rows.tolist() == mask.nonzero()[:, 0].tolist()
+    assert targets.logits.shape == (int(mask.sum()), 50)
+    got = targets.token_logprobs()
+    torch.testing.assert_close(got, want[mask])
     weights = torch.randn(got.shape)
     (grad,) = torch.autograd.grad((got * weights).sum(), logits)
-    (want_grad,) = torch.autograd.grad((want * weights).sum(), logits)
+    (want_grad,) = torch.autograd.grad((want[mask] * weights).sum(), logits)
     torch.testing.assert_close(grad, want_grad)
     # Positions without a target (row 1's prompt, and the last column, which predicts no token of the batch) get no
     # gradient at all.
@@ -72,19 +76,20 @@ def test_losses_match_log_softmax() -> None:
 
 
 def test_the_backward_keeps_no_logits_sized_tensor_of_its_own() -> None:
-    """What the graph saves beyond the logits themselves is a float per position: log_softmax saved a second
-    logits-sized tensor (its output) for the backward."""
+    """What the graph saves beyond the target positions' logits is a float per position: log_softmax saved a
+    second logits-sized tensor (its output) for the backward."""
     logits, labels = _batch(torch.float32, columns=40)
+    targets = TargetLogits.of(logits, labels)
     own: list[int] = []
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.untyped_storage().data_ptr() != logits.untyped_storage().data_ptr():
+        if tensor.untyped_storage().data_ptr() != targets.logits.untyped_storage().data_ptr():
             own.append(tensor.numel())
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        mean_nll(logits, labels)
-    assert own and max(own) <= 3 * 40  # per position: the targets, the log-sum-exp, the mask
+        targets.mean_nll()
+    assert own and max(own) <= targets.targets.numel()  # per position: the targets, the log-sum-exp
     own.clear()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         _by_log_softmax(logits, labels)[0].sum()

@@ -9,7 +9,6 @@ import torch
 
 from lethe.methods import RetainParams
 from worker.engine.methods.losses import retain_loss
-from worker.engine.training.logprobs import mean_nll
 from worker.engine.training.objective import LossTerms, Objective, Step
 
 
@@ -23,7 +22,7 @@ class GradDiff(Objective):
         self.uses_retain = params.alpha > 0
 
     def forget_loss(self, step: Step) -> torch.Tensor:
-        return -mean_nll(step.logits(step.forget), step.forget.labels)
+        return -step.target_logits(step.forget).mean_nll()
 
     def losses(self, step: Step) -> LossTerms:
         retain = self.alpha * retain_loss(step, self.retain_loss) if self.uses_retain else None

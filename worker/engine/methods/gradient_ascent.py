@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from lethe.methods import GradientAscentParams
-from worker.engine.training.logprobs import mean_nll
 from worker.engine.training.objective import LossTerms, Objective, Step
 
 
@@ -11,7 +10,7 @@ class GradientAscent(Objective):
     """loss = −NLL of the forget targets' tokens (the NLL is maximised)."""
 
     def losses(self, step: Step) -> LossTerms:
-        return LossTerms(forget=-mean_nll(step.logits(step.forget), step.forget.labels))
+        return LossTerms(forget=-step.target_logits(step.forget).mean_nll())
 
 
 def build(params: GradientAscentParams, seed: int) -> GradientAscent:

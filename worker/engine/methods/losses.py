@@ -7,8 +7,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from worker.engine.training.batches import IGNORE, Batch
-from worker.engine.training.logprobs import aligned_labels, mean_nll, sequence_logprob
+from worker.engine.training.batches import Batch
+from worker.engine.training.logprobs import TargetLogits
 from worker.engine.training.objective import Step
 
 
@@ -31,14 +31,12 @@ def dpo_loss(win_log_ratio: torch.Tensor, lose_log_ratio: torch.Tensor, beta: fl
     return -(2 / beta) * F.logsigmoid(beta * (win_log_ratio - lose_log_ratio)).mean()
 
 
-def kl_to_reference(logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """KL(π_ref ‖ π_θ) of the next-token distributions, averaged over the target tokens of `labels`."""
-    mask = aligned_labels(logits, labels)[:, 1:] != IGNORE
-    # Only target positions: the full [batch, length, vocab] log-softmax of a real LM is large.
-    log_p = torch.log_softmax(logits[:, :-1][mask].float(), dim=-1)
-    log_ref = torch.log_softmax(reference_logits[:, :-1][mask].float(), dim=-1)
+def kl_to_reference(current: TargetLogits, reference: TargetLogits) -> torch.Tensor:
+    """KL(π_ref ‖ π_θ) of the next-token distributions, averaged over the target tokens (the positions both hold)."""
+    log_p = torch.log_softmax(current.logits.float(), dim=-1)
+    log_ref = torch.log_softmax(reference.logits.float(), dim=-1)
     kl = (log_ref.exp() * (log_ref - log_p)).sum(-1)
-    return kl.sum() / mask.sum().clamp(min=1)
+    return kl.sum() / max(int(current.targets.numel()), 1)
 
 
 def activation_distance(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -54,8 +52,8 @@ def activation_distance(hidden: torch.Tensor, target: torch.Tensor, mask: torch.
 
 def log_ratio(step: Step, batch: Batch) -> torch.Tensor:
     """log π_θ(y|x) − log π_ref(y|x) of each sequence's target (log-probabilities summed over its tokens)."""
-    logprob, _ = sequence_logprob(step.logits(batch), batch.labels)
-    reference, _ = sequence_logprob(step.reference_logits(batch), batch.labels)
+    logprob, _ = step.target_logits(batch).sequence_logprob()
+    reference, _ = step.reference_target_logits(batch).sequence_logprob()
     return logprob - reference
 
 
@@ -69,7 +67,7 @@ def retain_batch(step: Step) -> Batch:
 def retain_loss(step: Step, kind: Literal["nll", "kl"]) -> torch.Tensor:
     """The retain batch's mean NLL, or KL(π_ref ‖ π_θ) averaged over its target tokens."""
     batch = retain_batch(step)
-    logits = step.logits(batch)
+    logits = step.target_logits(batch)
     if kind == "nll":
-        return mean_nll(logits, batch.labels)
-    return kl_to_reference(logits, step.reference_logits(batch), batch.labels)
+        return logits.mean_nll()
+    return kl_to_reference(logits, step.reference_target_logits(batch))

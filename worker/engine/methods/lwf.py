@@ -188,7 +188,7 @@ class LearningWithForgetting(Objective):
         return [self.examples[i] for i in self.unlearning_batch(number // (self.params.interval + 1))]
 
     def losses(self, step: Step) -> LossTerms:
-        nll = mean_nll(step.logits(step.forget), step.forget.labels)
+        nll = step.target_logits(step.forget).mean_nll()
         if self.is_unlearning_step(step.number):
             return LossTerms(forget=-nll)
         # A learning step: its NLL is a retain term, and the forget term a zero on its graph (not a constant), so

@@ -13,7 +13,6 @@ import torch
 from lethe.methods import SimNPOParams
 from worker.engine.methods.grad_diff import GradDiff
 from worker.engine.methods.losses import simnpo_loss
-from worker.engine.training.logprobs import sequence_logprob
 from worker.engine.training.objective import Step
 
 
@@ -26,7 +25,7 @@ class SimNPO(GradDiff):
         self.delta = params.delta
 
     def forget_loss(self, step: Step) -> torch.Tensor:
-        logprob, n_tokens = sequence_logprob(step.logits(step.forget), step.forget.labels)
+        logprob, n_tokens = step.target_logits(step.forget).sequence_logprob()
         return simnpo_loss(-logprob, n_tokens, self.beta, self.delta)
 
 

@@ -51,6 +51,10 @@ class Packed:
     batch's last `keep` columns, row by row (a column left of a short sequence's start, padding in the padded batch,
     points at the sequence's first token: its logits are never read, its labels being IGNORE), so the LM head runs
     at those positions only and `unpack` gives logits shaped as the padded batch's [batch, keep, vocab].
+
+    `target_index` [n] are the packed positions that predict a target token, row by row, `target_ids` those tokens
+    and `target_rows` their rows: `lm_inputs(targets_only=True)` has the LM head run there alone, which is what the
+    losses read (`logprobs.TargetLogits`).
     """
 
     input_ids: torch.Tensor
@@ -58,13 +62,16 @@ class Packed:
     keep_index: torch.Tensor
     rows: int
     keep: int
+    target_index: torch.Tensor
+    target_ids: torch.Tensor
+    target_rows: torch.Tensor
 
-    def lm_inputs(self) -> dict[str, Any]:
+    def lm_inputs(self, targets_only: bool = False) -> dict[str, Any]:
         # No KV cache: transformers looks for packed sequences only without one.
         return {
             "input_ids": self.input_ids,
             "position_ids": self.position_ids,
-            "logits_to_keep": self.keep_index,
+            "logits_to_keep": self.target_index if targets_only else self.keep_index,
             "use_cache": False,
         }
 
@@ -78,18 +85,34 @@ def pack(examples: Sequence[Example], keep: int, device: torch.device) -> Packed
     ids: list[int] = []
     positions: list[int] = []
     keep_index: list[int] = []
-    for example in examples:
+    target_index: list[int] = []
+    target_ids: list[int] = []
+    target_rows: list[int] = []
+    for row, example in enumerate(examples):
         start, length = len(ids), len(example.ids)
         ids.extend(example.ids)
         positions.extend(range(length))
         # The padded batch's last `keep` columns hold the sequence's last `keep` tokens (or padding before it).
         keep_index.extend(start + max(length - keep + k, 0) for k in range(keep))
+        # The target is the last n_target tokens; token j is predicted at position j - 1 (the first token, which
+        # nothing precedes, by none: as in the padded batch, whose labels' first column no logits predict).
+        predicted = range(max(length - example.n_target, 1), length)
+        target_index.extend(start + j - 1 for j in predicted)
+        target_ids.extend(example.ids[j] for j in predicted)
+        target_rows.extend(row for _ in predicted)
+
+    def tensor(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=device)
+
     return Packed(
-        input_ids=torch.tensor([ids], dtype=torch.long, device=device),
-        position_ids=torch.tensor([positions], dtype=torch.long, device=device),
-        keep_index=torch.tensor(keep_index, dtype=torch.long, device=device),
+        input_ids=tensor(ids)[None],
+        position_ids=tensor(positions)[None],
+        keep_index=tensor(keep_index),
         rows=len(examples),
         keep=keep,
+        target_index=tensor(target_index),
+        target_ids=tensor(target_ids),
+        target_rows=tensor(target_rows),
     )
 
 

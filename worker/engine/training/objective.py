@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from lethe.rows import Row
 from worker.engine.lm.lora import reference_lm
 from worker.engine.training.batches import Batch, Example
-from worker.engine.training.logprobs import mean_nll
+from worker.engine.training.logprobs import TargetLogits
 from worker.engine.training.packing import packing_pays, packs_correctly
 
 
@@ -56,6 +56,15 @@ class Step:
         that per-position states (also those read by hooks on its blocks) keep the batch's shape."""
         return self._run(batch, kwargs, packed=False)
 
+    def target_logits(self, batch: Batch) -> TargetLogits:
+        """The trained LM's logits at `batch`'s target positions only (what the losses read; see `TargetLogits`),
+        fed as `logits` feeds it (retain batches through the retain hooks)."""
+        hooks = self.retain_hooks if batch is self.retain else ()
+        with contextlib.ExitStack() as stack:
+            for hook in hooks:
+                stack.enter_context(hook(self.lm))
+            return _target_forward(self.lm, batch)
+
     def _run(self, batch: Batch, kwargs: dict[str, Any], packed: bool) -> Any:
         hooks = self.retain_hooks if batch is self.retain else ()
         with contextlib.ExitStack() as stack:
@@ -79,22 +88,42 @@ class Step:
         with self.reference() as lm:
             return _forward(lm, batch, {}, packed=True).logits
 
+    def reference_target_logits(self, batch: Batch) -> TargetLogits:
+        """The reference LM's logits at `batch`'s target positions only (as `target_logits`)."""
+        with self.reference() as lm:
+            return _target_forward(lm, batch)
 
-def _forward(lm: PeftModel, batch: Batch, kwargs: dict[str, Any], packed: bool) -> Any:
-    """`lm` on `batch`: packed (no padding, see `batches.Packed`) when `packed`, only the logits are asked for, the
-    LM packs correctly and packing costs less than padding (`packing.packing_pays`); padded otherwise."""
-    if (
-        packed
-        and batch.examples
-        and not kwargs
+
+def _packs(lm: PeftModel, batch: Batch) -> bool:
+    """Whether `batch` is fed to `lm` packed: the LM packs correctly and packing costs less than padding
+    (`packing.packing_pays`)."""
+    return (
+        bool(batch.examples)
         and packing_pays(lm, batch.size, int(batch.input_ids.shape[1]), batch.tokens)
         and packs_correctly(lm)
         and batch.packed is not None
-    ):
-        outputs = lm(**batch.packed.lm_inputs())
-        outputs.logits = batch.packed.unpack(outputs.logits)
+    )
+
+
+def _forward(lm: PeftModel, batch: Batch, kwargs: dict[str, Any], packed: bool) -> Any:
+    """`lm` on `batch`: packed (no padding, see `batches.Packed`) when `packed`, only the logits are asked for and
+    `_packs`; padded otherwise."""
+    packed_batch = batch.packed if packed and not kwargs and _packs(lm, batch) else None
+    if packed_batch is not None:
+        outputs = lm(**packed_batch.lm_inputs())
+        outputs.logits = packed_batch.unpack(outputs.logits)
         return outputs
     return lm(**{**batch.lm_inputs(), **kwargs})
+
+
+def _target_forward(lm: PeftModel, batch: Batch) -> TargetLogits:
+    """`lm`'s logits at `batch`'s target positions: packed, the LM head runs there alone; padded, at the batch's
+    last `keep` columns, of which the target positions are then taken."""
+    packed = batch.packed if _packs(lm, batch) else None
+    if packed is None:
+        return TargetLogits.of(lm(**batch.lm_inputs()).logits, batch.labels)
+    logits = lm(**packed.lm_inputs(targets_only=True)).logits[0]
+    return TargetLogits(logits, packed.target_ids, packed.target_rows, batch.size)
 
 
 @dataclass
@@ -155,7 +184,7 @@ class Objective:
         return {}
 
     def losses(self, step: Step) -> LossTerms:
-        return LossTerms(forget=mean_nll(step.logits(step.forget), step.forget.labels))
+        return LossTerms(forget=step.target_logits(step.forget).mean_nll())
 
 
 class GradientFilter(Protocol):
