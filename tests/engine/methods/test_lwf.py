@@ -211,7 +211,7 @@ class Recording(LearningWithForgetting):
             tuple(int(t) for t, m in zip(ids, mask, strict=True) if m)
             for ids, mask in zip(step.forget.input_ids.tolist(), step.forget.attention_mask.tolist(), strict=True)
         ]
-        nll = float(mean_nll(step.logits(step.forget), step.forget.labels).detach())
+        nll = float(step.target_logits(step.forget).mean_nll().detach())
         self.steps.append((step.number, rows, terms, nll))
         return terms
 

@@ -26,7 +26,7 @@ from worker.engine.methods.implementations import build_objective
 from worker.engine.methods.losses import log_ratio, retain_batch
 from worker.engine.methods.npo import NPO
 from worker.engine.methods.simnpo import SimNPO
-from worker.engine.training.logprobs import sequence_logprob
+from worker.engine.training.logprobs import TargetLogits, sequence_logprob
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_the_reference_is_the_lm_with_its_adapter_disabled(task: Task) -> None:
     assert expected.abs().min() > 1e-3  # the adapter does change the LM
     assert torch.allclose(log_ratio(step, batch), expected, atol=1e-4)
     # Leaving the reference re-enables the adapter.
-    assert torch.allclose(step.logits(batch), trained[:, -batch.keep :], atol=1e-5)
+    assert torch.allclose(step.target_logits(batch).logits, TargetLogits.of(trained, batch.labels).logits, atol=1e-5)
 
 
 def test_simnpo_uses_the_per_token_nll_and_no_reference(task: Task) -> None:
@@ -136,7 +136,7 @@ def test_simnpo_uses_the_per_token_nll_and_no_reference(task: Task) -> None:
     perturb_adapter(peft_lm)
     step = step_of(task, peft_lm, task.forget[:4])
     params = SimNPOParams.model_validate({"beta": 2.0, "delta": 0.5, "gamma": 1.0, "alpha": 0})
-    logprob, n_tokens = sequence_logprob(step.logits(step.forget), step.forget.labels)
+    logprob, n_tokens = step.target_logits(step.forget).sequence_logprob()
     per_token = (-logprob / n_tokens).tolist()
     expected = sum(2 / 2.0 * math.log1p(math.exp(-2.0 * (x - 0.5))) for x in per_token) / len(per_token)
     with torch.no_grad():

@@ -56,12 +56,13 @@ def test_rna_changes_the_trained_lms_retain_forwards_only(task: Task) -> None:
     noisy = Step(peft_lm, clean.forget, clean.retain, 0, 0, retain_hooks=[noise])
     retain = retain_batch(clean)
     with torch.no_grad():
-        clean_retain = clean.logits(retain)
-        assert torch.equal(noisy.logits(noisy.forget), clean.logits(clean.forget))
-        assert not torch.allclose(noisy.logits(retain), clean_retain, atol=1e-3)
+        clean_retain = clean.target_logits(retain).logits
+        assert torch.equal(noisy.target_logits(noisy.forget).logits, clean.target_logits(clean.forget).logits)
+        assert not torch.allclose(noisy.target_logits(retain).logits, clean_retain, atol=1e-3)
+        assert not torch.allclose(noisy.outputs(retain).logits, clean.outputs(retain).logits, atol=1e-3)
         assert torch.equal(noisy.reference_outputs(retain).logits, clean.reference_outputs(retain).logits)
         # The hook is removed on leaving the forward: the LM itself is unchanged.
-        assert torch.equal(clean.logits(retain), clean_retain)
+        assert torch.equal(clean.target_logits(retain).logits, clean_retain)
 
 
 def test_rna_noise_has_the_requested_scale_at_the_requested_block(task: Task) -> None:

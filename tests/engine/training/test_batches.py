@@ -9,7 +9,7 @@ from tests.tiny_lm import synthetic_choice_rows
 from worker.engine.lm.load import LoadedLM
 from worker.engine.training import objective, packing
 from worker.engine.training.batches import IGNORE, collate, examples_of, make_example
-from worker.engine.training.logprobs import TargetLogits, aligned_labels, mean_nll, sequence_logprob
+from worker.engine.training.logprobs import TargetLogits, mean_nll, sequence_logprob
 from worker.engine.training.packing import packing_pays, packs_correctly
 
 ROWS = [ChoiceRow.from_dict(r) for r in synthetic_choice_rows(32, seed=0)]
@@ -54,23 +54,6 @@ def test_a_left_padded_batch_scores_each_example_as_if_it_were_alone(tiny_base: 
     assert float(mean_nll(logits, batch.labels)) == pytest.approx(-float(summed.sum()) / batch.target_tokens, 1e-5)
 
 
-def test_a_packed_batch_gives_the_padded_batchs_logits(tiny_base: LoadedLM) -> None:
-    """The batch packed into one row (no padding, block-diagonal attention) predicts every target as padded."""
-    tokenizer = tiny_base.tokenizer
-    examples = examples_of(tokenizer, [*ROWS[:3], QARow("What is the red plum?", "a fruit")], 512)
-    batch = collate(examples, tokenizer.pad_token_id, torch.device("cpu"))
-    assert batch.packed is not None
-    assert batch.packed.input_ids.shape == (1, sum(len(e.ids) for e in examples))  # no padding
-    with torch.no_grad():
-        padded = tiny_base.lm(**batch.lm_inputs()).logits
-        packed = batch.packed.unpack(tiny_base.lm(**batch.packed.lm_inputs()).logits)
-    assert packed.shape == padded.shape
-    # Equal wherever a target is predicted (the rest, padding in the padded batch, is never read).
-    predicts = aligned_labels(padded, batch.labels)[:, 1:] != IGNORE
-    assert torch.allclose(packed[:, :-1][predicts], padded[:, :-1][predicts], atol=1e-4)
-    assert float(mean_nll(packed, batch.labels)) == pytest.approx(float(mean_nll(padded, batch.labels)), abs=1e-5)
-
-
 def test_a_packed_batch_computes_the_logits_of_its_target_positions_alone(tiny_base: LoadedLM) -> None:
     """Fed packed for a loss, the LM head runs at the positions that predict a target token and nowhere else, and
     gives there what the padded batch gives."""
@@ -78,6 +61,7 @@ def test_a_packed_batch_computes_the_logits_of_its_target_positions_alone(tiny_b
     examples = examples_of(tokenizer, [*ROWS[:3], QARow("What is the red plum?", "a fruit")], 512)
     batch = collate(examples, tokenizer.pad_token_id, torch.device("cpu"))
     assert batch.packed is not None
+    assert batch.packed.input_ids.shape == (1, sum(len(e.ids) for e in examples))  # no padding
     assert objective._packs(tiny_base.lm, batch)  # fed packed (this checks once that the LM packs correctly)
     head_positions: list[int] = []
     head = tiny_base.lm.get_output_embeddings()
@@ -133,7 +117,8 @@ def test_packing_pays_for_short_rows_and_not_for_long_ones() -> None:
 
 
 def test_a_batch_whose_packing_does_not_pay_is_fed_padded(tiny_base: LoadedLM, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`objective._forward` asks `packing_pays` with the batch's shape and feeds the padded batch when it says no."""
+    """`objective._target_forward` asks `packing_pays` with the batch's shape and feeds the padded batch when it
+    says no."""
     tokenizer = tiny_base.tokenizer
     batch = collate(examples_of(tokenizer, ROWS[:3], 512), tokenizer.pad_token_id, torch.device("cpu"))
     assert batch.packed is not None
@@ -151,7 +136,7 @@ def test_a_batch_whose_packing_does_not_pay_is_fed_padded(tiny_base: LoadedLM, m
 
             monkeypatch.setattr(objective, "packing_pays", rule)
             with torch.no_grad():
-                objective._forward(tiny_base.lm, batch, {}, packed=True)  # type: ignore[arg-type]
+                objective._target_forward(tiny_base.lm, batch)  # type: ignore[arg-type]
     finally:
         handle.remove()
     shape = tuple(batch.input_ids.shape)
@@ -175,10 +160,10 @@ def test_the_packed_row_is_built_only_when_the_batch_is_fed_packed(
     assert batch.tokens == sum(len(e.ids) for e in examples) < batch.input_ids.numel()
     monkeypatch.setattr(objective, "packing_pays", lambda *_: False)
     with torch.no_grad():
-        objective._forward(tiny_base.lm, batch, {}, packed=True)  # type: ignore[arg-type]
+        objective._target_forward(tiny_base.lm, batch)  # type: ignore[arg-type]
     assert "packed" not in vars(batch)  # never built
     monkeypatch.setattr(objective, "packing_pays", lambda *_: True)
     with torch.no_grad():
-        objective._forward(tiny_base.lm, batch, {}, packed=True)  # type: ignore[arg-type]
+        objective._target_forward(tiny_base.lm, batch)  # type: ignore[arg-type]
     assert "packed" in vars(batch) and batch.packed is not None
     assert batch.packed.input_ids.shape[1] == batch.tokens

@@ -47,44 +47,31 @@ class Packed:
     With no attention mask, transformers reads the restarting positions as packed sequences and gives attention a
     block-diagonal causal mask (`masking_utils.find_packed_sequence_indices`): every token attends to its own
     sequence's earlier tokens only, exactly as in the padded batch, at the cost of the real tokens alone (the
-    benchmark's ARC batches are 40% padding). `keep_index` [batch × keep] are the packed positions of the padded
-    batch's last `keep` columns, row by row (a column left of a short sequence's start, padding in the padded batch,
-    points at the sequence's first token: its logits are never read, its labels being IGNORE), so the LM head runs
-    at those positions only and `unpack` gives logits shaped as the padded batch's [batch, keep, vocab].
-
-    `target_index` [n] are the packed positions that predict a target token, row by row, `target_ids` those tokens
-    and `target_rows` their rows: `lm_inputs(targets_only=True)` has the LM head run there alone, which is what the
-    losses read (`logprobs.TargetLogits`).
+    benchmark's ARC batches are 40% padding). `target_index` [n] are the packed positions that predict a target
+    token, row by row, `target_ids` those tokens and `target_rows` their rows: the LM head runs at those positions
+    alone, which are all the losses read (`logprobs.TargetLogits`).
     """
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
-    keep_index: torch.Tensor
-    rows: int
-    keep: int
     target_index: torch.Tensor
     target_ids: torch.Tensor
     target_rows: torch.Tensor
 
-    def lm_inputs(self, targets_only: bool = False) -> dict[str, Any]:
+    def lm_inputs(self) -> dict[str, Any]:
         # No KV cache: transformers looks for packed sequences only without one.
         return {
             "input_ids": self.input_ids,
             "position_ids": self.position_ids,
-            "logits_to_keep": self.target_index if targets_only else self.keep_index,
+            "logits_to_keep": self.target_index,
             "use_cache": False,
         }
 
-    def unpack(self, logits: torch.Tensor) -> torch.Tensor:
-        """The LM's logits at `keep_index` ([1, batch × keep, vocab]) as [batch, keep, vocab]."""
-        return logits.reshape(self.rows, self.keep, logits.shape[-1])
 
-
-def pack(examples: Sequence[Example], keep: int, device: torch.device) -> Packed:
-    """`examples` end to end (see `Packed`); `keep`: the padded batch's kept columns."""
+def pack(examples: Sequence[Example], device: torch.device) -> Packed:
+    """`examples` end to end (see `Packed`)."""
     ids: list[int] = []
     positions: list[int] = []
-    keep_index: list[int] = []
     target_index: list[int] = []
     target_ids: list[int] = []
     target_rows: list[int] = []
@@ -92,8 +79,6 @@ def pack(examples: Sequence[Example], keep: int, device: torch.device) -> Packed
         start, length = len(ids), len(example.ids)
         ids.extend(example.ids)
         positions.extend(range(length))
-        # The padded batch's last `keep` columns hold the sequence's last `keep` tokens (or padding before it).
-        keep_index.extend(start + max(length - keep + k, 0) for k in range(keep))
         # The target is the last n_target tokens; token j is predicted at position j - 1 (the first token, which
         # nothing precedes, by none: as in the padded batch, whose labels' first column no logits predict).
         predicted = range(max(length - example.n_target, 1), length)
@@ -107,9 +92,6 @@ def pack(examples: Sequence[Example], keep: int, device: torch.device) -> Packed
     return Packed(
         input_ids=tensor(ids)[None],
         position_ids=tensor(positions)[None],
-        keep_index=tensor(keep_index),
-        rows=len(examples),
-        keep=keep,
         target_index=tensor(target_index),
         target_ids=tensor(target_ids),
         target_rows=tensor(target_rows),
@@ -151,7 +133,7 @@ class Batch:
     @functools.cached_property
     def packed(self) -> Packed | None:
         """The batch packed into one row; None where it has no examples."""
-        return pack(self.examples, self.keep, self.input_ids.device) if self.examples else None
+        return pack(self.examples, self.input_ids.device) if self.examples else None
 
     @property
     def target_tokens(self) -> int:

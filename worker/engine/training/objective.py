@@ -46,31 +46,25 @@ class Step:
     # none on a step the objective interleaved.
     forget_indices: Sequence[int] = ()
 
-    def logits(self, batch: Batch, **kwargs: Any) -> torch.Tensor:
-        """The trained LM's logits on `batch` (retain batches pass through the retain hooks): fed packed, without
-        padding, where the LM allows it and nothing else is asked for (see `batches.Packed`)."""
-        return self._run(batch, kwargs, packed=True).logits
+    def target_logits(self, batch: Batch) -> TargetLogits:
+        """The trained LM's logits at `batch`'s target positions only (what the losses read; see `TargetLogits`),
+        fed packed, without padding, where the LM allows it (retain batches pass through the retain hooks)."""
+        with self._hooked(batch) as lm:
+            return _target_forward(lm, batch)
 
     def outputs(self, batch: Batch, **kwargs: Any) -> Any:
         """The trained LM's full output on `batch` (e.g. with output_hidden_states=True), on the padded batch, so
         that per-position states (also those read by hooks on its blocks) keep the batch's shape."""
-        return self._run(batch, kwargs, packed=False)
+        with self._hooked(batch) as lm:
+            return lm(**{**batch.lm_inputs(), **kwargs})
 
-    def target_logits(self, batch: Batch) -> TargetLogits:
-        """The trained LM's logits at `batch`'s target positions only (what the losses read; see `TargetLogits`),
-        fed as `logits` feeds it (retain batches through the retain hooks)."""
-        hooks = self.retain_hooks if batch is self.retain else ()
+    @contextlib.contextmanager
+    def _hooked(self, batch: Batch) -> Iterator[PeftModel]:
+        """The trained LM, with the retain hooks on it while it runs on the retain batch."""
         with contextlib.ExitStack() as stack:
-            for hook in hooks:
+            for hook in self.retain_hooks if batch is self.retain else ():
                 stack.enter_context(hook(self.lm))
-            return _target_forward(self.lm, batch)
-
-    def _run(self, batch: Batch, kwargs: dict[str, Any], packed: bool) -> Any:
-        hooks = self.retain_hooks if batch is self.retain else ()
-        with contextlib.ExitStack() as stack:
-            for hook in hooks:
-                stack.enter_context(hook(self.lm))
-            return _forward(self.lm, batch, kwargs, packed)
+            yield self.lm
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[PeftModel]:
@@ -81,12 +75,7 @@ class Step:
     def reference_outputs(self, batch: Batch, **kwargs: Any) -> Any:
         """The reference LM's full output on `batch` (never hooked, never differentiated), on the padded batch."""
         with self.reference() as lm:
-            return _forward(lm, batch, kwargs, packed=False)
-
-    def reference_logits(self, batch: Batch) -> torch.Tensor:
-        """The reference LM's logits on `batch`, fed packed where the LM allows it (as `logits`)."""
-        with self.reference() as lm:
-            return _forward(lm, batch, {}, packed=True).logits
+            return lm(**{**batch.lm_inputs(), **kwargs})
 
     def reference_target_logits(self, batch: Batch) -> TargetLogits:
         """The reference LM's logits at `batch`'s target positions only (as `target_logits`)."""
@@ -105,24 +94,13 @@ def _packs(lm: PeftModel, batch: Batch) -> bool:
     )
 
 
-def _forward(lm: PeftModel, batch: Batch, kwargs: dict[str, Any], packed: bool) -> Any:
-    """`lm` on `batch`: packed (no padding, see `batches.Packed`) when `packed`, only the logits are asked for and
-    `_packs`; padded otherwise."""
-    packed_batch = batch.packed if packed and not kwargs and _packs(lm, batch) else None
-    if packed_batch is not None:
-        outputs = lm(**packed_batch.lm_inputs())
-        outputs.logits = packed_batch.unpack(outputs.logits)
-        return outputs
-    return lm(**{**batch.lm_inputs(), **kwargs})
-
-
 def _target_forward(lm: PeftModel, batch: Batch) -> TargetLogits:
-    """`lm`'s logits at `batch`'s target positions: packed, the LM head runs there alone; padded, at the batch's
-    last `keep` columns, of which the target positions are then taken."""
+    """`lm`'s logits at `batch`'s target positions: packed (see `_packs`), the LM head runs there alone; padded, at
+    the batch's last `keep` columns, of which the target positions are then taken."""
     packed = batch.packed if _packs(lm, batch) else None
     if packed is None:
         return TargetLogits.of(lm(**batch.lm_inputs()).logits, batch.labels)
-    logits = lm(**packed.lm_inputs(targets_only=True)).logits[0]
+    logits = lm(**packed.lm_inputs()).logits[0]
     return TargetLogits(logits, packed.target_ids, packed.target_rows, batch.size)
 
 
