@@ -54,9 +54,9 @@ def test_a_left_padded_batch_scores_each_example_as_if_it_were_alone(tiny_base: 
     assert float(mean_nll(logits, batch.labels)) == pytest.approx(-float(summed.sum()) / batch.target_tokens, 1e-5)
 
 
-def test_a_packed_batch_computes_the_logits_of_its_target_positions_alone(tiny_base: LoadedLM) -> None:
-    """Fed packed for a loss, the LM head runs at the positions that predict a target token and nowhere else, and
-    gives there what the padded batch gives."""
+def test_the_lm_head_runs_at_the_target_positions_alone(tiny_base: LoadedLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packed or padded, a loss's forward runs the LM head at the positions that predict a target token and nowhere
+    else, and both give there what the padded batch's full logits hold."""
     tokenizer = tiny_base.tokenizer
     examples = examples_of(tokenizer, [*ROWS[:3], QARow("What is the red plum?", "a fruit")], 512)
     batch = collate(examples, tokenizer.pad_token_id, torch.device("cpu"))
@@ -68,17 +68,21 @@ def test_a_packed_batch_computes_the_logits_of_its_target_positions_alone(tiny_b
     handle = head.register_forward_hook(lambda _m, _args, out: head_positions.append(out.shape[-2]))
     try:
         with torch.no_grad():
-            padded = TargetLogits.of(tiny_base.lm(**batch.lm_inputs()).logits, batch.labels)
-            packed = objective._target_forward(tiny_base.lm, batch)
+            full = TargetLogits.of(tiny_base.lm(**batch.lm_inputs()).logits, batch.labels)
+            packed = objective._target_forward(tiny_base.lm, batch)  # type: ignore[arg-type]
+            monkeypatch.setattr(objective, "packing_pays", lambda *_: False)
+            padded = objective._target_forward(tiny_base.lm, batch)  # type: ignore[arg-type]
     finally:
         handle.remove()
-    assert head_positions == [batch.keep, batch.target_tokens]  # padded: the last keep columns of every row
-    assert batch.target_tokens < batch.size * (batch.keep - 1)  # which hold more than the targets
-    assert torch.equal(packed.targets, padded.targets) and torch.equal(packed.rows, padded.rows)
-    assert torch.allclose(packed.logits, padded.logits, atol=1e-4)
-    summed, counts = packed.sequence_logprob()
-    assert counts.tolist() == [e.n_target for e in examples]
-    torch.testing.assert_close(summed, padded.sequence_logprob()[0], atol=1e-4, rtol=1e-5)
+    # The full logits: the last keep columns of every row, which hold more than the targets.
+    assert head_positions == [batch.keep, batch.target_tokens, batch.target_tokens]
+    assert batch.target_tokens < batch.size * (batch.keep - 1)
+    for targets in (packed, padded):
+        assert torch.equal(targets.targets, full.targets) and torch.equal(targets.rows, full.rows)
+        assert torch.allclose(targets.logits, full.logits, atol=1e-4)
+        summed, counts = targets.sequence_logprob()
+        assert counts.tolist() == [e.n_target for e in examples]
+        torch.testing.assert_close(summed, full.sequence_logprob()[0], atol=1e-4, rtol=1e-5)
 
 
 def test_packing_is_checked_against_sequences_run_alone(tiny_base: LoadedLM, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,8 +9,8 @@ saving only the logits the LM made anyway and one float per position; its backwa
 g_t · (1[j = y_t] − softmax(z_t)_j), into a single tensor of the logits' size. Both passes go over the positions in
 chunks of LOGSUMEXP_CHUNK_BYTES, so no other vocabulary-wide temporary is made.
 
-A training step reads only those positions (`TargetLogits`): fed packed, the LM head runs at the positions that
-predict a target token and nowhere else, instead of every row's last `keep` columns.
+A training step reads only those positions (`TargetLogits`): the LM head runs at the positions that predict a
+target token and nowhere else (`objective._target_forward`), instead of every row's last `keep` columns.
 
 Measured on an AMD EPYC (Zen 5) with LETHE_PRECISION=fp32, as a worker (jemalloc, bounded matmul caches), the demo
 forget job (bench/audit_bench.py's) peaked fine-tuning and forgetting at 1,609 and 1,638 MB RSS with log_softmax
@@ -78,9 +78,8 @@ class TargetLogits:
     `logits` [n, vocab]: one row per target token, the batch's rows in order and each row's positions in order;
     `targets` [n] the tokens they predict, `rows` [n] the batch row each belongs to, of `batch_size` rows. A padded
     batch's [batch, keep, vocab] logits hold every row's positions up to the longest target (the demo job's PIQA
-    batches: 2.1 positions for each target token); the LM fed a packed batch computes these alone
-    (`batches.Packed.target_index`).
-    """
+    batches: 2.1 positions for each target token); a training step's forward computes these alone
+    (`objective._target_forward`)."""
 
     logits: torch.Tensor
     targets: torch.Tensor

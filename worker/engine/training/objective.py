@@ -18,8 +18,9 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from lethe.rows import Row
+from worker.engine.lm.head import head_only_at
 from worker.engine.lm.lora import reference_lm
-from worker.engine.training.batches import Batch, Example
+from worker.engine.training.batches import IGNORE, Batch, Example
 from worker.engine.training.logprobs import TargetLogits
 from worker.engine.training.packing import packing_pays, packs_correctly
 
@@ -95,13 +96,23 @@ def _packs(lm: PeftModel, batch: Batch) -> bool:
 
 
 def _target_forward(lm: PeftModel, batch: Batch) -> TargetLogits:
-    """`lm`'s logits at `batch`'s target positions: packed (see `_packs`), the LM head runs there alone; padded, at
-    the batch's last `keep` columns, of which the target positions are then taken."""
+    """`lm`'s logits at `batch`'s target positions, where the LM head runs alone: fed packed where `_packs`,
+    otherwise padded, the head then taking the target positions out of the batch's last `keep` columns (as scoring
+    does, `head.head_only_at`)."""
     packed = batch.packed if _packs(lm, batch) else None
-    if packed is None:
-        return TargetLogits.of(lm(**batch.lm_inputs()).logits, batch.labels)
-    logits = lm(**packed.lm_inputs()).logits[0]
-    return TargetLogits(logits, packed.target_ids, packed.target_rows, batch.size)
+    if packed is not None:
+        logits = lm(**packed.lm_inputs()).logits
+        targets, rows = packed.target_ids, packed.target_rows
+    else:
+        # Position t of the kept columns predicts token t + 1; the last column predicts none of the batch.
+        kept = batch.labels[:, -batch.keep :]
+        rows, columns = (kept[:, 1:] != IGNORE).nonzero(as_tuple=True)
+        with head_only_at(lm.get_output_embeddings(), (rows, columns)):
+            logits = lm(**batch.lm_inputs()).logits
+        targets = kept[rows, columns + 1]
+    if logits.shape[:2] != (1, len(targets)):
+        raise ValueError(f"{type(lm).__name__} does not compute its logits with its output embeddings module")
+    return TargetLogits(logits[0], targets, rows, batch.size)
 
 
 @dataclass
