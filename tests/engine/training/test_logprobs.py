@@ -94,3 +94,37 @@ def test_the_backward_keeps_no_logits_sized_tensor_of_its_own() -> None:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         _by_log_softmax(logits, labels)[0].sum()
     assert max(own) == 3 * 39 * 50  # the old form: log_softmax's output
+
+
+def test_the_kl_to_a_reference_is_the_textbook_ones_in_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logprobs, "LOGSUMEXP_CHUNK_BYTES", 2 * 50 * 4)  # chunks of 2 positions, the last partial
+    generator = torch.Generator().manual_seed(2)
+    logits = (torch.randn(7, 50, generator=generator, dtype=torch.float64) * 3).requires_grad_()
+    reference = torch.randn(7, 50, generator=generator, dtype=torch.float64) * 3
+    got = logprobs._ReferenceKL.apply(logits, reference)
+    log_p, log_q = torch.log_softmax(logits, -1), torch.log_softmax(reference, -1)
+    want = (log_q.exp() * (log_q - log_p)).sum(-1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert float(logprobs._ReferenceKL.apply(reference, reference).abs().max()) < 1e-12
+    weights = torch.randn(7, dtype=torch.float64, generator=generator)
+    (grad,) = torch.autograd.grad((got * weights).sum(), logits)
+    (want_grad,) = torch.autograd.grad((want * weights).sum(), logits)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: logprobs._ReferenceKL.apply(x, reference), (logits,))
+
+
+def test_the_kl_saves_nothing_but_its_two_inputs() -> None:
+    logits, labels = _batch(torch.float32, columns=40)
+    current = TargetLogits.of(logits, labels)
+    reference = TargetLogits.of(torch.randn(logits.shape), labels)
+    inputs = {current.logits.untyped_storage().data_ptr(), reference.logits.untyped_storage().data_ptr()}
+    own: list[int] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.untyped_storage().data_ptr() not in inputs:
+            own.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        current.kl_from(reference).sum()
+    assert own == []

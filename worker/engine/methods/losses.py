@@ -33,10 +33,7 @@ def dpo_loss(win_log_ratio: torch.Tensor, lose_log_ratio: torch.Tensor, beta: fl
 
 def kl_to_reference(current: TargetLogits, reference: TargetLogits) -> torch.Tensor:
     """KL(π_ref ‖ π_θ) of the next-token distributions, averaged over the target tokens (the positions both hold)."""
-    log_p = torch.log_softmax(current.logits.float(), dim=-1)
-    log_ref = torch.log_softmax(reference.logits.float(), dim=-1)
-    kl = (log_ref.exp() * (log_ref - log_p)).sum(-1)
-    return kl.sum() / max(int(current.targets.numel()), 1)
+    return current.kl_from(reference).sum() / max(int(current.targets.numel()), 1)
 
 
 def activation_distance(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
