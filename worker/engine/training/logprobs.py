@@ -23,6 +23,7 @@ second. Losses the same to 4 decimals.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +35,11 @@ from worker.engine.training.batches import IGNORE
 LOGSUMEXP_CHUNK_BYTES = 16 * 2**20
 
 
-def _chunks(rows: int, vocab: int) -> range:
-    return range(0, rows, max(1, LOGSUMEXP_CHUNK_BYTES // (vocab * 4)))
+def _chunks(logits: torch.Tensor) -> Iterator[slice]:
+    """The row slices of `logits` [n, vocab] that make at most LOGSUMEXP_CHUNK_BYTES of fp32 temporaries each."""
+    rows, vocab = logits.shape
+    step = max(1, LOGSUMEXP_CHUNK_BYTES // (vocab * 4))
+    return (slice(start, start + step) for start in range(0, rows, step))
 
 
 class _TargetLogProb(torch.autograd.Function):
@@ -43,25 +47,19 @@ class _TargetLogProb(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        rows, vocab = logits.shape
-        lse = torch.empty(rows, dtype=logits.dtype, device=logits.device)
-        step = _chunks(rows, vocab).step
-        for start in range(0, rows, step):
-            lse[start : start + step] = torch.logsumexp(logits[start : start + step], dim=-1)
+        lse = logits.new_empty(logits.shape[0])
+        for rows in _chunks(logits):
+            lse[rows] = torch.logsumexp(logits[rows], dim=-1)
         ctx.save_for_backward(logits, targets, lse)
         return logits.gather(-1, targets[:, None]).squeeze(-1) - lse
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         logits, targets, lse = ctx.saved_tensors
-        rows, vocab = logits.shape
         result = torch.empty_like(logits)
-        step = _chunks(rows, vocab).step
-        for start in range(0, rows, step):
-            end = start + step
+        for rows in _chunks(logits):
             # −g · softmax(z) = −g · exp(z − logsumexp(z)), in place in the result's rows.
-            chunk = torch.sub(logits[start:end], lse[start:end, None], out=result[start:end])
-            chunk.exp_().mul_(-grad[start:end, None])
+            torch.sub(logits[rows], lse[rows, None], out=result[rows]).exp_().mul_(-grad[rows, None])
         result.scatter_add_(-1, targets[:, None], grad[:, None].to(result.dtype))
         return result, None
 
@@ -77,28 +75,22 @@ class _ReferenceKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        rows, vocab = logits.shape
-        kl = torch.empty(rows, dtype=logits.dtype, device=logits.device)
-        step = _chunks(rows, vocab).step
-        for start in range(0, rows, step):
-            end = start + step
+        kl = logits.new_empty(logits.shape[0])
+        for rows in _chunks(logits):
             # Σ q (log q − log p), both log-softmaxes computed alike: a position where the two LMs agree reads 0.
-            log_p = torch.log_softmax(logits[start:end], dim=-1)
-            log_q = torch.log_softmax(reference[start:end], dim=-1)
-            kl[start:end] = (log_q.exp() * log_q.sub_(log_p)).sum(-1)
+            log_p = torch.log_softmax(logits[rows], dim=-1)
+            log_q = torch.log_softmax(reference[rows], dim=-1)
+            kl[rows] = (log_q.exp() * log_q.sub_(log_p)).sum(-1)
         ctx.save_for_backward(logits, reference)
         return kl
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         logits, reference = ctx.saved_tensors
-        rows, vocab = logits.shape
         result = torch.empty_like(logits)
-        step = _chunks(rows, vocab).step
-        for start in range(0, rows, step):
-            end = start + step
-            result[start:end] = torch.softmax(logits[start:end], dim=-1)
-            result[start:end].sub_(torch.softmax(reference[start:end], dim=-1)).mul_(grad[start:end, None])
+        for rows in _chunks(logits):
+            result[rows] = torch.softmax(logits[rows], dim=-1)
+            result[rows].sub_(torch.softmax(reference[rows], dim=-1)).mul_(grad[rows, None])
         return result, None
 
 
