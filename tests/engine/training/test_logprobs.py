@@ -1,6 +1,8 @@
 """Target log-probabilities: log_softmax's numbers and gradients, with one logits-sized tensor in the backward,
 computed from the target positions alone."""
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -27,6 +29,21 @@ def _batch(dtype: torch.dtype, columns: int = 7, kept: int | None = None) -> tup
     kept = kept or columns
     logits = (torch.randn(3, kept, 50, generator=generator, dtype=dtype) * 4).requires_grad_()
     return logits, labels
+
+
+def _saved_beyond(inputs: list[torch.Tensor], loss: Callable[[], torch.Tensor]) -> list[int]:
+    """The sizes of the tensors `loss()`'s graph saves for its backward other than `inputs` (by storage)."""
+    kept = {tensor.untyped_storage().data_ptr() for tensor in inputs}
+    own: list[int] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.untyped_storage().data_ptr() not in kept:
+            own.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss()
+    return own
 
 
 def test_the_function_is_log_softmaxs_in_float64(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,20 +97,10 @@ def test_the_backward_keeps_no_logits_sized_tensor_of_its_own() -> None:
     second logits-sized tensor (its output) for the backward."""
     logits, labels = _batch(torch.float32, columns=40)
     targets = TargetLogits.of(logits, labels)
-    own: list[int] = []
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.untyped_storage().data_ptr() != targets.logits.untyped_storage().data_ptr():
-            own.append(tensor.numel())
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        targets.mean_nll()
+    own = _saved_beyond([targets.logits], targets.mean_nll)
     assert own and max(own) <= targets.targets.numel()  # per position: the targets, the log-sum-exp
-    own.clear()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        _by_log_softmax(logits, labels)[0].sum()
-    assert max(own) == 3 * 39 * 50  # the old form: log_softmax's output
+    old_form = _saved_beyond([targets.logits], lambda: _by_log_softmax(logits, labels)[0].sum())
+    assert max(old_form) == 3 * 39 * 50  # the old form: log_softmax's output
 
 
 def test_the_kl_to_a_reference_is_the_textbook_ones_in_float64(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,14 +124,10 @@ def test_the_kl_saves_nothing_but_its_two_inputs() -> None:
     logits, labels = _batch(torch.float32, columns=40)
     current = TargetLogits.of(logits, labels)
     reference = TargetLogits.of(torch.randn(logits.shape), labels)
-    inputs = {current.logits.untyped_storage().data_ptr(), reference.logits.untyped_storage().data_ptr()}
-    own: list[int] = []
+    assert _saved_beyond([current.logits, reference.logits], lambda: current.kl_from(reference).sum()) == []
 
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.untyped_storage().data_ptr() not in inputs:
-            own.append(tensor.numel())
-        return tensor
+    def textbook() -> torch.Tensor:
+        log_p, log_q = torch.log_softmax(current.logits, -1), torch.log_softmax(reference.logits, -1)
+        return (log_q.exp() * (log_q - log_p)).sum()
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        current.kl_from(reference).sum()
-    assert own == []
+    assert max(_saved_beyond([current.logits, reference.logits], textbook)) == current.logits.numel()

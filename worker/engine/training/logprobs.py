@@ -118,10 +118,9 @@ class TargetLogits:
     def of(cls, logits: torch.Tensor, labels: torch.Tensor) -> TargetLogits:
         """From a batch's logits [batch, columns, vocab] (its last columns: see `Batch.keep`) and its labels;
         position t's logits predict token t + 1."""
-        mask = aligned_labels(logits, labels)[:, 1:] != IGNORE
-        targets = aligned_labels(logits, labels)[:, 1:][mask]
-        rows = mask.nonzero()[:, 0]
-        return cls(logits[:, :-1][mask], targets, rows, int(labels.shape[0]))
+        predicted = aligned_labels(logits, labels)[:, 1:]
+        mask = predicted != IGNORE
+        return cls(logits[:, :-1][mask], predicted[mask], mask.nonzero()[:, 0], int(labels.shape[0]))
 
     def token_logprobs(self) -> torch.Tensor:
         """log p of each target token [n], in fp32."""
